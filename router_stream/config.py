@@ -1,0 +1,101 @@
+"""The one validated, frozen settings object.
+
+Every process (worker, CLI, tests) reads its configuration from environment variables prefixed
+``ROUTER_`` (or a ``.env`` file) through :class:`Settings`. Secrets are ``SecretStr`` so they never
+end up in logs, reprs or ``--help`` output by accident.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Logical topic names (SPEC §2). The configured prefix is prepended to every one of them.
+SIGNALS = "signals"
+SOURCE_HEALTH = "source-health"
+OUTCOMES = "outcomes"
+CONTROL = "router.control"
+DECISIONS = "router.decisions"
+DLQ = "router.dlq"
+ROUTED_PREFIX = "routed."
+
+
+class Settings(BaseSettings):
+    """Configuration shared by the worker and every CLI command."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ROUTER_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # --- Kafka -------------------------------------------------------------------------------
+    kafka_bootstrap: str = Field("127.0.0.1:19092", description="host:port[,host:port]")
+    topic_prefix: str = Field("", description="prepended to every topic name, e.g. 'prod.'")
+    group_id: str = "router-stream"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+
+    # --- Postgres ----------------------------------------------------------------------------
+    database_url: SecretStr = SecretStr("postgresql://router@127.0.0.1:15432/router")
+    database_sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = (
+        "prefer"
+    )
+    database_sslrootcert: str | None = None
+
+    # --- worker ------------------------------------------------------------------------------
+    policy_file: str | None = None
+    batch_max: int = Field(500, ge=1, le=100_000)
+    batch_timeout_ms: int = Field(20, ge=0, le=10_000)
+    dedupe_window_s: float = Field(3600.0, ge=0)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(6066, ge=0, le=65535)
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    state_dir: str = ".router-stream"
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_topic_safe(cls, value: str) -> str:
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if not set(value) <= allowed:
+            raise ValueError("topic_prefix may only contain [a-zA-Z0-9._-]")
+        return value
+
+    def topic(self, logical: str) -> str:
+        """The physical topic name for a logical one (SPEC §2 names)."""
+        return f"{self.topic_prefix}{logical}"
+
+    def routed_topic(self, destination: str) -> str:
+        return self.topic(f"{ROUTED_PREFIX}{destination}")
+
+    @cached_property
+    def kafka_client_options(self) -> dict[str, object]:
+        """Keyword arguments for aiokafka clients (TLS / SASL included)."""
+        opts: dict[str, object] = {
+            "bootstrap_servers": self.kafka_bootstrap,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            opts["ssl_context"] = create_ssl_context(
+                cafile=self.kafka_ssl_cafile,
+                certfile=self.kafka_ssl_certfile,
+                keyfile=self.kafka_ssl_keyfile,
+            )
+        if self.kafka_security_protocol.startswith("SASL"):
+            opts["sasl_mechanism"] = self.kafka_sasl_mechanism or "PLAIN"
+            opts["sasl_plain_username"] = self.kafka_sasl_username
+            opts["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
+        return opts
