@@ -1,0 +1,34 @@
+# The two commands that matter: `make demo` (the main job end to end) and `make test`.
+PYTHON ?= python3
+
+.PHONY: install demo test lint typecheck unit integration stack-up stack-down bench clean
+
+install:
+	$(PYTHON) -m pip install -q -e '.[dev]'
+
+demo: install
+	router-stream demo
+
+test: install lint typecheck
+	$(PYTHON) -m pytest -q -p no:cacheprovider
+
+lint:
+	$(PYTHON) -m ruff check router_stream tests bench
+
+typecheck:
+	$(PYTHON) -m mypy
+
+unit:
+	$(PYTHON) -m pytest -q tests/unit
+
+integration:
+	$(PYTHON) -m pytest -q tests/integration
+
+stack-up:
+	router-stream stack up
+
+stack-down:
+	router-stream stack down
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,156 @@
+"""Shared fixtures: one real Kafka broker and one real PostgreSQL server per test session.
+
+Where they come from, in order:
+1. ``ROUTER_KAFKA_BOOTSTRAP`` and ``ROUTER_DATABASE_URL`` from the environment (CI, a dev stack);
+2. testcontainers, if a Docker engine answers;
+3. ``router-stream stack up`` (local processes from Maven Central's Kafka and Debian's PostgreSQL),
+   stopped again at the end of the session if this session started it.
+
+Isolation: every test gets its own topic prefix, consumer group and database, so tests never see
+each other's data even though they share the servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from router_stream.config import Settings
+
+
+@dataclass(frozen=True)
+class Servers:
+    kafka_bootstrap: str
+    database_url: str  # a URL of an existing database; tests create their own next to it
+    origin: str
+
+
+def _docker_engine_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _from_testcontainers(stack: list[object]) -> Servers:
+    from testcontainers.kafka import KafkaContainer
+    from testcontainers.postgres import PostgresContainer
+
+    kafka_c = KafkaContainer("confluentinc/cp-kafka:7.6.0").with_kraft()
+    pg_c = PostgresContainer("postgres:15", driver=None)
+    kafka_c.start()
+    stack.append(kafka_c)
+    pg_c.start()
+    stack.append(pg_c)
+    return Servers(kafka_c.get_bootstrap_server(), pg_c.get_connection_url(), "testcontainers")
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    env_kafka = os.environ.get("ROUTER_KAFKA_BOOTSTRAP")
+    env_db = os.environ.get("ROUTER_DATABASE_URL")
+    if env_kafka and env_db:
+        yield Servers(env_kafka, env_db, "environment")
+        return
+    if _docker_engine_answers():
+        containers: list[object] = []
+        try:
+            yield _from_testcontainers(containers)
+        finally:
+            for c in reversed(containers):
+                c.stop()  # type: ignore[attr-defined]
+        return
+    from router_stream.stack import kafka as stack_kafka
+    from router_stream.stack import manager, postgres
+
+    cfg = manager.make_config()
+    already = (
+        stack_kafka.is_running(cfg.kafka) is not None
+        and postgres.is_running(cfg.postgres) is not None
+    )
+    manager.up(cfg)
+    try:
+        yield Servers(cfg.kafka.bootstrap, cfg.postgres.url, "stack")
+    finally:
+        if not already:
+            manager.down(cfg)
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+async def _admin_sql(url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(_with_database(url, "postgres"))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def test_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def database_url(servers: Servers, test_id: str) -> Iterator[str]:
+    """A fresh, empty database for this test, dropped afterwards."""
+    name = f"t_{test_id}"
+    asyncio.run(_admin_sql(servers.database_url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield _with_database(servers.database_url, name)
+    finally:
+        asyncio.run(_admin_sql(servers.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def settings(servers: Servers, database_url: str, test_id: str) -> Settings:
+    """Settings for this test: own topic prefix, consumer group and database."""
+    return Settings(
+        kafka_bootstrap=servers.kafka_bootstrap,
+        database_url=database_url,  # type: ignore[arg-type]
+        topic_prefix=f"t{test_id}.",
+        group_id=f"g-{test_id}",
+        http_port=0,
+        state_dir=f"/tmp/router-stream-tests/{test_id}",
+    )
+
+
+async def create_topics(bootstrap: str, names: list[str], partitions: int = 1) -> None:
+    """Create topics explicitly (the broker's auto-create is off, as in production)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names]
+        )
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def topic_factory(servers: Servers, test_id: str) -> AsyncIterator[object]:
+    """``await topic_factory("name", partitions=3)`` → a created, test-unique topic name."""
+
+    async def make(name: str, partitions: int = 1) -> str:
+        full = f"t{test_id}.{name}"
+        await create_topics(servers.kafka_bootstrap, [full], partitions)
+        return full
+
+    yield make

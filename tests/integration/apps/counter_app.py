@@ -1,0 +1,34 @@
+"""A minimal faust worker with a changelog-backed Table, for the recovery smoke test.
+
+Each record on COUNTER_IN increments ``counts[key]`` and publishes the new count to COUNTER_OUT,
+so the test can see what the table held after a restart.
+"""
+
+import os
+
+import faust
+
+app = faust.App(
+    os.environ["COUNTER_APP_ID"],
+    broker=f"kafka://{os.environ['COUNTER_BOOTSTRAP']}",
+    store="memory://",  # nothing on local disk: a restart can only recover from the changelog
+    topic_partitions=1,
+    topic_replication_factor=1,
+    web_enabled=False,
+    producer_acks=-1,
+    broker_commit_every=1,
+)
+source = app.topic(os.environ["COUNTER_IN"], key_type=str, value_type=str)
+sink = app.topic(os.environ["COUNTER_OUT"], key_serializer="raw", value_serializer="raw")
+counts = app.Table("counts", default=int, partitions=1)
+
+
+@app.agent(source)
+async def count(stream):
+    async for key, _value in stream.items():
+        counts[key] += 1
+        await sink.send(key=key.encode(), value=str(counts[key]).encode())
+
+
+if __name__ == "__main__":
+    app.main()

@@ -1,0 +1,99 @@
+"""faust on the chosen Kafka version: a Table recovers its state exactly from its changelog."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+pytestmark = pytest.mark.integration
+
+APP = Path(__file__).parent / "apps" / "counter_app.py"
+
+
+def _start_worker(env: dict[str, str], workdir: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, str(APP), "worker", "-l", "warn"],
+        env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+async def _read_counts(
+    bootstrap: str, topic: str, want: int, worker: subprocess.Popen[bytes], timeout: float = 60.0
+) -> list[tuple[str, int]]:
+    """Read (key, count) records until ``want`` arrived, the worker died, or the time is up."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    out: list[tuple[str, int]] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(out) < want and asyncio.get_running_loop().time() < deadline:
+            if worker.poll() is not None:
+                break
+            batch = await consumer.getmany(timeout_ms=1000)
+            for records in batch.values():
+                out.extend((r.key.decode(), int(r.value)) for r in records)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def _produce(bootstrap: str, topic: str, keys: list[str]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for k in keys:
+            await producer.send(topic, key=k.encode(), value=b'"x"')
+    finally:
+        await producer.stop()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> str:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+    return out.decode(errors="replace")[-3000:]
+
+
+async def test_table_recovers_from_changelog_after_restart(
+    servers, topic_factory, test_id, tmp_path
+):
+    src = await topic_factory("counter-in")
+    out = await topic_factory("counter-out")
+    env = os.environ | {
+        "COUNTER_APP_ID": f"counter-{test_id}",
+        "COUNTER_BOOTSTRAP": servers.kafka_bootstrap,
+        "COUNTER_IN": src,
+        "COUNTER_OUT": out,
+    }
+    keys = ["a"] * 10 + ["b"] * 7 + ["c"] * 3
+    await _produce(servers.kafka_bootstrap, src, keys)
+    (tmp_path / "run1").mkdir()
+    worker = _start_worker(env, tmp_path / "run1")
+    try:
+        first = await _read_counts(servers.kafka_bootstrap, out, len(keys), worker)
+    finally:
+        log1 = _stop(worker)
+    assert len(first) == len(keys), log1
+    assert {k: max(v for kk, v in first if kk == k) for k in "abc"} == {"a": 10, "b": 7, "c": 3}
+
+    # A fresh process and an empty working directory: the table can only come from the changelog.
+    (tmp_path / "run2").mkdir()
+    await _produce(servers.kafka_bootstrap, src, ["a", "b", "c", "d"])
+    worker = _start_worker(env, tmp_path / "run2")
+    try:
+        both = await _read_counts(servers.kafka_bootstrap, out, len(keys) + 4, worker)
+    finally:
+        log2 = _stop(worker)
+    assert len(both) == len(keys) + 4, log2
+    assert dict(both[len(keys):]) == {"a": 11, "b": 8, "c": 4, "d": 1}
