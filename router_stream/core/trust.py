@@ -1,0 +1,237 @@
+"""Five-component trust score for sources and destinations (SPEC §3).
+
+A :class:`TrustState` keeps one EWMA-smoothed *goodness* value in [0, 1] per component, where 1 is
+always "good":
+
+- ``freshness``    how recent the data behind a health event is (``last_data_ts``);
+- ``error_rate``   1 − the smoothed error rate (health ``error_rate`` and outcome ``ok``);
+- ``latency``      ``latency_target_ms / max(latency_target_ms, latency_ms)``;
+- ``deviation``    how close the source's values are to the consensus (robust z-score);
+- ``availability`` health ``ok`` (1/0), scaled by ``completeness`` when given.
+
+:func:`score` is the policy-weighted sum of the components, decayed toward ``floor`` once nothing
+has been heard for ``stale_after_s``: a source that went quiet must not keep the trust it earned.
+
+Every input may be absent, NaN, infinite or negative (events come from the outside world). Invalid
+samples are ignored, never propagated, so trust is always a finite number in [0, 1]; ``from_dict``
+re-clamps too, so even a corrupt changelog entry cannot break that invariant.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+COMPONENTS: tuple[str, ...] = ("freshness", "error_rate", "latency", "deviation", "availability")
+
+_WEIGHT_SUM_TOLERANCE = 1e-6
+
+
+def _clamp01(x: float) -> float:
+    return 0.0 if x < 0.0 else 1.0 if x > 1.0 else x
+
+
+def _valid(x: float | None) -> bool:
+    return x is not None and not math.isnan(x)
+
+
+@dataclass(frozen=True, slots=True)
+class TrustWeights:
+    """Policy weights of the five components; non-negative and summing to 1, so a score is a
+    convex combination and stays in [0, 1]."""
+
+    freshness: float = 0.2
+    error_rate: float = 0.3
+    latency: float = 0.1
+    deviation: float = 0.2
+    availability: float = 0.2
+
+    def __post_init__(self) -> None:
+        values = [getattr(self, name) for name in COMPONENTS]
+        for name, value in zip(COMPONENTS, values, strict=True):
+            if not math.isfinite(value) or value < 0.0:
+                raise ValueError(f"trust weight {name} must be a finite number >= 0, got {value}")
+        total = math.fsum(values)
+        if abs(total - 1.0) > _WEIGHT_SUM_TOLERANCE:
+            raise ValueError(f"trust weights must sum to 1, got {total}")
+
+
+@dataclass(frozen=True, slots=True)
+class TrustParams:
+    """How observations turn into components and how trust decays.
+
+    ``ewma_alpha`` is the weight of the newest sample. ``stale_after_s`` is both the age at which
+    data freshness reaches 0 and the silence after which the score starts decaying (half-life
+    ``decay_half_life_s``, toward ``floor``). ``initial`` is every component's value for a source
+    never observed: neutral, so unknown destinations are neither preferred nor starved.
+    ``deviation_z_max`` is the robust z-score at which the deviation sample reaches 0 (the
+    consensus outlier threshold ``mad_k`` is the natural choice).
+    """
+
+    ewma_alpha: float = 0.2
+    stale_after_s: float = 60.0
+    latency_target_ms: float = 250.0
+    decay_half_life_s: float = 60.0
+    floor: float = 0.0
+    initial: float = 0.5
+    deviation_z_max: float = 3.5
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.ewma_alpha <= 1.0):
+            raise ValueError(f"ewma_alpha must be in (0, 1], got {self.ewma_alpha}")
+        for name in ("stale_after_s", "latency_target_ms", "decay_half_life_s", "deviation_z_max"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0.0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        for name in ("floor", "initial"):
+            value = getattr(self, name)
+            if not (0.0 <= value <= 1.0):
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class TrustState:
+    """Smoothed components of one source/destination. ``last_ts`` is the newest observation time
+    (never moves backwards), ``None`` until the first observation."""
+
+    freshness: float = 0.5
+    error_rate: float = 0.5
+    latency: float = 0.5
+    deviation: float = 0.5
+    availability: float = 0.5
+    last_ts: float | None = None
+    observations: int = 0
+
+    @classmethod
+    def initial(cls, params: TrustParams) -> TrustState:
+        v = params.initial
+        return cls(freshness=v, error_rate=v, latency=v, deviation=v, availability=v)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: getattr(self, name) for name in COMPONENTS}
+        out["last_ts"] = self.last_ts
+        out["observations"] = self.observations
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrustState:
+        comps: dict[str, float] = {}
+        for name in COMPONENTS:
+            value = float(data.get(name, 0.5))
+            comps[name] = _clamp01(value) if not math.isnan(value) else 0.5
+        raw_ts = data.get("last_ts")
+        last_ts = float(raw_ts) if raw_ts is not None else None
+        if last_ts is not None and not math.isfinite(last_ts):
+            last_ts = None
+        return cls(**comps, last_ts=last_ts, observations=int(data.get("observations", 0)))
+
+
+def _ewma(old: float, sample: float, alpha: float) -> float:
+    return _clamp01(old + alpha * (_clamp01(sample) - old))
+
+
+def _touch(state: TrustState, now: float, **components: float) -> TrustState:
+    """Apply the component updates and advance ``last_ts`` (a late or non-finite ``now`` does not
+    move it backwards or poison it)."""
+    last_ts = state.last_ts
+    if math.isfinite(now) and (last_ts is None or now > last_ts):
+        last_ts = now
+    return replace(state, last_ts=last_ts, observations=state.observations + 1, **components)
+
+
+def _latency_sample(latency_ms: float, params: TrustParams) -> float:
+    # +inf latency is a timeout: the worst sample, not an invalid one.
+    if latency_ms <= params.latency_target_ms:
+        return 1.0
+    return params.latency_target_ms / latency_ms
+
+
+def observe_health(
+    state: TrustState,
+    *,
+    now: float,
+    params: TrustParams,
+    ok: bool | None = None,
+    latency_ms: float | None = None,
+    error_rate: float | None = None,
+    last_data_ts: float | None = None,
+    completeness: float | None = None,
+) -> TrustState:
+    """Fold one HealthEvent into ``state``. Absent or invalid fields leave their component alone."""
+    a = params.ewma_alpha
+    updates: dict[str, float] = {}
+    if _valid(latency_ms) and latency_ms is not None and latency_ms >= 0.0:
+        updates["latency"] = _ewma(state.latency, _latency_sample(latency_ms, params), a)
+    if _valid(error_rate) and error_rate is not None:
+        updates["error_rate"] = _ewma(state.error_rate, 1.0 - _clamp01(error_rate), a)
+    if _valid(last_data_ts) and last_data_ts is not None and math.isfinite(now):
+        age = max(0.0, now - last_data_ts)  # a future last_data_ts (clock skew) counts as fresh
+        updates["freshness"] = _ewma(state.freshness, 1.0 - age / params.stale_after_s, a)
+    availability: float | None = None
+    if ok is not None:
+        availability = 1.0 if ok else 0.0
+    if _valid(completeness) and completeness is not None:
+        c = _clamp01(completeness)
+        availability = c if availability is None else availability * c
+    if availability is not None:
+        updates["availability"] = _ewma(state.availability, availability, a)
+    return _touch(state, now, **updates)
+
+
+def observe_outcome(
+    state: TrustState,
+    *,
+    ok: bool,
+    now: float,
+    params: TrustParams,
+    latency_ms: float | None = None,
+) -> TrustState:
+    """Fold one delivery Outcome into ``state``: a failed delivery is an error sample, and a
+    delivered one proves the destination is up."""
+    a = params.ewma_alpha
+    sample = 1.0 if ok else 0.0
+    updates = {
+        "error_rate": _ewma(state.error_rate, sample, a),
+        "availability": _ewma(state.availability, sample, a),
+    }
+    if _valid(latency_ms) and latency_ms is not None and latency_ms >= 0.0:
+        updates["latency"] = _ewma(state.latency, _latency_sample(latency_ms, params), a)
+    return _touch(state, now, **updates)
+
+
+def observe_deviation(
+    state: TrustState, *, z: float, now: float, params: TrustParams
+) -> TrustState:
+    """Fold how far the source's last value was from the consensus, as a robust z-score
+    (``0.6745·|x − consensus| / MAD``; sign ignored, +inf = infinitely far)."""
+    if math.isnan(z):
+        return state
+    sample = 1.0 - abs(z) / params.deviation_z_max
+    return _touch(state, now, deviation=_ewma(state.deviation, sample, params.ewma_alpha))
+
+
+def raw_score(state: TrustState, weights: TrustWeights) -> float:
+    """The weighted sum of the components, without staleness decay."""
+    total = (
+        weights.freshness * state.freshness
+        + weights.error_rate * state.error_rate
+        + weights.latency * state.latency
+        + weights.deviation * state.deviation
+        + weights.availability * state.availability
+    )
+    return _clamp01(total)
+
+
+def score(state: TrustState, now: float, weights: TrustWeights, params: TrustParams) -> float:
+    """Trust in [0, 1]: the weighted sum, decayed exponentially toward ``floor`` after
+    ``stale_after_s`` of silence. A score already below the floor is not raised by silence."""
+    raw = raw_score(state, weights)
+    if state.last_ts is None or math.isnan(now):
+        return raw
+    silence = now - state.last_ts - params.stale_after_s
+    if not silence > 0.0:
+        return raw
+    target = min(params.floor, raw)
+    factor = 0.5 ** (silence / params.decay_half_life_s)  # inf silence -> factor 0.0
+    return _clamp01(target + (raw - target) * factor)
