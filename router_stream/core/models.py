@@ -1,0 +1,433 @@
+"""The messages router-stream reads and writes (SPEC §2, §3): one type per topic value.
+
+Inbound messages (:class:`Signal`, :class:`HealthEvent`, :class:`Outcome`, :class:`ControlCommand`)
+and the DLQ record (:class:`DlqEntry`) are frozen pydantic models: they are validated at the edge,
+and a validated value is never changed afterwards.
+
+Two types are built on the hot path, once per signal, and are shaped for speed (measured on this
+machine with pydantic 2.13, see ``bench/core_parse_bench.py``):
+
+* ``Signal`` is validated by hand in :mod:`router_stream.core.parsing` (the checks are needed there
+  anyway to name the failing field in the DLQ error) and then built with :meth:`Signal.trusted`,
+  which fills the model's ``__dict__`` directly (~1.3M/s) instead of ``model_construct`` (~250k/s,
+  slower than validating!) or full validation (~430k/s without our custom validators). Normal
+  construction (``Signal(...)``, ``Signal.model_validate``) still validates everything, and a unit
+  test checks both paths agree.
+* :class:`Decision` is a ``@dataclass(slots=True)``: ~700k constructions/s against ~250k/s for
+  ``model_construct``, and orjson serialises dataclasses natively, so ``router.decisions`` values
+  cost one ``orjson.dumps`` call. Its inputs were validated upstream, so it needs no validation.
+
+Timestamps are epoch seconds (``float``) everywhere inside the core; :func:`to_epoch_seconds`
+normalises the two wire forms (RFC 3339 text, epoch milliseconds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Protocol, Self, cast
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+__all__ = [
+    "MAX_EPOCH_MS",
+    "BreakerForce",
+    "BreakerReset",
+    "ControlCommand",
+    "Decision",
+    "DlqEntry",
+    "DlqReason",
+    "HealthEvent",
+    "InboundRecord",
+    "Outcome",
+    "OverrideClear",
+    "OverrideSet",
+    "PolicyPublish",
+    "PolicyReload",
+    "Signal",
+    "CONTROL_ADAPTER",
+    "deterministic_signal_id",
+    "to_epoch_seconds",
+]
+
+MAX_EPOCH_MS = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z: larger values are certainly not epoch milliseconds."""
+
+MAX_ID_LEN = 256
+"""Ids travel as Kafka keys and Postgres keys; bound them so one signal cannot bloat either."""
+
+
+class DlqReason(StrEnum):
+    """Why a record is in ``router.dlq`` (SPEC §2: a closed, documented set).
+
+    Each reason has exactly one error class in :data:`router_stream.errors.REASON_TO_ERROR`.
+    """
+
+    INVALID_JSON = "invalid_json"
+    INVALID_SIGNAL = "invalid_signal"
+    UNCLASSIFIED = "unclassified"
+    NO_ROUTE = "no_route"
+    NO_HEALTHY_DESTINATION = "no_healthy_destination"
+    RATE_LIMITED = "rate_limited"
+    EXPIRED = "expired"
+    DUPLICATE = "duplicate"
+    PROCESSING_ERROR = "processing_error"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+
+
+class InboundRecord(Protocol):
+    """What the core needs from a consumed Kafka record; adapters satisfy it structurally.
+
+    The core never imports a Kafka client's record type (quixstreams does the same).
+    """
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def headers(self) -> list[tuple[str, bytes]]: ...
+
+
+# --- timestamps and ids ----------------------------------------------------------------------
+
+
+def to_epoch_seconds(value: object) -> float:
+    """Normalise a wire timestamp to epoch seconds.
+
+    Accepts RFC 3339 text (an explicit UTC offset or ``Z`` is required: a zone-less time is
+    ambiguous, and guessing would misplace the signal by hours) or epoch **milliseconds** as a
+    JSON number. Raises ``ValueError`` with a one-line reason otherwise.
+    """
+    kind = type(value)
+    if kind is int or kind is float:
+        value = cast(float, value)
+        if not math.isfinite(value) or value < 0 or value > MAX_EPOCH_MS:
+            raise ValueError(f"epoch milliseconds out of range: {value!r}")
+        return value / 1000.0
+    if kind is str:
+        value = cast(str, value)
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"not an RFC 3339 timestamp: {value[:64]!r}") from None
+        if parsed.tzinfo is None:
+            raise ValueError(f"RFC 3339 timestamp needs a UTC offset or 'Z': {value[:64]!r}")
+        return parsed.timestamp()
+    if kind is bool:
+        raise ValueError("must be an RFC 3339 string or epoch milliseconds, not a boolean")
+    raise ValueError(f"must be an RFC 3339 string or epoch milliseconds, got {kind.__name__}")
+
+
+def deterministic_signal_id(sender_id: str, ts: float, payload: dict[str, Any]) -> str:
+    """The id of a signal that came without one: the same signal always gets the same id.
+
+    sha256 over sender_id, the timestamp normalised to microseconds (so ``"...Z"`` and the same
+    instant in epoch ms agree) and the payload as canonical JSON (sorted keys), truncated to
+    128 bits — enough that distinct signals never collide in practice, short enough for a key.
+    """
+    material = b"%s\x1f%d\x1f%s" % (
+        sender_id.encode("utf-8", "surrogatepass"),
+        round(ts * 1_000_000),
+        orjson.dumps(payload, option=orjson.OPT_SORT_KEYS),
+    )
+    return "sig-" + hashlib.sha256(material).hexdigest()[:32]
+
+
+# --- inbound messages ------------------------------------------------------------------------
+
+_FROZEN = ConfigDict(frozen=True, extra="ignore", strict=True)
+NonEmptyId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LEN)]
+
+
+class Signal(BaseModel):
+    """A signal to route (topic ``signals``).
+
+    Unknown top-level fields are ignored (forward compatibility); the routed copy of a signal is
+    built from the original bytes, so nothing a producer sent is lost.
+    """
+
+    model_config = _FROZEN
+
+    signal_id: NonEmptyId
+    tenant: NonEmptyId = "default"
+    sender_id: NonEmptyId
+    ts: float
+    kind: NonEmptyId | None = None
+    priority: int | None = Field(None, ge=0, le=9, strict=True)
+    ttl_ms: int | None = Field(None, gt=0, strict=True)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    metric: NonEmptyId | None = None
+    source_id: NonEmptyId | None = None
+    value: float | None = Field(None, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_id(cls, data: Any) -> Any:
+        """Fill ``signal_id`` from sender, time and payload when the producer sent none."""
+        if not isinstance(data, dict) or data.get("signal_id") is not None:
+            return data
+        sender, payload = data.get("sender_id"), data.get("payload", {})
+        try:
+            ts = to_epoch_seconds(data.get("ts"))
+        except ValueError:
+            return data  # the field validator reports the bad ts
+        if isinstance(sender, str) and sender and isinstance(payload, dict):
+            return {**data, "signal_id": deterministic_signal_id(sender, ts, payload)}
+        return data
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _normalise_ts(cls, value: object) -> float:
+        return to_epoch_seconds(value)
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _no_bool_value(cls, value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not a boolean")
+        return value
+
+    @classmethod
+    def trusted(cls, values: dict[str, Any]) -> Self:
+        """Build a Signal from a dict of already-validated values for every field, no copy.
+
+        Only :mod:`router_stream.core.parsing` should call this (see the module docstring for
+        why). It does what ``model_construct`` does minus default handling, at ~5x the speed;
+        ``values`` must hold exactly the model's fields and is owned by the model afterwards.
+        """
+        model = cls.__new__(cls)
+        _set = object.__setattr__
+        _set(model, "__dict__", values)
+        _set(model, "__pydantic_fields_set__", set(_SIGNAL_FIELDS))
+        _set(model, "__pydantic_extra__", None)
+        _set(model, "__pydantic_private__", None)
+        return model
+
+    @property
+    def expires_at(self) -> float | None:
+        """Epoch seconds after which the signal is stale and goes to the DLQ as ``expired``."""
+        return None if self.ttl_ms is None else self.ts + self.ttl_ms / 1000.0
+
+    def is_expired(self, now: float) -> bool:
+        expires = self.expires_at
+        return expires is not None and now > expires
+
+
+_SIGNAL_FIELDS = tuple(Signal.model_fields)
+
+
+class HealthEvent(BaseModel):
+    """A data source's or destination's health report (topic ``source-health``)."""
+
+    model_config = _FROZEN
+
+    source_id: NonEmptyId
+    ts: float
+    ok: bool | None = None
+    latency_ms: float | None = Field(None, ge=0, allow_inf_nan=False)
+    error_rate: float | None = Field(None, ge=0, le=1)
+    last_data_ts: float | None = None
+    completeness: float | None = Field(None, ge=0, le=1)
+
+    @field_validator("ts", "last_data_ts", mode="before")
+    @classmethod
+    def _normalise_ts(cls, value: object) -> float | None:
+        return None if value is None else to_epoch_seconds(value)
+
+
+class Outcome(BaseModel):
+    """What happened to a routed signal at its destination (topic ``outcomes``).
+
+    ``reward`` feeds the bandits; when absent it is derived from ``ok`` (1.0 / 0.0) by them.
+    ``ts`` (default: the record timestamp) places the outcome in breaker windows.
+    """
+
+    model_config = _FROZEN
+
+    signal_id: NonEmptyId
+    destination: NonEmptyId
+    ok: bool
+    ts: float | None = None
+    decision_id: str | None = None
+    latency_ms: float | None = Field(None, ge=0, allow_inf_nan=False)
+    reward: float | None = Field(None, ge=0, le=1)
+    cost: float | None = Field(None, ge=0, allow_inf_nan=False)
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _normalise_ts(cls, value: object) -> float | None:
+        return None if value is None else to_epoch_seconds(value)
+
+
+# --- control commands (topic router.control) --------------------------------------------------
+
+
+class _Command(BaseModel):
+    """Fields every control command carries: who, when, and an id to apply it once."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    command_id: str | None = None
+    issued_at: float | None = None
+    issued_by: str | None = None
+
+
+class PolicyPublish(_Command):
+    """Switch every worker to this policy; a policy that fails validation is ignored."""
+
+    type: Literal["policy_publish"] = "policy_publish"
+    policy_yaml: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    source: str | None = None
+
+
+class PolicyReload(_Command):
+    """Re-read the policy from the worker's configured file / the policy_versions table."""
+
+    type: Literal["policy_reload"] = "policy_reload"
+
+
+class OverrideSet(_Command):
+    """Operator override: route signals matching (tenant, kind) to fixed destinations until
+    ``expires_at`` (epoch seconds). ``None`` in a scope field matches everything."""
+
+    type: Literal["override_set"] = "override_set"
+    override_id: NonEmptyId
+    tenant: str | None = None
+    kind: str | None = None
+    destinations: list[NonEmptyId] = Field(min_length=1)
+    expires_at: float
+    reason: str = ""
+
+
+class OverrideClear(_Command):
+    type: Literal["override_clear"] = "override_clear"
+    override_id: NonEmptyId
+
+
+class BreakerForce(_Command):
+    """Pin a destination's/source's breaker open or closed (until reset or ``expires_at``)."""
+
+    type: Literal["breaker_force"] = "breaker_force"
+    target: NonEmptyId
+    state: Literal["open", "closed"]
+    expires_at: float | None = None
+    reason: str = ""
+
+
+class BreakerReset(_Command):
+    """Return a breaker to normal operation: closed, counters cleared, no forced state."""
+
+    type: Literal["breaker_reset"] = "breaker_reset"
+    target: NonEmptyId
+
+
+ControlCommand = Annotated[
+    PolicyPublish | PolicyReload | OverrideSet | OverrideClear | BreakerForce | BreakerReset,
+    Field(discriminator="type"),
+]
+CONTROL_ADAPTER: TypeAdapter[ControlCommand] = TypeAdapter(ControlCommand)
+
+
+# --- outputs ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class Decision:
+    """One routing decision (SPEC §3), published to ``router.decisions`` and Postgres.
+
+    A slotted dataclass rather than a pydantic model: built once per signal on the hot path
+    from already-validated values (see the module docstring for the measurements), serialised
+    with ``orjson.dumps(decision)``. ``trust``/``breakers`` hold only the state that mattered
+    for this decision (the candidates' scores / breaker states), not whole tables.
+    """
+
+    decision_id: str
+    signal_id: str
+    tenant: str
+    kind: str
+    destinations: list[str]
+    strategy: str
+    tier: int | None
+    policy_version: str
+    confidence: float
+    trust: dict[str, float]
+    breakers: dict[str, str]
+    input_topic: str
+    input_partition: int
+    input_offset: int
+    decided_at: float
+    signal_ts: float
+    priority: int | None = None
+    rule: str | None = None
+    override_id: str | None = None
+    # consensus decisions only
+    value: float | None = None
+    method: Literal["blend", "single", "synthetic"] | None = None
+    sources_used: list[str] | None = None
+    outliers: list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self)
+
+
+class DlqEntry(BaseModel):
+    """A record that could not be routed, kept byte-exact with the reason (SPEC §2, §5)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    reason: DlqReason
+    error: str
+    signal_id: str | None = None
+    original_topic: str
+    original_partition: int = Field(ge=0)
+    original_offset: int = Field(ge=0)
+    original_key: bytes | None = None
+    original_value: bytes | None = None
+    original_headers: list[tuple[str, bytes]] = Field(default_factory=list)
+    attempts: int = Field(1, ge=1)
+    first_failed_at: float
+
+    @field_validator("error")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        """Headers and log lines want one line; keep the first 1000 characters of it."""
+        return " ".join(value.split())[:1000]
+
+    def dlq_headers(self) -> list[tuple[str, bytes]]:
+        """The ``x-dlq-*`` headers of SPEC §2 describing this entry."""
+        headers = [
+            ("x-dlq-reason", self.reason.value.encode()),
+            ("x-dlq-error", self.error.encode("utf-8", "replace")),
+            ("x-dlq-original-topic", self.original_topic.encode()),
+            ("x-dlq-original-partition", str(self.original_partition).encode()),
+            ("x-dlq-original-offset", str(self.original_offset).encode()),
+            ("x-dlq-attempts", str(self.attempts).encode()),
+            ("x-dlq-first-failed-at", repr(self.first_failed_at).encode()),
+        ]
+        if self.signal_id is not None:
+            headers.append(("x-signal-id", self.signal_id.encode("utf-8", "replace")))
+        return headers
+
+    def kafka_headers(self) -> list[tuple[str, bytes]]:
+        """Original headers (minus stale ``x-dlq-*`` from an earlier trip) plus ours."""
+        kept = [
+            (k, v)
+            for k, v in self.original_headers
+            if not k.startswith("x-dlq-") and k != "x-signal-id"
+        ]
+        return kept + self.dlq_headers()

@@ -1,0 +1,255 @@
+"""Bytes to Signal / HealthEvent / Outcome / ControlCommand, or a Rejection: never an exception."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from router_stream.core.models import (
+    DlqReason,
+    HealthEvent,
+    Outcome,
+    OverrideClear,
+    Signal,
+    deterministic_signal_id,
+)
+from router_stream.core.parsing import (
+    Rejection,
+    parse_control,
+    parse_health,
+    parse_outcome,
+    parse_signal,
+)
+from router_stream.errors import InvalidSignal
+
+NOW = 1704067200.0
+
+
+def parse(value: bytes | None, record_ts_ms: int = 1704067100000) -> Signal | Rejection:
+    return parse_signal(value, record_ts_ms=record_ts_ms, now=NOW)
+
+
+def rejected(value: bytes | None) -> Rejection:
+    result = parse(value)
+    assert isinstance(result, Rejection), result
+    return result
+
+
+def test_minimal_signal_gets_defaults() -> None:
+    signal = parse(b'{"sender_id": "s1"}')
+    assert isinstance(signal, Signal)
+    assert signal.tenant == "default"
+    assert signal.ts == 1704067100.0  # the record timestamp
+    assert signal.payload == {}
+    assert signal.signal_id == deterministic_signal_id("s1", 1704067100.0, {})
+
+
+def test_missing_record_timestamp_falls_back_to_now() -> None:
+    signal = parse(b'{"sender_id": "s1"}', record_ts_ms=-1)
+    assert isinstance(signal, Signal) and signal.ts == NOW
+
+
+def test_full_signal() -> None:
+    body = {"signal_id": "x1", "tenant": "acme", "sender_id": "s", "ts": "2024-01-01T00:00:00Z",
+            "kind": "observation", "priority": 7, "ttl_ms": 60000, "payload": {"a": [1, 2]},
+            "metric": "temp", "source_id": "sensor-1", "value": 21}
+    signal = parse(orjson.dumps(body))
+    assert isinstance(signal, Signal)
+    assert signal.model_dump() == {**body, "ts": NOW, "value": 21.0}
+    assert isinstance(signal.value, float)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"{", b"\xff\xfe", b'{"a": NaN}', b'{"a": Infinity}', b"1e999", b'"\\ud800"',
+     b"[" * 2000 + b"]" * 2000],
+)
+def test_not_json_is_invalid_json(raw: bytes) -> None:
+    rejection = rejected(raw)
+    assert rejection.reason is DlqReason.INVALID_JSON
+    assert rejection.error.startswith("invalid JSON: ")
+    assert "\n" not in rejection.error
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (None, "tombstone"),
+        (b"[]", "must be a JSON object, got array"),
+        (b'"s"', "got string"),
+        (b"null", "got null"),
+        (b"{}", "sender_id: required"),
+        (b'{"sender_id": 5}', "sender_id: must be a string, got number"),
+        (b'{"sender_id": ""}', "sender_id: must be 1 to 256 characters"),
+        (b'{"sender_id": "s", "ts": true}', "ts: must be an RFC 3339"),
+        (b'{"sender_id": "s", "ts": "2024-01-01"}', "ts: RFC 3339 timestamp needs a UTC offset"),
+        (b'{"sender_id": "s", "ts": "soon"}', "ts: not an RFC 3339 timestamp"),
+        (b'{"sender_id": "s", "payload": [1]}', "payload: must be an object, got array"),
+        (b'{"sender_id": "s", "priority": 10}', "priority: must be 0 to 9, got 10"),
+        (b'{"sender_id": "s", "priority": "high"}', "priority: must be an integer, got string"),
+        (b'{"sender_id": "s", "priority": true}', "priority: must be an integer, got boolean"),
+        (b'{"sender_id": "s", "ttl_ms": 0}', "ttl_ms: must be >= 1, got 0"),
+        (b'{"sender_id": "s", "value": "1"}', "value: must be a number, got string"),
+        (b'{"sender_id": "s", "tenant": {}}', "tenant: must be a string, got object"),
+        (b'{"sender_id": "s", "kind": ""}', "kind: must be 1 to 256 characters"),
+        (b'{"sender_id": "s", "metric": 1}', "metric: must be a string"),
+        (b'{"sender_id": "s", "source_id": []}', "source_id: must be a string"),
+        (b'{"sender_id": "s", "signal_id": 7}', "signal_id: must be a string"),
+    ],
+)
+def test_wrong_shapes_are_invalid_signal_with_field_path(raw: bytes | None, message: str) -> None:
+    rejection = rejected(raw)
+    assert rejection.reason is DlqReason.INVALID_SIGNAL
+    assert message in rejection.error
+
+
+def test_rejection_keeps_the_signal_id_when_known() -> None:
+    rejection = rejected(b'{"signal_id": "abc", "sender_id": 1}')
+    assert rejection.signal_id == "abc"
+    error = rejection.to_error()
+    assert isinstance(error, InvalidSignal) and error.signal_id == "abc"
+
+
+def test_expired_signal_is_rejected_with_its_id() -> None:
+    raw = orjson.dumps(
+        {"signal_id": "e1", "sender_id": "s", "ts": (NOW - 10) * 1000, "ttl_ms": 5000}
+    )
+    rejection = rejected(raw)
+    assert rejection.reason is DlqReason.EXPIRED and rejection.signal_id == "e1"
+    fresh = orjson.dumps({"sender_id": "s", "ts": (NOW - 10) * 1000, "ttl_ms": 10000})
+    assert isinstance(parse(fresh), Signal)  # exactly at the deadline is still in time
+
+
+def test_null_optional_fields_mean_absent() -> None:
+    signal = parse(b'{"sender_id": "s", "tenant": null, "payload": null, "kind": null, "ts": null}')
+    assert isinstance(signal, Signal)
+    assert signal.tenant == "default" and signal.payload == {} and signal.kind is None
+
+
+def test_deterministic_id_is_stable_across_key_order_and_ts_form() -> None:
+    a = parse(b'{"sender_id": "s", "ts": 1704067200000, "payload": {"a": 1, "b": 2}}')
+    b = parse(b'{"payload": {"b": 2, "a": 1}, "ts": "2024-01-01T00:00:00Z", "sender_id": "s"}')
+    assert isinstance(a, Signal) and isinstance(b, Signal)
+    assert a.signal_id == b.signal_id
+
+
+# --- the fast path agrees with the pydantic model -------------------------------------------
+
+
+field_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 20), st.integers(0, 2**60),
+    st.text(max_size=3),
+    st.floats(allow_nan=False, allow_infinity=False), st.lists(st.integers(-(2**53), 2**53), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(-(2**53), 2**53), max_size=2),
+    st.sampled_from(["2024-01-01T00:00:00Z", "2024-01-01T00:00:00", "s"]),
+)
+signal_dicts = st.fixed_dictionaries(
+    {},
+    optional={name: field_values for name in (
+        "signal_id", "tenant", "sender_id", "ts", "kind", "priority", "ttl_ms", "payload",
+        "metric", "source_id", "value")},
+)
+
+
+@given(signal_dicts)
+def test_fast_path_accepts_exactly_what_the_model_accepts(data: dict[str, Any]) -> None:
+    raw = orjson.dumps(data)
+    result = parse_signal(raw, record_ts_ms=0, now=0.0)  # now=0: nothing is expired
+    model_input = {k: v for k, v in data.items() if v is not None}
+    model_input.setdefault("ts", 0)
+    try:
+        expected: Signal | None = Signal.model_validate(model_input)
+    except ValidationError:
+        expected = None
+    if expected is None:
+        assert isinstance(result, Rejection)
+        assert result.reason is DlqReason.INVALID_SIGNAL
+    else:
+        assert result == expected
+
+
+# --- never raises ----------------------------------------------------------------------------
+
+
+@given(st.binary(max_size=300))
+def test_parse_never_raises_on_arbitrary_bytes(raw: bytes) -> None:
+    assert isinstance(parse(raw), Signal | Rejection)
+
+
+json_docs = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["sender_id", "ts", "payload", "kind", "priority", "value", "x"])
+        | st.text(max_size=5),
+        inner, max_size=6),
+    max_leaves=20,
+)
+
+
+@given(json_docs)
+def test_parse_never_raises_on_arbitrary_json(doc: Any) -> None:
+    try:
+        raw = orjson.dumps(doc)
+    except TypeError:  # integers beyond 64 bits cannot be encoded; not our input
+        return
+    result = parse(raw)
+    assert isinstance(result, Signal | Rejection)
+    if isinstance(result, Rejection):
+        assert result.error and "\n" not in result.error
+
+
+@given(
+    st.text(min_size=1, max_size=30),
+    st.dictionaries(st.text(max_size=5), st.integers(-(2**53), 2**53), max_size=4),
+)
+def test_parsed_id_is_deterministic(sender: str, payload: dict[str, int]) -> None:
+    raw = orjson.dumps({"sender_id": sender, "ts": 1704067200123, "payload": payload})
+    first, second = parse(raw), parse(raw)
+    assert isinstance(first, Signal) and isinstance(second, Signal)
+    assert first.signal_id == second.signal_id
+    assert first.signal_id == deterministic_signal_id(sender, 1704067200.123, payload)
+
+
+# --- health / outcome / control --------------------------------------------------------------
+
+
+def test_parse_health_defaults_ts_to_record_time() -> None:
+    event = parse_health(b'{"source_id": "db", "ok": false, "latency_ms": 12}', record_ts_ms=5000)
+    assert isinstance(event, HealthEvent) and event.ts == 5.0 and event.ok is False
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason", "fragment"),
+    [
+        (b"nope", DlqReason.INVALID_JSON, "invalid JSON"),
+        (b"[]", DlqReason.INVALID_SIGNAL, "expected a JSON object"),
+        (b'{"source_id": "db", "error_rate": 2}', DlqReason.INVALID_SIGNAL, "error_rate:"),
+        (b'{"ok": true}', DlqReason.INVALID_SIGNAL, "source_id: Field required"),
+    ],
+)
+def test_parse_health_rejections(raw: bytes, reason: DlqReason, fragment: str) -> None:
+    result = parse_health(raw, record_ts_ms=0)
+    assert isinstance(result, Rejection) and result.reason is reason and fragment in result.error
+
+
+def test_parse_outcome() -> None:
+    outcome = parse_outcome(b'{"signal_id": "s", "destination": "d", "ok": true, "reward": 0.5}',
+                            record_ts_ms=2000)
+    assert isinstance(outcome, Outcome) and outcome.reward == 0.5 and outcome.ts == 2.0
+    bad = parse_outcome(b'{"signal_id": "s", "destination": "d", "ok": true, "reward": 5}',
+                        record_ts_ms=0)
+    assert isinstance(bad, Rejection) and bad.error.startswith("reward:")
+
+
+def test_parse_control() -> None:
+    clear = parse_control(b'{"type": "override_clear", "override_id": "o"}')
+    assert isinstance(clear, OverrideClear)
+    bad = parse_control(b'{"type": "launch"}')
+    assert isinstance(bad, Rejection) and bad.reason is DlqReason.INVALID_SIGNAL
+    assert isinstance(parse_control(None), Rejection)
