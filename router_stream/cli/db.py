@@ -1,0 +1,93 @@
+"""``router-stream db migrate|status``: the Postgres schema (work lives in adapters/postgres.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import click
+from pydantic import ValidationError
+
+from router_stream.cli import cli
+from router_stream.config import Settings
+from router_stream.errors import ConfigError
+
+_dir_opt = click.option(
+    "--migrations-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Directory of NNN_name.sql files [the repository's migrations/].",
+)
+_json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(f"invalid ROUTER_* settings: {exc}") from exc
+
+
+@cli.group()
+def db() -> None:
+    """The Postgres schema: apply and inspect migrations (ROUTER_DATABASE_URL).
+
+    \b
+    Example:
+      router-stream db migrate
+      router-stream db status --json
+    """
+
+
+@db.command()
+@_dir_opt
+@_json_opt
+def migrate(migrations_dir: Path | None, as_json: bool) -> None:
+    """Apply pending migrations in order, each once, in its own transaction.
+
+    Safe to run from several processes at once (an advisory lock serialises them). Refuses,
+    with exit code 1, when an already-applied file was edited.
+
+    \b
+    Example:
+      ROUTER_DATABASE_URL=postgresql://router@127.0.0.1:15432/router router-stream db migrate
+    """
+    from router_stream.adapters.postgres import migrate_database
+
+    applied = asyncio.run(migrate_database(_settings(), migrations_dir))
+    if as_json:
+        click.echo(json.dumps({"applied": applied}))
+    elif applied:
+        for name in applied:
+            click.echo(f"applied {name}")
+    else:
+        click.echo("database is up to date")
+
+
+@db.command()
+@_dir_opt
+@_json_opt
+def status(migrations_dir: Path | None, as_json: bool) -> None:
+    """Show each migration: applied, pending, changed (edited after applying) or missing.
+
+    \b
+    Example:
+      router-stream db status
+      router-stream db status --json | jq '.[] | select(.state != "applied")'
+    """
+    from router_stream.adapters.postgres import database_status
+
+    states = asyncio.run(database_status(_settings(), migrations_dir))
+    if as_json:
+        click.echo(json.dumps([s.as_dict() for s in states]))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("migration", "state", "applied at", "sha256")
+    colours = {"applied": "green", "pending": "yellow", "changed": "red", "missing": "red"}
+    for s in states:
+        applied_at = s.applied_at.strftime("%Y-%m-%d %H:%M:%S%z") if s.applied_at else "-"
+        table.add_row(s.filename, f"[{colours[s.state]}]{s.state}[/]", applied_at, s.checksum[:12])
+    Console().print(table)

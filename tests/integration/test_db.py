@@ -1,0 +1,337 @@
+"""Migrations and the idempotent batch writers against a real PostgreSQL (a fresh database each)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+from click.testing import CliRunner
+
+import router_stream.cli.db  # noqa: F401  (registers `db` on the root group)
+from router_stream.adapters import postgres as pg
+from router_stream.cli import cli
+from router_stream.config import Settings
+from router_stream.errors import DatabaseUnavailable
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+@pytest.fixture
+async def conn(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    connection = await pg.connect(settings)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+async def migrated(conn: asyncpg.Connection) -> asyncpg.Connection:
+    await pg.migrate(conn)
+    return conn
+
+
+@pytest.fixture
+def migrations_copy(tmp_path: Path) -> Path:
+    """A private copy of migrations/ that a test may edit."""
+    target = tmp_path / "migrations"
+    shutil.copytree(pg.default_migrations_dir(), target)
+    return target
+
+
+def decision(signal_id: str, offset: int = 0, **changes: object) -> dict[str, object]:
+    row: dict[str, object] = {
+        "decision_id": f"d-{signal_id}-{offset}",
+        "signal_id": signal_id,
+        "tenant": "acme",
+        "kind": "alert",
+        "destinations": ["pager", "email"],
+        "strategy": "fanout",
+        "tier": "primary",
+        "policy_version": "v1",
+        "confidence": 0.75,
+        "state": {"trust": {"pager": 0.9}, "breaker": {"pager": "closed"}},
+        "consensus": None,
+        "input_topic": "signals",
+        "input_partition": 2,
+        "input_offset": offset,
+        "signal_ts": T0,
+        "decided_at": T0 + timedelta(milliseconds=5),
+    }
+    row.update(changes)
+    return row
+
+
+def dlq_row(offset: int, **changes: object) -> dict[str, object]:
+    row: dict[str, object] = {
+        "reason": "invalid_json",
+        "error": "Expecting value: line 1 column 1",
+        "attempts": 1,
+        "original_topic": "signals",
+        "original_partition": 0,
+        "original_offset": offset,
+        "original_key": b"sender-1",
+        "original_headers": [("trace", b"\x00\xffabc"), ("empty", None)],
+        "original_value": b"\xff not json {",
+        "original_timestamp": 1735787045000,
+        "first_failed_at": T0,
+        "last_failed_at": T0,
+    }
+    row.update(changes)
+    return row
+
+
+# --- migrations -------------------------------------------------------------------------------
+
+
+async def test_migrate_creates_the_tables_and_a_second_run_is_a_no_op(conn: asyncpg.Connection):
+    first = await pg.migrate(conn)
+    second = await pg.migrate(conn)
+
+    assert first == ["001_init.sql"]
+    assert second == []
+    tables = {
+        r["tablename"]
+        for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    }
+    assert {
+        "routing_decisions", "dlq_entries", "breaker_transitions", "trust_snapshots",
+        "policy_versions", "routing_overrides", "schema_migrations",
+    } <= tables
+    assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
+
+
+async def test_concurrent_migrators_apply_each_file_once(settings: Settings, migrations_copy: Path):
+    # A slow second migration widens the race window: without the lock both would run it.
+    (migrations_copy / "002_slow.sql").write_text(
+        "SELECT pg_sleep(0.5); CREATE TABLE slow_marker (id int PRIMARY KEY);"
+    )
+    conns = [await pg.connect(settings) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(pg.migrate(c, migrations_copy) for c in conns))
+        count = await conns[0].fetchval("SELECT count(*) FROM schema_migrations")
+    finally:
+        for c in conns:
+            await c.close()
+
+    applied = sorted(name for result in results for name in result)
+    assert applied == ["001_init.sql", "002_slow.sql"]  # each exactly once, across all three
+    assert count == 2
+
+
+async def test_changed_checksum_is_refused_before_anything_runs(
+    conn: asyncpg.Connection, migrations_copy: Path
+):
+    await pg.migrate(conn, migrations_copy)
+    init = migrations_copy / "001_init.sql"
+    init.write_text(init.read_text() + "\n-- edited after it was applied\n")
+    (migrations_copy / "002_next.sql").write_text("CREATE TABLE must_not_exist (id int);")
+
+    with pytest.raises(pg.MigrationChecksumMismatch, match="001_init.sql"):
+        await pg.migrate(conn, migrations_copy)
+
+    assert await conn.fetchval("SELECT to_regclass('must_not_exist')") is None
+    states = {s.filename: s.state for s in await pg.migration_status(conn, migrations_copy)}
+    assert states == {"001_init.sql": "changed", "002_next.sql": "pending"}
+
+
+async def test_failed_migration_rolls_back_and_is_not_recorded(
+    conn: asyncpg.Connection, migrations_copy: Path
+):
+    (migrations_copy / "002_broken.sql").write_text(
+        "CREATE TABLE half_done (id int); SELECT * FROM no_such_table;"
+    )
+    with pytest.raises(pg.MigrationError, match="002_broken.sql"):
+        await pg.migrate(conn, migrations_copy)
+
+    assert await conn.fetchval("SELECT to_regclass('half_done')") is None
+    states = {s.filename: s.state for s in await pg.migration_status(conn, migrations_copy)}
+    assert states == {"001_init.sql": "applied", "002_broken.sql": "pending"}
+    # the lock was released: another migrate does not hang
+    (migrations_copy / "002_broken.sql").unlink()
+    assert await asyncio.wait_for(pg.migrate(conn, migrations_copy), 10) == []
+
+
+async def test_status_before_and_after_migrate(conn: asyncpg.Connection, migrations_copy: Path):
+    before = await pg.migration_status(conn, migrations_copy)
+    await pg.migrate(conn, migrations_copy)
+    (migrations_copy / "001_init.sql").rename(migrations_copy / "009_renamed.sql")
+    after = await pg.migration_status(conn, migrations_copy)
+
+    assert [(s.filename, s.state, s.applied_at) for s in before] == [
+        ("001_init.sql", "pending", None)
+    ]
+    assert [(s.filename, s.state) for s in after] == [
+        ("009_renamed.sql", "pending"), ("001_init.sql", "missing")
+    ]
+    assert after[1].applied_at is not None
+
+
+async def test_unreachable_database_is_database_unavailable():
+    dead = Settings(database_url="postgresql://router@127.0.0.1:1/router")  # type: ignore[arg-type]
+    with pytest.raises(DatabaseUnavailable, match="127.0.0.1:1/router") as info:
+        await pg.connect(dead, timeout=5)
+    assert info.value.retriable
+    assert isinstance(info.value.__cause__, OSError)
+
+
+# --- idempotent writers -----------------------------------------------------------------------
+
+
+async def test_insert_decisions_twice_with_the_same_signal_id_leaves_one_row(migrated):
+    first = await pg.insert_decisions(migrated, [decision("s1"), decision("s2")])
+    # re-processing after a crash: same signals, new decision ids, new offsets
+    second = await pg.insert_decisions(migrated, [decision("s1", offset=7), decision("s3")])
+
+    assert (first, second) == (2, 1)
+    rows = await migrated.fetch("SELECT * FROM routing_decisions ORDER BY signal_id")
+    assert [r["signal_id"] for r in rows] == ["s1", "s2", "s3"]
+    s1 = rows[0]
+    assert s1["decision_id"] == "d-s1-0"  # the first write wins
+    assert s1["destinations"] == ["pager", "email"]
+    assert s1["state"] == {"trust": {"pager": 0.9}, "breaker": {"pager": "closed"}}
+    assert s1["consensus"] is None
+    assert s1["signal_ts"] == T0
+
+
+async def test_insert_decisions_accepts_tuples_in_documented_order(migrated):
+    row = decision("tup", consensus={"value": 1.5, "method": "blend", "sources_used": ["a", "b"],
+                                     "outliers": []}, destinations=["x"])
+    as_tuple = tuple(row[c] for c in pg.DECISION_COLUMNS)
+
+    assert await pg.insert_decisions(migrated, [as_tuple]) == 1
+    consensus = await migrated.fetchval(
+        "SELECT consensus FROM routing_decisions WHERE signal_id = 'tup'"
+    )
+    assert consensus["method"] == "blend"
+
+
+async def test_a_batch_with_a_duplicate_inside_it_inserts_once(migrated):
+    assert await pg.insert_decisions(migrated, [decision("dup"), decision("dup", offset=1)]) == 1
+
+
+async def test_500_row_batch_and_its_replay(migrated):
+    batch = [decision(f"sig-{i}", offset=i) for i in range(500)]
+    assert await pg.insert_decisions(migrated, batch) == 500
+    assert await pg.insert_decisions(migrated, batch) == 0
+    assert await migrated.fetchval("SELECT count(*) FROM routing_decisions") == 500
+
+
+async def test_writers_inside_a_callers_transaction(migrated):
+    async with migrated.transaction():
+        assert await pg.insert_decisions(migrated, [decision("t1")]) == 1
+        await migrated.execute("DELETE FROM routing_decisions WHERE signal_id = 't1'")
+        # the staging table must not leak the previous batch (t1) into this one
+        assert await pg.insert_decisions(migrated, [decision("t2")]) == 1
+    rows = await migrated.fetch("SELECT signal_id FROM routing_decisions")
+    assert [r["signal_id"] for r in rows] == ["t2"]
+
+
+async def test_a_bad_row_is_rejected_with_its_index(migrated):
+    bad = decision("nokind")
+    del bad["kind"]
+    with pytest.raises(ValueError, match="row 1: missing kind"):
+        await pg.insert_decisions(migrated, [decision("ok"), bad])
+    assert await migrated.fetchval("SELECT count(*) FROM routing_decisions") == 0
+
+
+async def test_dlq_insert_is_idempotent_on_original_coordinates(migrated):
+    assert await pg.insert_dlq_entries(migrated, [dlq_row(10), dlq_row(11)]) == 2
+    again = dlq_row(10, attempts=3, error="second failure of the same record")
+    assert await pg.insert_dlq_entries(migrated, [again]) == 0
+
+    rows = await migrated.fetch("SELECT * FROM dlq_entries ORDER BY original_offset")
+    assert [r["dlq_key"] for r in rows] == ["signals/0/10", "signals/0/11"]
+    first = rows[0]
+    assert first["status"] == "pending"
+    assert first["attempts"] == 1
+    assert first["original_value"] == b"\xff not json {"  # byte-exact
+    assert first["original_key"] == b"sender-1"
+    assert pg.decode_headers(first["original_headers"]) == [
+        ("trace", b"\x00\xffabc"), ("empty", None)
+    ]
+    assert first["original_timestamp"] == datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+async def test_dlq_reason_outside_the_closed_set_is_refused(migrated):
+    with pytest.raises(asyncpg.CheckViolationError):
+        await pg.insert_dlq_entries(migrated, [dlq_row(1, reason="because")])
+
+
+async def test_breaker_transitions_and_trust_snapshots_are_idempotent(migrated):
+    transitions = [
+        ("pager", "closed", "open", "5 consecutive failures", {"failures": 5}, T0),
+        ("pager", "open", "half_open", "cooldown elapsed", None, T0 + timedelta(seconds=30)),
+    ]
+    snapshots = [{"source_id": "feed-a", "score": 0.8, "components": {"freshness": 1.0},
+                  "at": T0}]
+
+    assert await pg.insert_breaker_transitions(migrated, transitions) == 2
+    assert await pg.insert_breaker_transitions(migrated, transitions) == 0
+    assert await pg.insert_trust_snapshots(migrated, snapshots) == 1
+    assert await pg.insert_trust_snapshots(migrated, snapshots) == 0
+    assert await migrated.fetchval(
+        "SELECT details FROM breaker_transitions WHERE to_state = 'half_open'"
+    ) == {}
+
+
+async def test_record_policy_version_keeps_one_active(migrated):
+    await pg.record_policy_version(migrated, "v1", "routes: {}\n", published_by="alice")
+    await pg.record_policy_version(migrated, "v2", "routes: {a: 1}\n", published_by="bob")
+    await pg.record_policy_version(migrated, "v2", "routes: {a: 1}\n")  # republish: no-op
+    await pg.record_policy_version(
+        migrated, "bad", "routes: [\n", status="rejected", status_reason="line 1: bad"
+    )
+
+    rows = await migrated.fetch("SELECT version, status FROM policy_versions ORDER BY version")
+    assert {r["version"]: r["status"] for r in rows} == {
+        "bad": "rejected", "v1": "superseded", "v2": "active"
+    }
+
+
+# --- the CLI ----------------------------------------------------------------------------------
+
+
+def _invoke(settings: Settings, *args: str):
+    env = {"ROUTER_DATABASE_URL": settings.database_url.get_secret_value()}
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+def test_cli_db_migrate_then_status_json(settings: Settings):
+    migrated = _invoke(settings, "db", "migrate")
+    again = _invoke(settings, "db", "migrate", "--json")
+    status = _invoke(settings, "db", "status", "--json")
+    table = _invoke(settings, "db", "status")
+
+    assert migrated.exit_code == 0, migrated.output
+    assert "applied 001_init.sql" in migrated.output
+    assert json.loads(again.output) == {"applied": []}
+    assert [(s["filename"], s["state"]) for s in json.loads(status.output)] == [
+        ("001_init.sql", "applied")
+    ]
+    assert table.exit_code == 0
+    assert "001_init.sql" in table.output and "applied" in table.output
+
+
+def test_cli_db_status_unreachable_exits_2():
+    result = CliRunner().invoke(
+        cli, ["db", "status"], env={"ROUTER_DATABASE_URL": "postgresql://router@127.0.0.1:1/x"}
+    )
+    assert result.exit_code == 2
+    assert "cannot connect to Postgres" in result.output
+
+
+def test_cli_db_migrate_edited_file_exits_1(settings: Settings, migrations_copy: Path):
+    assert _invoke(settings, "db", "migrate", "--migrations-dir", str(migrations_copy)).exit_code == 0
+    (migrations_copy / "001_init.sql").write_text("-- rewritten\n")
+    result = _invoke(settings, "db", "migrate", "--migrations-dir", str(migrations_copy))
+    assert result.exit_code == 1
+    assert "changed on disk: 001_init.sql" in result.output
