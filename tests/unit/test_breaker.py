@@ -4,6 +4,7 @@ every emitted transition is in the table (so open never reaches closed without h
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -207,8 +208,9 @@ def test_breaker_and_transition_round_trip_through_json() -> None:
                                          ("cooldown_s", -1.0), ("max_cooldown_s", 1.0),
                                          ("backoff_multiplier", 0.5), ("half_open_probes", 0)])
 def test_config_rejects_bad_values(field: str, value: float) -> None:
+    kwargs: dict[str, Any] = {field: value}
     with pytest.raises(ValueError):
-        BreakerConfig(**{field: value})
+        BreakerConfig(**kwargs)
 
 
 # An operation is (kind, time step, flag/target). Time mostly moves forward but may step back.
