@@ -18,7 +18,7 @@ CREATE TABLE routing_decisions (
     kind             text        NOT NULL,
     destinations     text[]      NOT NULL,
     strategy         text        NOT NULL,
-    tier             text,                         -- tier name (or index) that won; NULL if the strategy has no tiers
+    tier             integer     CHECK (tier >= 0),  -- index of the tier that won (0 = primary); NULL without tiers
     policy_version   text        NOT NULL,
     confidence       double precision NOT NULL CHECK (confidence >= 0 AND confidence <= 1),
     state            jsonb       NOT NULL DEFAULT '{}'::jsonb,  -- trust scores / breaker states that mattered

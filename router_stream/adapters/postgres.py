@@ -42,6 +42,7 @@ import asyncpg
 import orjson
 
 from router_stream.config import Settings
+from router_stream.core.models import Decision, DlqEntry
 from router_stream.errors import DatabaseUnavailable, RouterError, UserError
 
 __all__ = [
@@ -55,7 +56,9 @@ __all__ = [
     "connect",
     "create_pool",
     "database_status",
+    "decision_row",
     "decode_headers",
+    "dlq_row",
     "default_migrations_dir",
     "dlq_key",
     "encode_headers",
@@ -493,7 +496,7 @@ _DECISIONS = _Table("routing_decisions", (
     _Column("kind", "text"),
     _Column("destinations", "text[]", list),
     _Column("strategy", "text"),
-    _Column("tier", "text", str, required=False),
+    _Column("tier", "int4", int, required=False),
     _Column("policy_version", "text"),
     _Column("confidence", "float8", float),
     _jsonb("state", "{}"),
@@ -510,6 +513,30 @@ DECISION_COLUMNS: tuple[str, ...] = _DECISIONS.column_names
 ``state`` is the trust/breaker state that mattered (JSON object), ``consensus`` the consensus
 result (``value``, ``method``, ``sources_used``, ``outliers``) or None.
 """
+
+
+def decision_row(decision: Decision) -> tuple[Any, ...]:
+    """A core :class:`Decision` as a row for :func:`insert_decisions`.
+
+    ``state`` keeps the trust and breaker state that mattered (plus rule / override / priority
+    when set); ``consensus`` is filled only for consensus decisions.
+    """
+    state: dict[str, Any] = {"trust": decision.trust, "breakers": decision.breakers}
+    for name in ("rule", "override_id", "priority"):
+        if getattr(decision, name) is not None:
+            state[name] = getattr(decision, name)
+    consensus = None
+    if decision.method is not None:
+        consensus = {
+            "value": decision.value, "method": decision.method,
+            "sources_used": decision.sources_used or [], "outliers": decision.outliers or [],
+        }
+    return (
+        decision.decision_id, decision.signal_id, decision.tenant, decision.kind,
+        decision.destinations, decision.strategy, decision.tier, decision.policy_version,
+        decision.confidence, state, consensus, decision.input_topic, decision.input_partition,
+        decision.input_offset, decision.signal_ts, decision.decided_at,
+    )
 
 
 async def insert_decisions(conn: asyncpg.Connection, rows: Sequence[Any]) -> int:
@@ -554,6 +581,35 @@ def _with_dlq_key(row: Any) -> Any:
         key = dlq_key(row["original_topic"], row["original_partition"], row["original_offset"])
         return {**row, "dlq_key": key}
     return row
+
+
+def dlq_row(
+    entry: DlqEntry,
+    *,
+    tenant: str | None = None,
+    kind: str | None = None,
+    original_timestamp: Any = None,
+    last_failed_at: Any = None,
+) -> dict[str, Any]:
+    """A core :class:`DlqEntry` as a row for :func:`insert_dlq_entries`."""
+    return {
+        "dlq_key": dlq_key(entry.original_topic, entry.original_partition, entry.original_offset),
+        "reason": entry.reason.value,
+        "error": entry.error,
+        "signal_id": entry.signal_id,
+        "tenant": tenant,
+        "kind": kind,
+        "attempts": entry.attempts,
+        "original_topic": entry.original_topic,
+        "original_partition": entry.original_partition,
+        "original_offset": entry.original_offset,
+        "original_key": entry.original_key,
+        "original_headers": entry.original_headers,
+        "original_value": entry.original_value,
+        "original_timestamp": original_timestamp,
+        "first_failed_at": entry.first_failed_at,
+        "last_failed_at": entry.first_failed_at if last_failed_at is None else last_failed_at,
+    }
 
 
 async def insert_dlq_entries(conn: asyncpg.Connection, rows: Sequence[Any]) -> int:

@@ -55,7 +55,7 @@ def decision(signal_id: str, offset: int = 0, **changes: object) -> dict[str, ob
         "kind": "alert",
         "destinations": ["pager", "email"],
         "strategy": "fanout",
-        "tier": "primary",
+        "tier": 0,
         "policy_version": "v1",
         "confidence": 0.75,
         "state": {"trust": {"pager": 0.9}, "breaker": {"pager": "closed"}},
@@ -70,7 +70,7 @@ def decision(signal_id: str, offset: int = 0, **changes: object) -> dict[str, ob
     return row
 
 
-def dlq_row(offset: int, **changes: object) -> dict[str, object]:
+def dlq_dict(offset: int, **changes: object) -> dict[str, object]:
     row: dict[str, object] = {
         "reason": "invalid_json",
         "error": "Expecting value: line 1 column 1",
@@ -244,8 +244,8 @@ async def test_a_bad_row_is_rejected_with_its_index(migrated):
 
 
 async def test_dlq_insert_is_idempotent_on_original_coordinates(migrated):
-    assert await pg.insert_dlq_entries(migrated, [dlq_row(10), dlq_row(11)]) == 2
-    again = dlq_row(10, attempts=3, error="second failure of the same record")
+    assert await pg.insert_dlq_entries(migrated, [dlq_dict(10), dlq_dict(11)]) == 2
+    again = dlq_dict(10, attempts=3, error="second failure of the same record")
     assert await pg.insert_dlq_entries(migrated, [again]) == 0
 
     rows = await migrated.fetch("SELECT * FROM dlq_entries ORDER BY original_offset")
@@ -263,7 +263,7 @@ async def test_dlq_insert_is_idempotent_on_original_coordinates(migrated):
 
 async def test_dlq_reason_outside_the_closed_set_is_refused(migrated):
     with pytest.raises(asyncpg.CheckViolationError):
-        await pg.insert_dlq_entries(migrated, [dlq_row(1, reason="because")])
+        await pg.insert_dlq_entries(migrated, [dlq_dict(1, reason="because")])
 
 
 async def test_breaker_transitions_and_trust_snapshots_are_idempotent(migrated):
@@ -330,8 +330,41 @@ def test_cli_db_status_unreachable_exits_2():
 
 
 def test_cli_db_migrate_edited_file_exits_1(settings: Settings, migrations_copy: Path):
-    assert _invoke(settings, "db", "migrate", "--migrations-dir", str(migrations_copy)).exit_code == 0
+    first = _invoke(settings, "db", "migrate", "--migrations-dir", str(migrations_copy))
+    assert first.exit_code == 0
     (migrations_copy / "001_init.sql").write_text("-- rewritten\n")
     result = _invoke(settings, "db", "migrate", "--migrations-dir", str(migrations_copy))
     assert result.exit_code == 1
     assert "changed on disk: 001_init.sql" in result.output
+
+
+async def test_core_decision_and_dlq_entry_round_trip(migrated):
+    from router_stream.core.models import Decision, DlqEntry, DlqReason
+
+    epoch = T0.timestamp()
+    core_decision = Decision(
+        decision_id="d-core", signal_id="s-core", tenant="acme", kind="reading",
+        destinations=["db"], strategy="consensus", tier=None, policy_version="v9",
+        confidence=0.5, trust={"a": 0.9}, breakers={"a": "closed"}, input_topic="signals",
+        input_partition=1, input_offset=42, decided_at=epoch + 0.25, signal_ts=epoch,
+        value=1.5, method="blend", sources_used=["a", "b"], outliers=["c"],
+    )
+    entry = DlqEntry(
+        reason=DlqReason.NO_ROUTE, error="no route for kind 'x'", signal_id="s-x",
+        original_topic="signals", original_partition=3, original_offset=9,
+        original_key=None, original_value=b'{"sender_id": "x"}',
+        original_headers=[("h", b"v")], first_failed_at=epoch,
+    )
+
+    assert await pg.insert_decisions(migrated, [pg.decision_row(core_decision)]) == 1
+    assert await pg.insert_dlq_entries(migrated, [pg.dlq_row(entry, tenant="acme")]) == 1
+    assert await pg.insert_dlq_entries(migrated, [pg.dlq_row(entry)]) == 0
+
+    d = await migrated.fetchrow("SELECT * FROM routing_decisions")
+    assert d["decided_at"] == T0 + timedelta(milliseconds=250)
+    assert d["state"] == {"trust": {"a": 0.9}, "breakers": {"a": "closed"}}
+    assert d["consensus"] == {"value": 1.5, "method": "blend", "sources_used": ["a", "b"],
+                              "outliers": ["c"]}
+    e = await migrated.fetchrow("SELECT * FROM dlq_entries")
+    assert (e["dlq_key"], e["reason"], e["tenant"]) == ("signals/3/9", "no_route", "acme")
+    assert pg.decode_headers(e["original_headers"]) == [("h", b"v")]
