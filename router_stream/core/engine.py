@@ -1,0 +1,635 @@
+"""The router engine: one entry point that decides a batch of signals against its state.
+
+Pure: no I/O, time comes in as ``now`` (epoch seconds), randomness from a seeded RNG. The worker
+owns one engine per process and feeds it
+
+* ``decide_batch(records, now)`` for ``signals`` (and re-fed ``router.retry``) records, and
+* ``apply_health`` / ``apply_outcome`` / ``apply_control`` for the low-volume state topics, which
+  every worker reads in full — so the engine's trust, breaker, bandit, load and override state is
+  a deterministic fold of those topics and equal on every worker.
+
+Every input record ends in exactly one of: a decision, a DLQ record, a retry record, or (policy
+permitting) a dropped duplicate; :class:`~router_stream.core.outputs.BatchResult` carries them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from router_stream.core import breaker as brk
+from router_stream.core import trust as tr
+from router_stream.core.breaker import Breaker, BreakerState, BreakerTransition
+from router_stream.core.compiled import CompiledPolicy, RouteSpec
+from router_stream.core.dedupe import DedupeWindow
+from router_stream.core.models import (
+    BreakerForce,
+    BreakerReset,
+    ControlCommand,
+    Decision,
+    DlqEntry,
+    DlqReason,
+    HealthEvent,
+    InboundRecord,
+    Outcome,
+    OverrideClear,
+    OverrideSet,
+    PolicyPublish,
+    Signal,
+)
+from router_stream.core.outputs import (
+    H_ATTEMPTS,
+    H_DLQ_ID,
+    H_ERROR,
+    H_FIRST_FAILED,
+    H_OFFSET,
+    H_PARTITION,
+    H_REASON,
+    H_RETRY_NOT_BEFORE,
+    H_SIGNAL_ID,
+    H_TOPIC,
+    BatchResult,
+    DlqRecord,
+    RetryRecord,
+    RoutedRecord,
+)
+from router_stream.core.overrides import (
+    ActiveOverrides,
+    Override,
+    OverrideKind,
+    active,
+    clear_override,
+    set_override,
+)
+from router_stream.core.parsing import Rejection, parse_signal
+from router_stream.core.ratelimit import TokenBucket, admit_limit
+from router_stream.core.strategies import (
+    BANDIT_STRATEGIES,
+    SELECTION_STRATEGIES,
+    BanditArm,
+    LastGood,
+    LoadCounter,
+    Observation,
+    SelectionContext,
+    consensus,
+)
+from router_stream.core.strategies import bandits as bandit_mod
+from router_stream.core.strategies.consensus import deviation_z, remember
+from router_stream.core.strategies.base import first_usable_tier
+
+_MAX_ERROR_LEN = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ControlResult:
+    accepted: bool
+    message: str
+    transitions: list[BreakerTransition] = field(default_factory=list)
+    policy_changed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StateSnapshot:
+    """What the state looks like now: for metrics, trust snapshots and state-equality tests."""
+
+    trust: dict[str, float]
+    breakers: dict[str, str]
+    policy_version: str
+    overrides: list[dict[str, object]]
+
+
+@dataclass(slots=True)
+class _Origin:
+    """Where a record was first read: itself, or (for a retried/replayed record) its headers."""
+
+    topic: str
+    partition: int
+    offset: int
+    attempts: int
+    first_failed_at: float | None
+
+
+def decision_id_for(signal_id: str) -> str:
+    """Deterministic: re-processing a signal after a crash yields the same decision id, so the
+    Kafka copy and the Postgres row of a decision agree however often it is written."""
+    return "dec-" + hashlib.blake2b(signal_id.encode(), digest_size=12).hexdigest()
+
+
+class RouterEngine:
+    """Per-worker routing state plus the functions that decide and fold events into it."""
+
+    def __init__(self, policy: CompiledPolicy, *, seed: int = 0, dedupe_window_s: float = 3600.0):
+        self._policy = policy
+        self._rng = random.Random(seed)
+        self._trust: dict[str, tr.TrustState] = {}
+        self._breakers: dict[str, Breaker] = {}
+        self._arms: dict[str, BanditArm] = {}
+        self._load: dict[str, LoadCounter] = {}
+        self._overrides: dict[str, Override] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+        self._dedupe = DedupeWindow(dedupe_window_s)
+        self._observations: dict[str, dict[str, Observation]] = {}
+        self._last_good: dict[str, LastGood] = {}
+
+    # --- policy ------------------------------------------------------------------------------
+
+    @property
+    def policy(self) -> CompiledPolicy:
+        return self._policy
+
+    @property
+    def policy_version(self) -> str:
+        return self._policy.version
+
+    @property
+    def destinations(self) -> list[str]:
+        return list(self._policy.destinations)
+
+    def replace_policy(self, policy: CompiledPolicy) -> None:
+        """Switch to an already-validated policy; state (trust, breakers, bandits) carries over."""
+        self._policy = policy
+
+    # --- state topics ------------------------------------------------------------------------
+
+    def _breaker(self, target: str) -> Breaker:
+        b = self._breakers.get(target)
+        if b is None:
+            b = Breaker(target_id=target)
+            self._breakers[target] = b
+        return b
+
+    def _trust_state(self, target: str) -> tr.TrustState:
+        t = self._trust.get(target)
+        return t if t is not None else tr.TrustState.initial(self._policy.trust_params)
+
+    def apply_health(self, event: HealthEvent, now: float) -> list[BreakerTransition]:
+        """Fold a health event: trust components, and the breaker when it says ok or not."""
+        p = self._policy
+        self._trust[event.source_id] = tr.observe_health(
+            self._trust_state(event.source_id), now=event.ts, params=p.trust_params,
+            ok=event.ok, latency_ms=event.latency_ms, error_rate=event.error_rate,
+            last_data_ts=event.last_data_ts, completeness=event.completeness,
+        )
+        ok = event.ok
+        if ok is None and event.error_rate is not None:
+            ok = event.error_rate < p.breaker.error_rate_threshold
+        if ok is None:
+            return []
+        return self._record(event.source_id, ok, event.ts)
+
+    def apply_outcome(self, outcome: Outcome, now: float) -> list[BreakerTransition]:
+        """Fold a delivery outcome: trust, breaker, bandit reward, in-flight load."""
+        at = outcome.ts if outcome.ts is not None else now
+        dest = outcome.destination
+        self._trust[dest] = tr.observe_outcome(
+            self._trust_state(dest), ok=outcome.ok, now=at, params=self._policy.trust_params,
+            latency_ms=outcome.latency_ms,
+        )
+        reward = outcome.reward if outcome.reward is not None else (1.0 if outcome.ok else 0.0)
+        arm = self._arms.get(dest) or bandit_mod.new_arm(self._bandit_config_for(dest))
+        self._arms[dest] = bandit_mod.update(arm, reward)
+        self._load[dest] = self._load.get(dest, LoadCounter()).on_outcome()
+        return self._record(dest, outcome.ok, at)
+
+    def _bandit_config_for(self, dest: str) -> bandit_mod.BanditConfig:
+        for route in self._policy.routes.values():
+            if route.strategy in BANDIT_STRATEGIES and dest in route.destinations:
+                return route.bandit
+        return bandit_mod.BanditConfig()
+
+    def _record(self, target: str, ok: bool, at: float) -> list[BreakerTransition]:
+        cfg = self._policy.breaker
+        polled, moves = brk.poll(self._breaker(target), at, cfg)
+        updated, more = brk.record(polled, ok, at, cfg)
+        self._breakers[target] = updated
+        return [*moves, *more]
+
+    def apply_control(self, cmd: ControlCommand, now: float, compiled: CompiledPolicy | None = None
+                      ) -> ControlResult:
+        """Apply an operator command. ``policy_publish`` needs the candidate already compiled by
+        the caller (``compiled``; ``None`` means it failed validation and is rejected)."""
+        if isinstance(cmd, PolicyPublish):
+            if compiled is None:
+                return ControlResult(False, f"policy {cmd.version} rejected: invalid")
+            old = self._policy.version
+            self._policy = compiled
+            return ControlResult(True, f"policy {old} -> {compiled.version}", policy_changed=True)
+        if isinstance(cmd, OverrideSet):
+            created = cmd.issued_at if cmd.issued_at is not None else now
+            for dest in cmd.destinations[:1]:
+                self._overrides = set_override(self._overrides, Override(
+                    override_id=cmd.override_id, kind=OverrideKind.FORCE_DESTINATION,
+                    target=dest, expires_at=cmd.expires_at, created_at=created,
+                    kind_selector=cmd.kind, tenant_selector=cmd.tenant, reason=cmd.reason,
+                ))
+            return ControlResult(True, f"override {cmd.override_id} set")
+        if isinstance(cmd, OverrideClear):
+            self._overrides = clear_override(self._overrides, cmd.override_id)
+            return ControlResult(True, f"override {cmd.override_id} cleared")
+        if isinstance(cmd, BreakerForce):
+            target = BreakerState.OPEN if cmd.state == "open" else BreakerState.CLOSED
+            return self._force(cmd.target, target, now, cmd.reason or "operator_force")
+        if isinstance(cmd, BreakerReset):
+            return self._force(cmd.target, BreakerState.CLOSED, now, "operator_reset")
+        return ControlResult(False, f"{cmd.type} is handled by the worker, not the engine")
+
+    def apply_override(self, override: Override) -> None:
+        """Add any override kind (drain, exclude, force) directly."""
+        self._overrides = set_override(self._overrides, override)
+
+    def _force(self, target: str, to: BreakerState, now: float, reason: str) -> ControlResult:
+        try:
+            updated, moves = brk.force(self._breaker(target), to, now, reason, self._policy.breaker)
+        except brk.InvalidTransition as exc:
+            return ControlResult(False, str(exc))
+        self._breakers[target] = updated
+        return ControlResult(True, f"breaker {target} -> {to.value}", moves)
+
+    def tick(self, now: float) -> list[BreakerTransition]:
+        """Time-driven moves: open breakers whose cooldown elapsed go half-open; expired
+        overrides are dropped."""
+        moves: list[BreakerTransition] = []
+        cfg = self._policy.breaker
+        for target, b in list(self._breakers.items()):
+            if b.state is not BreakerState.CLOSED:
+                updated, more = brk.poll(b, now, cfg)
+                if more:
+                    self._breakers[target] = updated
+                    moves.extend(more)
+        if self._overrides:
+            self._overrides = {k: o for k, o in self._overrides.items() if o.is_active(now)}
+        return moves
+
+    def snapshot(self, now: float | None = None) -> StateSnapshot:
+        p = self._policy
+        at = now if now is not None else max(
+            (t.last_ts for t in self._trust.values() if t.last_ts is not None), default=0.0
+        )
+        return StateSnapshot(
+            trust={k: tr.score(v, at, p.trust_weights, p.trust_params)
+                   for k, v in sorted(self._trust.items())},
+            breakers={k: b.state.value for k, b in sorted(self._breakers.items())},
+            policy_version=p.version,
+            overrides=[o.to_dict() for o in sorted(self._overrides.values(),
+                                                    key=lambda o: o.override_id)],
+        )
+
+    # --- the hot path ------------------------------------------------------------------------
+
+    def decide_batch(self, records: Sequence[InboundRecord], now: float) -> BatchResult:
+        """Decide every record of a batch. State changes (dedupe, rate limits, load, probes)
+        apply in record order, so a batch decides exactly as the same records one by one."""
+        result = BatchResult()
+        batch = _BatchView(self, now)
+        for record in records:
+            self._decide_one(record, now, batch, result)
+        result.breaker_transitions.extend(batch.transitions)
+        return result
+
+    def _decide_one(self, record: InboundRecord, now: float, batch: _BatchView,
+                    result: BatchResult) -> None:
+        origin = _origin(record)
+        parsed = parse_signal(record.value, record_ts_ms=record.timestamp, now=now)
+        if isinstance(parsed, Rejection):
+            self._dlq(result, record, origin, parsed.reason, parsed.error, parsed.signal_id, now)
+            return
+        signal = parsed
+        kind_and_priority = self._classify(signal)
+        if kind_and_priority is None:
+            self._dlq(result, record, origin, DlqReason.UNCLASSIFIED,
+                      "no classification rule matched and the policy's default is the DLQ",
+                      signal.signal_id, now)
+            return
+        kind, priority = kind_and_priority
+        route = self._policy.routes.get(kind)
+        if route is None:
+            self._dlq(result, record, origin, DlqReason.NO_ROUTE,
+                      f"no route for kind {kind!r}", signal.signal_id, now)
+            return
+        if route.dedupe and origin.attempts == 0 and self._dedupe.seen_or_add(signal.signal_id, now):
+            if route.on_duplicate == "dlq":
+                self._dlq(result, record, origin, DlqReason.DUPLICATE,
+                          f"signal_id {signal.signal_id} already routed", signal.signal_id, now)
+            else:
+                result.dropped_duplicates += 1
+            return
+        if not self._admit(signal.tenant, now):
+            self._dlq(result, record, origin, DlqReason.RATE_LIMITED,
+                      f"tenant {signal.tenant!r} is over its rate limit", signal.signal_id, now)
+            return
+        if route.strategy == "consensus":
+            self._decide_consensus(record, origin, signal, route, priority, now, batch, result)
+        else:
+            self._decide_select(record, origin, signal, route, priority, now, batch, result)
+
+    def _classify(self, signal: Signal) -> tuple[str, int | None] | None:
+        if signal.kind is not None:
+            return signal.kind, signal.priority
+        found = self._policy.classify(signal)
+        if found is not None:
+            kind, priority = found
+            return kind, signal.priority if signal.priority is not None else priority
+        if self._policy.unclassified_kind is not None:
+            return self._policy.unclassified_kind, signal.priority
+        return None
+
+    def _admit(self, tenant: str, now: float) -> bool:
+        limit = self._policy.tenant_limits.get(tenant, self._policy.default_limit)
+        if limit is None:
+            return True
+        ok, bucket = admit_limit(self._buckets.get(tenant, TokenBucket()), now, limit)
+        self._buckets[tenant] = bucket
+        return ok
+
+    def _decide_select(self, record: InboundRecord, origin: _Origin, signal: Signal,
+                       route: RouteSpec, priority: int | None, now: float, batch: _BatchView,
+                       result: BatchResult) -> None:
+        forced = batch.overrides.forced_destination(route.kind, signal.tenant)
+        if forced is not None:
+            self._emit(record, origin, signal, route, priority, (forced,), None, 1.0, "override",
+                       now, batch, result)
+            return
+        ctx = batch.context(route)
+        while True:
+            selection = SELECTION_STRATEGIES[route.strategy](route.tiers, ctx)
+            if selection is None:
+                self._no_healthy(record, origin, signal, route, now, result)
+                return
+            # A half-open destination admits a bounded number of probes; when its slots are
+            # taken it is unavailable for the rest of the batch and the strategy chooses again.
+            if all(batch.take_probe(d) for d in selection.destinations):
+                break
+        self._emit(record, origin, signal, route, priority, selection.destinations,
+                   selection.tier, selection.confidence, route.strategy, now, batch, result)
+
+    def _decide_consensus(self, record: InboundRecord, origin: _Origin, signal: Signal,
+                          route: RouteSpec, priority: int | None, now: float,
+                          batch: _BatchView, result: BatchResult) -> None:
+        cfg = route.consensus
+        if cfg is None:  # compile_policy sets it for every consensus route
+            raise ValueError(f"route {route.kind!r} uses consensus without its parameters")
+        metric = signal.metric or route.kind
+        if signal.source_id is not None and signal.value is not None:
+            self._observations.setdefault(metric, {})[signal.source_id] = Observation(
+                signal.source_id, signal.value, signal.ts
+            )
+        observations = self._observations.get(metric, {})
+        excluded = batch.unavailable_sources
+        outcome = consensus(observations.values(), now, cfg, batch.trust_scores, excluded,
+                            self._last_good.get(metric))
+        if outcome is None:
+            self._dlq(result, record, origin, DlqReason.NO_HEALTHY_DESTINATION,
+                      f"metric {metric!r}: no usable source and no recent consensus",
+                      signal.signal_id, now)
+            return
+        good = remember(outcome, now)
+        if good is not None:
+            self._last_good[metric] = good
+            for obs in observations.values():
+                if obs.source_id in outcome.sources_used or obs.source_id in outcome.outliers:
+                    z = deviation_z(obs.value, outcome)
+                    state = tr.observe_deviation(self._trust_state(obs.source_id), z=z, now=now,
+                                                 params=self._policy.trust_params)
+                    self._trust[obs.source_id] = state
+                    batch.trust_changed(obs.source_id, state)
+        usable = first_usable_tier(route.tiers, batch.unavailable)
+        if usable is None:
+            self._no_healthy(record, origin, signal, route, now, result)
+            return
+        tier, dests = usable
+        extra = {"value": outcome.value, "method": outcome.method,
+                 "sources_used": list(outcome.sources_used), "outliers": list(outcome.outliers)}
+        self._emit(record, origin, signal, route, priority, (dests[0],), tier, outcome.confidence,
+                   "consensus", now, batch, result, extra)
+
+    def _no_healthy(self, record: InboundRecord, origin: _Origin, signal: Signal,
+                    route: RouteSpec, now: float, result: BatchResult) -> None:
+        if origin.attempts < route.max_attempts:
+            self._retry(record, origin, signal, route, now, result)
+            return
+        reason = (DlqReason.RETRIES_EXHAUSTED if route.max_attempts > 0
+                  else DlqReason.NO_HEALTHY_DESTINATION)
+        detail = f" after {origin.attempts} retries" if route.max_attempts > 0 else ""
+        self._dlq(result, record, origin, reason,
+                  f"every destination of kind {route.kind!r} is unavailable{detail}",
+                  signal.signal_id, now)
+
+    def _emit(self, record: InboundRecord, origin: _Origin, signal: Signal, route: RouteSpec,
+              priority: int | None, destinations: tuple[str, ...], tier: int | None,
+              confidence: float, strategy: str, now: float, batch: _BatchView,
+              result: BatchResult, consensus_extra: dict[str, object] | None = None) -> None:
+        decision_id = decision_id_for(signal.signal_id)
+        relevant = route.destinations
+        decision = Decision(
+            decision_id=decision_id, signal_id=signal.signal_id, tenant=signal.tenant,
+            kind=route.kind, destinations=list(destinations), strategy=strategy, tier=tier,
+            policy_version=self._policy.version, confidence=confidence,
+            trust={d: batch.trust_of(d) for d in relevant},
+            breakers={d: batch.breaker_state(d) for d in relevant},
+            input_topic=origin.topic, input_partition=origin.partition,
+            input_offset=origin.offset, decided_at=now, signal_ts=signal.ts, priority=priority,
+            value=_float(consensus_extra, "value"),
+            method=consensus_extra["method"] if consensus_extra else None,  # type: ignore[arg-type]
+            sources_used=consensus_extra["sources_used"] if consensus_extra else None,  # type: ignore[arg-type]
+            outliers=consensus_extra["outliers"] if consensus_extra else None,  # type: ignore[arg-type]
+        )
+        result.decisions.append(decision)
+        for dest in destinations:
+            route_obj: dict[str, object] = {
+                "decision_id": decision_id, "destination": dest, "kind": route.kind,
+                "strategy": strategy, "tier": tier, "policy_version": self._policy.version,
+                "confidence": confidence, "routed_at": now,
+            }
+            if consensus_extra:
+                route_obj.update(consensus_extra)
+            result.routed.append(RoutedRecord(
+                destination=dest, key=record.key, value=_with_route(record.value, route_obj),
+                signal_id=signal.signal_id,
+            ))
+            self._load[dest] = self._load.get(dest, LoadCounter()).on_routed()
+
+    def _retry(self, record: InboundRecord, origin: _Origin, signal: Signal, route: RouteSpec,
+               now: float, result: BatchResult) -> None:
+        attempts = origin.attempts + 1
+        delay = route.retry_delay_s * (2 ** (attempts - 1))
+        not_before = now + delay
+        first = origin.first_failed_at if origin.first_failed_at is not None else now
+        headers = _strip_router_headers(record.headers) + [
+            (H_TOPIC, origin.topic.encode()), (H_PARTITION, str(origin.partition).encode()),
+            (H_OFFSET, str(origin.offset).encode()), (H_ATTEMPTS, str(attempts).encode()),
+            (H_FIRST_FAILED, repr(first).encode()), (H_RETRY_NOT_BEFORE, repr(not_before).encode()),
+            (H_SIGNAL_ID, signal.signal_id.encode()),
+        ]
+        result.retries.append(RetryRecord(record.key, record.value, headers, not_before, attempts,
+                                          signal.signal_id))
+
+    def _dlq(self, result: BatchResult, record: InboundRecord, origin: _Origin,
+             reason: DlqReason, error: str, signal_id: str | None, now: float) -> None:
+        error = error.replace("\n", " ")[:_MAX_ERROR_LEN]
+        attempts = max(1, origin.attempts)
+        first = origin.first_failed_at if origin.first_failed_at is not None else now
+        original_headers = _strip_router_headers(record.headers)
+        entry = DlqEntry(
+            reason=reason, error=error, signal_id=signal_id, original_topic=origin.topic,
+            original_partition=origin.partition, original_offset=origin.offset,
+            original_key=record.key, original_value=record.value,
+            original_headers=original_headers, attempts=attempts, first_failed_at=first,
+        )
+        headers = original_headers + [
+            (H_REASON, reason.value.encode()), (H_ERROR, error.encode()),
+            (H_TOPIC, origin.topic.encode()), (H_PARTITION, str(origin.partition).encode()),
+            (H_OFFSET, str(origin.offset).encode()), (H_ATTEMPTS, str(attempts).encode()),
+            (H_FIRST_FAILED, repr(first).encode()),
+        ]
+        if signal_id is not None:
+            headers.append((H_SIGNAL_ID, signal_id.encode()))
+        result.dlq.append(DlqRecord(entry, headers))
+
+
+class _BatchView:
+    """Per-batch derived state: which destinations are unavailable, trust scores, probe slots.
+
+    Built lazily once per batch, not per signal: breakers and trust change only through the
+    state topics, which are folded between batches.
+    """
+
+    def __init__(self, engine: RouterEngine, now: float) -> None:
+        self._engine = engine
+        self._now = now
+        self.transitions: list[BreakerTransition] = []
+        self.overrides: ActiveOverrides = active(engine._overrides.values(), now)
+        cfg = engine._policy.breaker
+        unavailable: set[str] = set(self.overrides.drained)
+        self._half_open: dict[str, int] = {}
+        for target, b in list(engine._breakers.items()):
+            if b.state is BreakerState.CLOSED:
+                continue
+            polled, moves = brk.poll(b, now, cfg)
+            if moves:
+                engine._breakers[target] = polled
+                self.transitions.extend(moves)
+            if polled.state is BreakerState.OPEN:
+                unavailable.add(target)
+            elif polled.state is BreakerState.HALF_OPEN:
+                slots = cfg.half_open_probes - polled.probes_in_flight - polled.probes_succeeded
+                self._half_open[target] = max(0, slots)
+                if slots <= 0:
+                    unavailable.add(target)
+        self.unavailable = unavailable
+        self.unavailable_sources = unavailable | set(self.overrides.excluded)
+        self._trust_scores: dict[str, float] | None = None
+        self._contexts: dict[str, SelectionContext] = {}
+
+    @property
+    def trust_scores(self) -> dict[str, float]:
+        if self._trust_scores is None:
+            e = self._engine
+            p = e._policy
+            self._trust_scores = {
+                k: tr.score(v, self._now, p.trust_weights, p.trust_params)
+                for k, v in e._trust.items()
+            }
+        return self._trust_scores
+
+    def trust_changed(self, target: str, state: tr.TrustState) -> None:
+        """Keep the batch's score cache equal to what a fresh batch would compute, so a batch
+        decides exactly as its records would one by one."""
+        if self._trust_scores is not None:
+            p = self._engine._policy
+            self._trust_scores[target] = tr.score(state, self._now, p.trust_weights,
+                                                  p.trust_params)
+
+    def trust_of(self, target: str) -> float:
+        return round(self.trust_scores.get(target, self._engine._policy.trust_params.initial), 4)
+
+    def breaker_state(self, target: str) -> str:
+        b = self._engine._breakers.get(target)
+        return b.state.value if b is not None else BreakerState.CLOSED.value
+
+    def take_probe(self, target: str) -> bool:
+        """Take a half-open probe slot (True for any non-half-open destination)."""
+        slots = self._half_open.get(target)
+        if slots is None:
+            return True
+        if slots <= 0:
+            self.unavailable.add(target)
+            return False
+        e = self._engine
+        allowed, updated, moves = brk.allow_request(e._breaker(target), self._now, e._policy.breaker)
+        e._breakers[target] = updated
+        self.transitions.extend(moves)
+        self._half_open[target] = slots - 1 if allowed else 0
+        if not allowed or slots - 1 <= 0:
+            self.unavailable.add(target)
+        return allowed
+
+    def context(self, route: RouteSpec) -> SelectionContext:
+        ctx = self._contexts.get(route.kind)
+        if ctx is None:
+            e = self._engine
+            ctx = SelectionContext(
+                rng=e._rng, unavailable=self.unavailable, trust=self.trust_scores,
+                arms=e._arms, in_flight=_InFlight(e._load), capacity=e._policy.capacity,
+                bandit=route.bandit, default_trust=e._policy.trust_params.initial,
+            )
+            self._contexts[route.kind] = ctx
+        return ctx
+
+
+class _InFlight(dict[str, float]):
+    """A live view of in-flight load per destination for ``least_loaded``."""
+
+    def __init__(self, load: dict[str, LoadCounter]) -> None:
+        super().__init__()
+        self._load = load
+
+    def get(self, key: str, default: float | None = None) -> float:  # type: ignore[override]
+        counter = self._load.get(key)
+        return float(counter.in_flight) if counter is not None else (default or 0.0)
+
+
+def _origin(record: InboundRecord) -> _Origin:
+    """Where the record was first read. A record re-fed from ``router.retry`` or replayed from the
+    DLQ carries its origin and attempt count in headers; a fresh one is its own origin."""
+    headers = record.headers
+    if headers:
+        found = {k: v for k, v in headers if k in (H_TOPIC, H_PARTITION, H_OFFSET, H_ATTEMPTS,
+                                                    H_FIRST_FAILED, H_DLQ_ID)}
+        if H_TOPIC in found and H_PARTITION in found and H_OFFSET in found:
+            try:
+                return _Origin(
+                    found[H_TOPIC].decode(), int(found[H_PARTITION]), int(found[H_OFFSET]),
+                    int(found.get(H_ATTEMPTS, b"0")),
+                    float(found[H_FIRST_FAILED]) if H_FIRST_FAILED in found else None,
+                )
+            except (ValueError, UnicodeDecodeError):
+                pass  # bad headers: treat the record as fresh rather than fail it
+    return _Origin(record.topic, record.partition, record.offset, 0, None)
+
+
+_ROUTER_HEADERS = frozenset({H_REASON, H_ERROR, H_TOPIC, H_PARTITION, H_OFFSET, H_ATTEMPTS,
+                             H_FIRST_FAILED, H_SIGNAL_ID, H_DLQ_ID, H_RETRY_NOT_BEFORE})
+
+
+def _strip_router_headers(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    return [(k, v) for k, v in headers or () if k not in _ROUTER_HEADERS]
+
+
+def _with_route(value: bytes | None, route: dict[str, object]) -> bytes:
+    """The original signal JSON with a ``route`` object added, without re-serialising the
+    signal: the producer's bytes are kept and the route spliced in before the closing brace."""
+    raw = (value or b"{}").rstrip()
+    body = raw[:-1].rstrip()
+    sep = b"" if body.endswith(b"{") else b","
+    return body + sep + b'"route":' + orjson.dumps(route) + b"}"
+
+
+def _float(extra: dict[str, object] | None, key: str) -> float | None:
+    if not extra:
+        return None
+    v = extra.get(key)
+    return float(v) if isinstance(v, int | float) else None

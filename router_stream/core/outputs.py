@@ -1,0 +1,81 @@
+"""What deciding a batch produces: the records the worker must make durable, in commit order.
+
+The engine (:mod:`router_stream.core.engine`) turns a batch of inbound records into a
+:class:`BatchResult`; the worker writes every part of it (Kafka first, then Postgres) before it
+commits the batch's input offsets. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from router_stream.core.breaker import BreakerTransition
+from router_stream.core.models import Decision, DlqEntry
+
+# Header names (SPEC §2). Values are UTF-8 text.
+H_REASON = "x-dlq-reason"
+H_ERROR = "x-dlq-error"
+H_TOPIC = "x-dlq-original-topic"
+H_PARTITION = "x-dlq-original-partition"
+H_OFFSET = "x-dlq-original-offset"
+H_ATTEMPTS = "x-dlq-attempts"
+H_FIRST_FAILED = "x-dlq-first-failed-at"
+H_SIGNAL_ID = "x-signal-id"
+H_DLQ_ID = "x-dlq-id"
+H_RETRY_NOT_BEFORE = "x-retry-not-before"
+DLQ_HEADERS = frozenset(
+    {H_REASON, H_ERROR, H_TOPIC, H_PARTITION, H_OFFSET, H_ATTEMPTS, H_FIRST_FAILED, H_SIGNAL_ID,
+     H_DLQ_ID, H_RETRY_NOT_BEFORE}
+)
+
+
+@dataclass(slots=True, frozen=True)
+class RoutedRecord:
+    """The signal plus its ``route`` object, for ``routed.<destination>`` (key = input key)."""
+
+    destination: str
+    key: bytes | None
+    value: bytes
+    signal_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class DlqRecord:
+    """A DLQ entry and the headers it travels with; the value is ``entry.original_value``
+    unchanged and the key ``entry.original_key``."""
+
+    entry: DlqEntry
+    headers: list[tuple[str, bytes]]
+
+    @property
+    def dlq_key(self) -> str:
+        """Idempotency key for Postgres: where the record was first read from."""
+        e = self.entry
+        return f"{e.original_topic}/{e.original_partition}/{e.original_offset}"
+
+
+@dataclass(slots=True, frozen=True)
+class RetryRecord:
+    """A signal whose destinations are all unavailable, parked on ``router.retry`` until
+    ``not_before`` (epoch seconds); original bytes and key, attempts counted in headers."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    not_before: float
+    attempts: int
+    signal_id: str | None
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """Everything one batch produced. Every input record is accounted for exactly once in
+    ``decisions``, ``dlq`` or ``retries`` (duplicates that policy drops are counted in
+    ``dropped_duplicates``)."""
+
+    routed: list[RoutedRecord] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    dlq: list[DlqRecord] = field(default_factory=list)
+    retries: list[RetryRecord] = field(default_factory=list)
+    breaker_transitions: list[BreakerTransition] = field(default_factory=list)
+    dropped_duplicates: int = 0

@@ -1,0 +1,248 @@
+"""The engine: a batch of records in, decisions / DLQ / retries out, state folded from events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from router_stream.core.breaker import BreakerConfig
+from router_stream.core.compiled import CompiledPolicy, RouteSpec
+from router_stream.core.engine import RouterEngine, decision_id_for
+from router_stream.core.models import HealthEvent, Outcome
+from router_stream.core.ratelimit import RateLimit
+from router_stream.core.strategies import ConsensusConfig
+from router_stream.core.trust import TrustParams, TrustWeights
+
+NOW = 1_800_000_000.0
+
+
+def ms(t: float) -> int:
+    """Wire timestamps are epoch milliseconds."""
+    return int(t * 1000)
+
+
+@dataclass
+class Rec:
+    value: bytes | None
+    offset: int = 0
+    key: bytes | None = b"k"
+    topic: str = "signals"
+    partition: int = 0
+    timestamp: int = int(NOW * 1000)
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def _classify(signal):
+    sev = signal.payload.get("severity")
+    if sev is not None:
+        return ("alert", 1)
+    if signal.metric is not None:
+        return ("observation", None)
+    return None
+
+
+def policy(**changes) -> CompiledPolicy:
+    base = CompiledPolicy(
+        version="p-test",
+        routes={
+            "alert": RouteSpec("alert", "first_healthy", (("pager",), ("slack",), ("email",))),
+            "observation": RouteSpec("observation", "consensus", (("tsdb",),),
+                                     consensus=ConsensusConfig(max_dispersion=0.1)),
+            "note": RouteSpec("note", "thompson", (("a", "b", "c"),)),
+        },
+        classify=_classify,
+        unclassified_kind=None,
+        destinations=("pager", "slack", "email", "tsdb", "a", "b", "c"),
+        capacity={},
+        trust_weights=TrustWeights(),
+        trust_params=TrustParams(),
+        breaker=BreakerConfig(failure_threshold=3, cooldown_s=10.0, max_cooldown_s=60.0),
+        tenant_limits={"tiny": RateLimit(rate=0.0, burst=2.0)},
+        default_limit=None,
+    )
+    return replace(base, **changes)
+
+
+def sig(i: int, **fields) -> bytes:
+    body = {"signal_id": f"s{i}", "sender_id": "svc", "ts": int(NOW * 1000),
+            "payload": {"severity": "high"}} | fields
+    return orjson.dumps(body)
+
+
+def accounted(result) -> int:
+    return len(result.decisions) + len(result.dlq) + len(result.retries) + result.dropped_duplicates
+
+
+def test_first_healthy_uses_primary_then_fails_over_and_back():
+    engine = RouterEngine(policy())
+    r = engine.decide_batch([Rec(sig(1))], NOW)
+    assert [d.destinations for d in r.decisions] == [["pager"]]
+    assert r.routed[0].destination == "pager"
+
+    moves = []
+    for i in range(3):
+        moves += engine.apply_health(HealthEvent(source_id="pager", ts=ms(NOW + i), ok=False), NOW + i)
+    assert [m.to_state.value for m in moves] == ["open"]
+    r = engine.decide_batch([Rec(sig(2), offset=1)], NOW + 3)
+    assert r.decisions[0].destinations == ["slack"] and r.decisions[0].tier == 1
+    assert r.decisions[0].breakers["pager"] == "open"
+
+    # After the cooldown the breaker half-opens: one probe goes to pager, the rest fail over.
+    r = engine.decide_batch([Rec(sig(3), offset=2), Rec(sig(4), offset=3)], NOW + 20)
+    assert [d.destinations for d in r.decisions] == [["pager"], ["slack"]]
+    assert [t.to_state.value for t in r.breaker_transitions] == ["half_open"]
+    engine.apply_outcome(Outcome(signal_id="s3", destination="pager", ok=True, ts=ms(NOW + 21)),
+                         NOW + 21)
+    r = engine.decide_batch([Rec(sig(5), offset=4)], NOW + 22)
+    assert r.decisions[0].destinations == ["pager"]
+    assert engine.snapshot().breakers["pager"] == "closed"
+
+
+def test_invalid_records_go_to_the_dlq_byte_exact_with_headers():
+    engine = RouterEngine(policy())
+    bad = [b"{not json", b'{"payload": {}}', None, b"[1,2]"]
+    r = engine.decide_batch([Rec(v, offset=i) for i, v in enumerate(bad)], NOW)
+    assert [d.entry.reason.value for d in r.dlq] == [
+        "invalid_json", "invalid_signal", "invalid_signal", "invalid_signal"]
+    for i, d in enumerate(r.dlq):
+        assert d.entry.original_value == bad[i]
+        h = dict(d.headers)
+        assert h["x-dlq-original-offset"] == str(i).encode()
+        assert h["x-dlq-original-topic"] == b"signals"
+        assert h["x-dlq-attempts"] == b"1"
+        assert h["x-dlq-error"]
+
+
+def test_unclassified_unrouted_expired_rate_limited_and_duplicate():
+    engine = RouterEngine(policy())
+    records = [
+        Rec(sig(1, payload={"x": 1})),                      # no rule matches
+        Rec(sig(2, kind="mystery")),                        # a kind without a route
+        Rec(sig(3, ttl_ms=10, ts=int(NOW * 1000) - 60_000)),  # expired
+        Rec(sig(4, tenant="tiny")), Rec(sig(5, tenant="tiny")), Rec(sig(6, tenant="tiny")),
+        Rec(sig(7)), Rec(sig(7)),                           # a duplicate id
+    ]
+    r = engine.decide_batch(records, NOW)
+    assert sorted(d.entry.reason.value for d in r.dlq) == [
+        "expired", "no_route", "rate_limited", "unclassified"]
+    assert {d.signal_id for d in r.decisions} == {"s4", "s5", "s7"}
+    assert r.dropped_duplicates == 1
+    assert accounted(r) == len(records)
+
+
+def test_routed_value_keeps_the_signal_and_adds_the_route():
+    engine = RouterEngine(policy())
+    original = sig(1, extra={"nested": [1, 2]})
+    r = engine.decide_batch([Rec(original)], NOW)
+    routed = orjson.loads(r.routed[0].value)
+    assert {k: v for k, v in routed.items() if k != "route"} == orjson.loads(original)
+    assert routed["route"]["decision_id"] == decision_id_for("s1") == r.decisions[0].decision_id
+    assert routed["route"]["destination"] == "pager"
+    assert routed["route"]["policy_version"] == "p-test"
+
+
+def test_no_healthy_destination_retries_then_exhausts():
+    routes = dict(policy().routes)
+    routes["alert"] = replace(routes["alert"], max_attempts=2, retry_delay_s=1.0)
+    engine = RouterEngine(policy(routes=routes))
+    for dest in ("pager", "slack", "email"):
+        for i in range(3):
+            engine.apply_health(HealthEvent(source_id=dest, ts=ms(NOW), ok=False), NOW)
+    r = engine.decide_batch([Rec(sig(1), offset=42)], NOW)
+    assert len(r.retries) == 1 and r.retries[0].attempts == 1
+    again = Rec(r.retries[0].value, topic="router.retry", offset=0, headers=r.retries[0].headers)
+    r2 = engine.decide_batch([again], NOW + 1)
+    assert r2.retries[0].attempts == 2
+    last = Rec(r2.retries[0].value, topic="router.retry", offset=1, headers=r2.retries[0].headers)
+    r3 = engine.decide_batch([last], NOW + 2)
+    assert [d.entry.reason.value for d in r3.dlq] == ["retries_exhausted"]
+    entry = r3.dlq[0].entry
+    assert (entry.original_topic, entry.original_offset, entry.attempts) == ("signals", 42, 2)
+
+
+def test_no_healthy_destination_goes_to_dlq_without_retry_budget():
+    engine = RouterEngine(policy())
+    for dest in ("pager", "slack", "email"):
+        for _ in range(3):
+            engine.apply_health(HealthEvent(source_id=dest, ts=ms(NOW), ok=False), NOW)
+    r = engine.decide_batch([Rec(sig(1))], NOW)
+    assert [d.entry.reason.value for d in r.dlq] == ["no_healthy_destination"]
+
+
+def test_consensus_blends_honest_sources_and_flags_the_outlier():
+    engine = RouterEngine(policy())
+    values = {"s1": 100.0, "s2": 101.0, "s3": 99.0, "s4": 100.5, "liar": 5000.0}
+    records = [
+        Rec(orjson.dumps({"signal_id": f"o-{src}", "sender_id": src, "ts": int(NOW * 1000),
+                          "metric": "temp", "source_id": src, "value": v}), offset=i)
+        for i, (src, v) in enumerate(values.items())
+    ]
+    r = engine.decide_batch(records, NOW)
+    last = r.decisions[-1]
+    assert last.method == "blend" and last.outliers == ["liar"]
+    assert 99.0 <= last.value <= 101.0
+    assert last.destinations == ["tsdb"]
+
+
+def test_override_forces_a_destination():
+    from router_stream.core.models import OverrideSet
+
+    engine = RouterEngine(policy())
+    res = engine.apply_control(OverrideSet(override_id="o1", kind="alert", destinations=["email"],
+                                           expires_at=NOW + 60), NOW)
+    assert res.accepted
+    r = engine.decide_batch([Rec(sig(1))], NOW)
+    assert r.decisions[0].destinations == ["email"] and r.decisions[0].strategy == "override"
+    r = engine.decide_batch([Rec(sig(2))], NOW + 61)
+    assert r.decisions[0].destinations == ["pager"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(["ok", "bad", "dup", "junk", "obs", "note"]), max_size=40),
+       st.integers(1, 7))
+def test_a_batch_decides_like_records_one_by_one(kinds, chunk):
+    def make(i: int, k: str) -> Rec:
+        if k == "bad":
+            return Rec(b"{", offset=i)
+        if k == "dup":
+            return Rec(sig(0), offset=i)
+        if k == "junk":
+            return Rec(sig(i, payload={}), offset=i)
+        if k == "obs":
+            return Rec(orjson.dumps({"signal_id": f"o{i}", "sender_id": "x", "metric": "m",
+                                     "source_id": f"src{i % 3}", "value": 10 + i % 3}), offset=i)
+        if k == "note":
+            return Rec(sig(i, kind="note"), offset=i)
+        return Rec(sig(i), offset=i)
+
+    records = [make(i, k) for i, k in enumerate(kinds)]
+    whole = RouterEngine(policy(), seed=7).decide_batch(records, NOW)
+    pieces = RouterEngine(policy(), seed=7)
+    parts = [pieces.decide_batch(records[i:i + chunk], NOW) for i in range(0, len(records), chunk)]
+    assert [orjson.dumps(d) for d in whole.decisions] == [
+        orjson.dumps(d) for p in parts for d in p.decisions]
+    assert [d.entry for d in whole.dlq] == [d.entry for p in parts for d in p.dlq]
+    assert accounted(whole) == len(records)
+
+
+def test_trust_and_breaker_state_is_a_deterministic_fold():
+    events = [HealthEvent(source_id=s, ts=ms(NOW + i), ok=i % 3 != 0, latency_ms=10.0 * i)
+              for i, s in enumerate(["pager", "slack", "pager", "email"] * 5)]
+    a, b = RouterEngine(policy()), RouterEngine(policy())
+    for e in events:
+        a.apply_health(e, e.ts)
+        b.apply_health(e, e.ts)
+    assert a.snapshot(NOW + 30) == b.snapshot(NOW + 30)
+    assert all(0.0 <= v <= 1.0 for v in a.snapshot(NOW + 30).trust.values())
+
+
+@pytest.mark.parametrize("raw", [b'{"a":1}', b' {"a":1} \n', b"{}"])
+def test_route_splice_handles_whitespace_and_empty_objects(raw):
+    from router_stream.core.engine import _with_route
+
+    out = orjson.loads(_with_route(raw, {"x": 1}))
+    assert out["route"] == {"x": 1}
