@@ -97,7 +97,6 @@ CREATE TABLE breaker_transitions (
     details      jsonb       NOT NULL DEFAULT '{}'::jsonb,  -- failures, error rate, cooldown, forced_by ...
     at           timestamptz NOT NULL,
     created_at   timestamptz NOT NULL DEFAULT now(),
-    CHECK (from_state <> to_state),
     UNIQUE (target, at, from_state, to_state)
 );
 

@@ -42,6 +42,7 @@ import asyncpg
 import orjson
 
 from router_stream.config import Settings
+from router_stream.core.breaker import BreakerTransition
 from router_stream.core.models import Decision, DlqEntry
 from router_stream.errors import DatabaseUnavailable, RouterError, UserError
 
@@ -56,6 +57,7 @@ __all__ = [
     "connect",
     "create_pool",
     "database_status",
+    "breaker_transition_row",
     "decision_row",
     "decode_headers",
     "dlq_row",
@@ -627,6 +629,14 @@ _BREAKER_TRANSITIONS = _Table("breaker_transitions", (
 ), conflict="target, at, from_state, to_state")
 BREAKER_TRANSITION_COLUMNS: tuple[str, ...] = _BREAKER_TRANSITIONS.column_names
 """Column order for :func:`insert_breaker_transitions`; states are closed | open | half_open."""
+
+
+def breaker_transition_row(transition: BreakerTransition) -> tuple[Any, ...]:
+    """A core :class:`BreakerTransition` as a row for :func:`insert_breaker_transitions`."""
+    return (
+        transition.target_id, transition.from_state.value, transition.to_state.value,
+        transition.reason, None, transition.at,
+    )
 
 
 async def insert_breaker_transitions(conn: asyncpg.Connection, rows: Sequence[Any]) -> int:

@@ -17,6 +17,7 @@ import router_stream.cli.db  # noqa: F401  (registers `db` on the root group)
 from router_stream.adapters import postgres as pg
 from router_stream.cli import cli
 from router_stream.config import Settings
+from router_stream.core.breaker import BreakerState, BreakerTransition
 from router_stream.errors import DatabaseUnavailable
 
 pytestmark = pytest.mark.integration
@@ -274,8 +275,15 @@ async def test_breaker_transitions_and_trust_snapshots_are_idempotent(migrated):
     snapshots = [{"source_id": "feed-a", "score": 0.8, "components": {"freshness": 1.0},
                   "at": T0}]
 
-    assert await pg.insert_breaker_transitions(migrated, transitions) == 2
+    core = BreakerTransition("pager", BreakerState.HALF_OPEN, BreakerState.CLOSED,
+                             at=(T0 + timedelta(seconds=40)).timestamp(), reason="probes ok")
+    transitions.append(pg.breaker_transition_row(core))
+
+    assert await pg.insert_breaker_transitions(migrated, transitions) == 3
     assert await pg.insert_breaker_transitions(migrated, transitions) == 0
+    assert await migrated.fetchval(
+        "SELECT reason FROM breaker_transitions WHERE to_state = 'closed'"
+    ) == "probes ok"
     assert await pg.insert_trust_snapshots(migrated, snapshots) == 1
     assert await pg.insert_trust_snapshots(migrated, snapshots) == 0
     assert await migrated.fetchval(
