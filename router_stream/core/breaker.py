@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class BreakerState(str, Enum):
+class BreakerState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
@@ -191,7 +191,9 @@ def _transition(
     return replace(breaker, state=to_state), event
 
 
-def _open(breaker: Breaker, now: float, reason: str, cooldown_s: float) -> tuple[Breaker, Transitions]:
+def _open(
+    breaker: Breaker, now: float, reason: str, cooldown_s: float
+) -> tuple[Breaker, Transitions]:
     opened, event = _transition(breaker, BreakerState.OPEN, now, reason)
     opened = replace(
         opened,
@@ -207,7 +209,9 @@ def _open(breaker: Breaker, now: float, reason: str, cooldown_s: float) -> tuple
     return opened, [event]
 
 
-def _reopen(breaker: Breaker, now: float, reason: str, cfg: BreakerConfig) -> tuple[Breaker, Transitions]:
+def _reopen(
+    breaker: Breaker, now: float, reason: str, cfg: BreakerConfig
+) -> tuple[Breaker, Transitions]:
     """half_open → open with the cooldown multiplied (capped): a destination that fails its probe
     is given longer to recover each time."""
     current = breaker.cooldown_s if breaker.cooldown_s is not None else cfg.cooldown_s
@@ -271,7 +275,9 @@ def window_counts(breaker: Breaker) -> tuple[int, int]:
     return events, failures
 
 
-def record(breaker: Breaker, ok: bool, now: float, cfg: BreakerConfig) -> tuple[Breaker, Transitions]:
+def record(
+    breaker: Breaker, ok: bool, now: float, cfg: BreakerConfig
+) -> tuple[Breaker, Transitions]:
     """Fold one outcome (delivery result or health check) into the breaker.
 
     In ``open`` outcomes are ignored: they belong to requests sent before the breaker opened. In
@@ -317,9 +323,13 @@ def poll(breaker: Breaker, now: float, cfg: BreakerConfig) -> tuple[Breaker, Tra
         cooldown = breaker.cooldown_s if breaker.cooldown_s is not None else cfg.cooldown_s
         if breaker.opened_at is None or now - breaker.opened_at >= cooldown:
             return _half_open(breaker, now, "cooldown_elapsed")
-    elif breaker.state is BreakerState.HALF_OPEN and breaker.probes_in_flight > 0:
-        if breaker.last_probe_at is not None and now - breaker.last_probe_at >= cfg.probe_timeout_s:
-            return _reopen(breaker, now, "probe_timeout", cfg)
+    elif (
+        breaker.state is BreakerState.HALF_OPEN
+        and breaker.probes_in_flight > 0
+        and breaker.last_probe_at is not None
+        and now - breaker.last_probe_at >= cfg.probe_timeout_s
+    ):
+        return _reopen(breaker, now, "probe_timeout", cfg)
     return breaker, []
 
 

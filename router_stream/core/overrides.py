@@ -23,11 +23,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class OverrideKind(str, Enum):
+class OverrideKind(StrEnum):
     FORCE_DESTINATION = "force_destination"
     DRAIN = "drain"
     EXCLUDE_SOURCE = "exclude_source"

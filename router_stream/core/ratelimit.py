@@ -43,7 +43,7 @@ class TokenBucket:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenBucket:
         last_ts = data.get("last_ts")
-        return cls(tokens=float(data["tokens"]), last_ts=None if last_ts is None else float(last_ts))
+        return cls(float(data["tokens"]), None if last_ts is None else float(last_ts))
 
 
 def admit(

@@ -276,5 +276,5 @@ def test_every_transition_is_in_the_table_and_the_chain_is_consistent(
             assert cfg.cooldown_s <= b.cooldown_s <= cfg.max_cooldown_s
         assert Breaker.from_dict(json.loads(json.dumps(b.to_dict()))) == b
     # Every path from open into closed passes through half_open.
-    for previous, current in zip(emitted, emitted[1:]):
+    for previous, current in zip(emitted, emitted[1:], strict=False):
         assert current.from_state is previous.to_state

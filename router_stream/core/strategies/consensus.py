@@ -1,0 +1,273 @@
+"""``consensus``: one value for a metric from several sources' numeric observations.
+
+Steps, in order:
+
+1. **Filter.** Drop non-finite values, observations older than ``max_staleness_s``, and sources
+   in ``excluded`` (breaker open, operator exclude). A source that reported several times counts
+   once, with its newest observation, so no source can stuff the ballot.
+2. **Outliers by MAD.** ``m`` = median of the remaining values, ``MAD`` = median of
+   ``|x − m|``. With ``MAD > 0``, ``x`` is an outlier when its modified z-score
+   ``0.6745·|x − m| / MAD`` exceeds ``mad_k``. With ``MAD = 0`` at least half of the values equal
+   ``m`` exactly; every other value has an infinite z-score, so it is an outlier — on a
+   quantised sensor that is strict, but a strict majority agreeing exactly is the strongest
+   evidence there is.
+3. **Blend or single.** Dispersion is the *range* of the inliers divided by
+   ``max(|m|, scale_floor)`` — the widest disagreement that survived, relative to the value's
+   magnitude (the range, not the MAD, so one far-but-not-outlying inlier is enough to stop a
+   blend). With at least two inliers and dispersion ≤ ``max_dispersion`` the value is the
+   trust-weighted mean of the inliers (``blend``), clamped to their [min, max] against rounding;
+   otherwise it is the most trusted inlier (``single``; ties go to the one nearest ``m``). A
+   relative measure explodes for metrics whose true value is near 0, which then resolve as
+   ``single`` — a safe answer, just not a blended one.
+4. **Synthetic.** With fewer than ``min_sources`` usable sources (or no inlier), the last good
+   consensus (:class:`LastGood`, kept by the caller via :func:`remember`) is returned with its
+   confidence decaying linearly to 0 at ``synthetic_max_age_s``; past that, ``None`` and the
+   router sends the signal to the DLQ.
+
+**Outlier bound.** Suppose, among the observations that pass step 1, ``h`` honest values lie in
+``[lo, hi]`` and ``a ≤ ⌊(n − 1)/2⌋`` values (``n = h + a``) are arbitrary, i.e. the honest ones
+are a strict majority. Let ``W = hi − lo``. Then a ``blend`` or ``single`` result lies within
+``[lo − mad_k·W/0.6745, hi + mad_k·W/0.6745]`` — and within ``[lo, hi]`` when ``W = 0`` — whatever
+the arbitrary values and whatever the trust. (Proof in ``tests/unit/test_consensus.py``.)
+
+Confidence: ``agreement`` = inliers / usable sources; ``blend`` = agreement × mean trust of the
+inliers; ``single`` = agreement × trust of the chosen source × ``max_dispersion / dispersion``
+(capped at 1) — disagreement lowers it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Container, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+_MAD_TO_Z = 0.6745  # Φ⁻¹(0.75): makes MAD comparable to a standard deviation (Iglewicz–Hoaglin)
+
+BLEND = "blend"
+SINGLE = "single"
+SYNTHETIC = "synthetic"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsensusConfig:
+    """Consensus parameters (see the module docstring for what each one decides)."""
+
+    mad_k: float = 3.5
+    max_dispersion: float = 0.05
+    max_staleness_s: float = 30.0
+    synthetic_max_age_s: float = 300.0
+    min_sources: int = 1
+    default_trust: float = 0.5
+    scale_floor: float = 1e-9
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.mad_k) and self.mad_k >= _MAD_TO_Z):
+            # Below 0.6745 even values within one MAD of the median would be outliers, and the
+            # set of inliers could be empty.
+            raise ValueError(f"mad_k must be a finite number >= {_MAD_TO_Z}, got {self.mad_k}")
+        for name in ("max_dispersion", "max_staleness_s", "synthetic_max_age_s", "scale_floor"):
+            value = getattr(self, name)
+            if not (value >= 0.0):
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.min_sources < 1:
+            raise ValueError("min_sources must be >= 1")
+        if not (0.0 <= self.default_trust <= 1.0):
+            raise ValueError("default_trust must be in [0, 1]")
+
+
+class Observation(NamedTuple):
+    """One source's value of the metric at ``ts`` (epoch seconds)."""
+
+    source_id: str
+    value: float
+    ts: float
+
+
+class ConsensusResult(NamedTuple):
+    """``mad`` is the MAD around the median of the usable values (0 for synthetic); the caller
+    uses it to score each source's deviation (:func:`deviation_z`)."""
+
+    value: float
+    method: str
+    sources_used: tuple[str, ...]
+    outliers: tuple[str, ...]
+    confidence: float
+    mad: float
+
+
+@dataclass(frozen=True, slots=True)
+class LastGood:
+    """The last live (blend/single) consensus of a metric, for synthetic fallback."""
+
+    value: float
+    ts: float
+    confidence: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "ts": self.ts, "confidence": self.confidence}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LastGood:
+        return cls(float(data["value"]), float(data["ts"]), float(data["confidence"]))
+
+
+def _median(sorted_values: list[float]) -> float:
+    n = len(sorted_values)
+    mid = n // 2
+    if n % 2:
+        return sorted_values[mid]
+    low, high = sorted_values[mid - 1], sorted_values[mid]
+    middle = (low + high) / 2.0
+    return middle if math.isfinite(middle) else low / 2.0 + high / 2.0  # huge values overflow
+
+
+def _trust_of(trust: Mapping[str, float], source_id: str, default: float) -> float:
+    t = trust.get(source_id, default)
+    return t if 0.0 <= t <= 1.0 else (1.0 if t > 1.0 else 0.0)  # NaN -> 0
+
+
+_Fields = tuple[float, str, tuple[str, ...], tuple[str, ...], float, float]
+
+
+def _result(fields: _Fields) -> ConsensusResult:
+    """``ConsensusResult(*fields)`` without the NamedTuple ``__new__`` overhead (hot path)."""
+    return tuple.__new__(ConsensusResult, fields)
+
+
+_NO_TRUST: Mapping[str, float] = {}
+_NOBODY: frozenset[str] = frozenset()
+
+
+def consensus(
+    observations: Iterable[Observation],
+    now: float,
+    cfg: ConsensusConfig,
+    trust: Mapping[str, float] = _NO_TRUST,
+    excluded: Container[str] = _NOBODY,
+    last_good: LastGood | None = None,
+) -> ConsensusResult | None:
+    """The consensus value of one metric at ``now``, or ``None`` (→ DLQ) when there is neither a
+    live consensus nor a synthetic one young enough."""
+    usable = _usable(observations, now, cfg, excluded)
+    if len(usable) < cfg.min_sources:
+        return synthetic(last_good, now, cfg, ())
+    values = sorted([o.value for o in usable])
+    median = _median(values)
+    mad = _median(sorted([abs(v - median) for v in values]))
+    # Inlier test as 0.6745·|x − m| ≤ k·MAD rather than |x − m| ≤ k·MAD/0.6745: each side is one
+    # rounded product and rounding is monotone, so with k ≥ 0.6745 every value within one MAD of
+    # the median (at least half of them) is an inlier even at the edge of float precision.
+    # With MAD = 0 only x = m qualifies.
+    limit = cfg.mad_k * mad
+    inliers: list[Observation] = []
+    outliers: list[str] = []
+    for o in usable:
+        if _MAD_TO_Z * abs(o.value - median) <= limit:
+            inliers.append(o)
+        else:
+            outliers.append(o.source_id)
+    if not inliers:
+        return synthetic(last_good, now, cfg, tuple(outliers))
+    # Inliers are the values within the limit of the median: a contiguous run of `values`.
+    low = next(v for v in values if _MAD_TO_Z * abs(v - median) <= limit)
+    high = next(v for v in reversed(values) if _MAD_TO_Z * abs(v - median) <= limit)
+    agreement = len(inliers) / len(usable)
+    dispersion = (high - low) / max(abs(median), cfg.scale_floor)
+    if len(inliers) >= 2 and dispersion <= cfg.max_dispersion:
+        return _blend(inliers, tuple(outliers), agreement, low, high, mad, trust, cfg)
+    return _single(inliers, tuple(outliers), agreement, median, dispersion, mad, trust, cfg)
+
+
+def _usable(
+    observations: Iterable[Observation], now: float, cfg: ConsensusConfig, excluded: Container[str]
+) -> list[Observation]:
+    horizon = now - cfg.max_staleness_s
+    latest: dict[str, Observation] = {}
+    isfinite = math.isfinite
+    for o in observations:
+        if not isfinite(o.value) or not o.ts >= horizon or o.source_id in excluded:
+            continue
+        previous = latest.get(o.source_id)
+        if previous is None or o.ts > previous.ts:
+            latest[o.source_id] = o
+    return list(latest.values())
+
+
+def _blend(
+    inliers: list[Observation],
+    outliers: tuple[str, ...],
+    agreement: float,
+    low: float,
+    high: float,
+    mad: float,
+    trust: Mapping[str, float],
+    cfg: ConsensusConfig,
+) -> ConsensusResult:
+    default = cfg.default_trust
+    total = weighted_sum = 0.0
+    for o in inliers:
+        w = trust.get(o.source_id, default)
+        w = w if 0.0 <= w <= 1.0 else (1.0 if w > 1.0 else 0.0)
+        total += w
+        weighted_sum += w * o.value
+    # With no trust anywhere, an equal-weight mean: trust can only reorder, never silence.
+    value = weighted_sum / total if total > 0.0 else sum([o.value for o in inliers]) / len(inliers)
+    if not low <= value <= high:  # a convex combination; clamp away rounding (and overflow)
+        value = min(high, max(low, value)) if not math.isnan(value) else low / 2.0 + high / 2.0
+    confidence = agreement * total / len(inliers)
+    used = tuple(o.source_id for o in inliers)
+    return _result((value, BLEND, used, outliers, confidence, mad))
+
+
+def _single(
+    inliers: list[Observation],
+    outliers: tuple[str, ...],
+    agreement: float,
+    median: float,
+    dispersion: float,
+    mad: float,
+    trust: Mapping[str, float],
+    cfg: ConsensusConfig,
+) -> ConsensusResult:
+    def rank(o: Observation) -> tuple[float, float, str]:
+        trusted = _trust_of(trust, o.source_id, cfg.default_trust)
+        return (-trusted, abs(o.value - median), o.source_id)
+
+    chosen = min(inliers, key=rank)
+    penalty = 1.0 if dispersion <= cfg.max_dispersion else cfg.max_dispersion / dispersion
+    confidence = agreement * _trust_of(trust, chosen.source_id, cfg.default_trust) * penalty
+    return _result((chosen.value, SINGLE, (chosen.source_id,), outliers, confidence, mad))
+
+
+def synthetic(
+    last_good: LastGood | None, now: float, cfg: ConsensusConfig, outliers: tuple[str, ...]
+) -> ConsensusResult | None:
+    """The last good value with confidence decaying linearly by age; ``None`` past
+    ``synthetic_max_age_s`` or without a last good value."""
+    if last_good is None:
+        return None
+    age = max(0.0, now - last_good.ts)
+    if not age <= cfg.synthetic_max_age_s:  # also NaN
+        return None
+    fraction = 1.0 - age / cfg.synthetic_max_age_s if cfg.synthetic_max_age_s > 0.0 else 1.0
+    confidence = min(1.0, max(0.0, last_good.confidence * fraction))
+    return ConsensusResult(last_good.value, SYNTHETIC, (), outliers, confidence, 0.0)
+
+
+def remember(result: ConsensusResult | None, now: float) -> LastGood | None:
+    """What to store as the metric's last good consensus after ``result``: only live results
+    count — a synthetic one must not refresh the timestamp, or it would never age out. ``None``
+    means keep the previous one."""
+    if result is None or result.method == SYNTHETIC:
+        return None
+    return LastGood(result.value, now, result.confidence)
+
+
+def deviation_z(value: float, result: ConsensusResult) -> float:
+    """A source's robust z-score against the consensus, for ``trust.observe_deviation``; with a
+    zero MAD, any difference is infinitely far."""
+    diff = abs(value - result.value)
+    if result.mad > 0.0:
+        return _MAD_TO_Z * diff / result.mad
+    return 0.0 if diff == 0.0 else math.inf
