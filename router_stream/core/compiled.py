@@ -36,9 +36,11 @@ class RouteSpec:
     dedupe: bool = True
     on_duplicate: Literal["drop", "dlq"] = "drop"
 
-    @property
-    def destinations(self) -> tuple[str, ...]:
-        return tuple(d for tier in self.tiers for d in tier)
+    destinations: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Precomputed: read once per decision on the hot path.
+        object.__setattr__(self, "destinations", tuple(d for tier in self.tiers for d in tier))
 
 
 @dataclass(frozen=True, slots=True)

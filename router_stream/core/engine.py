@@ -389,13 +389,15 @@ class RouterEngine:
         good = remember(outcome, now)
         if good is not None:
             self._last_good[metric] = good
-            for obs in observations.values():
-                if obs.source_id in outcome.sources_used or obs.source_id in outcome.outliers:
-                    z = deviation_z(obs.value, outcome)
-                    state = tr.observe_deviation(self._trust_state(obs.source_id), z=z, now=now,
-                                                 params=self._policy.trust_params)
-                    self._trust[obs.source_id] = state
-                    batch.trust_changed(obs.source_id, state)
+            source = signal.source_id
+            if source is not None and signal.value is not None:
+                # Each observation moves its own source's deviation component once; scoring
+                # every source of the metric on every observation would count old values again.
+                z = deviation_z(signal.value, outcome)
+                state = tr.observe_deviation(self._trust_state(source), z=z, now=now,
+                                             params=self._policy.trust_params)
+                self._trust[source] = state
+                batch.trust_changed(source, state)
         usable = first_usable_tier(route.tiers, batch.unavailable)
         if usable is None:
             self._no_healthy(record, origin, signal, route, now, result)
@@ -423,13 +425,12 @@ class RouterEngine:
               confidence: float, strategy: str, now: float, batch: _BatchView,
               result: BatchResult, consensus_extra: dict[str, object] | None = None) -> None:
         decision_id = decision_id_for(signal.signal_id)
-        relevant = route.destinations
+        trust, breakers = batch.route_state(route)
         decision = Decision(
             decision_id=decision_id, signal_id=signal.signal_id, tenant=signal.tenant,
             kind=route.kind, destinations=list(destinations), strategy=strategy, tier=tier,
             policy_version=self._policy.version, confidence=confidence,
-            trust={d: batch.trust_of(d) for d in relevant},
-            breakers={d: batch.breaker_state(d) for d in relevant},
+            trust=trust, breakers=breakers,
             input_topic=origin.topic, input_partition=origin.partition,
             input_offset=origin.offset, decided_at=now, signal_ts=signal.ts, priority=priority,
             value=_float(consensus_extra, "value"),
@@ -523,6 +524,7 @@ class _BatchView:
         self.unavailable_sources = unavailable | set(self.overrides.excluded)
         self._trust_scores: dict[str, float] | None = None
         self._contexts: dict[str, SelectionContext] = {}
+        self._route_state: dict[str, tuple[dict[str, float], dict[str, str]]] = {}
 
     @property
     def trust_scores(self) -> dict[str, float]:
@@ -535,9 +537,24 @@ class _BatchView:
             }
         return self._trust_scores
 
+    def route_state(self, route: RouteSpec) -> tuple[dict[str, float], dict[str, str]]:
+        """Trust and breaker state of a route's destinations, as recorded in its decisions.
+
+        Computed once per route and batch and shared by the batch's decisions (read-only):
+        building two dicts per decision was the engine's largest cost.
+        """
+        cached = self._route_state.get(route.kind)
+        if cached is None:
+            dests = route.destinations
+            cached = ({d: self.trust_of(d) for d in dests},
+                      {d: self.breaker_state(d) for d in dests})
+            self._route_state[route.kind] = cached
+        return cached
+
     def trust_changed(self, target: str, state: tr.TrustState) -> None:
         """Keep the batch's score cache equal to what a fresh batch would compute, so a batch
         decides exactly as its records would one by one."""
+        self._route_state.clear()
         if self._trust_scores is not None:
             p = self._engine._policy
             self._trust_scores[target] = tr.score(state, self._now, p.trust_weights,
@@ -562,6 +579,7 @@ class _BatchView:
         allowed, updated, moves = brk.allow_request(e._breaker(target), self._now, e._policy.breaker)
         e._breakers[target] = updated
         self.transitions.extend(moves)
+        self._route_state.clear()
         self._half_open[target] = slots - 1 if allowed else 0
         if not allowed or slots - 1 <= 0:
             self.unavailable.add(target)
