@@ -30,8 +30,17 @@ from typing import Any
 
 import yaml
 
-TOP_LEVEL_KEYS = {"version", "name", "services", "networks", "volumes", "secrets", "configs",
-                  "include", "models"}
+TOP_LEVEL_KEYS = {
+    "version",
+    "name",
+    "services",
+    "networks",
+    "volumes",
+    "secrets",
+    "configs",
+    "include",
+    "models",
+}
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 
 
@@ -84,7 +93,7 @@ def find_cycle(graph: dict[str, Iterable[str]]) -> list[str] | None:
 
     def visit(node: str, path: list[str]) -> list[str] | None:
         if state.get(node) == 1:
-            return path[path.index(node):] + [node]
+            return path[path.index(node) :] + [node]
         if state.get(node) == 2 or node not in graph:
             return None
         state[node] = 1
@@ -108,9 +117,11 @@ def dockerfile_has_healthcheck(base: Path, build: Any) -> bool:
     path = base / context / name
     if not path.is_file():
         return False
-    return any(line.strip().upper().startswith("HEALTHCHECK CMD")
-               or line.strip().upper().startswith("HEALTHCHECK --")
-               for line in path.read_text().splitlines())
+    return any(
+        line.strip().upper().startswith("HEALTHCHECK CMD")
+        or line.strip().upper().startswith("HEALTHCHECK --")
+        for line in path.read_text().splitlines()
+    )
 
 
 def check(doc: Any, base: Path, allow_missing: set[str]) -> list[str]:
@@ -150,15 +161,22 @@ def check(doc: Any, base: Path, allow_missing: set[str]) -> list[str]:
             if condition == "service_healthy":
                 hc = target.get("healthcheck")
                 declared = isinstance(hc, dict) and not hc.get("disable") and hc.get("test")
-                from_image = hc is None and "build" in target and dockerfile_has_healthcheck(
-                    base, target["build"])
+                from_image = (
+                    hc is None
+                    and "build" in target
+                    and dockerfile_has_healthcheck(base, target["build"])
+                )
                 if not (declared or from_image):
-                    problems.append(f"{where}.depends_on.{dep}: service_healthy but {dep!r} "
-                                    "has no healthcheck")
+                    problems.append(
+                        f"{where}.depends_on.{dep}: service_healthy but {dep!r} has no healthcheck"
+                    )
             if condition == "service_completed_successfully" and target.get(
-                    "restart", "no") not in ("no", "on-failure", False):
-                problems.append(f"{where}.depends_on.{dep}: waits for {dep!r} to complete but it "
-                                f"restarts ({target.get('restart')!r})")
+                "restart", "no"
+            ) not in ("no", "on-failure", False):
+                problems.append(
+                    f"{where}.depends_on.{dep}: waits for {dep!r} to complete but it "
+                    f"restarts ({target.get('restart')!r})"
+                )
 
         for net in service_networks(svc):
             if net not in networks:
@@ -181,8 +199,9 @@ def check(doc: Any, base: Path, allow_missing: set[str]) -> list[str]:
             problems.append(f"{where}: {replicas} replicas cannot share a container_name")
         for port in ports:
             if port in seen_ports:
-                problems.append(f"{where}.ports: host port {port} already published by "
-                                f"{seen_ports[port]!r}")
+                problems.append(
+                    f"{where}.ports: host port {port} already published by {seen_ports[port]!r}"
+                )
             seen_ports[port] = name
 
     cycle = find_cycle(graph)
@@ -197,16 +216,23 @@ def check_schema(doc: Any, schema_path: Path) -> list[str]:
     schema = json.loads(schema_path.read_text())
     validator_cls = jsonschema.validators.validator_for(schema)
     validator = validator_cls(schema)
-    return [f"schema: {'/'.join(map(str, err.absolute_path)) or '<root>'}: {err.message}"
-            for err in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))]
+    return [
+        f"schema: {'/'.join(map(str, err.absolute_path)) or '<root>'}: {err.message}"
+        for err in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("file", nargs="?", default="docker-compose.yml", type=Path)
     parser.add_argument("--schema", type=Path, help="Compose JSON Schema to validate against")
-    parser.add_argument("--allow-missing", action="append", default=[], metavar="PATH",
-                        help="bind-mount source (relative to the file) allowed to be absent")
+    parser.add_argument(
+        "--allow-missing",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="bind-mount source (relative to the file) allowed to be absent",
+    )
     args = parser.parse_args(argv)
 
     try:
