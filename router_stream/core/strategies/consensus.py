@@ -162,16 +162,20 @@ def consensus(
     limit = cfg.mad_k * mad
     inliers: list[Observation] = []
     outliers: list[str] = []
+    low = math.inf
+    high = -math.inf
     for o in usable:
-        if _MAD_TO_Z * abs(o.value - median) <= limit:
+        v = o.value
+        if _MAD_TO_Z * abs(v - median) <= limit:
             inliers.append(o)
+            if v < low:
+                low = v
+            if v > high:
+                high = v
         else:
             outliers.append(o.source_id)
     if not inliers:
         return synthetic(last_good, now, cfg, tuple(outliers))
-    # Inliers are the values within the limit of the median: a contiguous run of `values`.
-    low = next(v for v in values if _MAD_TO_Z * abs(v - median) <= limit)
-    high = next(v for v in reversed(values) if _MAD_TO_Z * abs(v - median) <= limit)
     agreement = len(inliers) / len(usable)
     dispersion = (high - low) / max(abs(median), cfg.scale_floor)
     if len(inliers) >= 2 and dispersion <= cfg.max_dispersion:
@@ -182,16 +186,21 @@ def consensus(
 def _usable(
     observations: Iterable[Observation], now: float, cfg: ConsensusConfig, excluded: Container[str]
 ) -> list[Observation]:
+    """Fresh, finite, not excluded observations, one per source (its newest)."""
     horizon = now - cfg.max_staleness_s
-    latest: dict[str, Observation] = {}
     isfinite = math.isfinite
+    usable: list[Observation] = []
+    index: dict[str, int] = {}
     for o in observations:
         if not isfinite(o.value) or not o.ts >= horizon or o.source_id in excluded:
             continue
-        previous = latest.get(o.source_id)
-        if previous is None or o.ts > previous.ts:
-            latest[o.source_id] = o
-    return list(latest.values())
+        position = index.get(o.source_id)
+        if position is None:
+            index[o.source_id] = len(usable)
+            usable.append(o)
+        elif o.ts > usable[position].ts:
+            usable[position] = o
+    return usable
 
 
 def _blend(
@@ -216,7 +225,7 @@ def _blend(
     if not low <= value <= high:  # a convex combination; clamp away rounding (and overflow)
         value = min(high, max(low, value)) if not math.isnan(value) else low / 2.0 + high / 2.0
     confidence = agreement * total / len(inliers)
-    used = tuple(o.source_id for o in inliers)
+    used = tuple([o.source_id for o in inliers])
     return _result((value, BLEND, used, outliers, confidence, mad))
 
 
