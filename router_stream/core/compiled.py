@@ -14,6 +14,7 @@ from typing import Literal
 
 from router_stream.core.breaker import BreakerConfig
 from router_stream.core.models import Signal
+from router_stream.core.policy import Policy
 from router_stream.core.ratelimit import RateLimit
 from router_stream.core.strategies import BanditConfig, ConsensusConfig
 from router_stream.core.trust import TrustParams, TrustWeights
@@ -56,3 +57,89 @@ class CompiledPolicy:
     breaker: BreakerConfig
     tenant_limits: Mapping[str, RateLimit]
     default_limit: RateLimit | None
+
+
+def compile_policy(policy: Policy) -> CompiledPolicy:
+    """Map a validated :class:`Policy` onto the hot path's types (once per policy version)."""
+    from router_stream.core.classify import compile_rules
+    from router_stream.core.policy import policy_version
+
+    t = policy.trust
+    b = policy.breaker
+    routes: dict[str, RouteSpec] = {}
+    for kind, route in policy.routes.items():
+        bp = route.bandit
+        cp = route.consensus
+        routes[kind] = RouteSpec(
+            kind=kind,
+            strategy=route.strategy,
+            tiers=tuple(tuple(tier) for tier in route.tier_list()),
+            bandit=BanditConfig(epsilon=bp.epsilon, ucb_c=bp.ucb_c, prior_alpha=bp.prior_alpha,
+                                prior_beta=bp.prior_beta) if bp else BanditConfig(),
+            consensus=(ConsensusConfig(
+                mad_k=cp.mad_k, max_dispersion=cp.max_dispersion,
+                max_staleness_s=cp.max_staleness_s, synthetic_max_age_s=cp.synthetic_max_age_s,
+                min_sources=cp.min_sources, default_trust=cp.default_trust,
+            ) if cp else ConsensusConfig()) if route.strategy == "consensus" else None,
+            max_attempts=route.retry.max_attempts,
+            retry_delay_s=route.retry.delay_ms / 1000.0,
+            dedupe=route.dedupe,
+            on_duplicate=route.on_duplicate,
+        )
+    # `defaults.unrouted: <kind>` routes a kind without a route like that kind.
+    if policy.defaults.unrouted != "dlq" and policy.defaults.unrouted in routes:
+        fallback = routes[policy.defaults.unrouted]
+        routes = _UnroutedFallback(routes, fallback)
+    classifier = compile_rules(policy)
+    limits = {
+        name: RateLimit(rate=limit.rate, burst=limit.effective_burst)
+        for name, limit in policy.tenants.items() if name != "default"
+    }
+    default = policy.tenants.get("default")
+    return CompiledPolicy(
+        version=policy_version(policy),
+        routes=routes,
+        classify=classifier.classify,
+        unclassified_kind=None if policy.defaults.unclassified == "dlq"
+        else policy.defaults.unclassified,
+        destinations=tuple(policy.destinations),
+        capacity={k: d.capacity for k, d in policy.destinations.items() if d.capacity},
+        trust_weights=TrustWeights(
+            freshness=t.weights.freshness, error_rate=t.weights.error_rate,
+            latency=t.weights.latency, deviation=t.weights.deviation,
+            availability=t.weights.availability,
+        ),
+        trust_params=TrustParams(
+            ewma_alpha=t.ewma_alpha, stale_after_s=t.stale_after_s,
+            latency_target_ms=t.latency_target_ms, decay_half_life_s=t.decay_half_life_s,
+            floor=t.floor, initial=t.initial, deviation_z_max=t.deviation_z_max,
+        ),
+        breaker=BreakerConfig(
+            failure_threshold=b.failure_threshold, error_rate_threshold=b.error_rate_threshold,
+            window_s=b.window_s, min_volume=b.min_volume, cooldown_s=b.cooldown_s,
+            max_cooldown_s=b.max_cooldown_s, backoff_multiplier=b.backoff_multiplier,
+            half_open_probes=b.half_open_probes, probe_timeout_s=b.probe_timeout_s,
+        ),
+        tenant_limits=limits,
+        default_limit=RateLimit(rate=default.rate, burst=default.effective_burst)
+        if default else None,
+    )
+
+
+def load_compiled(text: str, source: str = "<string>") -> CompiledPolicy:
+    """Validate a policy file's text and compile it; raises ``PolicyError`` when invalid."""
+    from router_stream.core.policy import load_policy
+
+    return compile_policy(load_policy(text, source))
+
+
+class _UnroutedFallback(dict[str, RouteSpec]):
+    """Routes, where a kind without a route of its own is routed like ``defaults.unrouted``."""
+
+    def __init__(self, routes: dict[str, RouteSpec], fallback: RouteSpec) -> None:
+        super().__init__(routes)
+        self._fallback = fallback
+
+    def get(self, key: str, default: RouteSpec | None = None) -> RouteSpec | None:  # type: ignore[override]
+        found = super().get(key)
+        return found if found is not None else self._fallback

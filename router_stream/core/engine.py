@@ -78,8 +78,8 @@ from router_stream.core.strategies import (
     consensus,
 )
 from router_stream.core.strategies import bandits as bandit_mod
-from router_stream.core.strategies.consensus import deviation_z, remember
 from router_stream.core.strategies.base import first_usable_tier
+from router_stream.core.strategies.consensus import deviation_z, remember
 
 _MAX_ERROR_LEN = 500
 
@@ -310,7 +310,8 @@ class RouterEngine:
             self._dlq(result, record, origin, DlqReason.NO_ROUTE,
                       f"no route for kind {kind!r}", signal.signal_id, now)
             return
-        if route.dedupe and origin.attempts == 0 and self._dedupe.seen_or_add(signal.signal_id, now):
+        fresh = origin.attempts == 0
+        if route.dedupe and fresh and self._dedupe.seen_or_add(signal.signal_id, now):
             if route.on_duplicate == "dlq":
                 self._dlq(result, record, origin, DlqReason.DUPLICATE,
                           f"signal_id {signal.signal_id} already routed", signal.signal_id, now)
@@ -576,7 +577,8 @@ class _BatchView:
             self.unavailable.add(target)
             return False
         e = self._engine
-        allowed, updated, moves = brk.allow_request(e._breaker(target), self._now, e._policy.breaker)
+        cfg = e._policy.breaker
+        allowed, updated, moves = brk.allow_request(e._breaker(target), self._now, cfg)
         e._breakers[target] = updated
         self.transitions.extend(moves)
         self._route_state.clear()

@@ -1,0 +1,71 @@
+"""The example policy compiles onto the engine's types and routes the kinds it declares."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+from click.testing import CliRunner
+
+from router_stream.cli import _register, cli
+from router_stream.core.compiled import load_compiled
+from router_stream.core.engine import RouterEngine
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "policy.yaml"
+NOW = 1_800_000_000.0
+
+
+class Rec:
+    def __init__(self, value: bytes, offset: int = 0) -> None:
+        self.value, self.offset, self.key = value, offset, b"k"
+        self.topic, self.partition, self.timestamp = "signals", 0, int(NOW * 1000)
+        self.headers: list[tuple[str, bytes]] = []
+
+
+def test_example_policy_compiles_and_routes_each_kind():
+    compiled = load_compiled(EXAMPLE.read_text(), str(EXAMPLE))
+    assert compiled.version.startswith("p-")
+    assert {"alert", "notification", "observation"} <= set(compiled.routes)
+    engine = RouterEngine(compiled, seed=1)
+    signals = [
+        {"signal_id": "a1", "sender_id": "mon", "payload": {"severity": "critical"}},
+        {"signal_id": "n1", "sender_id": "app-billing", "payload": {"text": "hi"}},
+        {"signal_id": "o0", "sender_id": "probe", "metric": "cpu", "source_id": "probe-a",
+         "value": 0.5},  # min_sources is 2: the first observation alone is not a consensus
+        {"signal_id": "o1", "sender_id": "probe", "metric": "cpu", "source_id": "probe-b",
+         "value": 0.5},
+    ]
+    result = engine.decide_batch([Rec(orjson.dumps(s), i) for i, s in enumerate(signals)], NOW)
+    assert [(d.entry.signal_id, d.entry.reason.value) for d in result.dlq] == [
+        ("o0", "no_healthy_destination")]
+    kinds = {d.signal_id: (d.kind, d.strategy) for d in result.decisions}
+    assert kinds == {"a1": ("alert", "first_healthy"), "n1": ("notification", "thompson"),
+                     "o1": ("observation", "consensus")}
+    assert result.decisions[0].destinations == ["pagerduty"]
+    assert result.decisions[0].policy_version == compiled.version
+
+
+def test_policy_cli_validate_exit_codes(tmp_path: Path):
+    _register()
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["policy", "validate", str(EXAMPLE), "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output)["valid"] is True
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(EXAMPLE.read_text().replace("strategy: thompson", "strategy: telepathy"))
+    res = runner.invoke(cli, ["policy", "validate", str(bad), "--json"])
+    assert res.exit_code == 1
+    issues = json.loads(res.output)["issues"]
+    assert any("routes.notification.strategy" in i and "line" in i for i in issues), issues
+    missing = runner.invoke(cli, ["policy", "validate", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 1
+
+
+def test_policy_cli_diff_names_the_change(tmp_path: Path):
+    _register()
+    changed = tmp_path / "new.yaml"
+    changed.write_text(EXAMPLE.read_text().replace("strategy: thompson", "strategy: ucb"))
+    res = CliRunner().invoke(cli, ["policy", "diff", str(EXAMPLE), str(changed)])
+    assert res.exit_code == 0, res.output
+    assert "~ routes.notification.strategy: thompson -> ucb" in res.output
