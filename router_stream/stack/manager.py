@@ -108,7 +108,9 @@ def up(cfg: StackConfig) -> UpReport:
     started = time.monotonic()
     cfg.kafka.state_dir.mkdir(parents=True, exist_ok=True)
     _record_ports(cfg)
-    reused = kafka.is_running(cfg.kafka) is not None and postgres.is_running(cfg.postgres) is not None
+    reused = (
+        kafka.is_running(cfg.kafka) is not None and postgres.is_running(cfg.postgres) is not None
+    )
     # Postgres first: it starts in about a second, Kafka's JVM takes longer.
     pg_pid = postgres.start(cfg.postgres)
     k_pid = kafka.start(cfg.kafka)

@@ -48,10 +48,11 @@ class PostgresConfig:
 
 def bin_dir() -> Path:
     """The newest installed server's bin directory (initdb, pg_ctl, postgres)."""
-    candidates = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-        key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0,
-    )
+    def major(initdb: str) -> int:
+        name = Path(initdb).parent.parent.name
+        return int(name) if name.isdigit() else 0
+
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=major)
     if candidates:
         return Path(candidates[-1]).parent
     initdb = shutil.which("initdb")
@@ -133,7 +134,9 @@ def _start_server(cfg: PostgresConfig, timeout: float) -> int:
     )
     pid = is_running(cfg)
     if result.returncode != 0 or pid is None:
-        raise StackError(f"PostgreSQL did not start: {result.stderr.strip()[-300:]}; see {cfg.log_file}")
+        raise StackError(
+            f"PostgreSQL did not start: {result.stderr.strip()[-300:]}; see {cfg.log_file}"
+        )
     return pid
 
 

@@ -150,7 +150,7 @@ def test_no_healthy_destination_retries_then_exhausts():
     routes["alert"] = replace(routes["alert"], max_attempts=2, retry_delay_s=1.0)
     engine = RouterEngine(policy(routes=routes))
     for dest in ("pager", "slack", "email"):
-        for i in range(3):
+        for _ in range(3):
             engine.apply_health(HealthEvent(source_id=dest, ts=ms(NOW), ok=False), NOW)
     r = engine.decide_batch([Rec(sig(1), offset=42)], NOW)
     assert len(r.retries) == 1 and r.retries[0].attempts == 1
