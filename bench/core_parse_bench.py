@@ -56,9 +56,8 @@ def main() -> None:
     if not policy_path.exists():
         return
     from router_stream.core.classify import compile_rules
-    from router_stream.core.policy import load_policy
-
     from router_stream.core.models import Signal
+    from router_stream.core.policy import load_policy
 
     classifier = compile_rules(load_policy(policy_path.read_text(), str(policy_path)))
     signal = parse_signal(SIGNAL_WITH_ID, record_ts_ms=0, now=now)

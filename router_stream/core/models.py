@@ -166,12 +166,12 @@ class Signal(BaseModel):
     sender_id: NonEmptyId
     ts: float
     kind: NonEmptyId | None = None
-    priority: int | None = Field(None, ge=0, le=9, strict=True)
-    ttl_ms: int | None = Field(None, gt=0, strict=True)
+    priority: int | None = Field(default=None, ge=0, le=9, strict=True)
+    ttl_ms: int | None = Field(default=None, gt=0, strict=True)
     payload: dict[str, Any] = Field(default_factory=dict)
     metric: NonEmptyId | None = None
     source_id: NonEmptyId | None = None
-    value: float | None = Field(None, allow_inf_nan=False)
+    value: float | None = Field(default=None, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -237,10 +237,10 @@ class HealthEvent(BaseModel):
     source_id: NonEmptyId
     ts: float
     ok: bool | None = None
-    latency_ms: float | None = Field(None, ge=0, allow_inf_nan=False)
-    error_rate: float | None = Field(None, ge=0, le=1)
+    latency_ms: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    error_rate: float | None = Field(default=None, ge=0, le=1)
     last_data_ts: float | None = None
-    completeness: float | None = Field(None, ge=0, le=1)
+    completeness: float | None = Field(default=None, ge=0, le=1)
 
     @field_validator("ts", "last_data_ts", mode="before")
     @classmethod
@@ -262,9 +262,9 @@ class Outcome(BaseModel):
     ok: bool
     ts: float | None = None
     decision_id: str | None = None
-    latency_ms: float | None = Field(None, ge=0, allow_inf_nan=False)
-    reward: float | None = Field(None, ge=0, le=1)
-    cost: float | None = Field(None, ge=0, allow_inf_nan=False)
+    latency_ms: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    reward: float | None = Field(default=None, ge=0, le=1)
+    cost: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
     @field_validator("ts", mode="before")
     @classmethod
@@ -399,7 +399,7 @@ class DlqEntry(BaseModel):
     original_key: bytes | None = None
     original_value: bytes | None = None
     original_headers: list[tuple[str, bytes]] = Field(default_factory=list)
-    attempts: int = Field(1, ge=1)
+    attempts: int = Field(default=1, ge=1)
     first_failed_at: float
 
     @field_validator("error")
