@@ -2,3 +2,19 @@
 
 Each translates its client library's errors into router_stream.errors at the seam.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def data_path(name: str) -> Path:
+    """Where a data directory of the repository (``topics``, ``migrations``) is.
+
+    The working directory first (the container image copies them to /app, its WORKDIR, next to
+    an installed package), then the source checkout the package was imported from.
+    """
+    here = Path.cwd() / name
+    if here.exists():
+        return here
+    return Path(__file__).resolve().parents[2] / name

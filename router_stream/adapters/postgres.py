@@ -41,6 +41,7 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 import orjson
 
+from router_stream.adapters import data_path
 from router_stream.config import Settings
 from router_stream.core.breaker import BreakerTransition
 from router_stream.core.models import Decision, DlqEntry
@@ -231,8 +232,8 @@ class MigrationState:
 
 
 def default_migrations_dir() -> Path:
-    """``migrations/`` at the repository root (next to the package)."""
-    return Path(__file__).resolve().parents[2] / "migrations"
+    """``migrations/`` in the working directory, else in the source checkout."""
+    return data_path("migrations")
 
 
 def load_migrations(migrations_dir: Path) -> list[MigrationFile]:

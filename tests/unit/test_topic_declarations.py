@@ -1,0 +1,207 @@
+"""topics/topics.yaml and topics/schemas/*: complete, loadable, and in agreement with the models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+
+from router_stream.adapters import topics as tp
+from router_stream.core.models import CONTROL_ADAPTER, Decision
+from router_stream.errors import UserError
+
+TOPICS_DIR = tp.default_topics_file().parent
+SPEC_TOPICS = {"signals", "source-health", "outcomes", "router.control", "router.decisions",
+               "router.dlq", "router.retry"}
+
+
+def _registry() -> Registry:
+    resources = []
+    for path in (TOPICS_DIR / "schemas").glob("*.schema.json"):
+        schema = json.loads(path.read_text())
+        resources.append((schema["$id"], Resource.from_contents(schema)))
+    return Registry().with_resources(resources)
+
+
+REGISTRY = _registry()
+
+
+def validator(schema_file: str) -> Draft202012Validator:
+    schema = json.loads((TOPICS_DIR / "schemas" / schema_file).read_text())
+    return Draft202012Validator(schema, registry=REGISTRY)
+
+
+def errors(schema_file: str, instance: Any) -> list[str]:
+    return [e.message for e in validator(schema_file).iter_errors(instance)]
+
+
+# --- declarations -----------------------------------------------------------------------------
+
+
+def test_every_spec_topic_is_declared_with_an_existing_valid_schema():
+    decl = tp.load_declarations()
+    by_name = {t.logical: t for t in decl.topics}
+
+    assert set(by_name) == SPEC_TOPICS
+    for spec in [*decl.topics, decl.routed]:
+        assert spec.configs["cleanup.policy"] == "delete", spec.logical
+        assert "retention.ms" in spec.configs, spec.logical
+        if spec.logical == "router.dlq":
+            assert spec.schema is None  # original bytes, whatever they are
+            continue
+        schema = json.loads((TOPICS_DIR / spec.schema).read_text())
+        Draft202012Validator.check_schema(schema)
+        assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+
+def test_input_topics_are_co_partitioned_and_control_is_ordered():
+    by_name = {t.logical: t for t in tp.load_declarations().topics}
+    inputs = {by_name[n].partitions for n in ("signals", "source-health", "outcomes",
+                                              "router.retry")}
+    assert len(inputs) == 1
+    assert by_name["router.control"].partitions == 1
+
+
+def test_replication_is_clamped_to_the_cluster_with_min_insync():
+    spec = tp.load_declarations().routed_spec("pager")
+    assert (spec.replication_factor, spec.configs["min.insync.replicas"]) == (3, "2")
+    one = spec.for_cluster(1)
+    assert (one.replication_factor, one.configs["min.insync.replicas"]) == (1, "1")
+    five = spec.for_cluster(5)
+    assert (five.replication_factor, five.configs["min.insync.replicas"]) == (3, "2")
+
+
+def test_routed_topic_for_a_destination_that_cannot_be_a_topic_name_is_refused():
+    with pytest.raises(UserError, match="cannot be a topic name"):
+        tp.load_declarations().routed_spec("bad/name")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("topics: [", "not valid YAML"),
+        ("topics: {}\n", "missing the `routed` template"),
+        ("topics: {signals: {partitions: 0}}\nrouted: {partitions: 1}\n",
+         "topics.signals.partitions"),
+        ("topics: {signals: {partitions: 3, configs: {retention.ms: 1000}}}\n"
+         "routed: {partitions: 1}\n", "quote them"),
+    ],
+)
+def test_a_bad_declarations_file_names_the_file_and_the_problem(tmp_path: Path, text, message):
+    path = tmp_path / "topics.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message) as info:
+        tp.load_declarations(path)
+    assert str(path) in str(info.value)
+
+
+def test_policy_destinations_from_tiers_and_lists(tmp_path: Path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "routes:\n"
+        "  alert: {strategy: first_healthy, tiers: [[pagerduty], [slack, email]]}\n"
+        "  metric: {strategy: consensus, destinations: [metrics-store]}\n"
+        "  bulk: {strategy: fanout, tiers: [{destinations: [lake]}]}\n"
+    )
+    assert tp.policy_destinations(policy) == ["email", "lake", "metrics-store", "pagerduty",
+                                              "slack"]
+
+
+def test_policy_without_routes_is_a_user_error(tmp_path: Path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("trust: {}\n")
+    with pytest.raises(UserError, match="routes"):
+        tp.policy_destinations(policy)
+
+
+def test_mismatch_message_lists_every_problem():
+    report = tp.TopicsReport(problems=[
+        tp.TopicProblem("p.signals", "partitions", "12", "2"),
+        tp.TopicProblem("p.outcomes", "missing", "exists", "missing"),
+    ])
+    text = str(tp.TopicMismatch(report))
+    assert "p.signals: partitions is 2, declared 12" in text
+    assert "p.outcomes: missing" in text
+    assert "topics apply" in text
+
+
+# --- schemas agree with what producers send and the router writes -------------------------------
+
+
+@pytest.mark.parametrize(
+    "signal",
+    [
+        {"sender_id": "s1"},
+        {"sender_id": "s1", "ts": "2025-01-02T03:04:05Z", "kind": "alert", "priority": 9,
+         "ttl_ms": 1000, "payload": {"a": 1}, "extra_field": True},
+        {"sender_id": "s1", "ts": 1735787045000, "metric": "temp", "source_id": "a", "value": 1.5},
+    ],
+)
+def test_valid_signals(signal):
+    assert errors("signal.schema.json", signal) == []
+
+
+@pytest.mark.parametrize(
+    "signal",
+    [{}, {"sender_id": ""}, {"sender_id": "s", "priority": 10}, {"sender_id": "s", "ttl_ms": 0},
+     {"sender_id": "s", "ts": True}, {"sender_id": "s", "payload": []}],
+)
+def test_invalid_signals(signal):
+    assert errors("signal.schema.json", signal) != []
+
+
+def test_health_event_and_outcome():
+    assert errors("health-event.schema.json", {"source_id": "a", "ts": 1, "ok": True,
+                                               "error_rate": 0.1}) == []
+    assert errors("health-event.schema.json", {"source_id": "a", "ts": 1,
+                                               "error_rate": 2}) != []
+    assert errors("outcome.schema.json", {"signal_id": "s", "destination": "d", "ok": False,
+                                          "reward": 0.5}) == []
+    assert errors("outcome.schema.json", {"signal_id": "s", "destination": "d"}) != []
+
+
+def test_every_control_command_the_model_accepts_validates():
+    commands = [
+        {"type": "policy_publish", "policy_yaml": "routes: {}", "version": "v1",
+         "command_id": "c1", "issued_at": 1.0, "issued_by": "alice"},
+        {"type": "policy_reload"},
+        {"type": "override_set", "override_id": "o1", "kind": "alert",
+         "destinations": ["slack"], "expires_at": 2e9, "reason": "maintenance"},
+        {"type": "override_clear", "override_id": "o1"},
+        {"type": "breaker_force", "target": "pager", "state": "open", "expires_at": None},
+        {"type": "breaker_reset", "target": "pager"},
+    ]
+    for command in commands:
+        model = CONTROL_ADAPTER.validate_python(command)
+        assert errors("control-command.schema.json", command) == [], command
+        assert errors("control-command.schema.json", model.model_dump()) == [], command
+    assert errors("control-command.schema.json", {"type": "self_destruct"}) != []
+    assert errors("control-command.schema.json", {"type": "breaker_force",
+                                                  "target": "p", "state": "half_open"}) != []
+
+
+def test_the_decision_the_core_publishes_validates():
+    decision = Decision(
+        decision_id="d1", signal_id="s1", tenant="t", kind="alert", destinations=["pager"],
+        strategy="first_healthy", tier=0, policy_version="v1", confidence=0.9,
+        trust={"pager": 0.8}, breakers={"pager": "closed"}, input_topic="signals",
+        input_partition=0, input_offset=5, decided_at=1.5, signal_ts=1.0,
+    )
+    as_json = orjson.loads(decision.to_json())
+    assert errors("decision.schema.json", as_json) == []
+    assert errors("decision.schema.json", {**as_json, "confidence": 1.5}) != []
+
+
+def test_routed_record_is_the_signal_plus_route():
+    route = {"decision_id": "d1", "destination": "pager", "kind": "alert",
+             "strategy": "first_healthy", "tier": 0, "policy_version": "v1", "confidence": 1.0,
+             "routed_at": 1.5}
+    signal = {"sender_id": "s1", "signal_id": "s1", "payload": {}}
+    assert errors("routed.schema.json", {**signal, "route": route}) == []
+    assert errors("routed.schema.json", signal) != []
+    assert errors("routed.schema.json", {"route": route}) != []  # still a signal: sender_id
