@@ -1,0 +1,31 @@
+"""``router-stream worker``: parse options, delegate to :func:`router_stream.worker.run_worker`."""
+
+from __future__ import annotations
+
+import click
+
+from router_stream.cli import cli
+
+
+@cli.command("worker")
+@click.option("--exit-when-idle", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Burst mode: exit once the input lag has been 0 for SECONDS (tests, demo).")
+@click.option("--http-port", type=click.IntRange(0, 65535), default=None,
+              help="Port of /livez /readyz /metrics (default ROUTER_HTTP_PORT).")
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False), default=None,
+              help="Policy file at start-up (default ROUTER_POLICY_FILE).")
+def worker_command(exit_when_idle: float | None, http_port: int | None,
+                   policy_file: str | None) -> None:
+    """Route signals: consume `signals`, decide, produce, persist, commit (SIGTERM drains)."""
+    from router_stream.config import Settings
+    from router_stream.worker.app import run_hosted
+    from router_stream.worker.logs import configure_json_logging
+
+    overrides: dict[str, object] = {}
+    if http_port is not None:
+        overrides["http_port"] = http_port
+    if policy_file is not None:
+        overrides["policy_file"] = policy_file
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    configure_json_logging(settings.log_level)
+    run_hosted(settings, exit_when_idle=exit_when_idle)

@@ -1,0 +1,17 @@
+"""Hosting the worker process.
+
+``run_hosted`` runs :class:`~router_stream.worker.service.RouterWorker` on an asyncio loop with
+SIGTERM/SIGINT handlers that drain. (See docs/worker.md, "Why the hot path is not a faust
+agent".)
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from router_stream.config import Settings
+from router_stream.worker.service import run_worker
+
+
+def run_hosted(settings: Settings, *, exit_when_idle: float | None = None) -> None:
+    asyncio.run(run_worker(settings, exit_when_idle=exit_when_idle))

@@ -1,0 +1,339 @@
+"""The hot path: batches of ``signals`` (and due ``router.retry``) records, decided and made
+durable in the commit order, outside faust's per-event stream machinery.
+
+Commit order, per batch (a crash at any point re-processes the batch; it never loses one)::
+
+    getmany(max_records=batch_max, timeout_ms=batch_timeout_ms)
+      │  engine.decide_batch(records, now)            pure, no I/O
+      ▼
+    1. produce   routed.<d>, router.decisions, router.dlq, router.retry — idempotent producer,
+                 acks=all, EVERY delivery awaited
+      ▼
+    2. persist   routing_decisions, dlq_entries, breaker_transitions — one Postgres transaction,
+                 ON CONFLICT DO NOTHING (signal_id / dlq_key / transition key)
+      ▼
+    3. commit    the batch's input offsets (last offset + 1 per partition)
+
+Steps 1 and 2 are retried through transient failures (broker/Postgres down, timeouts) with capped
+exponential backoff and jitter while the consumer's partitions are paused: backpressure, never a
+drop, and never a commit past what is durable. A crash between 1 and 2 leaves extra copies on the
+output topics (at-least-once; decision records are keyed by signal_id and carry a deterministic
+decision_id, so consumers can dedupe); a crash between 2 and 3 re-writes rows that already exist,
+which ``ON CONFLICT DO NOTHING`` turns into no-ops: Postgres never holds two decisions for one
+signal.
+
+Rebalance: ``on_partitions_revoked`` waits for the in-flight batch to finish all three steps before
+the revoke completes, so the next owner starts exactly after our last commit.
+
+``router.retry``: a record whose ``x-retry-not-before`` lies in the future is not processed; its
+partition is rewound to it and paused until then (records before it in the same fetch are
+processed and committed normally).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from router_stream.config import SIGNALS, Settings
+from router_stream.core.breaker import BreakerTransition
+from router_stream.core.outputs import H_RETRY_NOT_BEFORE, BatchResult
+from router_stream.errors import BrokerUnavailable
+from router_stream.worker.backoff import Backoff, retry_transient
+from router_stream.worker.logs import trace_id_of
+from router_stream.worker.metrics import WorkerMetrics
+from router_stream.worker.sink import RETRY, OutputTopics, persist_outputs, produce_outputs
+
+log = logging.getLogger("router_stream.worker")
+
+StepHook = Callable[[str, BatchResult], Awaitable[None]]
+"""Called after each commit step ("decided", "produced", "persisted", "committed"); tests use it
+to crash the worker between steps."""
+
+
+class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, loop: SignalLoop) -> None:
+        self._loop = loop
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self._loop.batch_lock:  # the in-flight batch finishes all three steps first
+            for tp in revoked:
+                self._loop.retry_paused.pop(tp, None)
+                self._loop.forget_lag(tp)
+        if revoked:
+            log.info("partitions revoked", extra={"partitions": _names(revoked)})
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._loop.assigned.set()
+        log.info("partitions assigned", extra={"partitions": _names(assigned)})
+
+
+def _names(tps: set[TopicPartition]) -> list[str]:
+    return sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)
+
+
+class SignalLoop:
+    """Consumes in the consumer group and runs the commit order for every batch."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Any,
+        producer: AIOKafkaProducer,
+        pool: asyncpg.Pool,
+        metrics: WorkerMetrics,
+        *,
+        backoff: Backoff,
+        give_up: Callable[[], bool],
+        take_transitions: Callable[[], list[BreakerTransition]],
+        on_step: StepHook | None = None,
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._producer = producer
+        self._pool = pool
+        self._metrics = metrics
+        self._backoff = backoff
+        self._give_up = give_up
+        self._take_transitions = take_transitions
+        self._on_step = on_step
+        self._outputs = OutputTopics.of(settings)
+        self.input_topics = [settings.topic(SIGNALS), settings.topic(RETRY)]
+        self._retry_topic = self.input_topics[1]
+        self.consumer: AIOKafkaConsumer | None = None
+        self.batch_lock = asyncio.Lock()
+        self.assigned = asyncio.Event()
+        self.retry_paused: dict[TopicPartition, float] = {}
+        self.processed = 0
+        self._paused_for_retry: set[TopicPartition] = set()
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(
+            group_id=self._settings.group_id, enable_auto_commit=False,
+            auto_offset_reset="earliest", client_id="router-stream-worker",
+            max_poll_interval_ms=300_000, **self._settings.kafka_client_options,
+        )
+        try:
+            await consumer.start()
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"starting the signals consumer: {exc!r}") from exc
+        consumer.subscribe(self.input_topics, listener=_DrainOnRevoke(self))
+        self.consumer = consumer
+
+    async def stop(self) -> None:
+        """Leave the group (no commit here: every processed batch committed itself)."""
+        if self.consumer is not None:
+            consumer, self.consumer = self.consumer, None
+            await consumer.stop()
+
+    # --- one batch ------------------------------------------------------------------------
+
+    async def step(self) -> int:
+        """Fetch one batch and take it through the commit order; returns records processed."""
+        consumer = self.consumer
+        assert consumer is not None, "start() first"
+        self._resume_due_retries()
+        fetched = await consumer.getmany(
+            timeout_ms=self._settings.batch_timeout_ms, max_records=self._settings.batch_max)
+        if not fetched:
+            return 0
+        fetch_time = time.monotonic()
+        async with self.batch_lock:
+            assignment = consumer.assignment()
+            records = self._due_records(
+                {tp: rs for tp, rs in fetched.items() if tp in assignment}, time.time())
+            if not records:
+                return 0
+            await self._process(records, fetch_time)
+        return len(records)
+
+    async def _process(self, records: list[Any], fetch_time: float) -> None:
+        now = time.time()
+        result: BatchResult = self._engine.decide_batch(records, now)
+        await self._hook("decided", result)
+        self._paused_for_retry = set()
+        try:
+            await retry_transient("produce", lambda: self._produce(result), backoff=self._backoff,
+                                  give_up=self._give_up, on_retry=self._count_retry)
+            await self._hook("produced", result)
+            extra = self._take_transitions()
+            await retry_transient(
+                "persist", lambda: persist_outputs(self._pool, result, now, extra),
+                backoff=self._backoff, give_up=self._give_up, on_retry=self._count_retry)
+            await self._hook("persisted", result)
+            await self._commit(records)
+            await self._hook("committed", result)
+        finally:
+            if self._paused_for_retry and self.consumer is not None:
+                self.consumer.resume(
+                    *(tp for tp in self._paused_for_retry if tp not in self.retry_paused))
+        self.processed += len(records)
+        self._observe(records, result, time.monotonic() - fetch_time)
+
+    async def _produce(self, result: BatchResult) -> None:
+        try:
+            await produce_outputs(self._producer, self._outputs, result)
+        except BrokerUnavailable as exc:
+            for dest, n in getattr(exc, "failed_destinations", {}).items():
+                self._metrics.routing_errors.labels(dest).inc(n)
+            raise
+
+    async def _commit(self, records: Sequence[Any]) -> None:
+        """Step 3: commit last offset + 1 of every partition in the batch we still own."""
+        consumer = self.consumer
+        assert consumer is not None
+        last: dict[TopicPartition, int] = {}
+        for r in records:
+            last[TopicPartition(r.topic, r.partition)] = r.offset + 1
+        owned = consumer.assignment()
+        offsets = {tp: off for tp, off in last.items() if tp in owned}
+
+        async def commit() -> None:
+            try:
+                await consumer.commit(offsets)
+            except (CommitFailedError, IllegalStateError) as exc:
+                # Rebalanced away: the new owner re-processes from our last commit, and steps
+                # 1-2 are idempotent where it matters (Postgres).
+                log.warning("offset commit refused after a rebalance", extra={"error": str(exc)})
+            except KafkaError as exc:
+                raise BrokerUnavailable(f"committing offsets: {exc!r}") from exc
+
+        if offsets:
+            await retry_transient("commit", commit, backoff=self._backoff, give_up=self._give_up,
+                                  on_retry=self._count_retry)
+        for tp, off in offsets.items():
+            hw = consumer.highwater(tp)
+            if hw is not None:
+                self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - off))
+
+    async def _hook(self, step: str, result: BatchResult) -> None:
+        if self._on_step is not None:
+            await self._on_step(step, result)
+
+    def _count_retry(self, step: str) -> None:
+        """First retry of a batch pauses every partition: no prefetching while we cannot make
+        progress (backpressure); the partitions resume once the batch is durable."""
+        self._metrics.transient_retries.labels(step).inc()
+        if not self._paused_for_retry and self.consumer is not None:
+            self._paused_for_retry = set(self.consumer.assignment())
+            self.consumer.pause(*self._paused_for_retry)
+
+    # --- router.retry: honour not_before ----------------------------------------------------
+
+    def _due_records(self, fetched: dict[TopicPartition, list[Any]], now: float) -> list[Any]:
+        records: list[Any] = []
+        for tp, rs in fetched.items():
+            if tp.topic != self._retry_topic:
+                records.extend(rs)
+                continue
+            for i, r in enumerate(rs):
+                not_before = _not_before(r.headers)
+                if not_before is not None and not_before > now:
+                    self._park(tp, r.offset, not_before)
+                    records.extend(rs[:i])
+                    break
+            else:
+                records.extend(rs)
+        return records
+
+    def _park(self, tp: TopicPartition, offset: int, not_before: float) -> None:
+        assert self.consumer is not None
+        self.consumer.seek(tp, offset)
+        self.consumer.pause(tp)
+        self.retry_paused[tp] = not_before
+
+    def _resume_due_retries(self) -> None:
+        if not self.retry_paused or self.consumer is None:
+            return
+        now = time.time()
+        due = [tp for tp, until in self.retry_paused.items() if until <= now]
+        for tp in due:
+            del self.retry_paused[tp]
+        if due:
+            self.consumer.resume(*due)
+
+    # --- metrics and logs -------------------------------------------------------------------
+
+    def forget_lag(self, tp: TopicPartition) -> None:
+        with contextlib.suppress(KeyError):
+            self._metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+
+    def _observe(self, records: list[Any], result: BatchResult, elapsed: float) -> None:
+        m = self._metrics
+        m.batch_size.observe(len(records))
+        kinds = Counter(d.kind for d in result.decisions)
+        for kind, n in kinds.items():
+            m.signals_received.labels(kind).inc(n)
+            hist = m.latency.labels(kind)
+            for _ in range(n):
+                hist.observe(elapsed)
+        undecided = len(records) - len(result.decisions)
+        if undecided:
+            m.signals_received.labels("unknown").inc(undecided)
+        for d in result.decisions:
+            m.confidence.observe(d.confidence)
+        for q in result.dlq:
+            m.dlq.labels(q.entry.reason.value).inc()
+        if result.retries:
+            m.retry_attempts.inc(len(result.retries))
+        self._log_batch(records, result, elapsed)
+
+    def _log_batch(self, records: list[Any], result: BatchResult, elapsed: float) -> None:
+        for q in result.dlq:
+            e = q.entry
+            log.info("signal to DLQ", extra={
+                "signal_id": e.signal_id, "trace_id": trace_id_of(e.original_headers),
+                "reason": e.reason.value, "error": e.error, "attempts": e.attempts,
+                "original": f"{e.original_topic}/{e.original_partition}/{e.original_offset}"})
+        for t in result.retries:
+            log.info("signal parked for retry", extra={
+                "signal_id": t.signal_id, "trace_id": trace_id_of(t.headers),
+                "attempts": t.attempts, "not_before": t.not_before})
+        if log.isEnabledFor(logging.DEBUG):
+            for d in result.decisions:
+                log.debug("signal routed", extra={
+                    "signal_id": d.signal_id, "decision_id": d.decision_id, "kind": d.kind,
+                    "destinations": d.destinations, "strategy": d.strategy,
+                    "policy_version": d.policy_version})
+            log.debug("batch committed", extra={
+                "records": len(records), "decisions": len(result.decisions),
+                "dlq": len(result.dlq), "retries": len(result.retries),
+                "elapsed_ms": round(elapsed * 1000, 2)})
+
+    # --- idleness (burst mode) --------------------------------------------------------------
+
+    async def input_lag(self) -> int | None:
+        """Records not yet processed on our partitions; None while unassigned or parked."""
+        consumer = self.consumer
+        if consumer is None or not self.assigned.is_set() or self.retry_paused:
+            return None
+        tps = list(consumer.assignment())
+        if not tps:
+            return 0
+        try:
+            ends = await consumer.end_offsets(tps)
+            lag = 0
+            for tp in tps:
+                lag += max(0, ends[tp] - await consumer.position(tp))
+            return lag
+        except (KafkaError, IllegalStateError):
+            return None
+
+
+def _not_before(headers: Sequence[tuple[str, bytes]] | None) -> float | None:
+    for name, value in headers or ():
+        if name == H_RETRY_NOT_BEFORE:
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                return None
+    return None

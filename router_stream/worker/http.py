@@ -1,0 +1,64 @@
+"""``/livez``, ``/readyz`` and ``/metrics`` on a small aiohttp server.
+
+Why not faust's web server: it only exists inside a running faust worker, so in-process tests and
+the bounded (``--exit-when-idle``) mode would lack the endpoints; readiness is ours (state
+replayed, group joined, Postgres reachable) not faust's; and tests need port 0 with the bound
+port read back. aiohttp is what faust's web uses anyway, so nothing new is installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from router_stream.worker.metrics import WorkerMetrics
+
+
+class HealthServer:
+    def __init__(
+        self,
+        metrics: WorkerMetrics,
+        *,
+        alive: Callable[[], bool],
+        readiness: Callable[[], dict[str, bool]],
+    ) -> None:
+        self._metrics = metrics
+        self._alive = alive
+        self._readiness = readiness
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        app = web.Application()
+        app.router.add_get("/livez", self._livez)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics_view)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server  # aiohttp exposes no public accessor for the bound socket
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _livez(self, request: web.Request) -> web.Response:
+        ok = self._alive()
+        return web.json_response({"alive": ok}, status=200 if ok else 503)
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        checks = self._readiness()
+        ready = all(checks.values())
+        self._metrics.ready.set(1 if ready else 0)
+        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+    async def _metrics_view(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._metrics.exposition(),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,45 @@
+"""Policy text -> the compiled policy the engine runs: the worker's one seam to core/policy.
+
+Used for the policy file at start-up and for every ``policy_publish`` on ``router.control``.
+A text that fails validation raises :class:`~router_stream.errors.PolicyError` (path + reason),
+and the caller keeps the policy it has.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from router_stream.config import Settings
+from router_stream.errors import ConfigError, PolicyError
+
+
+def compile_policy_text(text: str, source: str = "<policy>") -> Any:
+    """Validate and compile a policy; raises PolicyError when it is not a valid policy."""
+    from router_stream.core.compiled import load_compiled
+
+    try:
+        return load_compiled(text, source)
+    except PolicyError:
+        raise
+    except Exception as exc:  # a validator bug must not take the worker down with it
+        raise PolicyError([("", f"{type(exc).__name__}: {exc}")], source) from exc
+
+
+def read_policy_file(settings: Settings) -> tuple[str, Any]:
+    """The configured policy file's text and its compiled form, or one clear error."""
+    if not settings.policy_file:
+        raise ConfigError("ROUTER_POLICY_FILE is not set: the worker needs a policy file "
+                          "(see examples/ and `router-stream policy validate`)")
+    path = Path(settings.policy_file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read policy file {path}: {exc.strerror or exc}") from exc
+    return text, compile_policy_text(text, str(path))
+
+
+def build_engine(settings: Settings, compiled: Any, *, seed: int = 0) -> Any:
+    from router_stream.core.engine import RouterEngine
+
+    return RouterEngine(compiled, seed=seed, dedupe_window_s=settings.dedupe_window_s)

@@ -1,0 +1,348 @@
+"""One router worker: wiring the engine to Kafka, Postgres and the health/metrics endpoints.
+
+Lifecycle::
+
+    start()   policy file -> engine; verify topics (refuse to start otherwise); Postgres pool;
+              idempotent producer; replay the state topics (StateFollower); join the consumer
+              group (SignalLoop); periodic tasks; /livez /readyz /metrics
+    run()     batches until request_stop() — or, in burst mode, until the input lag has been 0
+              for ``exit_when_idle`` seconds
+    stop()    drain: the batch in flight finishes all commit steps, then leave the group, flush
+              side writes, close everything — bounded by ``drain_timeout_s`` (< 30 s)
+
+The worker is a plain asyncio object so tests drive it in-process; :mod:`.app` hosts it in a
+faust App for production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from router_stream.adapters import postgres as pg
+from router_stream.config import Settings
+from router_stream.core.breaker import BreakerTransition
+from router_stream.errors import BrokerUnavailable, RouterError, TransientError
+from router_stream.worker.backoff import Backoff
+from router_stream.worker.hotpath import SignalLoop, StepHook
+from router_stream.worker.http import HealthServer
+from router_stream.worker.metrics import WorkerMetrics
+from router_stream.worker.policy_source import build_engine, read_policy_file
+from router_stream.worker.sink import transition_row
+from router_stream.worker.state import PolicyEvent, StateFollower
+
+log = logging.getLogger("router_stream.worker")
+
+TRUST_SNAPSHOT_EVERY_S = 10.0
+SIDE_WRITE_EVERY_S = 1.0
+
+
+class StartupRefused(RouterError):
+    """The worker cannot start safely (missing topics, no policy); one line says why."""
+
+
+class RouterWorker:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: Any = None,
+        on_step: StepHook | None = None,
+        backoff: Backoff | None = None,
+        drain_timeout_s: float = 25.0,
+        http: bool = True,
+        verify: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.metrics = WorkerMetrics()
+        self._on_step = on_step
+        self._backoff = backoff or Backoff()
+        self._drain_timeout_s = drain_timeout_s
+        self._http_enabled = http
+        self._verify = verify
+        self._stopping = asyncio.Event()
+        self._drain_deadline: float | None = None
+        self._pending_transitions: list[BreakerTransition] = []
+        self._pending_policies: list[PolicyEvent] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._pg_ok = False
+        self._crashed: BaseException | None = None
+        self.pool: asyncpg.Pool | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.follower: StateFollower | None = None
+        self.signals: SignalLoop | None = None
+        self.http: HealthServer | None = None
+
+    # --- start ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        if self.engine is None:
+            _, compiled = read_policy_file(s)
+            self.engine = build_engine(s, compiled)
+        self.metrics.set_policy(self.engine.policy_version)
+        if self._verify:
+            await self._verify_topics()
+        if self._http_enabled:
+            self.http = HealthServer(self.metrics, alive=self._alive, readiness=self.readiness)
+            port = await self.http.start(s.http_host, s.http_port)
+            log.info("http listening", extra={"host": s.http_host, "port": port})
+        self.pool = await pg.create_pool(s, min_size=1, max_size=3)
+        self._pg_ok = True
+        self.producer = AIOKafkaProducer(
+            enable_idempotence=True, acks="all", linger_ms=5, max_batch_size=512 * 1024,
+            request_timeout_ms=30_000, client_id="router-stream-worker",
+            **s.kafka_client_options)
+        await _kafka_call("starting the producer", self.producer.start())
+        self.follower = StateFollower(
+            s, self.engine, on_transitions=self._on_transitions, on_policy=self._on_policy,
+            reload_policy=lambda: read_policy_file(self.settings))
+        await self.follower.start()
+        self._spawn(self.follower.run(), "state")
+        await self.follower.caught_up.wait()  # decide only with the replayed state
+        self.signals = SignalLoop(
+            s, self.engine, self.producer, self.pool, self.metrics, backoff=self._backoff,
+            give_up=self._past_drain_deadline, take_transitions=self._take_transitions,
+            on_step=self._on_step)
+        await self.signals.start()
+        self._spawn(self._side_writes(), "side-writes")
+        self._spawn(self._refresh_gauges(), "gauges")
+        log.info("worker started", extra={"group_id": s.group_id,
+                                           "policy_version": self.engine.policy_version,
+                                           "inputs": self.signals.input_topics})
+
+    async def _verify_topics(self) -> None:
+        from router_stream.adapters.topics import TopicMismatch, verify_topics
+
+        try:
+            await verify_topics(self.settings, self.engine.destinations)
+        except TopicMismatch as exc:
+            problems = "; ".join(str(p) for p in exc.problems)
+            raise StartupRefused(f"refusing to start: {problems} (create them with "
+                                 "`router-stream topics apply --policy FILE`)") from exc
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=f"router-worker-{name}")
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        self._crashed = task.exception()
+        log.error("background task failed; stopping", exc_info=task.exception(),
+                  extra={"task": task.get_name()})
+        self.request_stop()
+
+    # --- run --------------------------------------------------------------------------------
+
+    async def run(self, *, exit_when_idle: float | None = None) -> None:
+        """Process batches until stopped (or idle for ``exit_when_idle`` s), then drain."""
+        assert self.signals is not None, "start() first"
+        idle_since: float | None = None
+        try:
+            while not self._stopping.is_set():
+                n = await self.signals.step()
+                if exit_when_idle is None:
+                    continue
+                if n or not await self._idle():
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since >= exit_when_idle:
+                    log.info("input idle, exiting", extra={"idle_s": exit_when_idle})
+                    break
+        finally:
+            await self.stop()
+        if self._crashed is not None:
+            raise self._crashed
+
+    async def run_until_idle(self, idle_s: float = 1.0) -> None:
+        """Burst mode (like arq's ``burst=True``): start, process until nothing is left, stop."""
+        await self.start()
+        await self.run(exit_when_idle=idle_s)
+
+    async def _idle(self) -> bool:
+        assert self.signals is not None and self.follower is not None
+        lag = await self.signals.input_lag()
+        return lag == 0 and not self._pending_transitions
+
+    def request_stop(self) -> None:
+        """SIGTERM: stop fetching; the batch in flight still completes every commit step."""
+        if not self._stopping.is_set():
+            log.info("stop requested, draining")
+            self._drain_deadline = time.monotonic() + self._drain_timeout_s
+            self._stopping.set()
+
+    def _past_drain_deadline(self) -> bool:
+        return self._drain_deadline is not None and time.monotonic() > self._drain_deadline
+
+    # --- stop -------------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        self.request_stop()
+        if self.signals is not None:
+            await self.signals.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        with contextlib.suppress(TransientError):
+            await asyncio.wait_for(self._flush_side_writes(), 5)
+        if self.follower is not None:
+            await self.follower.stop()
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
+        if self.pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.pool.close(), 5)
+        if self.http is not None:
+            await self.http.stop()
+        log.info("worker stopped", extra={"processed": self.signals.processed
+                                          if self.signals else 0})
+
+    # --- state events -> metrics and Postgres ------------------------------------------------
+
+    def _on_transitions(self, transitions: list[BreakerTransition]) -> None:
+        self._pending_transitions.extend(transitions)
+        for t in transitions:
+            self.metrics.breaker_transitions.labels(t.target_id, t.to_state.value).inc()
+            log.info("breaker transition", extra={
+                "target": t.target_id, "from": t.from_state.value, "to": t.to_state.value,
+                "at": t.at, "reason": t.reason})
+
+    def _take_transitions(self) -> list[BreakerTransition]:
+        taken, self._pending_transitions = self._pending_transitions, []
+        return taken
+
+    def _on_policy(self, event: PolicyEvent) -> None:
+        if event.accepted:
+            self.metrics.set_policy(self.engine.policy_version)
+        if event.live:  # a replay at start-up re-reads history that was recorded when it happened
+            self._pending_policies.append(event)
+
+    # --- periodic side work --------------------------------------------------------------------
+
+    async def _side_writes(self) -> None:
+        """Transitions seen while no signal flowed, policy versions, trust snapshots,
+        the DLQ backlog gauge and the Postgres check behind /readyz."""
+        last_snapshot = 0.0
+        while True:
+            await asyncio.sleep(SIDE_WRITE_EVERY_S)
+            try:
+                await self._flush_side_writes()
+                now = time.time()
+                if now - last_snapshot >= TRUST_SNAPSHOT_EVERY_S:
+                    await self._snapshot_trust(now)
+                    await self._count_dlq_backlog()
+                    last_snapshot = now
+                self._pg_ok = True
+            except TransientError as exc:
+                self._pg_ok = False
+                log.warning("side write failed, will retry", extra={"error": str(exc)})
+
+    async def _flush_side_writes(self) -> None:
+        if self.pool is None:
+            return
+        transitions = self._take_transitions()
+        policies, self._pending_policies = self._pending_policies, []
+        try:
+            with pg._unavailable_as_router_error("side writes"):
+                async with self.pool.acquire() as conn:
+                    if transitions:
+                        await pg.insert_breaker_transitions(
+                            conn, [transition_row(t) for t in transitions])
+                    for p in policies:
+                        await pg.record_policy_version(
+                            conn, p.version, p.policy_yaml,
+                            status="active" if p.accepted else "rejected",
+                            published_by=p.published_by,
+                            status_reason=None if p.accepted else p.message)
+                    if not (transitions or policies):
+                        await conn.fetchval("SELECT 1")
+        except BaseException:
+            self._pending_transitions[:0] = transitions
+            self._pending_policies[:0] = policies
+            raise
+
+    async def _snapshot_trust(self, now: float) -> None:
+        """Every worker writes the same rows: ``at`` is rounded to the snapshot period, so
+        UNIQUE(source_id, at) keeps one row per source per period."""
+        assert self.pool is not None
+        trust = self.engine.snapshot(now).trust
+        if not trust:
+            return
+        at = math.floor(now / TRUST_SNAPSHOT_EVERY_S) * TRUST_SNAPSHOT_EVERY_S
+        rows = [(source, min(1.0, max(0.0, score)), {}, at) for source, score in trust.items()]
+        with pg._unavailable_as_router_error("trust snapshot"):
+            async with self.pool.acquire() as conn:
+                await pg.insert_trust_snapshots(conn, rows)
+
+    async def _count_dlq_backlog(self) -> None:
+        assert self.pool is not None
+        with pg._unavailable_as_router_error("counting the DLQ backlog"):
+            async with self.pool.acquire() as conn:
+                n = await conn.fetchval("SELECT count(*) FROM dlq_entries WHERE status = 'pending'")
+        self.metrics.dlq_backlog.set(n)
+
+    async def _refresh_gauges(self) -> None:
+        while True:
+            snap = self.engine.snapshot(time.time())
+            self.metrics.set_state(snap.trust, snap.breakers)
+            self.metrics.ready.set(1 if all(self.readiness().values()) else 0)
+            await asyncio.sleep(1.0)
+
+    # --- health -----------------------------------------------------------------------------
+
+    def _alive(self) -> bool:
+        return self._crashed is None
+
+    def readiness(self) -> dict[str, bool]:
+        return {
+            "state_replayed": self.follower is not None and self.follower.caught_up.is_set(),
+            "group_joined": self.signals is not None and self.signals.assigned.is_set(),
+            "postgres": self.pool is not None and self._pg_ok,
+            "not_draining": not self._stopping.is_set(),
+        }
+
+
+async def _kafka_call(what: str, awaitable: Any) -> Any:
+    try:
+        return await awaitable
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"{what}: {exc!r}") from exc
+
+
+def install_signal_handlers(worker: RouterWorker, loop: asyncio.AbstractEventLoop) -> None:
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.request_stop)
+
+
+async def run_worker(settings: Settings, *, exit_when_idle: float | None = None,
+                     configure: Callable[[RouterWorker], None] | None = None) -> None:
+    """Start a worker, stop it on SIGTERM/SIGINT (or when idle), drain."""
+    worker = RouterWorker(settings)
+    if configure is not None:
+        configure(worker)
+    install_signal_handlers(worker, asyncio.get_running_loop())
+    try:
+        await worker.start()
+    except BaseException:
+        await worker.stop()
+        raise
+    await worker.run(exit_when_idle=exit_when_idle)

@@ -1,0 +1,153 @@
+"""Making a :class:`~router_stream.core.outputs.BatchResult` durable: commit steps 1 and 2.
+
+Step 1, :func:`produce_outputs`: every routed record, decision, DLQ record and retry record is
+handed to the (idempotent, ``acks=all``) producer and *every* delivery is awaited before we go on.
+Step 2, :func:`persist_outputs`: decisions, DLQ entries and breaker transitions are written in
+one Postgres transaction with ``ON CONFLICT DO NOTHING`` on their natural keys, so writing a batch
+again after a crash changes nothing.
+
+aiokafka's errors are translated here into the project's tree (``raise ... from exc``); Postgres
+errors already arrive translated from :mod:`router_stream.adapters.postgres`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, KafkaTimeoutError
+
+from router_stream.adapters import postgres as pg
+from router_stream.config import DECISIONS, DLQ, Settings
+from router_stream.core.breaker import BreakerTransition
+from router_stream.core.models import Decision
+from router_stream.core.outputs import BatchResult, DlqRecord
+from router_stream.errors import BrokerUnavailable, RouterError
+
+RETRY = "router.retry"
+
+
+@dataclass(frozen=True)
+class OutputTopics:
+    """Physical names of the topics a batch writes to."""
+
+    decisions: str
+    dlq: str
+    retry: str
+    settings: Settings
+
+    @classmethod
+    def of(cls, settings: Settings) -> OutputTopics:
+        return cls(settings.topic(DECISIONS), settings.topic(DLQ), settings.topic(RETRY), settings)
+
+    def routed(self, destination: str) -> str:
+        return self.settings.routed_topic(destination)
+
+
+class ProduceFailed(BrokerUnavailable):
+    """Some deliveries of a batch failed; ``failed_destinations`` counts routed failures."""
+
+    def __init__(self, message: str, failed_destinations: dict[str, int]) -> None:
+        super().__init__(message)
+        self.failed_destinations = failed_destinations
+
+
+async def produce_outputs(
+    producer: AIOKafkaProducer, topics: OutputTopics, result: BatchResult
+) -> int:
+    """Commit step 1: send every output record and wait until the broker acknowledged all of
+    them. Returns how many records were delivered. Raises :class:`ProduceFailed` (transient)."""
+    sends: list[tuple[str | None, asyncio.Future[Any]]] = []
+    try:
+        for r in result.routed:
+            fut = await producer.send(topics.routed(r.destination), r.value, key=r.key)
+            sends.append((r.destination, fut))
+        for d in result.decisions:
+            fut = await producer.send(topics.decisions, d.to_json(), key=d.signal_id.encode())
+            sends.append((None, fut))
+        for q in result.dlq:
+            fut = await producer.send(topics.dlq, q.entry.original_value, key=q.entry.original_key,
+                                      headers=q.headers)
+            sends.append((None, fut))
+        for t in result.retries:
+            fut = await producer.send(topics.retry, t.value, key=t.key, headers=t.headers)
+            sends.append((None, fut))
+    except KafkaError as exc:
+        for _, fut in sends:
+            fut.cancel()
+        raise _broker_error("sending", exc) from exc
+    outcomes = await asyncio.gather(*(f for _, f in sends), return_exceptions=True)
+    failed: dict[str, int] = {}
+    first: BaseException | None = None
+    for (dest, _), outcome in zip(sends, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            first = first or outcome
+            if dest is not None:
+                failed[dest] = failed.get(dest, 0) + 1
+    if first is not None:
+        raise ProduceFailed(f"{sum(isinstance(o, BaseException) for o in outcomes)} of "
+                            f"{len(sends)} deliveries failed: {first!r}", failed) from first
+    return len(sends)
+
+
+def _broker_error(what: str, exc: KafkaError) -> RouterError:
+    if exc.retriable or isinstance(exc, KafkaTimeoutError):
+        return BrokerUnavailable(f"{what}: {exc!r}")
+    return RouterError(f"{what}: {exc!r}")
+
+
+# --- Postgres rows ----------------------------------------------------------------------------
+
+
+def decision_row(d: Decision) -> tuple[Any, ...]:
+    """A decision in :data:`router_stream.adapters.postgres.DECISION_COLUMNS` order."""
+    state: dict[str, Any] = {"trust": d.trust, "breakers": d.breakers}
+    for name in ("priority", "rule", "override_id"):
+        value = getattr(d, name)
+        if value is not None:
+            state[name] = value
+    if d.extra:
+        state["extra"] = d.extra
+    consensus = None if d.method is None else {
+        "value": d.value, "method": d.method, "sources_used": d.sources_used,
+        "outliers": d.outliers}
+    return (d.decision_id, d.signal_id, d.tenant, d.kind, d.destinations, d.strategy,
+            None if d.tier is None else str(d.tier), d.policy_version, d.confidence, state,
+            consensus, d.input_topic, d.input_partition, d.input_offset, d.signal_ts,
+            d.decided_at)
+
+
+def dlq_row(q: DlqRecord, now: float) -> tuple[Any, ...]:
+    """A DLQ record in :data:`router_stream.adapters.postgres.DLQ_COLUMNS` order."""
+    e = q.entry
+    return (q.dlq_key, e.reason.value, e.error, e.signal_id, None, None, e.attempts,
+            e.original_topic, e.original_partition, e.original_offset, e.original_key,
+            e.original_headers, e.original_value, None, e.first_failed_at,
+            max(now, e.first_failed_at))
+
+
+def transition_row(t: BreakerTransition) -> tuple[Any, ...]:
+    """A breaker transition in BREAKER_TRANSITION_COLUMNS order."""
+    return (t.target_id, t.from_state.value, t.to_state.value, t.reason, {}, t.at)
+
+
+async def persist_outputs(
+    pool: asyncpg.Pool, result: BatchResult, now: float,
+    extra_transitions: Sequence[BreakerTransition] = (),
+) -> None:
+    """Commit step 2: one transaction, idempotent on signal_id / dlq_key / transition key."""
+    decisions = [decision_row(d) for d in result.decisions]
+    dlq = [dlq_row(q, now) for q in result.dlq]
+    transitions = [transition_row(t) for t in (*result.breaker_transitions, *extra_transitions)]
+    if not (decisions or dlq or transitions):
+        return
+    # The adapter translates errors inside its statements; this also covers acquire/BEGIN/COMMIT.
+    with pg._unavailable_as_router_error("writing a batch to Postgres"):
+        async with pool.acquire() as conn, conn.transaction():
+            await pg.insert_decisions(conn, decisions)
+            await pg.insert_dlq_entries(conn, dlq)
+            await pg.insert_breaker_transitions(conn, transitions)

@@ -1,0 +1,206 @@
+"""Shared routing state: every worker folds ``source-health``, ``outcomes`` and ``router.control``
+IN FULL into its engine.
+
+Why not a faust GlobalTable: those three topics are low volume and *are* the state's log already.
+Reading them in full (all partitions assigned, no consumer group, from the beginning at start-up,
+then live) makes each worker's trust / breaker / bandit / override / policy state a deterministic
+replay of the same records, equal on every worker within one fetch (~100 ms) of the event — with
+no second changelog to keep consistent with the first, no standby replicas and no recovery
+protocol of our own. Start-up cost is proportional to the retained history of those topics, so
+``topics/topics.yaml`` keeps them on bounded retention (and, for an exact replay order, on one
+partition each: across partitions, records are applied in timestamp order per fetch).
+
+Replay uses each record's timestamp as ``now`` (never the wall clock), so replaying the same
+topics yields the same state; time-driven moves (cooldowns, override expiry) run from
+``engine.tick(wall clock)`` only once the replay caught up with the end offsets seen at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from router_stream.config import CONTROL, OUTCOMES, SOURCE_HEALTH, Settings
+from router_stream.core.breaker import BreakerTransition
+from router_stream.core.models import PolicyPublish, PolicyReload
+from router_stream.core.parsing import Rejection, parse_control, parse_health, parse_outcome
+from router_stream.errors import BrokerUnavailable, PolicyError
+from router_stream.worker.policy_source import compile_policy_text
+
+log = logging.getLogger("router_stream.worker.state")
+
+TICK_INTERVAL_S = 0.1
+
+
+@dataclass(frozen=True)
+class PolicyEvent:
+    """A policy publish/reload the follower applied (or refused), for the worker to record."""
+
+    version: str
+    policy_yaml: str
+    accepted: bool
+    message: str
+    published_by: str
+    live: bool  # False while replaying history at start-up
+
+
+class StateFollower:
+    """Owns the consumer of the state topics and the order in which they reach the engine."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Any,
+        *,
+        on_transitions: Callable[[list[BreakerTransition]], None],
+        on_policy: Callable[[PolicyEvent], None],
+        reload_policy: Callable[[], tuple[str, Any]],
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._on_transitions = on_transitions
+        self._on_policy = on_policy
+        self._reload_policy = reload_policy
+        self._topics = [settings.topic(t) for t in (SOURCE_HEALTH, OUTCOMES, CONTROL)]
+        self._consumer: AIOKafkaConsumer | None = None
+        self._end_at_start: dict[TopicPartition, int] = {}
+        self._clock = 0.0
+        self.caught_up = asyncio.Event()
+        self.applied = 0
+
+    async def start(self) -> None:
+        """Assign every partition of the three topics and remember where "now" ends."""
+        consumer = AIOKafkaConsumer(
+            group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+            client_id="router-stream-state", **self._settings.kafka_client_options,
+        )
+        try:
+            await consumer.start()
+            tps = await self._partitions(consumer)
+            if not tps:
+                raise BrokerUnavailable(f"no partitions found for {', '.join(self._topics)}")
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            self._end_at_start = await consumer.end_offsets(tps)
+        except KafkaError as exc:
+            await consumer.stop()
+            raise BrokerUnavailable(f"reading the state topics: {exc!r}") from exc
+        self._consumer = consumer
+        await self._check_caught_up()
+
+    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+        """Every partition of the three topics; a just-created topic may need a few metadata
+        refreshes before its partitions have leaders."""
+        deadline = time.monotonic() + 15.0
+        while True:
+            # aiokafka has no public "partitions of a topic I do not subscribe to": its cluster
+            # view only tracks subscribed topics, so ask for full metadata (same client).
+            metadata = await consumer._client.fetch_all_metadata()
+            found = {t: metadata.partitions_for_topic(t) for t in self._topics}
+            if all(found.values()) or time.monotonic() > deadline:
+                return [TopicPartition(t, p) for t, ps in found.items() for p in sorted(ps or ())]
+            await asyncio.sleep(0.2)
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def run(self) -> None:
+        """Fold records as they come; tick the engine's clock every ~100 ms once caught up."""
+        assert self._consumer is not None, "start() first"
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=int(TICK_INTERVAL_S * 1000),
+                                                   max_records=5000)
+            records = [r for rs in batches.values() for r in rs]
+            records.sort(key=lambda r: (r.timestamp, r.topic, r.partition, r.offset))
+            for record in records:
+                self._fold(record)
+            if not self.caught_up.is_set():
+                await self._check_caught_up()
+            if self.caught_up.is_set():
+                self._emit(self._engine.tick(time.time()))
+
+    async def _check_caught_up(self) -> None:
+        assert self._consumer is not None
+        for tp, end in self._end_at_start.items():
+            if await self._consumer.position(tp) < end:
+                return
+        if not self.caught_up.is_set():
+            log.info("state topics replayed", extra={"records": self.applied,
+                                                     "policy_version": self._engine.policy_version})
+            self.caught_up.set()
+
+    def _fold(self, record: Any) -> None:
+        self._clock = max(self._clock, record.timestamp / 1000.0)
+        now = self._clock
+        topic = record.topic
+        self.applied += 1
+        if topic == self._topics[0]:
+            event = parse_health(record.value, record_ts_ms=record.timestamp)
+            if not isinstance(event, Rejection):
+                self._emit(self._engine.apply_health(event, now))
+            else:
+                self._skip(record, event)
+        elif topic == self._topics[1]:
+            outcome = parse_outcome(record.value, record_ts_ms=record.timestamp)
+            if not isinstance(outcome, Rejection):
+                self._emit(self._engine.apply_outcome(outcome, now))
+            else:
+                self._skip(record, outcome)
+        else:
+            cmd = parse_control(record.value)
+            if isinstance(cmd, Rejection):
+                self._skip(record, cmd)
+            else:
+                self._control(cmd, now)
+
+    def _control(self, cmd: Any, now: float) -> None:
+        live = self.caught_up.is_set()
+        if isinstance(cmd, PolicyReload):
+            self._reload(cmd, live)
+            return
+        compiled = None
+        if isinstance(cmd, PolicyPublish):
+            try:
+                compiled = compile_policy_text(cmd.policy_yaml, f"policy {cmd.version}")
+            except PolicyError as exc:
+                log.error("policy rejected, keeping the active one", extra={
+                    "version": cmd.version, "error": str(exc).replace("\n", "; "),
+                    "active": self._engine.policy_version})
+        result = self._engine.apply_control(cmd, now, compiled)
+        self._emit(list(result.transitions))
+        log.info("control applied" if result.accepted else "control refused", extra={
+            "command": cmd.type, "command_id": cmd.command_id, "message": result.message,
+            "replay": not live})
+        if isinstance(cmd, PolicyPublish):
+            self._on_policy(PolicyEvent(
+                compiled.version if compiled is not None else cmd.version, cmd.policy_yaml,
+                result.accepted, result.message, cmd.issued_by or "", live))
+
+    def _reload(self, cmd: PolicyReload, live: bool) -> None:
+        try:
+            text, compiled = self._reload_policy()
+        except Exception as exc:  # a bad file on reload keeps the running policy
+            log.error("policy reload failed, keeping the active one", extra={"error": str(exc)})
+            return
+        self._engine.replace_policy(compiled)
+        self._on_policy(PolicyEvent(compiled.version, text, True, "reloaded from file",
+                                    cmd.issued_by or "", live))
+
+    def _emit(self, transitions: list[BreakerTransition]) -> None:
+        if transitions:
+            self._on_transitions(transitions)
+
+    @staticmethod
+    def _skip(record: Any, rejection: Rejection) -> None:
+        log.warning("state record ignored", extra={
+            "topic": record.topic, "partition": record.partition, "offset": record.offset,
+            "reason": rejection.reason.value, "error": rejection.error})
