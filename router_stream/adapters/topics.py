@@ -150,30 +150,35 @@ def load_declarations(path: Path | None = None) -> TopicDeclarations:
 
 
 def policy_destinations(policy_file: Path) -> list[str]:
-    """Every destination a policy file routes to (its ``routes.*.destinations`` and ``tiers``).
+    """Every destination a policy can route to, its rollout candidate's included.
 
-    Reads only what topic creation needs; ``policy validate`` is the full check.
+    The file is validated as ``policy validate`` does: a bad policy raises PolicyError (exit 1)
+    with the path and line of each issue.
     """
-    try:
-        doc = yaml.safe_load(policy_file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UserError(f"cannot read policy {policy_file}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise UserError(f"{policy_file}: not valid YAML: {exc}") from exc
-    routes = doc.get("routes") if isinstance(doc, Mapping) else None
-    if not isinstance(routes, Mapping):
-        raise UserError(f"{policy_file}: routes: expected a mapping of kind -> route")
+    from router_stream.core.policy import Policy, load_policy
+
     found: set[str] = set()
-    for kind, route in routes.items():
-        if not isinstance(route, Mapping):
-            raise UserError(f"{policy_file}: routes.{kind}: expected a mapping")
-        groups = [route.get("destinations") or []]
-        for tier in route.get("tiers") or []:
-            groups.append(tier.get("destinations", []) if isinstance(tier, Mapping) else tier)
-        for group in groups:
-            if not isinstance(group, list) or not all(isinstance(d, str) for d in group):
-                raise UserError(f"{policy_file}: routes.{kind}: destinations must be names")
-            found.update(group)
+    seen: set[Path] = set()
+    pending = [policy_file]
+    while pending:
+        path = pending.pop().resolve()
+        if path in seen:
+            continue
+        seen.add(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"cannot read policy {path}: {exc.strerror}") from exc
+        policies: list[Policy] = [load_policy(text, str(path))]
+        while policies:
+            policy = policies.pop()
+            found.update(policy.destinations)
+            for route in policy.routes.values():
+                found.update(route.all_destinations())
+            if policy.rollout is not None and policy.rollout.candidate is not None:
+                policies.append(policy.rollout.candidate)
+            elif policy.rollout is not None and policy.rollout.candidate_file:
+                pending.append(path.parent / policy.rollout.candidate_file)
     return sorted(found)
 
 

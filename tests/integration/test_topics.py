@@ -187,6 +187,7 @@ def _invoke(settings: Settings, *args: str):
 async def test_cli_topics_apply_with_policy_exits_0(settings: Settings, admin, tmp_path: Path):
     policy = tmp_path / "policy.yaml"
     policy.write_text(
+        "destinations: [pagerduty, slack, email, metrics-store]\n"
         "routes:\n"
         "  alert: {strategy: first_healthy, tiers: [[pagerduty], [slack, email]]}\n"
         "  observation: {strategy: consensus, destinations: [metrics-store]}\n"

@@ -100,22 +100,28 @@ def test_a_bad_declarations_file_names_the_file_and_the_problem(tmp_path: Path, 
     assert str(path) in str(info.value)
 
 
-def test_policy_destinations_from_tiers_and_lists(tmp_path: Path):
+def test_policy_destinations_from_routes_declarations_and_rollout(tmp_path: Path):
+    (tmp_path / "candidate.yaml").write_text(
+        "destinations: [opsgenie]\n"
+        "routes:\n  alert: {strategy: first_healthy, tiers: [[opsgenie]]}\n"
+    )
     policy = tmp_path / "policy.yaml"
     policy.write_text(
+        "destinations: [archive, pagerduty, slack, email, metrics-store]\n"
         "routes:\n"
         "  alert: {strategy: first_healthy, tiers: [[pagerduty], [slack, email]]}\n"
         "  metric: {strategy: consensus, destinations: [metrics-store]}\n"
-        "  bulk: {strategy: fanout, tiers: [{destinations: [lake]}]}\n"
+        "rollout: {mode: shadow, candidate_file: candidate.yaml}\n"
     )
-    assert tp.policy_destinations(policy) == ["email", "lake", "metrics-store", "pagerduty",
-                                              "slack"]
+    assert tp.policy_destinations(policy) == [
+        "archive", "email", "metrics-store", "opsgenie", "pagerduty", "slack"
+    ]
 
 
-def test_policy_without_routes_is_a_user_error(tmp_path: Path):
+def test_an_invalid_policy_is_a_user_error_with_the_line(tmp_path: Path):
     policy = tmp_path / "policy.yaml"
-    policy.write_text("trust: {}\n")
-    with pytest.raises(UserError, match="routes"):
+    policy.write_text("routes:\n  alert: {strategy: teleport, destinations: [a]}\n")
+    with pytest.raises(UserError, match=r"routes\.alert\.strategy.*line 2"):
         tp.policy_destinations(policy)
 
 
