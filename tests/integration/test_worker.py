@@ -241,3 +241,173 @@ async def test_ten_thousand_mixed_signals_each_decided_or_dead_lettered_once(set
 
 def coord_index(inputs: list[tuple[bytes, bytes, str]], value: bytes) -> int:
     return int(orjson.loads(value)["signal_id"].split("-")[1])
+
+
+class SimulatedCrash(RuntimeError):
+    """Raised from a commit-step hook: the worker dies there, as on a kill."""
+
+
+def crash_after(step: str):
+    async def hook(current: str, result: Any) -> None:
+        if current == step:
+            raise SimulatedCrash(f"crash after {step}")
+    return hook
+
+
+async def counts(s: Settings) -> tuple[int, int, int]:
+    rows = await fetch(s, "SELECT (SELECT count(*) FROM routing_decisions) AS d,"
+                          " (SELECT count(DISTINCT signal_id) FROM routing_decisions) AS u,"
+                          " (SELECT count(*) FROM dlq_entries) AS q")
+    return rows[0]["d"], rows[0]["u"], rows[0]["q"]
+
+
+@pytest.mark.parametrize("step", ["decided", "produced", "persisted"])
+async def test_crash_between_commit_steps_reprocesses_without_loss_or_duplicate_rows(
+    settings, tmp_path, step
+):
+    s = await prepare(settings, tmp_path)
+    s = s.model_copy(update={"batch_max": 50})
+    inputs = mixed_signals(400)
+    inputs = [i for i in inputs if i[2] != "tiny"]  # rate limits are re-evaluated on re-run
+    await produce(s, SIGNALS, [(k, v) for k, v, _ in inputs])
+
+    with pytest.raises(SimulatedCrash):
+        await worker(s, on_step=crash_after(step)).run_until_idle(0.5)
+    d, _, q = await counts(s)
+    if step == "persisted":
+        assert d + q == 50  # the first batch is in Postgres, its offsets are not committed
+    else:
+        assert d + q == 0  # Postgres is written only after every delivery was acknowledged
+
+    await worker(s).run_until_idle(0.5)  # the restarted worker re-processes from the commit
+    d, unique, q = await counts(s)
+    assert d == unique and d + q == len(inputs)
+    routed = await read_all(s, s.routed_topic("pager"))
+    alerts = sum(1 for *_, e in inputs if e == "alert")
+    # at-least-once on Kafka: the crashed batch may have been produced twice, never lost
+    assert {orjson.loads(r.value)["signal_id"] for r in routed} >= {
+        orjson.loads(v)["signal_id"] for _, v, e in inputs if e == "alert"}
+    assert alerts <= len(routed) <= alerts + 50
+
+
+async def test_transient_postgres_failure_is_retried_with_backoff_not_dropped(
+    settings, tmp_path, monkeypatch
+):
+    from router_stream.errors import DatabaseUnavailable
+    from router_stream.worker import hotpath
+
+    s = await prepare(settings, tmp_path)
+    inputs = [i for i in mixed_signals(200) if i[2] != "tiny"]
+    await produce(s, SIGNALS, [(k, v) for k, v, _ in inputs])
+    real, failures = hotpath.persist_outputs, []
+
+    async def flaky(*args: Any, **kwargs: Any) -> None:
+        if len(failures) < 3:
+            failures.append(1)
+            raise DatabaseUnavailable("simulated outage")
+        await real(*args, **kwargs)
+
+    monkeypatch.setattr(hotpath, "persist_outputs", flaky)
+    w = worker(s)
+    await w.run_until_idle(0.5)
+    d, unique, q = await counts(s)
+    assert d == unique and d + q == len(inputs)
+    assert 'router_transient_retries_total{step="persist"} 3.0' in w.metrics.exposition().decode()
+
+
+async def wait_for(predicate: Any, timeout: float, what: str) -> float:
+    """Poll ``predicate`` (sync or async) every 20 ms; returns the seconds it took."""
+    started = time.monotonic()
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return time.monotonic() - started
+        assert time.monotonic() - started < timeout, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def test_breaker_opens_on_failing_health_and_traffic_moves_to_next_tier(settings, tmp_path):
+    s = await prepare(settings, tmp_path)
+    w = worker(s)
+    await w.start()
+    runner = asyncio.create_task(w.run())
+    try:
+        first = [(b"k", signal(i, payload={"severity": "critical"})) for i in range(100)]
+        await produce(s, SIGNALS, first)
+        await wait_for(lambda: w.signals.processed >= 100, 20, "first alerts")
+
+        now_ms = int(time.time() * 1000)
+        health = [(b"pager", orjson.dumps({"source_id": "pager", "ok": False, "ts": now_ms + i}))
+                  for i in range(3)]
+        await produce(s, SOURCE_HEALTH, health)
+        took = await wait_for(lambda: w.engine.snapshot().breakers.get("pager") == "open", 5,
+                              "breaker open")
+        assert took < 1.0
+
+        second = [(b"k", signal(i, payload={"severity": "critical"})) for i in range(100, 200)]
+        await produce(s, SIGNALS, second)
+        await wait_for(lambda: w.signals.processed >= 200, 20, "second alerts")
+        await wait_for(lambda: 'breaker_state{destination="pager"} 2.0'
+                       in w.metrics.exposition().decode(), 3, "breaker_state gauge")
+    finally:
+        w.request_stop()
+        await runner
+
+    rows = await fetch(s, "SELECT signal_id, destinations, tier FROM routing_decisions")
+    by_id = {r["signal_id"]: r for r in rows}
+    assert all(by_id[f"s-{i}"]["destinations"] == ["pager"] for i in range(100))
+    assert all(by_id[f"s-{i}"]["destinations"] == ["slack"] for i in range(100, 200))
+    assert {str(by_id[f"s-{i}"]["tier"]) for i in range(100, 200)} == {"1"}
+    transitions = await fetch(s, "SELECT target, from_state, to_state FROM breaker_transitions")
+    assert [tuple(t) for t in transitions] == [("pager", "closed", "open")]
+
+
+POLICY_V2 = POLICY.replace("tiers: [[pager], [slack], [email]]", "tiers: [[email]]")
+
+
+async def test_policy_publish_switches_both_workers_and_a_bad_policy_is_rejected(
+    settings, tmp_path
+):
+    from router_stream.worker.policy_source import compile_policy_text
+
+    s = await prepare(settings, tmp_path)
+    workers = [worker(s, http=False), worker(s, http=False)]
+    for w in workers:
+        await w.start()
+    runners = [asyncio.create_task(w.run()) for w in workers]
+    try:
+        old = workers[0].engine.policy_version
+        new = compile_policy_text(POLICY_V2).version
+        publish = {"type": "policy_publish", "version": "v2", "policy_yaml": POLICY_V2,
+                   "issued_by": "test"}
+        await produce(s, CONTROL, [(None, orjson.dumps(publish))])
+        await wait_for(lambda: all(w.engine.policy_version == new for w in workers), 5,
+                       "both workers on the new policy")
+
+        bad = {"type": "policy_publish", "version": "v3", "issued_by": "test",
+               "policy_yaml": POLICY_V2.replace("strategy: fanout", "strategy: nonsense")}
+        await produce(s, CONTROL, [(None, orjson.dumps(bad))])
+        await asyncio.sleep(0.5)
+        assert all(w.engine.policy_version == new for w in workers)
+
+        alerts = [(f"k{i}".encode(), signal(i, payload={"severity": "critical"}))
+                  for i in range(200)]
+        await produce(s, SIGNALS, alerts)
+        await wait_for(lambda: sum(w.signals.processed for w in workers) >= 200, 20, "alerts")
+        await wait_for(lambda: fetch(s, "SELECT 1 FROM policy_versions WHERE status='rejected'"),
+                       5, "rejected policy recorded")
+    finally:
+        for w in workers:
+            w.request_stop()
+        await asyncio.gather(*runners)
+
+    assert old != new
+    rows = await fetch(s, "SELECT policy_version, destinations FROM routing_decisions")
+    assert len(rows) == 200
+    assert {r["policy_version"] for r in rows} == {new}
+    assert {tuple(r["destinations"]) for r in rows} == {("email",)}
+    versions = {r["version"]: r["status"] for r in await fetch(
+        s, "SELECT version, status FROM policy_versions")}
+    assert versions[new] == "active"
