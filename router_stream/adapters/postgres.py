@@ -162,7 +162,7 @@ async def connect(settings: Settings, *, timeout: float = 10.0) -> asyncpg.Conne
     """
     dsn = settings.database_url.get_secret_value()
     try:
-        conn = await asyncpg.connect(dsn, **_connect_options(settings, timeout))
+        conn: asyncpg.Connection = await asyncpg.connect(dsn, **_connect_options(settings, timeout))
     except (*_UNAVAILABLE, asyncpg.exceptions.PostgresError) as exc:
         raise _unreachable(settings, exc) from exc
     await _init_connection(conn)

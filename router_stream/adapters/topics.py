@@ -270,7 +270,7 @@ async def _admin(settings: Settings, timeout: float) -> AsyncIterator[AIOKafkaAd
         ) from exc
     except (KafkaError, OSError) as exc:
         raise BrokerUnavailable(
-            f"Kafka at {settings.kafka_bootstrap}: {exc or type(exc).__name__}"
+            f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc or type(exc).__name__}"
         ) from exc
 
 

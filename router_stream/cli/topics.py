@@ -128,13 +128,18 @@ def list_(
         ]))
         return
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    table = Table("topic", "partitions", "replicas", "cleanup.policy", "retention.ms")
+    table = Table("partitions", "replicas", "cleanup.policy", "retention.ms")
+    longest = max((len(i.name) for i in infos), default=5)
+    table.columns.insert(0, Column("topic", no_wrap=True, min_width=longest))  # names whole
     for i in infos:
         if not i.exists:
             table.add_row(i.name, "[red]missing[/]", "-", "-", "-")
         else:
             table.add_row(i.name, str(i.partitions), str(i.replication_factor),
                           i.configs.get("cleanup.policy", "?"), i.configs.get("retention.ms", "?"))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped: no terminal width to respect, keep rows whole
+        console = Console(width=longest + 70)
+    console.print(table)
