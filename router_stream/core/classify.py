@@ -67,23 +67,27 @@ class CompiledRule:
 class Classifier:
     """``classify(signal) -> (kind, priority) | None`` for one policy's rules."""
 
-    __slots__ = ("default_priority", "rules")
+    __slots__ = ("_table", "default_priority", "rules")
 
     def __init__(self, rules: Sequence[CompiledRule], default_priority: int | None = None) -> None:
         self.rules: tuple[CompiledRule, ...] = tuple(rules)
         self.default_priority = default_priority
+        # (predicate, kind, priority) triples: one tuple unpack per rule instead of three
+        # attribute reads on the hot path
+        self._table = tuple(
+            (r.matches, r.kind, r.priority if r.priority is not None else default_priority)
+            for r in self.rules
+        )
 
     def classify(self, signal: Signal) -> tuple[str, int | None] | None:
         """The signal's kind and priority, or ``None`` when no rule matches (unclassified)."""
         if signal.kind is not None:
             priority = signal.priority
             return signal.kind, self.default_priority if priority is None else priority
-        for rule in self.rules:
-            if rule.matches(signal):
+        for matches, kind, rule_priority in self._table:
+            if matches(signal):
                 priority = signal.priority
-                if priority is None:
-                    priority = rule.priority if rule.priority is not None else self.default_priority
-                return rule.kind, priority
+                return kind, rule_priority if priority is None else priority
         return None
 
     def match_rule(self, signal: Signal) -> CompiledRule | None:
@@ -250,8 +254,17 @@ def _membership_test(options: list[Any]) -> Test:
             return v in hashable
         return v in others
 
-    if not bools and not others:
-        return lambda v: type(v) is not bool and isinstance(v, Hashable) and v in hashable
+    if not bools and not others:  # the usual case: strings/numbers; skip the Hashable ABC check
+
+        def fast(v: Any) -> bool:
+            if type(v) is bool:
+                return False
+            try:
+                return v in hashable
+            except TypeError:  # an unhashable value (list, object) cannot equal a hashable one
+                return False
+
+        return fast
     return test
 
 

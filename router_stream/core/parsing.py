@@ -134,26 +134,33 @@ def _signal_from_dict(data: dict[str, Any], default_ts: float) -> Signal:
         tenant = "default"
     else:
         _check_id(tenant, "tenant")
-    values = {
+    kind, metric, source_id = get("kind"), get("metric"), get("source_id")
+    if kind is not None:
+        _check_id(kind, "kind")
+    if metric is not None:
+        _check_id(metric, "metric")
+    if source_id is not None:
+        _check_id(source_id, "source_id")
+    priority, ttl_ms, value = get("priority"), get("ttl_ms"), get("value")
+    if priority is not None:
+        _check_int(priority, "priority", 0, 9)
+    if ttl_ms is not None:
+        _check_int(ttl_ms, "ttl_ms", 1, None)
+    if value is not None:
+        value = _number(value, "value")
+    return Signal.trusted({
         "signal_id": signal_id,
         "tenant": tenant,
         "sender_id": sender_id,
         "ts": ts,
-        "kind": _optional_id(get("kind"), "kind"),
-        "priority": _optional_int(get("priority"), "priority", 0, 9),
-        "ttl_ms": _optional_int(get("ttl_ms"), "ttl_ms", 1, None),
+        "kind": kind,
+        "priority": priority,
+        "ttl_ms": ttl_ms,
         "payload": payload,
-        "metric": _optional_id(get("metric"), "metric"),
-        "source_id": _optional_id(get("source_id"), "source_id"),
-        "value": _optional_number(get("value"), "value"),
-    }
-    return Signal.trusted(values)
-
-
-def _optional_id(value: object, name: str) -> str | None:
-    if value is not None:
-        _check_id(value, name)
-    return value  # type: ignore[return-value]  # _check_id proved it is a str
+        "metric": metric,
+        "source_id": source_id,
+        "value": value,
+    })
 
 
 def _check_id(value: object, name: str) -> None:
@@ -170,20 +177,15 @@ def _ts_field(value: object) -> float:
         raise _Invalid(f"ts: {exc}") from None
 
 
-def _optional_int(value: object, name: str, low: int, high: int | None) -> int | None:
-    if value is None:
-        return None
+def _check_int(value: object, name: str, low: int, high: int | None) -> None:
     if type(value) is not int:
         raise _Invalid(f"{name}: must be an integer, got {_json_type(value)}")
     if value < low or (high is not None and value > high):
         bounds = f"{low} to {high}" if high is not None else f">= {low}"
         raise _Invalid(f"{name}: must be {bounds}, got {value}")
-    return value
 
 
-def _optional_number(value: object, name: str) -> float | None:
-    if value is None:
-        return None
+def _number(value: object, name: str) -> float:
     if type(value) is int or type(value) is float:
         return float(value)  # orjson never yields NaN/inf; big ints arrive as finite floats
     raise _Invalid(f"{name}: must be a number, got {_json_type(value)}")

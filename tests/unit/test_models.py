@@ -137,6 +137,11 @@ def test_signal_validation_names_the_field(fields: dict[str, object], field: str
     assert field in {str(err["loc"][0]) for err in info.value.errors()}
 
 
+def test_uncanonicalisable_payload_is_a_validation_error() -> None:
+    with pytest.raises(ValidationError, match="cannot derive signal_id"):
+        Signal(sender_id="s", ts=0, payload={"big": 2**70})
+
+
 def test_signal_is_frozen_and_ignores_unknown_fields() -> None:
     signal = Signal.model_validate({"sender_id": "s", "ts": 0, "future_field": 1})
     assert not hasattr(signal, "future_field")
