@@ -464,11 +464,14 @@ def _records(table: _Table, rows: Sequence[Any]) -> list[list[Any]]:
 async def _write(conn: asyncpg.Connection, table: _Table, rows: Sequence[Any]) -> int:
     """COPY the batch into a session temp table, then INSERT ... SELECT ... ON CONFLICT DO NOTHING.
 
-    Measured against ``executemany`` and a single ``INSERT ... SELECT FROM unnest(...)`` on
-    500-row decision batches (local Postgres 15): COPY+staging ~17 ms, unnest ~21 ms,
-    executemany ~24 ms (medians); with a batch of only duplicates ~11 / ~14 / ~17 ms.
-    The staging table is per session (works with asyncpg pools; not with a transaction-mode
-    pgbouncer, which does not keep temp tables).
+    Measured on 500-row decision batches (local Postgres 15, shared 2-core host; medians of 120
+    interleaved batches, six runs): COPY+staging 16.5-22 ms, one ``INSERT ... SELECT FROM
+    unnest($1::text[], ...)`` 17-22.5 ms, ``executemany`` 21-31.5 ms; a batch of only
+    duplicates 7-13 / 8.5-14 / 14-20.5 ms. COPY and unnest are within noise of each other;
+    COPY was ahead in five runs of six and carries ``text[]`` columns natively (unnest cannot
+    take a ragged ``text[][]``, so destinations would need a JSON detour). Python-side row
+    conversion adds ~1 ms per 500 rows. The staging table is per session: fine with asyncpg
+    pools, not with a transaction-mode pgbouncer (which does not keep temp tables).
     """
     if not rows:
         return 0
