@@ -411,3 +411,58 @@ async def test_policy_publish_switches_both_workers_and_a_bad_policy_is_rejected
     versions = {r["version"]: r["status"] for r in await fetch(
         s, "SELECT version, status FROM policy_versions")}
     assert versions[new] == "active"
+
+
+async def test_refuses_to_start_with_one_clear_line_when_topics_are_missing(settings, tmp_path):
+    import subprocess
+    import sys
+
+    from router_stream.worker import StartupRefused
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY)
+    s = settings.model_copy(update={"policy_file": str(path)})
+    with pytest.raises(StartupRefused, match="refusing to start: .*signals: missing"):
+        await RouterWorker(s).start()
+
+    env = {"ROUTER_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "ROUTER_TOPIC_PREFIX": s.topic_prefix,
+           "ROUTER_POLICY_FILE": str(path), "ROUTER_DATABASE_URL": s.database_url.get_secret_value(),
+           "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", "from router_stream.cli import main; main()",
+                           "worker"], env=env, capture_output=True, timeout=60)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.decode().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "refusing to start" in errors[0]
+
+
+async def test_health_endpoints_and_metrics(settings, tmp_path):
+    import aiohttp
+
+    s = await prepare(settings, tmp_path)
+    await produce(s, SIGNALS, [(b"k", signal(1, payload={"severity": "critical"}))])
+    w = worker(s)
+    await w.start()
+    runner = asyncio.create_task(w.run())
+    try:
+        base = f"http://127.0.0.1:{w.http.port}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/livez") as r:
+                assert r.status == 200
+            await wait_for(lambda: w.signals.processed >= 1, 20, "one signal")
+
+            async def ready() -> bool:
+                async with http.get(f"{base}/readyz") as r:
+                    return r.status == 200
+
+            await wait_for(ready, 10, "/readyz 200")
+            async with http.get(f"{base}/metrics") as r:
+                body = await r.text()
+            assert r.status == 200
+            assert 'signals_received_total{kind="alert"} 1.0' in body
+            assert "router_latency_seconds_bucket" in body and "decision_confidence" in body
+            w.request_stop()
+            async with http.get(f"{base}/readyz") as r:
+                assert r.status == 503 and (await r.json())["checks"]["not_draining"] is False
+    finally:
+        w.request_stop()
+        await runner

@@ -1,0 +1,196 @@
+"""Worker pieces that need no broker: backoff, row shapes, retry parking, logs, metric names."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import TopicPartition
+
+from router_stream.adapters.postgres import (
+    BREAKER_TRANSITION_COLUMNS,
+    DECISION_COLUMNS,
+    DLQ_COLUMNS,
+)
+from router_stream.config import Settings
+from router_stream.core.breaker import BreakerState, BreakerTransition
+from router_stream.core.models import Decision, DlqEntry, DlqReason
+from router_stream.core.outputs import H_RETRY_NOT_BEFORE, DlqRecord
+from router_stream.errors import DatabaseUnavailable, RouterError
+from router_stream.worker.backoff import Backoff, retry_transient
+from router_stream.worker.hotpath import SignalLoop
+from router_stream.worker.logs import JsonFormatter, trace_id_of
+from router_stream.worker.metrics import WorkerMetrics
+from router_stream.worker.sink import decision_row, dlq_row, transition_row
+
+NO_WAIT = Backoff(base_s=0.0, cap_s=0.0, attempt_timeout_s=1.0)
+
+
+async def test_transient_errors_are_retried_until_success() -> None:
+    calls: list[int] = []
+
+    async def op() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise DatabaseUnavailable("down")
+        return "ok"
+
+    retried: list[str] = []
+    assert await retry_transient("persist", op, backoff=NO_WAIT, give_up=lambda: False,
+                                 on_retry=retried.append) == "ok"
+    assert retried == ["persist", "persist"]
+
+
+async def test_non_transient_errors_propagate_at_once() -> None:
+    async def op() -> None:
+        raise RouterError("bug")
+
+    with pytest.raises(RouterError, match="bug"):
+        await retry_transient("persist", op, backoff=NO_WAIT, give_up=lambda: False)
+
+
+async def test_giving_up_raises_the_last_transient_error() -> None:
+    async def op() -> None:
+        raise DatabaseUnavailable("still down")
+
+    with pytest.raises(DatabaseUnavailable, match="still down"):
+        await retry_transient("persist", op, backoff=NO_WAIT, give_up=lambda: True)
+
+
+async def test_a_hanging_step_times_out_as_a_transient_error() -> None:
+    async def op() -> None:
+        await asyncio.sleep(10)
+
+    from router_stream.errors import OperationTimeout
+
+    with pytest.raises(OperationTimeout):
+        await retry_transient("produce", op, backoff=Backoff(attempt_timeout_s=0.01),
+                              give_up=lambda: True)
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    b = Backoff(base_s=0.1, cap_s=5.0)
+    rng = random.Random(1)
+    delays = [b.delay(n, rng) for n in range(20)]
+    assert all(0 <= d <= 5.0 for d in delays)
+    assert len(set(delays)) == len(delays)
+
+
+def _decision(**kw: Any) -> Decision:
+    base = dict(decision_id="dec-1", signal_id="s-1", tenant="t", kind="alert",
+                destinations=["pager"], strategy="first_healthy", tier=0, policy_version="v",
+                confidence=0.9, trust={"pager": 0.8}, breakers={"pager": "closed"},
+                input_topic="signals", input_partition=1, input_offset=7, decided_at=2e9,
+                signal_ts=2e9 - 1)
+    return Decision(**(base | kw))
+
+
+def test_rows_match_the_adapter_column_orders() -> None:
+    row = decision_row(_decision())
+    assert len(row) == len(DECISION_COLUMNS)
+    named = dict(zip(DECISION_COLUMNS, row, strict=True))
+    assert named["signal_id"] == "s-1" and named["tier"] == "0" and named["consensus"] is None
+    assert named["state"] == {"trust": {"pager": 0.8}, "breakers": {"pager": "closed"}}
+
+    consensus = dict(zip(DECISION_COLUMNS, decision_row(_decision(
+        method="blend", value=1.5, sources_used=["a", "b"], outliers=["c"])), strict=True))
+    assert consensus["consensus"]["method"] == "blend"
+
+    entry = DlqEntry(reason=DlqReason.INVALID_JSON, error="bad", original_topic="signals",
+                     original_partition=2, original_offset=9, original_key=b"k",
+                     original_value=b"{", first_failed_at=100.0)
+    dlq = dict(zip(DLQ_COLUMNS, dlq_row(DlqRecord(entry, entry.kafka_headers()), now=50.0),
+                   strict=True))
+    assert dlq["dlq_key"] == "signals/2/9" and dlq["original_value"] == b"{"
+    assert dlq["last_failed_at"] >= dlq["first_failed_at"]
+
+    t = BreakerTransition("pager", BreakerState.CLOSED, BreakerState.OPEN, 5.0, "failures")
+    assert len(transition_row(t)) == len(BREAKER_TRANSITION_COLUMNS)
+
+
+@dataclass
+class Rec:
+    topic: str
+    partition: int
+    offset: int
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.seeks: list[tuple[TopicPartition, int]] = []
+        self.paused: set[TopicPartition] = set()
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused.update(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused.difference_update(tps)
+
+
+def test_retry_records_wait_for_not_before_and_park_their_partition() -> None:
+    s = Settings(topic_prefix="x.")
+    loop = SignalLoop(s, engine=None, producer=None, pool=None, metrics=WorkerMetrics(),  # type: ignore[arg-type]
+                      backoff=NO_WAIT, give_up=lambda: False, take_transitions=list)
+    consumer = FakeConsumer()
+    loop.consumer = consumer  # type: ignore[assignment]
+    sig, rty = TopicPartition("x.signals", 0), TopicPartition("x.router.retry", 0)
+    due = [(H_RETRY_NOT_BEFORE, b"99.0")]
+    later = [(H_RETRY_NOT_BEFORE, b"200.0")]
+    fetched = {
+        sig: [Rec("x.signals", 0, 1), Rec("x.signals", 0, 2)],
+        rty: [Rec("x.router.retry", 0, 5, due), Rec("x.router.retry", 0, 6, later),
+              Rec("x.router.retry", 0, 7, due)],
+    }
+    records = loop._due_records(fetched, now=100.0)
+    assert [(r.topic, r.offset) for r in records] == [
+        ("x.signals", 1), ("x.signals", 2), ("x.router.retry", 5)]
+    assert consumer.seeks == [(rty, 6)] and consumer.paused == {rty}
+    assert loop.retry_paused == {rty: 200.0}
+
+
+def test_json_log_lines_carry_context() -> None:
+    record = logging.LogRecord("router_stream.worker", logging.INFO, __file__, 1, "signal to DLQ",
+                               (), None)
+    record.signal_id = "s-1"
+    record.trace_id = "abc"
+    line = orjson.loads(JsonFormatter().format(record))
+    assert line["msg"] == "signal to DLQ" and line["signal_id"] == "s-1"
+    assert line["trace_id"] == "abc" and line["level"] == "info"
+
+
+def test_trace_id_from_traceparent_or_x_trace_id() -> None:
+    tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert trace_id_of([("traceparent", tp)]) == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert trace_id_of([("x-trace-id", b"t-1")]) == "t-1"
+    assert trace_id_of([]) is None
+
+
+def test_metrics_use_the_spec_names() -> None:
+    m = WorkerMetrics()
+    m.signals_received.labels("alert").inc()
+    m.latency.labels("alert").observe(0.002)
+    m.routing_errors.labels("pager").inc()
+    m.dlq.labels("expired").inc()
+    m.retry_attempts.inc()
+    m.dlq_backlog.set(3)
+    m.set_state({"src": 0.7}, {"pager": "open", "slack": "half_open"})
+    m.confidence.observe(0.5)
+    m.consumer_lag.labels("signals", "0").set(4)
+    body = m.exposition().decode()
+    for name in ('signals_received_total{kind="alert"} 1.0',
+                 'router_latency_seconds_bucket{kind="alert",le="0.0025"} 1.0',
+                 'routing_errors_total{destination="pager"} 1.0', 'dlq_total{reason="expired"}',
+                 "retry_attempts_total 1.0", "dlq_backlog 3.0", 'trust_score{source="src"} 0.7',
+                 'breaker_state{destination="pager"} 2.0',
+                 'breaker_state{destination="slack"} 1.0', "decision_confidence_count 1.0",
+                 'router_consumer_lag{partition="0",topic="signals"} 4.0'):
+        assert name in body, name
