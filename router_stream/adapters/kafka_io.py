@@ -1,0 +1,221 @@
+"""Producing and reading plain Kafka records for operator commands (produce, tail, DLQ replay,
+DLQ reindex).
+
+Two seams, both translating aiokafka's errors into the project's error tree:
+
+* :class:`RecordWriter` — an idempotent producer with ``acks=all``: a record counts as sent only
+  once the broker acknowledged it (what ``dlq replay`` needs before it marks an entry replayed).
+* :func:`read_records` — a group-less reader that assigns every partition of a topic and reads
+  from the beginning or the end, stopping at the end offsets seen at start (``until_end``, what
+  ``dlq reindex`` needs), after ``max_records``, or after ``idle_timeout_s`` without a record.
+
+A topic that does not exist is a :class:`~router_stream.errors.UserError` (exit code 1: a typo or
+a missing ``topics apply``); an unreachable broker is
+:class:`~router_stream.errors.BrokerUnavailable` (exit code 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError, KafkaTimeoutError
+
+from router_stream.config import Settings
+from router_stream.errors import BrokerUnavailable, OperationTimeout, RouterError, UserError
+
+__all__ = ["ConsumedRecord", "OutRecord", "RateLimiter", "RecordWriter", "read_records"]
+
+
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    """One record to produce; ``timestamp_ms`` None lets the producer stamp it."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | None = None
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+    timestamp_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedRecord:
+    """A record as read; satisfies :class:`router_stream.core.models.InboundRecord`."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+    headers: list[tuple[str, bytes]]  # a null header value arrives as None despite the hint
+
+
+def _broker_error(settings: Settings, what: str, exc: BaseException) -> RouterError:
+    if isinstance(exc, KafkaTimeoutError | asyncio.TimeoutError):
+        return OperationTimeout(f"{what}: timed out talking to {settings.kafka_bootstrap}")
+    if getattr(exc, "retriable", True):  # connection errors, leader moves: worth a retry
+        return BrokerUnavailable(f"{what} at {settings.kafka_bootstrap}: {exc!r}")
+    return RouterError(f"{what}: the broker refused it: {exc!r}")  # e.g. a record too large
+
+
+def _require_topics(existing: set[str], settings: Settings, topics: Sequence[str]) -> None:
+    """Fail fast with a user error for a topic that does not exist (auto-create is off)."""
+    missing = sorted(set(topics) - existing)
+    if missing:
+        raise UserError(
+            f"topic {', '.join(missing)} does not exist on {settings.kafka_bootstrap}"
+            " (run `router-stream topics apply`, or check ROUTER_TOPIC_PREFIX)"
+        )
+
+
+class RateLimiter:
+    """Paces calls to at most ``rate`` per second (None: unlimited), without bursts."""
+
+    def __init__(self, rate: float | None) -> None:
+        if rate is not None and rate <= 0:
+            raise UserError("--rate must be a positive number of records per second")
+        self._interval = 0.0 if rate is None else 1.0 / rate
+        self._next = time.monotonic()
+
+    async def wait(self) -> None:
+        if not self._interval:
+            return
+        now = time.monotonic()
+        if self._next > now:
+            await asyncio.sleep(self._next - now)
+        self._next = max(self._next, now) + self._interval
+
+
+class RecordWriter:
+    """An idempotent, ``acks=all`` producer. Use as ``async with RecordWriter(settings) as w``.
+
+    :meth:`send` returns once the record is queued, with a future resolving to its
+    ``(partition, offset)`` when the broker acknowledged it; :meth:`send_and_wait` does both.
+    """
+
+    def __init__(self, settings: Settings, *, timeout_s: float = 30.0, linger_ms: int = 5) -> None:
+        self._settings = settings
+        self._producer = AIOKafkaProducer(
+            **settings.kafka_client_options, enable_idempotence=True, acks="all",
+            request_timeout_ms=int(timeout_s * 1000), linger_ms=linger_ms,
+        )
+        self._checked: set[str] = set()
+
+    async def __aenter__(self) -> RecordWriter:
+        try:
+            await self._producer.start()
+        except KafkaError as exc:
+            await self._producer.stop()
+            raise _broker_error(self._settings, "cannot connect a producer", exc) from exc
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self._producer.stop()
+
+    async def ensure_topics(self, topics: Sequence[str]) -> None:
+        unknown = [t for t in topics if t not in self._checked]
+        if not unknown:
+            return
+        try:
+            metadata = await self._producer.client.fetch_all_metadata()
+            _require_topics(set(metadata.topics()), self._settings, unknown)
+        except KafkaError as exc:
+            raise _broker_error(self._settings, "cannot read cluster metadata", exc) from exc
+        self._checked.update(unknown)
+
+    async def send(self, record: OutRecord) -> asyncio.Future[tuple[int, int]]:
+        """Queue one record; the returned future resolves to (partition, offset) on ack."""
+        await self.ensure_topics([record.topic])
+        try:
+            fut = await self._producer.send(
+                record.topic, record.value, key=record.key, headers=record.headers or None,
+                timestamp_ms=record.timestamp_ms,
+            )
+        except KafkaError as exc:
+            raise _broker_error(self._settings, f"cannot produce to {record.topic}", exc) from exc
+        return asyncio.ensure_future(self._acked(record.topic, fut))
+
+    async def _acked(self, topic: str, fut: Any) -> tuple[int, int]:
+        try:
+            meta = await fut
+        except KafkaError as exc:
+            raise _broker_error(self._settings, f"producing to {topic} failed", exc) from exc
+        return int(meta.partition), int(meta.offset)
+
+    async def send_and_wait(self, record: OutRecord) -> tuple[int, int]:
+        return await (await self.send(record))
+
+
+async def read_records(
+    settings: Settings,
+    topic: str,
+    *,
+    from_beginning: bool = True,
+    until_end: bool = False,
+    max_records: int | None = None,
+    idle_timeout_s: float | None = None,
+) -> AsyncIterator[ConsumedRecord]:
+    """Records of every partition of ``topic``, without a consumer group (nothing committed).
+
+    Stops after ``max_records``; with ``until_end`` once every partition reached the end offset
+    it had when reading started (a bounded read of what is there now); with ``idle_timeout_s``
+    after that long without a new record. With none of them it follows the topic forever.
+    """
+    consumer = AIOKafkaConsumer(
+        **settings.kafka_client_options, group_id=None, enable_auto_commit=False,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+    )
+    try:
+        await consumer.start()
+        # One metadata fetch answers both "does it exist" and "which partitions" (the public
+        # consumer.topics() returns names only and leaves the client's metadata unchanged).
+        metadata = await consumer._client.fetch_all_metadata()
+        _require_topics(set(metadata.topics()), settings, [topic])
+        partitions = [TopicPartition(topic, p)
+                      for p in sorted(metadata.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        if from_beginning:
+            await consumer.seek_to_beginning(*partitions)
+        else:
+            await consumer.seek_to_end(*partitions)
+        ends = await consumer.end_offsets(partitions) if until_end else {}
+        async for record in _fetch(consumer, partitions, ends, until_end, max_records,
+                                   idle_timeout_s):
+            yield record
+    except KafkaError as exc:
+        raise _broker_error(settings, f"cannot read {topic}", exc) from exc
+    finally:
+        await consumer.stop()
+
+
+async def _fetch(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], ends: dict[TopicPartition, int],
+    until_end: bool, max_records: int | None, idle_timeout_s: float | None,
+) -> AsyncIterator[ConsumedRecord]:
+    seen = 0
+    last = time.monotonic()
+    while True:
+        if until_end and all([await consumer.position(tp) >= ends[tp] for tp in partitions]):
+            return
+        if max_records is not None and seen >= max_records:
+            return
+        if idle_timeout_s is not None and time.monotonic() - last >= idle_timeout_s:
+            return
+        batches = await consumer.getmany(timeout_ms=200, max_records=500)
+        for tp_records in batches.values():
+            for r in tp_records:
+                if until_end and r.offset >= ends[TopicPartition(r.topic, r.partition)]:
+                    continue
+                if max_records is not None and seen >= max_records:
+                    return
+                seen += 1
+                last = time.monotonic()
+                yield ConsumedRecord(r.topic, r.partition, r.offset, r.key, r.value,
+                                     r.timestamp, list(r.headers or ()))

@@ -1,0 +1,415 @@
+"""``router-stream dlq list|show|discard|replay|reindex`` (work: router_stream/dlq/)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from pydantic import ValidationError
+
+from router_stream.cli import EXIT_USER_ERROR, cli
+from router_stream.config import Settings
+from router_stream.dlq import store
+from router_stream.dlq.filters import REASONS, STATUSES, DlqFilter
+from router_stream.dlq.replay import DEFAULT_MAX_ATTEMPTS, replay_dlq, replay_record
+from router_stream.dlq.timespec import parse_instant
+from router_stream.errors import ConfigError, UserError
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(f"invalid ROUTER_* settings: {exc}") from exc
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+async def _with_conn(settings: Settings, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    from router_stream.adapters import postgres as pg
+
+    conn = await pg.connect(settings)
+    try:
+        return await work(conn)
+    finally:
+        await conn.close()
+
+
+def _filter_options(reason_flag: str = "--reason") -> Callable[[F], F]:
+    """The selection options every dlq command shares (``reason_flag`` differs for discard,
+    whose ``--reason`` is the text recorded with the discard)."""
+
+    def decorate(fn: F) -> F:
+        options = [
+            click.option("--id", "ids", type=int, multiple=True, help="Entry id (repeatable)."),
+            # Not click.Choice: a bad value is a user error (exit 1), not a usage error (2).
+            click.option(reason_flag, "reasons", metavar="REASON", multiple=True,
+                         help=f"Why it was DLQ'd (repeatable): {', '.join(REASONS)}."),
+            click.option("--status", "statuses", metavar="STATUS", multiple=True,
+                         help=f"{' | '.join(STATUSES)} (repeatable)."),
+            click.option("--since", help="Failed at or after: ISO-8601, or 1h / 30m / 2d ago."),
+            click.option("--until", help="Failed before: ISO-8601, or 1h / 30m / 2d ago."),
+            click.option("--tenant", "tenants", multiple=True, help="Tenant (repeatable)."),
+            click.option("--kind", "kinds", multiple=True, help="Signal kind (repeatable)."),
+            click.option("--topic", "topics", multiple=True,
+                         help="Original (physical) topic it was read from (repeatable)."),
+            click.option("--signal-id", "signal_ids", multiple=True, help="Signal id."),
+        ]
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def _build_filter(ids: tuple[int, ...] = (), *, since: str | None = None,
+                  until: str | None = None, **fields: Any) -> DlqFilter:
+    now = datetime.now(UTC)
+    return DlqFilter(
+        ids=tuple(ids),
+        since=parse_instant(since, now) if since else None,
+        until=parse_instant(until, now) if until else None,
+        **{k: tuple(v) for k, v in fields.items()},
+    )
+
+
+def _require_selection(where: DlqFilter, all_: bool, verb: str) -> None:
+    if where.is_empty and not all_:
+        raise UserError(f"refusing to {verb} every DLQ entry: give ids or filters, or --all")
+
+
+def _json_out(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def _console() -> Any:
+    """A rich console; piped output gets a wide fixed width so rows are not wrapped for grep."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
+def _short(value: datetime | None) -> str:
+    return "" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@cli.group()
+def dlq() -> None:
+    """Inspect, discard, replay and rebuild the dead-letter queue (Postgres dlq_entries).
+
+    \b
+    Examples:
+      router-stream dlq list --status pending --since 1h
+      router-stream dlq list --summary
+      router-stream dlq show 42
+      router-stream dlq replay --reason no_healthy_destination --dry-run
+      router-stream dlq replay --reason no_healthy_destination --rate 200
+      router-stream dlq discard 42 43 --reason "test traffic"
+      router-stream dlq reindex            # rebuild the table from the router.dlq topic
+
+    Exit codes: 0 ok, 1 user error (bad filter, unknown id, refused), 2 broker/database failure.
+    """
+
+
+# --- list ----------------------------------------------------------------------------------
+
+
+@dlq.command("list")
+@_filter_options()
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--summary", is_flag=True, help="Counts by reason and status instead of entries.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_(limit: int, summary: bool, as_json: bool, **filters: Any) -> None:
+    """List DLQ entries matching the filters, oldest first.
+
+    \b
+    Examples:
+      router-stream dlq list --reason no_healthy_destination --status pending --limit 20
+      router-stream dlq list --since 2025-01-02T00:00:00Z --until 6h --json
+      router-stream dlq list --summary --since 1d
+    """
+    where = _build_filter(**filters)
+    settings = _settings()
+    if summary:
+        rows = _run(_with_conn(settings, lambda c: store.summary(c, where)))
+        _print_summary(rows, as_json)
+        return
+    entries = _run(_with_conn(settings, lambda c: store.list_entries(c, where, limit=limit)))
+    _print_entries(entries, as_json)
+
+
+def _print_summary(rows: list[store.SummaryRow], as_json: bool) -> None:
+    if as_json:
+        _json_out({"total": sum(r.count for r in rows),
+                   "groups": [{"reason": r.reason, "status": r.status, "count": r.count,
+                               "oldest": r.oldest.isoformat(), "newest": r.newest.isoformat()}
+                              for r in rows]})
+        return
+    from rich.table import Table
+
+    table = Table("reason", "status", "count", "oldest failure", "newest failure")
+    for r in rows:
+        table.add_row(r.reason, r.status, str(r.count), _short(r.oldest), _short(r.newest))
+    table.caption = f"{sum(r.count for r in rows)} entries"
+    _console().print(table)
+
+
+def _print_entries(entries: list[store.DlqRow], as_json: bool) -> None:
+    from router_stream.dlq.view import entry_summary
+
+    if as_json:
+        _json_out([entry_summary(e) for e in entries])
+        return
+    from rich.table import Table
+
+    table = Table("id", "reason", "status", "att", "origin", "signal_id", "last failure",
+                  "error")
+    for e in entries:
+        origin = f"{e.original_topic}/{e.original_partition}/{e.original_offset}"
+        table.add_row(str(e.id), e.reason, e.status, str(e.attempts), origin, e.signal_id or "",
+                      _short(e.last_failed_at), e.error[:60])
+    table.caption = f"{len(entries)} entries"
+    _console().print(table)
+
+
+# --- show ----------------------------------------------------------------------------------
+
+
+@dlq.command()
+@click.argument("entry_id", metavar="ID", type=int)
+@click.option("--policy", "policy_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Mask PII per this policy's redact section [ROUTER_POLICY_FILE].")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def show(entry_id: int, policy_file: Path | None, as_json: bool) -> None:
+    """Show one entry: status, error, headers, key and the original bytes.
+
+    Bytes are printed as text when they are UTF-8 (pretty JSON when they are JSON), else as
+    base64 with a hex preview. PII is masked per the policy's redact section when a policy is
+    given (--policy or ROUTER_POLICY_FILE).
+
+    \b
+    Example:
+      router-stream dlq show 42 --policy examples/policy.yaml
+    """
+    from router_stream.dlq.view import entry_detail
+
+    settings = _settings()
+    redact = _redact_policy(policy_file or (Path(settings.policy_file)
+                                            if settings.policy_file else None))
+    row = _run(_with_conn(settings, lambda c: store.get_entry(c, entry_id)))
+    detail = entry_detail(row, redact)
+    if as_json:
+        _json_out(detail)
+        return
+    _print_detail(detail)
+
+
+def _redact_policy(path: Path | None) -> Any:
+    if path is None:
+        return None
+    from router_stream.cli.policy import read_policy
+
+    _, policy = read_policy(path)
+    return policy.redact
+
+
+def _print_detail(d: dict[str, Any]) -> None:
+    for name in ("id", "status", "reason", "attempts", "error", "signal_id", "tenant", "kind",
+                 "dlq_key", "first_failed_at", "last_failed_at", "replayed_at", "replay_count",
+                 "discarded_at", "discard_reason"):
+        if d.get(name) not in (None, ""):
+            click.echo(f"{name:<16}{d[name]}")
+    click.echo(f"{'key':<16}{_bytes_line(d['key'])}")
+    click.echo("headers")
+    for name, value in d["headers"] or [["(none)", ""]]:
+        click.echo(f"  {name}: {value if value is not None else '(null)'}")
+    click.echo(f"value ({d['value']['encoding']}, {d['value']['size']} bytes)"
+               + ("" if d["masked"] else " — not masked: no policy given"))
+    value = d["value"]
+    if value["encoding"] == "json":
+        click.echo(json.dumps(value["json"], indent=2, ensure_ascii=False))
+    elif value["encoding"] == "text":
+        click.echo(value["text"])
+    elif value["encoding"] == "base64":
+        click.echo(f"  hex: {value['hex_preview']}{' ...' if value['size'] > 32 else ''}")
+        click.echo(f"  base64: {value['base64']}")
+
+
+def _bytes_line(described: dict[str, Any]) -> str:
+    enc = described["encoding"]
+    if enc == "null":
+        return "(none)"
+    if enc == "json":
+        return json.dumps(described["json"], ensure_ascii=False)
+    return str(described.get("text") or "base64:" + described["base64"])
+
+
+# --- discard -------------------------------------------------------------------------------
+
+
+@dlq.command()
+@click.argument("id_args", metavar="[ID]...", type=int, nargs=-1)
+@_filter_options(reason_flag="--dlq-reason")
+@click.option("--reason", "discard_reason", required=True,
+              help="Why they are discarded (recorded with each entry).")
+@click.option("--limit", type=click.IntRange(min=1), default=None)
+@click.option("--all", "all_", is_flag=True, help="Allow discarding without ids or filters.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def discard(id_args: tuple[int, ...], discard_reason: str, limit: int | None, all_: bool,
+            as_json: bool, ids: tuple[int, ...], **filters: Any) -> None:
+    """Mark pending entries discarded (never replayed), recording why and when.
+
+    Select by ID arguments and/or filters (the DLQ reason filter is --dlq-reason here, because
+    --reason is the text recorded). Entries that are not pending are left alone.
+
+    \b
+    Examples:
+      router-stream dlq discard 42 43 --reason "load test traffic"
+      router-stream dlq discard --dlq-reason invalid_json --until 7d --reason "bad producer v1.2"
+    """
+    where = _build_filter(ids + id_args, **filters)
+    _require_selection(where, all_, "discard")
+    if not discard_reason.strip():
+        raise UserError("--reason must say why the entries are discarded")
+    discarded = _run(_with_conn(
+        _settings(), lambda c: store.discard(c, where, discard_reason, limit=limit)))
+    if as_json:
+        _json_out({"discarded": discarded})
+    else:
+        click.echo(f"discarded {len(discarded)} entries"
+                   + (f": {', '.join(map(str, discarded[:20]))}" if discarded else ""))
+
+
+# --- replay --------------------------------------------------------------------------------
+
+
+@dlq.command()
+@click.argument("id_args", metavar="[ID]...", type=int, nargs=-1)
+@_filter_options()
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N entries.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="At most N records per second [unlimited].")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=DEFAULT_MAX_ATTEMPTS,
+              show_default=True, help="Refuse entries that already failed this many times.")
+@click.option("--dry-run", is_flag=True, help="Print what would be sent; send nothing.")
+@click.option("--all", "all_", is_flag=True, help="Allow replaying without ids or filters.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def replay(id_args: tuple[int, ...], limit: int | None, rate: float | None, max_attempts: int,
+           dry_run: bool, all_: bool, as_json: bool, ids: tuple[int, ...],
+           **filters: Any) -> None:
+    """Send pending entries back to their original topic, byte-exact, and mark them replayed.
+
+    Each record carries its original key, value and headers plus x-dlq-id, x-dlq-attempts and
+    x-dlq-original-topic/partition/offset, so the worker keeps the signal's origin and counts
+    the attempt. An entry is marked replayed only after the broker acknowledged it; only
+    pending entries are sent, so running the same replay twice sends nothing the second time.
+    Entries that already failed --max-attempts times are refused (discard them instead).
+
+    \b
+    Examples:
+      router-stream dlq replay --reason no_healthy_destination --dry-run
+      router-stream dlq replay --reason no_healthy_destination --since 2h --rate 500
+      router-stream dlq replay 42
+
+    Exit code 1 when entries matched but every one was refused by --max-attempts.
+    """
+    where = _build_filter(ids + id_args, **filters)
+    _require_selection(where, all_, "replay")
+    report = _run(_replay_with_progress(_settings(), where, limit=limit, rate=rate,
+                                        max_attempts=max_attempts, dry_run=dry_run,
+                                        quiet=as_json))
+    _print_replay(report, as_json)
+    if report.refused and not report.selected:
+        sys.exit(EXIT_USER_ERROR)
+
+
+async def _replay_with_progress(settings: Settings, where: DlqFilter, *, quiet: bool,
+                                **options: Any) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    progress = Progress("replaying", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console, transient=True,
+                        disable=quiet or options["dry_run"] or not console.is_terminal)
+    task = progress.add_task("replay", total=None)
+    with progress:
+        return await replay_dlq(
+            settings, where,
+            on_selected=lambda n: progress.update(task, total=n),
+            on_sent=lambda n: progress.advance(task, n), **options)
+
+
+def _print_replay(report: Any, as_json: bool) -> None:
+    from router_stream.dlq.view import describe_bytes
+
+    if as_json:
+        out: dict[str, Any] = {"dry_run": report.dry_run, "selected": len(report.selected),
+                               "sent": report.sent, "refused": report.refused,
+                               "not_pending": report.not_pending,
+                               "max_attempts": report.max_attempts}
+        if report.dry_run:
+            out["records"] = [_dry_run_record(row, describe_bytes) for row in report.selected]
+        _json_out(out)
+    elif report.dry_run:
+        for row in report.selected:
+            rec = replay_record(row)
+            click.echo(f"would send entry {row.id} -> {rec.topic} key={rec.key!r} "
+                       f"({row.value_size or 0} bytes, attempt {row.attempts + 1})")
+        click.echo(f"dry run: {len(report.selected)} entries would be replayed")
+    else:
+        click.echo(f"replayed {len(report.sent)} entries")
+    if report.not_pending:
+        click.echo(f"not pending (already replayed or discarded), skipped: "
+                   f"{', '.join(map(str, report.not_pending))}", err=True)
+    if report.refused:
+        click.secho(f"refused {report.refused} entries with attempts >= --max-attempts "
+                    f"{report.max_attempts}: discard them (dlq discard) or raise --max-attempts",
+                    fg="yellow", err=True)
+
+
+def _dry_run_record(row: store.DlqRow, describe: Callable[..., Any]) -> dict[str, Any]:
+    rec = replay_record(row)
+    return {"id": row.id, "topic": rec.topic, "key": describe(rec.key),
+            "value": describe(rec.value),
+            "headers": [[k, v.decode("utf-8", "replace") if v is not None else None]
+                        for k, v in rec.headers],
+            "timestamp_ms": rec.timestamp_ms}
+
+
+# --- reindex -------------------------------------------------------------------------------
+
+
+@dlq.command()
+@click.option("--topic", default=None, help="Physical topic to read [the router.dlq topic].")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def reindex(topic: str | None, as_json: bool) -> None:
+    """Rebuild dlq_entries from the router.dlq topic (read from the beginning).
+
+    Existing entries keep their status and history; missing ones are added as pending; an
+    entry whose record failed again after a replay (more attempts) becomes pending again.
+
+    \b
+    Example:
+      router-stream dlq reindex --json
+    """
+    from router_stream.dlq.reindex import reindex_dlq
+
+    report = _run(reindex_dlq(_settings(), topic=topic))
+    if as_json:
+        _json_out(vars(report))
+    else:
+        click.echo(f"read {report.read} records: {report.inserted} entries added, "
+                   f"{report.updated} updated, {report.skipped} skipped (not DLQ records)")

@@ -1,0 +1,387 @@
+"""`router-stream dlq ...` against a real Postgres and a real broker (fresh database and topics
+per test): list/show/discard on inserted rows, replay byte-exact with the right headers and
+marking only after the ack, the max-attempts guard, dry runs, and reindex from router.dlq."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from click.testing import CliRunner, Result
+
+import router_stream.cli.dlq  # noqa: F401  (registers `dlq` on the root group)
+from router_stream.adapters import postgres as pg
+from router_stream.adapters.kafka_io import ConsumedRecord, OutRecord, RecordWriter, read_records
+from router_stream.cli import cli
+from router_stream.config import DLQ, Settings
+from router_stream.core.models import DlqEntry, DlqReason
+from router_stream.dlq.filters import DlqFilter
+from router_stream.dlq.replay import replay_dlq
+from router_stream.errors import BrokerUnavailable, RouterError, UserError
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+EXAMPLE_POLICY = Path(__file__).resolve().parents[2] / "examples" / "policy.yaml"
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    conn = await pg.connect(settings)
+    await pg.migrate(conn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def signal_bytes(n: int, **extra: Any) -> bytes:
+    body = {"signal_id": f"sig-{n}", "sender_id": f"s{n % 3}", "tenant": "acme", "kind": "alert",
+            "ts": "2025-01-02T03:04:05Z", "payload": {"n": n, **extra}}
+    # Odd spacing on purpose: the replayed bytes must be these, not a re-serialisation.
+    return json.dumps(body, separators=(", ", " : ")).encode()
+
+
+def entry(offset: int, *, topic: str = "signals", **changes: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "reason": "no_healthy_destination", "error": "every destination of kind 'alert' is down",
+        "signal_id": f"sig-{offset}", "tenant": "acme", "kind": "alert", "attempts": 1,
+        "original_topic": topic, "original_partition": 0, "original_offset": offset,
+        "original_key": f"s{offset % 3}".encode(),
+        "original_headers": [("traceparent", b"00-abc-01"), ("x-empty", None)],
+        "original_value": signal_bytes(offset),
+        "first_failed_at": NOW - timedelta(minutes=10), "last_failed_at": NOW - timedelta(minutes=5),
+    }
+    row.update(changes)
+    return row
+
+
+async def ids_by_offset(conn: asyncpg.Connection) -> dict[int, int]:
+    rows = await conn.fetch("SELECT id, original_offset FROM dlq_entries")
+    return {r["original_offset"]: r["id"] for r in rows}
+
+
+async def status_of(conn: asyncpg.Connection) -> dict[int, str]:
+    rows = await conn.fetch("SELECT original_offset, status FROM dlq_entries")
+    return {r["original_offset"]: r["status"] for r in rows}
+
+
+async def read_all(settings: Settings, topic: str) -> list[ConsumedRecord]:
+    return [r async for r in read_records(settings, topic, from_beginning=True, until_end=True)]
+
+
+def _invoke(settings: Settings, *args: str, policy_file: str = "") -> Result:
+    env = {"ROUTER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+           "ROUTER_DATABASE_URL": settings.database_url.get_secret_value(),
+           "ROUTER_TOPIC_PREFIX": settings.topic_prefix, "ROUTER_POLICY_FILE": policy_file}
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+async def run_cli(settings: Settings, *args: str, policy_file: str = "") -> Result:
+    # the command runs its own event loop (asyncio.run): call it off this test's loop
+    return await asyncio.to_thread(_invoke, settings, *args, policy_file=policy_file)
+
+
+# --- list / show / discard ---------------------------------------------------------------------
+
+
+async def test_list_filters_combine_and_summary_counts(settings: Settings, db):
+    await pg.insert_dlq_entries(db, [
+        entry(1), entry(2), entry(3, reason="invalid_json", tenant=None, kind=None),
+        entry(4, tenant="globex"),
+        entry(5, last_failed_at=NOW - timedelta(days=3), first_failed_at=NOW - timedelta(days=3)),
+    ])
+    await db.execute("UPDATE dlq_entries SET status = 'discarded', discarded_at = now()"
+                     " WHERE original_offset = 2")
+
+    result = await run_cli(settings, "dlq", "list", "--reason", "no_healthy_destination",
+                           "--status", "pending", "--since", "1d", "--json")
+    assert result.exit_code == 0, result.output
+    assert [e["original_offset"] for e in json.loads(result.stdout)] == [1, 4]
+
+    result = await run_cli(settings, "dlq", "list", "--tenant", "globex", "--json")
+    assert [e["original_offset"] for e in json.loads(result.stdout)] == [4]
+
+    result = await run_cli(settings, "dlq", "list", "--limit", "2", "--json")
+    assert [e["original_offset"] for e in json.loads(result.stdout)] == [1, 2]
+
+    result = await run_cli(settings, "dlq", "list", "--summary", "--json")
+    summary = json.loads(result.stdout)
+    assert summary["total"] == 5
+    counts = {(g["reason"], g["status"]): g["count"] for g in summary["groups"]}
+    assert counts == {("no_healthy_destination", "pending"): 3,
+                      ("no_healthy_destination", "discarded"): 1, ("invalid_json", "pending"): 1}
+
+    table = await run_cli(settings, "dlq", "list", "--reason", "invalid_json")
+    assert table.exit_code == 0 and "invalid_json" in table.output and "1 entries" in table.output
+
+
+async def test_list_rejects_a_bad_filter_with_exit_1(settings: Settings, db):
+    bad_time = await run_cli(settings, "dlq", "list", "--since", "yesterday-ish")
+    assert bad_time.exit_code == 1
+    assert "not a time: 'yesterday-ish'" in bad_time.output
+    bad_reason = await run_cli(settings, "dlq", "list", "--reason", "nope")
+    assert bad_reason.exit_code == 1 and "unknown reason 'nope'" in bad_reason.output
+
+
+async def test_show_prints_bytes_and_masks_per_policy(settings: Settings, db):
+    pii = signal_bytes(7, email="jane.doe@example.com", card="4111 1111 1111 1111",
+                       note="paid with 4111 1111 1111 1111")
+    await pg.insert_dlq_entries(db, [entry(7, original_value=pii),
+                                     entry(8, original_value=b"\xff\x00binary\x9c")])
+    ids = await ids_by_offset(db)
+
+    plain = await run_cli(settings, "dlq", "show", str(ids[7]), "--json")
+    assert plain.exit_code == 0, plain.output
+    detail = json.loads(plain.stdout)
+    assert detail["value"]["json"]["payload"]["email"] == "jane.doe@example.com"
+    assert detail["masked"] is False
+    assert detail["headers"] == [["traceparent", "00-abc-01"], ["x-empty", None]]
+    assert detail["key"] == {"encoding": "text", "size": 2, "text": "s1"}
+
+    masked = await run_cli(settings, "dlq", "show", str(ids[7]), "--json",
+                           policy_file=str(EXAMPLE_POLICY))
+    shown = json.loads(masked.stdout)["value"]["json"]["payload"]
+    assert "jane.doe" not in masked.output and "4111 1111 1111 1111" not in masked.output
+    assert shown["email"] == "***@example.com"  # a detector
+    assert shown["card"] == "[REDACTED]"  # a named field (payload.card in the example policy)
+    assert shown["note"] == "paid with [CARD ****1111]"
+
+    binary = json.loads((await run_cli(settings, "dlq", "show", str(ids[8]), "--json")).stdout)
+    assert binary["value"]["encoding"] == "base64"
+    assert base64.b64decode(binary["value"]["base64"]) == b"\xff\x00binary\x9c"
+
+    text = await run_cli(settings, "dlq", "show", str(ids[7]))
+    assert text.exit_code == 0 and "not masked: no policy given" in text.output
+
+    missing = await run_cli(settings, "dlq", "show", "999999")
+    assert missing.exit_code == 1 and "no DLQ entry with id 999999" in missing.output
+
+
+async def test_discard_records_reason_and_time_and_only_touches_pending(settings: Settings, db):
+    await pg.insert_dlq_entries(db, [entry(1), entry(2), entry(3, reason="invalid_json")])
+    await db.execute("UPDATE dlq_entries SET status = 'replayed', replayed_at = now()"
+                     " WHERE original_offset = 2")
+    ids = await ids_by_offset(db)
+
+    everything = await run_cli(settings, "dlq", "discard", "--reason", "x")
+    assert everything.exit_code == 1 and "refusing to discard every DLQ entry" in everything.output
+
+    result = await run_cli(settings, "dlq", "discard", str(ids[1]), str(ids[2]),
+                           "--reason", "load test traffic", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"discarded": [ids[1]]}
+    row = await db.fetchrow("SELECT status, discard_reason, discarded_at FROM dlq_entries"
+                            " WHERE id = $1", ids[1])
+    assert row["status"] == "discarded" and row["discard_reason"] == "load test traffic"
+    assert row["discarded_at"] is not None
+    assert await status_of(db) == {1: "discarded", 2: "replayed", 3: "pending"}
+
+    by_filter = await run_cli(settings, "dlq", "discard", "--dlq-reason", "invalid_json",
+                              "--reason", "bad producer")
+    assert by_filter.exit_code == 0 and "discarded 1 entries" in by_filter.output
+    assert (await status_of(db))[3] == "discarded"
+
+
+# --- replay ------------------------------------------------------------------------------------
+
+
+async def test_replay_sends_original_bytes_and_headers_then_marks_replayed(
+    settings: Settings, db, topic_factory
+):
+    topic = await topic_factory("signals", partitions=3)
+    rows = [entry(n, topic=topic, original_partition=n % 3, attempts=1 + n % 2) for n in range(6)]
+    rows[0]["original_key"] = None
+    rows[1]["original_timestamp"] = datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    await pg.insert_dlq_entries(db, rows)
+    await pg.insert_dlq_entries(db, [entry(9, topic=topic, reason="invalid_json")])
+    ids = await ids_by_offset(db)
+
+    report = await replay_dlq(settings, DlqFilter(reasons=("no_healthy_destination",)))
+    assert sorted(report.sent) == sorted(ids[n] for n in range(6))
+
+    sent = await read_all(settings, topic)
+    assert len(sent) == 6
+    by_offset = {int(dict(r.headers)["x-dlq-original-offset"]): r for r in sent}
+    for n, row in enumerate(rows):
+        record = by_offset[n]
+        assert record.value == row["original_value"]  # byte-exact
+        assert record.key == row["original_key"]
+        headers = dict(record.headers)
+        assert record.headers[:2] == [("traceparent", b"00-abc-01"), ("x-empty", None)]
+        assert headers["x-dlq-id"] == str(ids[n]).encode()
+        assert headers["x-dlq-attempts"] == str(row["attempts"] + 1).encode()
+        assert headers["x-dlq-original-topic"] == topic.encode()
+        assert headers["x-dlq-original-partition"] == str(n % 3).encode()
+        assert headers["x-signal-id"] == f"sig-{n}".encode()
+        first = float(headers["x-dlq-first-failed-at"])
+        assert first == pytest.approx(row["first_failed_at"].timestamp())
+    assert by_offset[1].timestamp == 1735787045678  # the original record timestamp restored
+
+    assert await status_of(db) == {**{n: "replayed" for n in range(6)}, 9: "pending"}
+    assert await db.fetchval("SELECT min(replay_count) FROM dlq_entries WHERE status = 'replayed'"
+                             " AND replayed_at IS NOT NULL") == 1
+
+    again = await run_cli(settings, "dlq", "replay", "--reason", "no_healthy_destination",
+                          "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["sent"] == []
+    assert len(await read_all(settings, topic)) == 6  # nothing new on the topic
+
+    by_id = await run_cli(settings, "dlq", "replay", str(ids[0]))
+    assert by_id.exit_code == 0 and "replayed 0 entries" in by_id.output
+    assert f"not pending (already replayed or discarded), skipped: {ids[0]}" in by_id.output
+
+
+async def test_replay_marks_nothing_without_an_ack(settings: Settings, db, topic_factory):
+    topic = await topic_factory("signals")
+    await pg.insert_dlq_entries(db, [entry(1, topic=topic), entry(2, topic=f"{topic}-gone")])
+
+    unreachable = settings.model_copy(update={"kafka_bootstrap": "127.0.0.1:1"})
+    with pytest.raises(BrokerUnavailable):
+        await replay_dlq(unreachable, DlqFilter(topics=(topic,)))
+    assert await status_of(db) == {1: "pending", 2: "pending"}
+
+    with pytest.raises(UserError, match="does not exist"):
+        await replay_dlq(settings, DlqFilter(reasons=("no_healthy_destination",)))
+    assert await status_of(db) == {1: "pending", 2: "pending"}
+    assert await read_all(settings, topic) == []
+
+    cli_result = await run_cli(settings, "dlq", "replay", "--topic", f"{topic}-gone")
+    assert cli_result.exit_code == 1
+    assert cli_result.output.count("\n") == 1 and "does not exist" in cli_result.output
+
+
+async def test_an_entry_the_broker_refuses_stays_pending_and_stops_the_replay(
+    settings: Settings, db, topic_factory
+):
+    topic = await topic_factory("signals")
+    too_big = b'{"pad": "' + b"x" * 1_100_000 + b'"}'  # over the 1 MB record limit
+    await pg.insert_dlq_entries(db, [entry(1, topic=topic), entry(2, topic=topic),
+                                     entry(3, topic=topic, original_value=too_big),
+                                     entry(4, topic=topic)])
+    with pytest.raises(RouterError, match="replay stopped after 2 of 4 entries"):
+        await replay_dlq(settings, DlqFilter(topics=(topic,)))
+    assert await status_of(db) == {1: "replayed", 2: "replayed", 3: "pending", 4: "pending"}
+    assert [r.value for r in await read_all(settings, topic)] == [signal_bytes(1),
+                                                                   signal_bytes(2)]
+
+
+async def test_max_attempts_guard_refuses_and_sends_nothing(settings: Settings, db, topic_factory):
+    topic = await topic_factory("signals")
+    await pg.insert_dlq_entries(db, [entry(1, topic=topic, attempts=5),
+                                     entry(2, topic=topic, attempts=7)])
+
+    result = await run_cli(settings, "dlq", "replay", "--topic", topic)
+    assert result.exit_code == 1
+    assert "refused 2 entries with attempts >= --max-attempts 5" in result.output
+    assert await read_all(settings, topic) == []
+    assert await status_of(db) == {1: "pending", 2: "pending"}
+
+    raised = await run_cli(settings, "dlq", "replay", "--topic", topic, "--max-attempts", "6",
+                           "--json")
+    assert raised.exit_code == 0, raised.output
+    out = json.loads(raised.stdout)
+    assert len(out["sent"]) == 1 and out["refused"] == 1
+    assert await status_of(db) == {1: "replayed", 2: "pending"}
+    [record] = await read_all(settings, topic)
+    assert dict(record.headers)["x-dlq-attempts"] == b"6"
+
+
+async def test_dry_run_prints_what_would_be_sent_and_sends_nothing(
+    settings: Settings, db, topic_factory
+):
+    topic = await topic_factory("signals")
+    await pg.insert_dlq_entries(db, [entry(1, topic=topic), entry(2, topic=topic)])
+    ids = await ids_by_offset(db)
+
+    result = await run_cli(settings, "dlq", "replay", "--topic", topic, "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["dry_run"] is True and out["sent"] == []
+    assert [r["id"] for r in out["records"]] == [ids[1], ids[2]]
+    first = out["records"][0]
+    assert first["topic"] == topic and first["value"]["json"]["signal_id"] == "sig-1"
+    assert ["x-dlq-attempts", "2"] in first["headers"]
+
+    text = await run_cli(settings, "dlq", "replay", "--topic", topic, "--dry-run", "--limit", "1")
+    assert f"would send entry {ids[1]} -> {topic}" in text.output
+    assert "dry run: 1 entries would be replayed" in text.output
+
+    assert await read_all(settings, topic) == []
+    assert await status_of(db) == {1: "pending", 2: "pending"}
+
+
+async def test_replay_with_a_rate_is_paced(settings: Settings, db, topic_factory):
+    topic = await topic_factory("signals")
+    await pg.insert_dlq_entries(db, [entry(n, topic=topic) for n in range(6)])
+    started = asyncio.get_running_loop().time()
+    report = await replay_dlq(settings, DlqFilter(topics=(topic,)), rate=10.0, limit=5)
+    elapsed = asyncio.get_running_loop().time() - started
+    assert len(report.sent) == 5 and elapsed >= 0.4  # 5 records at 10/s: >= 4 intervals
+    assert sorted((await status_of(db)).values()) == ["pending"] + ["replayed"] * 5
+
+
+# --- reindex -----------------------------------------------------------------------------------
+
+
+def dlq_record(topic: str, offset: int, *, attempts: int = 1,
+               reason: DlqReason = DlqReason.NO_HEALTHY_DESTINATION) -> OutRecord:
+    e = DlqEntry(reason=reason, error=f"failure of {offset}", signal_id=f"sig-{offset}",
+                 original_topic="prod.signals", original_partition=2, original_offset=offset,
+                 original_key=b"k%d" % offset, original_value=signal_bytes(offset),
+                 original_headers=[("traceparent", b"t-%d" % offset)], attempts=attempts,
+                 first_failed_at=1735787045.5)
+    return OutRecord(topic=topic, value=e.original_value, key=e.original_key,
+                     headers=e.kafka_headers())
+
+
+async def test_reindex_rebuilds_rows_and_keeps_what_operators_did(
+    settings: Settings, db, topic_factory
+):
+    dlq_topic = await topic_factory(DLQ)
+    assert dlq_topic == settings.topic(DLQ)
+    async with RecordWriter(settings) as writer:
+        for record in [dlq_record(dlq_topic, n) for n in range(4)]:
+            await writer.send_and_wait(record)
+        await writer.send_and_wait(OutRecord(dlq_topic, b"not a dlq record", b"x"))
+        await writer.send_and_wait(dlq_record(dlq_topic, 1, attempts=2))  # failed again
+        await writer.send_and_wait(dlq_record(dlq_topic, 2, attempts=2))  # ... but discarded
+
+    # Rows that survived the "loss": 1 was replayed, 2 was discarded by an operator.
+    await pg.insert_dlq_entries(db, [
+        entry(1, topic="prod.signals", original_partition=2, signal_id="sig-1"),
+        entry(2, topic="prod.signals", original_partition=2, signal_id="sig-2"),
+    ])
+    await db.execute("UPDATE dlq_entries SET status = 'replayed', replayed_at = now(),"
+                     " replay_count = 1 WHERE original_offset = 1")
+    await db.execute("UPDATE dlq_entries SET status = 'discarded', discarded_at = now(),"
+                     " discard_reason = 'operator' WHERE original_offset = 2")
+
+    result = await run_cli(settings, "dlq", "reindex", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"read": 7, "inserted": 2, "updated": 1, "skipped": 1}
+
+    rows = {r["original_offset"]: r for r in await db.fetch("SELECT * FROM dlq_entries")}
+    assert sorted(rows) == [0, 1, 2, 3]
+    assert rows[1]["status"] == "pending" and rows[1]["attempts"] == 2  # a later failure
+    assert rows[1]["replay_count"] == 1
+    assert rows[2]["status"] == "discarded" and rows[2]["attempts"] == 1
+    assert rows[2]["discard_reason"] == "operator"
+    new = rows[3]
+    assert new["status"] == "pending" and new["reason"] == "no_healthy_destination"
+    assert new["dlq_key"] == "prod.signals/2/3" and new["error"] == "failure of 3"
+    assert bytes(new["original_value"]) == signal_bytes(3) and bytes(new["original_key"]) == b"k3"
+    assert new["original_headers"] == [["traceparent", base64.b64encode(b"t-3").decode()]]
+    assert new["tenant"] == "acme" and new["kind"] == "alert" and new["signal_id"] == "sig-3"
+    assert new["first_failed_at"].timestamp() == 1735787045.5
+
+    again = await run_cli(settings, "dlq", "reindex", "--json")
+    assert json.loads(again.stdout) == {"read": 7, "inserted": 0, "updated": 0, "skipped": 1}
