@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import click
@@ -31,6 +32,11 @@ def stack() -> None:
       eval "$(router-stream stack up)"   # start, and export ROUTER_* for this shell
       router-stream stack status
       router-stream stack down --wipe
+
+    \b
+    With TLS and passwords (Kafka SASL_SSL + SCRAM, PostgreSQL TLS + scram-sha-256):
+      export ROUTER_STACK_DIR=/var/tmp/rs-secure
+      eval "$(router-stream stack up --secure --kafka-port 39092 --pg-port 35432)"
     """
 
 
@@ -38,14 +44,24 @@ def stack() -> None:
 @_state_opt
 @_kport_opt
 @_pport_opt
-def up(state_dir: Path | None, kafka_port: int | None, pg_port: int | None) -> None:
+@click.option(
+    "--secure/--no-secure", default=None,
+    help="TLS and passwords: Kafka SASL_SSL (SCRAM-SHA-512/256, PLAIN) and PostgreSQL TLS with "
+         "scram-sha-256; CA, certificates and random passwords are created once in the state "
+         "dir [what `up` last used; else --no-secure]. A state dir cannot switch modes.",
+)
+def up(
+    state_dir: Path | None, kafka_port: int | None, pg_port: int | None, secure: bool | None
+) -> None:
     """Start Kafka and PostgreSQL (reusing what already runs) and print the environment.
 
     The `export` lines go to stdout (so `eval "$(router-stream stack up)"` works); progress goes
-    to stderr.
+    to stderr. With --secure the exports hold the generated passwords: keep them out of shell
+    history and logs (they are also in STATE_DIR/secrets/passwords.json, mode 0600).
     """
-    cfg = manager.make_config(state_dir, kafka_port=kafka_port, pg_port=pg_port)
-    click.echo(f"starting stack in {cfg.kafka.state_dir} …", err=True)
+    cfg = manager.make_config(state_dir, kafka_port=kafka_port, pg_port=pg_port, secure=secure)
+    mode = " (secure: TLS + SASL/SCRAM)" if cfg.secure else ""
+    click.echo(f"starting stack in {cfg.kafka.state_dir}{mode} …", err=True)
     report = manager.up(cfg)
     verb = "reused" if report.reused else "started"
     click.echo(
@@ -54,7 +70,7 @@ def up(state_dir: Path | None, kafka_port: int | None, pg_port: int | None) -> N
         err=True,
     )
     for key, value in cfg.env.items():
-        click.echo(f"export {key}={value}")
+        click.echo(f"export {key}={shlex.quote(value)}")
 
 
 @stack.command()
@@ -65,7 +81,8 @@ def up(state_dir: Path | None, kafka_port: int | None, pg_port: int | None) -> N
 def status(
     state_dir: Path | None, kafka_port: int | None, pg_port: int | None, as_json: bool
 ) -> None:
-    """Tell what runs where (pid, address, memory). Exit 1 if something is not running."""
+    """Tell what runs where (pid, address, security, memory). Exit 1 if something is not running.
+    """
     cfg = manager.make_config(state_dir, kafka_port=kafka_port, pg_port=pg_port)
     rows = manager.status(cfg)
     if as_json:
@@ -74,7 +91,7 @@ def status(
         for r in rows:
             rss = f"{r.rss_bytes / 2**20:.0f} MiB" if r.rss_bytes else "-"
             state = f"running (pid {r.pid})" if r.running else "stopped"
-            click.echo(f"{r.name:<9} {state:<22} {r.address:<45} rss {rss}")
+            click.echo(f"{r.name:<9} {state:<22} {r.address:<45} {r.security:<38} rss {rss}")
     if not all(r.running for r in rows):
         raise SystemExit(1)
 

@@ -3,6 +3,13 @@
 Maven resolves ``org.apache.kafka:kafka_2.13`` and its runtime dependencies into a cache directory
 outside the repository (``~/.cache/router-stream/kafka-<version>``), once; later starts reuse it.
 The broker runs on loopback with the machine's Java 17 as ``kafka.Kafka server.properties``.
+
+With ``secure=True`` (``stack up --secure``) the client listener is SASL_SSL (SCRAM-SHA-512,
+SCRAM-SHA-256 and PLAIN) with a certificate from :mod:`router_stream.stack.security`; the broker
+talks to itself over that same listener as its own SCRAM user, so no unauthenticated listener is
+left for clients. Only the KRaft controller listener stays PLAINTEXT, bound to loopback and not
+advertised. SCRAM credentials are written into the metadata log at format time
+(``StorageTool format --add-scram``), from a 0600 argument file rather than the command line.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from router_stream.stack import security
 from router_stream.stack.process import (
     StackError,
     pid_alive,
@@ -67,6 +75,11 @@ class KafkaConfig:
     controller_port: int = 19093
     heap: str = "512m"
     version: str = KAFKA_VERSION
+    secure: bool = False
+
+    @property
+    def security_protocol(self) -> str:
+        return "SASL_SSL" if self.secure else "PLAINTEXT"
 
     @property
     def bootstrap(self) -> str:
@@ -87,6 +100,11 @@ class KafkaConfig:
     @property
     def log_file(self) -> Path:
         return self.state_dir / "kafka" / "broker.log"
+
+    @property
+    def security_marker(self) -> Path:
+        """Written at format time: the storage holds SCRAM users for a SASL_SSL listener."""
+        return self.state_dir / "kafka" / "formatted-secure"
 
 
 def ensure_artifacts(cfg: KafkaConfig) -> Path:
@@ -113,16 +131,22 @@ def ensure_artifacts(cfg: KafkaConfig) -> Path:
     return cfg.libs_dir
 
 
-def _server_properties(cfg: KafkaConfig) -> str:
+def _server_properties(
+    cfg: KafkaConfig,
+    secrets: security.StackSecrets | None = None,
+    tls: security.TlsFiles | None = None,
+) -> str:
+    name = cfg.security_protocol
     return "\n".join([
         "process.roles=broker,controller",
         "node.id=1",
         f"controller.quorum.voters=1@{cfg.host}:{cfg.controller_port}",
-        f"listeners=PLAINTEXT://{cfg.host}:{cfg.port},CONTROLLER://{cfg.host}:{cfg.controller_port}",
-        f"advertised.listeners=PLAINTEXT://{cfg.host}:{cfg.port}",
+        f"listeners={name}://{cfg.host}:{cfg.port},CONTROLLER://{cfg.host}:{cfg.controller_port}",
+        f"advertised.listeners={name}://{cfg.host}:{cfg.port}",
         "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"inter.broker.listener.name={name}",
+        f"listener.security.protocol.map={name}:{name},CONTROLLER:PLAINTEXT",
+        *(_secure_properties(secrets, tls) if cfg.secure and secrets and tls else []),
         f"log.dirs={cfg.data_dir}",
         "num.partitions=1",
         # Single node: internal topics cannot have more replicas than brokers.
@@ -142,6 +166,46 @@ def _server_properties(cfg: KafkaConfig) -> str:
     ])
 
 
+SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+_SCRAM = "org.apache.kafka.common.security.scram.ScramLoginModule required"
+_PLAIN = "org.apache.kafka.common.security.plain.PlainLoginModule required"
+
+
+def _secure_properties(secrets: security.StackSecrets, tls: security.TlsFiles) -> list[str]:
+    """SASL_SSL for clients and for the broker itself (these lines hold passwords: file 0600)."""
+    prefix = "listener.name.sasl_ssl"
+    broker_login = (f'username="{security.BROKER_USER}" '
+                    f'password="{secrets.broker_password}";')
+    return [
+        f"sasl.enabled.mechanisms={','.join(SASL_MECHANISMS)}",
+        "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+        f"{prefix}.scram-sha-512.sasl.jaas.config={_SCRAM} {broker_login}",
+        f"{prefix}.scram-sha-256.sasl.jaas.config={_SCRAM};",
+        # PLAIN's users live in the JAAS line itself (SCRAM's in the metadata log).
+        f'{prefix}.plain.sasl.jaas.config={_PLAIN} '
+        f'user_{security.CLIENT_USER}="{secrets.kafka_password}";',
+        "ssl.keystore.type=PKCS12",
+        f"ssl.keystore.location={tls.keystore}",
+        f"ssl.keystore.password={secrets.keystore_password}",
+        f"ssl.key.password={secrets.keystore_password}",
+        # The broker is a TLS client of itself (inter-broker): it trusts the stack's CA.
+        "ssl.truststore.type=PEM",
+        f"ssl.truststore.location={tls.ca_cert}",
+        "ssl.client.auth=none",
+        "ssl.enabled.protocols=TLSv1.3,TLSv1.2",
+    ]
+
+
+def _scram_arguments(secrets: security.StackSecrets) -> list[str]:
+    users = [(security.CLIENT_USER, secrets.kafka_password, "SCRAM-SHA-512"),
+             (security.CLIENT_USER, secrets.kafka_password, "SCRAM-SHA-256"),
+             (security.BROKER_USER, secrets.broker_password, "SCRAM-SHA-512")]
+    args: list[str] = []
+    for user, password, mechanism in users:
+        args += ["--add-scram", f"{mechanism}=[name={user},password={password}]"]
+    return args
+
+
 def _java_cmd(cfg: KafkaConfig, main: str, *args: str) -> list[str]:
     java = require_binary("java", "install Java 17 (apt-get install openjdk-17-jre-headless)")
     log_cfg = cfg.state_dir / "kafka" / "log4j2.properties"
@@ -151,16 +215,52 @@ def _java_cmd(cfg: KafkaConfig, main: str, *args: str) -> list[str]:
     ]
 
 
-def _format_storage(cfg: KafkaConfig, props: Path) -> None:
+def check_storage_matches(cfg: KafkaConfig) -> None:
+    """A plaintext stack's storage has no SCRAM users; refuse to mix the two modes."""
+    if not (cfg.data_dir / "meta.properties").exists():
+        return
+    formatted_secure = cfg.security_marker.exists()
+    if formatted_secure != cfg.secure:
+        held = "a --secure" if formatted_secure else "a plaintext"
+        raise StackError(
+            f"{cfg.state_dir} holds {held} stack; use another --state-dir "
+            "(ROUTER_STACK_DIR) or `router-stream stack down --wipe` first"
+        )
+
+
+def _format_storage(
+    cfg: KafkaConfig, props: Path, secrets: security.StackSecrets | None = None
+) -> None:
     if (cfg.data_dir / "meta.properties").exists():
         return
     cluster_id = str(uuid.uuid4().hex[:22])
-    result = subprocess.run(
-        _java_cmd(cfg, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
-        capture_output=True, text=True, check=False,
-    )
+    tool_args = ["format", "-t", cluster_id, "-c", str(props)]
+    if secrets is None:
+        cmd = _java_cmd(cfg, "kafka.tools.StorageTool", *tool_args)
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    else:
+        result = _run_with_argfile(
+            cfg, ["kafka.tools.StorageTool", *tool_args, *_scram_arguments(secrets)]
+        )
     if result.returncode != 0:
         raise StackError(f"kafka storage format failed: {result.stderr.strip()[-400:]}")
+    if secrets is not None:
+        cfg.security_marker.write_text("SASL_SSL\n")
+
+
+def _run_with_argfile(
+    cfg: KafkaConfig, main_and_args: list[str]
+) -> subprocess.CompletedProcess[str]:
+    """Run ``java … @file``: the launcher reads the main class and its arguments (passwords
+    included) from a 0600 file, so they never appear in the process table."""
+    argfile = cfg.state_dir / "kafka" / "format.args"
+    security.write_private(argfile, "\n".join(f'"{a}"' for a in main_and_args) + "\n")
+    jvm = _java_cmd(cfg, "MAIN")[:-1]  # java, JVM options and class path, without a main class
+    try:
+        return subprocess.run([*jvm, f"@{argfile}"], capture_output=True, text=True,
+                              check=False)
+    finally:
+        argfile.unlink(missing_ok=True)
 
 
 def is_running(cfg: KafkaConfig) -> int | None:
@@ -181,10 +281,14 @@ def start(cfg: KafkaConfig, timeout: float = 90.0) -> int:
     ensure_artifacts(cfg)
     kdir = cfg.state_dir / "kafka"
     kdir.mkdir(parents=True, exist_ok=True)
+    check_storage_matches(cfg)
     props = kdir / "server.properties"
-    props.write_text(_server_properties(cfg))
+    secrets = security.ensure_secrets(cfg.state_dir) if cfg.secure else None
+    tls = security.ensure_tls(cfg.state_dir, secrets) if secrets else None
+    # 0600: in secure mode the file holds the keystore and JAAS passwords.
+    security.write_private(props, _server_properties(cfg, secrets, tls))
     (kdir / "log4j2.properties").write_text(_LOG4J2_CONFIG.format(log=cfg.log_file))
-    _format_storage(cfg, props)
+    _format_storage(cfg, props, secrets)
     with open(kdir / "stdout.log", "ab") as out:
         proc = subprocess.Popen(
             _java_cmd(cfg, "kafka.Kafka", str(props)),
@@ -206,16 +310,34 @@ def wait_ready(cfg: KafkaConfig, timeout: float, pid: int | None = None) -> None
     while time.monotonic() < deadline:
         if pid is not None and not pid_alive(pid):
             raise StackError(f"Kafka exited during start; see {cfg.log_file} and stdout.log")
-        if port_open(cfg.host, cfg.port) and asyncio.run(_answers_metadata(cfg.bootstrap)):
+        if port_open(cfg.host, cfg.port) and asyncio.run(_answers_metadata(client_options(cfg))):
             return
         time.sleep(0.25)
     raise StackError(f"Kafka did not answer metadata within {timeout:.0f}s; see {cfg.log_file}")
 
 
-async def _answers_metadata(bootstrap: str) -> bool:
+def client_options(cfg: KafkaConfig) -> dict[str, object]:
+    """aiokafka options for this stack's broker (the stack's own CA and client user if secure)."""
+    opts: dict[str, object] = {"bootstrap_servers": cfg.bootstrap}
+    if cfg.secure:
+        from aiokafka.helpers import create_ssl_context
+
+        secrets = security.load_secrets(cfg.state_dir)
+        ca = security.tls_files(cfg.state_dir).ca_cert
+        opts |= {
+            "security_protocol": "SASL_SSL",
+            "ssl_context": create_ssl_context(cafile=str(ca)),
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_plain_username": security.CLIENT_USER,
+            "sasl_plain_password": secrets.kafka_password,
+        }
+    return opts
+
+
+async def _answers_metadata(options: dict[str, object]) -> bool:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    admin = AIOKafkaAdminClient(**options, request_timeout_ms=3000)
     try:
         await admin.start()
         cluster = await admin.describe_cluster()

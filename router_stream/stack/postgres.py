@@ -3,6 +3,11 @@
 ``initdb`` in the stack's state directory, ``pg_ctl start`` on a loopback port, create the
 database, wait until it accepts connections. PostgreSQL refuses to run as root, so when the stack
 runs as root the server runs as the ``postgres`` system user that Debian's package creates.
+
+Plain mode trusts every loopback connection. Secure mode (``stack up --secure``) sets the
+``router`` user's password at ``initdb`` (SCRAM-SHA-256), turns ``ssl`` on with the stack's
+server certificate, and writes a ``pg_hba.conf`` that accepts TCP only over TLS with a password
+and asks for the password on the Unix socket too: nothing is trusted.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from router_stream.stack import security
 from router_stream.stack.process import MissingTool, StackError, port_open, read_pid, stop_pid
 
 _INSTALL_HINT = "install PostgreSQL server binaries (apt-get install postgresql)"
@@ -28,6 +34,7 @@ class PostgresConfig:
     port: int = 15432
     user: str = "router"
     database: str = "router"
+    secure: bool = False
 
     @property
     def data_dir(self) -> Path:
@@ -43,7 +50,15 @@ class PostgresConfig:
 
     @property
     def url(self) -> str:
+        """The server's URL, never with a password (it is shown by ``stack status``)."""
         return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
+
+    def url_with_password(self, password: str) -> str:
+        return f"postgresql://{self.user}:{password}@{self.host}:{self.port}/{self.database}"
+
+    @property
+    def security_marker(self) -> Path:
+        return self.state_dir / "postgres" / "initdb-secure"
 
 
 def bin_dir() -> Path:
@@ -115,18 +130,15 @@ def _start_server(cfg: PostgresConfig, timeout: float) -> int:
     _chown_for_server(pg_root)
     prefix = _run_as()
     if not (cfg.data_dir / "PG_VERSION").exists():
-        # trust on loopback only: this is a development stack bound to 127.0.0.1.
-        result = subprocess.run(
-            [*prefix, str(bins / "initdb"), "-D", str(cfg.data_dir), "-U", cfg.user,
-             "--auth=trust", "--encoding=UTF8", "--no-instructions"],
-            capture_output=True, text=True, check=False,
-        )
-        if result.returncode != 0:
-            raise StackError(f"initdb failed: {result.stderr.strip()[-400:]}")
+        _initdb(cfg, bins, prefix)
+    check_data_matches(cfg)
     options = (
         f"-p {cfg.port} -c listen_addresses={cfg.host} -k {cfg.socket_dir} "
         "-c max_connections=200"
     )
+    if cfg.secure:
+        _install_tls(cfg)
+        options += " -c ssl=on -c password_encryption=scram-sha-256"
     result = subprocess.run(
         [*prefix, str(bins / "pg_ctl"), "-D", str(cfg.data_dir), "-o", options,
          "-l", str(cfg.log_file), "-w", "-t", str(int(timeout)), "start"],
@@ -138,6 +150,78 @@ def _start_server(cfg: PostgresConfig, timeout: float) -> int:
             f"PostgreSQL did not start: {result.stderr.strip()[-300:]}; see {cfg.log_file}"
         )
     return pid
+
+
+def _initdb(cfg: PostgresConfig, bins: Path, prefix: list[str]) -> None:
+    if not cfg.secure:
+        # trust on loopback only: this is a development stack bound to 127.0.0.1.
+        _run_initdb(cfg, bins, prefix, ["--auth=trust"])
+        return
+    # The password reaches initdb through a 0600 file the server's user owns, never argv.
+    pwfile = cfg.state_dir / "postgres" / "initdb.pw"
+    security.write_private(pwfile, security.ensure_secrets(cfg.state_dir).postgres_password)
+    _chown_for_server(pwfile)
+    try:
+        _run_initdb(cfg, bins, prefix, ["--auth=scram-sha-256", f"--pwfile={pwfile}"])
+    finally:
+        pwfile.unlink(missing_ok=True)
+    (cfg.data_dir / "pg_hba.conf").write_text(_SECURE_HBA)
+    _chown_for_server(cfg.data_dir / "pg_hba.conf")
+    cfg.security_marker.write_text("ssl+scram-sha-256\n")
+
+
+def _run_initdb(cfg: PostgresConfig, bins: Path, prefix: list[str], auth: list[str]) -> None:
+    result = subprocess.run(
+        [*prefix, str(bins / "initdb"), "-D", str(cfg.data_dir), "-U", cfg.user, *auth,
+         "--encoding=UTF8", "--no-instructions"],
+        capture_output=True, text=True, check=False,
+    )
+    if result.returncode != 0:
+        raise StackError(f"initdb failed: {result.stderr.strip()[-400:]}")
+
+
+# TCP only over TLS and with a password; the socket asks for the password as well.
+_SECURE_HBA = """# written by `router-stream stack up --secure`
+# TYPE    DATABASE  USER  ADDRESS       METHOD
+local     all       all                 scram-sha-256
+hostssl   all       all   127.0.0.1/32  scram-sha-256
+host      all       all   0.0.0.0/0     reject
+host      all       all   ::/0          reject
+"""
+
+
+def check_data_matches(cfg: PostgresConfig) -> None:
+    """A data directory keeps the authentication it was created with; refuse to mix modes."""
+    if not (cfg.data_dir / "PG_VERSION").exists():
+        return
+    if cfg.security_marker.exists() != cfg.secure:
+        held = "a --secure" if cfg.security_marker.exists() else "a plaintext"
+        raise StackError(
+            f"{cfg.state_dir} holds {held} PostgreSQL; use another --state-dir "
+            "(ROUTER_STACK_DIR) or `router-stream stack down --wipe` first"
+        )
+
+
+def _install_tls(cfg: PostgresConfig) -> None:
+    """Copy the stack's server certificate into the data directory, owned by the server's user
+    (PostgreSQL refuses a key that others can read)."""
+    tls = security.ensure_tls(cfg.state_dir, security.ensure_secrets(cfg.state_dir))
+    for source, name in ((tls.server_cert, "server.crt"), (tls.server_key, "server.key")):
+        target = cfg.data_dir / name
+        security.write_private(target, source.read_text())
+        _chown_for_server(target)
+
+
+def _psql_env(cfg: PostgresConfig) -> dict[str, str] | None:
+    """libpq's environment for the stack's own psql calls: password and CA, not argv."""
+    if not cfg.secure:
+        return None
+    return {
+        **os.environ,
+        "PGPASSWORD": security.load_secrets(cfg.state_dir).postgres_password,
+        "PGSSLMODE": "verify-full",
+        "PGSSLROOTCERT": str(security.tls_files(cfg.state_dir).ca_cert),
+    }
 
 
 def _psql_args(cfg: PostgresConfig, database: str) -> list[str]:
@@ -164,14 +248,14 @@ def _ensure_database(cfg: PostgresConfig) -> None:
     exists = subprocess.run(
         [*_psql_args(cfg, "postgres"), "-c",
          f"SELECT 1 FROM pg_database WHERE datname = '{cfg.database}'"],
-        capture_output=True, text=True, check=False,
+        capture_output=True, text=True, check=False, env=_psql_env(cfg),
     )
     if exists.returncode != 0:
         raise StackError(f"cannot query PostgreSQL: {exists.stderr.strip()}")
     if exists.stdout.strip() != "1":
         created = subprocess.run(
             [*_psql_args(cfg, "postgres"), "-c", f'CREATE DATABASE "{cfg.database}"'],
-            capture_output=True, text=True, check=False,
+            capture_output=True, text=True, check=False, env=_psql_env(cfg),
         )
         if created.returncode != 0:
             raise StackError(f"cannot create database {cfg.database}: {created.stderr.strip()}")
