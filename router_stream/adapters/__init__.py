@@ -5,7 +5,14 @@ Each translates its client library's errors into router_stream.errors at the sea
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+# aiokafka logs why a connection failed and then raises a vaguer error, which the adapters turn
+# into one line that says why (adapters/kafka_failures.py). Where no logging is configured (the
+# CLI), Python's last-resort handler would print aiokafka's line too; a NullHandler keeps it to
+# our one line. Where logging is configured (the worker), records still reach its handlers.
+logging.getLogger("aiokafka").addHandler(logging.NullHandler())
 
 
 def data_path(name: str) -> Path:

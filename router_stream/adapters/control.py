@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import BaseModel
 
+from router_stream.adapters.kafka_failures import ConnectFailures
 from router_stream.config import CONTROL, Settings
 from router_stream.errors import BrokerUnavailable
 
@@ -26,12 +27,14 @@ async def send_control(settings: Settings, command: BaseModel, timeout_s: float 
         **settings.kafka_client_options, enable_idempotence=True, acks="all",
         request_timeout_ms=int(timeout_s * 1000),
     )
+    failures = ConnectFailures()
     try:
-        await producer.start()
+        with failures:
+            await producer.start()
         await producer.send_and_wait(settings.topic(CONTROL), command.model_dump_json().encode())
     except KafkaError as exc:
         raise BrokerUnavailable(
-            f"cannot publish to {settings.topic(CONTROL)} at {settings.kafka_bootstrap}: {exc}"
+            f"cannot publish to {settings.topic(CONTROL)}: {failures.describe(settings, exc)}"
         ) from exc
     finally:
         await producer.stop()

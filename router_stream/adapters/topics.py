@@ -33,6 +33,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
 from router_stream.adapters import data_path
+from router_stream.adapters.kafka_failures import ConnectFailures
 from router_stream.config import ROUTED_PREFIX, Settings
 from router_stream.errors import BrokerUnavailable, OperationTimeout, RouterError, UserError
 
@@ -258,9 +259,11 @@ async def _admin(settings: Settings, timeout: float) -> AsyncIterator[AIOKafkaAd
     client = AIOKafkaAdminClient(
         **settings.kafka_client_options, request_timeout_ms=int(timeout * 1000)
     )
+    failures = ConnectFailures()
     try:
         try:
-            await asyncio.wait_for(client.start(), timeout)
+            with failures:
+                await asyncio.wait_for(client.start(), timeout)
             yield client
         finally:
             await client.close()
@@ -269,9 +272,7 @@ async def _admin(settings: Settings, timeout: float) -> AsyncIterator[AIOKafkaAd
             f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout:.0f}s"
         ) from exc
     except (KafkaError, OSError) as exc:
-        raise BrokerUnavailable(
-            f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc or type(exc).__name__}"
-        ) from exc
+        raise BrokerUnavailable(failures.describe(settings, exc)) from exc
 
 
 @dataclass(frozen=True)
