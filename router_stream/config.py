@@ -7,11 +7,14 @@ end up in logs, reprs or ``--help`` output by accident.
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from router_stream.errors import ConfigError
 
 # Logical topic names (SPEC §2). The configured prefix is prepended to every one of them.
 SIGNALS = "signals"
@@ -62,6 +65,44 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     state_dir: str = ".router-stream"
 
+    def __init__(self, **values: Any) -> None:
+        """As pydantic's, but a bad setting is a :class:`ConfigError` (CLI: one line, exit 1)
+        naming the variable and the rule — never the value, which may be a secret."""
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid settings: {_describe_errors(exc)}") from None
+
+    @field_validator(
+        "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "database_sslrootcert",
+        "kafka_sasl_username", mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `export ROUTER_KAFKA_SSL_CAFILE=` should mean "not set", not "the file named ''".
+        return None if value == "" else value
+
+    @field_validator(
+        "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "database_sslrootcert"
+    )
+    @classmethod
+    def _file_exists(cls, value: str | None) -> str | None:
+        # Checked here so a typo is one clear line at start-up, not an ssl traceback at connect.
+        if value is not None and not os.path.isfile(value):
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _sasl_has_credentials(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"kafka_security_protocol={self.kafka_security_protocol} needs "
+                "ROUTER_KAFKA_SASL_USERNAME and ROUTER_KAFKA_SASL_PASSWORD"
+            )
+        return self
+
     @field_validator("topic_prefix")
     @classmethod
     def _prefix_is_topic_safe(cls, value: str) -> str:
@@ -99,3 +140,13 @@ class Settings(BaseSettings):
                 self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
             )
         return opts
+
+
+def _describe_errors(exc: ValidationError) -> str:
+    """``ROUTER_X: reason; …`` from pydantic's errors, without their ``input_value``."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        reason = str(error["msg"]).removeprefix("Value error, ")
+        field = ".".join(str(part) for part in error["loc"])
+        parts.append(f"ROUTER_{field.upper()}: {reason}" if field else reason)
+    return "; ".join(parts)
