@@ -10,8 +10,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 import router_stream.cli.io  # noqa: F401  (registers `produce` and `tail`)
-from router_stream.adapters.kafka_io import read_records
+from router_stream.adapters.kafka_io import ConsumedRecord, read_records
 from router_stream.cli import cli
+from router_stream.cli.io import produce_lines, tail_topic
 from router_stream.config import Settings
 
 pytestmark = pytest.mark.integration
@@ -76,17 +77,17 @@ async def test_produce_from_stdin_and_tail_from_the_end(settings: Settings, topi
                            stdin=b'{"signal_id": "old", "destination": "d", "ok": true}\n')
     assert before.exit_code == 0 and f"produced 1 records to {topic}" in before.output
 
-    tail_task = asyncio.create_task(run_cli(settings, "tail", topic, "--max", "1",
-                                            "--timeout", "20"))
+    seen: list[ConsumedRecord] = []
+    tail_task = asyncio.create_task(
+        tail_topic(settings, topic, seen.append, max_records=1, idle_timeout_s=20))
     # tail seeks to the end when it starts: keep producing until it has seen one (bounded)
     for _ in range(40):
-        await run_cli(settings, "produce", topic, stdin=b'{"signal_id": "new"}\n')
+        await produce_lines(settings, topic, [b'{"signal_id": "new"}'])
         done, _ = await asyncio.wait([tail_task], timeout=0.5)
         if done:
             break
-    tailed = await asyncio.wait_for(tail_task, 30)
-    assert [json.loads(line)["value"]["signal_id"] for line in tailed.stdout.splitlines()] == [
-        "new"]
+    assert await asyncio.wait_for(tail_task, 30) == 1
+    assert [json.loads(r.value)["signal_id"] for r in seen] == ["new"]
 
 
 async def test_produce_and_tail_errors_are_one_line_with_exit_1(settings: Settings,
@@ -107,3 +108,118 @@ async def test_produce_and_tail_errors_are_one_line_with_exit_1(settings: Settin
 
     empty = await run_cli(settings, "tail", topic, "--timeout", "1")
     assert empty.exit_code == 0 and empty.stdout == ""
+
+
+# --- override set / list / clear (router.control + routing_overrides) -------------------------
+# (Here because this file is the CLI's Kafka+Postgres test module; move to test_override.py if
+# one is created.)
+
+import asyncpg  # noqa: E402
+
+import router_stream.cli.override  # noqa: E402, F401  (registers `override`)
+from router_stream.adapters import postgres as pg  # noqa: E402
+from router_stream.config import CONTROL  # noqa: E402
+from router_stream.core.compiled import load_compiled  # noqa: E402
+from router_stream.core.engine import RouterEngine  # noqa: E402
+from router_stream.core.models import CONTROL_ADAPTER, OverrideClear, OverrideSet  # noqa: E402
+
+EXAMPLE_POLICY = Path(__file__).resolve().parents[2] / "examples" / "policy.yaml"
+
+
+def _invoke_db(settings: Settings, *args: str) -> Result:
+    env = {"ROUTER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+           "ROUTER_DATABASE_URL": settings.database_url.get_secret_value(),
+           "ROUTER_TOPIC_PREFIX": settings.topic_prefix}
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+async def control_commands(settings: Settings) -> list[object]:
+    records = [r async for r in read_records(settings, settings.topic(CONTROL), until_end=True)]
+    return [CONTROL_ADAPTER.validate_json(r.value) for r in records]
+
+
+@pytest.fixture
+async def migrated(settings: Settings) -> asyncpg.Connection:
+    conn = await pg.connect(settings)
+    await pg.migrate(conn)
+    yield conn
+    await conn.close()
+
+
+async def test_override_set_list_clear_through_control_and_table(
+    settings: Settings, topic_factory, migrated
+):
+    await topic_factory(CONTROL)
+    before = asyncio.get_running_loop().time()
+    result = await asyncio.to_thread(
+        _invoke_db, settings, "override", "set", "--kind", "alert", "--tenant", "acme",
+        "--destination", "slack", "--ttl", "30m", "--reason", "pager down", "--json")
+    assert result.exit_code == 0, result.output
+    sent = OverrideSet.model_validate_json(result.stdout)
+
+    [command] = await control_commands(settings)
+    assert isinstance(command, OverrideSet) and command == sent
+    assert (command.kind, command.tenant, command.destinations) == ("alert", "acme", ["slack"])
+    assert command.expires_at - command.issued_at == pytest.approx(1800)
+    assert command.reason == "pager down" and command.command_id
+
+    # the worker's engine applies exactly what was sent: alert/acme is forced to slack
+    engine = RouterEngine(load_compiled(EXAMPLE_POLICY.read_text()))
+    assert engine.apply_control(command, now=command.issued_at).accepted
+    [applied] = engine.snapshot(command.issued_at).overrides
+    assert (applied["target"], applied["kind_selector"]) == ("slack", "alert")
+    engine.tick(command.expires_at + 1)
+    assert engine.snapshot(command.expires_at + 1).overrides == []  # expires on its own
+
+    row = await migrated.fetchrow("SELECT * FROM routing_overrides WHERE id = $1",
+                                  sent.override_id)
+    assert row["override_kind"] == "force_destination" and row["target"] == "slack"
+    assert row["selector"] == {"kind": "alert", "tenant": "acme"}
+    assert row["expires_at"].timestamp() == pytest.approx(sent.expires_at, abs=1e-3)
+    # an expired one, recorded earlier, is not listed by default
+    await migrated.execute(
+        "INSERT INTO routing_overrides (id, override_kind, target, expires_at)"
+        " VALUES ('old', 'force_destination', 'email', now() - interval '1 minute')")
+
+    listed = await asyncio.to_thread(_invoke_db, settings, "override", "list", "--json")
+    assert [o["id"] for o in json.loads(listed.stdout)] == [sent.override_id]
+    everything = json.loads((await asyncio.to_thread(
+        _invoke_db, settings, "override", "list", "--all", "--json")).stdout)
+    assert {o["id"]: o["state"] for o in everything} == {sent.override_id: "active",
+                                                          "old": "expired"}
+
+    cleared = await asyncio.to_thread(_invoke_db, settings, "override", "clear",
+                                      sent.override_id)
+    assert cleared.exit_code == 0 and "cleared" in cleared.output
+    commands = await control_commands(settings)
+    assert isinstance(commands[-1], OverrideClear)
+    assert commands[-1].override_id == sent.override_id
+    assert await migrated.fetchval("SELECT cleared_at IS NOT NULL FROM routing_overrides"
+                                   " WHERE id = $1", sent.override_id)
+    listed = await asyncio.to_thread(_invoke_db, settings, "override", "list", "--json")
+    assert json.loads(listed.stdout) == []
+    again = await asyncio.to_thread(_invoke_db, settings, "override", "clear", sent.override_id)
+    assert again.exit_code == 0 and "already cleared" in again.output
+    assert len(await control_commands(settings)) == 2  # nothing sent the second time
+    assert asyncio.get_running_loop().time() - before < 60
+
+
+async def test_override_user_errors_exit_1_and_send_nothing(
+    settings: Settings, topic_factory, migrated
+):
+    await topic_factory(CONTROL)
+    cases = [
+        (["--drain", "pagerduty"], "--drain is not supported yet"),
+        (["--exclude-source", "feed-a"], "--exclude-source is not supported yet"),
+        (["--kind", "alert"], "give exactly one of"),
+        (["--kind", "alert", "--destination", "a", "--drain", "b"], "give exactly one of"),
+        (["--kind", "alert", "--destination", "a", "--ttl", "soon"], "not a duration: 'soon'"),
+        (["--destination", "a"], "needs --reason"),
+    ]
+    for args, message in cases:
+        result = await asyncio.to_thread(_invoke_db, settings, "override", "set", *args)
+        assert result.exit_code == 1, (args, result.output)
+        assert message in result.output and result.output.count("\n") == 1, result.output
+    unknown = await asyncio.to_thread(_invoke_db, settings, "override", "clear", "nope")
+    assert unknown.exit_code == 1 and "no override with id 'nope'" in unknown.output
+    assert await control_commands(settings) == []
