@@ -413,6 +413,7 @@ class _Table:
     name: str
     columns: tuple[_Column, ...]
     conflict: str  # the natural key, e.g. "signal_id"
+    on_conflict: str = "DO NOTHING"
 
     @property
     def staging(self) -> str:
@@ -433,7 +434,7 @@ class _Table:
         # and so cannot deadlock each other.
         return (
             f"INSERT INTO {self.name} ({names}) SELECT {selected} FROM {self.staging}"
-            f" ORDER BY {self.conflict} ON CONFLICT ({self.conflict}) DO NOTHING"
+            f" ORDER BY {self.conflict} ON CONFLICT ({self.conflict}) {self.on_conflict}"
         )
 
 
@@ -572,7 +573,13 @@ _DLQ = _Table("dlq_entries", (
     _Column("original_timestamp", "timestamptz", _ts, required=False),
     _Column("first_failed_at", "timestamptz", _ts),
     _Column("last_failed_at", "timestamptz", _ts),
-), conflict="dlq_key")
+), conflict="dlq_key",
+   # A replayed entry that fails again comes back: more attempts than stored means a new failure
+   # (re-writing the same failure after a crash carries the same count and changes nothing).
+   on_conflict="DO UPDATE SET reason = EXCLUDED.reason, error = EXCLUDED.error,"
+               " attempts = EXCLUDED.attempts, status = 'pending',"
+               " last_failed_at = GREATEST(dlq_entries.last_failed_at, EXCLUDED.last_failed_at)"
+               " WHERE dlq_entries.attempts < EXCLUDED.attempts")
 DLQ_COLUMNS: tuple[str, ...] = _DLQ.column_names
 """Column order for tuple rows of :func:`insert_dlq_entries`.
 
@@ -618,8 +625,35 @@ def dlq_row(
     }
 
 
+async def pending_dlq_keys(conn: asyncpg.Connection, keys: Sequence[str]) -> set[str]:
+    """Which of ``keys`` (original topic/partition/offset) have a pending DLQ entry."""
+    if not keys:
+        return set()
+    rows = await conn.fetch(
+        "SELECT dlq_key FROM dlq_entries WHERE dlq_key = ANY($1::text[]) AND status = 'pending'",
+        list(keys),
+    )
+    return {r["dlq_key"] for r in rows}
+
+
+async def decided_inputs(conn: asyncpg.Connection, keys: Sequence[str]) -> set[str]:
+    """Which of ``keys`` (input topic/partition/offset) already have a decision row."""
+    if not keys:
+        return set()
+    rows = await conn.fetch(
+        f"SELECT {_INPUT_KEY} AS k FROM routing_decisions WHERE {_INPUT_KEY} = ANY($1::text[])",
+        list(keys),
+    )
+    return {r["k"] for r in rows}
+
+
+# Must match the expression index routing_decisions_input_key (migrations/002).
+_INPUT_KEY = "(input_topic || '/' || input_partition::text || '/' || input_offset::text)"
+
+
 async def insert_dlq_entries(conn: asyncpg.Connection, rows: Sequence[Any]) -> int:
-    """Write DLQ entries; a dlq_key already present is skipped. Returns rows inserted."""
+    """Write DLQ entries; a dlq_key already present is skipped unless the new entry has more
+    attempts (a replay that failed again). Returns rows inserted or updated."""
     return await _write(conn, _DLQ, [_with_dlq_key(r) for r in rows])
 
 

@@ -111,6 +111,12 @@ class _Origin:
     offset: int
     attempts: int
     first_failed_at: float | None
+    dlq_id: str | None = None  # set when an operator replayed the record from the DLQ
+
+    @property
+    def key(self) -> str:
+        """The DLQ idempotency key of the original record (``dlq_entries.dlq_key``)."""
+        return f"{self.topic}/{self.partition}/{self.offset}"
 
 
 def decision_id_for(signal_id: str) -> str:
@@ -438,6 +444,7 @@ class RouterEngine:
             method=consensus_extra["method"] if consensus_extra else None,  # type: ignore[arg-type]
             sources_used=consensus_extra["sources_used"] if consensus_extra else None,  # type: ignore[arg-type]
             outliers=consensus_extra["outliers"] if consensus_extra else None,  # type: ignore[arg-type]
+            extra={"replay_of": origin.dlq_id} if origin.dlq_id is not None else {},
         )
         result.decisions.append(decision)
         for dest in destinations:
@@ -472,7 +479,8 @@ class RouterEngine:
     def _dlq(self, result: BatchResult, record: InboundRecord, origin: _Origin,
              reason: DlqReason, error: str, signal_id: str | None, now: float) -> None:
         error = error.replace("\n", " ")[:_MAX_ERROR_LEN]
-        attempts = max(1, origin.attempts)
+        # A replayed record failing again is one more attempt; a retried one already counted it.
+        attempts = origin.attempts + 1 if origin.dlq_id is not None else max(1, origin.attempts)
         first = origin.first_failed_at if origin.first_failed_at is not None else now
         original_headers = _strip_router_headers(record.headers)
         entry = DlqEntry(
@@ -625,6 +633,7 @@ def _origin(record: InboundRecord) -> _Origin:
                     found[H_TOPIC].decode(), int(found[H_PARTITION]), int(found[H_OFFSET]),
                     int(found.get(H_ATTEMPTS, b"0")),
                     float(found[H_FIRST_FAILED]) if H_FIRST_FAILED in found else None,
+                    found[H_DLQ_ID].decode() if H_DLQ_ID in found else None,
                 )
             except (ValueError, UnicodeDecodeError):
                 pass  # bad headers: treat the record as fresh rather than fail it

@@ -139,15 +139,41 @@ async def persist_outputs(
     pool: asyncpg.Pool, result: BatchResult, now: float,
     extra_transitions: Sequence[BreakerTransition] = (),
 ) -> None:
-    """Commit step 2: one transaction, idempotent on signal_id / dlq_key / transition key."""
-    decisions = [decision_row(d) for d in result.decisions]
-    dlq = [dlq_row(q, now) for q in result.dlq]
+    """Commit step 2: one transaction, idempotent on signal_id / dlq_key / transition key, and
+    "first outcome wins" per input record (:func:`first_outcomes`)."""
     transitions = [transition_row(t) for t in (*result.breaker_transitions, *extra_transitions)]
-    if not (decisions or dlq or transitions):
+    if not (result.decisions or result.dlq or transitions):
         return
     # The adapter translates errors inside its statements; this also covers acquire/BEGIN/COMMIT.
     with pg._unavailable_as_router_error("writing a batch to Postgres"):
         async with pool.acquire() as conn, conn.transaction():
-            await pg.insert_decisions(conn, decisions)
-            await pg.insert_dlq_entries(conn, dlq)
+            kept_decisions, kept_dlq = await first_outcomes(conn, result)
+            await pg.insert_decisions(conn, [decision_row(d) for d in kept_decisions])
+            await pg.insert_dlq_entries(conn, [dlq_row(q, now) for q in kept_dlq])
             await pg.insert_breaker_transitions(conn, transitions)
+
+
+def _input_key(d: Decision) -> str:
+    return f"{d.input_topic}/{d.input_partition}/{d.input_offset}"
+
+
+async def first_outcomes(
+    conn: asyncpg.Connection, result: BatchResult
+) -> tuple[list[Decision], list[DlqRecord]]:
+    """Keep the ledger at exactly one outcome per input record across re-processing.
+
+    Re-deciding a record after a crash is not always deterministic: rate-limit buckets and the
+    dedupe window start empty in a new process, and breaker cooldowns depend on the clock. So a
+    record first DLQ'd as ``rate_limited`` may be routed on the second pass, or the reverse. The
+    first outcome written wins: a decision is dropped when its record already has a *pending*
+    DLQ entry (unless the record is an operator's replay of that entry), and a DLQ entry is
+    dropped when its record already has a decision. Kafka outputs stay at-least-once.
+    """
+    replays = {_input_key(d) for d in result.decisions if d.extra.get("replay_of")}
+    fresh_keys = [k for k in (_input_key(d) for d in result.decisions) if k not in replays]
+    pending = await pg.pending_dlq_keys(conn, fresh_keys)
+    decided = await pg.decided_inputs(conn, [q.dlq_key for q in result.dlq])
+    decisions = [d for d in result.decisions
+                 if _input_key(d) in replays or _input_key(d) not in pending]
+    dlq = [q for q in result.dlq if q.dlq_key not in decided]
+    return decisions, dlq

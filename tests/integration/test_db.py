@@ -44,8 +44,13 @@ async def migrated(conn: asyncpg.Connection) -> asyncpg.Connection:
 def migrations_copy(tmp_path: Path) -> Path:
     """A private copy of migrations/ that a test may edit."""
     target = tmp_path / "migrations"
-    shutil.copytree(pg.default_migrations_dir(), target)
+    target.mkdir()
+    # Only the first migration: the tests add their own 002_*.sql files next to it.
+    shutil.copy(pg.default_migrations_dir() / "001_init.sql", target)
     return target
+
+
+PROJECT_MIGRATIONS = sorted(p.name for p in pg.default_migrations_dir().glob("[0-9]*.sql"))
 
 
 def decision(signal_id: str, offset: int = 0, **changes: object) -> dict[str, object]:
@@ -97,7 +102,7 @@ async def test_migrate_creates_the_tables_and_a_second_run_is_a_no_op(conn: asyn
     first = await pg.migrate(conn)
     second = await pg.migrate(conn)
 
-    assert first == ["001_init.sql"]
+    assert first == PROJECT_MIGRATIONS
     assert second == []
     tables = {
         r["tablename"]
@@ -107,7 +112,7 @@ async def test_migrate_creates_the_tables_and_a_second_run_is_a_no_op(conn: asyn
         "routing_decisions", "dlq_entries", "breaker_transitions", "trust_snapshots",
         "policy_versions", "routing_overrides", "schema_migrations",
     } <= tables
-    assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
+    assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == len(PROJECT_MIGRATIONS)
 
 
 async def test_concurrent_migrators_apply_each_file_once(settings: Settings, migrations_copy: Path):
@@ -246,7 +251,8 @@ async def test_a_bad_row_is_rejected_with_its_index(migrated):
 
 async def test_dlq_insert_is_idempotent_on_original_coordinates(migrated):
     assert await pg.insert_dlq_entries(migrated, [dlq_dict(10), dlq_dict(11)]) == 2
-    again = dlq_dict(10, attempts=3, error="second failure of the same record")
+    # Writing the same failure again (a re-processed batch) changes nothing.
+    again = dlq_dict(10, error="the same failure written twice")
     assert await pg.insert_dlq_entries(migrated, [again]) == 0
 
     rows = await migrated.fetch("SELECT * FROM dlq_entries ORDER BY original_offset")
@@ -260,6 +266,17 @@ async def test_dlq_insert_is_idempotent_on_original_coordinates(migrated):
         ("trace", b"\x00\xffabc"), ("empty", None)
     ]
     assert first["original_timestamp"] == datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+async def test_a_replay_that_fails_again_reopens_its_entry_with_more_attempts(migrated):
+    assert await pg.insert_dlq_entries(migrated, [dlq_dict(10)]) == 1
+    await migrated.execute("UPDATE dlq_entries SET status = 'replayed', replayed_at = now()")
+    failed_again = dlq_dict(10, attempts=2, error="second failure of the same record")
+    assert await pg.insert_dlq_entries(migrated, [failed_again]) == 1
+    row = await migrated.fetchrow("SELECT * FROM dlq_entries")
+    assert (row["attempts"], row["status"], row["error"]) == (
+        2, "pending", "second failure of the same record")
+    assert row["original_value"] == b"\xff not json {"  # the original bytes are kept
 
 
 async def test_dlq_reason_outside_the_closed_set_is_refused(migrated):
@@ -323,7 +340,7 @@ def test_cli_db_migrate_then_status_json(settings: Settings):
     assert "applied 001_init.sql" in migrated.output
     assert json.loads(again.output) == {"applied": []}
     assert [(s["filename"], s["state"]) for s in json.loads(status.output)] == [
-        ("001_init.sql", "applied")
+        (name, "applied") for name in PROJECT_MIGRATIONS
     ]
     assert table.exit_code == 0
     assert "001_init.sql" in table.output and "applied" in table.output

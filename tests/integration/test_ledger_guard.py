@@ -1,0 +1,104 @@
+"""Exactly one outcome per input record in Postgres, even when re-processing decides otherwise.
+
+Rate-limit buckets and the dedupe window start empty in a restarted worker, so a record DLQ'd as
+``rate_limited`` before a crash can be routed when it is processed again (and the reverse). The
+worker's persist step keeps the first outcome (worker/sink.py ``first_outcomes``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+
+from router_stream.adapters import postgres as pg
+from router_stream.core.compiled import load_compiled
+from router_stream.core.engine import RouterEngine
+from router_stream.core.outputs import H_ATTEMPTS, H_DLQ_ID, H_OFFSET, H_PARTITION, H_TOPIC
+from router_stream.worker.sink import persist_outputs
+
+pytestmark = pytest.mark.integration
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "policy.yaml"
+NOW = 1_800_000_000.0
+
+
+class Rec:
+    def __init__(self, value: bytes, offset: int, headers=None) -> None:
+        self.value, self.offset, self.key = value, offset, b"k"
+        self.topic, self.partition, self.timestamp = "t.signals", 0, int(NOW * 1000)
+        self.headers = headers or []
+
+
+def _engine() -> RouterEngine:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["tenants"]["tiny-co"] = {"rate": 0}  # burst 1: the first signal passes, then none
+    return RouterEngine(load_compiled(yaml.safe_dump(data)))
+
+
+def _alert(i: int) -> bytes:
+    return orjson.dumps({"signal_id": f"s{i}", "sender_id": "mon", "tenant": "tiny-co",
+                         "payload": {"severity": "critical"}})
+
+
+async def _ledger(conn) -> tuple[dict[str, str], dict[str, tuple[str, int, str]]]:
+    decisions = {r["signal_id"]: f"{r['input_offset']}" for r in
+                 await conn.fetch("SELECT signal_id, input_offset FROM routing_decisions")}
+    dlq = {r["dlq_key"]: (r["reason"], r["attempts"], r["status"]) for r in
+           await conn.fetch("SELECT dlq_key, reason, attempts, status FROM dlq_entries")}
+    return decisions, dlq
+
+
+@pytest.fixture
+async def pool(settings):
+    await pg.migrate_database(settings)
+    p = await pg.create_pool(settings)
+    yield p
+    await p.close()
+
+
+async def test_first_outcome_wins_in_both_directions(pool):
+    first = _engine().decide_batch([Rec(_alert(1), 1), Rec(_alert(2), 2)], NOW)
+    assert [q.entry.reason.value for q in first.dlq] == ["rate_limited"]  # s2 over the limit
+    await persist_outputs(pool, first, NOW)
+
+    # After a "crash", a fresh engine decides s2 (fresh bucket) and rate-limits s1 instead.
+    again = _engine().decide_batch([Rec(_alert(2), 2), Rec(_alert(1), 1)], NOW)
+    assert {d.signal_id for d in again.decisions} == {"s2"}
+    assert [q.entry.signal_id for q in again.dlq] == ["s1"]
+    await persist_outputs(pool, again, NOW)
+
+    async with pool.acquire() as conn:
+        decisions, dlq = await _ledger(conn)
+    assert decisions == {"s1": "1"}
+    assert dlq == {"t.signals/0/2": ("rate_limited", 1, "pending")}
+
+
+async def test_replay_of_a_pending_entry_is_decided_and_a_failing_replay_counts_attempts(pool):
+    first = _engine().decide_batch([Rec(_alert(1), 1), Rec(_alert(2), 2)], NOW)
+    await persist_outputs(pool, first, NOW)
+    replay_headers = [(H_TOPIC, b"t.signals"), (H_PARTITION, b"0"), (H_OFFSET, b"2"),
+                      (H_ATTEMPTS, b"1"), (H_DLQ_ID, b"42")]
+
+    # Replayed while its tenant is still over the limit: back in the DLQ with attempts 2.
+    engine = _engine()
+    engine.decide_batch([Rec(_alert(9), 9)], NOW)  # use up tiny-co's single token
+    failed = engine.decide_batch([Rec(_alert(2), 0, replay_headers)], NOW)
+    assert [(q.entry.reason.value, q.entry.attempts) for q in failed.dlq] == [("rate_limited", 2)]
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE dlq_entries SET status = 'replayed', replayed_at = now()")
+    await persist_outputs(pool, failed, NOW)
+    async with pool.acquire() as conn:
+        _, dlq = await _ledger(conn)
+    assert dlq == {"t.signals/0/2": ("rate_limited", 2, "pending")}
+
+    # Replayed again with room in the bucket: decided, although the entry is still pending.
+    ok = _engine().decide_batch(
+        [Rec(_alert(2), 0, replay_headers[:-2] + [(H_ATTEMPTS, b"2"), (H_DLQ_ID, b"42")])], NOW)
+    assert [d.signal_id for d in ok.decisions] == ["s2"]
+    await persist_outputs(pool, ok, NOW)
+    async with pool.acquire() as conn:
+        decisions, _ = await _ledger(conn)
+    assert decisions == {"s1": "1", "s2": "2"}
