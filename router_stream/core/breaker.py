@@ -318,18 +318,26 @@ def _record_closed(
 
 def poll(breaker: Breaker, now: float, cfg: BreakerConfig) -> tuple[Breaker, Transitions]:
     """Time-driven moves: open → half_open once the cooldown has elapsed; half_open → open when a
-    probe has been outstanding for ``probe_timeout_s``."""
+    probe has been outstanding for ``probe_timeout_s``.
+
+    A move is stamped with the instant it became due, not with when it was noticed: every worker
+    polls at its own moments, and equal stamps let Postgres record one transition, not one per
+    worker (``breaker_transitions`` is unique on target, time and states).
+    """
     if breaker.state is BreakerState.OPEN:
         cooldown = breaker.cooldown_s if breaker.cooldown_s is not None else cfg.cooldown_s
-        if breaker.opened_at is None or now - breaker.opened_at >= cooldown:
+        if breaker.opened_at is None:
             return _half_open(breaker, now, "cooldown_elapsed")
+        due = breaker.opened_at + cooldown
+        if now >= due:
+            return _half_open(breaker, due, "cooldown_elapsed")
     elif (
         breaker.state is BreakerState.HALF_OPEN
         and breaker.probes_in_flight > 0
         and breaker.last_probe_at is not None
-        and now - breaker.last_probe_at >= cfg.probe_timeout_s
+        and now >= breaker.last_probe_at + cfg.probe_timeout_s
     ):
-        return _reopen(breaker, now, "probe_timeout", cfg)
+        return _reopen(breaker, breaker.last_probe_at + cfg.probe_timeout_s, "probe_timeout", cfg)
     return breaker, []
 
 

@@ -246,3 +246,15 @@ def test_route_splice_handles_whitespace_and_empty_objects(raw):
 
     out = orjson.loads(_with_route(raw, {"x": 1}))
     assert out["route"] == {"x": 1}
+
+
+def test_workers_polling_at_different_moments_record_the_same_transition():
+    """Time-driven moves carry the instant they became due, so two workers agree on them."""
+    a, b = RouterEngine(policy()), RouterEngine(policy())
+    for engine in (a, b):
+        for i in range(3):
+            engine.apply_health(HealthEvent(source_id="pager", ts=ms(NOW + i), ok=False), NOW + i)
+    moves_a = a.tick(NOW + 12.5)
+    moves_b = b.tick(NOW + 13.9)
+    assert moves_a == moves_b
+    assert [(m.to_state.value, m.at) for m in moves_a] == [("half_open", NOW + 2 + 10.0)]
