@@ -26,10 +26,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
+from router_stream.adapters.kafka_failures import ConnectFailures
 from router_stream.config import Settings
 from router_stream.errors import BrokerUnavailable, OperationTimeout, RouterError, UserError
 
 __all__ = ["ConsumedRecord", "OutRecord", "RateLimiter", "RecordWriter", "read_records"]
+
+_METADATA_TRIES = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +67,23 @@ def _broker_error(settings: Settings, what: str, exc: BaseException) -> RouterEr
     return RouterError(f"{what}: the broker refused it: {exc!r}")  # e.g. a record too large
 
 
-def _require_topics(existing: set[str], settings: Settings, topics: Sequence[str]) -> None:
-    """Fail fast with a user error for a topic that does not exist (auto-create is off)."""
-    missing = sorted(set(topics) - existing)
-    if missing:
-        raise UserError(
-            f"topic {', '.join(missing)} does not exist on {settings.kafka_bootstrap}"
-            " (run `router-stream topics apply`, or check ROUTER_TOPIC_PREFIX)"
-        )
+async def _cluster_with(client: Any, settings: Settings, topics: Sequence[str]) -> Any:
+    """Cluster metadata that lists ``topics``; a user error for a topic that does not exist.
+
+    A topic created a moment ago may not be in every broker's metadata yet, so a missing one
+    is looked up again for about a second before it is reported (auto-create is off).
+    """
+    for attempt in range(_METADATA_TRIES):
+        metadata = await client.fetch_all_metadata()
+        missing = sorted(set(topics) - set(metadata.topics()))
+        if not missing:
+            return metadata
+        if attempt + 1 < _METADATA_TRIES:
+            await asyncio.sleep(0.25)
+    raise UserError(
+        f"topic {', '.join(missing)} does not exist on {settings.kafka_bootstrap}"
+        " (run `router-stream topics apply`, or check ROUTER_TOPIC_PREFIX)"
+    )
 
 
 class RateLimiter:
@@ -108,11 +120,13 @@ class RecordWriter:
         self._checked: set[str] = set()
 
     async def __aenter__(self) -> RecordWriter:
+        failures = ConnectFailures()
         try:
-            await self._producer.start()
+            with failures:
+                await self._producer.start()
         except KafkaError as exc:
             await self._producer.stop()
-            raise _broker_error(self._settings, "cannot connect a producer", exc) from exc
+            raise BrokerUnavailable(failures.describe(self._settings, exc)) from exc
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -124,8 +138,7 @@ class RecordWriter:
         if not unknown:
             return
         try:
-            metadata = await self._producer.client.fetch_all_metadata()
-            _require_topics(set(metadata.topics()), self._settings, unknown)
+            await _cluster_with(self._producer.client, self._settings, unknown)
         except KafkaError as exc:
             raise _broker_error(self._settings, "cannot read cluster metadata", exc) from exc
         self._checked.update(unknown)
@@ -172,12 +185,16 @@ async def read_records(
         **settings.kafka_client_options, group_id=None, enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
     )
+    failures = ConnectFailures()
     try:
-        await consumer.start()
+        try:
+            with failures:
+                await consumer.start()
+        except KafkaError as exc:
+            raise BrokerUnavailable(failures.describe(settings, exc)) from exc
         # One metadata fetch answers both "does it exist" and "which partitions" (the public
         # consumer.topics() returns names only and leaves the client's metadata unchanged).
-        metadata = await consumer._client.fetch_all_metadata()
-        _require_topics(set(metadata.topics()), settings, [topic])
+        metadata = await _cluster_with(consumer._client, settings, [topic])
         partitions = [TopicPartition(topic, p)
                       for p in sorted(metadata.partitions_for_topic(topic) or ())]
         consumer.assign(partitions)

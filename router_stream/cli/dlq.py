@@ -367,7 +367,7 @@ def _print_replay(report: Any, as_json: bool) -> None:
         for row in report.selected:
             rec = replay_record(row)
             click.echo(f"would send entry {row.id} -> {rec.topic} key={rec.key!r} "
-                       f"({row.value_size or 0} bytes, attempt {row.attempts + 1})")
+                       f"({row.value_size or 0} bytes, {row.attempts} attempts so far)")
         click.echo(f"dry run: {len(report.selected)} entries would be replayed")
     else:
         click.echo(f"replayed {len(report.sent)} entries")

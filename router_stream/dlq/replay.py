@@ -7,16 +7,16 @@ when known, and the headers that let the worker's engine treat it as a re-fed re
 
 =============================  ==============================================================
 ``x-dlq-id``                   the entry's id in ``dlq_entries``
-``x-dlq-attempts``             the attempt this replay is: the entry's ``attempts`` + 1
+``x-dlq-attempts``             the entry's ``attempts`` (failures so far)
 ``x-dlq-original-topic`` /     where the signal was first read, so its decision keeps that
 ``-partition`` / ``-offset``   origin and a second failure lands on the same ``dlq_key``
 ``x-dlq-first-failed-at``      kept across trips
 ``x-signal-id``                when known
 =============================  ==============================================================
 
-Why ``attempts + 1``: the engine records a failure of a re-fed record with the attempt count
-it carries (``max(1, attempts)``), so a replay that failed again only shows up with a higher
-count — and so reaches ``--max-attempts`` — if the header already counts this replay.
+The engine counts the replay: a record carrying ``x-dlq-id`` that fails again is DLQ'd with
+``attempts + 1`` on the same ``dlq_key``, and the DLQ writer turns the entry back to ``pending``
+with that count, so an entry that keeps failing reaches ``--max-attempts`` and stops there.
 
 Order of the steps, and what each guarantees:
 
@@ -83,7 +83,7 @@ def replay_record(row: DlqRow) -> OutRecord:
         (k, v) for k, v in row.original_headers if k not in DLQ_HEADERS]
     headers += [
         (H_DLQ_ID, str(row.id).encode()),
-        (H_ATTEMPTS, str(row.attempts + 1).encode()),
+        (H_ATTEMPTS, str(row.attempts).encode()),
         (H_TOPIC, row.original_topic.encode()),
         (H_PARTITION, str(row.original_partition).encode()),
         (H_OFFSET, str(row.original_offset).encode()),

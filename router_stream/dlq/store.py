@@ -73,7 +73,7 @@ class DlqRow:
     original_value: bytes | None = field(default=None, repr=False)
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> DlqRow:
+    def from_record(cls, record: asyncpg.Record) -> DlqRow:
         values = dict(record)
         values["original_headers"] = pg.decode_headers(values.get("original_headers") or [])
         return cls(**values)

@@ -217,7 +217,7 @@ async def test_replay_sends_original_bytes_and_headers_then_marks_replayed(
         headers = dict(record.headers)
         assert record.headers[:2] == [("traceparent", b"00-abc-01"), ("x-empty", None)]
         assert headers["x-dlq-id"] == str(ids[n]).encode()
-        assert headers["x-dlq-attempts"] == str(row["attempts"] + 1).encode()
+        assert headers["x-dlq-attempts"] == str(row["attempts"]).encode()
         assert headers["x-dlq-original-topic"] == topic.encode()
         assert headers["x-dlq-original-partition"] == str(n % 3).encode()
         assert headers["x-signal-id"] == f"sig-{n}".encode()
@@ -292,7 +292,7 @@ async def test_max_attempts_guard_refuses_and_sends_nothing(settings: Settings, 
     assert len(out["sent"]) == 1 and out["refused"] == 1
     assert await status_of(db) == {1: "replayed", 2: "pending"}
     [record] = await read_all(settings, topic)
-    assert dict(record.headers)["x-dlq-attempts"] == b"6"
+    assert dict(record.headers)["x-dlq-attempts"] == b"5"
 
 
 async def test_dry_run_prints_what_would_be_sent_and_sends_nothing(
@@ -309,7 +309,7 @@ async def test_dry_run_prints_what_would_be_sent_and_sends_nothing(
     assert [r["id"] for r in out["records"]] == [ids[1], ids[2]]
     first = out["records"][0]
     assert first["topic"] == topic and first["value"]["json"]["signal_id"] == "sig-1"
-    assert ["x-dlq-attempts", "2"] in first["headers"]
+    assert ["x-dlq-attempts", "1"] in first["headers"]
 
     text = await run_cli(settings, "dlq", "replay", "--topic", topic, "--dry-run", "--limit", "1")
     assert f"would send entry {ids[1]} -> {topic}" in text.output
