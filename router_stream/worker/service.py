@@ -44,6 +44,13 @@ log = logging.getLogger("router_stream.worker")
 
 TRUST_SNAPSHOT_EVERY_S = 10.0
 SIDE_WRITE_EVERY_S = 1.0
+# The producer's own cap on one record. aiokafka's default (1 MiB) is below what a topic may be
+# configured to accept (max.message.bytes), and a signal the topic accepted must still be
+# routable or dead-lettered byte-exact: with the default, a 5 MB signal made every send of its
+# batch fail as non-retriable and the worker stopped on it at every restart (a stuck
+# partition). Above this size the brokers' per-topic limits decide; a refusal there is retried
+# and logged (the DLQ-unwritable case), never dropped.
+MAX_RECORD_BYTES = 64 * 1024 * 1024
 
 
 class StartupRefused(RouterError):
@@ -106,6 +113,7 @@ class RouterWorker:
         self._pg_ok = True
         self.producer = AIOKafkaProducer(
             enable_idempotence=True, acks="all", linger_ms=5, max_batch_size=512 * 1024,
+            max_request_size=MAX_RECORD_BYTES,
             request_timeout_ms=30_000, client_id="router-stream-worker",
             **s.kafka_client_options)
         await _kafka_call("starting the producer", self.producer.start())
