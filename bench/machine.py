@@ -1,0 +1,64 @@
+"""What the figures came from: CPU, cores, RAM, load, Kafka and library versions."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import platform
+import re
+from importlib import metadata
+from typing import Any
+
+import psutil
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def kafka_version(bootstrap: str) -> str:
+    """The broker's version from the jar names of the process listening on the bootstrap port
+    (works for the local stack and any broker on this host); "unknown" otherwise."""
+    port = int(bootstrap.split(",")[0].rsplit(":", 1)[1])
+    with contextlib.suppress(Exception):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+                proc = psutil.Process(conn.pid)
+                places = [os.path.join(proc.cwd(), "libs")]
+                places += [p.rstrip("*").rstrip("/") for p in " ".join(proc.cmdline()).split()
+                           if "libs" in p]
+                for place in places:
+                    for jar in glob.glob(os.path.join(place, "kafka_2.*-*.jar")):
+                        m = re.search(r"kafka_[\d.]+-([\d.]+)\.jar$", jar)
+                        if m:
+                            return m.group(1)
+    return "unknown"
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def describe(bootstrap: str) -> dict[str, Any]:
+    vm = psutil.virtual_memory()
+    return {
+        "cpu_model": cpu_model(),
+        "logical_cores": psutil.cpu_count(logical=True),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "ram_gb": round(vm.total / 2**30, 1),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "kafka": kafka_version(bootstrap),
+        "aiokafka": _version("aiokafka"),
+        "faust_streaming": _version("faust-streaming"),
+        "router_stream": _version("router-stream"),
+    }

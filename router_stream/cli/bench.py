@@ -1,0 +1,45 @@
+"""``router-stream bench``: parse options, delegate to the harness in ``bench/`` (a directory of
+the source checkout, not part of the installed package)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from router_stream.cli import cli
+
+
+def _bench_root() -> Path:
+    """The checkout that holds ``bench/``: the working directory, else the package's source."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (root / "bench" / "harness.py").exists():
+            return root
+    raise click.UsageError("bench/ not found: run `router-stream bench` from a source checkout")
+
+
+@cli.command("bench")
+@click.option("--quick", is_flag=True, help="Short windows, < 2 min (CI); figures are rough.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("bench/results"), show_default=True,
+              help="Where the JSON, plots and contender logs go.")
+@click.option("--docs", "docs", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Regenerate this page from the run (default: docs/benchmarks.md on a full "
+                   "run, nothing on --quick).")
+@click.option("--only", multiple=True,
+              type=click.Choice(["core", "floor", "raw", "faust", "router_pg", "router_nopg"]),
+              help="Run only these contenders (repeatable).")
+@click.option("--report", "report", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Do not run: rebuild table, plots and --docs from a saved JSON.")
+def bench_command(quick: bool, out_dir: Path, docs: Path | None, only: tuple[str, ...],
+                  report: Path | None) -> None:
+    """Measure router-stream against raw aiokafka, a naive faust agent and its own core.
+
+    Uses the broker and database of ROUTER_KAFKA_BOOTSTRAP / ROUTER_DATABASE_URL; creates and
+    deletes its own topics (bench-<run>.*) and database. See docs/benchmarks.md.
+    """
+    sys.path.insert(0, str(_bench_root()))
+    from bench.cli import main
+
+    sys.exit(main(quick=quick, out_dir=out_dir, docs=docs, only=only, report_file=report))
