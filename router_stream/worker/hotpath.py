@@ -329,6 +329,29 @@ class SignalLoop:
             return None
 
 
+    async def group_caught_up(self) -> bool:
+        """True when the GROUP's committed offsets reach the end of every input partition.
+
+        Our own lag is not enough for burst mode to exit: a member that died keeps its
+        partitions until its session times out, and if every burst-mode worker left while they
+        were still its, nobody would process them. Asked only when about to exit (a remote call
+        per partition)."""
+        consumer = self.consumer
+        if consumer is None:
+            return False
+        tps = [TopicPartition(t, p) for t in self.input_topics
+               for p in sorted(consumer.partitions_for_topic(t) or ())]
+        try:
+            starts = await consumer.beginning_offsets(tps)
+            ends = await consumer.end_offsets(tps)
+            for tp in tps:
+                if ends[tp] > starts[tp] and (await consumer.committed(tp) or 0) < ends[tp]:
+                    return False
+        except (KafkaError, IllegalStateError):
+            return False
+        return True
+
+
 def _not_before(headers: Sequence[tuple[str, bytes]] | None) -> float | None:
     for name, value in headers or ():
         if name == H_RETRY_NOT_BEFORE:

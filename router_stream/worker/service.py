@@ -173,6 +173,9 @@ class RouterWorker:
                 elif idle_since is None:
                     idle_since = time.monotonic()
                 elif time.monotonic() - idle_since >= exit_when_idle:
+                    if not await self.signals.group_caught_up():
+                        idle_since = None  # a dead member's partitions are not done yet
+                        continue
                     log.info("input idle, exiting", extra={"idle_s": exit_when_idle})
                     break
         finally:
