@@ -16,6 +16,7 @@ from router_stream.core.breaker import BreakerConfig
 from router_stream.core.models import Signal
 from router_stream.core.policy import Policy
 from router_stream.core.ratelimit import RateLimit
+from router_stream.core.rollout import RolloutSpec
 from router_stream.core.strategies import BanditConfig, ConsensusConfig
 from router_stream.core.trust import TrustParams, TrustWeights
 
@@ -57,10 +58,17 @@ class CompiledPolicy:
     breaker: BreakerConfig
     tenant_limits: Mapping[str, RateLimit]
     default_limit: RateLimit | None
+    rollout: RolloutSpec | None = None
 
 
-def compile_policy(policy: Policy) -> CompiledPolicy:
-    """Map a validated :class:`Policy` onto the hot path's types (once per policy version)."""
+def compile_policy(
+    policy: Policy, read_candidate: Callable[[str], str] | None = None
+) -> CompiledPolicy:
+    """Map a validated :class:`Policy` onto the hot path's types (once per policy version).
+
+    A ``rollout`` candidate given inline is compiled too; one given as ``candidate_file`` is read
+    through ``read_candidate`` (I/O stays with the caller) and validated like any policy.
+    """
     from router_stream.core.classify import compile_rules
     from router_stream.core.policy import policy_version
 
@@ -123,14 +131,37 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
         tenant_limits=limits,
         default_limit=RateLimit(rate=default.rate, burst=default.effective_burst)
         if default else None,
+        rollout=_rollout(policy, read_candidate),
     )
 
 
-def load_compiled(text: str, source: str = "<string>") -> CompiledPolicy:
+def _rollout(policy: Policy, read_candidate: Callable[[str], str] | None) -> RolloutSpec | None:
+    from router_stream.core.policy import load_policy
+
+    rollout = policy.rollout
+    if rollout is None:
+        return None
+    candidate = rollout.candidate
+    if candidate is None and rollout.candidate_file is not None:
+        if read_candidate is None:
+            raise ValueError("rollout.candidate_file needs a reader (the caller does the I/O)")
+        candidate = load_policy(read_candidate(rollout.candidate_file), rollout.candidate_file)
+    if candidate is None:
+        return None
+    rb = rollout.rollback
+    return RolloutSpec(
+        mode=rollout.mode, fraction=rollout.fraction, candidate=compile_policy(candidate),
+        max_dlq_rate_delta=rb.max_dlq_rate_delta, max_no_healthy_delta=rb.max_no_healthy_delta,
+        window_s=rb.window_s, min_signals=rb.min_signals,
+    )
+
+
+def load_compiled(text: str, source: str = "<string>",
+                  read_candidate: Callable[[str], str] | None = None) -> CompiledPolicy:
     """Validate a policy file's text and compile it; raises ``PolicyError`` when invalid."""
     from router_stream.core.policy import load_policy
 
-    return compile_policy(load_policy(text, source))
+    return compile_policy(load_policy(text, source), read_candidate)
 
 
 class _UnroutedFallback(dict[str, RouteSpec]):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import orjson
 
@@ -39,6 +39,7 @@ from router_stream.core.models import (
     OverrideClear,
     OverrideSet,
     PolicyPublish,
+    RolloutRollback,
     Signal,
 )
 from router_stream.core.outputs import (
@@ -67,6 +68,14 @@ from router_stream.core.overrides import (
 )
 from router_stream.core.parsing import Rejection, parse_signal
 from router_stream.core.ratelimit import TokenBucket, admit_limit
+from router_stream.core.rollout import (
+    Arm,
+    RolloutMonitor,
+    RolloutSpec,
+    ShadowOutcome,
+    in_share,
+)
+from router_stream.core.rollout import Outcome as ArmOutcome
 from router_stream.core.strategies import (
     BANDIT_STRATEGIES,
     SELECTION_STRATEGIES,
@@ -140,6 +149,10 @@ class RouterEngine:
         self._dedupe = DedupeWindow(dedupe_window_s)
         self._observations: dict[str, dict[str, Observation]] = {}
         self._last_good: dict[str, LastGood] = {}
+        # Shadow evaluations draw from their own stream so that shadowing never changes what
+        # the active policy decides.
+        self._shadow_rng = random.Random(seed + 1)
+        self._monitor = RolloutMonitor(policy.rollout) if policy.rollout else None
 
     # --- policy ------------------------------------------------------------------------------
 
@@ -156,8 +169,10 @@ class RouterEngine:
         return list(self._policy.destinations)
 
     def replace_policy(self, policy: CompiledPolicy) -> None:
-        """Switch to an already-validated policy; state (trust, breakers, bandits) carries over."""
+        """Switch to an already-validated policy; state (trust, breakers, bandits) carries over,
+        a rollout starts afresh."""
         self._policy = policy
+        self._monitor = RolloutMonitor(policy.rollout) if policy.rollout else None
 
     # --- state topics ------------------------------------------------------------------------
 
@@ -222,8 +237,12 @@ class RouterEngine:
             if compiled is None:
                 return ControlResult(False, f"policy {cmd.version} rejected: invalid")
             old = self._policy.version
-            self._policy = compiled
+            self.replace_policy(compiled)
             return ControlResult(True, f"policy {old} -> {compiled.version}", policy_changed=True)
+        if isinstance(cmd, RolloutRollback):
+            dropped = self.drop_rollout(cmd.candidate_version)
+            return ControlResult(dropped, f"rollout of {cmd.candidate_version} "
+                                 + ("rolled back" if dropped else "not running"))
         if isinstance(cmd, OverrideSet):
             created = cmd.issued_at if cmd.issued_at is not None else now
             for dest in cmd.destinations[:1]:
@@ -294,6 +313,7 @@ class RouterEngine:
         for record in records:
             self._decide_one(record, now, batch, result)
         result.breaker_transitions.extend(batch.transitions)
+        self._check_rollout(now, result)
         return result
 
     def _decide_one(self, record: InboundRecord, now: float, batch: _BatchView,
@@ -303,7 +323,14 @@ class RouterEngine:
         if isinstance(parsed, Rejection):
             self._dlq(result, record, origin, parsed.reason, parsed.error, parsed.signal_id, now)
             return
-        signal = parsed
+        rollout = self._policy.rollout
+        if rollout is None:
+            self._decide_signal(record, origin, parsed, now, batch, result)
+            return
+        self._decide_in_rollout(rollout, record, origin, parsed, now, batch, result)
+
+    def _decide_signal(self, record: InboundRecord, origin: _Origin, signal: Signal, now: float,
+                       batch: _BatchView, result: BatchResult) -> None:
         kind_and_priority = self._classify(signal)
         if kind_and_priority is None:
             self._dlq(result, record, origin, DlqReason.UNCLASSIFIED,
@@ -332,6 +359,103 @@ class RouterEngine:
             self._decide_consensus(record, origin, signal, route, priority, now, batch, result)
         else:
             self._decide_select(record, origin, signal, route, priority, now, batch, result)
+
+    # --- rollout -----------------------------------------------------------------------------
+
+    def _decide_in_rollout(self, rollout: RolloutSpec, record: InboundRecord, origin: _Origin,
+                           signal: Signal, now: float, batch: _BatchView,
+                           result: BatchResult) -> None:
+        """Canary: the candidate decides the keys in its share, for real. Shadow: the active
+        policy decides, and the candidate's choice for a sample is recorded beside it."""
+        marks = (len(result.decisions), len(result.dlq), len(result.retries))
+        if rollout.mode == "canary" and in_share(record.key, signal.signal_id, rollout.fraction):
+            baseline = self._policy
+            self._policy = rollout.candidate
+            try:
+                self._decide_signal(record, origin, signal, now, batch, result)
+            finally:
+                self._policy = baseline
+            self._observe("candidate", result, marks, now)
+            return
+        self._decide_signal(record, origin, signal, now, batch, result)
+        done = self._observe("baseline", result, marks, now)
+        if rollout.mode == "shadow" and in_share(None, signal.signal_id, rollout.fraction):
+            would = self._shadow_choice(rollout.candidate, signal, batch)
+            if self._monitor is not None:
+                self._monitor.observe("candidate", _outcome_of(would), now)
+            result.shadow.append(ShadowOutcome(signal.signal_id, rollout.candidate.version,
+                                               done, would, would == done))
+
+    def _observe(self, arm: Arm, result: BatchResult, marks: tuple[int, int, int],
+                 now: float) -> tuple[str, ...] | str:
+        """Count the outcome one record just got in its arm; returns it (destinations or
+        the DLQ reason) for shadow comparison."""
+        decisions, dlq, retries = marks
+        if len(result.decisions) > decisions:
+            done: tuple[str, ...] | str = tuple(result.decisions[-1].destinations)
+        elif len(result.retries) > retries:
+            done = DlqReason.NO_HEALTHY_DESTINATION.value
+        elif len(result.dlq) > dlq:
+            done = result.dlq[-1].entry.reason.value
+        else:
+            return "duplicate"
+        if self._monitor is not None:
+            self._monitor.observe(arm, _outcome_of(done), now)
+        return done
+
+    def _shadow_choice(self, candidate: CompiledPolicy, signal: Signal, batch: _BatchView
+                       ) -> tuple[str, ...] | str:
+        """What ``candidate`` would route ``signal`` to, without changing any state: no dedupe
+        entry, no rate-limit token, no probe slot, no load; its own random stream."""
+        baseline = self._policy
+        self._policy = candidate
+        try:
+            found = self._classify(signal)
+        finally:
+            self._policy = baseline
+        if found is None:
+            return DlqReason.UNCLASSIFIED.value
+        route = candidate.routes.get(found[0])
+        if route is None:
+            return DlqReason.NO_ROUTE.value
+        forced = batch.overrides.forced_destination(route.kind, signal.tenant)
+        if forced is not None:
+            return (forced,)
+        if route.strategy == "consensus":
+            usable = first_usable_tier(route.tiers, batch.unavailable)
+            return (usable[1][0],) if usable else DlqReason.NO_HEALTHY_DESTINATION.value
+        ctx = SelectionContext(
+            rng=self._shadow_rng, unavailable=batch.unavailable, trust=batch.trust_scores,
+            arms=self._arms, in_flight=_InFlight(self._load), capacity=candidate.capacity,
+            bandit=route.bandit, default_trust=candidate.trust_params.initial,
+        )
+        selection = SELECTION_STRATEGIES[route.strategy](route.tiers, ctx)
+        if selection is None:
+            return DlqReason.NO_HEALTHY_DESTINATION.value
+        return selection.destinations
+
+    def _check_rollout(self, now: float, result: BatchResult) -> None:
+        """Roll the candidate back when the monitor says it is worse than the baseline."""
+        if self._monitor is None or self._policy.rollout is None:
+            return
+        event = self._monitor.verdict(now, self._policy.version)
+        if event is not None:
+            self.drop_rollout()
+            result.rollout_events.append(event)
+
+    def drop_rollout(self, candidate_version: str | None = None) -> bool:
+        """Stop the rollout (all of it, or only if it runs ``candidate_version``)."""
+        rollout = self._policy.rollout
+        if rollout is None or (candidate_version is not None
+                               and rollout.candidate.version != candidate_version):
+            return False
+        self._policy = replace(self._policy, rollout=None)
+        self._monitor = None
+        return True
+
+    @property
+    def rollout(self) -> RolloutSpec | None:
+        return self._policy.rollout
 
     def _classify(self, signal: Signal) -> tuple[str, int | None] | None:
         if signal.kind is not None:
@@ -532,8 +656,9 @@ class _BatchView:
         self.unavailable = unavailable
         self.unavailable_sources = unavailable | set(self.overrides.excluded)
         self._trust_scores: dict[str, float] | None = None
-        self._contexts: dict[str, SelectionContext] = {}
-        self._route_state: dict[str, tuple[dict[str, float], dict[str, str]]] = {}
+        # Keyed by route identity: a rollout candidate may route the same kind differently.
+        self._contexts: dict[int, SelectionContext] = {}
+        self._route_state: dict[int, tuple[dict[str, float], dict[str, str]]] = {}
 
     @property
     def trust_scores(self) -> dict[str, float]:
@@ -552,12 +677,12 @@ class _BatchView:
         Computed once per route and batch and shared by the batch's decisions (read-only):
         building two dicts per decision was the engine's largest cost.
         """
-        cached = self._route_state.get(route.kind)
+        cached = self._route_state.get(id(route))
         if cached is None:
             dests = route.destinations
             cached = ({d: self.trust_of(d) for d in dests},
                       {d: self.breaker_state(d) for d in dests})
-            self._route_state[route.kind] = cached
+            self._route_state[id(route)] = cached
         return cached
 
     def trust_changed(self, target: str, state: tr.TrustState) -> None:
@@ -596,7 +721,7 @@ class _BatchView:
         return allowed
 
     def context(self, route: RouteSpec) -> SelectionContext:
-        ctx = self._contexts.get(route.kind)
+        ctx = self._contexts.get(id(route))
         if ctx is None:
             e = self._engine
             ctx = SelectionContext(
@@ -604,7 +729,7 @@ class _BatchView:
                 arms=e._arms, in_flight=_InFlight(e._load), capacity=e._policy.capacity,
                 bandit=route.bandit, default_trust=e._policy.trust_params.initial,
             )
-            self._contexts[route.kind] = ctx
+            self._contexts[id(route)] = ctx
         return ctx
 
 
@@ -662,3 +787,13 @@ def _float(extra: dict[str, object] | None, key: str) -> float | None:
         return None
     v = extra.get(key)
     return float(v) if isinstance(v, int | float) else None
+
+
+_NO_HEALTHY_REASONS = frozenset({DlqReason.NO_HEALTHY_DESTINATION.value,
+                                 DlqReason.RETRIES_EXHAUSTED.value})
+
+
+def _outcome_of(done: tuple[str, ...] | str) -> ArmOutcome:
+    if isinstance(done, tuple):
+        return "routed"
+    return "no_healthy" if done in _NO_HEALTHY_REASONS else "dlq"

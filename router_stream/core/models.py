@@ -48,6 +48,7 @@ __all__ = [
     "OverrideSet",
     "PolicyPublish",
     "PolicyReload",
+    "RolloutRollback",
     "Signal",
     "CONTROL_ADAPTER",
     "deterministic_signal_id",
@@ -340,8 +341,18 @@ class BreakerReset(_Command):
     target: NonEmptyId
 
 
+class RolloutRollback(_Command):
+    """Stop the rollout of ``candidate_version`` on every worker (sent by the worker whose
+    monitor saw the candidate do worse than the baseline, or by an operator)."""
+
+    type: Literal["rollout_rollback"] = "rollout_rollback"
+    candidate_version: NonEmptyId
+    reason: str = ""
+
+
 ControlCommand = Annotated[
-    PolicyPublish | PolicyReload | OverrideSet | OverrideClear | BreakerForce | BreakerReset,
+    PolicyPublish | PolicyReload | OverrideSet | OverrideClear | BreakerForce | BreakerReset
+    | RolloutRollback,
     Field(discriminator="type"),
 ]
 CONTROL_ADAPTER: TypeAdapter[ControlCommand] = TypeAdapter(ControlCommand)

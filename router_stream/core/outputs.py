@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from router_stream.core.breaker import BreakerTransition
 from router_stream.core.models import Decision, DlqEntry
+from router_stream.core.rollout import RolloutEvent, ShadowOutcome
 
 # Header names (SPEC §2). Values are UTF-8 text.
 H_REASON = "x-dlq-reason"
@@ -79,3 +80,5 @@ class BatchResult:
     retries: list[RetryRecord] = field(default_factory=list)
     breaker_transitions: list[BreakerTransition] = field(default_factory=list)
     dropped_duplicates: int = 0
+    shadow: list[ShadowOutcome] = field(default_factory=list)
+    rollout_events: list[RolloutEvent] = field(default_factory=list)
