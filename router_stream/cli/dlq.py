@@ -232,8 +232,8 @@ def _print_detail(d: dict[str, Any]) -> None:
         if d.get(name) not in (None, ""):
             click.echo(f"{name:<16}{d[name]}")
     click.echo(f"{'key':<16}{_bytes_line(d['key'])}")
-    click.echo("headers")
-    for name, value in d["headers"] or [["(none)", ""]]:
+    click.echo(f"{'headers':<16}{'' if d['headers'] else '(none)'}")
+    for name, value in d["headers"]:
         click.echo(f"  {name}: {value if value is not None else '(null)'}")
     click.echo(f"value ({d['value']['encoding']}, {d['value']['size']} bytes)"
                + ("" if d["masked"] else " — not masked: no policy given"))
