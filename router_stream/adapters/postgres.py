@@ -692,6 +692,24 @@ TRUST_SNAPSHOT_COLUMNS: tuple[str, ...] = _TRUST_SNAPSHOTS.column_names
 """Column order for :func:`insert_trust_snapshots`; components maps name -> [0, 1]."""
 
 
+_SHADOW = _Table("shadow_decisions", (
+    _Column("signal_id", "text"),
+    _Column("candidate_version", "text"),
+    _jsonb("baseline"),
+    _jsonb("candidate"),
+    _Column("agree", "bool"),
+    _Column("decided_at", "timestamptz", _ts),
+), conflict="signal_id, candidate_version")
+SHADOW_COLUMNS: tuple[str, ...] = _SHADOW.column_names
+"""Column order for :func:`insert_shadow_decisions`; baseline/candidate are a list of
+destinations or a DLQ reason."""
+
+
+async def insert_shadow_decisions(conn: asyncpg.Connection, rows: Sequence[Any]) -> int:
+    """Record shadow evaluations of a rollout candidate; idempotent per (signal, candidate)."""
+    return await _write(conn, _SHADOW, rows)
+
+
 async def insert_trust_snapshots(conn: asyncpg.Connection, rows: Sequence[Any]) -> int:
     """Record trust scores; the same (source_id, at) twice is one row."""
     return await _write(conn, _TRUST_SNAPSHOTS, rows)
@@ -746,6 +764,28 @@ async def _record_policy_version(
                                          THEN policy_versions.status_changed_at ELSE now() END
             """,
             version, policy, policy_json, status, status_reason, published_at, published_by,
+        )
+
+
+async def mark_policy_status(
+    conn: asyncpg.Connection, version: str, status: str, reason: str | None = None
+) -> None:
+    """Set the status of a recorded version (e.g. a rollout candidate ``rolled_back``); a
+    candidate that was never recorded on its own gets a row that points at its parent."""
+    if status not in _POLICY_STATUSES or status == "active":
+        raise ValueError(f"status must be one of {', '.join(_POLICY_STATUSES)} except active")
+    with _unavailable_as_router_error("updating a policy version"):
+        await conn.execute(
+            """
+            INSERT INTO policy_versions (version, policy, status, status_reason, published_at)
+            VALUES ($1, '# rollout candidate: see the rollout section of the active policy',
+                    $2, $3, now())
+            ON CONFLICT (version) DO UPDATE SET
+                status = EXCLUDED.status, status_reason = EXCLUDED.status_reason,
+                status_changed_at = now()
+            WHERE policy_versions.status <> 'active'
+            """,
+            version, status, reason,
         )
 
 

@@ -108,11 +108,29 @@ def publish(file: Path) -> None:
     policy can never replace a good one.
     """
     text, parsed = read_policy(file)
+    text, parsed = _inline_candidate(file, text, parsed)
     version = policy_version(parsed)
     command = PolicyPublish(policy_yaml=text, version=version, source=str(file),
                             issued_by=getpass.getuser())
     asyncio.run(_publish(Settings(), command, text, parsed))
     click.echo(f"published {version} from {file}")
+
+
+def _inline_candidate(file: Path, text: str, parsed: Policy) -> tuple[str, Policy]:
+    """Workers cannot read the operator's files: a rollout ``candidate_file`` is inlined into
+    the published text (and validated again)."""
+    rollout = parsed.rollout
+    if rollout is None or rollout.candidate_file is None:
+        return text, parsed
+    import yaml
+
+    candidate_path = file.parent / rollout.candidate_file
+    _, candidate = read_policy(candidate_path)
+    data = yaml.safe_load(text)
+    data["rollout"].pop("candidate_file")
+    data["rollout"]["candidate"] = yaml.safe_load(candidate_path.read_text())
+    inlined = yaml.safe_dump(data, sort_keys=False)
+    return inlined, load_policy(inlined, f"{file} (candidate inlined)")
 
 
 async def _publish(settings: Settings, command: PolicyPublish, text: str, parsed: Policy) -> None:

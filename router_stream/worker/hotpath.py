@@ -44,6 +44,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from router_stream.adapters import postgres as pg
 from router_stream.config import SIGNALS, Settings
 from router_stream.core.breaker import BreakerTransition
 from router_stream.core.outputs import H_RETRY_NOT_BEFORE, BatchResult
@@ -172,12 +173,34 @@ class SignalLoop:
             await self._hook("persisted", result)
             await self._commit(records)
             await self._hook("committed", result)
+            if result.rollout_events:
+                await self._announce_rollbacks(result)
         finally:
             if self._paused_for_retry and self.consumer is not None:
                 self.consumer.resume(
                     *(tp for tp in self._paused_for_retry if tp not in self.retry_paused))
         self.processed += len(records)
         self._observe(records, result, time.monotonic() - fetch_time)
+
+    async def _announce_rollbacks(self, result: BatchResult) -> None:
+        """Tell every worker (through router.control) and the policy_versions table that a
+        candidate was rolled back. Best effort after the commit: a worker that misses the
+        command rolls the candidate back on its own when its monitor sees the same rates."""
+        from router_stream.config import CONTROL
+        from router_stream.core.models import RolloutRollback
+
+        for event in result.rollout_events:
+            cmd = RolloutRollback(candidate_version=event.candidate_version, reason=event.reason,
+                                  issued_at=event.at, issued_by="router-stream worker")
+            try:
+                await self._producer.send_and_wait(self._settings.topic(CONTROL),
+                                                   cmd.model_dump_json().encode())
+                async with self._pool.acquire() as conn:
+                    await pg.mark_policy_status(conn, event.candidate_version, "rolled_back",
+                                                event.reason)
+            except Exception as exc:  # noqa: BLE001 - the rollback itself already happened
+                log.error("could not announce the rollback", extra={
+                    "candidate": event.candidate_version, "error": repr(exc)})
 
     async def _produce(self, result: BatchResult) -> None:
         try:
@@ -285,6 +308,14 @@ class SignalLoop:
             m.dlq.labels(q.entry.reason.value).inc()
         if result.retries:
             m.retry_attempts.inc(len(result.retries))
+        for o in result.shadow:
+            m.rollout_shadow.labels(o.candidate_version, "yes" if o.agree else "no").inc()
+        for event in result.rollout_events:
+            m.rollout_rollbacks.labels(event.candidate_version).inc()
+            log.warning("rollout candidate rolled back", extra={
+                "candidate": event.candidate_version, "baseline": event.baseline_version,
+                "reason": event.reason, "baseline_rates": event.baseline_rates,
+                "candidate_rates": event.candidate_rates})
         self._log_batch(records, result, elapsed)
 
     def _log_batch(self, records: list[Any], result: BatchResult, elapsed: float) -> None:

@@ -56,6 +56,12 @@ class WorkerMetrics:
         self.breaker_transitions = Counter(
             "router_breaker_transitions", "Breaker transitions seen", ["destination", "to_state"],
             registry=r)
+        self.rollout_shadow = Counter(
+            "router_rollout_shadow", "Shadow evaluations of a rollout candidate",
+            ["candidate", "agree"], registry=r)
+        self.rollout_rollbacks = Counter(
+            "router_rollout_rollbacks", "Rollout candidates rolled back automatically",
+            ["candidate"], registry=r)
 
     def set_state(self, trust: dict[str, float], breakers: dict[str, str]) -> None:
         for source, score in trust.items():

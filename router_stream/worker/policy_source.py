@@ -15,11 +15,23 @@ from router_stream.errors import ConfigError, PolicyError
 
 
 def compile_policy_text(text: str, source: str = "<policy>") -> Any:
-    """Validate and compile a policy; raises PolicyError when it is not a valid policy."""
+    """Validate and compile a policy; raises PolicyError when it is not a valid policy.
+
+    A rollout ``candidate_file`` is read relative to the policy file's directory (``source``).
+    """
     from router_stream.core.compiled import load_compiled
 
+    base = Path(source).parent if not source.startswith("<") else Path.cwd()
+
+    def read_candidate(name: str) -> str:
+        try:
+            return (base / name).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PolicyError([("rollout.candidate_file", f"cannot read {name}: {exc.strerror}")],
+                              source) from exc
+
     try:
-        return load_compiled(text, source)
+        return load_compiled(text, source, read_candidate)
     except PolicyError:
         raise
     except Exception as exc:  # a validator bug must not take the worker down with it

@@ -26,6 +26,7 @@ from router_stream.config import DECISIONS, DLQ, Settings
 from router_stream.core.breaker import BreakerTransition
 from router_stream.core.models import Decision
 from router_stream.core.outputs import BatchResult, DlqRecord
+from router_stream.core.rollout import ShadowOutcome
 from router_stream.errors import BrokerUnavailable, RouterError
 
 RETRY = "router.retry"
@@ -142,7 +143,7 @@ async def persist_outputs(
     """Commit step 2: one transaction, idempotent on signal_id / dlq_key / transition key, and
     "first outcome wins" per input record (:func:`first_outcomes`)."""
     transitions = [transition_row(t) for t in (*result.breaker_transitions, *extra_transitions)]
-    if not (result.decisions or result.dlq or transitions):
+    if not (result.decisions or result.dlq or transitions or result.shadow):
         return
     # The adapter translates errors inside its statements; this also covers acquire/BEGIN/COMMIT.
     with pg._unavailable_as_router_error("writing a batch to Postgres"):
@@ -151,6 +152,17 @@ async def persist_outputs(
             await pg.insert_decisions(conn, [decision_row(d) for d in kept_decisions])
             await pg.insert_dlq_entries(conn, [dlq_row(q, now) for q in kept_dlq])
             await pg.insert_breaker_transitions(conn, transitions)
+            await pg.insert_shadow_decisions(conn, [shadow_row(o, now) for o in result.shadow])
+
+
+def shadow_row(o: ShadowOutcome, now: float) -> tuple[Any, ...]:
+    """A shadow evaluation in SHADOW_COLUMNS order."""
+    return (o.signal_id, o.candidate_version, _choice(o.baseline), _choice(o.candidate),
+            o.agree, now)
+
+
+def _choice(choice: tuple[str, ...] | str) -> list[str] | str:
+    return list(choice) if isinstance(choice, tuple) else choice
 
 
 def _input_key(d: Decision) -> str:
