@@ -63,8 +63,8 @@ class Profile:
     stop_timeout_s: float
 
 
-QUICK = Profile("quick", budget_s=110, warmup_timeout_s=30, latency_window_s=2.0,
-                step_window_s=2.5, confirm_window_s=0, search_steps=3, burst=8_000,
+QUICK = Profile("quick", budget_s=110, warmup_timeout_s=25, latency_window_s=1.5,
+                step_window_s=2.0, confirm_window_s=0, search_steps=2, burst=6_000,
                 core_signals=20_000, drain_timeout_s=3, stop_timeout_s=8)
 FULL = Profile("full", budget_s=570, warmup_timeout_s=60, latency_window_s=8.0,
                step_window_s=6.0, confirm_window_s=30.0, search_steps=5, burst=60_000,
@@ -482,13 +482,17 @@ async def run_bench(profile: Profile, bootstrap: str, database_url: str, out_dir
                                                  "status": "blocked", "reason": reason})
                 else:
                     runnable.append(c)
-            weights = [0.25 if c.key == "floor" else 1.0 for c in runnable]
+            # the floor only needs one latency window; the worker needs ~10 s to start
+            weights = [{"floor": 0.4, "router_pg": 1.4, "router_nopg": 1.4}.get(c.key, 1.0)
+                       for c in runnable]
             for i, c in enumerate(runnable):
                 share = (deadline - time.monotonic()) * weights[i] / sum(weights[i:])
                 console.print(f"[bold]{c.label}[/] ({c.key}), up to {share:.0f}s")
+                # stopping the contender and deleting its topics come after its deadline
+                reserve = min(profile.stop_timeout_s, 0.2 * share)
                 result["contenders"].append(await run_io_contender(
-                    c, profile, database_url, time.monotonic() + share - 12, console, status,
-                    log_dir))
+                    c, profile, database_url, time.monotonic() + share - reserve, console,
+                    status, log_dir))
         finally:
             from bench.contenders import delete_topics_with_prefix
 

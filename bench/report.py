@@ -252,8 +252,8 @@ def _x(v: float | None) -> str:
 
 def _banner(result: dict[str, Any]) -> str:
     if result["mode"] == "quick":
-        return ("> **These are `--quick` figures** (2.5 s search steps, 2 s latency windows, no "
-                "30 s confirmation), taken on a 2-core machine shared with other builds and "
+        return ("> **These are `--quick` figures** (2 s search steps, 1.5 s latency windows, "
+                "no 30 s confirmation), taken on a 2-core machine shared with other builds and "
                 "test runs. They show that the harness works and the order of magnitude, not "
                 "the product's performance. The full run (`router-stream bench`, < 10 min, 30 s "
                 "confirmation window) is still to be done on a quiet machine; this page is "
