@@ -122,7 +122,7 @@ class RouterWorker:
             reload_policy=lambda: read_policy_file(self.settings))
         await self.follower.start()
         self._spawn(self.follower.run(), "state")
-        await self.follower.caught_up.wait()  # decide only with the replayed state
+        await self._until_caught_up()  # decide only with the replayed state
         self.signals = SignalLoop(
             s, self.engine, self.producer, self.pool, self.metrics, backoff=self._backoff,
             give_up=self._past_drain_deadline, take_transitions=self._take_transitions,
@@ -133,6 +133,23 @@ class RouterWorker:
         log.info("worker started", extra={"group_id": s.group_id,
                                            "policy_version": self.engine.policy_version,
                                            "inputs": self.signals.input_topics})
+
+    async def _until_caught_up(self) -> None:
+        """Wait for the state replay, but not past a stop request or a crashed replay (which
+        would otherwise leave start-up waiting forever, deaf to SIGTERM)."""
+        assert self.follower is not None
+        caught_up = asyncio.create_task(self.follower.caught_up.wait())
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait({caught_up, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            caught_up.cancel()
+            stopping.cancel()
+        if not self.follower.caught_up.is_set():
+            await self.stop()
+            if self._crashed is not None:
+                raise self._crashed
+            raise StartupRefused("stopped before the state topics were replayed")
 
     async def _verify_topics(self) -> None:
         from router_stream.adapters.topics import TopicMismatch, verify_topics

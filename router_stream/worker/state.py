@@ -178,7 +178,7 @@ class StateFollower:
         result = self._engine.apply_control(cmd, now, compiled)
         self._emit(list(result.transitions))
         log.info("control applied" if result.accepted else "control refused", extra={
-            "command": cmd.type, "command_id": cmd.command_id, "message": result.message,
+            "command": cmd.type, "command_id": cmd.command_id, "detail": result.message,
             "replay": not live})
         if isinstance(cmd, PolicyPublish):
             self._on_policy(PolicyEvent(

@@ -127,3 +127,51 @@ async def test_parked_signals_are_routed_once_a_destination_recovers(settings, t
     assert {(r["input_partition"], r["input_offset"]) for r in rows} == set(origins)
     assert {r["input_topic"] for r in rows} == {s.topic(SIGNALS)}
     assert await fetch(s, "SELECT * FROM dlq_entries") == []
+
+
+async def test_policy_publish_in_history_is_replayed_with_info_logging(settings, tmp_path):
+    """Logging at INFO must not break the control path (a reserved LogRecord key once did)."""
+    import logging
+
+    from router_stream.config import CONTROL
+    from router_stream.worker.logs import configure_json_logging
+    from router_stream.worker.policy_source import compile_policy_text
+
+    from .test_worker import POLICY_V2
+
+    s = await prepare(settings, tmp_path)
+    publish = {"type": "policy_publish", "version": "v2", "policy_yaml": POLICY_V2,
+               "issued_by": "test"}
+    await produce(s, CONTROL, [(None, orjson.dumps(publish))])
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    configure_json_logging("INFO")
+    try:
+        w = worker(s, http=False)
+        await asyncio.wait_for(w.start(), 30)
+        try:
+            assert w.engine.policy_version == compile_policy_text(POLICY_V2).version
+        finally:
+            await w.stop()
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+async def test_a_crashing_state_replay_fails_start_up_instead_of_hanging(settings, tmp_path,
+                                                                         monkeypatch):
+    from router_stream.config import CONTROL
+
+    s = await prepare(settings, tmp_path)
+    await produce(s, CONTROL, [(None, orjson.dumps({"type": "breaker_reset", "target": "pager"}))])
+    w = worker(s, http=False)
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("injected fault in the state replay")
+
+    from router_stream.worker.policy_source import build_engine, read_policy_file
+
+    w.engine = build_engine(s, read_policy_file(s)[1])
+    monkeypatch.setattr(w.engine, "apply_control", explode)
+    with pytest.raises(RuntimeError, match="injected fault"):
+        await asyncio.wait_for(w.start(), 30)
