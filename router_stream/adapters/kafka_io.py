@@ -32,7 +32,7 @@ from router_stream.errors import BrokerUnavailable, OperationTimeout, RouterErro
 
 __all__ = ["ConsumedRecord", "OutRecord", "RateLimiter", "RecordWriter", "read_records"]
 
-_METADATA_TRIES = 5
+_METADATA_WAIT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,16 +70,19 @@ def _broker_error(settings: Settings, what: str, exc: BaseException) -> RouterEr
 async def _cluster_with(client: Any, settings: Settings, topics: Sequence[str]) -> Any:
     """Cluster metadata that lists ``topics``; a user error for a topic that does not exist.
 
-    A topic created a moment ago may not be in every broker's metadata yet, so a missing one
-    is looked up again for about a second before it is reported (auto-create is off).
+    A topic created a moment ago may not be in the broker's metadata yet (seconds on a loaded
+    machine), so a missing one is looked up again for ``_METADATA_WAIT_S`` before it is
+    reported (auto-create is off).
     """
-    for attempt in range(_METADATA_TRIES):
+    deadline = time.monotonic() + _METADATA_WAIT_S
+    while True:
         metadata = await client.fetch_all_metadata()
         missing = sorted(set(topics) - set(metadata.topics()))
         if not missing:
             return metadata
-        if attempt + 1 < _METADATA_TRIES:
-            await asyncio.sleep(0.25)
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.25)
     raise UserError(
         f"topic {', '.join(missing)} does not exist on {settings.kafka_bootstrap}"
         " (run `router-stream topics apply`, or check ROUTER_TOPIC_PREFIX)"
