@@ -55,6 +55,38 @@ def _from_testcontainers(stack: list[object]) -> Servers:
     return Servers(kafka_c.get_bootstrap_server(), pg_c.get_connection_url(), "testcontainers")
 
 
+class _Discard:
+    """A stream that drops what it is given: the formatter runs, nothing is printed."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _format_every_log_line() -> Iterator[None]:
+    """Create and format every router_stream log record at DEBUG during the tests.
+
+    A log call with a reserved ``extra`` key (``message``) raises only when its level is
+    enabled; tests running at the default WARNING hid such a crash in the worker once.
+    """
+    import logging
+
+    from router_stream.worker.logs import JsonFormatter
+
+    logger = logging.getLogger("router_stream")
+    handler = logging.StreamHandler(_Discard())  # type: ignore[arg-type]
+    handler.setFormatter(JsonFormatter())
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield
+    logger.removeHandler(handler)
+    logger.setLevel(previous)
+
+
 @pytest.fixture(scope="session")
 def servers() -> Iterator[Servers]:
     env_kafka = os.environ.get("ROUTER_KAFKA_BOOTSTRAP")
