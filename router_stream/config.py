@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     policy_file: str | None = None
     batch_max: int = Field(500, ge=1, le=100_000)
     batch_timeout_ms: int = Field(20, ge=0, le=10_000)
+    persist: bool = Field(
+        True,
+        description="write decisions, DLQ entries and breaker transitions to Postgres (commit "
+        "step 2); false: Kafka only, no Postgres pool, `router-stream dlq reindex` rebuilds the "
+        "DLQ table from router.dlq when needed",
+    )
     dedupe_window_s: float = Field(3600.0, ge=0)
     http_host: str = "127.0.0.1"
     http_port: int = Field(6066, ge=0, le=65535)

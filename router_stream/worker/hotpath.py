@@ -90,15 +90,17 @@ class SignalLoop:
         settings: Settings,
         engine: Any,
         producer: AIOKafkaProducer,
-        pool: asyncpg.Pool,
+        pool: asyncpg.Pool | None,
         metrics: WorkerMetrics,
         *,
         backoff: Backoff,
         give_up: Callable[[], bool],
         take_transitions: Callable[[], list[BreakerTransition]],
         on_step: StepHook | None = None,
+        renew_producer: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
     ) -> None:
         self._settings = settings
+        self._renew_producer = renew_producer
         self._engine = engine
         self._producer = producer
         self._pool = pool
@@ -167,10 +169,12 @@ class SignalLoop:
                                   give_up=self._give_up, on_retry=self._count_retry)
             await self._hook("produced", result)
             extra = self._take_transitions()
-            await retry_transient(
-                "persist", lambda: persist_outputs(self._pool, result, now, extra),
-                backoff=self._backoff, give_up=self._give_up, on_retry=self._count_retry)
-            await self._hook("persisted", result)
+            pool = self._pool
+            if pool is not None:  # None: persistence off (ROUTER_PERSIST=false), Kafka only
+                await retry_transient(
+                    "persist", lambda: persist_outputs(pool, result, now, extra),
+                    backoff=self._backoff, give_up=self._give_up, on_retry=self._count_retry)
+                await self._hook("persisted", result)
             await self._commit(records)
             await self._hook("committed", result)
             if result.rollout_events:
@@ -195,9 +199,10 @@ class SignalLoop:
             try:
                 await self._producer.send_and_wait(self._settings.topic(CONTROL),
                                                    cmd.model_dump_json().encode())
-                async with self._pool.acquire() as conn:
-                    await pg.mark_policy_status(conn, event.candidate_version, "rolled_back",
-                                                event.reason)
+                if self._pool is not None:
+                    async with self._pool.acquire() as conn:
+                        await pg.mark_policy_status(conn, event.candidate_version,
+                                                    "rolled_back", event.reason)
             except Exception as exc:  # noqa: BLE001 - the rollback itself already happened
                 log.error("could not announce the rollback", extra={
                     "candidate": event.candidate_version, "error": repr(exc)})
@@ -208,6 +213,15 @@ class SignalLoop:
         except BrokerUnavailable as exc:
             for dest, n in getattr(exc, "failed_destinations", {}).items():
                 self._metrics.routing_errors.labels(dest).inc(n)
+            refused = getattr(exc, "refused", {})
+            if refused:
+                log.error("the broker refused records of this batch; nothing is committed until "
+                          "every one is accepted (fix the topic)", extra={"refused": refused})
+                if self._renew_producer is not None:
+                    # An idempotent producer whose batch was refused fails every later send to
+                    # that partition (OutOfOrderSequenceNumber) even once the topic is fixed; a
+                    # new producer (new producer id) does not.
+                    self._producer = await self._renew_producer()
             raise
 
     async def _commit(self, records: Sequence[Any]) -> None:

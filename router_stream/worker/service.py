@@ -109,14 +109,13 @@ class RouterWorker:
             self.http = HealthServer(self.metrics, alive=self._alive, readiness=self.readiness)
             port = await self.http.start(s.http_host, s.http_port)
             log.info("http listening", extra={"host": s.http_host, "port": port})
-        self.pool = await pg.create_pool(s, min_size=1, max_size=3)
-        self._pg_ok = True
-        self.producer = AIOKafkaProducer(
-            enable_idempotence=True, acks="all", linger_ms=5, max_batch_size=512 * 1024,
-            max_request_size=MAX_RECORD_BYTES,
-            request_timeout_ms=30_000, client_id="router-stream-worker",
-            **s.kafka_client_options)
-        await _kafka_call("starting the producer", self.producer.start())
+        if s.persist:
+            self.pool = await pg.create_pool(s, min_size=1, max_size=3)
+            self._pg_ok = True
+        else:
+            log.info("persistence off (ROUTER_PERSIST=false): decisions and DLQ records go to "
+                     "Kafka only; `router-stream dlq reindex` rebuilds dlq_entries from them")
+        await self._renew_producer()
         self.follower = StateFollower(
             s, self.engine, on_transitions=self._on_transitions, on_policy=self._on_policy,
             reload_policy=lambda: read_policy_file(self.settings))
@@ -126,7 +125,7 @@ class RouterWorker:
         self.signals = SignalLoop(
             s, self.engine, self.producer, self.pool, self.metrics, backoff=self._backoff,
             give_up=self._past_drain_deadline, take_transitions=self._take_transitions,
-            on_step=self._on_step)
+            on_step=self._on_step, renew_producer=self._renew_producer)
         await self.signals.start()
         self._spawn(self._side_writes(), "side-writes")
         self._spawn(self._refresh_gauges(), "gauges")
@@ -150,6 +149,22 @@ class RouterWorker:
             if self._crashed is not None:
                 raise self._crashed
             raise StartupRefused("stopped before the state topics were replayed")
+
+    async def _renew_producer(self) -> AIOKafkaProducer:
+        """Start a producer (at start-up, and after the broker refused records: see
+        ``SignalLoop._produce``), stopping the previous one."""
+        old, self.producer = self.producer, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.stop()
+        producer = AIOKafkaProducer(
+            enable_idempotence=True, acks="all", linger_ms=5, max_batch_size=512 * 1024,
+            max_request_size=MAX_RECORD_BYTES,
+            request_timeout_ms=30_000, client_id="router-stream-worker",
+            **self.settings.kafka_client_options)
+        await _kafka_call("starting the producer", producer.start())
+        self.producer = producer
+        return producer
 
     async def _verify_topics(self) -> None:
         from router_stream.adapters.topics import TopicMismatch, verify_topics
@@ -272,6 +287,11 @@ class RouterWorker:
     async def _side_writes(self) -> None:
         """Transitions seen while no signal flowed, policy versions, trust snapshots,
         the DLQ backlog gauge and the Postgres check behind /readyz."""
+        if self.pool is None:  # persistence off: the events are logged and counted, not stored
+            while True:
+                self._take_transitions()
+                self._pending_policies.clear()
+                await asyncio.sleep(SIDE_WRITE_EVERY_S)
         last_snapshot = 0.0
         while True:
             await asyncio.sleep(SIDE_WRITE_EVERY_S)
@@ -344,12 +364,15 @@ class RouterWorker:
         return self._crashed is None
 
     def readiness(self) -> dict[str, bool]:
-        return {
+        checks = {
             "state_replayed": self.follower is not None and self.follower.caught_up.is_set(),
             "group_joined": self.signals is not None and self.signals.assigned.is_set(),
             "postgres": self.pool is not None and self._pg_ok,
             "not_draining": not self._stopping.is_set(),
         }
+        if not self.settings.persist:
+            del checks["postgres"]  # nothing of the hot path depends on it
+        return checks
 
 
 async def _kafka_call(what: str, awaitable: Any) -> Any:
