@@ -101,6 +101,7 @@ class SignalLoop:
     ) -> None:
         self._settings = settings
         self._renew_producer = renew_producer
+        self._needs_new_producer = False
         self._engine = engine
         self._producer = producer
         self._pool = pool
@@ -208,6 +209,9 @@ class SignalLoop:
                     "candidate": event.candidate_version, "error": repr(exc)})
 
     async def _produce(self, result: BatchResult) -> None:
+        if self._needs_new_producer and self._renew_producer is not None:
+            self._producer = await self._renew_producer()  # BrokerUnavailable: retried
+            self._needs_new_producer = False
         try:
             await produce_outputs(self._producer, self._outputs, result)
         except BrokerUnavailable as exc:
@@ -217,11 +221,10 @@ class SignalLoop:
             if refused:
                 log.error("the broker refused records of this batch; nothing is committed until "
                           "every one is accepted (fix the topic)", extra={"refused": refused})
-                if self._renew_producer is not None:
-                    # An idempotent producer whose batch was refused fails every later send to
-                    # that partition (OutOfOrderSequenceNumber) even once the topic is fixed; a
-                    # new producer (new producer id) does not.
-                    self._producer = await self._renew_producer()
+                # An idempotent producer whose batch was refused fails every later send to that
+                # partition (OutOfOrderSequenceNumber) even once the topic is fixed; a new
+                # producer (new producer id) does not. Renewed before the next attempt.
+                self._needs_new_producer = self._renew_producer is not None
             raise
 
     async def _commit(self, records: Sequence[Any]) -> None:

@@ -52,9 +52,14 @@ class OutputTopics:
 class ProduceFailed(BrokerUnavailable):
     """Some deliveries of a batch failed; ``failed_destinations`` counts routed failures."""
 
-    def __init__(self, message: str, failed_destinations: dict[str, int]) -> None:
+    def __init__(self, message: str, failed_destinations: dict[str, int],
+                 refused: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.failed_destinations = failed_destinations
+        # topic -> error, for deliveries the broker refused outright (record too large, ...):
+        # retrying cannot fix those until an operator fixes the topic, and the idempotent
+        # producer that sent them is unusable for that partition afterwards.
+        self.refused = refused or {}
 
 
 async def produce_outputs(
@@ -62,36 +67,42 @@ async def produce_outputs(
 ) -> int:
     """Commit step 1: send every output record and wait until the broker acknowledged all of
     them. Returns how many records were delivered. Raises :class:`ProduceFailed` (transient)."""
-    sends: list[tuple[str | None, asyncio.Future[Any]]] = []
+    sends: list[tuple[str | None, str, asyncio.Future[Any]]] = []
     try:
         for r in result.routed:
-            fut = await producer.send(topics.routed(r.destination), r.value, key=r.key)
-            sends.append((r.destination, fut))
+            topic = topics.routed(r.destination)
+            fut = await producer.send(topic, r.value, key=r.key)
+            sends.append((r.destination, topic, fut))
         for d in result.decisions:
             fut = await producer.send(topics.decisions, d.to_json(), key=d.signal_id.encode())
-            sends.append((None, fut))
+            sends.append((None, topics.decisions, fut))
         for q in result.dlq:
             fut = await producer.send(topics.dlq, q.entry.original_value, key=q.entry.original_key,
                                       headers=q.headers)
-            sends.append((None, fut))
+            sends.append((None, topics.dlq, fut))
         for t in result.retries:
             fut = await producer.send(topics.retry, t.value, key=t.key, headers=t.headers)
-            sends.append((None, fut))
+            sends.append((None, topics.retry, fut))
     except KafkaError as exc:
-        for _, fut in sends:
+        for *_, fut in sends:
             fut.cancel()
         raise _broker_error("sending", exc) from exc
-    outcomes = await asyncio.gather(*(f for _, f in sends), return_exceptions=True)
+    outcomes = await asyncio.gather(*(f for *_, f in sends), return_exceptions=True)
     failed: dict[str, int] = {}
+    refused: dict[str, str] = {}
     first: BaseException | None = None
-    for (dest, _), outcome in zip(sends, outcomes, strict=True):
+    for (dest, topic, _), outcome in zip(sends, outcomes, strict=True):
         if isinstance(outcome, BaseException):
             first = first or outcome
             if dest is not None:
                 failed[dest] = failed.get(dest, 0) + 1
+            if (isinstance(outcome, KafkaError) and not outcome.retriable
+                    and not isinstance(outcome, KafkaTimeoutError)):
+                refused.setdefault(topic, repr(outcome))
     if first is not None:
         raise ProduceFailed(f"{sum(isinstance(o, BaseException) for o in outcomes)} of "
-                            f"{len(sends)} deliveries failed: {first!r}", failed) from first
+                            f"{len(sends)} deliveries failed: {first!r}", failed,
+                            refused) from first
     return len(sends)
 
 
