@@ -245,13 +245,13 @@ class RouterEngine:
                                  + ("rolled back" if dropped else "not running"))
         if isinstance(cmd, OverrideSet):
             created = cmd.issued_at if cmd.issued_at is not None else now
-            for dest in cmd.destinations[:1]:
-                self._overrides = set_override(self._overrides, Override(
-                    override_id=cmd.override_id, kind=OverrideKind.FORCE_DESTINATION,
-                    target=dest, expires_at=cmd.expires_at, created_at=created,
-                    kind_selector=cmd.kind, tenant_selector=cmd.tenant, reason=cmd.reason,
-                ))
-            return ControlResult(True, f"override {cmd.override_id} set")
+            target = cmd.target if cmd.target is not None else cmd.destinations[0]
+            self._overrides = set_override(self._overrides, Override(
+                override_id=cmd.override_id, kind=OverrideKind(cmd.action), target=target,
+                expires_at=cmd.expires_at, created_at=created, kind_selector=cmd.kind,
+                tenant_selector=cmd.tenant, reason=cmd.reason,
+            ))
+            return ControlResult(True, f"override {cmd.override_id} ({cmd.action}) set")
         if isinstance(cmd, OverrideClear):
             self._overrides = clear_override(self._overrides, cmd.override_id)
             return ControlResult(True, f"override {cmd.override_id} cleared")
@@ -335,25 +335,27 @@ class RouterEngine:
         if kind_and_priority is None:
             self._dlq(result, record, origin, DlqReason.UNCLASSIFIED,
                       "no classification rule matched and the policy's default is the DLQ",
-                      signal.signal_id, now)
+                      signal.signal_id, now, signal)
             return
         kind, priority = kind_and_priority
         route = self._policy.routes.get(kind)
         if route is None:
             self._dlq(result, record, origin, DlqReason.NO_ROUTE,
-                      f"no route for kind {kind!r}", signal.signal_id, now)
+                      f"no route for kind {kind!r}", signal.signal_id, now, signal, kind)
             return
         fresh = origin.attempts == 0
         if route.dedupe and fresh and self._dedupe.seen_or_add(signal.signal_id, now):
             if route.on_duplicate == "dlq":
                 self._dlq(result, record, origin, DlqReason.DUPLICATE,
-                          f"signal_id {signal.signal_id} already routed", signal.signal_id, now)
+                          f"signal_id {signal.signal_id} already routed", signal.signal_id, now,
+                          signal, kind)
             else:
                 result.dropped_duplicates += 1
             return
         if not self._admit(signal.tenant, now):
             self._dlq(result, record, origin, DlqReason.RATE_LIMITED,
-                      f"tenant {signal.tenant!r} is over its rate limit", signal.signal_id, now)
+                      f"tenant {signal.tenant!r} is over its rate limit", signal.signal_id, now,
+                      signal, kind)
             return
         if route.strategy == "consensus":
             self._decide_consensus(record, origin, signal, route, priority, now, batch, result)
@@ -515,7 +517,7 @@ class RouterEngine:
         if outcome is None:
             self._dlq(result, record, origin, DlqReason.NO_HEALTHY_DESTINATION,
                       f"metric {metric!r}: no usable source and no recent consensus",
-                      signal.signal_id, now)
+                      signal.signal_id, now, signal, route.kind)
             return
         good = remember(outcome, now)
         if good is not None:
@@ -549,7 +551,7 @@ class RouterEngine:
         detail = f" after {origin.attempts} retries" if route.max_attempts > 0 else ""
         self._dlq(result, record, origin, reason,
                   f"every destination of kind {route.kind!r} is unavailable{detail}",
-                  signal.signal_id, now)
+                  signal.signal_id, now, signal, route.kind)
 
     def _emit(self, record: InboundRecord, origin: _Origin, signal: Signal, route: RouteSpec,
               priority: int | None, destinations: tuple[str, ...], tier: int | None,
@@ -601,14 +603,18 @@ class RouterEngine:
                                           signal.signal_id))
 
     def _dlq(self, result: BatchResult, record: InboundRecord, origin: _Origin,
-             reason: DlqReason, error: str, signal_id: str | None, now: float) -> None:
+             reason: DlqReason, error: str, signal_id: str | None, now: float,
+             signal: Signal | None = None, kind: str | None = None) -> None:
         error = error.replace("\n", " ")[:_MAX_ERROR_LEN]
         # A replayed record failing again is one more attempt; a retried one already counted it.
         attempts = origin.attempts + 1 if origin.dlq_id is not None else max(1, origin.attempts)
         first = origin.first_failed_at if origin.first_failed_at is not None else now
         original_headers = _strip_router_headers(record.headers)
         entry = DlqEntry(
-            reason=reason, error=error, signal_id=signal_id, original_topic=origin.topic,
+            reason=reason, error=error, signal_id=signal_id,
+            tenant=signal.tenant if signal is not None else None,
+            kind=kind if kind is not None else (signal.kind if signal is not None else None),
+            original_topic=origin.topic,
             original_partition=origin.partition, original_offset=origin.offset,
             original_key=record.key, original_value=record.value,
             original_headers=original_headers, attempts=attempts, first_failed_at=first,

@@ -307,16 +307,32 @@ class PolicyReload(_Command):
 
 
 class OverrideSet(_Command):
-    """Operator override: route signals matching (tenant, kind) to fixed destinations until
-    ``expires_at`` (epoch seconds). ``None`` in a scope field matches everything."""
+    """Operator override until ``expires_at`` (epoch seconds):
+
+    * ``force_destination``: route signals matching (``tenant``, ``kind``) to ``destinations``
+      (``None`` in a scope field matches everything);
+    * ``drain``: send no new traffic to the destination ``target``;
+    * ``exclude_source``: leave the source ``target`` out of consensus.
+    """
 
     type: Literal["override_set"] = "override_set"
     override_id: NonEmptyId
+    action: Literal["force_destination", "drain", "exclude_source"] = "force_destination"
     tenant: str | None = None
     kind: str | None = None
-    destinations: list[NonEmptyId] = Field(min_length=1)
+    destinations: list[NonEmptyId] = Field(default_factory=list)
+    target: NonEmptyId | None = None
     expires_at: float
     reason: str = ""
+
+    @model_validator(mode="after")
+    def _fields_match_action(self) -> Self:
+        if self.action == "force_destination":
+            if not self.destinations or self.target is not None:
+                raise ValueError("force_destination needs destinations and no target")
+        elif self.target is None or self.destinations or self.tenant or self.kind:
+            raise ValueError(f"{self.action} needs a target and no destinations, tenant or kind")
+        return self
 
 
 class OverrideClear(_Command):
@@ -409,6 +425,8 @@ class DlqEntry(BaseModel):
     reason: DlqReason
     error: str
     signal_id: str | None = None
+    tenant: str | None = None  # known once the record parsed as a signal
+    kind: str | None = None  # known once it was classified
     original_topic: str
     original_partition: int = Field(ge=0)
     original_offset: int = Field(ge=0)

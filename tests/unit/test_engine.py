@@ -258,3 +258,38 @@ def test_workers_polling_at_different_moments_record_the_same_transition():
     moves_b = b.tick(NOW + 13.9)
     assert moves_a == moves_b
     assert [(m.to_state.value, m.at) for m in moves_a] == [("half_open", NOW + 2 + 10.0)]
+
+
+def test_drain_and_exclude_overrides_arrive_as_control_commands():
+    from router_stream.core.models import OverrideSet
+
+    engine = RouterEngine(policy())
+    drain = OverrideSet(override_id="d1", action="drain", target="pager", expires_at=NOW + 60)
+    assert engine.apply_control(drain, NOW).accepted
+    r = engine.decide_batch([Rec(sig(1))], NOW)
+    assert r.decisions[0].destinations == ["slack"]  # the primary is drained
+    exclude = OverrideSet(override_id="x1", action="exclude_source", target="liar",
+                          expires_at=NOW + 60)
+    assert engine.apply_control(exclude, NOW).accepted
+    assert {o["kind"] for o in engine.snapshot().overrides} == {"drain", "exclude_source"}
+
+
+def test_override_commands_must_match_their_action():
+    from pydantic import ValidationError
+
+    from router_stream.core.models import OverrideSet
+
+    with pytest.raises(ValidationError):
+        OverrideSet(override_id="bad", action="drain", destinations=["x"], expires_at=NOW)
+    with pytest.raises(ValidationError):
+        OverrideSet(override_id="bad", expires_at=NOW)  # force without destinations
+
+
+def test_dlq_entries_carry_tenant_and_kind_when_known():
+    engine = RouterEngine(policy())
+    r = engine.decide_batch([Rec(sig(1, tenant="tiny")), Rec(sig(2, tenant="tiny")),
+                             Rec(sig(3, tenant="tiny")), Rec(b"{", offset=9)], NOW)
+    limited = [q.entry for q in r.dlq if q.entry.reason.value == "rate_limited"]
+    assert [(e.tenant, e.kind) for e in limited] == [("tiny", "alert")]
+    broken = [q.entry for q in r.dlq if q.entry.reason.value == "invalid_json"]
+    assert [(e.tenant, e.kind) for e in broken] == [(None, None)]

@@ -178,9 +178,14 @@ def test_every_control_command_the_model_accepts_validates():
         {"type": "policy_reload"},
         {"type": "override_set", "override_id": "o1", "kind": "alert",
          "destinations": ["slack"], "expires_at": 2e9, "reason": "maintenance"},
+        {"type": "override_set", "override_id": "o2", "action": "drain", "target": "pager",
+         "expires_at": 2e9},
+        {"type": "override_set", "override_id": "o3", "action": "exclude_source",
+         "target": "probe-7", "expires_at": 2e9},
         {"type": "override_clear", "override_id": "o1"},
         {"type": "breaker_force", "target": "pager", "state": "open", "expires_at": None},
         {"type": "breaker_reset", "target": "pager"},
+        {"type": "rollout_rollback", "candidate_version": "p-0123456789ab", "reason": "worse"},
     ]
     for command in commands:
         model = CONTROL_ADAPTER.validate_python(command)
