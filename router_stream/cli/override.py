@@ -6,11 +6,9 @@ audit trail. The command is sent first: an override is live once workers read it
 recorded. Workers drop an override at ``expires_at`` on their own; the table says the same
 (``list`` shows only unexpired, uncleared rows unless ``--all``).
 
-Kinds (:class:`router_stream.core.overrides.OverrideKind`): ``force_destination`` is carried by
-:class:`~router_stream.core.models.OverrideSet` today. ``drain`` and ``exclude_source`` are
-understood by the core but the control command cannot express them yet (it has no action
-field), so ``--drain`` / ``--exclude-source`` are refused with a clear message rather than
-recorded as if they worked.
+Actions (:class:`router_stream.core.overrides.OverrideKind`): ``force_destination`` routes
+(kind, tenant) to one destination, ``drain`` sends no new traffic to a destination,
+``exclude_source`` leaves a source out of consensus.
 """
 
 from __future__ import annotations
@@ -93,12 +91,27 @@ async def set_force_override(
 ) -> OverrideSet:
     """Force (kind, tenant) to ``destination`` for ``ttl_s``: send, then record. Returns the
     command as sent (with its ``command_id``)."""
+    return await set_override(settings, OverrideKind.FORCE_DESTINATION, destination, kind=kind,
+                              tenant=tenant, ttl_s=ttl_s, reason=reason,
+                              override_id=override_id, issued_by=issued_by)
+
+
+async def set_override(
+    settings: Settings, action: OverrideKind, target: str, *, kind: str | None = None,
+    tenant: str | None = None, ttl_s: float, reason: str = "", override_id: str | None = None,
+    issued_by: str = "",
+) -> OverrideSet:
+    """Set an override of any action for ``ttl_s``: send it through router.control, then record
+    it in routing_overrides. Returns the command as sent (with its ``command_id``)."""
     from router_stream.adapters.control import send_control
 
     now = time.time()
+    forced = action is OverrideKind.FORCE_DESTINATION
     command = OverrideSet(
-        override_id=override_id or f"ovr-{uuid.uuid4().hex[:12]}", tenant=tenant, kind=kind,
-        destinations=[destination], expires_at=now + ttl_s, reason=reason,
+        override_id=override_id or f"ovr-{uuid.uuid4().hex[:12]}", action=action.value,
+        tenant=tenant if forced else None, kind=kind if forced else None,
+        destinations=[target] if forced else [], target=None if forced else target,
+        expires_at=now + ttl_s, reason=reason,
         command_id=uuid.uuid4().hex, issued_at=now, issued_by=issued_by,
     )
     await send_control(settings, command)
@@ -111,9 +124,9 @@ async def set_force_override(
             "override_kind, selector = EXCLUDED.selector, target = EXCLUDED.target, reason ="
             " EXCLUDED.reason, expires_at = EXCLUDED.expires_at, cleared_at = NULL,"
             " cleared_by = NULL",
-            command.override_id, OverrideKind.FORCE_DESTINATION.value,
-            json.dumps({"kind": kind, "tenant": tenant}), destination, reason, issued_by,
-            command.expires_at)
+            command.override_id, action.value,
+            json.dumps({"kind": command.kind, "tenant": command.tenant}), target, reason,
+            issued_by, command.expires_at)
 
     await _in_db(settings, record)
     return command
@@ -189,9 +202,8 @@ def override() -> None:
 @click.option("--destination", help="Force matching signals to this destination.")
 @click.option("--kind", help="Only signals of this kind [any kind].")
 @click.option("--tenant", help="Only signals of this tenant [any tenant].")
-@click.option("--drain", metavar="DEST", help="Send no new traffic to DEST (not available yet).")
-@click.option("--exclude-source", metavar="SRC",
-              help="Ignore source SRC in consensus and trust (not available yet).")
+@click.option("--drain", metavar="DEST", help="Send no new traffic to DEST.")
+@click.option("--exclude-source", metavar="SRC", help="Leave source SRC out of consensus.")
 @click.option("--ttl", default=DEFAULT_TTL, show_default=True,
               help="How long it lasts: 30s, 10m, 1h, 2d.")
 @click.option("--reason", default="", help="Why (recorded, shown by `override list`).")
@@ -207,27 +219,36 @@ def set_(destination: str | None, kind: str | None, tenant: str | None, drain: s
       router-stream override set --kind alert --destination slack --ttl 30m
       router-stream override set --tenant acme --kind metric --destination backup --ttl 2h \\
           --reason "primary metrics store migrating"
+      router-stream override set --drain pagerduty --ttl 15m --reason "vendor maintenance"
+      router-stream override set --exclude-source probe-7 --ttl 1h
     """
     chosen = [name for name, value in (("--destination", destination), ("--drain", drain),
                                        ("--exclude-source", exclude_source)) if value]
     if len(chosen) != 1:
         raise UserError("give exactly one of --destination, --drain, --exclude-source")
-    if destination is None:
-        raise UserError(f"{chosen[0]} is not supported yet: the router.control override command"
-                        " can only force a destination (use --destination, or breaker force)")
-    if (kind is None and tenant is None) and not reason:
+    if destination is None and (kind is not None or tenant is not None):
+        raise UserError("--kind / --tenant narrow --destination only")
+    if destination is not None and (kind is None and tenant is None) and not reason:
         raise UserError("forcing every signal to one destination needs --reason (or narrow it"
                         " with --kind / --tenant)")
     ttl_s = parse_duration(ttl).total_seconds()
-    command = _run(set_force_override(
-        _settings(), destination, kind=kind, tenant=tenant, ttl_s=ttl_s, reason=reason,
+    action, target = (
+        (OverrideKind.FORCE_DESTINATION, destination) if destination is not None
+        else (OverrideKind.DRAIN, drain) if drain is not None
+        else (OverrideKind.EXCLUDE_SOURCE, exclude_source))
+    assert target is not None
+    command = _run(set_override(
+        _settings(), action, target, kind=kind, tenant=tenant, ttl_s=ttl_s, reason=reason,
         override_id=override_id, issued_by=getpass.getuser()))
     if as_json:
         click.echo(command.model_dump_json())
         return
     expires = datetime.fromtimestamp(command.expires_at, UTC).isoformat(timespec="seconds")
-    scope = f"kind={kind or '*'} tenant={tenant or '*'}"
-    click.echo(f"override {command.override_id}: {scope} -> {destination} until {expires}")
+    if action is OverrideKind.FORCE_DESTINATION:
+        what = f"kind={kind or '*'} tenant={tenant or '*'} -> {target}"
+    else:
+        what = f"{action.value} {target}"
+    click.echo(f"override {command.override_id}: {what} until {expires}")
 
 
 @override.command("list")

@@ -209,8 +209,7 @@ async def test_override_user_errors_exit_1_and_send_nothing(
 ):
     await topic_factory(CONTROL)
     cases = [
-        (["--drain", "pagerduty"], "--drain is not supported yet"),
-        (["--exclude-source", "feed-a"], "--exclude-source is not supported yet"),
+        (["--drain", "pagerduty", "--kind", "alert"], "narrow --destination only"),
         (["--kind", "alert"], "give exactly one of"),
         (["--kind", "alert", "--destination", "a", "--drain", "b"], "give exactly one of"),
         (["--kind", "alert", "--destination", "a", "--ttl", "soon"], "not a duration: 'soon'"),
@@ -223,3 +222,29 @@ async def test_override_user_errors_exit_1_and_send_nothing(
     unknown = await asyncio.to_thread(_invoke_db, settings, "override", "clear", "nope")
     assert unknown.exit_code == 1 and "no override with id 'nope'" in unknown.output
     assert await control_commands(settings) == []
+
+
+async def test_override_drain_and_exclude_source_reach_the_engine(
+    settings: Settings, topic_factory, migrated
+):
+    await topic_factory(CONTROL)
+    drained = await asyncio.to_thread(
+        _invoke_db, settings, "override", "set", "--drain", "pagerduty", "--ttl", "10m",
+        "--reason", "vendor maintenance", "--json")
+    assert drained.exit_code == 0, drained.output
+    excluded = await asyncio.to_thread(
+        _invoke_db, settings, "override", "set", "--exclude-source", "probe-7", "--ttl", "1h",
+        "--json")
+    assert excluded.exit_code == 0, excluded.output
+
+    commands = await control_commands(settings)
+    assert [(c.action, c.target) for c in commands] == [
+        ("drain", "pagerduty"), ("exclude_source", "probe-7")]
+    engine = RouterEngine(load_compiled(EXAMPLE_POLICY.read_text()))
+    for c in commands:
+        assert engine.apply_control(c, now=c.issued_at).accepted
+    kinds = {o["kind"]: o["target"] for o in engine.snapshot(commands[-1].issued_at).overrides}
+    assert kinds == {"drain": "pagerduty", "exclude_source": "probe-7"}
+    rows = {r["override_kind"]: r["target"] for r in await migrated.fetch(
+        "SELECT override_kind, target FROM routing_overrides")}
+    assert rows == {"drain": "pagerduty", "exclude_source": "probe-7"}
