@@ -147,3 +147,98 @@ async def _publish(settings: Settings, command: PolicyPublish, text: str, parsed
         )
     finally:
         await conn.close()
+
+
+@policy.command("active")
+@click.option("--json", "as_json", is_flag=True)
+def active(as_json: bool) -> None:
+    """The active policy version and the recent history, from policy_versions.
+
+    \b
+    Example:
+      router-stream policy active --json
+    """
+    rows = asyncio.run(policy_history(Settings()))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        click.echo("no policy has been published yet")
+        return
+    for r in rows:
+        marker = "*" if r["status"] == "active" else " "
+        reason = f"  ({r['status_reason']})" if r["status_reason"] else ""
+        when = f"{r['published_at']:%Y-%m-%d %H:%M:%S}"
+        click.echo(f"{marker} {r['version']}  {r['status']:<11} {when}"
+                   f"  {r['published_by'] or '-'}{reason}")
+
+
+@policy.command()
+@click.option("--to", "to_version", help="Version to return to [the one active before].")
+@click.option("--reason", default="", help="Why (recorded on the version rolled back).")
+def rollback(to_version: str | None, reason: str) -> None:
+    """Switch every worker back to the previous policy (or --to VERSION).
+
+    The version to return to is republished through router.control; the one rolled back is
+    marked `rolled_back` in policy_versions.
+
+    \b
+    Examples:
+      router-stream policy rollback --reason "new tiers dropped pages"
+      router-stream policy rollback --to p-5e955a450e20
+    """
+    current, target = asyncio.run(rollback_policy(Settings(), to_version, reason,
+                                                  getpass.getuser()))
+    click.echo(f"rolled back {current} -> {target}")
+
+
+async def policy_history(settings: Settings, limit: int = 20) -> list[dict[str, object]]:
+    """policy_versions, newest first."""
+    from router_stream.adapters import postgres
+
+    conn = await postgres.connect(settings)
+    try:
+        rows = await conn.fetch(
+            "SELECT version, status, status_reason, published_at, published_by"
+            " FROM policy_versions ORDER BY published_at DESC, created_at DESC LIMIT $1", limit)
+    finally:
+        await conn.close()
+    return [dict(r) for r in rows]
+
+
+async def rollback_policy(settings: Settings, to_version: str | None, reason: str,
+                          issued_by: str) -> tuple[str, str]:
+    """Republish the previous (or the given) version; returns (rolled back, now active)."""
+    from router_stream.adapters import postgres
+    from router_stream.adapters.control import send_control
+
+    conn = await postgres.connect(settings)
+    try:
+        current = await conn.fetchrow(
+            "SELECT version FROM policy_versions WHERE status = 'active'")
+        if current is None:
+            raise UserError("no active policy to roll back (see `router-stream policy active`)")
+        if to_version is None:
+            target = await conn.fetchrow(
+                "SELECT version, policy FROM policy_versions WHERE status = 'superseded'"
+                " ORDER BY status_changed_at DESC, published_at DESC LIMIT 1")
+        else:
+            target = await conn.fetchrow(
+                "SELECT version, policy FROM policy_versions WHERE version = $1", to_version)
+        if target is None:
+            raise UserError(f"no policy version {to_version!r} recorded" if to_version
+                            else "no earlier policy to return to")
+        if target["version"] == current["version"]:
+            raise UserError(f"{target['version']} is already active")
+        text = target["policy"]
+        parsed = load_policy(text, f"policy_versions/{target['version']}")
+        command = PolicyPublish(policy_yaml=text, version=policy_version(parsed),
+                                source=f"rollback of {current['version']}", issued_by=issued_by)
+        await send_control(settings, command)
+        await postgres.record_policy_version(conn, command.version, text, status="active",
+                                             published_by=issued_by)
+        await postgres.mark_policy_status(conn, current["version"], "rolled_back",
+                                          reason or f"rolled back to {command.version}")
+    finally:
+        await conn.close()
+    return current["version"], command.version
