@@ -63,8 +63,21 @@ def _register() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Entry point. click's own usage errors (unknown option, bad value) exit 1 like every other
+    user error here, not click's default 2, which this CLI reserves for runtime failures."""
     _register()
-    cli.main(args=argv, prog_name="router-stream")
+    try:
+        code = cli.main(args=argv, prog_name="router-stream", standalone_mode=False)
+    except click.UsageError as exc:
+        exc.show()
+        sys.exit(EXIT_USER_ERROR)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(EXIT_USER_ERROR)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USER_ERROR)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
 command: Callable[..., Any] = cli.command
