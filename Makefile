@@ -1,7 +1,7 @@
 # The two commands that matter: `make demo` (the main job end to end) and `make test`.
 PYTHON ?= python3
 
-.PHONY: install demo test lint typecheck unit integration stack-up stack-down bench clean
+.PHONY: install demo test lint typecheck unit integration chaos stack-up stack-down bench clean
 
 install:
 	$(PYTHON) -m pip install -q -e '.[dev]'
@@ -23,6 +23,10 @@ unit:
 
 integration:
 	$(PYTHON) -m pytest -q tests/integration
+
+# The fault suite against the real servers (< 20 min); prints the table. CHAOS_ARGS=--quick
+chaos:
+	$(PYTHON) -m tests.chaos.run $(CHAOS_ARGS)
 
 stack-up:
 	router-stream stack up
