@@ -85,6 +85,10 @@ _UNAVAILABLE = (
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.ConnectionDoesNotExistError,  # dropped mid-query
     asyncpg.exceptions.InterfaceError,  # e.g. "connection is closed"
+    # A connection the server closed mid-transaction can fail its pool reset with "cannot
+    # switch to state …; another operation is in progress"; the pool drops it, a retry gets a
+    # new one (seen when Postgres stopped under load: tests/chaos scenario 4).
+    asyncpg.exceptions.InternalClientError,
 )
 
 
