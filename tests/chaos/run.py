@@ -2,8 +2,8 @@
 scenarios against real servers and print the table.
 
 Scenarios 1, 3, 5, 6, 7, 8 use the shared servers (``ROUTER_KAFKA_BOOTSTRAP`` /
-``ROUTER_DATABASE_URL``, each run in its own topics, group and database); 2 and 4 kill the
-broker / stop Postgres, so they run on a second local stack of their own
+``ROUTER_DATABASE_URL``, each run in its own topics, group and database) unless ``--servers
+own``; 2 and 4 kill the broker / stop Postgres, so they always run on a second local stack
 (:class:`~tests.chaos.harness.OwnStack`), started here if needed and stopped again afterwards if
 this run started it. Exit status 0 when every row passed.
 """
@@ -49,13 +49,13 @@ def details(rows: list[sc.Row]) -> str:
 
 
 async def run(selected: list[str], quick: bool, workdir: Path,
-              soak_s: float | None = None) -> list[sc.Row]:
-    shared = shared_servers()
+              soak_s: float | None = None, servers: str = "shared") -> list[sc.Row]:
     own = OwnStack()
+    shared = own.servers if servers == "own" else shared_servers()
     started_own = False
     rows: list[sc.Row] = []
     try:
-        if {"2", "4"} & set(selected):
+        if {"2", "4"} & set(selected) or servers == "own":
             from router_stream.stack import kafka, postgres
 
             started_own = not (kafka.is_running(own.cfg.kafka)
@@ -100,13 +100,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="shorter streams, a 10 s Postgres outage, a 60 s soak")
     ap.add_argument("--only", default=ALL, help=f"comma-separated scenarios (default {ALL})")
     ap.add_argument("--soak-seconds", type=float, default=None)
+    ap.add_argument("--servers", choices=("shared", "own"), default="shared",
+                    help="where scenarios 1, 3, 5-8 run: the shared servers (ROUTER_KAFKA_"
+                         "BOOTSTRAP / ROUTER_DATABASE_URL) or the suite's own stack (isolated "
+                         "from other test sessions' load on the shared broker)")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="where worker logs go (default: a new temporary directory)")
     args = ap.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="router-chaos-"))
     started = time.monotonic()
     rows = asyncio.run(run([k.strip() for k in args.only.split(",") if k.strip()], args.quick,
-                           workdir, args.soak_seconds))
+                           workdir, args.soak_seconds, args.servers))
     print()
     print(table(rows))
     print()

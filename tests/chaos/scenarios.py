@@ -96,6 +96,8 @@ async def _guarded(name: str, body: Callable[[Row], Awaitable[None]], cleanup: l
                     await item.stop()
                 elif isinstance(item, asyncio.Task):
                     item.cancel()
+                elif isinstance(item, Run):  # topics always go; the database stays on failure
+                    await item.cleanup(drop_database=not row.failures)
         row.seconds = time.monotonic() - started
     return row
 
@@ -157,6 +159,7 @@ async def sigkill_workers(servers: Servers, workdir: Path, quick: bool = False,
 
     async def body(row: Row) -> None:
         run = Run(servers, "s1", workdir / "s1")
+        cleanup.append(run)
         await run.prepare()
         n, rate = (4000, 400) if quick else (12000, 300)
         items = make_stream(n, seed=1, tag=f"s1{run.run_id}")
@@ -184,8 +187,6 @@ async def sigkill_workers(servers: Servers, workdir: Path, quick: bool = False,
         row.notes.append("recovery per kill: " + ", ".join(f"{r:.1f}s" for r in recoveries))
         row.check(not monitor.regressions, f"committed offsets went backwards: "
                                            f"{monitor.regressions[:3]}")
-        if row.passed:
-            await run.cleanup()
 
     return await _guarded(name, body, cleanup)
 
@@ -198,6 +199,7 @@ async def sigkill_broker(own: OwnStack, workdir: Path, quick: bool = False) -> R
 
     async def body(row: Row) -> None:
         run = Run(own.servers, "s2", workdir / "s2")
+        cleanup.append(run)
         await run.prepare()
         n, rate = (5000, 250) if quick else (9000, 250)
         items = make_stream(n, seed=2, tag=f"s2{run.run_id}")
@@ -226,8 +228,6 @@ async def sigkill_broker(own: OwnStack, workdir: Path, quick: bool = False) -> R
         row.recovery_s = v.recovery_after(healed)
         row.check(not monitor.regressions,
                   f"committed offsets went backwards: {monitor.regressions[:3]}")
-        if row.passed:
-            await run.cleanup()
 
     return await _guarded("2 SIGKILL broker, restart", body, cleanup)
 
@@ -240,6 +240,7 @@ async def sigstop_zombie(servers: Servers, workdir: Path, quick: bool = False) -
 
     async def body(row: Row) -> None:
         run = Run(servers, "s3", workdir / "s3")
+        cleanup.append(run)
         await run.prepare()
         n, rate = (8000, 300) if quick else (12000, 300)
         items = make_stream(n, seed=3, tag=f"s3{run.run_id}")
@@ -274,8 +275,6 @@ async def sigstop_zombie(servers: Servers, workdir: Path, quick: bool = False) -
                          f"broker, {len(late)} revocation(s)")
         row.check(not monitor.regressions,
                   f"stale commit: committed offsets went backwards {monitor.regressions[:3]}")
-        if row.passed:
-            await run.cleanup()
 
     return await _guarded("3 SIGSTOP zombie, SIGCONT", body, cleanup)
 
@@ -289,6 +288,7 @@ async def postgres_outage(own: OwnStack, workdir: Path, quick: bool = False) -> 
 
     async def body(row: Row) -> None:
         run = Run(own.servers, "s4", workdir / "s4")
+        cleanup.append(run)
         await run.prepare()
         n, rate = (5000, 250) if quick else (12000, 250)
         items = make_stream(n, seed=4, tag=f"s4{run.run_id}")
@@ -324,8 +324,6 @@ async def postgres_outage(own: OwnStack, workdir: Path, quick: bool = False) -> 
         v = await verify(run, items, settled_after=_settled(producer, healed))
         row.take(v)
         row.recovery_s = v.recovery_after(healed)
-        if row.passed:
-            await run.cleanup()
 
     return await _guarded(f"4 Postgres down {int(outage)}s", body, cleanup)
 
@@ -343,6 +341,7 @@ async def dlq_unwritable(servers: Servers, workdir: Path, quick: bool = False) -
 
     async def body(row: Row) -> None:
         run = Run(servers, "s5", workdir / "s5")
+        cleanup.append(run)
         await run.prepare()
         n, rate = (4000, 250) if quick else (7000, 250)
         items = make_stream(n, seed=5, tag=f"s5{run.run_id}")
@@ -379,8 +378,6 @@ async def dlq_unwritable(servers: Servers, workdir: Path, quick: bool = False) -
         v = await verify(run, items, settled_after=_settled(producer, healed))
         row.take(v)
         row.recovery_s = v.recovery_after(healed)
-        if row.passed:
-            await run.cleanup()
 
     return await _guarded("5 DLQ topic unwritable", body, cleanup)
 
@@ -396,6 +393,7 @@ async def poison(servers: Servers, workdir: Path, quick: bool = False) -> Row:
 
     async def body(row: Row) -> None:
         run = Run(servers, "s6", workdir / "s6")
+        cleanup.append(run)
         big = {"max.message.bytes": str(8 * MiB)}
         await run.prepare(topic_configs={SIGNALS: big, DLQ: big})
         warm = make_stream(600, seed=6, tag=f"s6{run.run_id}")
@@ -439,8 +437,6 @@ async def poison(servers: Servers, workdir: Path, quick: bool = False) -> Row:
                                            f"round {rounds} ({last / MiB:.0f} MiB)")
         row.check(rss[-1][1] <= rss[0][1] + 160 * MiB, "RSS grew by more than 160 MiB over the "
                                                        "warm-up level")
-        if row.passed:
-            await run.cleanup()
 
     return await _guarded("6 poison corpus", body, cleanup)
 
@@ -541,6 +537,7 @@ async def sigterm_under_load(servers: Servers, workdir: Path, quick: bool = Fals
 
     async def body(row: Row) -> None:
         run = Run(servers, "s7", workdir / "s7")
+        cleanup.append(run)
         await run.prepare()
         backlog, paced, rate = (3000, 3000, 300) if quick else (6000, 6000, 300)
         items = make_stream(backlog + paced, seed=7, tag=f"s7{run.run_id}")
@@ -574,8 +571,6 @@ async def sigterm_under_load(servers: Servers, workdir: Path, quick: bool = Fals
         row.recovery_s = max(rec) if rec else None
         row.check(not monitor.regressions,
                   f"committed offsets went backwards: {monitor.regressions[:3]}")
-        if row.passed:
-            await run.cleanup()
 
     return await _guarded("7 SIGTERM under load", body, cleanup)
 
@@ -594,6 +589,7 @@ async def soak(servers: Servers, workdir: Path, quick: bool = False,
         row.notes.append(f"sustainable {sustainable:.0f} signals/s (one worker, backlog drain); "
                          f"soak at {rate:.0f}/s for {duration:.0f}s")
         run = Run(servers, "s8", workdir / "s8")
+        cleanup.append(run)
         await run.prepare()
         n = int(rate * duration)
         items = make_stream(n, seed=8, tag=f"s8{run.run_id}")
@@ -644,8 +640,6 @@ async def soak(servers: Servers, workdir: Path, quick: bool = False,
         v = await verify(run, items, settled_after=_settled(producer))
         row.take(v)
         row.recovery_s = None
-        if row.passed:
-            await run.cleanup()
 
     label = f"8 soak {int(duration // 60)} min" if duration >= 60 else f"8 soak {duration:.0f}s"
     return await _guarded(label + " at 50%", body, cleanup)
@@ -654,6 +648,7 @@ async def soak(servers: Servers, workdir: Path, quick: bool = False,
 async def _sustainable_rate(servers: Servers, workdir: Path, cleanup: list[Any]) -> float:
     """One worker draining a pre-produced backlog: signals persisted per second."""
     run = Run(servers, "cal", workdir / "cal")
+    cleanup.append(run)
     await run.prepare()
     items = make_stream(15000, seed=80, tag=f"cal{run.run_id}")
     await StreamProducer(run, items, rate=1e9, backlog=len(items)).run()
@@ -664,5 +659,4 @@ async def _sustainable_rate(servers: Servers, workdir: Path, cleanup: list[Any])
                          " (SELECT created_at FROM routing_decisions UNION ALL"
                          "  SELECT created_at FROM dlq_entries) x")
     lo, hi, n = r[0]["lo"], r[0]["hi"], r[0]["n"]
-    await run.cleanup()
     return n / max(0.001, (hi - lo).total_seconds())
