@@ -22,8 +22,17 @@ decision_id, so consumers can dedupe); a crash between 2 and 3 re-writes rows th
 which ``ON CONFLICT DO NOTHING`` turns into no-ops: Postgres never holds two decisions for one
 signal.
 
-Rebalance: ``on_partitions_revoked`` waits for the in-flight batch to finish all three steps before
-the revoke completes, so the next owner starts exactly after our last commit.
+Pipelining: the order above holds per batch and across batches, but batches overlap — batch N+1
+is fetched, decided and handed to the producer while batch N waits for its acknowledgements, its
+Postgres transaction and its commit. Each batch's acknowledgements are awaited on their own; its
+step 2 starts only after the previous batch's step 2, its step 3 only after the previous batch's
+step 3, so offsets are committed strictly in batch order and only for fully durable batches. A
+batch that fails stops every later one before step 2 (the error is raised by ``step()``); at most
+``PIPELINE_DEPTH`` batches are uncommitted, which bounds what a crash re-processes.
+
+Rebalance: ``on_partitions_revoked`` takes the launch lock (no new batch starts) and waits until
+every batch in flight finished all three steps before the revoke completes, so the next owner
+starts exactly after our last commit.
 
 ``router.retry``: a record whose ``x-retry-not-before`` lies in the future is not processed; its
 partition is rewound to it and paused until then (records before it in the same fetch are
@@ -38,6 +47,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -52,7 +62,14 @@ from router_stream.errors import BrokerUnavailable
 from router_stream.worker.backoff import Backoff, retry_transient
 from router_stream.worker.logs import trace_id_of
 from router_stream.worker.metrics import WorkerMetrics
-from router_stream.worker.sink import RETRY, OutputTopics, persist_outputs, produce_outputs
+from router_stream.worker.sink import (
+    RETRY,
+    Deliveries,
+    OutputTopics,
+    await_deliveries,
+    persist_outputs,
+    send_outputs,
+)
 
 log = logging.getLogger("router_stream.worker")
 
@@ -66,7 +83,8 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         self._loop = loop
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        async with self._loop.batch_lock:  # the in-flight batch finishes all three steps first
+        async with self._loop.batch_lock:  # no batch launches meanwhile, and every batch in
+            await self._loop.wait_in_flight()  # flight finishes all three steps first
             for tp in revoked:
                 self._loop.retry_paused.pop(tp, None)
                 self._loop.forget_lag(tp)
@@ -80,6 +98,40 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
 def _names(tps: set[TopicPartition]) -> list[str]:
     return sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)
+
+
+PIPELINE_DEPTH = 3
+"""Batches decided but not yet committed, at most: one committing, one writing Postgres, one
+awaiting its acknowledgements while the next is decided. Bounds memory, the re-processing after
+a crash (and the Kafka duplicates it makes) and how far the producer runs ahead of Postgres."""
+
+
+class _PreviousBatchFailed(Exception):
+    """A batch stops because the one before it failed (the earlier error is the one raised)."""
+
+
+@dataclass(eq=False)
+class _Batch:
+    records: list[Any]
+    result: BatchResult
+    now: float
+    fetch_time: float
+    deliveries: Deliveries | None
+    prev: _Batch | None
+    task: asyncio.Task[None] = field(init=False)
+    persisted: asyncio.Event = field(default_factory=asyncio.Event)
+    committed: asyncio.Event = field(default_factory=asyncio.Event)
+    failed: bool = False
+
+
+async def _after(prev: _Batch | None, stage: str) -> None:
+    """Wait until the previous batch passed ``stage``; stop if it failed instead."""
+    if prev is None:
+        return
+    event: asyncio.Event = getattr(prev, stage)
+    await event.wait()
+    if prev.failed:
+        raise _PreviousBatchFailed(stage)
 
 
 class SignalLoop:
@@ -98,6 +150,7 @@ class SignalLoop:
         take_transitions: Callable[[], list[BreakerTransition]],
         on_step: StepHook | None = None,
         renew_producer: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
+        pipeline_depth: int = PIPELINE_DEPTH,
     ) -> None:
         self._settings = settings
         self._renew_producer = renew_producer
@@ -119,6 +172,9 @@ class SignalLoop:
         self.retry_paused: dict[TopicPartition, float] = {}
         self.processed = 0
         self._paused_for_retry: set[TopicPartition] = set()
+        self._depth = pipeline_depth
+        self._in_flight: list[_Batch] = []
+        self._failure: BaseException | None = None
 
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -134,7 +190,9 @@ class SignalLoop:
         self.consumer = consumer
 
     async def stop(self) -> None:
-        """Leave the group (no commit here: every processed batch committed itself)."""
+        """Let the batches in flight finish (or fail), then leave the group (no commit here:
+        every batch commits itself, in order)."""
+        await self.wait_in_flight()
         if self.consumer is not None:
             consumer, self.consumer = self.consumer, None
             await consumer.stop()
@@ -142,9 +200,14 @@ class SignalLoop:
     # --- one batch ------------------------------------------------------------------------
 
     async def step(self) -> int:
-        """Fetch one batch and take it through the commit order; returns records processed."""
+        """Fetch one batch, decide it and hand its outputs to the producer; the rest of its
+        commit order runs in the background (:meth:`_make_durable`). Returns records taken.
+
+        Raises the error that stopped a batch in flight (after which nothing later commits)."""
         consumer = self.consumer
         assert consumer is not None, "start() first"
+        self.raise_failure()
+        await self._wait_for_room()
         self._resume_due_retries()
         fetched = await consumer.getmany(
             timeout_ms=self._settings.batch_timeout_ms, max_records=self._settings.batch_max)
@@ -152,40 +215,99 @@ class SignalLoop:
             return 0
         fetch_time = time.monotonic()
         async with self.batch_lock:
+            self.raise_failure()
             assignment = consumer.assignment()
             records = self._due_records(
                 {tp: rs for tp, rs in fetched.items() if tp in assignment}, time.time())
             if not records:
                 return 0
-            await self._process(records, fetch_time)
+            await self._launch(records, fetch_time)
         return len(records)
 
-    async def _process(self, records: list[Any], fetch_time: float) -> None:
+    # --- the pipeline: batch N+1 is decided and sent while batch N finishes steps 1-3 --------
+
+    @property
+    def in_flight(self) -> int:
+        """Batches decided but not yet committed (or failed)."""
+        return len(self._in_flight)
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The error that stopped the pipeline, if any (the first, in batch order)."""
+        return self._failure
+
+    def raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    async def wait_in_flight(self) -> None:
+        """Until every batch in flight is committed or has failed (rebalance, drain)."""
+        while self._in_flight:
+            await asyncio.wait([b.task for b in self._in_flight])
+
+    async def _wait_for_room(self) -> None:
+        while len(self._in_flight) >= self._depth:
+            await asyncio.wait([self._in_flight[0].task])
+        self.raise_failure()
+
+    async def _launch(self, records: list[Any], fetch_time: float) -> None:
         now = time.time()
         result: BatchResult = self._engine.decide_batch(records, now)
         await self._hook("decided", result)
-        self._paused_for_retry = set()
+        if self._needs_new_producer and self._renew_producer is not None:
+            await self.wait_in_flight()  # the old producer is stopped by the renewal
+            self.raise_failure()
+            self._producer = await self._renew_producer()  # BrokerUnavailable: retried
+            self._needs_new_producer = False
+        deliveries = await send_outputs(self._producer, self._outputs, result)
+        batch = _Batch(records, result, now, fetch_time, deliveries,
+                       self._in_flight[-1] if self._in_flight else None)
+        batch.task = asyncio.create_task(self._make_durable(batch), name="router-batch")
+        self._in_flight.append(batch)
+
+    async def _make_durable(self, batch: _Batch) -> None:
+        """Steps 1-3 of one batch: its own acknowledgements are awaited at once (they overlap
+        the previous batch's Postgres write and commit), but step 2 starts only after the
+        previous batch's step 2 and step 3 only after the previous batch's step 3 — so offsets
+        are committed strictly in batch order and only for batches that are fully durable.
+        A failure here fails every later batch too (they never reach step 2 or 3)."""
+        result, prev = batch.result, batch.prev
         try:
-            await retry_transient("produce", lambda: self._produce(result), backoff=self._backoff,
+            await retry_transient("produce", lambda: self._produce(batch), backoff=self._backoff,
                                   give_up=self._give_up, on_retry=self._count_retry)
             await self._hook("produced", result)
-            extra = self._take_transitions()
+            await _after(prev, "persisted")
             pool = self._pool
             if pool is not None:  # None: persistence off (ROUTER_PERSIST=false), Kafka only
+                extra = self._take_transitions()
                 await retry_transient(
-                    "persist", lambda: persist_outputs(pool, result, now, extra),
+                    "persist", lambda: persist_outputs(pool, result, batch.now, extra),
                     backoff=self._backoff, give_up=self._give_up, on_retry=self._count_retry)
                 await self._hook("persisted", result)
-            await self._commit(records)
+            else:
+                self._take_transitions()
+            batch.persisted.set()
+            await _after(prev, "committed")
+            await self._commit(batch.records)
             await self._hook("committed", result)
+            batch.committed.set()
+            self.processed += len(batch.records)
+            self._observe(batch.records, result, time.monotonic() - batch.fetch_time)
             if result.rollout_events:
                 await self._announce_rollbacks(result)
+        except BaseException as exc:  # noqa: BLE001 - kept and raised by step(), in batch order
+            batch.failed = True
+            if self._failure is None and not isinstance(exc, _PreviousBatchFailed):
+                self._failure = exc
         finally:
-            if self._paused_for_retry and self.consumer is not None:
+            batch.persisted.set()
+            batch.committed.set()
+            batch.prev = None  # no chain of finished batches kept alive
+            self._in_flight.remove(batch)
+            if not self._in_flight and self._paused_for_retry and self.consumer is not None:
                 self.consumer.resume(
                     *(tp for tp in self._paused_for_retry if tp not in self.retry_paused))
-        self.processed += len(records)
-        self._observe(records, result, time.monotonic() - fetch_time)
+                self._paused_for_retry = set()
 
     async def _announce_rollbacks(self, result: BatchResult) -> None:
         """Tell every worker (through router.control) and the policy_versions table that a
@@ -208,12 +330,17 @@ class SignalLoop:
                 log.error("could not announce the rollback", extra={
                     "candidate": event.candidate_version, "error": repr(exc)})
 
-    async def _produce(self, result: BatchResult) -> None:
-        if self._needs_new_producer and self._renew_producer is not None:
-            self._producer = await self._renew_producer()  # BrokerUnavailable: retried
-            self._needs_new_producer = False
+    async def _produce(self, batch: _Batch) -> None:
+        """Step 1: the first attempt waits for the deliveries handed over when the batch was
+        launched; a retry sends the whole batch again (at-least-once on Kafka)."""
+        deliveries, batch.deliveries = batch.deliveries, None
         try:
-            await produce_outputs(self._producer, self._outputs, result)
+            if deliveries is None:
+                if self._needs_new_producer and self._renew_producer is not None:
+                    self._producer = await self._renew_producer()  # BrokerUnavailable: retried
+                    self._needs_new_producer = False
+                deliveries = await send_outputs(self._producer, self._outputs, batch.result)
+            await await_deliveries(deliveries)
         except BrokerUnavailable as exc:
             for dest, n in getattr(exc, "failed_destinations", {}).items():
                 self._metrics.routing_errors.labels(dest).inc(n)

@@ -37,7 +37,7 @@ from router_stream.worker.hotpath import SignalLoop, StepHook
 from router_stream.worker.http import HealthServer
 from router_stream.worker.metrics import WorkerMetrics
 from router_stream.worker.policy_source import build_engine, read_policy_file
-from router_stream.worker.sink import transition_row
+from router_stream.worker.sink import KeyHashCache, transition_row
 from router_stream.worker.state import PolicyEvent, StateFollower
 
 log = logging.getLogger("router_stream.worker")
@@ -159,7 +159,7 @@ class RouterWorker:
                 await old.stop()
         producer = AIOKafkaProducer(
             enable_idempotence=True, acks="all", linger_ms=5, max_batch_size=512 * 1024,
-            max_request_size=MAX_RECORD_BYTES,
+            max_request_size=MAX_RECORD_BYTES, partitioner=KeyHashCache(),
             request_timeout_ms=30_000, client_id="router-stream-worker",
             **self.settings.kafka_client_options)
         await _kafka_call("starting the producer", producer.start())
@@ -214,6 +214,8 @@ class RouterWorker:
             await self.stop()
         if self._crashed is not None:
             raise self._crashed
+        if self.signals.failure is not None:  # a batch that failed while the loop was draining
+            raise self.signals.failure
 
     async def run_until_idle(self, idle_s: float = 1.0) -> None:
         """Burst mode (like arq's ``burst=True``): start, process until nothing is left, stop."""
@@ -222,6 +224,8 @@ class RouterWorker:
 
     async def _idle(self) -> bool:
         assert self.signals is not None and self.follower is not None
+        if self.signals.in_flight:
+            return False
         lag = await self.signals.input_lag()
         return lag == 0 and not self._pending_transitions
 

@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from router_stream.adapters import postgres as pg
 from router_stream.config import DECISIONS, DLQ, Settings
@@ -30,6 +31,7 @@ from router_stream.core.rollout import ShadowOutcome
 from router_stream.errors import BrokerUnavailable, RouterError
 
 RETRY = "router.retry"
+_default_partitioner = DefaultPartitioner()
 
 
 @dataclass(frozen=True)
@@ -62,31 +64,51 @@ class ProduceFailed(BrokerUnavailable):
         self.refused = refused or {}
 
 
-async def produce_outputs(
+@dataclass
+class Deliveries:
+    """One batch's records handed to the producer (:func:`send_outputs`): a delivery future per
+    record, or the error that stopped the hand-over. :func:`await_deliveries` completes step 1."""
+
+    sends: list[tuple[str | None, str, asyncio.Future[Any]]]
+    error: RouterError | None = None
+
+
+async def send_outputs(
     producer: AIOKafkaProducer, topics: OutputTopics, result: BatchResult
-) -> int:
-    """Commit step 1: send every output record and wait until the broker acknowledged all of
-    them. Returns how many records were delivered. Raises :class:`ProduceFailed` (transient)."""
+) -> Deliveries:
+    """The first half of step 1: hand every output record to the producer without waiting for a
+    single acknowledgement, so the next batch can be decided while these are in flight. Never
+    raises a Kafka error: a failed hand-over is returned and raised by :func:`await_deliveries`."""
     sends: list[tuple[str | None, str, asyncio.Future[Any]]] = []
+    send = producer.send
     try:
+        routed = topics.routed
         for r in result.routed:
-            topic = topics.routed(r.destination)
-            fut = await producer.send(topic, r.value, key=r.key)
-            sends.append((r.destination, topic, fut))
+            topic = routed(r.destination)
+            sends.append((r.destination, topic, await send(topic, r.value, key=r.key)))
+        decisions = topics.decisions
         for d in result.decisions:
-            fut = await producer.send(topics.decisions, d.to_json(), key=d.signal_id.encode())
-            sends.append((None, topics.decisions, fut))
+            sends.append((None, decisions,
+                          await send(decisions, d.to_json(), key=d.signal_id.encode())))
         for q in result.dlq:
-            fut = await producer.send(topics.dlq, q.entry.original_value, key=q.entry.original_key,
-                                      headers=q.headers)
-            sends.append((None, topics.dlq, fut))
+            sends.append((None, topics.dlq, await send(
+                topics.dlq, q.entry.original_value, key=q.entry.original_key, headers=q.headers)))
         for t in result.retries:
-            fut = await producer.send(topics.retry, t.value, key=t.key, headers=t.headers)
-            sends.append((None, topics.retry, fut))
+            sends.append((None, topics.retry,
+                          await send(topics.retry, t.value, key=t.key, headers=t.headers)))
     except KafkaError as exc:
         for *_, fut in sends:
             fut.cancel()
-        raise _broker_error("sending", exc) from exc
+        return Deliveries([], _broker_error("sending", exc))
+    return Deliveries(sends)
+
+
+async def await_deliveries(deliveries: Deliveries) -> int:
+    """The second half of step 1: wait until the broker acknowledged every record. Returns how
+    many were delivered; raises :class:`ProduceFailed` (transient) or the hand-over's error."""
+    if deliveries.error is not None:
+        raise deliveries.error
+    sends = deliveries.sends
     outcomes = await asyncio.gather(*(f for *_, f in sends), return_exceptions=True)
     failed: dict[str, int] = {}
     refused: dict[str, str] = {}
@@ -104,6 +126,35 @@ async def produce_outputs(
                             f"{len(sends)} deliveries failed: {first!r}", failed,
                             refused) from first
     return len(sends)
+
+
+async def produce_outputs(
+    producer: AIOKafkaProducer, topics: OutputTopics, result: BatchResult
+) -> int:
+    """Commit step 1: send every output record and wait until the broker acknowledged all of
+    them. Returns how many records were delivered. Raises :class:`ProduceFailed` (transient)."""
+    return await await_deliveries(await send_outputs(producer, topics, result))
+
+
+class KeyHashCache:
+    """aiokafka's default partitioner (murmur2 of the key, Java-compatible) with the hash of each
+    key remembered: murmur2 is pure Python and signals repeat their keys (sender, metric), so
+    this took ~3 % of the worker's CPU. Same partition for the same key as every other client."""
+
+    def __init__(self, max_keys: int = 100_000) -> None:
+        self._hashes: dict[bytes, int] = {}
+        self._max_keys = max_keys
+
+    def __call__(self, key: bytes | None, all_partitions: list[int],
+                 available: list[int]) -> int:
+        if key is None:
+            return _default_partitioner(key, all_partitions, available)  # type: ignore[no-any-return]
+        h = self._hashes.get(key)
+        if h is None:
+            if len(self._hashes) >= self._max_keys:
+                self._hashes.clear()
+            h = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return all_partitions[h % len(all_partitions)]
 
 
 def _broker_error(what: str, exc: KafkaError) -> RouterError:
