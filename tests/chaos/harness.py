@@ -665,6 +665,24 @@ async def committed_offsets(run: Run) -> dict[TopicPartition, int]:
         await admin.close()
 
 
+async def group_lag(run: Run) -> int:
+    """Records of the signals and router.retry topics past the group's committed offsets."""
+    from aiokafka import AIOKafkaConsumer
+
+    committed = await committed_offsets(run)
+    consumer = AIOKafkaConsumer(bootstrap_servers=run.settings.kafka_bootstrap)
+    await consumer.start()
+    try:
+        meta = await consumer._client.fetch_all_metadata()
+        tps = [TopicPartition(t, p) for t in (run.topic(SIGNALS), run.topic("router.retry"))
+               for p in sorted(meta.partitions_for_topic(t) or ())]
+        starts = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        return sum(max(0, ends[tp] - committed.get(tp, starts[tp])) for tp in tps)
+    finally:
+        await consumer.stop()
+
+
 class RssSampler:
     """RSS of a set of worker processes every ``every`` seconds."""
 

@@ -389,7 +389,7 @@ async def poison(servers: Servers, workdir: Path, quick: bool = False) -> Row:
     from tests.chaos import corpus
 
     cleanup: list[Any] = []
-    rounds = 1 if quick else 3
+    rounds = 1 if quick else 5
 
     async def body(row: Row) -> None:
         run = Run(servers, "s6", workdir / "s6")
@@ -422,23 +422,33 @@ async def poison(servers: Servers, workdir: Path, quick: bool = False) -> Row:
         a.send(signal.SIGTERM)
         rc = await a.wait(30)
         row.check(rc == 0, f"worker exited {rc}")
-        v = await verify(run, items, settled_after=None)
+        v = await verify(run, items, check_state=False)  # no state events in this scenario
         row.take(v)
-        row.state_equal = "n/a"
         problems = await _check_poison_dlq(run, poison_of)
         row.failures.extend(problems)
         kinds = {p.label for p in poison_of.values()} - {"duplicate-id-first"}
         row.notes.append(f"{len(kinds)} poison kinds x {rounds} round(s)")
         row.check(len(kinds) >= 25, f"only {len(kinds)} poison kinds")
         row.notes.append("RSS " + ", ".join(f"{k} {b / MiB:.0f} MiB" for k, b in rss))
-        base, last = rss[1][1], rss[-1][1]
-        if rounds > 1:
-            row.check(last <= base * 1.10, f"RSS grew from round 1 ({base / MiB:.0f} MiB) to "
+        # Round 1 grows the buffers (fetch, producer, asyncpg) to the largest record; bounded
+        # memory means later rounds of the same corpus do not keep growing it.
+        if rounds > 2:
+            base, last = rss[2][1], rss[-1][1]
+            row.check(last <= base * 1.10, f"RSS grew from round 2 ({base / MiB:.0f} MiB) to "
                                            f"round {rounds} ({last / MiB:.0f} MiB)")
         row.check(rss[-1][1] <= rss[0][1] + 160 * MiB, "RSS grew by more than 160 MiB over the "
                                                        "warm-up level")
 
     return await _guarded("6 poison corpus", body, cleanup)
+
+
+async def _group_done(run: Run) -> bool:
+    from tests.chaos.harness import group_lag
+
+    try:
+        return await group_lag(run) == 0
+    except Exception:  # noqa: BLE001 - retried by wait_for
+        return False
 
 
 async def _rows_at_least(run: Run, n: int) -> bool:
@@ -587,7 +597,8 @@ async def soak(servers: Servers, workdir: Path, quick: bool = False,
         sustainable = await _sustainable_rate(servers, workdir, cleanup)
         rate = max(50.0, round(sustainable * 0.5))
         row.notes.append(f"sustainable {sustainable:.0f} signals/s (one worker, backlog drain); "
-                         f"soak at {rate:.0f}/s for {duration:.0f}s")
+                         f"soak at {rate:.0f}/s for {duration:.0f}s, dedupe window "
+                         f"{max(5, min(60, int(duration / 10)))}s")
         run = Run(servers, "s8", workdir / "s8")
         cleanup.append(run)
         await run.prepare()
@@ -595,7 +606,12 @@ async def soak(servers: Servers, workdir: Path, quick: bool = False,
         items = make_stream(n, seed=8, tag=f"s8{run.run_id}")
         producer = StreamProducer(run, items, rate, state_events=make_state_events(300, seed=8),
                                   state_share=0.2)
-        a = WorkerProc(run, "a", idle_s=5)
+        # A service, not a burst: stopped by SIGTERM once the group has committed everything.
+        # The dedupe window is the worker's one deliberately growing structure (every alert id
+        # for window_s, 3600 s by default); a tenth of the soak (60 s for 10 min) lets it reach
+        # its steady size within the warm-up that the RSS comparison skips.
+        window = max(5, min(60, int(duration / 10)))
+        a = WorkerProc(run, "a", idle_s=None, env={"ROUTER_DEDUPE_WINDOW_S": str(window)})
         cleanup.append(a.start())
         monitor = CommitMonitor(run, every=1.0).start()
         sampler = RssSampler([a], every=2.0).start()
@@ -607,7 +623,10 @@ async def soak(servers: Servers, workdir: Path, quick: bool = False,
             committed = sum(monitor.at(time.time()).values())
             lags.append((time.time(), max(0, producer.sent - committed)))
         await task
-        await _finish(row, [a], timeout=120)
+        caught_up = await wait_for(lambda: _group_done(run), 120, "the group to commit the end")
+        row.notes.append(f"group caught up {caught_up:.1f}s after the last record was acked")
+        a.send(signal.SIGTERM)
+        await _finish(row, [a], timeout=60)
         await sampler.stop()
         await monitor.stop()
         t0, t1 = producer.started_at or 0, producer.finished_at or time.time()

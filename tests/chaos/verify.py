@@ -108,6 +108,9 @@ class Verdict:
     decisions: int = 0
     dlq: int = 0
     lost: list[int] = field(default_factory=list)
+    # of the lost: records below the group's committed offset (committed without a row: the
+    # worker lost them) vs at/after it (never completed: the group stopped too early)
+    lost_committed: list[int] = field(default_factory=list)
     duplicates: list[int] = field(default_factory=list)
     wrong: list[tuple[int, str, str]] = field(default_factory=list)
     input_duplicates: list[int] = field(default_factory=list)
@@ -135,6 +138,11 @@ class Verdict:
             value = getattr(self, name)
             if value:
                 out.append(f"{name}: {len(value)} e.g. {value[:5]}")
+        if self.lost:
+            out.append(f"of the lost, {len(self.lost_committed)} were below the group's "
+                       f"committed offset (committed without a row), "
+                       f"{len(self.lost) - len(self.lost_committed)} were never committed "
+                       f"(the group stopped before them)")
         if self.stray_rows:
             out.append(f"stray rows (no input record): {self.stray_rows}")
         if self.state_equal is False:
@@ -201,6 +209,13 @@ async def verify(run: Run, items: list[Item], *, check_state: bool = True,
             v.wrong.append((idx, expected[idx].expect, outcomes[0]))
     v.stray_rows = sum(len(rows) for c, rows in at.items() if c not in known)
     v.lost.sort()
+    if v.lost:
+        from tests.chaos.harness import committed_offsets
+
+        committed = {tp.partition: off for tp, off in (await committed_offsets(run)).items()
+                     if tp.topic == signals_topic}
+        v.lost_committed = [i for i in v.lost
+                            if any(o < committed.get(p, 0) for p, o in coords[i])]
     v.duplicates.sort()
 
     await _check_routed(run, decisions, v)
