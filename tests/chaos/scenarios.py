@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from router_stream.config import DLQ, SIGNALS
 from tests.chaos.harness import (
     CommitMonitor,
@@ -636,6 +638,8 @@ async def soak(servers: Servers, workdir: Path, quick: bool = False,
             xs = [b for t, _, b in sampler.samples if t0 + lo * span <= t <= t0 + hi * span]
             return sum(xs) / len(xs) if xs else 0.0
 
+        (run.workdir / "rss.json").write_text(orjson.dumps(
+            [{"t": round(t - t0, 1), "rss": b} for t, _, b in sampler.samples]).decode())
         early, late = mean_rss(0.15, 0.25), mean_rss(0.9, 1.0)
         growth = (late - early) / early if early else float("nan")
         row.notes.append(f"RSS {early / MiB:.1f} MiB at 15-25% -> {late / MiB:.1f} MiB at "
