@@ -24,6 +24,7 @@ CONTROL = "router.control"
 DECISIONS = "router.decisions"
 DLQ = "router.dlq"
 ROUTED_PREFIX = "routed."
+WORKERS = "router.workers"  # worker heartbeats when ROUTER_PERSIST=false (docs/operations.md)
 
 
 class Settings(BaseSettings):
@@ -70,6 +71,14 @@ class Settings(BaseSettings):
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     state_dir: str = ".router-stream"
+    worker_id: str | None = Field(
+        None, min_length=1, max_length=200,
+        description="how this worker names itself in heartbeats (`policy show`); default "
+        "host:pid. Set it to the pod name in Kubernetes.")
+    heartbeat_interval_s: float = Field(
+        5.0, gt=0, le=300,
+        description="how often each worker records its heartbeat; `policy show` calls a worker "
+        "stale after 3 intervals without one")
 
     def __init__(self, **values: Any) -> None:
         """As pydantic's, but a bad setting is a :class:`ConfigError` (CLI: one line, exit 1)

@@ -18,6 +18,7 @@ from router_stream.errors import UserError
 TOPICS_DIR = tp.default_topics_file().parent
 SPEC_TOPICS = {"signals", "source-health", "outcomes", "router.control", "router.decisions",
                "router.dlq", "router.retry"}
+EXTENSION_TOPICS = {"router.workers"}  # heartbeats without Postgres (docs/operations.md)
 
 
 def _registry() -> Registry:
@@ -47,9 +48,12 @@ def test_every_spec_topic_is_declared_with_an_existing_valid_schema():
     decl = tp.load_declarations()
     by_name = {t.logical: t for t in decl.topics}
 
-    assert set(by_name) == SPEC_TOPICS
+    assert set(by_name) == SPEC_TOPICS | EXTENSION_TOPICS
     for spec in [*decl.topics, decl.routed]:
-        assert spec.configs["cleanup.policy"] == "delete", spec.logical
+        if spec.logical == "router.workers":  # latest beat per worker, long-gone ones deleted
+            assert spec.configs["cleanup.policy"] == "compact,delete"
+        else:
+            assert spec.configs["cleanup.policy"] == "delete", spec.logical
         assert "retention.ms" in spec.configs, spec.logical
         if spec.logical == "router.dlq":
             assert spec.schema is None  # original bytes, whatever they are
@@ -216,3 +220,19 @@ def test_routed_record_is_the_signal_plus_route():
     assert errors("routed.schema.json", {**signal, "route": route}) == []
     assert errors("routed.schema.json", signal) != []
     assert errors("routed.schema.json", {"route": route}) != []  # still a signal: sender_id
+
+
+def test_the_heartbeat_a_worker_sends_validates_and_reads_back():
+    from router_stream.core.heartbeat import WorkerHeartbeat
+
+    hb = WorkerHeartbeat(
+        worker_id="host-a:41", group_id="router-stream", host="host-a", pid=41,
+        policy_version="p-0123456789ab", started_at=1.7e9, last_seen=1.7e9 + 5, status="running",
+        interval_s=5.0, partitions=(("signals", 0), ("router.retry", 0)),
+        candidate_version="p-ba9876543210", rollout_mode="canary", rollout_share=0.1,
+        signals_processed=42, beats=2, software_version="0.1.0")
+    as_sent = orjson.loads(orjson.dumps(hb.as_json()))
+    assert errors("worker-heartbeat.schema.json", as_sent) == []
+    assert WorkerHeartbeat.from_json(as_sent) == hb
+    assert errors("worker-heartbeat.schema.json", {**as_sent, "status": "sleeping"}) != []
+    assert errors("worker-heartbeat.schema.json", {**as_sent, "partitions": [["signals"]]}) != []
