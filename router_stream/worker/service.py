@@ -4,11 +4,12 @@ Lifecycle::
 
     start()   policy file -> engine; verify topics (refuse to start otherwise); Postgres pool;
               idempotent producer; replay the state topics (StateFollower); join the consumer
-              group (SignalLoop); periodic tasks; /livez /readyz /metrics
+              group (SignalLoop); periodic tasks and the heartbeat; /livez /readyz /metrics
     run()     batches until request_stop() — or, in burst mode, until the input lag has been 0
               for ``exit_when_idle`` seconds
     stop()    drain: the batch in flight finishes all commit steps, then leave the group, flush
-              side writes, close everything — bounded by ``drain_timeout_s`` (< 30 s)
+              side writes, a last ``stopped`` heartbeat, close everything — bounded by
+              ``drain_timeout_s`` (< 30 s)
 
 The worker is a plain asyncio object so tests drive it in-process; :mod:`.app` hosts it in a
 faust App for production.
@@ -29,10 +30,12 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from router_stream.adapters import postgres as pg
+from router_stream.adapters.heartbeats import HeartbeatStore, KafkaHeartbeats, PostgresHeartbeats
 from router_stream.config import Settings
 from router_stream.core.breaker import BreakerTransition
 from router_stream.errors import BrokerUnavailable, RouterError, TransientError
 from router_stream.worker.backoff import Backoff
+from router_stream.worker.heartbeat import Heartbeat
 from router_stream.worker.hotpath import SignalLoop, StepHook
 from router_stream.worker.http import HealthServer
 from router_stream.worker.metrics import WorkerMetrics
@@ -89,6 +92,7 @@ class RouterWorker:
         self.follower: StateFollower | None = None
         self.signals: SignalLoop | None = None
         self.http: HealthServer | None = None
+        self.heartbeat: Heartbeat | None = None
 
     # --- start ------------------------------------------------------------------------------
 
@@ -127,6 +131,8 @@ class RouterWorker:
             give_up=self._past_drain_deadline, take_transitions=self._take_transitions,
             on_step=self._on_step, renew_producer=self._renew_producer)
         await self.signals.start()
+        self.heartbeat = Heartbeat(self, self._heartbeat_store())
+        self._spawn(self.heartbeat.run(), "heartbeat")
         self._spawn(self._side_writes(), "side-writes")
         self._spawn(self._refresh_gauges(), "gauges")
         log.info("worker started", extra={"group_id": s.group_id,
@@ -149,6 +155,13 @@ class RouterWorker:
             if self._crashed is not None:
                 raise self._crashed
             raise StartupRefused("stopped before the state topics were replayed")
+
+    def _heartbeat_store(self) -> HeartbeatStore:
+        """Heartbeats go where the deployment keeps its ledger: Postgres, or the compacted
+        router.workers topic when persistence is off (docs/operations.md)."""
+        if self.pool is not None:
+            return PostgresHeartbeats(self.pool)
+        return KafkaHeartbeats(self.settings, lambda: self.producer)
 
     async def _renew_producer(self) -> AIOKafkaProducer:
         """Start a producer (at start-up, and after the broker refused records: see
@@ -238,6 +251,12 @@ class RouterWorker:
             log.info("stop requested, draining")
             self._drain_deadline = time.monotonic() + self._drain_timeout_s
             self._stopping.set()
+            if self.heartbeat is not None:
+                self.heartbeat.wake()  # say "draining" now, not at the next interval
+
+    @property
+    def draining(self) -> bool:
+        return self._stopping.is_set()
 
     def _past_drain_deadline(self) -> bool:
         return self._drain_deadline is not None and time.monotonic() > self._drain_deadline
@@ -256,6 +275,10 @@ class RouterWorker:
         self._tasks.clear()
         with contextlib.suppress(TransientError):
             await asyncio.wait_for(self._flush_side_writes(), 5)
+        if self.heartbeat is not None:
+            failed = self._crashed is not None or (
+                self.signals is not None and self.signals.failure is not None)
+            await self.heartbeat.final(failed=failed)  # bounded, never raises
         if self.follower is not None:
             await self.follower.stop()
         if self.producer is not None:
@@ -286,6 +309,8 @@ class RouterWorker:
     def _on_policy(self, event: PolicyEvent) -> None:
         if event.accepted:
             self.metrics.set_policy(self.engine.policy_version)
+            if event.live and self.heartbeat is not None:
+                self.heartbeat.wake()  # `policy show` sees the switch within a beat
         if event.live:  # a replay at start-up re-reads history that was recorded when it happened
             self._pending_policies.append(event)
 

@@ -1,0 +1,136 @@
+"""The worker's heartbeat: who it is, what it owns and which policy it decides with, recorded
+every ``ROUTER_HEARTBEAT_INTERVAL_S`` for ``router-stream policy show``.
+
+Off the hot path by construction: the beat runs in its own task, reads only in-memory state
+(the engine's policy and rollout, the consumer's assignment, the committed-record count), and
+each write is bounded by :data:`WRITE_TIMEOUT_S`. A write that fails or times out is logged
+once per outage (and once when beats get through again) and simply tried again at the next
+beat — a beat is the worker's current state, so nothing queues up and nothing is replayed. A
+Postgres or broker outage therefore costs stale rows in ``policy show``, never a stalled batch.
+
+Beats go out early (without waiting for the interval) when the worker starts draining and when
+a live policy change was applied, and a last one when it exits: ``stopped`` when it exits
+cleanly, ``failed`` when it stops on an error. A worker that dies without that last beat
+(SIGKILL, OOM, power) is shown ``stale`` once it missed three intervals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from typing import Any, Protocol
+
+from router_stream import __version__
+from router_stream.adapters.heartbeats import HeartbeatStore
+from router_stream.config import Settings
+from router_stream.core.heartbeat import WorkerHeartbeat, WorkerStatus, normalise_partitions
+from router_stream.errors import TransientError
+
+log = logging.getLogger("router_stream.worker.heartbeat")
+
+WRITE_TIMEOUT_S = 5.0
+FINAL_WRITE_TIMEOUT_S = 2.0
+"""The ``stopped`` beat is part of the drain, which must end well under 30 s."""
+
+
+class _Worker(Protocol):
+    """What the heartbeat reads from :class:`~router_stream.worker.service.RouterWorker`."""
+
+    settings: Settings
+    engine: Any
+    signals: Any
+
+    @property
+    def draining(self) -> bool: ...
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Heartbeat:
+    def __init__(self, worker: _Worker, store: HeartbeatStore) -> None:
+        self._worker = worker
+        self._store = store
+        s = worker.settings
+        self.worker_id = s.worker_id or default_worker_id()
+        self.interval_s = s.heartbeat_interval_s
+        self._host = socket.gethostname()
+        self._pid = os.getpid()
+        self._started_at = time.time()
+        self._beats = 0
+        self._wake = asyncio.Event()
+        self._failing_since: float | None = None
+        self._failed_in_a_row = 0
+        self.recorded = 0
+        self.failed = 0
+
+    def wake(self) -> None:
+        """Beat now rather than at the end of the interval (draining, policy switched)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            await self.beat("draining" if self._worker.draining else "running")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+
+    async def final(self, *, failed: bool = False) -> None:
+        """The last beat: ``stopped`` after a clean exit, ``failed`` when the worker stops on
+        an error (the group is left either way: no partitions)."""
+        await self.beat("failed" if failed else "stopped", timeout_s=FINAL_WRITE_TIMEOUT_S)
+
+    async def beat(self, status: WorkerStatus, *, timeout_s: float = WRITE_TIMEOUT_S) -> bool:
+        """Record one heartbeat; False when it could not be (logged, never raised)."""
+        self._beats += 1
+        try:
+            hb = self.snapshot(status)
+            await asyncio.wait_for(self._store.write(hb), timeout_s)
+        except Exception as exc:  # noqa: BLE001 - a heartbeat must never take routing down
+            self._failed(exc)
+            return False
+        self.recorded += 1
+        if self._failing_since is not None:
+            log.info("heartbeat recorded again", extra={
+                "worker_id": self.worker_id, "failed_beats": self._failed_in_a_row,
+                "after_s": round(time.monotonic() - self._failing_since, 1)})
+            self._failing_since, self._failed_in_a_row = None, 0
+        return True
+
+    def _failed(self, exc: Exception) -> None:
+        self.failed += 1
+        self._failed_in_a_row += 1
+        if self._failing_since is not None:
+            return  # logged when the outage began; logged again when it ends
+        self._failing_since = time.monotonic()
+        expected = isinstance(exc, TransientError | TimeoutError)
+        log.log(logging.WARNING if expected else logging.ERROR,
+                "heartbeat not recorded; routing goes on, retrying every beat",
+                exc_info=None if expected else exc,
+                extra={"worker_id": self.worker_id, "error": str(exc) or type(exc).__name__})
+
+    def snapshot(self, status: WorkerStatus) -> WorkerHeartbeat:
+        """The worker as it is now (in-memory reads only)."""
+        w = self._worker
+        engine = w.engine
+        rollout = engine.rollout
+        consumer = w.signals.consumer if w.signals is not None else None
+        live = status in ("running", "draining")
+        assigned = consumer.assignment() if consumer is not None and live else ()
+        return WorkerHeartbeat(
+            worker_id=self.worker_id, group_id=w.settings.group_id, host=self._host,
+            pid=self._pid, policy_version=engine.policy_version,
+            candidate_version=rollout.candidate.version if rollout is not None else None,
+            rollout_mode=rollout.mode if rollout is not None else None,
+            rollout_share=rollout.fraction if rollout is not None else None,
+            partitions=normalise_partitions((tp.topic, tp.partition) for tp in assigned),
+            started_at=self._started_at, last_seen=time.time(), status=status,
+            interval_s=self.interval_s,
+            signals_processed=w.signals.processed if w.signals is not None else 0,
+            beats=self._beats, software_version=__version__,
+        )
