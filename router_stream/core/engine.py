@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import orjson
@@ -661,20 +661,16 @@ class _BatchView:
                     unavailable.add(target)
         self.unavailable = unavailable
         self.unavailable_sources = unavailable | set(self.overrides.excluded)
-        self._trust_scores: dict[str, float] | None = None
+        self._trust_scores: _Scores | None = None
         # Keyed by route identity: a rollout candidate may route the same kind differently.
         self._contexts: dict[int, SelectionContext] = {}
         self._route_state: dict[int, tuple[dict[str, float], dict[str, str]]] = {}
 
     @property
-    def trust_scores(self) -> dict[str, float]:
+    def trust_scores(self) -> _Scores:
         if self._trust_scores is None:
             e = self._engine
-            p = e._policy
-            self._trust_scores = {
-                k: tr.score(v, self._now, p.trust_weights, p.trust_params)
-                for k, v in e._trust.items()
-            }
+            self._trust_scores = _Scores(e._trust, self._now, e._policy)
         return self._trust_scores
 
     def route_state(self, route: RouteSpec) -> tuple[dict[str, float], dict[str, str]]:
@@ -693,15 +689,18 @@ class _BatchView:
 
     def trust_changed(self, target: str, state: tr.TrustState) -> None:
         """Keep the batch's score cache equal to what a fresh batch would compute, so a batch
-        decides exactly as its records would one by one."""
-        self._route_state.clear()
+        decides exactly as its records would one by one. Only the recorded state of routes that
+        name ``target`` is dropped: a consensus observation changes its *source's* trust on
+        every signal, and rebuilding every route's state for it cost more than the decision."""
+        for key, (trust, _breakers) in list(self._route_state.items()):
+            if target in trust:
+                del self._route_state[key]
         if self._trust_scores is not None:
-            p = self._engine._policy
-            self._trust_scores[target] = tr.score(state, self._now, p.trust_weights,
-                                                  p.trust_params)
+            self._trust_scores.changed(target, state)
 
     def trust_of(self, target: str) -> float:
-        return round(self.trust_scores.get(target, self._engine._policy.trust_params.initial), 4)
+        score = self.trust_scores.get(target)
+        return round(score if score is not None else self._engine._policy.trust_params.initial, 4)
 
     def breaker_state(self, target: str) -> str:
         b = self._engine._breakers.get(target)
@@ -737,6 +736,54 @@ class _BatchView:
             )
             self._contexts[id(route)] = ctx
         return ctx
+
+
+class _Scores(Mapping[str, float]):
+    """Trust scores of a batch, computed on first use per target and then kept.
+
+    Scoring every known source at the start of each batch cost O(sources) per batch — with 1,000
+    sources and the small batches of a lightly loaded worker, more than deciding the batch. Only
+    the targets a batch's routes and consensus metrics actually look at are scored now.
+    """
+
+    __slots__ = ("_states", "_now", "_weights", "_params", "_memo")
+
+    def __init__(self, states: dict[str, tr.TrustState], now: float,
+                 policy: CompiledPolicy) -> None:
+        self._states = states
+        self._now = now
+        self._weights = policy.trust_weights
+        self._params = policy.trust_params
+        self._memo: dict[str, float] = {}
+
+    def get(self, key: str, default: float | None = None) -> float | None:  # type: ignore[override]
+        score = self._memo.get(key)
+        if score is not None:
+            return score
+        state = self._states.get(key)
+        if state is None:
+            return default
+        score = tr.score(state, self._now, self._weights, self._params)
+        self._memo[key] = score
+        return score
+
+    def changed(self, key: str, state: tr.TrustState) -> None:
+        self._memo[key] = tr.score(state, self._now, self._weights, self._params)
+
+    def __getitem__(self, key: str) -> float:
+        score = self.get(key)
+        if score is None:
+            raise KeyError(key)
+        return score
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._states)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._states
 
 
 class _InFlight(dict[str, float]):
