@@ -71,7 +71,7 @@ def _publish(result: dict[str, Any], json_path: Path | None, out_dir: Path, docs
     report.print_table(result, console)
     console.print(f"results: {json_path}" + "".join(f"\n         {p}" for p in plots))
     if not plots:
-        console.print("  (no plots: `pip install -e '.[bench]'` for matplotlib)")
+        console.print("  (no plots: `pip install -e '.\\[bench]'` for matplotlib)")
     if docs is not None:
         report.write_docs(result, json_path, plots, docs)
         console.print(f"docs:    {docs}")
