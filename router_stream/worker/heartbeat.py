@@ -8,8 +8,9 @@ once per outage (and once when beats get through again) and simply tried again a
 beat — a beat is the worker's current state, so nothing queues up and nothing is replayed. A
 Postgres or broker outage therefore costs stale rows in ``policy show``, never a stalled batch.
 
-Beats go out early (without waiting for the interval) when the worker starts draining and when
-a live policy change was applied, and a last one when it exits: ``stopped`` when it exits
+Beats go out early (without waiting for the interval) when what they say changed — partitions
+after a rebalance, the policy or rollout after a switch, draining — checked every
+:data:`CHANGE_CHECK_S` from memory, and a last one when the worker exits: ``stopped`` when it exits
 cleanly, ``failed`` when it stops on an error. A worker that dies without that last beat
 (SIGKILL, OOM, power) is shown ``stale`` once it missed three intervals.
 """
@@ -35,6 +36,8 @@ log = logging.getLogger("router_stream.worker.heartbeat")
 WRITE_TIMEOUT_S = 5.0
 FINAL_WRITE_TIMEOUT_S = 2.0
 """The ``stopped`` beat is part of the drain, which must end well under 30 s."""
+CHANGE_CHECK_S = 0.5
+"""How often the loop compares the worker with its last beat between intervals (in-memory)."""
 
 
 class _Worker(Protocol):
@@ -64,6 +67,7 @@ class Heartbeat:
         self._started_at = time.time()
         self._beats = 0
         self._wake = asyncio.Event()
+        self._last_said: tuple[Any, ...] | None = None
         self._failing_since: float | None = None
         self._failed_in_a_row = 0
         self.recorded = 0
@@ -76,9 +80,28 @@ class Heartbeat:
     async def run(self) -> None:
         while True:
             self._wake.clear()
-            await self.beat("draining" if self._worker.draining else "running")
+            await self.beat(self._status())
+            await self._until_due()
+
+    async def _until_due(self) -> None:
+        """Sleep until the next interval, or less if woken or if the worker changed since the
+        last beat (a failed beat counts as said: it is tried again at the interval)."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.interval_s
+        while (left := due - loop.time()) > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+                await asyncio.wait_for(self._wake.wait(), min(CHANGE_CHECK_S, left))
+            if self._wake.is_set() or self._changed():
+                return
+
+    def _status(self) -> WorkerStatus:
+        return "draining" if self._worker.draining else "running"
+
+    def _changed(self) -> bool:
+        try:
+            return _what_it_says(self.snapshot(self._status())) != self._last_said
+        except Exception:  # noqa: BLE001 - beat() logs the same failure at the interval
+            return False
 
     async def final(self, *, failed: bool = False) -> None:
         """The last beat: ``stopped`` after a clean exit, ``failed`` when the worker stops on
@@ -90,6 +113,7 @@ class Heartbeat:
         self._beats += 1
         try:
             hb = self.snapshot(status)
+            self._last_said = _what_it_says(hb)
             await asyncio.wait_for(self._store.write(hb), timeout_s)
         except Exception as exc:  # noqa: BLE001 - a heartbeat must never take routing down
             self._failed(exc)
@@ -134,3 +158,9 @@ class Heartbeat:
             signals_processed=w.signals.processed if w.signals is not None else 0,
             beats=self._beats, software_version=__version__,
         )
+
+
+def _what_it_says(hb: WorkerHeartbeat) -> tuple[Any, ...]:
+    """What an operator would see change (not the counters and clocks that always do)."""
+    return (hb.status, hb.partitions, hb.policy_version, hb.candidate_version, hb.rollout_mode,
+            hb.rollout_share)

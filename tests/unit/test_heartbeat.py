@@ -229,6 +229,29 @@ async def test_the_loop_beats_every_interval_and_at_once_when_woken():
         task.cancel()
 
 
+async def test_a_rebalance_or_policy_switch_is_told_without_waiting_for_the_interval():
+    store = _Store()
+    worker = _worker(heartbeat_interval_s=60)
+    assigned = {TopicPartition("signals", 0), TopicPartition("signals", 2)}
+    worker.signals.consumer.assignment = lambda: assigned
+    beat = Heartbeat(worker, store)
+    task = asyncio.create_task(beat.run())
+    try:
+        await _until(lambda: len(store.written) == 1)
+        await asyncio.sleep(0.6)  # counters may move; nothing an operator sees changed
+        worker.signals.processed += 100
+        await asyncio.sleep(0.6)
+        assert len(store.written) == 1
+        assigned.add(TopicPartition("signals", 4))  # the other worker left: more partitions
+        await _until(lambda: len(store.written) == 2, timeout=2)
+        assert store.written[-1].partitions == (("signals", 0), ("signals", 2), ("signals", 4))
+        worker.engine.policy_version = "p-9"
+        await _until(lambda: len(store.written) == 3, timeout=2)
+        assert store.written[-1].policy_version == "p-9"
+    finally:
+        task.cancel()
+
+
 async def test_the_loop_keeps_going_through_failures():
     store = _Store("down")
     beat = Heartbeat(_worker(heartbeat_interval_s=0.05), store)
