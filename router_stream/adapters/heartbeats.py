@@ -35,8 +35,8 @@ from router_stream.config import WORKERS, Settings
 from router_stream.core.heartbeat import WorkerHeartbeat, with_clock
 from router_stream.errors import BrokerUnavailable, UserError
 
-__all__ = ["HeartbeatStore", "KafkaHeartbeats", "PostgresHeartbeats", "read_kafka_heartbeats",
-           "read_postgres_heartbeats"]
+__all__ = ["HeartbeatStore", "KafkaHeartbeats", "PostgresHeartbeats", "not_migrated_as_user_error",
+           "read_kafka_heartbeats", "read_postgres_heartbeats"]
 
 log = logging.getLogger("router_stream.heartbeats")
 
@@ -87,7 +87,7 @@ class PostgresHeartbeats:
 
     async def write(self, hb: WorkerHeartbeat) -> None:
         with pg._unavailable_as_router_error("recording the heartbeat"), \
-                _table_missing_as_user_error():
+                not_migrated_as_user_error():
             async with self._pool.acquire(timeout=self._acquire_timeout_s) as conn:
                 await conn.execute(
                     _UPSERT, hb.worker_id, hb.group_id, hb.host, hb.pid,
@@ -105,7 +105,7 @@ async def read_postgres_heartbeats(conn: asyncpg.Connection
                                    ) -> tuple[list[WorkerHeartbeat], float]:
     """Every row, and the database's clock to judge them by."""
     with pg._unavailable_as_router_error("reading worker_heartbeats"), \
-            _table_missing_as_user_error():
+            not_migrated_as_user_error():
         rows = await conn.fetch(_SELECT)
         now = await conn.fetchval("SELECT extract(epoch FROM now())::float8")
     return [_from_row(r) for r in rows], float(now)
@@ -116,11 +116,13 @@ def _from_row(row: asyncpg.Record) -> WorkerHeartbeat:
 
 
 @contextlib.contextmanager
-def _table_missing_as_user_error() -> Iterator[None]:
+def not_migrated_as_user_error() -> Iterator[None]:
+    """A table that does not exist means the migrations were not applied: exit code 1 with the
+    command that fixes it, not a traceback."""
     try:
         yield
     except asyncpg.exceptions.UndefinedTableError as exc:
-        raise UserError("the database has no worker_heartbeats table yet: run "
+        raise UserError(f"the database is not migrated ({exc}): run "
                         "`router-stream db migrate`") from exc
 
 

@@ -1,4 +1,5 @@
-"""``router-stream policy validate|show|diff|publish``: the policy file's lifecycle."""
+"""``router-stream policy validate|show|diff|publish|active|rollback``: the policy file's
+lifecycle, and which worker runs which version (``policy show`` without a file)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import click
 from router_stream.cli import cli
 from router_stream.config import Settings
 from router_stream.core.compiled import compile_policy
+from router_stream.core.heartbeat import FleetView, WorkerHeartbeat
 from router_stream.core.models import PolicyPublish
 from router_stream.core.policy import Policy, diff_policies, load_policy, policy_version
 from router_stream.errors import PolicyError, UserError
@@ -61,10 +63,40 @@ def validate(file: Path, as_json: bool) -> None:
 
 
 @policy.command()
-@_file
-@click.option("--json", "as_json", is_flag=True)
-def show(file: Path, as_json: bool) -> None:
-    """Summarise FILE: version, destinations and how each kind is routed."""
+@click.argument("file", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the same as JSON (for scripts).")
+@click.option("--all", "include_gone", is_flag=True,
+              help="Also list workers stopped, failed or stale for more than an hour.")
+@click.option("--source", type=click.Choice(["postgres", "kafka"]), default=None,
+              help="Where the workers' heartbeats are: worker_heartbeats in Postgres, or the "
+                   "router.workers topic [postgres; kafka when ROUTER_PERSIST=false].")
+def show(file: Path | None, as_json: bool, include_gone: bool, source: str | None) -> None:
+    """The active policy version and which worker runs which; or summarise FILE.
+
+    Without FILE: every worker's id, group, partitions, the policy version it decides with
+    (marked when it is not the active one), its rollout, when it was last heard from and its
+    status. Workers silent for more than 3 heartbeat intervals are `stale`.
+
+    \b
+    Examples:
+      router-stream policy show
+      router-stream policy show --json | jq '.workers[] | select(.on_active_version == false)'
+      router-stream policy show examples/policy.yaml
+    """
+    if file is None:
+        settings = Settings()
+        view = asyncio.run(policy_status(
+            settings, source=source or ("postgres" if settings.persist else "kafka"),
+            include_gone=include_gone))
+        _print_fleet(view, settings, as_json)
+        return
+    if include_gone or source is not None:
+        raise UserError("--all and --source describe the running workers: not with a FILE")
+    _print_file_summary(file, as_json)
+
+
+def _print_file_summary(file: Path, as_json: bool) -> None:
+    """Version, destinations and how each kind is routed."""
     _, parsed = read_policy(file)
     compiled = compile_policy(parsed)
     summary = {
@@ -242,3 +274,137 @@ async def rollback_policy(settings: Settings, to_version: str | None, reason: st
     finally:
         await conn.close()
     return current["version"], command.version
+
+
+# --- which worker runs which version (`policy show` without a file) -----------------------------
+
+
+async def policy_status(settings: Settings, *, source: str = "postgres",
+                        include_gone: bool = False) -> FleetView:
+    """The active version and every worker's last heartbeat, judged on the store's clock.
+
+    ``source="postgres"``: ``policy_versions`` and ``worker_heartbeats``. ``source="kafka"``
+    (deployments without Postgres): the last policy published on ``router.control`` that
+    passes validation — what the workers themselves switched to — and ``router.workers``.
+    """
+    from router_stream.core.heartbeat import fleet_view
+
+    if source == "postgres":
+        active, heartbeats, now, notes = await _from_postgres(settings)
+    elif source == "kafka":
+        active, heartbeats, now, notes = await _from_kafka(settings)
+    else:
+        raise UserError(f"unknown heartbeat source {source!r} (postgres or kafka)")
+    return fleet_view(heartbeats, active, now, include_gone=include_gone, notes=notes)
+
+
+_Status = tuple[str | None, list[WorkerHeartbeat], float, list[str]]
+
+
+async def _from_postgres(settings: Settings) -> _Status:
+    from router_stream.adapters import postgres
+    from router_stream.adapters.heartbeats import (
+        not_migrated_as_user_error,
+        read_postgres_heartbeats,
+    )
+
+    conn = await postgres.connect(settings)
+    try:
+        with postgres._unavailable_as_router_error("reading policy_versions"), \
+                not_migrated_as_user_error():
+            active = await conn.fetchval(
+                "SELECT version FROM policy_versions WHERE status = 'active'")
+        heartbeats, now = await read_postgres_heartbeats(conn)
+    finally:
+        await conn.close()
+    notes = [] if active is not None else [
+        "no policy has been published: each worker runs its ROUTER_POLICY_FILE"]
+    return active, heartbeats, now, notes
+
+
+async def _from_kafka(settings: Settings) -> _Status:
+    import time
+
+    from router_stream.adapters.heartbeats import read_kafka_heartbeats
+
+    active, notes = await _last_published_version(settings)
+    heartbeats = await read_kafka_heartbeats(settings)
+    return active, heartbeats, time.time(), notes
+
+
+async def _last_published_version(settings: Settings) -> tuple[str | None, list[str]]:
+    """What the workers switched to last: they replay router.control and keep the last policy
+    that validates, so the same rule here gives the version they should all be on."""
+    from router_stream.adapters.kafka_io import read_records
+    from router_stream.config import CONTROL
+    from router_stream.core.models import PolicyReload
+    from router_stream.core.parsing import parse_control
+    from router_stream.worker.policy_source import compile_policy_text
+
+    commands: list[PolicyPublish | PolicyReload] = []
+    async for record in read_records(settings, settings.topic(CONTROL), until_end=True):
+        cmd = parse_control(record.value)
+        if isinstance(cmd, PolicyPublish | PolicyReload):
+            commands.append(cmd)
+    for cmd in reversed(commands):
+        if isinstance(cmd, PolicyReload):
+            return None, ["the last policy command was a reload: each worker re-read its "
+                          "ROUTER_POLICY_FILE, so the active version is the one they report"]
+        try:
+            return compile_policy_text(cmd.policy_yaml, f"policy {cmd.version}").version, []
+        except PolicyError:
+            continue  # the workers rejected it too and kept the one before
+    return None, ["no policy has been published: each worker runs its ROUTER_POLICY_FILE"]
+
+
+def _print_fleet(view: FleetView, settings: Settings, as_json: bool) -> None:
+    from router_stream.core.heartbeat import (
+        format_ago,
+        format_partitions,
+        format_rollout,
+        format_version,
+    )
+
+    if as_json:
+        click.echo(json.dumps(view.as_json(), indent=2))
+        return
+    click.echo(f"active policy  {view.active_version or 'unknown'}")
+    for note in view.notes:
+        click.echo(f"               ({note})")
+    if not view.rows:
+        click.echo("no worker has recorded a heartbeat" + (
+            f" ({view.hidden} stopped or stale for over an hour: --all)" if view.hidden else ""))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("worker", "group", "partitions", "policy", "rollout", "last seen", "status",
+                  "signals")
+    for row in view.rows:
+        hb = row.heartbeat
+        style = None if row.state in ("running", "draining") and row.on_active is not False \
+            else "yellow"
+        table.add_row(hb.worker_id, hb.group_id,
+                      format_partitions(hb.partitions, settings.topic_prefix),
+                      format_version(row), format_rollout(hb), format_ago(row.age_s), row.state,
+                      str(hb.signals_processed), style=style)
+    console = Console()
+    if not console.is_terminal:  # piped or captured: whole rows, no wrapping at 80 columns
+        console = Console(width=400)
+    console.print(table)
+    click.echo(_summary(view))
+
+
+def _summary(view: FleetView) -> str:
+    states: dict[str, int] = {}
+    for row in view.rows:
+        states[row.state] = states.get(row.state, 0) + 1
+    parts = [f"{len(view.rows)} worker(s): "
+             + ", ".join(f"{n} {state}" for state, n in sorted(states.items()))]
+    behind = sum(1 for r in view.rows
+                 if r.state in ("running", "draining") and r.on_active is False)
+    if behind:
+        parts.append(f"{behind} live worker(s) NOT on the active version")
+    if view.hidden:
+        parts.append(f"{view.hidden} more stopped/failed/stale for over an hour (--all)")
+    return "; ".join(parts)
