@@ -137,7 +137,12 @@ class WorkerRow:
     on_active: bool | None  # None: the active version is not known
 
     def as_json(self) -> dict[str, Any]:
-        return {**self.heartbeat.as_json(), "state": self.state,
+        """The heartbeat as stored, but partitions as ``{topic: [partition, ...]}`` (what a
+        script filters on), plus how it is shown."""
+        by_topic: dict[str, list[int]] = {}
+        for topic, p in self.heartbeat.partitions:
+            by_topic.setdefault(topic, []).append(p)
+        return {**self.heartbeat.as_json(), "partitions": by_topic, "state": self.state,
                 "last_seen_ago_s": round(self.age_s, 3), "on_active_version": self.on_active}
 
 

@@ -103,7 +103,7 @@ async def test_two_workers_show_the_published_version_then_stopped_and_stale(
             workers = by_id(view)
             if not all(workers.get(i, {}).get("state") == "running" for i in ids):
                 return False
-            owned = [tuple(p) for i in ids for p in workers[i]["partitions"]]
+            owned = [(t, p) for i in ids for t, ps in workers[i]["partitions"].items() for p in ps]
             return len(owned) == len(set(owned)) == 24  # 12 signals + 12 router.retry
 
         view, _ = await until_shown(s, both_running_on_all_partitions, 60,
@@ -139,7 +139,7 @@ async def test_two_workers_show_the_published_version_then_stopped_and_stale(
         assert await wait_exit(procs[0], 30) == 0, log.read_text()[-3000:]
         view = await show(s)
         assert by_id(view)[ids[0]]["state"] == "stopped"
-        assert by_id(view)[ids[0]]["partitions"] == []
+        assert by_id(view)[ids[0]]["partitions"] == {}
 
         os.killpg(procs[1].pid, signal.SIGKILL)
         procs[1].wait(10)

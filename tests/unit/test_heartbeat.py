@@ -110,13 +110,14 @@ def test_stale_and_stopped_workers_do_not_count_as_versions_in_use():
 
 
 def test_json_carries_what_scripts_need():
-    view = fleet_view([hb(partitions=(("signals", 1),), signals_processed=7)], "p-new", NOW,
-                      notes=["n"])
+    view = fleet_view([hb(partitions=(("signals", 1), ("retry", 0), ("signals", 0)),
+                          signals_processed=7)], "p-new", NOW, notes=["n"])
     out = view.as_json()
     worker = out["workers"][0]
     assert out["active_version"] == "p-new" and out["notes"] == ["n"]
     assert worker["on_active_version"] is True and worker["state"] == "running"
-    assert worker["partitions"] == [["signals", 1]] and worker["signals_processed"] == 7
+    assert worker["partitions"] == {"retry": [0], "signals": [0, 1]}
+    assert worker["signals_processed"] == 7
     assert worker["last_seen_ago_s"] == 1.0
 
 
