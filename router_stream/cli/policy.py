@@ -327,8 +327,8 @@ async def _from_kafka(settings: Settings) -> _Status:
 
     from router_stream.adapters.heartbeats import read_kafka_heartbeats
 
-    active, notes = await _last_published_version(settings)
-    heartbeats = await read_kafka_heartbeats(settings)
+    (active, notes), heartbeats = await asyncio.gather(
+        _last_published_version(settings), read_kafka_heartbeats(settings))
     return active, heartbeats, time.time(), notes
 
 
