@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
@@ -224,7 +225,9 @@ def shadow_row(o: ShadowOutcome, now: float) -> tuple[Any, ...]:
 
 
 def _choice(choice: tuple[str, ...] | str) -> list[str] | str:
-    return list(choice) if isinstance(choice, tuple) else choice
+    """Destinations as a JSON array; a DLQ reason as JSON *text* (the adapter passes a ``str``
+    through as already-serialised JSON, and a bare ``unclassified`` is not JSON)."""
+    return list(choice) if isinstance(choice, tuple) else orjson.dumps(choice).decode()
 
 
 def _input_key(d: Decision) -> str:

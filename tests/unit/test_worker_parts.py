@@ -21,12 +21,13 @@ from router_stream.config import Settings
 from router_stream.core.breaker import BreakerState, BreakerTransition
 from router_stream.core.models import Decision, DlqEntry, DlqReason
 from router_stream.core.outputs import H_RETRY_NOT_BEFORE, DlqRecord
+from router_stream.core.rollout import ShadowOutcome
 from router_stream.errors import DatabaseUnavailable, RouterError
 from router_stream.worker.backoff import Backoff, retry_transient
 from router_stream.worker.hotpath import SignalLoop
 from router_stream.worker.logs import JsonFormatter, trace_id_of
 from router_stream.worker.metrics import WorkerMetrics
-from router_stream.worker.sink import decision_row, dlq_row, transition_row
+from router_stream.worker.sink import decision_row, dlq_row, shadow_row, transition_row
 
 NO_WAIT = Backoff(base_s=0.0, cap_s=0.0, attempt_timeout_s=1.0)
 
@@ -111,6 +112,12 @@ def test_rows_match_the_adapter_column_orders() -> None:
 
     t = BreakerTransition("pager", BreakerState.CLOSED, BreakerState.OPEN, 5.0, "failures")
     assert len(transition_row(t)) == len(BREAKER_TRANSITION_COLUMNS)
+
+
+def test_a_shadow_row_holds_json_for_destinations_and_for_a_dlq_reason() -> None:
+    # jsonb columns take a str as already-serialised JSON: a bare DLQ reason is not JSON
+    routed = shadow_row(ShadowOutcome("s-1", "p-2", ("a", "b"), "unclassified", False), 1.0)
+    assert routed[2] == ["a", "b"] and orjson.loads(routed[3]) == "unclassified"
 
 
 @dataclass
