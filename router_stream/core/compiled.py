@@ -16,6 +16,7 @@ from router_stream.core.breaker import BreakerConfig
 from router_stream.core.models import Signal
 from router_stream.core.policy import Policy
 from router_stream.core.ratelimit import RateLimit
+from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
 from router_stream.core.rollout import RolloutSpec
 from router_stream.core.strategies import BanditConfig, ConsensusConfig
 from router_stream.core.trust import TrustParams, TrustWeights
@@ -59,6 +60,9 @@ class CompiledPolicy:
     tenant_limits: Mapping[str, RateLimit]
     default_limit: RateLimit | None
     rollout: RolloutSpec | None = None
+    # What persisting and logging mask. The default is what a policy without a redact section
+    # gets (every detector), so a CompiledPolicy built by hand never persists PII by omission.
+    redactor: Redactor = field(default_factory=lambda: DEFAULT_REDACTOR)
 
 
 def compile_policy(
@@ -104,6 +108,10 @@ def compile_policy(
         for name, limit in policy.tenants.items() if name != "default"
     }
     default = policy.tenants.get("default")
+    rollout = _rollout(policy, read_candidate)
+    redactor = Redactor.of(policy.redact)
+    if rollout is not None:  # mask what either policy names: the candidate decides real signals
+        redactor = redactor.union(rollout.candidate.redactor)
     return CompiledPolicy(
         version=policy_version(policy),
         routes=routes,
@@ -131,7 +139,8 @@ def compile_policy(
         tenant_limits=limits,
         default_limit=RateLimit(rate=default.rate, burst=default.effective_burst)
         if default else None,
-        rollout=_rollout(policy, read_candidate),
+        rollout=rollout,
+        redactor=redactor,
     )
 
 

@@ -22,11 +22,19 @@ Two mechanisms, both driven by the policy's ``redact`` section:
   ipv6      any form ``ipaddress`` accepts  ``[IPV6]``
   ========  ==============================  ========================================
 
+In a JSON value (:func:`mask_value`) the detectors also look at object **keys** (a map keyed by
+e-mail address is PII too; two keys that mask alike keep the last value) and at **numbers** (a
+card number sent as a JSON number, positive or not, integer or float, becomes its token).
+
 Masking is **idempotent**: ``mask_text(mask_text(s)) == mask_text(s)``. Tokens contain nothing
 a detector matches, and because a replacement changes the neighbours another detector looks at
 (``555-123-4567.1.2.3.4`` only shows an address once the phone is a token), the detectors are
 applied until the text stops changing (in practice one extra pass that finds nothing). A
 candidate that fails validation (Luhn, octet range, ``ipaddress``) is left as it was.
+
+Most strings the router masks (ids, tenants, short payload values) hold nothing any detector could
+match, so a cheap test (:data:`_CANDIDATE`, a necessary condition for every detector) skips the
+detectors for them: 0.5-5 us per string instead of 2.5-12 us on this machine.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from typing import Any
 
 from router_stream.core.policy import DETECTORS, Detector, RedactPolicy
 
-__all__ = ["REDACTED", "luhn_valid", "mask_text", "mask_value"]
+__all__ = ["REDACTED", "luhn_valid", "mask_text", "mask_value", "text_masker"]
 
 REDACTED = "[REDACTED]"
 _MAX_PASSES = 8  # each changing pass replaces at least one match by a token; 8 is never reached
@@ -50,7 +58,7 @@ _IPV6 = re.compile(
 )
 _IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w|\.\d)")
 _CARD = re.compile(r"(?<!\w)(?:\d[ -]?){12,18}\d(?!\w)")
-_SSN = re.compile(r"(?<![\w-])\d{3}-\d{2}-\d{4}(?![\w-])")
+_SSN = re.compile(r"(?<!\w)(?<!\d-)\d{3}-\d{2}-\d{4}(?!\w)(?!-\d)")
 _PHONE = re.compile(
     r"(?<![\w+])(?:"
     r"\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}"  # international: validated to 8-15 digits
@@ -59,6 +67,14 @@ _PHONE = re.compile(
     r")(?!\w)"
 )
 _HEX = frozenset(string.hexdigits)
+# True for every text in which some detector could match (each alternative is a necessary
+# condition of one detector: '@' for emails, two colons for IPv6, a dotted quad, 13+ digits with
+# single spaces/dashes for cards, the shapes of SSNs and phone numbers). False means: nothing to
+# mask. tests/unit/test_masking.py checks it against mask_text on generated text.
+_CANDIDATE = re.compile(
+    r"@|:[^:]*:|\+\d|\(\d{3}\)|\d{3}[ .-]\d{2,3}[ .-]\d{4}|\d{1,3}\.\d{1,3}\.\d{1,3}\.\d"
+    r"|\d[\d -]{11,}\d"
+)
 
 
 def luhn_valid(digits: str) -> bool:
@@ -137,36 +153,42 @@ def mask_text(text: str, detectors: Sequence[str] | None = None) -> str:
     return _mask_with(text, _ALL_PASSES if detectors is None else _passes_for(detectors))
 
 
+def text_masker(detectors: Sequence[str] | None = None) -> Callable[[str], str]:
+    """:func:`mask_text` with its detectors chosen once, for masking many strings alike."""
+    passes = _ALL_PASSES if detectors is None else _passes_for(detectors)
+    return lambda text: _mask_with(text, passes)
+
+
 def mask_value(value: Any, redact: RedactPolicy) -> Any:
     """A masked copy of a JSON value (usually a whole signal object); ``value`` is not changed.
 
     ``redact.fields`` paths start at the signal object (``payload.user.email``, ``sender_id``).
+    Named paths are redacted first, so a key the detectors would change is still found by name.
     """
-    passes = _passes_for(redact.detectors)
-    card_ints = "card" in redact.detectors
-    masked = _mask_strings(value, passes, card_ints)
+    masked = value
     for path in redact.fields:
         masked = _redact_path(masked, tuple(path.split(".")))
-    return masked
+    return _mask_strings(masked, _passes_for(redact.detectors))
 
 
-def _mask_strings(
-    value: Any, passes: tuple[tuple[re.Pattern[str], _Replacer | str], ...], card_ints: bool
-) -> Any:
+def _mask_strings(value: Any, passes: tuple[tuple[re.Pattern[str], _Replacer | str], ...]) -> Any:
     if isinstance(value, str):
         return _mask_with(value, passes)
     if isinstance(value, dict):
-        return {k: _mask_strings(v, passes, card_ints) for k, v in value.items()}
+        return {_mask_with(k, passes) if isinstance(k, str) else k: _mask_strings(v, passes)
+                for k, v in value.items()}
     if isinstance(value, list):
-        return [_mask_strings(v, passes, card_ints) for v in value]
-    if card_ints and type(value) is int and value > 0:
-        digits = str(value)
-        if 13 <= len(digits) <= 19 and luhn_valid(digits):
-            return f"[CARD ****{digits[-4:]}]"
+        return [_mask_strings(v, passes) for v in value]
+    if type(value) is int or type(value) is float:  # not bool: True is no card number
+        text = str(value)
+        masked = _mask_with(text, passes)
+        return value if masked == text else masked
     return value
 
 
 def _mask_with(text: str, passes: tuple[tuple[re.Pattern[str], _Replacer | str], ...]) -> str:
+    if not passes or _CANDIDATE.search(text) is None:
+        return text
     for _ in range(_MAX_PASSES):
         masked = text
         for pattern, repl in passes:

@@ -21,6 +21,7 @@ from router_stream.core.policy import RedactPolicy
         ("card 4111-1111-1111-1111", "card [CARD ****1111]"),
         ("amex 378282246310005", "amex [CARD ****0005]"),
         ("ssn 123-45-6789", "ssn [SSN]"),
+        ("id u-123-45-6789", "id u-[SSN]"),  # a letter and a dash before it: still an SSN
         ("call (555) 123-4567", "call [PHONE]"),
         ("call 555.123.4567 / 555 123 4567", "call [PHONE] / [PHONE]"),
         ("intl +44 20 7946 0958", "intl [PHONE]"),
@@ -45,6 +46,8 @@ def test_detectors(text: str, masked: str) -> None:
         "+12",  # too few digits for a phone number
         "nothing to see",
         "user@localhost",  # no TLD
+        "555-123-45-6789",  # digits and a dash before it: part of a longer number
+        "123-45-6789-1",
     ],
 )
 def test_lookalikes_are_left_alone(text: str) -> None:
