@@ -8,6 +8,8 @@ Two seams, both translating aiokafka's errors into the project's error tree:
 * :func:`read_records` — a group-less reader that assigns every partition of a topic and reads
   from the beginning or the end, stopping at the end offsets seen at start (``until_end``, what
   ``dlq reindex`` needs), after ``max_records``, or after ``idle_timeout_s`` without a record.
+* :func:`read_at` — the records at given (partition, offset) positions of a topic, what
+  ``dlq replay`` needs for an entry whose bytes are masked in Postgres.
 
 A topic that does not exist is a :class:`~router_stream.errors.UserError` (exit code 1: a typo or
 a missing ``topics apply``); an unreachable broker is
@@ -30,7 +32,8 @@ from router_stream.adapters.kafka_failures import ConnectFailures
 from router_stream.config import Settings
 from router_stream.errors import BrokerUnavailable, OperationTimeout, RouterError, UserError
 
-__all__ = ["ConsumedRecord", "OutRecord", "RateLimiter", "RecordWriter", "read_records"]
+__all__ = ["ConsumedRecord", "OutRecord", "RateLimiter", "RecordWriter", "read_at",
+           "read_records"]
 
 _METADATA_WAIT_S = 5.0
 
@@ -239,3 +242,69 @@ async def _fetch(
                 last = time.monotonic()
                 yield ConsumedRecord(r.topic, r.partition, r.offset, r.key, r.value,
                                      r.timestamp, list(r.headers or ()))
+
+
+async def read_at(
+    settings: Settings, topic: str, positions: Sequence[tuple[int, int]], *,
+    timeout_s: float = 60.0,
+) -> dict[tuple[int, int], ConsumedRecord]:
+    """The records of ``topic`` at ``positions`` ((partition, offset) pairs), by position.
+
+    A position that is not there — before the partition's first offset (retention deleted it),
+    at or past its end, removed by compaction, in a partition the topic does not have — is
+    simply absent from the result: the caller says what that means. Offsets close together
+    cost one fetch (a fetch returns up to 500 consecutive records); each gap is one seek.
+    """
+    wanted: dict[int, set[int]] = {}
+    for partition, offset in positions:
+        wanted.setdefault(partition, set()).add(offset)
+    found: dict[tuple[int, int], ConsumedRecord] = {}
+    if not wanted:
+        return found
+    consumer = AIOKafkaConsumer(
+        **settings.kafka_client_options, group_id=None, enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    failures = ConnectFailures()
+    try:
+        try:
+            with failures:
+                await consumer.start()
+        except KafkaError as exc:
+            raise BrokerUnavailable(failures.describe(settings, exc)) from exc
+        metadata = await _cluster_with(consumer._client, settings, [topic])
+        existing = metadata.partitions_for_topic(topic) or set()
+        deadline = time.monotonic() + timeout_s
+        for partition in sorted(p for p in wanted if p in existing):
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            first = (await consumer.beginning_offsets([tp]))[tp]
+            end = (await consumer.end_offsets([tp]))[tp]
+            offsets = sorted(o for o in wanted[partition] if first <= o < end)
+            await _read_offsets(consumer, tp, offsets, end, found, deadline, settings)
+    except KafkaError as exc:
+        raise _broker_error(settings, f"cannot read {topic}", exc) from exc
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def _read_offsets(consumer: AIOKafkaConsumer, tp: TopicPartition, offsets: list[int],
+                        end: int, found: dict[tuple[int, int], ConsumedRecord], deadline: float,
+                        settings: Settings) -> None:
+    """Seek to each wanted offset not yet seen and read until the fetch passes it."""
+    wanted = set(offsets)
+    for offset in offsets:
+        if (tp.partition, offset) in found:
+            continue
+        consumer.seek(tp, offset)
+        while await consumer.position(tp) <= offset < end:
+            if time.monotonic() > deadline:
+                raise OperationTimeout(f"reading {tp.topic}[{tp.partition}] at offset {offset}:"
+                                       f" timed out talking to {settings.kafka_bootstrap}")
+            batch = await consumer.getmany(tp, timeout_ms=500, max_records=500)
+            for r in batch.get(tp, ()):
+                if r.offset in wanted:
+                    found[(r.partition, r.offset)] = ConsumedRecord(
+                        r.topic, r.partition, r.offset, r.key, r.value, r.timestamp,
+                        list(r.headers or ()))

@@ -577,12 +577,25 @@ _DLQ = _Table("dlq_entries", (
     _Column("original_timestamp", "timestamptz", _ts, required=False),
     _Column("first_failed_at", "timestamptz", _ts),
     _Column("last_failed_at", "timestamptz", _ts),
+    _Column("masked", "bool", bool, required=False, select="COALESCE(masked, false)"),
+    _Column("dlq_topic", "text", required=False),
+    _Column("dlq_partition", "int4", required=False),
+    _Column("dlq_offset", "int8", required=False),
 ), conflict="dlq_key",
    # A replayed entry that fails again comes back: more attempts than stored means a new failure
    # (re-writing the same failure after a crash carries the same count and changes nothing).
+   # The new failure was masked under the policy in force now and has its own router.dlq record.
    on_conflict="DO UPDATE SET reason = EXCLUDED.reason, error = EXCLUDED.error,"
                " attempts = EXCLUDED.attempts, status = 'pending',"
-               " last_failed_at = GREATEST(dlq_entries.last_failed_at, EXCLUDED.last_failed_at)"
+               " last_failed_at = GREATEST(dlq_entries.last_failed_at, EXCLUDED.last_failed_at),"
+               " signal_id = COALESCE(EXCLUDED.signal_id, dlq_entries.signal_id),"
+               " tenant = COALESCE(EXCLUDED.tenant, dlq_entries.tenant),"
+               " kind = COALESCE(EXCLUDED.kind, dlq_entries.kind),"
+               " original_key = EXCLUDED.original_key,"
+               " original_headers = EXCLUDED.original_headers,"
+               " original_value = EXCLUDED.original_value, masked = EXCLUDED.masked,"
+               " dlq_topic = EXCLUDED.dlq_topic, dlq_partition = EXCLUDED.dlq_partition,"
+               " dlq_offset = EXCLUDED.dlq_offset"
                " WHERE dlq_entries.attempts < EXCLUDED.attempts")
 DLQ_COLUMNS: tuple[str, ...] = _DLQ.column_names
 """Column order for tuple rows of :func:`insert_dlq_entries`.
@@ -590,6 +603,9 @@ DLQ_COLUMNS: tuple[str, ...] = _DLQ.column_names
 ``original_headers`` is the Kafka header list ``[(name, bytes | None), ...]`` (stored with
 :func:`encode_headers`). ``dlq_key`` is :func:`dlq_key` of the original coordinates; in a mapping
 row it may be omitted and is then derived from them. Status starts as ``pending``.
+``masked`` (default false) says the ``original_*`` values are masked copies, and then
+``dlq_topic``/``dlq_partition``/``dlq_offset`` must say where the original record is
+(migrations/004_dlq_masking.sql).
 """
 
 

@@ -193,11 +193,12 @@ def _print_entries(entries: list[store.DlqRow], as_json: bool) -> None:
               help="Mask PII per this policy's redact section [ROUTER_POLICY_FILE].")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def show(entry_id: int, policy_file: Path | None, as_json: bool) -> None:
-    """Show one entry: status, error, headers, key and the original bytes.
+    """Show one entry: status, error, headers, key and the stored bytes.
 
     Bytes are printed as text when they are UTF-8 (pretty JSON when they are JSON), else as
     base64 with a hex preview. PII is masked per the policy's redact section when a policy is
-    given (--policy or ROUTER_POLICY_FILE).
+    given (--policy or ROUTER_POLICY_FILE). An entry the worker stored masked ("masked at rest")
+    shows only its masked copy; its original bytes are on router.dlq, where replay reads them.
 
     \b
     Example:
@@ -225,6 +226,17 @@ def _redact_policy(path: Path | None) -> Any:
     return policy.redact
 
 
+def _redactor(path: Path | None) -> Any:
+    """The policy file's compiled redactor (its rollout candidate's section included)."""
+    if path is None:
+        return None
+    from router_stream.cli.policy import read_policy
+    from router_stream.worker.policy_source import compile_policy_text
+
+    text, _ = read_policy(path)  # a bad file: the same lines as `policy validate`
+    return compile_policy_text(text, str(path)).redactor
+
+
 def _print_detail(d: dict[str, Any]) -> None:
     for name in ("id", "status", "reason", "attempts", "error", "signal_id", "tenant", "kind",
                  "dlq_key", "first_failed_at", "last_failed_at", "replayed_at", "replay_count",
@@ -236,7 +248,7 @@ def _print_detail(d: dict[str, Any]) -> None:
     for name, value in d["headers"]:
         click.echo(f"  {name}: {value if value is not None else '(null)'}")
     click.echo(f"value ({d['value']['encoding']}, {d['value']['size']} bytes)"
-               + ("" if d["masked"] else " — not masked: no policy given"))
+               + _masking_note(d))
     value = d["value"]
     if value["encoding"] == "json":
         click.echo(json.dumps(value["json"], indent=2, ensure_ascii=False))
@@ -245,6 +257,14 @@ def _print_detail(d: dict[str, Any]) -> None:
     elif value["encoding"] == "base64":
         click.echo(f"  hex: {value['hex_preview']}{' ...' if value['size'] > 32 else ''}")
         click.echo(f"  base64: {value['base64']}")
+
+
+def _masking_note(d: dict[str, Any]) -> str:
+    if d["masked_at_rest"]:
+        at = d["dlq_record"]
+        return (" — masked at rest; the original is on "
+                f"{at['topic']} partition {at['partition']} offset {at['offset']}")
+    return "" if d["masked"] else " — not masked: no policy given"
 
 
 def _bytes_line(described: dict[str, Any]) -> str:
@@ -316,6 +336,9 @@ def replay(id_args: tuple[int, ...], limit: int | None, rate: float | None, max_
     the attempt. An entry is marked replayed only after the broker acknowledged it; only
     pending entries are sent, so running the same replay twice sends nothing the second time.
     Entries that already failed --max-attempts times are refused (discard them instead).
+    An entry stored masked (its PII masked in Postgres) is sent from its record on router.dlq,
+    read back byte-exact; if that record is gone (retention) the entry is not sent, stays
+    pending, and one line says so.
 
     \b
     Examples:
@@ -323,7 +346,8 @@ def replay(id_args: tuple[int, ...], limit: int | None, rate: float | None, max_
       router-stream dlq replay --reason no_healthy_destination --since 2h --rate 500
       router-stream dlq replay 42
 
-    Exit code 1 when entries matched but every one was refused by --max-attempts.
+    Exit code 1 when entries matched but every one was refused by --max-attempts, or when a
+    masked entry could not be replayed because its router.dlq record is gone.
     """
     where = _build_filter(ids + id_args, **filters)
     _require_selection(where, all_, "replay")
@@ -331,7 +355,7 @@ def replay(id_args: tuple[int, ...], limit: int | None, rate: float | None, max_
                                         max_attempts=max_attempts, dry_run=dry_run,
                                         quiet=as_json))
     _print_replay(report, as_json)
-    if report.refused and not report.selected:
+    if (report.refused and not report.selected) or report.unavailable:
         sys.exit(EXIT_USER_ERROR)
 
 
@@ -359,21 +383,27 @@ def _print_replay(report: Any, as_json: bool) -> None:
         out: dict[str, Any] = {"dry_run": report.dry_run, "selected": len(report.selected),
                                "sent": report.sent, "refused": report.refused,
                                "not_pending": report.not_pending,
-                               "max_attempts": report.max_attempts}
+                               "max_attempts": report.max_attempts,
+                               "unavailable": [{"id": i, "error": why}
+                                               for i, why in report.unavailable]}
         if report.dry_run:
-            out["records"] = [_dry_run_record(row, describe_bytes) for row in report.selected]
+            out["records"] = [_dry_run_record(row, describe_bytes) for row in report.sendable]
         _json_out(out)
     elif report.dry_run:
-        for row in report.selected:
-            rec = replay_record(row)
+        for row in report.sendable:
+            rec = replay_record(row, preview=True)
+            source = (f", original read back from {row.dlq_topic}/{row.dlq_partition}/"
+                      f"{row.dlq_offset}; key masked here" if row.masked else "")
             click.echo(f"would send entry {row.id} -> {rec.topic} key={rec.key!r} "
-                       f"({row.value_size or 0} bytes, {row.attempts} attempts so far)")
-        click.echo(f"dry run: {len(report.selected)} entries would be replayed")
+                       f"({row.value_size or 0} bytes, {row.attempts} attempts so far{source})")
+        click.echo(f"dry run: {len(report.sendable)} entries would be replayed")
     else:
         click.echo(f"replayed {len(report.sent)} entries")
     if report.not_pending:
         click.echo(f"not pending (already replayed or discarded), skipped: "
                    f"{', '.join(map(str, report.not_pending))}", err=True)
+    for _, why in report.unavailable:
+        click.echo(f"error: {why}", err=True)
     if report.refused:
         click.secho(f"refused {report.refused} entries with attempts >= --max-attempts "
                     f"{report.max_attempts}: discard them (dlq discard) or raise --max-attempts",
@@ -381,8 +411,11 @@ def _print_replay(report: Any, as_json: bool) -> None:
 
 
 def _dry_run_record(row: store.DlqRow, describe: Callable[..., Any]) -> dict[str, Any]:
-    rec = replay_record(row)
-    return {"id": row.id, "topic": rec.topic, "key": describe(rec.key),
+    """What would be sent, as stored: a masked entry shows its masked copy (the bytes sent are
+    read back from router.dlq and are never printed)."""
+    rec = replay_record(row, preview=True)
+    return {"id": row.id, "topic": rec.topic, "masked_at_rest": row.masked,
+            "key": describe(rec.key),
             "value": describe(rec.value),
             "headers": [[k, v.decode("utf-8", "replace") if v is not None else None]
                         for k, v in rec.headers],
@@ -394,22 +427,36 @@ def _dry_run_record(row: store.DlqRow, describe: Callable[..., Any]) -> dict[str
 
 @dlq.command()
 @click.option("--topic", default=None, help="Physical topic to read [the router.dlq topic].")
+@click.option("--policy", "policy_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Mask PII per this policy's redact section [ROUTER_POLICY_FILE; without "
+                   "either: every detector, no named field].")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def reindex(topic: str | None, as_json: bool) -> None:
+def reindex(topic: str | None, policy_file: Path | None, as_json: bool) -> None:
     """Rebuild dlq_entries from the router.dlq topic (read from the beginning).
 
     Existing entries keep their status and history; missing ones are added as pending; an
     entry whose record failed again after a replay (more attempts) becomes pending again.
+    What is stored is masked per the policy's redact section, as the worker does; rows
+    written before masking existed (migration 004) are masked in place.
 
     \b
     Example:
-      router-stream dlq reindex --json
+      router-stream dlq reindex --policy policy.yaml --json
     """
+    from router_stream.core.redaction import DEFAULT_REDACTOR
     from router_stream.dlq.reindex import reindex_dlq
 
-    report = _run(reindex_dlq(_settings(), topic=topic))
+    settings = _settings()
+    redactor = _redactor(policy_file or (Path(settings.policy_file)
+                                         if settings.policy_file else None))
+    if redactor is None:
+        click.echo("no policy given (--policy or ROUTER_POLICY_FILE): masking with every "
+                   "detector and no named field", err=True)
+        redactor = DEFAULT_REDACTOR
+    report = _run(reindex_dlq(settings, topic=topic, redactor=redactor))
     if as_json:
         _json_out(vars(report))
     else:
         click.echo(f"read {report.read} records: {report.inserted} entries added, "
-                   f"{report.updated} updated, {report.skipped} skipped (not DLQ records)")
+                   f"{report.updated} updated, {report.skipped} skipped (not DLQ records), "
+                   f"{report.masked} masked")

@@ -8,6 +8,11 @@ that failed again after a replay (more attempts) makes its entry ``pending`` aga
 
 A record without the headers that identify it (reason, original topic/partition/offset) or with
 a reason outside the closed set is not a DLQ record this router wrote: it is counted as skipped.
+
+Rows are masked like the worker's (:meth:`~router_stream.core.redaction.Redactor.dlq_parts`, the
+redact section of the policy the caller passes) and record where their record is on the topic, so
+``dlq replay`` can send a masked entry's original bytes. Rows written before migration 004 (no
+coordinates) are masked in place: one rebuild after upgrading masks what was stored unmasked.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from router_stream.core.outputs import (
     H_SIGNAL_ID,
     H_TOPIC,
 )
+from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
 from router_stream.dlq import store
 
 __all__ = ["ReindexReport", "reindex_dlq", "row_from_record"]
@@ -47,6 +53,7 @@ class ReindexReport:
     inserted: int = 0
     updated: int = 0
     skipped: int = 0
+    masked: int = 0  # records whose key, value or headers were masked for the table
 
 
 def _epoch(value: float) -> datetime:
@@ -65,8 +72,10 @@ def _signal_fields(value: bytes | None) -> tuple[str | None, str | None]:
     return (tenant if isinstance(tenant, str) else None, kind if isinstance(kind, str) else None)
 
 
-def row_from_record(record: ConsumedRecord) -> dict[str, Any] | None:
-    """The ``dlq_entries`` row of one ``router.dlq`` record, or None if it is not one."""
+def row_from_record(record: ConsumedRecord, redactor: Redactor = DEFAULT_REDACTOR
+                    ) -> dict[str, Any] | None:
+    """The ``dlq_entries`` row of one ``router.dlq`` record, masked by ``redactor``, or None if
+    it is not a DLQ record."""
     found: dict[str, bytes] = {}
     for name, value in record.headers:
         if name in DLQ_HEADERS and value is not None:
@@ -84,21 +93,28 @@ def row_from_record(record: ConsumedRecord) -> dict[str, Any] | None:
         return None
     tenant, kind = _signal_fields(record.value)
     signal_id = found.get(H_SIGNAL_ID)
+    m = redactor.dlq_parts(
+        error=found.get(H_ERROR, b"").decode("utf-8", "replace"),
+        signal_id=signal_id.decode("utf-8", "replace") if signal_id else None,
+        tenant=tenant, kind=kind, key=record.key, value=record.value,
+        headers=[(k, v) for k, v in record.headers if k not in DLQ_HEADERS])
     return {
         "dlq_key": pg.dlq_key(topic, partition, offset), "reason": reason,
-        "error": found.get(H_ERROR, b"").decode("utf-8", "replace"),
-        "signal_id": signal_id.decode("utf-8", "replace") if signal_id else None,
-        "tenant": tenant, "kind": kind, "attempts": attempts, "original_topic": topic,
+        "error": m.error, "signal_id": m.signal_id, "tenant": m.tenant, "kind": m.kind,
+        "attempts": attempts, "original_topic": topic,
         "original_partition": partition, "original_offset": offset,
-        "original_key": record.key,
-        "original_headers": [(k, v) for k, v in record.headers if k not in DLQ_HEADERS],
-        "original_value": record.value, "original_timestamp": None,
+        "original_key": m.key, "original_headers": m.headers, "original_value": m.value,
+        "original_timestamp": None,
         "first_failed_at": min(first, failed_at), "last_failed_at": failed_at,
+        "masked": m.masked, "dlq_topic": record.topic, "dlq_partition": record.partition,
+        "dlq_offset": record.offset,
     }
 
 
-async def reindex_dlq(settings: Settings, *, topic: str | None = None) -> ReindexReport:
-    """Read ``router.dlq`` (or ``topic``) from the beginning and upsert every entry."""
+async def reindex_dlq(settings: Settings, *, topic: str | None = None,
+                      redactor: Redactor = DEFAULT_REDACTOR) -> ReindexReport:
+    """Read ``router.dlq`` (or ``topic``) from the beginning and upsert every entry, masked by
+    ``redactor`` (the policy's; the default masks every detector)."""
     report = ReindexReport()
     batch: list[dict[str, Any]] = []
     conn = await pg.connect(settings)
@@ -106,10 +122,11 @@ async def reindex_dlq(settings: Settings, *, topic: str | None = None) -> Reinde
         async for record in read_records(settings, topic or settings.topic(DLQ),
                                          from_beginning=True, until_end=True):
             report.read += 1
-            row = row_from_record(record)
+            row = row_from_record(record, redactor)
             if row is None:
                 report.skipped += 1
                 continue
+            report.masked += row["masked"]
             batch.append(row)
             if len(batch) >= BATCH:
                 await _flush(conn, batch, report)

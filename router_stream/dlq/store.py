@@ -39,13 +39,19 @@ _LIST_COLUMNS = (
     "id, dlq_key, reason, error, signal_id, tenant, kind, attempts, status, original_topic,"
     " original_partition, original_offset, original_key, original_headers, first_failed_at,"
     " last_failed_at, created_at, replayed_at, replay_count, discarded_at, discard_reason,"
-    " original_timestamp, octet_length(original_value) AS value_size"
+    " original_timestamp, octet_length(original_value) AS value_size, masked, dlq_topic,"
+    " dlq_partition, dlq_offset"
 )
 
 
 @dataclass(frozen=True)
 class DlqRow:
-    """One ``dlq_entries`` row. ``original_value`` is loaded only when asked for (show/replay)."""
+    """One ``dlq_entries`` row. ``original_value`` is loaded only when asked for (show/replay).
+
+    ``masked``: ``original_key``/``original_value``/``original_headers`` are masked copies, and
+    the original record is on ``dlq_topic`` at ``dlq_partition``/``dlq_offset``
+    (migrations/004_dlq_masking.sql). ``value_size`` is the size of the stored value.
+    """
 
     id: int
     dlq_key: str
@@ -71,6 +77,10 @@ class DlqRow:
     original_timestamp: datetime | None
     value_size: int | None
     original_value: bytes | None = field(default=None, repr=False)
+    masked: bool = False
+    dlq_topic: str | None = None
+    dlq_partition: int | None = None
+    dlq_offset: int | None = None
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> DlqRow:
@@ -197,23 +207,45 @@ async def replay_lock(conn: asyncpg.Connection) -> Any:
 
 # --- reindex -----------------------------------------------------------------------------------
 
+# NEWER: a later failure of the record (a replay that failed again); it makes the entry pending.
+# LEGACY: a row written before migration 004 (no router.dlq coordinates): it gets the masked
+# columns and the coordinates of its record, and keeps its status and history.
+_NEWER = "(EXCLUDED.attempts > d.attempts AND d.status <> 'discarded')"
+_LEGACY = "(d.dlq_offset IS NULL)"
+
+
+def _when(condition: str, column: str) -> str:
+    return f"{column} = CASE WHEN {condition} THEN EXCLUDED.{column} ELSE d.{column} END"
+
+
 _UPSERT = f"""
 INSERT INTO dlq_entries AS d ({", ".join(pg.DLQ_COLUMNS)})
 SELECT dlq_key, reason, error, signal_id, tenant, kind, attempts, original_topic,
        original_partition, original_offset, original_key, original_headers::jsonb,
-       original_value, original_timestamp, first_failed_at, last_failed_at
+       original_value, original_timestamp, first_failed_at, last_failed_at, masked, dlq_topic,
+       dlq_partition, dlq_offset
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[],
             $8::text[], $9::int4[], $10::int8[], $11::bytea[], $12::text[], $13::bytea[],
-            $14::timestamptz[], $15::timestamptz[], $16::timestamptz[])
+            $14::timestamptz[], $15::timestamptz[], $16::timestamptz[], $17::bool[],
+            $18::text[], $19::int4[], $20::int8[])
      AS t({", ".join(pg.DLQ_COLUMNS)})
 ORDER BY dlq_key
 ON CONFLICT (dlq_key) DO UPDATE SET
-    reason = EXCLUDED.reason, error = EXCLUDED.error, attempts = EXCLUDED.attempts,
-    signal_id = COALESCE(d.signal_id, EXCLUDED.signal_id),
-    tenant = COALESCE(d.tenant, EXCLUDED.tenant), kind = COALESCE(d.kind, EXCLUDED.kind),
-    last_failed_at = GREATEST(d.last_failed_at, EXCLUDED.last_failed_at),
-    status = 'pending'
-WHERE EXCLUDED.attempts > d.attempts AND d.status <> 'discarded'
+    {_when(_NEWER, "reason")}, {_when(_NEWER, "attempts")},
+    last_failed_at = CASE WHEN {_NEWER} THEN GREATEST(d.last_failed_at, EXCLUDED.last_failed_at)
+                          ELSE d.last_failed_at END,
+    status = CASE WHEN {_NEWER} THEN 'pending' ELSE d.status END,
+    {_when(f"{_NEWER} OR {_LEGACY}", "error")},
+    signal_id = CASE WHEN {_LEGACY} THEN COALESCE(EXCLUDED.signal_id, d.signal_id)
+                     ELSE COALESCE(d.signal_id, EXCLUDED.signal_id) END,
+    tenant = CASE WHEN {_LEGACY} THEN COALESCE(EXCLUDED.tenant, d.tenant)
+                  ELSE COALESCE(d.tenant, EXCLUDED.tenant) END,
+    kind = CASE WHEN {_LEGACY} THEN COALESCE(EXCLUDED.kind, d.kind)
+                ELSE COALESCE(d.kind, EXCLUDED.kind) END,
+    {", ".join(_when(f"{_NEWER} OR {_LEGACY}", c) for c in (
+        "original_key", "original_headers", "original_value", "masked", "dlq_topic",
+        "dlq_partition", "dlq_offset"))}
+WHERE {_NEWER} OR {_LEGACY}
 RETURNING (xmax = 0) AS inserted
 """
 
@@ -226,7 +258,9 @@ async def upsert_failures(conn: asyncpg.Connection, rows: Sequence[Mapping[str, 
     a *later* failure of the same record (more attempts: a replay that failed again) and the
     entry was not discarded: then it becomes ``pending`` again with the new attempts, reason and
     error. So a rebuild from ``router.dlq`` keeps every row an operator already worked on, and
-    the same record written twice is one row either way.
+    the same record written twice is one row either way. A row written before migration 004
+    (no ``dlq_offset``) also takes the new row's masked columns and coordinates, keeping its
+    status: rebuilding masks what was stored unmasked.
     """
     if not rows:
         return 0, 0

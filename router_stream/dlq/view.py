@@ -4,7 +4,11 @@ Pure. Bytes are shown as text when they are valid UTF-8, otherwise as base64 (wi
 of the first bytes, which is what one reads when guessing a binary format). When a policy's
 ``redact`` section is given, PII is masked in everything shown: the value (named fields and
 detectors when it is JSON, detectors when it is other text), the key, header values and the
-error text. Without a policy nothing is masked — ``dlq show`` says so.
+error text. Without a policy nothing more is masked — ``dlq show`` says so.
+
+What the worker stored is already masked per the redact section it ran with when the entry is
+``masked`` (``masked_at_rest``; migrations/004_dlq_masking.sql): its original bytes are only on
+``router.dlq``, at the coordinates shown, and nothing here reads them.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ def entry_summary(row: DlqRow) -> dict[str, Any]:
         "first_failed_at": _iso(row.first_failed_at), "last_failed_at": _iso(row.last_failed_at),
         "replayed_at": _iso(row.replayed_at), "replay_count": row.replay_count,
         "discarded_at": _iso(row.discarded_at), "discard_reason": row.discard_reason,
-        "value_size": row.value_size,
+        "value_size": row.value_size, "masked_at_rest": row.masked,
     }
 
 
@@ -90,6 +94,8 @@ def entry_detail(row: DlqRow, redact: RedactPolicy | None = None) -> dict[str, A
         "key": describe_bytes(row.original_key, redact),
         "headers": _headers(row.original_headers, redact),
         "value": describe_bytes(row.original_value, redact),
-        "masked": redact is not None,
+        "masked": redact is not None or row.masked,
+        "dlq_record": None if row.dlq_offset is None else {
+            "topic": row.dlq_topic, "partition": row.dlq_partition, "offset": row.dlq_offset},
     })
     return detail

@@ -10,7 +10,8 @@ Commit order, per batch (a crash at any point re-processes the batch; it never l
                  acks=all, EVERY delivery awaited
       ▼
     2. persist   routing_decisions, dlq_entries, breaker_transitions — one Postgres transaction,
-                 ON CONFLICT DO NOTHING (signal_id / dlq_key / transition key)
+                 ON CONFLICT DO NOTHING (signal_id / dlq_key / transition key); masked per the
+                 redact section of the policy that decided the batch (so are its log lines)
       ▼
     3. commit    the batch's input offsets (last offset + 1 per partition)
 
@@ -58,6 +59,7 @@ from router_stream.adapters import postgres as pg
 from router_stream.config import SIGNALS, Settings
 from router_stream.core.breaker import BreakerTransition
 from router_stream.core.outputs import H_RETRY_NOT_BEFORE, BatchResult
+from router_stream.core.redaction import Redactor
 from router_stream.errors import BrokerUnavailable
 from router_stream.worker.backoff import Backoff, retry_transient
 from router_stream.worker.logs import trace_id_of
@@ -126,6 +128,8 @@ class _Batch:
     fetch_time: float
     deliveries: Deliveries | None
     prev: _Batch | None
+    redactor: Redactor  # the deciding policy's: a policy switch mid-flight changes nothing here
+    dlq_at: list[tuple[str, int, int]] | None = None  # where step 1 put the DLQ records
     task: asyncio.Task[None] = field(init=False)
     persisted: asyncio.Event = field(default_factory=asyncio.Event)
     committed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -270,7 +274,8 @@ class SignalLoop:
             self._needs_new_producer = False
         deliveries = await send_outputs(self._producer, self._outputs, result)
         batch = _Batch(records, result, now, fetch_time, deliveries,
-                       self._in_flight[-1] if self._in_flight else None)
+                       self._in_flight[-1] if self._in_flight else None,
+                       self._engine.policy.redactor)
         batch.task = asyncio.create_task(self._make_durable(batch), name="router-batch")
         self._in_flight.append(batch)
 
@@ -290,7 +295,9 @@ class SignalLoop:
             if pool is not None:  # None: persistence off (ROUTER_PERSIST=false), Kafka only
                 extra = self._take_transitions()
                 await retry_transient(
-                    "persist", lambda: persist_outputs(pool, result, batch.now, extra),
+                    "persist", lambda: persist_outputs(pool, result, batch.now, extra,
+                                                       redactor=batch.redactor,
+                                                       dlq_at=batch.dlq_at),
                     backoff=self._backoff, give_up=self._give_up, on_retry=self._count_retry)
                 await self._hook("persisted", result)
             else:
@@ -301,7 +308,7 @@ class SignalLoop:
             await self._hook("committed", result)
             batch.committed.set()
             self.processed += len(batch.records)
-            self._observe(batch.records, result, time.monotonic() - batch.fetch_time)
+            self._observe(batch, time.monotonic() - batch.fetch_time)
             if result.rollout_events:
                 await self._announce_rollbacks(result)
         except BaseException as exc:  # noqa: BLE001 - kept and raised by step(), in batch order
@@ -350,6 +357,7 @@ class SignalLoop:
                     self._needs_new_producer = False
                 deliveries = await send_outputs(self._producer, self._outputs, batch.result)
             await await_deliveries(deliveries)
+            batch.dlq_at = deliveries.dlq_positions()
         except BrokerUnavailable as exc:
             for dest, n in getattr(exc, "failed_destinations", {}).items():
                 self._metrics.routing_errors.labels(dest).inc(n)
@@ -443,7 +451,8 @@ class SignalLoop:
         with contextlib.suppress(KeyError):
             self._metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
-    def _observe(self, records: list[Any], result: BatchResult, elapsed: float) -> None:
+    def _observe(self, batch: _Batch, elapsed: float) -> None:
+        records, result = batch.records, batch.result
         m = self._metrics
         m.batch_size.observe(len(records))
         kinds = Counter(d.kind for d in result.decisions)
@@ -469,23 +478,29 @@ class SignalLoop:
                 "candidate": event.candidate_version, "baseline": event.baseline_version,
                 "reason": event.reason, "baseline_rates": event.baseline_rates,
                 "candidate_rates": event.candidate_rates})
-        self._log_batch(records, result, elapsed)
+        self._log_batch(records, result, elapsed, batch.redactor)
 
-    def _log_batch(self, records: list[Any], result: BatchResult, elapsed: float) -> None:
+    def _log_batch(self, records: list[Any], result: BatchResult, elapsed: float,
+                   redactor: Redactor) -> None:
+        """Signal content in these lines (ids, trace ids, error texts quoting values) is masked
+        like the batch's Postgres rows, so a signal_id here matches its rows there."""
         for q in result.dlq:
             e = q.entry
             log.info("signal to DLQ", extra={
-                "signal_id": e.signal_id, "trace_id": trace_id_of(e.original_headers),
-                "reason": e.reason.value, "error": e.error, "attempts": e.attempts,
+                "signal_id": _masked_id(redactor, e.signal_id),
+                "trace_id": _masked_text(redactor, trace_id_of(e.original_headers)),
+                "reason": e.reason.value, "error": redactor.text(e.error), "attempts": e.attempts,
                 "original": f"{e.original_topic}/{e.original_partition}/{e.original_offset}"})
         for t in result.retries:
             log.info("signal parked for retry", extra={
-                "signal_id": t.signal_id, "trace_id": trace_id_of(t.headers),
+                "signal_id": _masked_id(redactor, t.signal_id),
+                "trace_id": _masked_text(redactor, trace_id_of(t.headers)),
                 "attempts": t.attempts, "not_before": t.not_before})
         if log.isEnabledFor(logging.DEBUG):
             for d in result.decisions:
                 log.debug("signal routed", extra={
-                    "signal_id": d.signal_id, "decision_id": d.decision_id, "kind": d.kind,
+                    "signal_id": redactor.identifier(d.signal_id, "signal_id"),
+                    "decision_id": d.decision_id, "kind": d.kind,
                     "destinations": d.destinations, "strategy": d.strategy,
                     "policy_version": d.policy_version})
             log.debug("batch committed", extra={
@@ -534,6 +549,14 @@ class SignalLoop:
         except (KafkaError, IllegalStateError):
             return False
         return True
+
+
+def _masked_id(redactor: Redactor, signal_id: str | None) -> str | None:
+    return None if signal_id is None else redactor.identifier(signal_id, "signal_id")
+
+
+def _masked_text(redactor: Redactor, text: str | None) -> str | None:
+    return None if text is None else redactor.text(text)
 
 
 def _not_before(headers: Sequence[tuple[str, bytes]] | None) -> float | None:

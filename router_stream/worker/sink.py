@@ -4,7 +4,9 @@ Step 1, :func:`produce_outputs`: every routed record, decision, DLQ record and r
 handed to the (idempotent, ``acks=all``) producer and *every* delivery is awaited before we go on.
 Step 2, :func:`persist_outputs`: decisions, DLQ entries and breaker transitions are written in
 one Postgres transaction with ``ON CONFLICT DO NOTHING`` on their natural keys, so writing a batch
-again after a crash changes nothing.
+again after a crash changes nothing. What goes to Postgres is masked per the policy's ``redact``
+section (:class:`~router_stream.core.redaction.Redactor`); the Kafka records of step 1 keep the
+original bytes, and a masked DLQ row records where its ``router.dlq`` record is, for replay.
 
 aiokafka's errors are translated here into the project's tree (``raise ... from exc``); Postgres
 errors already arrive translated from :mod:`router_stream.adapters.postgres`.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -28,6 +30,7 @@ from router_stream.config import DECISIONS, DLQ, Settings
 from router_stream.core.breaker import BreakerTransition
 from router_stream.core.models import Decision
 from router_stream.core.outputs import BatchResult, DlqRecord
+from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
 from router_stream.core.rollout import ShadowOutcome
 from router_stream.errors import BrokerUnavailable, RouterError
 
@@ -72,6 +75,13 @@ class Deliveries:
 
     sends: list[tuple[str | None, str, asyncio.Future[Any]]]
     error: RouterError | None = None
+    dlq: list[asyncio.Future[Any]] = field(default_factory=list)  # the DLQ sends, in order
+
+    def dlq_positions(self) -> list[tuple[str, int, int]]:
+        """(topic, partition, offset) of each record sent to ``router.dlq``, in ``result.dlq``
+        order; only once :func:`await_deliveries` succeeded."""
+        metas = [f.result() for f in self.dlq]
+        return [(str(m.topic), int(m.partition), int(m.offset)) for m in metas]
 
 
 async def send_outputs(
@@ -81,6 +91,7 @@ async def send_outputs(
     single acknowledgement, so the next batch can be decided while these are in flight. Never
     raises a Kafka error: a failed hand-over is returned and raised by :func:`await_deliveries`."""
     sends: list[tuple[str | None, str, asyncio.Future[Any]]] = []
+    dlq: list[asyncio.Future[Any]] = []
     send = producer.send
     try:
         routed = topics.routed
@@ -92,8 +103,9 @@ async def send_outputs(
             sends.append((None, decisions,
                           await send(decisions, d.to_json(), key=d.signal_id.encode())))
         for q in result.dlq:
-            sends.append((None, topics.dlq, await send(
-                topics.dlq, q.entry.original_value, key=q.entry.original_key, headers=q.headers)))
+            dlq.append(await send(topics.dlq, q.entry.original_value, key=q.entry.original_key,
+                                  headers=q.headers))
+            sends.append((None, topics.dlq, dlq[-1]))
         for t in result.retries:
             sends.append((None, topics.retry,
                           await send(topics.retry, t.value, key=t.key, headers=t.headers)))
@@ -101,7 +113,7 @@ async def send_outputs(
         for *_, fut in sends:
             fut.cancel()
         return Deliveries([], _broker_error("sending", exc))
-    return Deliveries(sends)
+    return Deliveries(sends, dlq=dlq)
 
 
 async def await_deliveries(deliveries: Deliveries) -> int:
@@ -167,8 +179,11 @@ def _broker_error(what: str, exc: KafkaError) -> RouterError:
 # --- Postgres rows ----------------------------------------------------------------------------
 
 
-def decision_row(d: Decision) -> tuple[Any, ...]:
-    """A decision in :data:`router_stream.adapters.postgres.DECISION_COLUMNS` order."""
+def decision_row(d: Decision, redactor: Redactor = DEFAULT_REDACTOR,
+                 tenants: dict[str, str] | None = None) -> tuple[Any, ...]:
+    """A decision in :data:`router_stream.adapters.postgres.DECISION_COLUMNS` order, its
+    signal-supplied ids (``signal_id``, ``tenant``) masked; ``tenants`` caches tenant masks.
+    Everything else in a decision comes from the policy or the router's state."""
     state: dict[str, Any] = {"trust": d.trust, "breakers": d.breakers}
     for name in ("priority", "rule", "override_id"):
         value = getattr(d, name)
@@ -179,19 +194,32 @@ def decision_row(d: Decision) -> tuple[Any, ...]:
     consensus = None if d.method is None else {
         "value": d.value, "method": d.method, "sources_used": d.sources_used,
         "outliers": d.outliers}
-    return (d.decision_id, d.signal_id, d.tenant, d.kind, d.destinations, d.strategy,
+    tenant = None if tenants is None else tenants.get(d.tenant)
+    if tenant is None:
+        tenant = redactor.identifier(d.tenant, "tenant")
+        if tenants is not None:
+            tenants[d.tenant] = tenant
+    return (d.decision_id, redactor.identifier(d.signal_id, "signal_id"), tenant, d.kind,
+            d.destinations, d.strategy,
             None if d.tier is None else str(d.tier), d.policy_version, d.confidence, state,
             consensus, d.input_topic, d.input_partition, d.input_offset, d.signal_ts,
             d.decided_at)
 
 
-def dlq_row(q: DlqRecord, now: float) -> tuple[Any, ...]:
-    """A DLQ record in :data:`router_stream.adapters.postgres.DLQ_COLUMNS` order."""
+def dlq_row(q: DlqRecord, now: float, redactor: Redactor = DEFAULT_REDACTOR,
+            at: tuple[str, int, int] | None = None) -> tuple[Any, ...]:
+    """A DLQ record in :data:`router_stream.adapters.postgres.DLQ_COLUMNS` order, masked by
+    ``redactor``; ``at`` is (topic, partition, offset) of its ``router.dlq`` record."""
     e = q.entry
-    return (q.dlq_key, e.reason.value, e.error, e.signal_id, None, None, e.attempts,
-            e.original_topic, e.original_partition, e.original_offset, e.original_key,
-            e.original_headers, e.original_value, None, e.first_failed_at,
-            max(now, e.first_failed_at))
+    m = redactor.dlq_entry(e)
+    if m.masked and at is None:
+        raise ValueError(f"DLQ entry {q.dlq_key} is masked but its router.dlq record is unknown:"
+                         " it could never be replayed byte-exact")
+    topic, partition, offset = at if at is not None else (None, None, None)
+    return (q.dlq_key, e.reason.value, m.error, m.signal_id, m.tenant, m.kind, e.attempts,
+            e.original_topic, e.original_partition, e.original_offset, m.key, m.headers,
+            m.value, None, e.first_failed_at, max(now, e.first_failed_at), m.masked, topic,
+            partition, offset)
 
 
 def transition_row(t: BreakerTransition) -> tuple[Any, ...]:
@@ -201,10 +229,20 @@ def transition_row(t: BreakerTransition) -> tuple[Any, ...]:
 
 async def persist_outputs(
     pool: asyncpg.Pool, result: BatchResult, now: float,
-    extra_transitions: Sequence[BreakerTransition] = (),
+    extra_transitions: Sequence[BreakerTransition] = (), *,
+    redactor: Redactor = DEFAULT_REDACTOR,
+    dlq_at: Sequence[tuple[str, int, int]] | None = None,
 ) -> None:
     """Commit step 2: one transaction, idempotent on signal_id / dlq_key / transition key, and
-    "first outcome wins" per input record (:func:`first_outcomes`)."""
+    "first outcome wins" per input record (:func:`first_outcomes`).
+
+    Rows are masked by ``redactor`` (the policy that decided the batch). ``dlq_at`` holds
+    (topic, partition, offset) of each ``result.dlq`` record on ``router.dlq``
+    (:meth:`Deliveries.dlq_positions`); a masked entry needs it.
+    """
+    if dlq_at is not None and len(dlq_at) != len(result.dlq):
+        raise ValueError(f"{len(dlq_at)} router.dlq positions for {len(result.dlq)} DLQ records")
+    where = dict(zip((q.dlq_key for q in result.dlq), dlq_at or (), strict=False))
     transitions = [transition_row(t) for t in (*result.breaker_transitions, *extra_transitions)]
     if not (result.decisions or result.dlq or transitions or result.shadow):
         return
@@ -212,16 +250,21 @@ async def persist_outputs(
     with pg._unavailable_as_router_error("writing a batch to Postgres"):
         async with pool.acquire() as conn, conn.transaction():
             kept_decisions, kept_dlq = await first_outcomes(conn, result)
-            await pg.insert_decisions(conn, [decision_row(d) for d in kept_decisions])
-            await pg.insert_dlq_entries(conn, [dlq_row(q, now) for q in kept_dlq])
+            tenants: dict[str, str] = {}
+            await pg.insert_decisions(conn, [decision_row(d, redactor, tenants)
+                                             for d in kept_decisions])
+            await pg.insert_dlq_entries(conn, [dlq_row(q, now, redactor, where.get(q.dlq_key))
+                                               for q in kept_dlq])
             await pg.insert_breaker_transitions(conn, transitions)
-            await pg.insert_shadow_decisions(conn, [shadow_row(o, now) for o in result.shadow])
+            await pg.insert_shadow_decisions(conn, [shadow_row(o, now, redactor)
+                                                    for o in result.shadow])
 
 
-def shadow_row(o: ShadowOutcome, now: float) -> tuple[Any, ...]:
-    """A shadow evaluation in SHADOW_COLUMNS order."""
-    return (o.signal_id, o.candidate_version, _choice(o.baseline), _choice(o.candidate),
-            o.agree, now)
+def shadow_row(o: ShadowOutcome, now: float,
+               redactor: Redactor = DEFAULT_REDACTOR) -> tuple[Any, ...]:
+    """A shadow evaluation in SHADOW_COLUMNS order (its signal_id masked like the decision's)."""
+    return (redactor.identifier(o.signal_id, "signal_id"), o.candidate_version,
+            _choice(o.baseline), _choice(o.candidate), o.agree, now)
 
 
 def _choice(choice: tuple[str, ...] | str) -> list[str] | str:

@@ -199,8 +199,9 @@ class StateFollower:
         if transitions:
             self._on_transitions(transitions)
 
-    @staticmethod
-    def _skip(record: Any, rejection: Rejection) -> None:
+    def _skip(self, record: Any, rejection: Rejection) -> None:
+        # The error can quote the record (``ts: not an RFC 3339 timestamp: '...'``): masked.
         log.warning("state record ignored", extra={
             "topic": record.topic, "partition": record.partition, "offset": record.offset,
-            "reason": rejection.reason.value, "error": rejection.error})
+            "reason": rejection.reason.value,
+            "error": self._engine.policy.redactor.text(rejection.error)})

@@ -367,7 +367,10 @@ async def test_reindex_rebuilds_rows_and_keeps_what_operators_did(
 
     result = await run_cli(settings, "dlq", "reindex", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == {"read": 7, "inserted": 2, "updated": 1, "skipped": 1}
+    # updated: 1 failed again; 2 (discarded) was written without its router.dlq coordinates
+    # (as before migration 004) and gets them, keeping its status
+    assert json.loads(result.stdout) == {"read": 7, "inserted": 2, "updated": 2, "skipped": 1,
+                                         "masked": 0}
 
     rows = {r["original_offset"]: r for r in await db.fetch("SELECT * FROM dlq_entries")}
     assert sorted(rows) == [0, 1, 2, 3]
@@ -383,5 +386,52 @@ async def test_reindex_rebuilds_rows_and_keeps_what_operators_did(
     assert new["tenant"] == "acme" and new["kind"] == "alert" and new["signal_id"] == "sig-3"
     assert new["first_failed_at"].timestamp() == 1735787045.5
 
+    assert all(r["dlq_topic"] == dlq_topic and r["dlq_offset"] is not None
+               for r in rows.values())
+
     again = await run_cli(settings, "dlq", "reindex", "--json")
-    assert json.loads(again.stdout) == {"read": 7, "inserted": 0, "updated": 0, "skipped": 1}
+    assert json.loads(again.stdout) == {"read": 7, "inserted": 0, "updated": 0, "skipped": 1,
+                                        "masked": 0}
+
+
+async def test_reindex_masks_per_the_policy_and_masks_rows_stored_before_masking(
+    settings: Settings, db, topic_factory, tmp_path: Path
+):
+    dlq_topic = await topic_factory(DLQ)
+    pii = b'{"signal_id": "sig-7", "tenant": "acme", "payload": {"user": {"name": "Ann Lee",' \
+          b' "email": "ann.lee@example.com"}, "ssn": "123-45-6789"}}'
+    records = []
+    for offset in (7, 8):
+        e = DlqEntry(reason=DlqReason.NO_ROUTE, error="no route for kind 'ann.lee@example.com'",
+                     signal_id=f"sig-{offset}", original_topic="prod.signals",
+                     original_partition=0, original_offset=offset,
+                     original_key=b"ann.lee@example.com", original_value=pii,
+                     original_headers=[("x-phone", b"(555) 867-5309")], first_failed_at=1.0)
+        records.append(OutRecord(dlq_topic, e.original_value, e.original_key, e.kafka_headers()))
+    async with RecordWriter(settings) as writer:
+        positions = [await writer.send_and_wait(r) for r in records]
+    # entry 7 was stored unmasked by a worker without masking, and an operator discarded it
+    await pg.insert_dlq_entries(db, [entry(7, topic="prod.signals", original_value=pii,
+                                           original_key=b"ann.lee@example.com",
+                                           error="no route for kind 'ann.lee@example.com'")])
+    await db.execute("UPDATE dlq_entries SET status = 'discarded', discarded_at = now(),"
+                     " discard_reason = 'operator'")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(EXAMPLE_POLICY.read_text())  # redact: payload.user.email ... + detectors
+
+    result = await run_cli(settings, "dlq", "reindex", "--policy", str(policy), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"read": 2, "inserted": 1, "updated": 1, "skipped": 0,
+                                         "masked": 2}
+    rows = {r["original_offset"]: r for r in await db.fetch("SELECT * FROM dlq_entries")}
+    for offset, (partition, dlq_offset) in zip((7, 8), positions, strict=True):
+        row = rows[offset]
+        assert row["masked"] is True
+        assert (row["dlq_topic"], row["dlq_partition"], row["dlq_offset"]) == (
+            dlq_topic, partition, dlq_offset)
+        text = f"{bytes(row['original_value'])!r} {bytes(row['original_key'])!r} {row['error']}"
+        text += repr([base64.b64decode(v) for _, v in row["original_headers"]])
+        for secret in ("ann.lee", "123-45-6789", "867-5309"):
+            assert secret not in text
+    assert rows[7]["status"] == "discarded" and rows[7]["discard_reason"] == "operator"
+    assert json.loads(bytes(rows[8]["original_value"]))["payload"]["ssn"] == "[SSN]"

@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 from router_stream.adapters.kafka_io import ConsumedRecord
 from router_stream.core.models import DlqEntry, DlqReason
 from router_stream.core.policy import RedactPolicy
+from router_stream.core.redaction import Redactor
 from router_stream.dlq.filters import DlqFilter
 from router_stream.dlq.reindex import row_from_record
-from router_stream.dlq.replay import replay_record
+from router_stream.dlq.replay import original_problem, replay_record
 from router_stream.dlq.store import DlqRow
 from router_stream.dlq.timespec import parse_duration, parse_instant
 from router_stream.dlq.view import describe_bytes, entry_detail
@@ -154,12 +155,31 @@ def test_records_that_are_not_dlq_records_are_skipped(headers: list[tuple[str, b
     assert row_from_record(consumed(headers)) is None
 
 
+NO_MASKING = Redactor.of(RedactPolicy(detectors=[]))
+
+
 @given(st.binary(max_size=64))
 def test_reindex_never_raises_on_any_value(value: bytes) -> None:
     headers = [("x-dlq-reason", b"invalid_json"), ("x-dlq-original-topic", b"s"),
                ("x-dlq-original-partition", b"0"), ("x-dlq-original-offset", b"1")]
-    got = row_from_record(consumed(headers, value))
-    assert got is not None and got["original_value"] == value
+    got = row_from_record(consumed(headers, value), NO_MASKING)
+    assert got is not None and got["original_value"] == value and not got["masked"]
+    masked = row_from_record(consumed(headers, value))  # default: every detector
+    assert masked is not None and masked["masked"] is (masked["original_value"] != value)
+
+
+def test_reindex_rows_are_masked_and_say_where_their_record_is() -> None:
+    entry = DlqEntry(reason=DlqReason.RATE_LIMITED, error="tenant 'bob@example.com' is over",
+                     signal_id="s-1", tenant="bob@example.com", original_topic="signals",
+                     original_partition=1, original_offset=77, original_key=b"555-123-4567",
+                     original_value=b'{"tenant": "bob@example.com", "payload": {"x": 1}}',
+                     original_headers=[("ssn", b"123-45-6789")], first_failed_at=1735819100.0)
+    got = row_from_record(consumed(entry.kafka_headers(), entry.original_value))
+    assert got is not None and got["masked"] is True
+    assert (got["dlq_topic"], got["dlq_partition"], got["dlq_offset"]) == ("router.dlq", 0, 5)
+    assert "bob@" not in str(got) and "555-123" not in str(got) and "123-45" not in str(got)
+    assert got["original_headers"] == [("ssn", b"[SSN]")]
+    assert got["tenant"].startswith("***@example.com~h")
 
 
 # --- display -----------------------------------------------------------------------------------
@@ -172,6 +192,44 @@ def test_bytes_are_text_json_or_base64() -> None:
     binary = describe_bytes(b"\xff\x00")
     assert binary["encoding"] == "base64" and base64.b64decode(binary["base64"]) == b"\xff\x00"
     assert binary["hex_preview"] == "ff 00"
+
+
+def test_a_masked_entry_is_replayed_from_its_dlq_record_byte_exact() -> None:
+    masked = row(masked=True, dlq_topic="router.dlq", dlq_partition=3, dlq_offset=9,
+                 signal_id="***@example.com~h0123456789abcdef", original_key=b"[PHONE]",
+                 original_value=b'{"to":"***@example.com"}')
+    with pytest.raises(ValueError, match="masked"):
+        replay_record(masked)
+    original = ConsumedRecord(
+        "router.dlq", 3, 9, b"555-123-4567", b'{"to": "bob@example.com"}', 0,
+        [("traceparent", b"abc"), ("x-dlq-reason", b"no_healthy_destination"),
+         ("x-dlq-original-topic", b"signals"), ("x-dlq-original-partition", b"2"),
+         ("x-dlq-original-offset", b"40"), ("x-signal-id", b"s-bob@example.com")])
+    assert original_problem(masked, original) is None
+    record = replay_record(masked, original)
+    assert (record.key, record.value) == (b"555-123-4567", b'{"to": "bob@example.com"}')
+    headers = dict(record.headers)
+    assert headers["traceparent"] == b"abc" and headers["x-signal-id"] == b"s-bob@example.com"
+    assert headers["x-dlq-id"] == b"17" and "x-dlq-reason" not in headers
+    preview = replay_record(masked, preview=True)  # what a dry run shows: the masked copy
+    assert (preview.key, preview.value) == (b"[PHONE]", b'{"to":"***@example.com"}')
+
+
+def test_a_masked_entry_whose_record_is_gone_or_replaced_is_not_replayable() -> None:
+    masked = row(masked=True, dlq_topic="router.dlq", dlq_partition=3, dlq_offset=9)
+    gone = original_problem(masked, None)
+    assert gone is not None and "is gone from router.dlq partition 3 offset 9" in gone
+    other = ConsumedRecord("router.dlq", 3, 9, b"k", b"v", 0, [
+        ("x-dlq-original-topic", b"signals"), ("x-dlq-original-partition", b"2"),
+        ("x-dlq-original-offset", b"41")])
+    assert "not this entry's" in (original_problem(masked, other) or "")
+
+
+def test_detail_of_an_entry_masked_at_rest_says_where_the_original_is() -> None:
+    detail = entry_detail(row(masked=True, dlq_topic="router.dlq", dlq_partition=3,
+                              dlq_offset=9))
+    assert detail["masked"] is True and detail["masked_at_rest"] is True
+    assert detail["dlq_record"] == {"topic": "router.dlq", "partition": 3, "offset": 9}
 
 
 def test_detail_masks_value_key_headers_and_error_per_policy() -> None:

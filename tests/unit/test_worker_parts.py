@@ -21,6 +21,8 @@ from router_stream.config import Settings
 from router_stream.core.breaker import BreakerState, BreakerTransition
 from router_stream.core.models import Decision, DlqEntry, DlqReason
 from router_stream.core.outputs import H_RETRY_NOT_BEFORE, DlqRecord
+from router_stream.core.policy import RedactPolicy
+from router_stream.core.redaction import Redactor
 from router_stream.core.rollout import ShadowOutcome
 from router_stream.errors import DatabaseUnavailable, RouterError
 from router_stream.worker.backoff import Backoff, retry_transient
@@ -118,6 +120,29 @@ def test_a_shadow_row_holds_json_for_destinations_and_for_a_dlq_reason() -> None
     # jsonb columns take a str as already-serialised JSON: a bare DLQ reason is not JSON
     routed = shadow_row(ShadowOutcome("s-1", "p-2", ("a", "b"), "unclassified", False), 1.0)
     assert routed[2] == ["a", "b"] and orjson.loads(routed[3]) == "unclassified"
+
+
+def test_rows_are_masked_and_a_masked_dlq_row_knows_its_dlq_record() -> None:
+    redactor = Redactor.of(RedactPolicy(fields=["tenant"]))
+    named = dict(zip(DECISION_COLUMNS, decision_row(
+        _decision(signal_id="s-bob@example.com", tenant="acme"), redactor), strict=True))
+    assert named["signal_id"].startswith("***@example.com~h")
+    assert named["tenant"].startswith("[REDACTED]~h")
+    shadow = shadow_row(ShadowOutcome("s-bob@example.com", "p-2", ("a",), ("a",), True), 1.0,
+                        redactor)
+    assert shadow[0] == named["signal_id"]  # the same signal masks to the same id everywhere
+
+    entry = DlqEntry(reason=DlqReason.NO_ROUTE, error="no route", original_topic="signals",
+                     original_partition=2, original_offset=9, original_key=b"555-123-4567",
+                     original_value=b'{"ssn": "123-45-6789"}', first_failed_at=100.0)
+    record = DlqRecord(entry, entry.kafka_headers())
+    with pytest.raises(ValueError, match="router.dlq record is unknown"):
+        dlq_row(record, 50.0, redactor)
+    dlq = dict(zip(DLQ_COLUMNS, dlq_row(record, 50.0, redactor, ("t.router.dlq", 4, 12)),
+                   strict=True))
+    assert (dlq["original_key"], dlq["original_value"]) == (b"[PHONE]", b'{"ssn":"[SSN]"}')
+    assert dlq["masked"] is True
+    assert (dlq["dlq_topic"], dlq["dlq_partition"], dlq["dlq_offset"]) == ("t.router.dlq", 4, 12)
 
 
 @dataclass
