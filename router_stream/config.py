@@ -90,7 +90,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "database_sslrootcert",
-        "kafka_sasl_username", mode="before",
+        "kafka_sasl_username", "worker_id", mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -271,6 +272,14 @@ async def _until(condition, timeout: float = 5.0) -> None:
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+def test_an_empty_worker_id_setting_means_the_default():
+    # `export ROUTER_WORKER_ID=` in a manifest template should not be a start-up error
+    worker = _worker()
+    worker.settings = Settings(worker_id="")
+    assert worker.settings.worker_id is None
+    assert Heartbeat(worker, _Store()).worker_id.endswith(f":{os.getpid()}")
 
 
 def test_a_heartbeat_compares_by_content():
