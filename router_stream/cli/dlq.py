@@ -392,10 +392,11 @@ def _print_replay(report: Any, as_json: bool) -> None:
     elif report.dry_run:
         for row in report.sendable:
             rec = replay_record(row, preview=True)
-            source = (f", original read back from {row.dlq_topic}/{row.dlq_partition}/"
-                      f"{row.dlq_offset}; key masked here" if row.masked else "")
-            click.echo(f"would send entry {row.id} -> {rec.topic} key={rec.key!r} "
-                       f"({row.value_size or 0} bytes, {row.attempts} attempts so far{source})")
+            what = (f"{row.attempts} attempts so far; masked at rest, the original is read back"
+                    f" from {row.dlq_topic} partition {row.dlq_partition} offset {row.dlq_offset}"
+                    if row.masked else
+                    f"{row.value_size or 0} bytes, {row.attempts} attempts so far")
+            click.echo(f"would send entry {row.id} -> {rec.topic} key={rec.key!r} ({what})")
         click.echo(f"dry run: {len(report.sendable)} entries would be replayed")
     else:
         click.echo(f"replayed {len(report.sent)} entries")
@@ -458,5 +459,5 @@ def reindex(topic: str | None, policy_file: Path | None, as_json: bool) -> None:
         _json_out(vars(report))
     else:
         click.echo(f"read {report.read} records: {report.inserted} entries added, "
-                   f"{report.updated} updated, {report.skipped} skipped (not DLQ records), "
-                   f"{report.masked} masked")
+                   f"{report.updated} updated, {report.skipped} skipped (not DLQ records); "
+                   f"PII masked in {report.masked} of them")

@@ -53,7 +53,7 @@ class ReindexReport:
     inserted: int = 0
     updated: int = 0
     skipped: int = 0
-    masked: int = 0  # records whose key, value or headers were masked for the table
+    masked: int = 0  # records read whose key, value or headers are stored masked
 
 
 def _epoch(value: float) -> datetime:
