@@ -71,7 +71,7 @@ async def test_table_recovers_from_changelog_after_restart(
     src = await topic_factory("counter-in")
     out = await topic_factory("counter-out")
     env = os.environ | {
-        "COUNTER_APP_ID": f"counter-{test_id}",
+        "COUNTER_APP_ID": f"t{test_id}.counter",  # under the prefix topic_factory deletes
         "COUNTER_BOOTSTRAP": servers.kafka_bootstrap,
         "COUNTER_IN": src,
         "COUNTER_OUT": out,
