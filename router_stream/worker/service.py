@@ -12,7 +12,7 @@ Lifecycle::
               ``drain_timeout_s`` (< 30 s)
 
 The worker is a plain asyncio object so tests drive it in-process; :mod:`.app` hosts it in a
-faust App for production.
+plain asyncio loop with SIGTERM/SIGINT handlers (not a faust App: docs/worker.md).
 """
 
 from __future__ import annotations
