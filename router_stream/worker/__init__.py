@@ -17,7 +17,8 @@ Design (docs/worker.md has the long form):
   signal_id.
 * **Lifecycle** (:mod:`.service`): SIGTERM drains (stop fetching, finish the batch, flush,
   commit, exit in < 30 s); a bounded "burst" mode exits once the input lag stayed 0 for N s.
-* **Hosting** (:mod:`.app`): the faust App hosts the worker as a service in production.
+* **Hosting** (:mod:`.app`): a plain asyncio loop with SIGTERM/SIGINT handlers that drain
+  (not a faust App; see docs/worker.md).
 """
 
 from router_stream.worker.backoff import Backoff
