@@ -23,7 +23,9 @@ WATCHDOG_GRACE_S = 45.0
 
 
 def main(*, quick: bool, out_dir: Path, docs: Path | None, only: tuple[str, ...],
-         report_file: Path | None = None) -> int:
+         report_file: Path | None = None, state_memory: bool = False) -> int:
+    if state_memory:
+        return _state_memory(out_dir)
     # CI logs are not terminals; rich would wrap the table at 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=150)
     if report_file is not None:
@@ -77,6 +79,21 @@ def _publish(result: dict[str, Any], json_path: Path | None, out_dir: Path, docs
         console.print(f"docs:    {docs}")
     failed = [c["key"] for c in result["contenders"] if c["status"] == "failed"]
     return 2 if failed and fresh else 0
+
+
+def _state_memory(out_dir: Path) -> int:
+    """``--state-memory``: the worker's RSS with 100k sources and 10k destinations in state
+    (bench/state_memory.py), under the same watchdog as the throughput run."""
+    from bench import state_memory
+
+    watchdog = threading.Timer(state_memory.BUDGET_S + WATCHDOG_GRACE_S, _hard_exit,
+                               args=(Console(),))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        return state_memory.main(out_dir=out_dir)
+    finally:
+        watchdog.cancel()
 
 
 def _hard_exit(console: Console) -> None:

@@ -32,14 +32,20 @@ def _bench_root() -> Path:
               help="Run only these contenders (repeatable).")
 @click.option("--report", "report", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Do not run: rebuild table, plots and --docs from a saved JSON.")
+@click.option("--state-memory", "state_memory", is_flag=True,
+              help="Instead of the throughput run: the RSS of a worker holding 100k sources and "
+                   "10k destinations in state vs an empty one (bench/state_memory.py, ~3 min).")
 def bench_command(quick: bool, out_dir: Path, docs: Path | None, only: tuple[str, ...],
-                  report: Path | None) -> None:
+                  report: Path | None, state_memory: bool) -> None:
     """Measure router-stream against raw aiokafka, a naive faust agent and its own core.
 
     Uses the broker and database of ROUTER_KAFKA_BOOTSTRAP / ROUTER_DATABASE_URL; creates and
     deletes its own topics (bench-<run>.*) and database. See docs/benchmarks.md.
     """
+    if state_memory and (quick or docs or only or report):
+        raise click.UsageError("--state-memory takes no --quick, --docs, --only or --report")
     sys.path.insert(0, str(_bench_root()))
     from bench.cli import main
 
-    sys.exit(main(quick=quick, out_dir=out_dir, docs=docs, only=only, report_file=report))
+    sys.exit(main(quick=quick, out_dir=out_dir, docs=docs, only=only, report_file=report,
+                  state_memory=state_memory))
