@@ -49,7 +49,10 @@ async def retry_transient(
     attempt = 0
     while True:
         try:
-            return await asyncio.wait_for(op(), backoff.attempt_timeout_s)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+            # that arrives as the operation completes.
+            async with asyncio.timeout(backoff.attempt_timeout_s):
+                return await op()
         except TimeoutError as exc:
             error: TransientError = OperationTimeout(f"{step}: no answer in "
                                                      f"{backoff.attempt_timeout_s:.0f}s")

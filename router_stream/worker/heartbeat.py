@@ -89,8 +89,12 @@ class Heartbeat:
         loop = asyncio.get_running_loop()
         due = loop.time() + self.interval_s
         while (left := due - loop.time()) > 0:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that lands as the wait completes (wake() just before stop() cancels this task),
+            # and the loop then beat on forever while the worker's stop() awaited it.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(CHANGE_CHECK_S, left))
+                async with asyncio.timeout(min(CHANGE_CHECK_S, left)):
+                    await self._wake.wait()
             if self._wake.is_set() or self._changed():
                 return
 
@@ -114,7 +118,8 @@ class Heartbeat:
         try:
             hb = self.snapshot(status)
             self._last_said = _what_it_says(hb)
-            await asyncio.wait_for(self._store.write(hb), timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: see _until_due
+                await self._store.write(hb)
         except Exception as exc:  # noqa: BLE001 - a heartbeat must never take routing down
             self._failed(exc)
             return False

@@ -267,14 +267,11 @@ class RouterWorker:
         self.request_stop()
         if self.signals is not None:
             await self.signals.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await _cancel_all(self._tasks)
         self._tasks.clear()
-        with contextlib.suppress(TransientError):
-            await asyncio.wait_for(self._flush_side_writes(), 5)
+        with contextlib.suppress(TransientError, TimeoutError):
+            async with asyncio.timeout(5):
+                await self._flush_side_writes()
         if self.heartbeat is not None:
             failed = self._crashed is not None or (
                 self.signals is not None and self.signals.failure is not None)
@@ -286,7 +283,8 @@ class RouterWorker:
                 await self.producer.stop()
         if self.pool is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.pool.close(), 5)
+                async with asyncio.timeout(5):
+                    await self.pool.close()
         if self.http is not None:
             await self.http.stop()
         log.info("worker stopped", extra={"processed": self.signals.processed
@@ -405,6 +403,32 @@ class RouterWorker:
         if not self.settings.persist:
             del checks["postgres"]  # nothing of the hot path depends on it
         return checks
+
+
+CANCEL_TIMEOUT_S = 5.0
+"""How long stop() waits for its background tasks to end once cancelled (part of the drain)."""
+
+
+async def _cancel_all(tasks: list[asyncio.Task[Any]], timeout_s: float = CANCEL_TIMEOUT_S) -> None:
+    """Cancel the worker's background tasks and wait for them, bounded.
+
+    A cancellation can be lost (Python 3.11's ``asyncio.wait_for`` swallows one that lands as
+    its inner await completes, in our code or a library's); awaiting such a task forever made
+    ``stop()`` hang after "stop requested, draining". So: cancel again every half second until
+    all have ended, and past ``timeout_s`` say which did not and go on stopping."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    pending = {t for t in tasks if not t.done()}
+    while pending and loop.time() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=min(0.5, deadline - loop.time()))
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: an error was already logged by _task_done
+    if pending:
+        log.error("background tasks did not stop when cancelled; going on stopping",
+                  extra={"tasks": sorted(t.get_name() for t in pending)})
 
 
 async def _kafka_call(what: str, awaitable: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from dataclasses import dataclass, field
@@ -288,3 +289,51 @@ def test_key_hash_cache_keeps_a_repeated_key_among_unique_ones(
             cache(b"svc-7", parts, parts)
     assert hashed.count(b"svc-7") == 1
     assert len(cache) <= 200
+
+
+# --- stop(): background tasks end even when a cancellation is lost -------------------------------
+
+
+async def test_cancel_all_cancels_again_a_task_that_swallowed_its_cancellation():
+    from router_stream.worker.service import _cancel_all
+
+    swallowed = []
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed.append(True)  # what Python 3.11's wait_for can do once
+
+    async def obedient() -> None:
+        await asyncio.sleep(60)
+
+    tasks = [asyncio.create_task(stubborn()), asyncio.create_task(obedient())]
+    await asyncio.sleep(0)
+    await asyncio.wait_for(_cancel_all(tasks, timeout_s=3), 5)
+    assert swallowed == [True] and all(t.done() for t in tasks)
+
+
+async def test_cancel_all_gives_up_on_a_task_that_never_ends_and_says_which(caplog):
+    from router_stream.worker.service import _cancel_all
+
+    release = asyncio.Event()
+
+    async def immortal() -> None:  # ignores every cancellation until the test releases it
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(immortal(), name="router-worker-immortal")
+    await asyncio.sleep(0)
+    started = asyncio.get_running_loop().time()
+    with caplog.at_level(logging.ERROR, logger="router_stream.worker"):
+        await _cancel_all([task], timeout_s=0.6)
+    assert asyncio.get_running_loop().time() - started < 2
+    [record] = [r for r in caplog.records if r.name == "router_stream.worker"]
+    assert record.__dict__["tasks"] == ["router-worker-immortal"]
+    release.set()
+    await task
