@@ -55,6 +55,17 @@ async def _produce(bootstrap: str, topic: str, keys: list[str]) -> None:
         await producer.stop()
 
 
+async def _wait_ready(
+    workdir: Path, worker: subprocess.Popen[bytes], timeout: float = 90.0
+) -> None:
+    """Wait until the app says its table recovery finished (see counter_app.announce_ready)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (workdir / "ready").exists():
+        if worker.poll() is not None or asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"faust worker not ready: {_stop(worker)}")
+        await asyncio.sleep(0.1)
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> str:
     os.killpg(proc.pid, signal.SIGTERM)
     try:
@@ -77,10 +88,11 @@ async def test_table_recovers_from_changelog_after_restart(
         "COUNTER_OUT": out,
     }
     keys = ["a"] * 10 + ["b"] * 7 + ["c"] * 3
-    await _produce(servers.kafka_bootstrap, src, keys)
     (tmp_path / "run1").mkdir()
     worker = _start_worker(env, tmp_path / "run1")
     try:
+        await _wait_ready(tmp_path / "run1", worker)
+        await _produce(servers.kafka_bootstrap, src, keys)
         first = await _read_counts(servers.kafka_bootstrap, out, len(keys), worker)
     finally:
         log1 = _stop(worker)
@@ -89,9 +101,10 @@ async def test_table_recovers_from_changelog_after_restart(
 
     # A fresh process and an empty working directory: the table can only come from the changelog.
     (tmp_path / "run2").mkdir()
-    await _produce(servers.kafka_bootstrap, src, ["a", "b", "c", "d"])
     worker = _start_worker(env, tmp_path / "run2")
     try:
+        await _wait_ready(tmp_path / "run2", worker)
+        await _produce(servers.kafka_bootstrap, src, ["a", "b", "c", "d"])
         both = await _read_counts(servers.kafka_bootstrap, out, len(keys) + 4, worker)
     finally:
         log2 = _stop(worker)

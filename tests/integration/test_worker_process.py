@@ -38,12 +38,15 @@ def start_worker(s: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:
         env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
-async def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
+async def wait_exit(
+    proc: subprocess.Popen[bytes], timeout: float, log: Path | None = None
+) -> int:
     deadline = time.monotonic() + timeout
     while proc.poll() is None:
         if time.monotonic() > deadline:
             proc.kill()
-            raise AssertionError(f"worker {proc.pid} did not exit within {timeout}s")
+            tail = log.read_text()[-6000:] if log is not None else ""
+            raise AssertionError(f"worker {proc.pid} did not exit within {timeout}s\n{tail}")
         await asyncio.sleep(0.05)
     return proc.returncode
 
@@ -71,8 +74,8 @@ async def test_two_workers_one_sigkilled_mid_stream_no_loss_no_duplicate_rows(se
         os.killpg(a.pid, signal.SIGKILL)
         a.wait(10)
         a2 = start_worker(s, log, "--exit-when-idle", "3")
-        assert await wait_exit(b, 90) == 0, log.read_text()[-3000:]
-        assert await wait_exit(a2, 90) == 0, log.read_text()[-3000:]
+        assert await wait_exit(b, 150, log) == 0, log.read_text()[-3000:]
+        assert await wait_exit(a2, 150, log) == 0, log.read_text()[-3000:]
     finally:
         for p in (a, b):
             if p.poll() is None:
@@ -97,7 +100,7 @@ async def test_sigterm_under_load_drains_and_exits_quickly_with_nothing_lost(set
         await wait_for(lambda: _at_least(s, 1000), 60, "processing under way")
         sent = time.monotonic()
         os.killpg(proc.pid, signal.SIGTERM)
-        rc = await wait_exit(proc, 30)
+        rc = await wait_exit(proc, 30, log)
         took = time.monotonic() - sent
     finally:
         if proc.poll() is None:
