@@ -13,7 +13,8 @@ Two mechanisms, both driven by the policy's ``redact`` section:
   email     ``local@domain.tld``            ``***@domain.tld`` (``***@***`` if the
                                             domain has digits)
   card      13-19 digits, spaces/dashes     ``[CARD ****1111]`` (last four);
-            allowed, **Luhn-valid** only    JSON integers too
+            allowed, **Luhn-valid** with    JSON integers too
+            an issuer's prefix and length
   ssn       ``ddd-dd-dddd``                 ``[SSN]``
   phone     ``+cc ...`` (8-15 digits),      ``[PHONE]``
             ``(ddd) ddd-dddd``,
@@ -30,7 +31,13 @@ Masking is **idempotent**: ``mask_text(mask_text(s)) == mask_text(s)``. Tokens c
 a detector matches, and because a replacement changes the neighbours another detector looks at
 (``555-123-4567.1.2.3.4`` only shows an address once the phone is a token), the detectors are
 applied until the text stops changing (in practice one extra pass that finds nothing). A
-candidate that fails validation (Luhn, octet range, ``ipaddress``) is left as it was.
+candidate that fails validation (Luhn, issuer prefix, octet range, ``ipaddress``) is left as it
+was.
+
+Luhn alone is not enough for cards: one number in ten passes it, and epoch timestamps are 13
+(ms), 16 (us) or 19 (ns) digits long — a full chaos run found ``"ts": 1795990188xxx`` stored as
+``[CARD ****0211]``. Card numbers also start with an issuer's prefix (:func:`card_issuer_ok`), and
+none of those starts with ``1``, the first digit of every epoch timestamp until 2033.
 
 Most strings the router masks (ids, tenants, short payload values) hold nothing any detector could
 match, so a cheap test (:data:`_CANDIDATE`, a necessary condition for every detector) skips the
@@ -47,7 +54,7 @@ from typing import Any
 
 from router_stream.core.policy import DETECTORS, Detector, RedactPolicy
 
-__all__ = ["REDACTED", "luhn_valid", "mask_text", "mask_value", "text_masker"]
+__all__ = ["REDACTED", "card_issuer_ok", "luhn_valid", "mask_text", "mask_value", "text_masker"]
 
 REDACTED = "[REDACTED]"
 _MAX_PASSES = 8  # each changing pass replaces at least one match by a token; 8 is never reached
@@ -92,6 +99,24 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+def card_issuer_ok(digits: str) -> bool:
+    """Whether a digit string has the prefix and length of a payment card (ISO/IEC 7812 issuers).
+
+    Visa 4 (13, 16, 19 digits); Mastercard 51-55 and 2221-2720 (16); American Express 34/37 (15);
+    Diners 30/36/38/39 and JCB 35 (14-19); Discover, UnionPay and Maestro 5x/6x (16-19)."""
+    n, first = len(digits), digits[:1]
+    if first == "4":
+        return n in (13, 16, 19)
+    if first == "3":
+        return (n == 15 and digits[:2] in ("34", "37")) or (
+            14 <= n <= 19 and digits[:2] in ("30", "35", "36", "38", "39"))
+    if first in ("5", "6"):
+        return 16 <= n <= 19
+    if first == "2":
+        return n == 16 and 2221 <= int(digits[:4]) <= 2720
+    return False
+
+
 def _email(m: re.Match[str]) -> str:
     domain = m.group(1)
     return "***@***" if any(ch.isdigit() for ch in domain) else f"***@{domain}"
@@ -99,7 +124,7 @@ def _email(m: re.Match[str]) -> str:
 
 def _card(m: re.Match[str]) -> str:
     digits = "".join(ch for ch in m.group(0) if ch.isdigit())
-    if 13 <= len(digits) <= 19 and luhn_valid(digits):
+    if 13 <= len(digits) <= 19 and card_issuer_ok(digits) and luhn_valid(digits):
         return f"[CARD ****{digits[-4:]}]"
     return m.group(0)
 

@@ -20,6 +20,10 @@ from router_stream.core.policy import RedactPolicy
         ("card 4111 1111 1111 1111.", "card [CARD ****1111]."),
         ("card 4111-1111-1111-1111", "card [CARD ****1111]"),
         ("amex 378282246310005", "amex [CARD ****0005]"),
+        ("mc 5555555555554444, mc2 2223003122003222", "mc [CARD ****4444], mc2 [CARD ****3222]"),
+        ("visa13 4222222222222", "visa13 [CARD ****2222]"),
+        ("discover 6011111111111117", "discover [CARD ****1117]"),
+        ("jcb 3530111333300000 diners 30569309025904", "jcb [CARD ****0000] diners [CARD ****5904]"),
         ("ssn 123-45-6789", "ssn [SSN]"),
         ("id u-123-45-6789", "id u-[SSN]"),  # a letter and a dash before it: still an SSN
         ("call (555) 123-4567", "call [PHONE]"),
@@ -34,10 +38,22 @@ def test_detectors(text: str, masked: str) -> None:
     assert mask_text(text) == masked
 
 
+def test_a_luhn_valid_epoch_timestamp_in_json_is_not_a_card() -> None:
+    # Found by a full chaos run: a signal's "ts" (epoch ms) was stored as "[CARD ****0211]".
+    assert luhn_valid("1795990188215")
+    value = {"ts": 1795990188215, "at_us": 1795990188211006, "card": 5555555555554444}
+    assert mask_value(value, RedactPolicy()) == {
+        "ts": 1795990188215, "at_us": 1795990188211006, "card": "[CARD ****4444]"}
+
+
 @pytest.mark.parametrize(
     "text",
     [
         "order 4111 1111 1111 1112",  # not Luhn-valid: not a card
+        # Luhn-valid epoch timestamps (ms, us) have no issuer's prefix: not cards
+        "ts 1795990188215",
+        "ts 1795990188211006",
+        "code 8000000000000000002",  # Luhn-valid, 19 digits, no issuer starts with 8
         "id 123456789012",  # 12 digits: too short for a card, no phone shape
         "version 999.1.1.1",  # octet > 255
         "at 12:30:45",  # a time, not an IPv6 address
