@@ -60,5 +60,5 @@ class HealthServer:
         return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
     async def _metrics_view(self, request: web.Request) -> web.Response:
-        return web.Response(body=self._metrics.exposition(),
+        return web.Response(body=await self._metrics.exposition_off_loop(),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -4,6 +4,13 @@ A registry per :class:`WorkerMetrics` (not the process-global one) lets tests ru
 in one process and read each one's numbers. Latency buckets span 0.5 ms … 1 s: a batch of 500
 signals is decided, produced, persisted and committed in tens of milliseconds.
 
+``trust_score{source}`` and ``breaker_state{destination}`` have one series per id in state, which
+can be 100k+. They were prometheus_client Gauges refreshed every second: one child object per
+label value (~1.4 kB each, 144 MB at 110k ids) and ~1 s of CPU per refresh at that size
+(bench/state_memory.py). They are now read from the engine when /metrics is scraped
+(:class:`_StateCollector`): no per-id objects, no periodic refresh, and an id that left the state
+leaves the exposition. The snapshot is taken on the event loop; the text is rendered off it.
+
 Extensions beyond SPEC §7 (documented in docs/worker.md): ``router_batch_size``,
 ``router_transient_retries_total{step}``, ``router_ready``, ``router_policy_info{version}``,
 ``router_breaker_transitions_total{destination,to_state}``.
@@ -11,11 +18,44 @@ Extensions beyond SPEC §7 (documented in docs/worker.md): ``router_batch_size``
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0)
 CONFIDENCE_BUCKETS = (.1, .2, .3, .4, .5, .6, .7, .8, .9, .95, 1.0)
 BREAKER_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
+
+StateSource = Callable[[], tuple[Mapping[str, float], Mapping[str, str]]]
+"""Returns (trust score by source, breaker state by destination) as they are now."""
+
+
+class _StateCollector(Collector):  # type: ignore[misc]
+    """The per-id gauges, from the last state taken by :meth:`WorkerMetrics.take_state`."""
+
+    def __init__(self) -> None:
+        self.source: StateSource | None = None
+        self.taken: tuple[Mapping[str, float], Mapping[str, str]] = ({}, {})
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily("trust_score", "Current trust score", labels=["source"])
+        yield GaugeMetricFamily("breaker_state", "0 closed, 1 half_open, 2 open",
+                                labels=["destination"])
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        trust, breakers = self.taken
+        scores = GaugeMetricFamily("trust_score", "Current trust score", labels=["source"])
+        for source, score in trust.items():
+            scores.add_metric([source], score)
+        yield scores
+        states = GaugeMetricFamily("breaker_state", "0 closed, 1 half_open, 2 open",
+                                   labels=["destination"])
+        for dest, state in breakers.items():
+            states.add_metric([dest], BREAKER_STATE_VALUE.get(state, 0))
+        yield states
 
 
 class WorkerMetrics:
@@ -34,9 +74,8 @@ class WorkerMetrics:
         self.retry_attempts = Counter(
             "retry_attempts", "Signals parked on router.retry for another attempt", registry=r)
         self.dlq_backlog = Gauge("dlq_backlog", "Pending dlq_entries rows", registry=r)
-        self.trust_score = Gauge("trust_score", "Current trust score", ["source"], registry=r)
-        self.breaker_state = Gauge(
-            "breaker_state", "0 closed, 1 half_open, 2 open", ["destination"], registry=r)
+        self._state = _StateCollector()
+        r.register(self._state)  # trust_score{source}, breaker_state{destination}
         self.confidence = Histogram(
             "decision_confidence", "Confidence of routing decisions",
             buckets=CONFIDENCE_BUCKETS, registry=r)
@@ -63,15 +102,32 @@ class WorkerMetrics:
             "router_rollout_rollbacks", "Rollout candidates rolled back automatically",
             ["candidate"], registry=r)
 
-    def set_state(self, trust: dict[str, float], breakers: dict[str, str]) -> None:
-        for source, score in trust.items():
-            self.trust_score.labels(source).set(score)
-        for dest, state in breakers.items():
-            self.breaker_state.labels(dest).set(BREAKER_STATE_VALUE.get(state, 0))
+    def watch_state(self, source: StateSource) -> None:
+        """Read trust scores and breaker states from ``source`` at every scrape."""
+        self._state.source = source
+
+    def set_state(self, trust: Mapping[str, float], breakers: Mapping[str, str]) -> None:
+        """Show fixed values (tests, benchmarks): the same as watching a source that never
+        changes."""
+        fixed = (dict(trust), dict(breakers))
+        self.watch_state(lambda: fixed)
+
+    def take_state(self) -> None:
+        """Copy the state the next exposition shows (on the thread that owns the engine)."""
+        if self._state.source is not None:
+            self._state.taken = self._state.source()
 
     def set_policy(self, version: str) -> None:
         self.policy_info.clear()
         self.policy_info.labels(version).set(1)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        self.take_state()
+        return bytes(generate_latest(self.registry))
+
+    async def exposition_off_loop(self) -> bytes:
+        """/metrics: the state is taken on the event loop (the engine is not thread-safe), the
+        text — ~10 MB and seconds of CPU with 110k ids — is rendered in a thread, so a scrape
+        does not stall the hot path. prometheus_client's own metrics are thread-safe."""
+        self.take_state()
+        return bytes(await asyncio.to_thread(generate_latest, self.registry))

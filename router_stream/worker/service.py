@@ -134,6 +134,7 @@ class RouterWorker:
         self.heartbeat = Heartbeat(self, self._heartbeat_store())
         self._spawn(self.heartbeat.run(), "heartbeat")
         self._spawn(self._side_writes(), "side-writes")
+        self.metrics.watch_state(self._state_for_metrics)
         self._spawn(self._refresh_gauges(), "gauges")
         log.info("worker started", extra={"group_id": s.group_id,
                                            "policy_version": self.engine.policy_version,
@@ -382,11 +383,15 @@ class RouterWorker:
         self.metrics.dlq_backlog.set(n)
 
     async def _refresh_gauges(self) -> None:
+        """router_ready every second; trust_score and breaker_state are read at each scrape
+        (:meth:`_state_for_metrics`), not copied into per-id gauges here."""
         while True:
-            snap = self.engine.snapshot(time.time())
-            self.metrics.set_state(snap.trust, snap.breakers)
             self.metrics.ready.set(1 if all(self.readiness().values()) else 0)
             await asyncio.sleep(1.0)
+
+    def _state_for_metrics(self) -> tuple[dict[str, float], dict[str, str]]:
+        snap = self.engine.snapshot(time.time())
+        return snap.trust, snap.breakers
 
     # --- health -----------------------------------------------------------------------------
 
