@@ -216,6 +216,9 @@ def render_markdown(result: dict[str, Any], json_path: str, plots: list[str]) ->
         "",
         *_goal_lines(c),
         "",
+        "Where the time goes and what limits these figures (profiles and a latency breakdown, "
+        "measured separately): [performance.md](performance.md).",
+        "",
         *[f"![{Path(p).stem}]({p})" for p in plots],
         "",
         *_status_lines(result),
