@@ -42,6 +42,7 @@ from router_stream.worker.metrics import WorkerMetrics
 from router_stream.worker.policy_source import build_engine, read_policy_file
 from router_stream.worker.sink import KeyHashCache, transition_row
 from router_stream.worker.state import PolicyEvent, StateFollower
+from router_stream.worker.trust_snapshots import SnapshotSelector
 
 log = logging.getLogger("router_stream.worker")
 
@@ -84,6 +85,7 @@ class RouterWorker:
         self._drain_deadline: float | None = None
         self._pending_transitions: list[BreakerTransition] = []
         self._pending_policies: list[PolicyEvent] = []
+        self._snapshots = SnapshotSelector()
         self._tasks: list[asyncio.Task[Any]] = []
         self._pg_ok = False
         self._crashed: BaseException | None = None
@@ -363,17 +365,19 @@ class RouterWorker:
             raise
 
     async def _snapshot_trust(self, now: float) -> None:
-        """Every worker writes the same rows: ``at`` is rounded to the snapshot period, so
-        UNIQUE(source_id, at) keeps one row per source per period."""
+        """Scores that moved (or are due for a refresh, :mod:`~router_stream.worker.
+        trust_snapshots`). ``at`` is rounded to the snapshot period, so UNIQUE(source_id, at)
+        keeps one row per source per period however many workers write it."""
         assert self.pool is not None
         trust = self.engine.snapshot(now).trust
-        if not trust:
-            return
-        at = math.floor(now / TRUST_SNAPSHOT_EVERY_S) * TRUST_SNAPSHOT_EVERY_S
-        rows = [(source, min(1.0, max(0.0, score)), {}, at) for source, score in trust.items()]
-        with pg._unavailable_as_router_error("trust snapshot"):
-            async with self.pool.acquire() as conn:
-                await pg.insert_trust_snapshots(conn, rows)
+        due = self._snapshots.due(trust, now)
+        if due:
+            at = math.floor(now / TRUST_SNAPSHOT_EVERY_S) * TRUST_SNAPSHOT_EVERY_S
+            rows = [(source, min(1.0, max(0.0, score)), {}, at) for source, score in due.items()]
+            with pg._unavailable_as_router_error("trust snapshot"):
+                async with self.pool.acquire() as conn:
+                    await pg.insert_trust_snapshots(conn, rows)
+        self._snapshots.written(due, now, trust)
 
     async def _count_dlq_backlog(self) -> None:
         assert self.pool is not None
