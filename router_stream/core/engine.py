@@ -134,6 +134,44 @@ def decision_id_for(signal_id: str) -> str:
     return "dec-" + hashlib.blake2b(signal_id.encode(), digest_size=12).hexdigest()
 
 
+class BreakerTable(dict[str, Breaker]):
+    """Breakers by target, plus the targets whose breaker is not closed, kept up to date on every
+    write. ``tick`` (10 times a second) and every batch look only at those: scanning all of them
+    cost ~0.6 of a core with 110k ids in state (bench/state_memory.py) and ~10 ms per batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.not_closed: set[str] = set()
+
+    def __setitem__(self, target: str, breaker: Breaker) -> None:
+        super().__setitem__(target, breaker)
+        if breaker.state is BreakerState.CLOSED:
+            self.not_closed.discard(target)
+        else:
+            self.not_closed.add(target)
+
+    def __delitem__(self, target: str) -> None:
+        super().__delitem__(target)
+        self.not_closed.discard(target)
+
+    def clear(self) -> None:
+        super().clear()
+        self.not_closed.clear()
+
+    def pop(self, *args: object) -> Breaker:
+        raise NotImplementedError("BreakerTable: assign or del, so not_closed stays right")
+
+    def update(self, *args: object, **kwargs: object) -> None:
+        raise NotImplementedError("BreakerTable: assign or del, so not_closed stays right")
+
+    def setdefault(self, *args: object) -> Breaker:
+        raise NotImplementedError("BreakerTable: assign or del, so not_closed stays right")
+
+    def not_closed_items(self) -> list[tuple[str, Breaker]]:
+        """The breakers not closed, in target order (deterministic whatever the history)."""
+        return [(t, self[t]) for t in sorted(self.not_closed)]
+
+
 class RouterEngine:
     """Per-worker routing state plus the functions that decide and fold events into it."""
 
@@ -141,7 +179,7 @@ class RouterEngine:
         self._policy = policy
         self._rng = random.Random(seed)
         self._trust: dict[str, tr.TrustState] = {}
-        self._breakers: dict[str, Breaker] = {}
+        self._breakers = BreakerTable()
         self._arms: dict[str, BanditArm] = {}
         self._load: dict[str, LoadCounter] = {}
         self._overrides: dict[str, Override] = {}
@@ -279,12 +317,11 @@ class RouterEngine:
         overrides are dropped."""
         moves: list[BreakerTransition] = []
         cfg = self._policy.breaker
-        for target, b in list(self._breakers.items()):
-            if b.state is not BreakerState.CLOSED:
-                updated, more = brk.poll(b, now, cfg)
-                if more:
-                    self._breakers[target] = updated
-                    moves.extend(more)
+        for target, b in self._breakers.not_closed_items():
+            updated, more = brk.poll(b, now, cfg)
+            if more:
+                self._breakers[target] = updated
+                moves.extend(more)
         if self._overrides:
             self._overrides = {k: o for k, o in self._overrides.items() if o.is_active(now)}
         return moves
@@ -645,9 +682,7 @@ class _BatchView:
         cfg = engine._policy.breaker
         unavailable: set[str] = set(self.overrides.drained)
         self._half_open: dict[str, int] = {}
-        for target, b in list(engine._breakers.items()):
-            if b.state is BreakerState.CLOSED:
-                continue
+        for target, b in engine._breakers.not_closed_items():
             polled, moves = brk.poll(b, now, cfg)
             if moves:
                 engine._breakers[target] = polled

@@ -293,3 +293,41 @@ def test_dlq_entries_carry_tenant_and_kind_when_known():
     assert [(e.tenant, e.kind) for e in limited] == [("tiny", "alert")]
     broken = [q.entry for q in r.dlq if q.entry.reason.value == "invalid_json"]
     assert [(e.tenant, e.kind) for e in broken] == [(None, None)]
+
+
+# --- BreakerTable: the not-closed index tick and every batch rely on -------------------------------
+
+
+@given(st.lists(st.tuples(st.sampled_from("abcdefgh"),
+                          st.sampled_from(["closed", "open", "half_open", "del"])), max_size=60))
+def test_breaker_table_knows_exactly_which_breakers_are_not_closed(ops):
+    from router_stream.core.breaker import Breaker, BreakerState
+    from router_stream.core.engine import BreakerTable
+
+    table = BreakerTable()
+    for target, what in ops:
+        if what == "del":
+            if target in table:
+                del table[target]
+        else:
+            table[target] = Breaker(target_id=target, state=BreakerState(what))
+        assert table.not_closed == {t for t, b in table.items()
+                                    if b.state is not BreakerState.CLOSED}
+    assert [t for t, _ in table.not_closed_items()] == sorted(table.not_closed)
+    with pytest.raises(NotImplementedError):
+        table.update({})
+
+
+def test_tick_moves_an_open_breaker_among_many_closed_ones():
+    from router_stream.core.breaker import BreakerState
+
+    engine = RouterEngine(policy())
+    for i in range(2000):  # closed breakers: never looked at by tick
+        engine.apply_outcome(Outcome(signal_id=f"s{i}", destination=f"d{i}", ok=True,
+                                     ts=ms(NOW)), NOW)
+    for i in range(10):
+        engine.apply_outcome(Outcome(signal_id=f"f{i}", destination="pager", ok=False,
+                                     ts=ms(NOW + 1)), NOW + 1)
+    assert engine._breakers.not_closed == {"pager"}
+    moves = engine.tick(NOW + 3600)
+    assert [(m.target_id, m.to_state) for m in moves] == [("pager", BreakerState.HALF_OPEN)]
