@@ -129,14 +129,17 @@ class BreakerTransition:
 
 @dataclass(frozen=True, slots=True)
 class Breaker:
-    """The state of one breaker. ``buckets`` holds ``(bucket_index, ok, failed)`` counts of the
-    error-rate window, oldest first. ``cooldown_s`` is the current cooldown (grows on re-open);
-    ``None`` means the configured base."""
+    """The state of one breaker. ``buckets`` holds the error-rate window's counts, oldest first,
+    **flat**: ``(index, ok, failed, index, ok, failed, ...)`` — :meth:`window` gives them as
+    triples. Flat because a worker holds one breaker per source and destination: with 110k ids
+    and full windows, a tuple per bucket cost ~770 bytes a breaker (bench/state_memory.py).
+    ``cooldown_s`` is the current cooldown (grows on re-open); ``None`` means the configured
+    base."""
 
     target_id: str
     state: BreakerState = BreakerState.CLOSED
     consecutive_failures: int = 0
-    buckets: tuple[tuple[int, int, int], ...] = field(default=())
+    buckets: tuple[int, ...] = field(default=())
     opened_at: float | None = None
     cooldown_s: float | None = None
     open_count: int = 0
@@ -144,12 +147,17 @@ class Breaker:
     probes_succeeded: int = 0
     last_probe_at: float | None = None
 
+    def window(self) -> list[tuple[int, int, int]]:
+        """The window's buckets as ``(bucket_index, ok, failed)``, oldest first."""
+        b = self.buckets
+        return [(b[i], b[i + 1], b[i + 2]) for i in range(0, len(b), 3)]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "target_id": self.target_id,
             "state": self.state.value,
             "consecutive_failures": self.consecutive_failures,
-            "buckets": [list(b) for b in self.buckets],
+            "buckets": [list(b) for b in self.window()],
             "opened_at": self.opened_at,
             "cooldown_s": self.cooldown_s,
             "open_count": self.open_count,
@@ -168,7 +176,7 @@ class Breaker:
             target_id=str(data["target_id"]),
             state=BreakerState(data.get("state", "closed")),
             consecutive_failures=int(data.get("consecutive_failures", 0)),
-            buckets=tuple((int(i), int(o), int(f)) for i, o, f in data.get("buckets", ())),
+            buckets=tuple(int(n) for i, o, f in data.get("buckets", ()) for n in (i, o, f)),
             opened_at=opt("opened_at"),
             cooldown_s=opt("cooldown_s"),
             open_count=int(data.get("open_count", 0)),
@@ -241,18 +249,19 @@ def _half_open(breaker: Breaker, now: float, reason: str) -> tuple[Breaker, Tran
 
 
 def _add_to_window(
-    buckets: tuple[tuple[int, int, int], ...], ok: bool, now: float, cfg: BreakerConfig
-) -> tuple[tuple[int, int, int], ...]:
+    buckets: tuple[int, ...], ok: bool, now: float, cfg: BreakerConfig
+) -> tuple[int, ...]:
     """Count one event in its time bucket and drop buckets older than the window. Events older
-    than the window (late arrivals) are not counted."""
+    than the window (late arrivals) are not counted. ``buckets`` is flat (see :class:`Breaker`)."""
     if not math.isfinite(now):
         return buckets
     index = math.floor(now / (cfg.window_s / cfg.window_buckets))
-    newest = max(index, buckets[-1][0]) if buckets else index
+    newest = max(index, buckets[-3]) if buckets else index
     horizon = newest - cfg.window_buckets  # buckets with index <= horizon are out of the window
     kept: list[tuple[int, int, int]] = []
     placed = index <= horizon
-    for b_index, b_ok, b_failed in buckets:
+    for i in range(0, len(buckets), 3):
+        b_index, b_ok, b_failed = buckets[i], buckets[i + 1], buckets[i + 2]
         if b_index <= horizon:
             continue
         if b_index == index:
@@ -263,16 +272,14 @@ def _add_to_window(
     if not placed:
         kept.append((index, int(ok), int(not ok)))
         kept.sort()
-    return tuple(kept)
+    return tuple(n for bucket in kept for n in bucket)
 
 
 def window_counts(breaker: Breaker) -> tuple[int, int]:
     """``(events, failures)`` currently in the error-rate window."""
-    events = failures = 0
-    for _, b_ok, b_failed in breaker.buckets:
-        events += b_ok + b_failed
-        failures += b_failed
-    return events, failures
+    b = breaker.buckets
+    failures = sum(b[2::3])
+    return sum(b[1::3]) + failures, failures
 
 
 def record(

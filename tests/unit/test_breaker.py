@@ -4,6 +4,7 @@ every emitted transition is in the table (so open never reaches closed without h
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
@@ -92,7 +93,7 @@ def test_window_memory_is_bounded() -> None:
     b = Breaker("dest")
     for i in range(2000):
         b, _ = record(b, True, i * 0.37, CFG)
-    assert len(b.buckets) <= CFG.window_buckets
+    assert len(b.window()) <= CFG.window_buckets and len(b.buckets) == 3 * len(b.window())
 
 
 def test_late_events_outside_the_window_are_not_counted() -> None:
@@ -271,10 +272,32 @@ def test_every_transition_is_in_the_table_and_the_chain_is_consistent(
         assert state is b.state
         emitted.extend(t)
         assert b.probes_in_flight + b.probes_succeeded <= cfg.half_open_probes
-        assert len(b.buckets) <= cfg.window_buckets
+        assert len(b.window()) <= cfg.window_buckets
         if b.cooldown_s is not None:
             assert cfg.cooldown_s <= b.cooldown_s <= cfg.max_cooldown_s
         assert Breaker.from_dict(json.loads(json.dumps(b.to_dict()))) == b
     # Every path from open into closed passes through half_open.
     for previous, current in zip(emitted, emitted[1:], strict=False):
         assert current.from_state is previous.to_state
+
+
+@given(st.lists(st.tuples(st.booleans(), st.floats(0, 30)), max_size=60))
+def test_window_counts_equal_a_direct_count_of_the_events_in_the_window(steps):
+    """The flat bucket window counts exactly the events whose bucket is within the last
+    ``window_buckets`` buckets of the newest one (late events outside it are not counted)."""
+    cfg = BreakerConfig(failure_threshold=10_000, min_volume=10_000, window_s=10.0,
+                        window_buckets=5)
+    width = cfg.window_s / cfg.window_buckets
+    b = Breaker(target_id="d")
+    counted: list[tuple[int, bool]] = []
+    now, newest = 1_000.0, None
+    for ok, dt in steps:
+        now += dt
+        index = math.floor(now / width)  # as the breaker computes it
+        newest = index if newest is None else max(newest, index)
+        if index > newest - cfg.window_buckets:
+            counted.append((index, ok))
+        b, _ = record(b, ok, now, cfg)
+        live = [(i, o) for i, o in counted if i > newest - cfg.window_buckets]
+        assert window_counts(b) == (len(live), sum(not o for _, o in live))
+        assert len(b.window()) <= cfg.window_buckets
