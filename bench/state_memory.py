@@ -54,7 +54,10 @@ run (*-state-memory-a5ac92.json, 53 s): baseline 70 MB; full state 158 MB settle
 834 bytes per entry — the goal is met with ~55 MB to spare at the peak. Still 63 % of a core
 while idle at this size; py-spy found ``RouterEngine.tick`` scanning all 110k breakers ten times
 a second. With the engine's not-closed index (*-state-memory-58f6e6.json): 159 MB settled,
-247 MB peak, 22 % of a core idle, warm signals 4.2 s instead of 8.0 s.
+247 MB peak, 22 % of a core idle, warm signals 4.2 s instead of 8.0 s. With the breaker
+window stored flat and the per-id families rendered directly (*-7dd299.json): 153 MB settled,
+190 MB peak, scrape 0.57 s; full windows (``--events-per-entry 12``, *-bcc673.json): 227 MB
+settled, 269 MB peak.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ import orjson
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from router_stream.adapters.postgres import (
     BREAKER_TRANSITION_COLUMNS,
@@ -337,3 +339,44 @@ async def test_cancel_all_gives_up_on_a_task_that_never_ends_and_says_which(capl
     assert record.__dict__["tasks"] == ["router-worker-immortal"]
     release.set()
     await task
+
+
+# --- /metrics: the per-id gauges rendered by hand match prometheus_client ------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(trust=st.dictionaries(st.text(min_size=1, max_size=12), st.floats(0, 1), max_size=8),
+       breakers=st.dictionaries(st.text(min_size=1, max_size=12),
+                                st.sampled_from(["closed", "half_open", "open"]), max_size=8))
+def test_state_gauges_render_exactly_as_prometheus_client_would(trust, breakers):
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from router_stream.worker.metrics import BREAKER_STATE_VALUE, WorkerMetrics
+
+    m = WorkerMetrics()
+    m.set_state(trust, breakers)
+    ours = m.exposition().decode()
+    ours = ours[ours.index("# HELP trust_score"):]
+
+    class Reference:
+        def collect(self):
+            t = GaugeMetricFamily("trust_score", "Current trust score", labels=["source"])
+            for k, v in trust.items():
+                t.add_metric([k], v)
+            yield t
+            b = GaugeMetricFamily("breaker_state", "0 closed, 1 half_open, 2 open",
+                                  labels=["destination"])
+            for k, v in breakers.items():
+                b.add_metric([k], BREAKER_STATE_VALUE[v])
+            yield b
+
+    reg = CollectorRegistry()
+    reg.register(Reference())
+    assert ours == generate_latest(reg).decode()
+    parsed = {f.name: {s.labels.popitem()[1]: s.value for s in f.samples}
+              for f in text_string_to_metric_families(ours)}
+    assert parsed.get("trust_score", {}) == trust
+    assert parsed.get("breaker_state", {}) == {k: BREAKER_STATE_VALUE[v]
+                                               for k, v in breakers.items()}
