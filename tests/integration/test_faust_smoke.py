@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -67,7 +68,12 @@ async def _wait_ready(
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> str:
-    os.killpg(proc.pid, signal.SIGTERM)
+    """Stop the worker and return its output's tail; "" when it was already stopped and read
+    (``_wait_ready`` stops it to report, then the test's ``finally`` comes here again)."""
+    if proc.stdout is None or proc.stdout.closed:
+        return ""
+    with contextlib.suppress(ProcessLookupError):  # it may have exited on its own
+        os.killpg(proc.pid, signal.SIGTERM)
     try:
         out, _ = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
