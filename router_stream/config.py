@@ -25,6 +25,7 @@ DECISIONS = "router.decisions"
 DLQ = "router.dlq"
 ROUTED_PREFIX = "routed."
 WORKERS = "router.workers"  # worker heartbeats when ROUTER_PERSIST=false (docs/operations.md)
+STATE = "router.state"  # checkpoints of the shared routing state (docs/worker.md)
 
 
 class Settings(BaseSettings):
@@ -75,6 +76,11 @@ class Settings(BaseSettings):
         None, min_length=1, max_length=200,
         description="how this worker names itself in heartbeats (`policy show`); default "
         "host:pid. Set it to the pod name in Kubernetes.")
+    checkpoint_interval_s: float = Field(
+        60.0, ge=0, le=86_400,
+        description="how often the worker that owns partition 0 of `signals` writes a checkpoint "
+        "of the shared state to router.state (only when the state topics moved); a starting "
+        "worker restores the newest and replays only what came after it. 0: never write")
     heartbeat_interval_s: float = Field(
         5.0, gt=0, le=300,
         description="how often each worker records its heartbeat; `policy show` calls a worker "

@@ -3,8 +3,9 @@
 Lifecycle::
 
     start()   policy file -> engine; verify topics (refuse to start otherwise); Postgres pool;
-              idempotent producer; replay the state topics (StateFollower); join the consumer
-              group (SignalLoop); periodic tasks and the heartbeat; /livez /readyz /metrics
+              idempotent producer; restore the newest checkpoint and replay the state topics
+              after it (StateFollower); join the consumer group (SignalLoop); periodic tasks
+              (side writes, checkpoints) and the heartbeat; /livez /readyz /metrics
     run()     batches until request_stop() — or, in burst mode, until the input lag has been 0
               for ``exit_when_idle`` seconds
     stop()    drain: the batch in flight finishes all commit steps, then leave the group, flush
@@ -26,16 +27,22 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from router_stream.adapters import postgres as pg
 from router_stream.adapters.heartbeats import HeartbeatStore, KafkaHeartbeats, PostgresHeartbeats
-from router_stream.config import Settings
+from router_stream.config import SIGNALS, Settings
 from router_stream.core.breaker import BreakerTransition
 from router_stream.errors import BrokerUnavailable, RouterError, TransientError
 from router_stream.worker.backoff import Backoff
-from router_stream.worker.heartbeat import Heartbeat
+from router_stream.worker.checkpoints import (
+    Checkpoint,
+    CheckpointWriter,
+    PolicyOrigin,
+    load_checkpoints,
+)
+from router_stream.worker.heartbeat import Heartbeat, default_worker_id
 from router_stream.worker.hotpath import SignalLoop, StepHook
 from router_stream.worker.http import HealthServer
 from router_stream.worker.metrics import WorkerMetrics
@@ -95,6 +102,8 @@ class RouterWorker:
         self.signals: SignalLoop | None = None
         self.http: HealthServer | None = None
         self.heartbeat: Heartbeat | None = None
+        self._policy_origin: PolicyOrigin | None = None
+        self._checkpoints: CheckpointWriter | None = None
 
     # --- start ------------------------------------------------------------------------------
 
@@ -106,8 +115,9 @@ class RouterWorker:
                                  "not supported yet; the worker is at-least-once with idempotent "
                                  "Postgres writes (docs/worker.md)")
         if self.engine is None:
-            _, compiled = read_policy_file(s)
+            text, compiled = read_policy_file(s)
             self.engine = build_engine(s, compiled)
+            self._policy_origin = PolicyOrigin("file", text, s.policy_file or "<policy>")
         self.metrics.set_policy(self.engine.policy_version)
         if self._verify:
             await self._verify_topics()
@@ -122,9 +132,11 @@ class RouterWorker:
             log.info("persistence off (ROUTER_PERSIST=false): decisions and DLQ records go to "
                      "Kafka only; `router-stream dlq reindex` rebuilds dlq_entries from them")
         await self._renew_producer()
+        checkpoint = await self._load_checkpoint()
         self.follower = StateFollower(
             s, self.engine, on_transitions=self._on_transitions, on_policy=self._on_policy,
-            reload_policy=lambda: read_policy_file(self.settings))
+            reload_policy=lambda: read_policy_file(self.settings),
+            policy=self._policy_origin, checkpoint=checkpoint)
         await self.follower.start()
         self._spawn(self.follower.run(), "state")
         await self._until_caught_up()  # decide only with the replayed state
@@ -136,6 +148,8 @@ class RouterWorker:
         self.heartbeat = Heartbeat(self, self._heartbeat_store())
         self._spawn(self.heartbeat.run(), "heartbeat")
         self._spawn(self._side_writes(), "side-writes")
+        if s.checkpoint_interval_s > 0 and self._policy_origin is not None:
+            self._spawn(self._write_checkpoints(s.checkpoint_interval_s), "checkpoints")
         self.metrics.watch_state(self._state_for_metrics)
         self._spawn(self._refresh_gauges(), "gauges")
         log.info("worker started", extra={"group_id": s.group_id,
@@ -158,6 +172,59 @@ class RouterWorker:
             if self._crashed is not None:
                 raise self._crashed
             raise StartupRefused("stopped before the state topics were replayed")
+
+    async def _load_checkpoint(self) -> Checkpoint | None:
+        """The newest checkpoint on router.state; remembers its superseded chunks for
+        deletion by this worker's writer."""
+        from router_stream.errors import UserError
+
+        try:
+            loaded = await load_checkpoints(self.settings)
+        except UserError as exc:  # no router.state topic (only when verification is off)
+            log.warning("no checkpoints read", extra={"error": str(exc)})
+            loaded = None
+        if loaded is not None and loaded.problem:
+            log.warning(loaded.problem)
+        if self.settings.checkpoint_interval_s > 0:
+            self._checkpoints = CheckpointWriter(
+                self.settings, lambda: self.producer,
+                writer=self.settings.worker_id or default_worker_id(),
+                stale_keys=loaded.stale_keys if loaded is not None else None)
+        return loaded.latest if loaded is not None else None
+
+    def _writes_checkpoints(self) -> bool:
+        """One writer per group: the worker that owns partition 0 of ``signals``."""
+        consumer = self.signals.consumer if self.signals is not None else None
+        if consumer is None:
+            return False
+        return TopicPartition(self.settings.topic(SIGNALS), 0) in consumer.assignment()
+
+    async def _write_checkpoints(self, every_s: float) -> None:
+        """Every ``every_s``: a checkpoint, when this worker is the writer and the state topics
+        moved since the last one. A failed write is logged and retried at the next interval
+        (the previous checkpoint stays valid meanwhile)."""
+        assert self.follower is not None and self._checkpoints is not None
+        written: dict[TopicPartition, int] | None = None
+        if self.follower.restored is not None:
+            written = dict(self.follower.restored.offsets)
+        while True:
+            await asyncio.sleep(every_s)
+            if not self._writes_checkpoints() or self.follower.positions == written:
+                continue
+            ckpt = self.follower.checkpoint(self._checkpoints.writer)
+            if ckpt is None:
+                continue
+            started = time.monotonic()
+            try:
+                chunks, size = await self._checkpoints.write(ckpt)
+            except TransientError as exc:
+                log.warning("checkpoint not written, will retry", extra={"error": str(exc)})
+                continue
+            written = ckpt.offsets
+            log.info("checkpoint written", extra={
+                "checkpoint": ckpt.checkpoint_id, "chunks": chunks, "bytes": size,
+                "seconds": round(time.monotonic() - started, 3),
+                "policy_version": ckpt.policy_version})
 
     def _heartbeat_store(self) -> HeartbeatStore:
         """Heartbeats go where the deployment keeps its ledger: Postgres, or the compacted

@@ -13,6 +13,10 @@ partition each: across partitions, records are applied in timestamp order per fe
 Replay uses each record's timestamp as ``now`` (never the wall clock), so replaying the same
 topics yields the same state; time-driven moves (cooldowns, override expiry) run from
 ``engine.tick(wall clock)`` only once the replay caught up with the end offsets seen at start.
+
+Retention bounds what a replay can see, so a starting worker first restores the newest
+checkpoint (:mod:`.checkpoints`: the state plus the offsets it reflects) and replays only the
+records after it; :meth:`StateFollower.checkpoint` takes one for the worker that writes them.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ from aiokafka.errors import KafkaError
 
 from router_stream.config import CONTROL, OUTCOMES, SOURCE_HEALTH, Settings
 from router_stream.core.breaker import BreakerTransition
+from router_stream.core.checkpoint import CheckpointRefused, capture, restore_state
 from router_stream.core.models import PolicyPublish, PolicyReload
 from router_stream.core.parsing import Rejection, parse_control, parse_health, parse_outcome
 from router_stream.errors import BrokerUnavailable, PolicyError
+from router_stream.worker.checkpoints import Checkpoint, PolicyOrigin, new_checkpoint_id
 from router_stream.worker.policy_source import compile_policy_text
 
 log = logging.getLogger("router_stream.worker.state")
@@ -62,8 +68,16 @@ class StateFollower:
         on_transitions: Callable[[list[BreakerTransition]], None],
         on_policy: Callable[[PolicyEvent], None],
         reload_policy: Callable[[], tuple[str, Any]],
+        policy: PolicyOrigin | None = None,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         self._settings = settings
+        # The active policy's text and origin, for checkpoints (None: an engine built by a
+        # test, not from a policy file — no checkpoint can say how to rebuild it).
+        self.policy = policy
+        self._checkpoint = checkpoint
+        self.restored: Checkpoint | None = None
+        self.positions: dict[TopicPartition, int] = {}
         self._engine = engine
         self._on_transitions = on_transitions
         self._on_policy = on_policy
@@ -87,13 +101,85 @@ class StateFollower:
             if not tps:
                 raise BrokerUnavailable(f"no partitions found for {', '.join(self._topics)}")
             consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
+            begin = await consumer.beginning_offsets(tps)
             self._end_at_start = await consumer.end_offsets(tps)
+            self.positions = self._start_positions(begin)
+            for tp, offset in self.positions.items():
+                consumer.seek(tp, offset)
         except KafkaError as exc:
             await consumer.stop()
             raise BrokerUnavailable(f"reading the state topics: {exc!r}") from exc
         self._consumer = consumer
         await self._check_caught_up()
+
+    def _start_positions(self, begin: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """Where to start reading each partition: after the checkpoint when one can be
+        restored, else the beginning. Restores the checkpoint into the engine."""
+        ckpt = self._checkpoint
+        if ckpt is not None:
+            try:
+                starts = self._restore(ckpt, begin)
+            except (CheckpointRefused, PolicyError) as exc:
+                log.warning("checkpoint not restored; replaying the state topics in full",
+                            extra={"checkpoint": ckpt.checkpoint_id,
+                                   "error": str(exc).replace("\n", "; ")})
+            else:
+                self.restored = ckpt
+                return starts
+        trimmed = {f"{tp.topic}/{tp.partition}": off for tp, off in begin.items() if off > 0}
+        if trimmed:
+            log.warning("state topics start after offset 0 and there is no checkpoint: state "
+                        "older than their retention is not replayed", extra={"first": trimmed})
+        return dict(begin)
+
+    def _restore(self, ckpt: Checkpoint, begin: dict[TopicPartition, int]
+                 ) -> dict[TopicPartition, int]:
+        beyond = [f"{tp.topic}/{tp.partition}" for tp, off in ckpt.offsets.items()
+                  if tp in self._end_at_start and off > self._end_at_start[tp]]
+        if beyond:
+            raise CheckpointRefused(f"its offsets are past the end of {', '.join(beyond)} "
+                                    "(were the topics recreated?)")
+        engine = self._engine
+        baseline = engine.policy
+        if ckpt.policy.origin == "control":  # a replay would end on this published policy
+            engine.replace_policy(compile_policy_text(ckpt.policy.text, ckpt.policy.source))
+        try:
+            restore_state(engine, ckpt.state)
+        except CheckpointRefused:
+            engine.replace_policy(baseline)
+            raise
+        if ckpt.policy.origin == "control":
+            self.policy = ckpt.policy
+            self._on_policy(PolicyEvent(engine.policy_version, ckpt.policy.text, True,
+                                        f"restored from checkpoint {ckpt.checkpoint_id}", "",
+                                        live=False))
+        self._clock = ckpt.clock
+        starts: dict[TopicPartition, int] = {}
+        for tp, first in begin.items():
+            at = ckpt.offsets.get(tp, 0)
+            if at < first:
+                log.warning("records between the checkpoint and the start of a state topic "
+                            "were deleted by retention; state misses them", extra={
+                                "partition": f"{tp.topic}/{tp.partition}", "checkpoint_at": at,
+                                "first_offset": first})
+            starts[tp] = max(at, first)
+        log.info("checkpoint restored", extra={
+            "checkpoint": ckpt.checkpoint_id, "written_at": ckpt.written_at,
+            "policy_version": engine.policy_version,
+            "records_after": sum(max(0, self._end_at_start[tp] - at)
+                                 for tp, at in starts.items())})
+        return starts
+
+    def checkpoint(self, writer: str) -> Checkpoint | None:
+        """The engine's shared state now and the offsets it reflects (None before the replay
+        caught up, or without a known policy origin). Synchronous on purpose: the follower
+        folds a fetched batch without awaiting, so between awaits state and offsets agree."""
+        if not self.caught_up.is_set() or self.policy is None:
+            return None
+        return Checkpoint(
+            checkpoint_id=new_checkpoint_id(), offsets=dict(self.positions), clock=self._clock,
+            policy=self.policy, policy_version=self._engine.policy_version,
+            state=capture(self._engine), written_at=time.time(), writer=writer)
 
     async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         """Every partition of the three topics; a just-created topic may need a few metadata
@@ -143,6 +229,7 @@ class StateFollower:
         now = self._clock
         topic = record.topic
         self.applied += 1
+        self.positions[TopicPartition(topic, record.partition)] = record.offset + 1
         if topic == self._topics[0]:
             event = parse_health(record.value, record_ts_ms=record.timestamp)
             if not isinstance(event, Rejection):
@@ -176,6 +263,8 @@ class StateFollower:
                     "version": cmd.version, "error": str(exc).replace("\n", "; "),
                     "active": self._engine.policy_version})
         result = self._engine.apply_control(cmd, now, compiled)
+        if isinstance(cmd, PolicyPublish) and result.accepted:
+            self.policy = PolicyOrigin("control", cmd.policy_yaml, f"policy {cmd.version}")
         self._emit(list(result.transitions))
         log.info("control applied" if result.accepted else "control refused", extra={
             "command": cmd.type, "command_id": cmd.command_id, "detail": result.message,
@@ -192,6 +281,7 @@ class StateFollower:
             log.error("policy reload failed, keeping the active one", extra={"error": str(exc)})
             return
         self._engine.replace_policy(compiled)
+        self.policy = PolicyOrigin("file", text, self._settings.policy_file or "<policy>")
         self._on_policy(PolicyEvent(compiled.version, text, True, "reloaded from file",
                                     cmd.issued_by or "", live))
 

@@ -18,7 +18,8 @@ from router_stream.errors import UserError
 TOPICS_DIR = tp.default_topics_file().parent
 SPEC_TOPICS = {"signals", "source-health", "outcomes", "router.control", "router.decisions",
                "router.dlq", "router.retry"}
-EXTENSION_TOPICS = {"router.workers"}  # heartbeats without Postgres (docs/operations.md)
+EXTENSION_TOPICS = {"router.workers",  # heartbeats without Postgres (docs/operations.md)
+                    "router.state"}  # checkpoints of the shared state (docs/worker.md)
 
 
 def _registry() -> Registry:
@@ -52,11 +53,13 @@ def test_every_spec_topic_is_declared_with_an_existing_valid_schema():
     for spec in [*decl.topics, decl.routed]:
         if spec.logical == "router.workers":  # latest beat per worker, long-gone ones deleted
             assert spec.configs["cleanup.policy"] == "compact,delete"
+        elif spec.logical == "router.state":  # the newest checkpoint, whatever its age
+            assert spec.configs["cleanup.policy"] == "compact"
         else:
             assert spec.configs["cleanup.policy"] == "delete", spec.logical
         assert "retention.ms" in spec.configs, spec.logical
-        if spec.logical == "router.dlq":
-            assert spec.schema is None  # original bytes, whatever they are
+        if spec.logical in ("router.dlq", "router.state"):
+            assert spec.schema is None  # original bytes / compressed checkpoint chunks
             continue
         schema = json.loads((TOPICS_DIR / spec.schema).read_text())
         Draft202012Validator.check_schema(schema)

@@ -1,0 +1,220 @@
+"""State checkpoints on the compacted ``router.state`` topic: the changelog of the shared state.
+
+Why (docs/worker.md, "Checkpoints"): the state topics ``source-health`` and ``outcomes`` keep 3
+days of records, so replaying them alone rebuilds only the state of the last 3 days, while a
+long-running worker remembers bandit statistics and breaker history from before. A checkpoint
+is the shared state (:mod:`router_stream.core.checkpoint`) plus the state-topic offsets it
+reflects; a starting worker restores the newest one and replays only the records after those
+offsets — the same state as a full replay, and a start-up time bounded by the checkpoint
+interval instead of the retention.
+
+Layout (one partition, ``cleanup.policy=compact``, text keys):
+
+* ``chunk/<checkpoint_id>/<i>`` — the i-th piece of the zlib-compressed document, ≤ 512 KiB
+  each so that no record nears the broker's 1 MB default limit;
+* ``manifest`` — the newest checkpoint's id, chunk count, SHA-256, offsets, replay clock and
+  policy.
+
+A writer sends every chunk, then the manifest (each acknowledged before the next step), and
+only then tombstones the chunks of checkpoints older than that manifest. A reader that reads the
+topic to its end and takes the last manifest therefore always finds that manifest's chunks; a
+writer that died half-way leaves chunks no manifest names, which the next writer tombstones.
+One worker writes (the one that owns partition 0 of ``signals``); two writers during a
+rebalance are harmless, as each manifest is self-consistent and the last one wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from router_stream.adapters.kafka_io import read_records
+from router_stream.config import STATE, Settings
+from router_stream.core.checkpoint import Captured, to_document
+from router_stream.errors import BrokerUnavailable
+
+log = logging.getLogger("router_stream.worker.checkpoints")
+
+CHUNK_BYTES = 512 * 1024
+MANIFEST_KEY = b"manifest"
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class PolicyOrigin:
+    """Where the active policy came from, so a restore decides like a replay would.
+
+    ``file``: the policy file (at start-up or a ``policy_reload``) — a replay would read the
+    file as it is *now*, so a restore does too. ``control``: a ``policy_publish`` — its text is
+    in the checkpoint.
+    """
+
+    origin: str  # "file" | "control"
+    text: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """``state`` is the document (:func:`router_stream.core.checkpoint.to_document`) when
+    read, or the engine's captured tables when about to be written (built in :func:`encode`,
+    off the event loop)."""
+
+    checkpoint_id: str
+    offsets: dict[TopicPartition, int]
+    clock: float
+    policy: PolicyOrigin
+    policy_version: str
+    state: dict[str, Any] | Captured
+    written_at: float
+    writer: str
+
+
+@dataclass
+class LoadedCheckpoints:
+    """What a read of ``router.state`` found: the newest complete checkpoint (if any) and
+    the chunk keys no manifest names any more (for the next writer to delete)."""
+
+    latest: Checkpoint | None = None
+    stale_keys: list[bytes] = field(default_factory=list)
+    problem: str | None = None
+
+
+def encode(ckpt: Checkpoint) -> tuple[dict[str, Any], list[bytes]]:
+    """The manifest and the chunks of a checkpoint (CPU work: run it off the event loop)."""
+    doc = ckpt.state if isinstance(ckpt.state, dict) else to_document(ckpt.state)
+    body = zlib.compress(orjson.dumps(doc), 1)
+    chunks = [body[i:i + CHUNK_BYTES] for i in range(0, len(body), CHUNK_BYTES)] or [b""]
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "checkpoint_id": ckpt.checkpoint_id,
+        "chunks": len(chunks),
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "offsets": [[tp.topic, tp.partition, off] for tp, off in sorted(ckpt.offsets.items())],
+        "clock": ckpt.clock,
+        "policy": {"origin": ckpt.policy.origin, "text": ckpt.policy.text,
+                   "source": ckpt.policy.source},
+        "policy_version": ckpt.policy_version,
+        "written_at": ckpt.written_at,
+        "writer": ckpt.writer,
+    }
+    return manifest, chunks
+
+
+def decode(manifest: dict[str, Any], chunks: list[bytes]) -> Checkpoint:
+    """Inverse of :func:`encode`; raises ValueError on anything inconsistent."""
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"manifest format {manifest.get('format')!r}")
+    body = b"".join(chunks)
+    if hashlib.sha256(body).hexdigest() != manifest["sha256"]:
+        raise ValueError("checksum mismatch")
+    state = orjson.loads(zlib.decompress(body))
+    policy = manifest["policy"]
+    return Checkpoint(
+        checkpoint_id=str(manifest["checkpoint_id"]),
+        offsets={TopicPartition(str(t), int(p)): int(o) for t, p, o in manifest["offsets"]},
+        clock=float(manifest["clock"]),
+        policy=PolicyOrigin(str(policy["origin"]), str(policy["text"]), str(policy["source"])),
+        policy_version=str(manifest["policy_version"]),
+        state=state,
+        written_at=float(manifest["written_at"]),
+        writer=str(manifest["writer"]),
+    )
+
+
+def _chunk_key(checkpoint_id: str, i: int) -> bytes:
+    return f"chunk/{checkpoint_id}/{i}".encode()
+
+
+async def load_checkpoints(settings: Settings) -> LoadedCheckpoints:
+    """Read ``router.state`` to its current end and return the newest complete checkpoint."""
+    topic = settings.topic(STATE)
+    manifest: dict[str, Any] | None = None
+    chunks: dict[bytes, bytes] = {}
+    async for record in read_records(settings, topic, until_end=True):
+        if record.key is None:
+            continue
+        if record.key == MANIFEST_KEY:
+            if record.value is not None:
+                try:
+                    manifest = orjson.loads(record.value)
+                except orjson.JSONDecodeError:
+                    log.warning("unreadable checkpoint manifest ignored",
+                                extra={"offset": record.offset})
+            continue
+        if record.value is None:
+            chunks.pop(record.key, None)
+        else:
+            chunks[record.key] = record.value
+    out = LoadedCheckpoints()
+    if manifest is None:
+        out.stale_keys = sorted(chunks)
+        return out
+    try:
+        ckpt_id = str(manifest["checkpoint_id"])
+        keys = [_chunk_key(ckpt_id, i) for i in range(int(manifest["chunks"]))]
+        missing = [k for k in keys if k not in chunks]
+        if missing:
+            raise ValueError(f"{len(missing)} of {len(keys)} chunks missing")
+        out.latest = decode(manifest, [chunks[k] for k in keys])
+        out.stale_keys = sorted(set(chunks) - set(keys))
+    except (KeyError, TypeError, ValueError, zlib.error, orjson.JSONDecodeError) as exc:
+        out.problem = f"checkpoint unusable: {exc}"
+        out.stale_keys = sorted(chunks)
+    return out
+
+
+class CheckpointWriter:
+    """Writes checkpoints with the worker's producer (renewed over time, hence a callable)."""
+
+    def __init__(self, settings: Settings, producer: Any, *, writer: str,
+                 stale_keys: list[bytes] | None = None) -> None:
+        self._topic = settings.topic(STATE)
+        self._producer = producer
+        self.writer = writer
+        self._to_delete: list[bytes] = list(stale_keys or [])
+        self.written = 0
+        self.last_offsets: dict[TopicPartition, int] | None = None  # of the last one written
+
+    async def write(self, ckpt: Checkpoint) -> tuple[int, int]:
+        """Send one checkpoint (chunks, manifest, then tombstones); returns (chunks, bytes)."""
+        manifest, chunks = await asyncio.to_thread(encode, ckpt)
+        producer: AIOKafkaProducer | None = self._producer()
+        if producer is None:
+            raise BrokerUnavailable("writing a checkpoint: the worker has no producer")
+        keys = [_chunk_key(ckpt.checkpoint_id, i) for i in range(len(chunks))]
+        try:
+            sent = [await producer.send(self._topic, chunk, key=key)
+                    for key, chunk in zip(keys, chunks, strict=True)]
+            await asyncio.gather(*sent)
+            await (await producer.send(self._topic, orjson.dumps(manifest), key=MANIFEST_KEY))
+        except KafkaError as exc:
+            self._to_delete.extend(keys)  # whatever arrived is named by no manifest
+            raise BrokerUnavailable(f"writing a checkpoint to {self._topic}: {exc!r}") from exc
+        # Only now are the older chunks unreferenced by the newest manifest; this one's go
+        # after the next manifest.
+        old, self._to_delete = self._to_delete, keys
+        try:
+            tombstones = [await producer.send(self._topic, None, key=k) for k in old]
+            await asyncio.gather(*tombstones)
+        except KafkaError as exc:
+            self._to_delete = old + keys
+            raise BrokerUnavailable(f"deleting old checkpoint chunks: {exc!r}") from exc
+        self.written += 1
+        self.last_offsets = dict(ckpt.offsets)
+        return len(chunks), sum(len(c) for c in chunks)
+
+
+def new_checkpoint_id() -> str:
+    """Unique per write and sortable by time (for people reading the topic)."""
+    return f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:8]}"
