@@ -533,6 +533,10 @@ class StreamProducer:
         self.finished_at: float | None = None
         self.failed: list[tuple[int, str]] = []
         self._progress = asyncio.Event()
+        self._released = asyncio.Event()
+        self._released.set()
+        self._held_at = 0.0
+        self._held_s = 0.0  # the schedule moves on by the time spent on hold
 
     async def run(self) -> None:
         producer = AIOKafkaProducer(
@@ -549,8 +553,10 @@ class StreamProducer:
             state_every = (max(1, int(n * self.state_share) // max(1, len(self.state_events)))
                            if self.state_events else 0)
             for pos, item in enumerate(self.items):
+                if not self._released.is_set():
+                    await self._released.wait()
                 if pos >= self.backlog:
-                    due = t0 + (pos - self.backlog) / self.rate
+                    due = t0 + self._held_s + (pos - self.backlog) / self.rate
                     delay = due - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
@@ -586,6 +592,18 @@ class StreamProducer:
         if self.state_sent == len(self.state_events):
             fut.add_done_callback(lambda _: setattr(self, "state_done_at", time.time()))
         return fut
+
+    def hold(self) -> None:
+        """Stop handing records to the producer (records already handed over stay buffered
+        and in flight) until :meth:`release`; the rest of the stream then keeps its pace."""
+        if self._released.is_set():
+            self._held_at = time.monotonic()
+            self._released.clear()
+
+    def release(self) -> None:
+        if not self._released.is_set():
+            self._held_s += time.monotonic() - self._held_at
+            self._released.set()
 
     async def wait_sent(self, fraction: float) -> float:
         """Wait until ``fraction`` of the items were handed to the producer; returns the time."""
