@@ -30,7 +30,7 @@ from router_stream.core.models import (
     BreakerForce,
     BreakerReset,
     ControlCommand,
-    Decision,
+    DecisionDraft,
     DlqEntry,
     DlqReason,
     HealthEvent,
@@ -596,7 +596,7 @@ class RouterEngine:
               result: BatchResult, consensus_extra: dict[str, object] | None = None) -> None:
         decision_id = decision_id_for(signal.signal_id)
         trust, breakers = batch.route_state(route)
-        decision = Decision(
+        decision = DecisionDraft(
             decision_id=decision_id, signal_id=signal.signal_id, tenant=signal.tenant,
             kind=route.kind, destinations=list(destinations), strategy=strategy, tier=tier,
             policy_version=self._policy.version, confidence=confidence,
@@ -608,7 +608,7 @@ class RouterEngine:
             sources_used=consensus_extra["sources_used"] if consensus_extra else None,  # type: ignore[arg-type]
             outliers=consensus_extra["outliers"] if consensus_extra else None,  # type: ignore[arg-type]
             extra={"replay_of": origin.dlq_id} if origin.dlq_id is not None else {},
-        )
+        ).seal()
         result.decisions.append(decision)
         for dest in destinations:
             route_obj: dict[str, object] = {
