@@ -91,6 +91,7 @@ from router_stream.core.strategies.base import first_usable_tier
 from router_stream.core.strategies.consensus import deviation_z, remember
 
 _MAX_ERROR_LEN = 500
+_FIRST_ROUTED = LoadCounter(routed=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,7 +532,7 @@ class RouterEngine:
                 return
             # A half-open destination admits a bounded number of probes; when its slots are
             # taken it is unavailable for the rest of the batch and the strategy chooses again.
-            if all(batch.take_probe(d) for d in selection.destinations):
+            if not batch.probing or all(batch.take_probe(d) for d in selection.destinations):
                 break
         self._emit(record, origin, signal, route, priority, selection.destinations,
                    selection.tier, selection.confidence, route.strategy, now, batch, result)
@@ -595,11 +596,12 @@ class RouterEngine:
               confidence: float, strategy: str, now: float, batch: _BatchView,
               result: BatchResult, consensus_extra: dict[str, object] | None = None) -> None:
         decision_id = decision_id_for(signal.signal_id)
+        version = self._policy.version
         trust, breakers = batch.route_state(route)
         decision = DecisionDraft(
             decision_id=decision_id, signal_id=signal.signal_id, tenant=signal.tenant,
             kind=route.kind, destinations=list(destinations), strategy=strategy, tier=tier,
-            policy_version=self._policy.version, confidence=confidence,
+            policy_version=version, confidence=confidence,
             trust=trust, breakers=breakers,
             input_topic=origin.topic, input_partition=origin.partition,
             input_offset=origin.offset, decided_at=now, signal_ts=signal.ts, priority=priority,
@@ -610,19 +612,24 @@ class RouterEngine:
             extra={"replay_of": origin.dlq_id} if origin.dlq_id is not None else {},
         ).seal()
         result.decisions.append(decision)
+        # The routed value is the producer's bytes with the route object spliced in (SPEC §2),
+        # serialised as ``orjson.dumps`` of {decision_id, destination, kind, strategy, tier,
+        # policy_version, confidence, routed_at, *consensus_extra} would be — but only the
+        # per-signal fields are serialised here; the rest is cached for the batch.
+        head = _splice_prefix(record.value) + b'{"decision_id":"' + decision_id.encode()
+        tail = b'"confidence":' + orjson.dumps(confidence) + batch.routed_at
+        if consensus_extra:
+            tail += b"," + orjson.dumps(consensus_extra)[1:-1]
+        tail += b"}}"
+        load = self._load
         for dest in destinations:
-            route_obj: dict[str, object] = {
-                "decision_id": decision_id, "destination": dest, "kind": route.kind,
-                "strategy": strategy, "tier": tier, "policy_version": self._policy.version,
-                "confidence": confidence, "routed_at": now,
-            }
-            if consensus_extra:
-                route_obj.update(consensus_extra)
             result.routed.append(RoutedRecord(
-                destination=dest, key=record.key, value=_with_route(record.value, route_obj),
+                destination=dest, key=record.key,
+                value=head + batch.route_fields(dest, route.kind, strategy, tier, version) + tail,
                 signal_id=signal.signal_id,
             ))
-            self._load[dest] = self._load.get(dest, LoadCounter()).on_routed()
+            counter = load.get(dest)
+            load[dest] = counter.on_routed() if counter is not None else _FIRST_ROUTED
 
     def _retry(self, record: InboundRecord, origin: _Origin, signal: Signal, route: RouteSpec,
                now: float, result: BatchResult) -> None:
@@ -700,6 +707,9 @@ class _BatchView:
         # Keyed by route identity: a rollout candidate may route the same kind differently.
         self._contexts: dict[int, SelectionContext] = {}
         self._route_state: dict[int, tuple[dict[str, float], dict[str, str]]] = {}
+        self.probing = bool(self._half_open)
+        self.routed_at = b',"routed_at":' + orjson.dumps(now)
+        self._route_fields: dict[tuple[str, str, str, int | None, str], bytes] = {}
 
     @property
     def trust_scores(self) -> _Scores:
@@ -721,6 +731,20 @@ class _BatchView:
                       {d: self.breaker_state(d) for d in dests})
             self._route_state[id(route)] = cached
         return cached
+
+    def route_fields(self, destination: str, kind: str, strategy: str, tier: int | None,
+                     version: str) -> bytes:
+        """The constant middle of a routed value's route object, from the end of its decision
+        id to just before ``confidence``. The same few combinations recur all batch, and
+        serialising them once instead of a whole route dict per signal saves ~1 µs a signal."""
+        key = (destination, kind, strategy, tier, version)
+        fields = self._route_fields.get(key)
+        if fields is None:
+            body = orjson.dumps({"destination": destination, "kind": kind, "strategy": strategy,
+                                 "tier": tier, "policy_version": version})
+            fields = b'",' + body[1:-1] + b","
+            self._route_fields[key] = fields
+        return fields
 
     def trust_changed(self, target: str, state: tr.TrustState) -> None:
         """Keep the batch's score cache equal to what a fresh batch would compute, so a batch
@@ -861,13 +885,14 @@ def _strip_router_headers(headers: Sequence[tuple[str, bytes]]) -> list[tuple[st
     return [(k, v) for k, v in headers or () if k not in _ROUTER_HEADERS]
 
 
-def _with_route(value: bytes | None, route: dict[str, object]) -> bytes:
-    """The original signal JSON with a ``route`` object added, without re-serialising the
-    signal: the producer's bytes are kept and the route spliced in before the closing brace."""
+def _splice_prefix(value: bytes | None) -> bytes:
+    """The original signal JSON up to where a ``"route":`` member is spliced in, without
+    re-serialising the signal: the producer's bytes are kept, and the caller appends the route
+    object and the closing brace."""
     raw = (value or b"{}").rstrip()
     body = raw[:-1].rstrip()
     sep = b"" if body.endswith(b"{") else b","
-    return body + sep + b'"route":' + orjson.dumps(route) + b"}"
+    return body + sep + b'"route":'
 
 
 def _float(extra: dict[str, object] | None, key: str) -> float | None:
