@@ -91,7 +91,6 @@ from router_stream.core.strategies.base import first_usable_tier
 from router_stream.core.strategies.consensus import deviation_z, remember
 
 _MAX_ERROR_LEN = 500
-_FIRST_ROUTED = LoadCounter(routed=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,8 +347,11 @@ class RouterEngine:
         apply in record order, so a batch decides exactly as the same records one by one."""
         result = BatchResult()
         batch = _BatchView(self, now)
-        for record in records:
-            self._decide_one(record, now, batch, result)
+        try:
+            for record in records:
+                self._decide_one(record, now, batch, result)
+        finally:
+            batch.fold_routed()
         result.breaker_transitions.extend(batch.transitions)
         self._check_rollout(now, result)
         return result
@@ -466,7 +468,8 @@ class RouterEngine:
             return (usable[1][0],) if usable else DlqReason.NO_HEALTHY_DESTINATION.value
         ctx = SelectionContext(
             rng=self._shadow_rng, unavailable=batch.unavailable, trust=batch.trust_scores,
-            arms=self._arms, in_flight=_InFlight(self._load), capacity=candidate.capacity,
+            arms=self._arms, in_flight=_InFlight(self._load, batch.routed),
+            capacity=candidate.capacity,
             bandit=route.bandit, default_trust=candidate.trust_params.initial,
         )
         selection = SELECTION_STRATEGIES[route.strategy](route.tiers, ctx)
@@ -598,18 +601,19 @@ class RouterEngine:
         decision_id = decision_id_for(signal.signal_id)
         version = self._policy.version
         trust, breakers = batch.route_state(route)
+        extra = consensus_extra
+        # Positional, in field order: 22 keyword arguments cost ~0.7 µs more per decision.
         decision = DecisionDraft(
-            decision_id=decision_id, signal_id=signal.signal_id, tenant=signal.tenant,
-            kind=route.kind, destinations=list(destinations), strategy=strategy, tier=tier,
-            policy_version=version, confidence=confidence,
-            trust=trust, breakers=breakers,
-            input_topic=origin.topic, input_partition=origin.partition,
-            input_offset=origin.offset, decided_at=now, signal_ts=signal.ts, priority=priority,
-            value=_float(consensus_extra, "value"),
-            method=consensus_extra["method"] if consensus_extra else None,  # type: ignore[arg-type]
-            sources_used=consensus_extra["sources_used"] if consensus_extra else None,  # type: ignore[arg-type]
-            outliers=consensus_extra["outliers"] if consensus_extra else None,  # type: ignore[arg-type]
-            extra={"replay_of": origin.dlq_id} if origin.dlq_id is not None else {},
+            decision_id, signal.signal_id, signal.tenant, route.kind, list(destinations),
+            strategy, tier, version, confidence, trust, breakers,
+            origin.topic, origin.partition, origin.offset,  # input_topic/_partition/_offset
+            now, signal.ts, priority,  # decided_at, signal_ts, priority
+            None, None,  # rule, override_id
+            _float(extra, "value"),
+            extra["method"] if extra else None,  # type: ignore[arg-type]
+            extra["sources_used"] if extra else None,  # type: ignore[arg-type]
+            extra["outliers"] if extra else None,  # type: ignore[arg-type]
+            {"replay_of": origin.dlq_id} if origin.dlq_id is not None else {},
         ).seal()
         result.decisions.append(decision)
         # The routed value is the producer's bytes with the route object spliced in (SPEC §2),
@@ -621,15 +625,13 @@ class RouterEngine:
         if consensus_extra:
             tail += b"," + orjson.dumps(consensus_extra)[1:-1]
         tail += b"}}"
-        load = self._load
+        routed = batch.routed
         for dest in destinations:
-            result.routed.append(RoutedRecord(
-                destination=dest, key=record.key,
-                value=head + batch.route_fields(dest, route.kind, strategy, tier, version) + tail,
-                signal_id=signal.signal_id,
-            ))
-            counter = load.get(dest)
-            load[dest] = counter.on_routed() if counter is not None else _FIRST_ROUTED
+            fields = batch.route_fields(dest, route.kind, strategy, tier, version)
+            # Positional (destination, key, value, signal_id): keywords cost ~0.2 µs here.
+            result.routed.append(RoutedRecord(dest, record.key, head + fields + tail,
+                                              signal.signal_id))
+            routed[dest] = routed.get(dest, 0) + 1
 
     def _retry(self, record: InboundRecord, origin: _Origin, signal: Signal, route: RouteSpec,
                now: float, result: BatchResult) -> None:
@@ -708,6 +710,9 @@ class _BatchView:
         self._contexts: dict[int, SelectionContext] = {}
         self._route_state: dict[int, tuple[dict[str, float], dict[str, str]]] = {}
         self.probing = bool(self._half_open)
+        # Signals routed per destination this batch, folded into the engine's load counters at
+        # its end: one LoadCounter per destination and batch instead of one per routed record.
+        self.routed: dict[str, int] = {}
         self.routed_at = b',"routed_at":' + orjson.dumps(now)
         self._route_fields: dict[tuple[str, str, str, int | None, str], bytes] = {}
 
@@ -745,6 +750,14 @@ class _BatchView:
             fields = b'",' + body[1:-1] + b","
             self._route_fields[key] = fields
         return fields
+
+    def fold_routed(self) -> None:
+        """Add the batch's routed counts to the engine's load counters (at the batch's end)."""
+        load = self._engine._load
+        for dest, n in self.routed.items():
+            counter = load.get(dest)
+            load[dest] = counter.on_routed(n) if counter is not None else LoadCounter(routed=n)
+        self.routed.clear()
 
     def trust_changed(self, target: str, state: tr.TrustState) -> None:
         """Keep the batch's score cache equal to what a fresh batch would compute, so a batch
@@ -790,7 +803,8 @@ class _BatchView:
             e = self._engine
             ctx = SelectionContext(
                 rng=e._rng, unavailable=self.unavailable, trust=self.trust_scores,
-                arms=e._arms, in_flight=_InFlight(e._load), capacity=e._policy.capacity,
+                arms=e._arms, in_flight=_InFlight(e._load, self.routed),
+                capacity=e._policy.capacity,
                 bandit=route.bandit, default_trust=e._policy.trust_params.initial,
             )
             self._contexts[id(route)] = ctx
@@ -846,15 +860,20 @@ class _Scores(Mapping[str, float]):
 
 
 class _InFlight(dict[str, float]):
-    """A live view of in-flight load per destination for ``least_loaded``."""
+    """A live view of in-flight load per destination for ``least_loaded``: the engine's
+    counters plus what the current batch has routed so far (``routed``, not yet folded in)."""
 
-    def __init__(self, load: dict[str, LoadCounter]) -> None:
+    def __init__(self, load: dict[str, LoadCounter], routed: dict[str, int]) -> None:
         super().__init__()
         self._load = load
+        self._routed = routed
 
     def get(self, key: str, default: float | None = None) -> float:  # type: ignore[override]
         counter = self._load.get(key)
-        return float(counter.in_flight) if counter is not None else (default or 0.0)
+        pending = self._routed.get(key, 0)
+        if counter is None:
+            return float(pending) if pending else (default or 0.0)
+        return float(max(0, counter.routed + pending - counter.completed))
 
 
 def _origin(record: InboundRecord) -> _Origin:
