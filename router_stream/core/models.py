@@ -216,12 +216,13 @@ class Signal(BaseModel):
         why). It does what ``model_construct`` does minus default handling, at ~5x the speed;
         ``values`` must hold exactly the model's fields and is owned by the model afterwards.
         """
-        model = cls.__new__(cls)
-        _set = object.__setattr__
-        _set(model, "__dict__", values)
-        _set(model, "__pydantic_fields_set__", set(_SIGNAL_FIELDS))
-        _set(model, "__pydantic_extra__", None)
-        _set(model, "__pydantic_private__", None)
+        model = _new_object(cls)
+        _set_attribute(model, "__dict__", values)
+        # BaseModel's own slots, written through their descriptors: ~0.35 µs less per signal
+        # than four ``object.__setattr__`` calls.
+        _set_fields_set(model, _SIGNAL_FIELD_SET.copy())
+        _set_extra(model, None)
+        _set_private(model, None)
         return model
 
     @property
@@ -235,6 +236,12 @@ class Signal(BaseModel):
 
 
 _SIGNAL_FIELDS = tuple(Signal.model_fields)
+_SIGNAL_FIELD_SET = set(_SIGNAL_FIELDS)
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
 class HealthEvent(BaseModel):
