@@ -22,7 +22,7 @@ from typing import Any
 class DedupeWindow:
     """Remembers signal ids for ``window_s`` seconds; at most ``max_entries`` ids."""
 
-    __slots__ = ("window_s", "max_entries", "_seen", "_clock")
+    __slots__ = ("window_s", "max_entries", "_seen", "_clock", "_expired_at")
 
     def __init__(self, window_s: float, max_entries: int = 1_000_000) -> None:
         if not (math.isfinite(window_s) and window_s > 0.0):
@@ -33,6 +33,10 @@ class DedupeWindow:
         self.max_entries = max_entries
         self._seen: OrderedDict[str, float] = OrderedDict()
         self._clock = -math.inf
+        # The clock at which expiry last ran with the front entry untouched since (NaN: never).
+        # Entries are added at the clock, so at an unchanged clock there is nothing new to
+        # expire; a batch shares one ``now`` and skips ~0.2 µs a signal.
+        self._expired_at = math.nan
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -45,12 +49,17 @@ class DedupeWindow:
         and return False."""
         if now > self._clock and now != math.inf:  # NaN, inf, backwards steps: clock stays
             self._clock = now
-        self._expire()
-        if signal_id in self._seen:
+        if self._clock != self._expired_at:
+            self._expire()
+            if self._clock != -math.inf:  # at -inf, entries' age is NaN: expire them every time
+                self._expired_at = self._clock
+        seen = self._seen
+        if signal_id in seen:
             return True
-        self._seen[signal_id] = self._clock
-        if len(self._seen) > self.max_entries:
-            self._seen.popitem(last=False)
+        seen[signal_id] = self._clock
+        if len(seen) > self.max_entries:
+            seen.popitem(last=False)
+            self._expired_at = math.nan  # a new front entry: let expiry look at it
         return False
 
     def _expire(self) -> None:

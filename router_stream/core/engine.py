@@ -30,7 +30,7 @@ from router_stream.core.models import (
     BreakerForce,
     BreakerReset,
     ControlCommand,
-    Decision,
+    DecisionDraft,
     DlqEntry,
     DlqReason,
     HealthEvent,
@@ -128,10 +128,18 @@ class _Origin:
         return f"{self.topic}/{self.partition}/{self.offset}"
 
 
+# Copying an empty hash object is ~0.1 µs cheaper per signal than constructing one with
+# keyword parameters; the prototype itself is never updated.
+_DECISION_HASH = hashlib.blake2b(digest_size=12)
+
+
 def decision_id_for(signal_id: str) -> str:
     """Deterministic: re-processing a signal after a crash yields the same decision id, so the
-    Kafka copy and the Postgres row of a decision agree however often it is written."""
-    return "dec-" + hashlib.blake2b(signal_id.encode(), digest_size=12).hexdigest()
+    Kafka copy and the Postgres row of a decision agree however often it is written
+    (``"dec-"`` + the 12-byte BLAKE2b digest of the id, in hex)."""
+    h = _DECISION_HASH.copy()
+    h.update(signal_id.encode())
+    return "dec-" + h.hexdigest()
 
 
 class BreakerTable(dict[str, Breaker]):
@@ -347,8 +355,11 @@ class RouterEngine:
         apply in record order, so a batch decides exactly as the same records one by one."""
         result = BatchResult()
         batch = _BatchView(self, now)
-        for record in records:
-            self._decide_one(record, now, batch, result)
+        try:
+            for record in records:
+                self._decide_one(record, now, batch, result)
+        finally:
+            batch.fold_routed()
         result.breaker_transitions.extend(batch.transitions)
         self._check_rollout(now, result)
         return result
@@ -465,7 +476,8 @@ class RouterEngine:
             return (usable[1][0],) if usable else DlqReason.NO_HEALTHY_DESTINATION.value
         ctx = SelectionContext(
             rng=self._shadow_rng, unavailable=batch.unavailable, trust=batch.trust_scores,
-            arms=self._arms, in_flight=_InFlight(self._load), capacity=candidate.capacity,
+            arms=self._arms, in_flight=_InFlight(self._load, batch.routed),
+            capacity=candidate.capacity,
             bandit=route.bandit, default_trust=candidate.trust_params.initial,
         )
         selection = SELECTION_STRATEGIES[route.strategy](route.tiers, ctx)
@@ -531,7 +543,7 @@ class RouterEngine:
                 return
             # A half-open destination admits a bounded number of probes; when its slots are
             # taken it is unavailable for the rest of the batch and the strategy chooses again.
-            if all(batch.take_probe(d) for d in selection.destinations):
+            if not batch.probing or all(batch.take_probe(d) for d in selection.destinations):
                 break
         self._emit(record, origin, signal, route, priority, selection.destinations,
                    selection.tier, selection.confidence, route.strategy, now, batch, result)
@@ -595,34 +607,39 @@ class RouterEngine:
               confidence: float, strategy: str, now: float, batch: _BatchView,
               result: BatchResult, consensus_extra: dict[str, object] | None = None) -> None:
         decision_id = decision_id_for(signal.signal_id)
+        version = self._policy.version
         trust, breakers = batch.route_state(route)
-        decision = Decision(
-            decision_id=decision_id, signal_id=signal.signal_id, tenant=signal.tenant,
-            kind=route.kind, destinations=list(destinations), strategy=strategy, tier=tier,
-            policy_version=self._policy.version, confidence=confidence,
-            trust=trust, breakers=breakers,
-            input_topic=origin.topic, input_partition=origin.partition,
-            input_offset=origin.offset, decided_at=now, signal_ts=signal.ts, priority=priority,
-            value=_float(consensus_extra, "value"),
-            method=consensus_extra["method"] if consensus_extra else None,  # type: ignore[arg-type]
-            sources_used=consensus_extra["sources_used"] if consensus_extra else None,  # type: ignore[arg-type]
-            outliers=consensus_extra["outliers"] if consensus_extra else None,  # type: ignore[arg-type]
-            extra={"replay_of": origin.dlq_id} if origin.dlq_id is not None else {},
-        )
+        extra = consensus_extra
+        # Positional, in field order: 22 keyword arguments cost ~0.7 µs more per decision.
+        decision = DecisionDraft(
+            decision_id, signal.signal_id, signal.tenant, route.kind, list(destinations),
+            strategy, tier, version, confidence, trust, breakers,
+            origin.topic, origin.partition, origin.offset,  # input_topic/_partition/_offset
+            now, signal.ts, priority,  # decided_at, signal_ts, priority
+            None, None,  # rule, override_id
+            _float(extra, "value"),
+            extra["method"] if extra else None,  # type: ignore[arg-type]
+            extra["sources_used"] if extra else None,  # type: ignore[arg-type]
+            extra["outliers"] if extra else None,  # type: ignore[arg-type]
+            {"replay_of": origin.dlq_id} if origin.dlq_id is not None else {},
+        ).seal()
         result.decisions.append(decision)
+        # The routed value is the producer's bytes with the route object spliced in (SPEC §2),
+        # serialised as ``orjson.dumps`` of {decision_id, destination, kind, strategy, tier,
+        # policy_version, confidence, routed_at, *consensus_extra} would be — but only the
+        # per-signal fields are serialised here; the rest is cached for the batch.
+        body, sep = _open_object(record.value)
+        did = decision_id.encode()
+        conf = orjson.dumps(confidence)
+        more = b"," + orjson.dumps(consensus_extra)[1:-1] if consensus_extra else b""
+        routed = batch.routed
         for dest in destinations:
-            route_obj: dict[str, object] = {
-                "decision_id": decision_id, "destination": dest, "kind": route.kind,
-                "strategy": strategy, "tier": tier, "policy_version": self._policy.version,
-                "confidence": confidence, "routed_at": now,
-            }
-            if consensus_extra:
-                route_obj.update(consensus_extra)
-            result.routed.append(RoutedRecord(
-                destination=dest, key=record.key, value=_with_route(record.value, route_obj),
-                signal_id=signal.signal_id,
-            ))
-            self._load[dest] = self._load.get(dest, LoadCounter()).on_routed()
+            fields = batch.route_fields(dest, route.kind, strategy, tier, version)
+            value = b"".join((body, sep, b'"route":{"decision_id":"', did, fields,
+                              b'"confidence":', conf, batch.routed_at, more, b"}}"))
+            # Positional (destination, key, value, signal_id): keywords cost ~0.2 µs here.
+            result.routed.append(RoutedRecord(dest, record.key, value, signal.signal_id))
+            routed[dest] = routed.get(dest, 0) + 1
 
     def _retry(self, record: InboundRecord, origin: _Origin, signal: Signal, route: RouteSpec,
                now: float, result: BatchResult) -> None:
@@ -700,6 +717,12 @@ class _BatchView:
         # Keyed by route identity: a rollout candidate may route the same kind differently.
         self._contexts: dict[int, SelectionContext] = {}
         self._route_state: dict[int, tuple[dict[str, float], dict[str, str]]] = {}
+        self.probing = bool(self._half_open)
+        # Signals routed per destination this batch, folded into the engine's load counters at
+        # its end: one LoadCounter per destination and batch instead of one per routed record.
+        self.routed: dict[str, int] = {}
+        self.routed_at = b',"routed_at":' + orjson.dumps(now)
+        self._route_fields: dict[tuple[str, str, str, int | None, str], bytes] = {}
 
     @property
     def trust_scores(self) -> _Scores:
@@ -721,6 +744,28 @@ class _BatchView:
                       {d: self.breaker_state(d) for d in dests})
             self._route_state[id(route)] = cached
         return cached
+
+    def route_fields(self, destination: str, kind: str, strategy: str, tier: int | None,
+                     version: str) -> bytes:
+        """The constant middle of a routed value's route object, from the end of its decision
+        id to just before ``confidence``. The same few combinations recur all batch, and
+        serialising them once instead of a whole route dict per signal saves ~1 µs a signal."""
+        key = (destination, kind, strategy, tier, version)
+        fields = self._route_fields.get(key)
+        if fields is None:
+            body = orjson.dumps({"destination": destination, "kind": kind, "strategy": strategy,
+                                 "tier": tier, "policy_version": version})
+            fields = b'",' + body[1:-1] + b","
+            self._route_fields[key] = fields
+        return fields
+
+    def fold_routed(self) -> None:
+        """Add the batch's routed counts to the engine's load counters (at the batch's end)."""
+        load = self._engine._load
+        for dest, n in self.routed.items():
+            counter = load.get(dest)
+            load[dest] = counter.on_routed(n) if counter is not None else LoadCounter(routed=n)
+        self.routed.clear()
 
     def trust_changed(self, target: str, state: tr.TrustState) -> None:
         """Keep the batch's score cache equal to what a fresh batch would compute, so a batch
@@ -766,7 +811,8 @@ class _BatchView:
             e = self._engine
             ctx = SelectionContext(
                 rng=e._rng, unavailable=self.unavailable, trust=self.trust_scores,
-                arms=e._arms, in_flight=_InFlight(e._load), capacity=e._policy.capacity,
+                arms=e._arms, in_flight=_InFlight(e._load, self.routed),
+                capacity=e._policy.capacity,
                 bandit=route.bandit, default_trust=e._policy.trust_params.initial,
             )
             self._contexts[id(route)] = ctx
@@ -822,15 +868,20 @@ class _Scores(Mapping[str, float]):
 
 
 class _InFlight(dict[str, float]):
-    """A live view of in-flight load per destination for ``least_loaded``."""
+    """A live view of in-flight load per destination for ``least_loaded``: the engine's
+    counters plus what the current batch has routed so far (``routed``, not yet folded in)."""
 
-    def __init__(self, load: dict[str, LoadCounter]) -> None:
+    def __init__(self, load: dict[str, LoadCounter], routed: dict[str, int]) -> None:
         super().__init__()
         self._load = load
+        self._routed = routed
 
     def get(self, key: str, default: float | None = None) -> float:  # type: ignore[override]
         counter = self._load.get(key)
-        return float(counter.in_flight) if counter is not None else (default or 0.0)
+        pending = self._routed.get(key, 0)
+        if counter is None:
+            return float(pending) if pending else (default or 0.0)
+        return float(max(0, counter.routed + pending - counter.completed))
 
 
 def _origin(record: InboundRecord) -> _Origin:
@@ -861,13 +912,13 @@ def _strip_router_headers(headers: Sequence[tuple[str, bytes]]) -> list[tuple[st
     return [(k, v) for k, v in headers or () if k not in _ROUTER_HEADERS]
 
 
-def _with_route(value: bytes | None, route: dict[str, object]) -> bytes:
-    """The original signal JSON with a ``route`` object added, without re-serialising the
-    signal: the producer's bytes are kept and the route spliced in before the closing brace."""
+def _open_object(value: bytes | None) -> tuple[bytes, bytes]:
+    """The original signal JSON without its closing brace, and the separator a new member
+    needs after it: a ``"route"`` member is spliced in without re-serialising the signal, so the
+    producer's bytes are kept."""
     raw = (value or b"{}").rstrip()
     body = raw[:-1].rstrip()
-    sep = b"" if body.endswith(b"{") else b","
-    return body + sep + b'"route":' + orjson.dumps(route) + b"}"
+    return body, b"" if body.endswith(b"{") else b","
 
 
 def _float(extra: dict[str, object] | None, key: str) -> float | None:

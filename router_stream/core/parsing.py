@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from router_stream.core.models import (
     CONTROL_ADAPTER,
+    MAX_EPOCH_MS,
     MAX_ID_LEN,
     ControlCommand,
     DlqReason,
@@ -68,9 +69,12 @@ def _json_type(value: object) -> str:
     return _JSON_TYPE.get(type(value), type(value).__name__)
 
 
+_TOMBSTONE = "tombstone: a record with a null value is not a message"
+
+
 def _decode(value: bytes | None) -> Any:
     if value is None:
-        raise _Invalid("tombstone: a record with a null value is not a message")
+        raise _Invalid(_TOMBSTONE)
     return orjson.loads(value)
 
 
@@ -84,12 +88,12 @@ def parse_signal(value: bytes | None, *, record_ts_ms: int, now: float) -> Signa
     negative one, i.e. no timestamp, falls back to ``now``). A signal whose ``ttl_ms`` has
     already run out at ``now`` is rejected as ``expired`` here, before any routing work.
     """
+    if value is None:  # ``_decode``, inlined on the hot path
+        return Rejection(DlqReason.INVALID_SIGNAL, _TOMBSTONE)
     try:
-        data = _decode(value)
+        data = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         return Rejection(DlqReason.INVALID_JSON, f"invalid JSON: {exc}")
-    except _Invalid as exc:
-        return Rejection(DlqReason.INVALID_SIGNAL, str(exc))
     if type(data) is not dict:
         return Rejection(
             DlqReason.INVALID_SIGNAL, f"a signal must be a JSON object, got {_json_type(data)}"
@@ -111,14 +115,20 @@ def parse_signal(value: bytes | None, *, record_ts_ms: int, now: float) -> Signa
 def _signal_from_dict(data: dict[str, Any], default_ts: float) -> Signal:
     # Absent optional fields are the common case, so each check is a cheap ``is None`` test
     # and only a present value pays for a function call (measured: ~2x faster than always
-    # calling the checkers).
+    # calling the checkers). Likewise the ids every signal carries and the usual ``ts`` (epoch
+    # milliseconds) are checked inline, and only a bad value pays for the call that names
+    # the problem (~0.4 µs a signal).
     get = data.get
     sender_id = get("sender_id")
-    if sender_id is None:
-        raise _Invalid("sender_id: required")
-    _check_id(sender_id, "sender_id")
+    if not (type(sender_id) is str and 0 < len(sender_id) <= MAX_ID_LEN):
+        if sender_id is None:
+            raise _Invalid("sender_id: required")
+        _check_id(sender_id, "sender_id")
     ts = get("ts")
-    ts = default_ts if ts is None else _ts_field(ts)
+    if type(ts) is int and 0 <= ts <= MAX_EPOCH_MS:
+        ts = ts / 1000.0  # what to_epoch_seconds returns for it
+    else:
+        ts = default_ts if ts is None else _ts_field(ts)
     payload = get("payload")
     if payload is None:
         payload = {}
@@ -127,12 +137,12 @@ def _signal_from_dict(data: dict[str, Any], default_ts: float) -> Signal:
     signal_id = get("signal_id")
     if signal_id is None:
         signal_id = _derived_id(sender_id, ts, payload)
-    else:
+    elif not (type(signal_id) is str and 0 < len(signal_id) <= MAX_ID_LEN):
         _check_id(signal_id, "signal_id")
     tenant = get("tenant")
     if tenant is None:
         tenant = "default"
-    else:
+    elif not (type(tenant) is str and 0 < len(tenant) <= MAX_ID_LEN):
         _check_id(tenant, "tenant")
     kind, metric, source_id = get("kind"), get("metric"), get("source_id")
     if kind is not None:

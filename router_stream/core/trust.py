@@ -20,7 +20,7 @@ re-clamps too, so even a corrupt changelog entry cannot break that invariant.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 COMPONENTS: tuple[str, ...] = ("freshness", "error_rate", "latency", "deviation", "availability")
@@ -137,7 +137,14 @@ def _touch(state: TrustState, now: float, **components: float) -> TrustState:
     last_ts = state.last_ts
     if math.isfinite(now) and (last_ts is None or now > last_ts):
         last_ts = now
-    return replace(state, last_ts=last_ts, observations=state.observations + 1, **components)
+    # Built positionally rather than with dataclasses.replace (~3x slower): a consensus
+    # observation touches its source's state once per signal.
+    get = components.get
+    return TrustState(
+        get("freshness", state.freshness), get("error_rate", state.error_rate),
+        get("latency", state.latency), get("deviation", state.deviation),
+        get("availability", state.availability), last_ts, state.observations + 1,
+    )
 
 
 def _latency_sample(latency_ms: float, params: TrustParams) -> float:

@@ -242,9 +242,10 @@ def test_trust_and_breaker_state_is_a_deterministic_fold():
 
 @pytest.mark.parametrize("raw", [b'{"a":1}', b' {"a":1} \n', b"{}"])
 def test_route_splice_handles_whitespace_and_empty_objects(raw):
-    from router_stream.core.engine import _with_route
+    from router_stream.core.engine import _open_object
 
-    out = orjson.loads(_with_route(raw, {"x": 1}))
+    body, sep = _open_object(raw)
+    out = orjson.loads(body + sep + b'"route":' + orjson.dumps({"x": 1}) + b"}")
     assert out["route"] == {"x": 1}
 
 
