@@ -30,7 +30,7 @@ from router_stream.core.models import (
     BreakerForce,
     BreakerReset,
     ControlCommand,
-    DecisionDraft,
+    Decision,
     DlqEntry,
     DlqReason,
     HealthEvent,
@@ -611,7 +611,7 @@ class RouterEngine:
         trust, breakers = batch.route_state(route)
         extra = consensus_extra
         # Positional, in field order: 22 keyword arguments cost ~0.7 µs more per decision.
-        decision = DecisionDraft(
+        decision = Decision(
             decision_id, signal.signal_id, signal.tenant, route.kind, list(destinations),
             strategy, tier, version, confidence, trust, breakers,
             origin.topic, origin.partition, origin.offset,  # input_topic/_partition/_offset
@@ -622,7 +622,7 @@ class RouterEngine:
             extra["sources_used"] if extra else None,  # type: ignore[arg-type]
             extra["outliers"] if extra else None,  # type: ignore[arg-type]
             {"replay_of": origin.dlq_id} if origin.dlq_id is not None else {},
-        ).seal()
+        )
         result.decisions.append(decision)
         # The routed value is the producer's bytes with the route object spliced in (SPEC §2),
         # serialised as ``orjson.dumps`` of {decision_id, destination, kind, strategy, tier,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import orjson
 import pytest
 from hypothesis import given
@@ -15,7 +13,6 @@ from router_stream.core.models import (
     CONTROL_ADAPTER,
     BreakerForce,
     Decision,
-    DecisionDraft,
     DlqEntry,
     DlqReason,
     HealthEvent,
@@ -232,28 +229,6 @@ def test_decision_serialises_every_spec_field() -> None:
                  "input_partition", "input_offset", "decided_at", "signal_ts", "value", "method",
                  "sources_used", "outliers"):
         assert name in body
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        _decision().kind = "x"  # type: ignore[misc]
-
-
-def test_a_sealed_draft_is_the_same_frozen_decision() -> None:
-    """The engine builds decisions as drafts (cheaper); what it hands out must be a Decision."""
-    expected = _decision()
-    built = DecisionDraft(**{f.name: getattr(expected, f.name)
-                             for f in dataclasses.fields(Decision)}).seal()
-    assert type(built) is Decision
-    assert built == expected and built.to_json() == expected.to_json()
-    assert [f.name for f in dataclasses.fields(DecisionDraft)] == [
-        f.name for f in dataclasses.fields(Decision)]
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        built.kind = "x"  # type: ignore[misc]
-    defaults = DecisionDraft(**{f.name: getattr(expected, f.name)
-                                for f in dataclasses.fields(Decision)
-                                if f.name not in ("extra", "priority")}).seal()
-    assert defaults.extra == {} and defaults.priority is None
-    assert defaults.extra is not DecisionDraft(**{f.name: getattr(expected, f.name)
-                                                  for f in dataclasses.fields(Decision)
-                                                  if f.name != "extra"}).seal().extra
 
 
 def test_dlq_entry_headers() -> None:
