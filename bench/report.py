@@ -75,6 +75,8 @@ def rows(result: dict[str, Any]) -> list[list[str]]:
         rate = fmt_rate(c.get("sustainable_rate"))
         if c.get("limited_by_generator"):
             rate = f">= {rate} (gen)"
+        elif confirmation(c) == "failed":
+            rate = f"{rate} (unconfirmed)"
         cpu = _num(c.get("cpu_s_per_10k"))
         rss = _num(c.get("peak_rss_mb"))
         out.append([c["label"], rate, fmt_ms(one.get("p50_ms")), fmt_ms(one.get("p99_ms")),
@@ -214,6 +216,7 @@ def render_markdown(result: dict[str, Any], json_path: str, plots: list[str]) ->
         f"| router-stream (Postgres off) / raw passthrough | {_x(r['router_nopg_vs_raw'])} | - |",
         f"| router-stream (Postgres on) / core alone | {_x(r['router_pg_vs_core'])} | - |",
         "",
+        *_ratio_caveat(result),
         *_goal_lines(c),
         "",
         "Where the time goes and what limits these figures (profiles and a latency breakdown, "
@@ -253,6 +256,24 @@ def _x(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}x"
 
 
+def _ratio_caveat(result: dict[str, Any]) -> list[str]:
+    failed = [c["label"] for c in result["contenders"] if confirmation(c) == "failed"]
+    if not failed:
+        return []
+    return [f"These ratios use the table's figures, unconfirmed ones included "
+            f"({', '.join(failed)}): either side of a ratio may be an upper bound.", ""]
+
+
+def confirmation(c: dict[str, Any]) -> str | None:
+    """``held``: a 30 s confirmation step stayed bounded; ``failed``: every one it ran grew a
+    backlog (the rate is then the last short search step that held, an upper bound); None:
+    no confirmation ran (``--quick``, or the time budget ran out first)."""
+    tried = [st for st in c.get("steps", []) if st.get("confirmation")]
+    if not tried:
+        return None
+    return "held" if any(st.get("bounded") for st in tried) else "failed"
+
+
 def _banner(result: dict[str, Any]) -> str:
     if result["mode"] == "quick":
         return ("> **These are `--quick` figures** (2 s search steps, 1.5 s latency windows, "
@@ -261,8 +282,17 @@ def _banner(result: dict[str, Any]) -> str:
                 "the product's performance. The full run (`router-stream bench`, < 10 min, 30 s "
                 "confirmation window) is still to be done on a quiet machine; this page is "
                 "regenerated from its JSON.")
-    return ("> Full run: sustainable rates were held for the 30 s confirmation window. "
-            "Figures from one machine; compare ratios, not absolute numbers, across machines.")
+    held = [c["label"] for c in result["contenders"] if confirmation(c) == "held"]
+    other = [c["label"] for c in result["contenders"]
+             if c.get("steps") and confirmation(c) != "held"]
+    text = "> Full run. "
+    if held:
+        text += f"Held for the 30 s confirmation window: {', '.join(held)}. "
+    if other:
+        text += ("Not confirmed for 30 s (the figure is the last short search step that held, "
+                 f"so an upper bound): {', '.join(other)}. ")
+    return text + ("Figures from one machine; compare ratios, not absolute numbers, across "
+                   "machines.")
 
 
 def _goal_lines(c: dict[str, dict[str, Any]]) -> list[str]:
@@ -288,6 +318,12 @@ def _goal_lines(c: dict[str, dict[str, Any]]) -> list[str]:
 def _status_lines(result: dict[str, Any]) -> list[str]:
     notes = [f"- **{c['label']}**: {c['status']} — {c.get('reason', '')}"
              for c in result["contenders"] if c["status"] != "ok"]
+    for c in result["contenders"]:
+        if confirmation(c) == "failed":
+            tried = ", ".join(f"{st['rate']:,.0f}/s" for st in c["steps"]
+                              if st.get("confirmation"))
+            notes.append(f"- **{c['label']}**: the 30 s confirmation grew a backlog at "
+                         f"{tried}; the sustainable rate is below the figure shown.")
     gen = [c["label"] for c in result["contenders"] if c.get("limited_by_generator")]
     if gen:
         notes.append(f"- Limited by the load generator (the figure is a lower bound): "
