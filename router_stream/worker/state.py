@@ -139,6 +139,8 @@ class StateFollower:
         if beyond:
             raise CheckpointRefused(f"its offsets are past the end of {', '.join(beyond)} "
                                     "(were the topics recreated?)")
+        if not isinstance(ckpt.state, dict):  # a captured checkpoint was never encoded
+            raise CheckpointRefused("checkpoint holds no document")
         engine = self._engine
         baseline = engine.policy
         if ckpt.policy.origin == "control":  # a replay would end on this published policy
