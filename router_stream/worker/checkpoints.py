@@ -178,13 +178,16 @@ class CheckpointWriter:
     """Writes checkpoints with the worker's producer (renewed over time, hence a callable)."""
 
     def __init__(self, settings: Settings, producer: Any, *, writer: str,
-                 stale_keys: list[bytes] | None = None) -> None:
+                 stale_keys: list[bytes] | None = None,
+                 last_offsets: dict[TopicPartition, int] | None = None) -> None:
         self._topic = settings.topic(STATE)
         self._producer = producer
         self.writer = writer
         self._to_delete: list[bytes] = list(stale_keys or [])
         self.written = 0
-        self.last_offsets: dict[TopicPartition, int] | None = None  # of the last one written
+        # The offsets of the newest checkpoint on the topic (the one read at start, then each
+        # one written): an unchanged state is not written again.
+        self.last_offsets = dict(last_offsets) if last_offsets is not None else None
 
     async def write(self, ckpt: Checkpoint) -> tuple[int, int]:
         """Send one checkpoint (chunks, manifest, then tombstones); returns (chunks, bytes)."""

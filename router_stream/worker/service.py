@@ -34,7 +34,7 @@ from router_stream.adapters import postgres as pg
 from router_stream.adapters.heartbeats import HeartbeatStore, KafkaHeartbeats, PostgresHeartbeats
 from router_stream.config import SIGNALS, Settings
 from router_stream.core.breaker import BreakerTransition
-from router_stream.errors import BrokerUnavailable, RouterError, TransientError
+from router_stream.errors import BrokerUnavailable, RouterError, TransientError, UserError
 from router_stream.worker.backoff import Backoff
 from router_stream.worker.checkpoints import (
     Checkpoint,
@@ -176,8 +176,6 @@ class RouterWorker:
     async def _load_checkpoint(self) -> Checkpoint | None:
         """The newest checkpoint on router.state; remembers its superseded chunks for
         deletion by this worker's writer."""
-        from router_stream.errors import UserError
-
         try:
             loaded = await load_checkpoints(self.settings)
         except UserError as exc:  # no router.state topic (only when verification is off)
@@ -185,12 +183,14 @@ class RouterWorker:
             loaded = None
         if loaded is not None and loaded.problem:
             log.warning(loaded.problem)
+        latest = loaded.latest if loaded is not None else None
         if self.settings.checkpoint_interval_s > 0:
             self._checkpoints = CheckpointWriter(
                 self.settings, lambda: self.producer,
                 writer=self.settings.worker_id or default_worker_id(),
-                stale_keys=loaded.stale_keys if loaded is not None else None)
-        return loaded.latest if loaded is not None else None
+                stale_keys=loaded.stale_keys if loaded is not None else None,
+                last_offsets=latest.offsets if latest is not None else None)
+        return latest
 
     def _writes_checkpoints(self) -> bool:
         """One writer per group: the worker that owns partition 0 of ``signals``."""
@@ -204,12 +204,10 @@ class RouterWorker:
         moved since the last one. A failed write is logged and retried at the next interval
         (the previous checkpoint stays valid meanwhile)."""
         assert self.follower is not None and self._checkpoints is not None
-        written: dict[TopicPartition, int] | None = None
-        if self.follower.restored is not None:
-            written = dict(self.follower.restored.offsets)
         while True:
             await asyncio.sleep(every_s)
-            if not self._writes_checkpoints() or self.follower.positions == written:
+            if (not self._writes_checkpoints()
+                    or self.follower.positions == self._checkpoints.last_offsets):
                 continue
             ckpt = self.follower.checkpoint(self._checkpoints.writer)
             if ckpt is None:
@@ -220,7 +218,6 @@ class RouterWorker:
             except TransientError as exc:
                 log.warning("checkpoint not written, will retry", extra={"error": str(exc)})
                 continue
-            written = ckpt.offsets
             log.info("checkpoint written", extra={
                 "checkpoint": ckpt.checkpoint_id, "chunks": chunks, "bytes": size,
                 "seconds": round(time.monotonic() - started, 3),
