@@ -31,6 +31,10 @@ WORKDIR /src
 # Metadata first so the dependency layer is cached while only the code changes.
 COPY pyproject.toml README.md ./
 COPY router_stream ./router_stream
+# router_stream/_data links to these; the wheel carries their contents (package data).
+COPY topics ./topics
+COPY migrations ./migrations
+COPY examples ./examples
 # hadolint ignore=DL3013
 RUN pip install --upgrade pip setuptools wheel \
     && pip install .
@@ -57,11 +61,6 @@ RUN groupadd --system --gid 10001 router \
 COPY --from=build /opt/venv /opt/venv
 
 WORKDIR /app
-# `topics apply` reads topics/ and `db migrate` reads migrations/ relative to the working
-# directory; they are data, not Python modules, so they are copied next to each other here.
-COPY topics ./topics
-COPY migrations ./migrations
-
 # ROUTER_HTTP_HOST: the settings default (127.0.0.1) is right on a laptop but unreachable for
 # probes and Prometheus in a container, so the image listens on every interface.
 # ROUTER_STATE_DIR: faust table stores / local state; the only path the worker writes to, so the

@@ -31,11 +31,12 @@ import orjson
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from router_stream.adapters import data_path
 from router_stream.config import DECISIONS, SIGNALS, SOURCE_HEALTH, Settings
 
 Say = Callable[[str], None]
 
-EXAMPLE_POLICY = Path(__file__).resolve().parent.parent / "examples" / "policy.yaml"
+EXAMPLE_POLICY = data_path("examples") / "policy.yaml"
 COOLDOWN_S = 3
 
 

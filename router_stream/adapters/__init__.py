@@ -16,12 +16,7 @@ logging.getLogger("aiokafka").addHandler(logging.NullHandler())
 
 
 def data_path(name: str) -> Path:
-    """Where a data directory of the repository (``topics``, ``migrations``) is.
-
-    The working directory first (the container image copies them to /app, its WORKDIR, next to
-    an installed package), then the source checkout the package was imported from.
-    """
-    here = Path.cwd() / name
-    if here.exists():
-        return here
-    return Path(__file__).resolve().parents[2] / name
+    """Where a data directory shipped with the package (``topics``, ``migrations``,
+    ``examples``) is: ``router_stream/_data/<name>``, inside the installed wheel or, in a source
+    checkout, a link to the repository's top-level directory of that name."""
+    return Path(__file__).resolve().parents[1] / "_data" / name

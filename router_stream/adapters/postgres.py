@@ -236,7 +236,7 @@ class MigrationState:
 
 
 def default_migrations_dir() -> Path:
-    """``migrations/`` in the working directory, else in the source checkout."""
+    """The migrations shipped with the package (the repository's ``migrations/``)."""
     return data_path("migrations")
 
 

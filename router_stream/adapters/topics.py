@@ -109,7 +109,7 @@ class TopicDeclarations:
 
 
 def default_topics_file() -> Path:
-    """``topics/topics.yaml`` in the working directory, else in the source checkout."""
+    """The topic declarations shipped with the package (the repository's ``topics/``)."""
     return data_path("topics") / "topics.yaml"
 
 

@@ -17,7 +17,7 @@ _dir_opt = click.option(
     "--migrations-dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
-    help="Directory of NNN_name.sql files [the repository's migrations/].",
+    help="Directory of NNN_name.sql files [the migrations shipped with router-stream].",
 )
 _json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 

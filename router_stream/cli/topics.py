@@ -25,7 +25,7 @@ _dest_opt = click.option(
 )
 _file_opt = click.option(
     "--file", "topics_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None, help="Topic declarations [topics/topics.yaml].",
+    default=None, help="Topic declarations [the topics/topics.yaml shipped with router-stream].",
 )
 _json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
