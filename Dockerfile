@@ -11,10 +11,12 @@
 # and builds a virtualenv; the runtime stage copies only that virtualenv, so no compiler, pip cache
 # or source tree ships in the image.
 
-ARG PYTHON_VERSION=3.11
+# A pinned patch release and Debian suite: a rebuild gets the same base unless this line changes.
+ARG PYTHON_VERSION=3.11.13
+ARG DEBIAN_SUITE=bookworm
 
 # ------------------------------------------------------------------------------------------------
-FROM python:${PYTHON_VERSION}-slim AS build
+FROM python:${PYTHON_VERSION}-slim-${DEBIAN_SUITE} AS build
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -28,19 +30,23 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-# Metadata first so the dependency layer is cached while only the code changes.
-COPY pyproject.toml README.md ./
+# The dependency layer depends on pyproject.toml alone, so a code change reuses it.
+COPY pyproject.toml ./
+# hadolint ignore=DL3013
+RUN pip install --upgrade pip setuptools wheel \
+    && python -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt
+
+COPY README.md ./
 COPY router_stream ./router_stream
 # router_stream/_data links to these; the wheel carries their contents (package data).
 COPY topics ./topics
 COPY migrations ./migrations
 COPY examples ./examples
-# hadolint ignore=DL3013
-RUN pip install --upgrade pip setuptools wheel \
-    && pip install .
+RUN pip install --no-deps .
 
 # ------------------------------------------------------------------------------------------------
-FROM python:${PYTHON_VERSION}-slim AS runtime
+FROM python:${PYTHON_VERSION}-slim-${DEBIAN_SUITE} AS runtime
 
 LABEL org.opencontainers.image.title="router-stream" \
       org.opencontainers.image.description="Kafka-native, stateful signal router" \

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
         description="how often the worker that owns partition 0 of `signals` writes a checkpoint "
         "of the shared state to router.state (only when the state topics moved); a starting "
         "worker restores the newest and replays only what came after it. 0: never write")
+    startup_wait_s: float = Field(
+        0.0, ge=0, le=86_400,
+        description="how long a starting worker waits for missing topics (not ready, logging "
+        "what is missing, backing off) before it refuses to start; 0: refuse at once. "
+        "Deployments set it so workers started before the init job wait instead of crash-looping")
     heartbeat_interval_s: float = Field(
         5.0, gt=0, le=300,
         description="how often each worker records its heartbeat; `policy show` calls a worker "

@@ -95,6 +95,7 @@ class RouterWorker:
         self._snapshots = SnapshotSelector()
         self._tasks: list[asyncio.Task[Any]] = []
         self._pg_ok = False
+        self._topics_ok = not verify
         self._crashed: BaseException | None = None
         self.pool: asyncpg.Pool | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -119,12 +120,12 @@ class RouterWorker:
             self.engine = build_engine(s, compiled)
             self._policy_origin = PolicyOrigin("file", text, s.policy_file or "<policy>")
         self.metrics.set_policy(self.engine.policy_version)
-        if self._verify:
-            await self._verify_topics()
         if self._http_enabled:
             self.http = HealthServer(self.metrics, alive=self._alive, readiness=self.readiness)
             port = await self.http.start(s.http_host, s.http_port)
             log.info("http listening", extra={"host": s.http_host, "port": port})
+        if self._verify:
+            await self._wait_for_topics()
         if s.persist:
             self.pool = await pg.create_pool(s, min_size=1, max_size=3)
             self._pg_ok = True
@@ -249,15 +250,36 @@ class RouterWorker:
         self.producer = producer
         return producer
 
-    async def _verify_topics(self) -> None:
+    async def _wait_for_topics(self) -> None:
+        """Verify the declared topics; while some are missing or wrong, wait up to
+        ``startup_wait_s`` (not ready, logging what is missing) — a worker started before the
+        init job is not a crash loop — then refuse to start with one line."""
         from router_stream.adapters.topics import TopicMismatch, verify_topics
 
-        try:
-            await verify_topics(self.settings, self.engine.destinations)
-        except TopicMismatch as exc:
-            problems = "; ".join(str(p) for p in exc.problems)
-            raise StartupRefused(f"refusing to start: {problems} (create them with "
-                                 "`router-stream topics apply --policy FILE`)") from exc
+        deadline = time.monotonic() + self.settings.startup_wait_s
+        attempt = 0
+        while True:
+            try:
+                await verify_topics(self.settings, self.engine.destinations)
+                self._topics_ok = True
+                return
+            except TopicMismatch as exc:
+                problems = "; ".join(str(p) for p in exc.problems)
+            remaining = deadline - time.monotonic()
+            if self._stopping.is_set():
+                raise StartupRefused(f"stopped while waiting for topics: {problems}")
+            if remaining <= 0:
+                raise StartupRefused(f"refusing to start: {problems} (create them with "
+                                     "`router-stream topics apply --policy FILE`)")
+            delay = min(remaining, 10.0, 0.5 * 2 ** attempt)
+            attempt += 1
+            log.warning("waiting for topics", extra={
+                "problems": problems, "retry_in_s": round(delay, 1),
+                "gives_up_in_s": round(remaining, 1),
+                "fix": "router-stream topics apply --policy FILE"})
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=f"router-worker-{name}")
@@ -468,6 +490,7 @@ class RouterWorker:
 
     def readiness(self) -> dict[str, bool]:
         checks = {
+            "topics": self._topics_ok,
             "state_replayed": self.follower is not None and self.follower.caught_up.is_set(),
             "group_joined": self.signals is not None and self.signals.assigned.is_set(),
             "postgres": self.pool is not None and self._pg_ok,

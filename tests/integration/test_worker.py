@@ -437,6 +437,36 @@ async def test_refuses_to_start_with_one_clear_line_when_topics_are_missing(sett
     assert len(errors) == 1 and "refusing to start" in errors[0]
 
 
+async def test_waits_not_ready_for_missing_topics_then_starts(settings, tmp_path):
+    """With ROUTER_STARTUP_WAIT_S a worker started before the topics exist answers /livez, is
+    not ready (``topics`` false) and starts once they are created, instead of exiting."""
+    import aiohttp
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY)
+    s = settings.model_copy(update={"policy_file": str(path), "startup_wait_s": 120.0})
+    await pg.migrate_database(s)
+    w = worker(s)
+    starting = asyncio.create_task(w.start())
+    try:
+        await wait_for(lambda: w.http is not None and w.http.port, 20, "http listening")
+        base = f"http://127.0.0.1:{w.http.port}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/livez") as r:
+                assert r.status == 200
+            async with http.get(f"{base}/readyz") as r:
+                assert r.status == 503 and (await r.json())["checks"]["topics"] is False
+            assert not starting.done()
+            await apply_topics(s, DESTINATIONS)
+            await asyncio.wait_for(starting, 60)
+            async with http.get(f"{base}/readyz") as r:
+                assert (await r.json())["checks"]["topics"] is True
+    finally:
+        if not starting.done():
+            starting.cancel()
+        await w.stop()
+
+
 async def test_health_endpoints_and_metrics(settings, tmp_path):
     import aiohttp
 
