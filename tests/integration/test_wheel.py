@@ -1,8 +1,9 @@
 """A built wheel works outside the checkout: the topic declarations, the migrations and the example
-policy travel inside it, and the worker runs from an unrelated working directory."""
+policy travel inside it, and a worker routes a signal from an unrelated working directory."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,14 +39,14 @@ def _outside_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_") and k != "PYTHONPATH"}
 
 
-def _run(bin_dir: Path, cwd: Path, settings: Settings, *args: str,
-         timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _run(bin_dir: Path, cwd: Path, settings: Settings, *args: str, timeout: float = 120,
+         stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = _outside_env()
     env.update(ROUTER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
                ROUTER_DATABASE_URL=settings.database_url.get_secret_value(),
                ROUTER_TOPIC_PREFIX=settings.topic_prefix, ROUTER_GROUP_ID=settings.group_id,
                ROUTER_STATE_DIR=str(cwd / "state"))
-    return subprocess.run([str(bin_dir / "router-stream"), *args], cwd=cwd, env=env,
+    return subprocess.run([str(bin_dir / "router-stream"), *args], cwd=cwd, env=env, input=stdin,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -71,6 +72,18 @@ def test_the_installed_wheel_runs_the_worker_outside_the_checkout(
     status = _run(wheel_env, tmp_path, settings, "db", "status")
     assert "001_init.sql" in status.stdout and "pending" not in status.stdout, status.stdout
 
+    signal = '{"signal_id": "w-1", "sender_id": "pager-probe", "kind": "alert", ' \
+             '"payload": {"severity": "critical", "text": "disk full"}}\n'
+    done = _run(wheel_env, tmp_path, settings, "produce", "--logical", "signals",
+                "--key-field", "sender_id", stdin=signal)
+    assert done.returncode == 0, done.stderr
     done = _run(wheel_env, tmp_path, settings, "worker", "--policy", str(policy),
                 "--http-port", "0", "--exit-when-idle", "1")
     assert done.returncode == 0, done.stderr[-2000:]
+    done = _run(wheel_env, tmp_path, settings, "tail", "--logical", "router.decisions",
+                "--from-beginning", "--max", "1", "--timeout", "20")
+    (decision,) = [json.loads(line) for line in done.stdout.splitlines()]
+    assert decision["value"]["signal_id"] == "w-1" and decision["value"]["destinations"]
+
+    done = _run(wheel_env, tmp_path, settings, "demo", "--help")
+    assert done.returncode == 0 and "Usage: router-stream demo" in done.stdout
