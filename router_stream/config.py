@@ -86,6 +86,11 @@ class Settings(BaseSettings):
         description="how long a starting worker waits for missing topics (not ready, logging "
         "what is missing, backing off) before it refuses to start; 0: refuse at once. "
         "Deployments set it so workers started before the init job wait instead of crash-looping")
+    metrics_per_id: int = Field(
+        100, ge=0, le=1_000_000,
+        description="how many trust_score and breaker_state series /metrics shows: the lowest "
+        "trust scores and the worst non-closed breakers (router_breakers and "
+        "router_trust_sources count all ids); 0: every id (100k ids are 100k series)")
     heartbeat_interval_s: float = Field(
         5.0, gt=0, le=300,
         description="how often each worker records its heartbeat; `policy show` calls a worker "

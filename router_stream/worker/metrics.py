@@ -4,15 +4,19 @@ A registry per :class:`WorkerMetrics` (not the process-global one) lets tests ru
 in one process and read each one's numbers. Latency buckets span 0.5 ms … 1 s: a batch of 500
 signals is decided, produced, persisted and committed in tens of milliseconds.
 
-``trust_score{source}`` and ``breaker_state{destination}`` have one series per id in state, which
-can be 100k+. They were prometheus_client Gauges refreshed every second: one child object per
-label value (~1.4 kB each, 144 MB at 110k ids) and ~1 s of CPU per refresh at that size
-(bench/state_memory.py). They are now read from the engine when /metrics is scraped
-(:class:`_StateCollector`): no per-id objects, no periodic refresh, and an id that left the state
-leaves the exposition. The snapshot is taken on the event loop; the text is rendered off it,
-after the registry's own metrics.
+``trust_score{source}`` and ``breaker_state{destination}`` are per id, and the state can hold
+100k+ ids: a worker shows only the ``per_id_limit`` lowest trust scores and the ``per_id_limit``
+worst non-closed breakers (``ROUTER_METRICS_PER_ID``; 0 shows every id), plus
+``router_breakers{state}`` and ``router_trust_sources``, which count all of them. They are read
+from the engine when /metrics is scraped (:class:`_StateCollector`): no per-id objects, no
+periodic refresh, and an id that left the state leaves the exposition. The snapshot is taken on
+the event loop; the text is rendered off it, after the registry's own metrics.
 
-Extensions beyond SPEC §7 (documented in docs/worker.md): ``router_batch_size``,
+The registry also carries prometheus_client's process, platform and GC collectors
+(``process_*``, ``python_*``).
+
+Extensions beyond SPEC §7 (documented in docs/worker.md): ``router_breakers{state}``,
+``router_trust_sources``, ``router_batch_size``,
 ``router_transient_retries_total{step}``, ``router_ready``, ``router_policy_info{version}``,
 ``router_breaker_transitions_total{destination,to_state}``.
 """
@@ -20,9 +24,19 @@ Extensions beyond SPEC §7 (documented in docs/worker.md): ``router_batch_size``
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import heapq
+from collections.abc import Callable, Iterable, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0)
@@ -40,22 +54,47 @@ class _StateCollector:
     families: at 220k series its generic path took 2-4 s of CPU (holding the GIL against the hot
     path) and ~47 MB while building the text; this loop is one formatted line per id."""
 
-    def __init__(self) -> None:
+    def __init__(self, per_id_limit: int | None) -> None:
         self.source: StateSource | None = None
         self.taken: tuple[Mapping[str, float], Mapping[str, str]] = ({}, {})
+        self.per_id_limit = per_id_limit
 
     def render(self) -> bytes:
         trust, breakers = self.taken
-        out = bytearray(b"# HELP trust_score Current trust score\n"
-                        b"# TYPE trust_score gauge\n")
-        for source, score in trust.items():
+        out = bytearray(b"# HELP router_breakers Breakers in the shared state, by state\n"
+                        b"# TYPE router_breakers gauge\n")
+        counts = dict.fromkeys(BREAKER_STATE_VALUE, 0)
+        for state in breakers.values():
+            counts[state] = counts.get(state, 0) + 1
+        for state, n in counts.items():
+            out += f'router_breakers{{state="{state}"}} {n}.0\n'.encode()
+        out += (b"# HELP router_trust_sources Sources with a trust score in the shared state\n"
+                b"# TYPE router_trust_sources gauge\n"
+                + f"router_trust_sources {len(trust)}.0\n".encode())
+        out += (b"# HELP trust_score Current trust score\n"
+                b"# TYPE trust_score gauge\n")
+        for source, score in self._shown_trust(trust):
             out += f'trust_score{{source="{_label(source)}"}} {floatToGoString(score)}\n'.encode()
         out += (b"# HELP breaker_state 0 closed, 1 half_open, 2 open\n"
                 b"# TYPE breaker_state gauge\n")
-        for dest, state in breakers.items():
+        for dest, state in self._shown_breakers(breakers):
             value = floatToGoString(BREAKER_STATE_VALUE.get(state, 0))
             out += f'breaker_state{{destination="{_label(dest)}"}} {value}\n'.encode()
         return bytes(out)
+
+    def _shown_trust(self, trust: Mapping[str, float]) -> Iterable[tuple[str, float]]:
+        """Every source, or the ``per_id_limit`` least trusted."""
+        if self.per_id_limit is None:
+            return trust.items()
+        return heapq.nsmallest(self.per_id_limit, trust.items(), key=lambda kv: kv[1])
+
+    def _shown_breakers(self, breakers: Mapping[str, str]) -> Iterable[tuple[str, str]]:
+        """Every breaker, or the ``per_id_limit`` worst that are not closed (open first)."""
+        if self.per_id_limit is None:
+            return breakers.items()
+        tripped = ((d, s) for d, s in breakers.items() if s != "closed")
+        return heapq.nsmallest(self.per_id_limit, tripped,
+                               key=lambda kv: -BREAKER_STATE_VALUE.get(kv[1], 0))
 
 
 def _label(value: str) -> str:
@@ -66,8 +105,12 @@ def _label(value: str) -> str:
 
 
 class WorkerMetrics:
-    def __init__(self) -> None:
+    """``per_id_limit``: how many per-id trust and breaker series to show (None: all)."""
+
+    def __init__(self, per_id_limit: int | None = None) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
         self.signals_received = Counter(
             "signals_received", "Signals consumed, by kind ('unknown' when not decided)",
             ["kind"], registry=r)
@@ -81,7 +124,7 @@ class WorkerMetrics:
         self.retry_attempts = Counter(
             "retry_attempts", "Signals parked on router.retry for another attempt", registry=r)
         self.dlq_backlog = Gauge("dlq_backlog", "Pending dlq_entries rows", registry=r)
-        self._state = _StateCollector()  # trust_score{source}, breaker_state{destination}
+        self._state = _StateCollector(per_id_limit)  # trust_score, breaker_state
         self.confidence = Histogram(
             "decision_confidence", "Confidence of routing decisions",
             buckets=CONFIDENCE_BUCKETS, registry=r)

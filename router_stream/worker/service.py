@@ -82,7 +82,7 @@ class RouterWorker:
     ) -> None:
         self.settings = settings
         self.engine = engine
-        self.metrics = WorkerMetrics()
+        self.metrics = WorkerMetrics(per_id_limit=settings.metrics_per_id or None)
         self._on_step = on_step
         self._backoff = backoff or Backoff()
         self._drain_timeout_s = drain_timeout_s

@@ -216,6 +216,28 @@ def test_trace_id_from_traceparent_or_x_trace_id() -> None:
     assert trace_id_of([]) is None
 
 
+def test_per_id_series_are_bounded_and_counted_in_full() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    trust = {f"src-{i}": i / 1000 for i in range(1000)}
+    breakers = {f"dst-{i}": "closed" for i in range(500)}
+    breakers.update({"dst-7": "open", "dst-8": "half_open", "dst-9": "open"})
+    m = WorkerMetrics(per_id_limit=2)
+    m.set_state(trust, breakers)
+    families = {f.name: {tuple(s.labels.values()): s.value for s in f.samples}
+                for f in text_string_to_metric_families(m.exposition().decode())}
+    assert families["trust_score"] == {("src-0",): 0.0, ("src-1",): 0.001}
+    assert families["breaker_state"] == {("dst-7",): 2.0, ("dst-9",): 2.0}
+    assert families["router_breakers"] == {("closed",): 497, ("half_open",): 1, ("open",): 2}
+    assert families["router_trust_sources"] == {(): 1000}
+    assert "process_resident_memory_bytes" in families and "python_info" in families
+
+    everything = WorkerMetrics()
+    everything.set_state(trust, breakers)
+    text = everything.exposition().decode()
+    assert text.count("\ntrust_score{") == 1000 and text.count("\nbreaker_state{") == 500
+
+
 def test_metrics_use_the_spec_names() -> None:
     m = WorkerMetrics()
     m.signals_received.labels("alert").inc()
