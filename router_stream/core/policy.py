@@ -23,7 +23,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import math
-import re
 from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, Literal, get_args
 
@@ -44,6 +43,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from router_stream.core.rulere import RuleRegexError, compile_rule_regex
 from router_stream.errors import PolicyError, PolicyIssue
 
 __all__ = [
@@ -234,9 +234,9 @@ class FieldMatch(_Section):
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"bad regex {value!r}: {exc}") from None
+                compile_rule_regex(value)
+            except RuleRegexError as exc:
+                raise ValueError(f"regex {value!r} is not RE2 syntax: {exc}") from None
         return value
 
     @model_validator(mode="after")

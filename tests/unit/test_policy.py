@@ -149,8 +149,19 @@ def test_policy_error_is_a_user_error() -> None:
          "destinations.bad name: 'bad name' must be 1-200 characters of letters, digits, '.',"
          " '_', '-' (line 2)"),
         ("classify:\n  - name: r\n    when: {field: payload.x, regex: '(oops'}\n    kind: a\n",
-         "classify[0].when.regex: bad regex '(oops': missing ), unterminated subpattern at"
-         " position 0 (line 3)"),
+         "classify[0].when.regex: regex '(oops' is not RE2 syntax: missing ): (oops (line 3)"),
+        ("classify:\n  - name: r\n    when: {field: payload.x, regex: '(a)\\1'}\n    kind: a\n",
+         "classify[0].when.regex: regex '(a)\\\\1' is not RE2 syntax: invalid escape sequence: \\1"
+         " (backreferences are not supported in RE2) (line 3)"),
+        ("classify:\n  - name: r\n    when: {field: payload.x, regex: 'a(?=b)'}\n    kind: a\n",
+         "classify[0].when.regex: regex 'a(?=b)' is not RE2 syntax: invalid perl operator: (?="
+         " (lookaround is not supported in RE2) (line 3)"),
+        ("classify:\n  - name: r\n    when: {field: payload.x, regex: '(?<!a)b'}\n    kind: a\n",
+         "classify[0].when.regex: regex '(?<!a)b' is not RE2 syntax: invalid perl operator: (?<!"
+         " (lookaround is not supported in RE2) (line 3)"),
+        ("classify:\n  - name: r\n    when: {field: payload.x, regex: 'a++'}\n    kind: a\n",
+         "classify[0].when.regex: regex 'a++' is not RE2 syntax: bad repetition operator: ++"
+         " (atomic groups and possessive quantifiers are not supported in RE2) (line 3)"),
         ("classify:\n  - name: r\n    when: {field: value, range: {min: 5, max: 1}}\n"
          "    kind: a\n",
          "classify[0].when.range: range min (5) is greater than max (1) (line 3)"),
