@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from router_stream.dsn import dsn_problem, mask_dsn
 from router_stream.errors import ConfigError
 
 # Logical topic names (SPEC §2). The configured prefix is prepended to every one of them.
@@ -123,6 +124,17 @@ class Settings(BaseSettings):
                 "ROUTER_KAFKA_SASL_USERNAME and ROUTER_KAFKA_SASL_PASSWORD"
             )
         return self
+
+    @field_validator("database_url")
+    @classmethod
+    def _dsn_is_usable(cls, value: SecretStr) -> SecretStr:
+        # checked here so a bad URL is one line naming what to fix, with the password masked,
+        # instead of a parser traceback holding part of it
+        dsn = value.get_secret_value()
+        problem = dsn_problem(dsn)
+        if problem is not None:
+            raise ValueError(f"{problem} (got {mask_dsn(dsn)})")
+        return value
 
     @field_validator("topic_prefix")
     @classmethod
