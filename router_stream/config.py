@@ -67,7 +67,11 @@ class Settings(BaseSettings):
         "step 2); false: Kafka only, no Postgres pool, `router-stream dlq reindex` rebuilds the "
         "DLQ table from router.dlq when needed",
     )
-    dedupe_window_s: float = Field(3600.0, ge=0)
+    dedupe_window_s: float = Field(3600.0, gt=0, le=7 * 86_400)
+    dedupe_max_entries: int = Field(
+        1_000_000, ge=1, le=100_000_000,
+        description="signal ids the dedupe window holds at most (~150 bytes each); past it the "
+        "oldest are forgotten early")
     http_host: str = "127.0.0.1"
     http_port: int = Field(6066, ge=0, le=65535)
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"

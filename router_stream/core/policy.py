@@ -69,6 +69,7 @@ __all__ = [
     "Rollout",
     "Route",
     "Rule",
+    "BucketLimit",
     "TenantLimit",
     "TrustPolicy",
     "TrustWeights",
@@ -381,7 +382,7 @@ class Defaults(_Section):
     priority: int | None = Field(default=None, ge=0, le=9)
 
 
-class TenantLimit(_Section):
+class BucketLimit(_Section):
     """Token bucket: ``rate`` signals/s sustained, ``burst`` at once (default: max(rate, 1))."""
 
     rate: float = Field(ge=0.0, allow_inf_nan=False)
@@ -390,6 +391,19 @@ class TenantLimit(_Section):
     @property
     def effective_burst(self) -> float:
         return self.burst if self.burst is not None else max(self.rate, 1.0)
+
+
+UNKNOWN_TENANT_OPTIONS = ("shared", "total", "max_buckets")
+
+
+class TenantLimit(BucketLimit):
+    """A tenant's bucket. The ``default`` entry (every tenant not named) also takes how those
+    tenants share: ``shared`` (one bucket between them all), ``total`` (a bucket they all draw
+    from as well) and ``max_buckets`` (own buckets remembered, least recently used forgotten)."""
+
+    shared: bool = False
+    total: BucketLimit | None = None
+    max_buckets: int = Field(default=100_000, ge=1, le=10_000_000)
 
 
 class RedactPolicy(_Section):
@@ -500,6 +514,7 @@ def cross_check(policy: Policy, prefix: Loc = ()) -> list[tuple[Loc, str]]:
     issues += _check_routes(policy)
     issues += _check_rules(policy)
     issues += _check_defaults(policy)
+    issues += _check_tenants(policy)
     rollout = policy.rollout
     if rollout is not None and rollout.candidate is not None:
         if rollout.candidate.rollout is not None:
@@ -507,6 +522,17 @@ def cross_check(policy: Policy, prefix: Loc = ()) -> list[tuple[Loc, str]]:
                            "a candidate policy cannot have its own rollout"))
         issues += cross_check(rollout.candidate, ("rollout", "candidate"))
     return [(prefix + loc, why) for loc, why in issues]
+
+
+def _check_tenants(policy: Policy) -> Iterator[tuple[Loc, str]]:
+    for name, limit in policy.tenants.items():
+        if name == "default":
+            continue
+        for option in UNKNOWN_TENANT_OPTIONS:
+            if option in limit.model_fields_set:
+                yield (("tenants", name, option),
+                       f"{option} applies to tenants the policy does not name: give it under "
+                       "tenants.default")
 
 
 def _check_routes(policy: Policy) -> Iterator[tuple[Loc, str]]:
