@@ -130,7 +130,10 @@ def _check_path(path: str) -> str:
 FieldPath = Annotated[str, AfterValidator(_check_path)]
 Name = Annotated[str, Field(pattern=_NAME)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-PositiveSeconds = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+# Durations are bounded so a typo (an extra few zeros) is refused at validate time rather than
+# pinning a breaker open or a parked signal for centuries.
+MAX_DURATION_S = 30 * 86_400.0
+PositiveSeconds = Annotated[float, Field(gt=0.0, le=MAX_DURATION_S, allow_inf_nan=False)]
 
 
 class _Section(BaseModel):
@@ -326,7 +329,8 @@ class ConsensusParams(_Section):
     """Modified z-score above which a source is an outlier (below 0.6745 nothing is inlier)."""
     max_dispersion: float = Field(default=0.05, ge=0.0, allow_inf_nan=False)
     max_staleness_s: PositiveSeconds = 30.0
-    synthetic_max_age_s: float = Field(default=300.0, ge=0.0, allow_inf_nan=False)
+    synthetic_max_age_s: float = Field(default=300.0, ge=0.0, le=MAX_DURATION_S,
+                                       allow_inf_nan=False)
     min_sources: int = Field(default=1, ge=1)
     default_trust: Fraction = 0.5
 
@@ -335,7 +339,7 @@ class RetryParams(_Section):
     """When no destination is healthy: park and retry up to ``max_attempts`` times (0: DLQ)."""
 
     max_attempts: int = Field(default=0, ge=0, le=100)
-    delay_ms: int = Field(default=1000, ge=0)
+    delay_ms: int = Field(default=1000, ge=0, le=86_400_000)  # doubles per attempt
 
 
 def _non_empty_tier(tier: list[str]) -> list[str]:

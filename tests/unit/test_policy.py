@@ -143,6 +143,11 @@ def test_policy_error_is_a_user_error() -> None:
         ("trust:\n  wieghts: {}\n", "trust.wieghts: unknown field (line 2)"),
         ("breaker:\n  cooldown_s: 100\n  max_cooldown_s: 10\n",
          "breaker: max_cooldown_s (10.0) is below cooldown_s (100.0) (line 1)"),
+        ("breaker:\n  probe_timeout_s: 99999999999\n",
+         "breaker.probe_timeout_s: Input should be less than or equal to 2592000 (line 2)"),
+        ("routes:\n  a:\n    strategy: fanout\n    destinations: [x]\n"
+         "    retry: {max_attempts: 3, delay_ms: 999999999999}\n",
+         "routes.a.retry.delay_ms: Input should be less than or equal to 86400000 (line 5)"),
         ("breaker:\n  failure_threshold: 0\n",
          "breaker.failure_threshold: Input should be greater than or equal to 1 (line 2)"),
         ("destinations:\n  'bad name': {}\n",
