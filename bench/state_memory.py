@@ -20,6 +20,8 @@ destinations in state", measured on a real ``router-stream worker`` process.
               its ``trust_snapshots`` rows in Postgres; the run fails (exit 2) when any of them
               holds fewer than the sources / destinations published
     cleanup   every topic under the prefix and the database are deleted, also on failure
+    keys      then :mod:`bench.key_flood`: 1M unique tenants and 1M unique signal ids through the
+              engine in-process, RSS before and after (``--key-flood 0`` skips it)
 
 Why the 10,000 destinations are not declared in the policy: the worker verifies a
 ``routed.<d>`` topic for every destination its policy declares and refuses to start without
