@@ -20,6 +20,8 @@ destinations in state", measured on a real ``router-stream worker`` process.
               its ``trust_snapshots`` rows in Postgres; the run fails (exit 2) when any of them
               holds fewer than the sources / destinations published
     cleanup   every topic under the prefix and the database are deleted, also on failure
+    keys      then :mod:`bench.key_flood`: 1M unique tenants and 1M unique signal ids through the
+              engine in-process, RSS before and after (``--key-flood 0`` skips it)
 
 Why the 10,000 destinations are not declared in the policy: the worker verifies a
 ``routed.<d>`` topic for every destination its policy declares and refuses to start without
@@ -86,6 +88,8 @@ from typing import Any
 
 import orjson
 
+from bench import key_flood
+
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -104,6 +108,7 @@ class Spec:
     warm_signals: int = 3_000      # routed by each worker before its memory is read
     settle_s: float = 15.0         # sampling window after the warm signals (>= 1 trust snapshot)
     limit_mb: float = RSS_GOAL_MB
+    key_flood: int = 1_000_000     # unique tenants / ids for bench/key_flood.py (0: skip it)
 
     def __post_init__(self) -> None:
         if self.sources < 10 or self.destinations < 2:
@@ -876,6 +881,9 @@ def main(*, out_dir: Path, spec: Spec | None = None, profile: bool | None = None
     if profile or (profile is None and not s.get("goal_met", True)):
         result["profile"] = profile_in_process(spec)
         print_profile(result["profile"], say)
+    if spec.key_flood:
+        result["key_flood"] = key_flood.measure(spec.key_flood)
+        key_flood.print_report(result["key_flood"], say)
     say(f"results: {save(result, out_dir)}")
     return 0
 
@@ -892,6 +900,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warm-signals", type=int, default=d.warm_signals)
     p.add_argument("--settle", type=float, default=d.settle_s, help="seconds of RSS sampling")
     p.add_argument("--limit-mb", type=float, default=d.limit_mb)
+    p.add_argument("--key-flood", type=int, default=d.key_flood,
+                   help="then 1M unique tenants and 1M unique signal ids through the engine "
+                        "(bench/key_flood.py, ~2 min); 0 skips it")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     group = p.add_mutually_exclusive_group()
     group.add_argument("--profile", action="store_true", default=None,
@@ -905,7 +916,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def spec_from_args(args: argparse.Namespace) -> Spec:
     return Spec(sources=args.sources, destinations=args.destinations,
                 events_per_entry=args.events_per_entry, warm_signals=args.warm_signals,
-                settle_s=args.settle, limit_mb=args.limit_mb)
+                settle_s=args.settle, limit_mb=args.limit_mb, key_flood=args.key_flood)
 
 
 if __name__ == "__main__":

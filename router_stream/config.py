@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from router_stream.dsn import dsn_problem, mask_dsn
 from router_stream.errors import ConfigError
 
 # Logical topic names (SPEC §2). The configured prefix is prepended to every one of them.
@@ -66,7 +67,11 @@ class Settings(BaseSettings):
         "step 2); false: Kafka only, no Postgres pool, `router-stream dlq reindex` rebuilds the "
         "DLQ table from router.dlq when needed",
     )
-    dedupe_window_s: float = Field(3600.0, ge=0)
+    dedupe_window_s: float = Field(3600.0, gt=0, le=7 * 86_400)
+    dedupe_max_entries: int = Field(
+        1_000_000, ge=1, le=100_000_000,
+        description="signal ids the dedupe window holds at most (~150 bytes each); past it the "
+        "oldest are forgotten early")
     http_host: str = "127.0.0.1"
     http_port: int = Field(6066, ge=0, le=65535)
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
@@ -133,6 +138,17 @@ class Settings(BaseSettings):
                 "ROUTER_KAFKA_SASL_USERNAME and ROUTER_KAFKA_SASL_PASSWORD"
             )
         return self
+
+    @field_validator("database_url")
+    @classmethod
+    def _dsn_is_usable(cls, value: SecretStr) -> SecretStr:
+        # checked here so a bad URL is one line naming what to fix, with the password masked,
+        # instead of a parser traceback holding part of it
+        dsn = value.get_secret_value()
+        problem = dsn_problem(dsn)
+        if problem is not None:
+            raise ValueError(f"{problem} (got {mask_dsn(dsn)})")
+        return value
 
     @field_validator("topic_prefix")
     @classmethod

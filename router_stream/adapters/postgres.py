@@ -45,6 +45,7 @@ from router_stream.adapters import data_path
 from router_stream.config import Settings
 from router_stream.core.breaker import BreakerTransition
 from router_stream.core.models import Decision, DlqEntry
+from router_stream.dsn import scrub
 from router_stream.errors import DatabaseUnavailable, RouterError, UserError
 
 __all__ = [
@@ -127,9 +128,10 @@ def _ssl_argument(settings: Settings) -> str | ssl.SSLContext | None:
 
 
 def _describe_target(settings: Settings) -> str:
-    """host:port/db of the URL, without user or password, for error messages."""
+    """host[:port][,…]/db of the URL, without user or password, for error messages."""
     parts = urlsplit(settings.database_url.get_secret_value())
-    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or ''}"
+    hosts = parts.netloc.rpartition("@")[2]  # not .hostname/.port: a host list has commas
+    return f"{hosts or 'localhost'}{parts.path or ''}"
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -153,9 +155,9 @@ def _connect_options(settings: Settings, timeout: float) -> dict[str, Any]:
 
 def _unreachable(settings: Settings, exc: BaseException) -> DatabaseUnavailable:
     target = _describe_target(settings)
-    return DatabaseUnavailable(
-        f"cannot connect to Postgres at {target}: {exc or type(exc).__name__}"
-    )
+    # the driver's message may quote the DSN: never let the password through
+    reason = scrub(str(exc) or type(exc).__name__, settings.database_url.get_secret_value())
+    return DatabaseUnavailable(f"cannot connect to Postgres at {target}: {reason}")
 
 
 async def connect(settings: Settings, *, timeout: float = 10.0) -> asyncpg.Connection:

@@ -216,7 +216,7 @@ async def tail_topic(
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest record [the end].")
 @click.option("--max", "max_records", type=click.IntRange(min=1), default=None,
               help="Stop after N records.")
-@click.option("--timeout", type=float, default=None,
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True, max=86_400), default=None,
               help="Stop after S seconds without a new record [follow forever].")
 @click.option("--logical", is_flag=True, help="TOPIC is a logical name: add ROUTER_TOPIC_PREFIX.")
 @click.option("--raw", is_flag=True, help="Print only each value's bytes, one per line.")

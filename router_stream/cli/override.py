@@ -30,11 +30,14 @@ from router_stream.cli import cli
 from router_stream.config import Settings
 from router_stream.core.models import OverrideClear, OverrideSet
 from router_stream.core.overrides import OverrideKind
-from router_stream.dlq.timespec import parse_duration
+from router_stream.dlq.timespec import MAX_DURATION, parse_duration
 from router_stream.errors import ConfigError, UserError
 
 T = TypeVar("T")
 DEFAULT_TTL = "1h"
+# what a stored expiry beyond datetime's range (year 9999) is shown as; such rows predate the
+# TTL bound or were written by hand, and must still list
+FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
 
 
 def _settings() -> Settings:
@@ -105,6 +108,8 @@ async def set_override(
     it in routing_overrides. Returns the command as sent (with its ``command_id``)."""
     from router_stream.adapters.control import send_control
 
+    if not 0 < ttl_s <= MAX_DURATION.total_seconds():
+        raise UserError(f"ttl must be more than 0s and at most {MAX_DURATION.days}d")
     now = time.time()
     forced = action is OverrideKind.FORCE_DESTINATION
     command = OverrideSet(
@@ -138,14 +143,28 @@ async def list_overrides(settings: Settings, *, include_all: bool = False) -> li
         " WHERE cleared_at IS NULL AND (expires_at IS NULL OR expires_at > now())")
 
     async def fetch(conn: Any) -> list[OverrideRow]:
+        # expires_at as epoch seconds: asyncpg cannot decode a year past 9999 into a datetime
         rows = await conn.fetch(
-            "SELECT id, override_kind, selector, target, reason, created_by, expires_at,"
+            "SELECT id, override_kind, selector, target, reason, created_by,"
+            " extract(epoch FROM expires_at)::float8 AS expires_epoch,"
             f" created_at, cleared_at, cleared_by FROM routing_overrides{where}"
             " ORDER BY created_at DESC, id")
-        return [OverrideRow(**dict(r)) for r in rows]
+        return [_row(dict(r)) for r in rows]
 
     result: list[OverrideRow] = await _in_db(settings, fetch)
     return result
+
+
+def _row(record: dict[str, Any]) -> OverrideRow:
+    epoch = record.pop("expires_epoch")
+    return OverrideRow(**record, expires_at=None if epoch is None else _expiry(epoch))
+
+
+def _expiry(epoch: float) -> datetime:
+    try:
+        return datetime.fromtimestamp(epoch, UTC)
+    except (OverflowError, ValueError, OSError):  # beyond year 9999 (or 'infinity')
+        return FAR_FUTURE if epoch > 0 else datetime.min.replace(tzinfo=UTC)
 
 
 async def clear_override(settings: Settings, override_id: str, *, issued_by: str = ""
@@ -205,7 +224,7 @@ def override() -> None:
 @click.option("--drain", metavar="DEST", help="Send no new traffic to DEST.")
 @click.option("--exclude-source", metavar="SRC", help="Leave source SRC out of consensus.")
 @click.option("--ttl", default=DEFAULT_TTL, show_default=True,
-              help="How long it lasts: 30s, 10m, 1h, 2d.")
+              help="How long it lasts: 30s, 10m, 1h, 2d (at most 365d).")
 @click.option("--reason", default="", help="Why (recorded, shown by `override list`).")
 @click.option("--id", "override_id", help="Override id [generated]; reusing one replaces it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the command sent as JSON.")
@@ -272,8 +291,9 @@ def list_(include_all: bool, as_json: bool) -> None:
     table = Table("id", "kind", "selector", "target", "expires", "state", "reason")
     for r in rows:
         selector = " ".join(f"{k}={v}" for k, v in r.selector.items() if v is not None) or "*"
-        expires = (r.expires_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-                   if r.expires_at else "")
+        expires = ("" if r.expires_at is None else "after 9999-12-31"
+                   if r.expires_at == FAR_FUTURE
+                   else r.expires_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"))
         table.add_row(r.id, r.override_kind, selector, r.target or "", expires, r.state(now),
                       r.reason)
     table.caption = f"{len(rows)} overrides"

@@ -8,7 +8,7 @@ from router_stream.cli import cli
 
 
 @cli.command("worker")
-@click.option("--exit-when-idle", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+@click.option("--exit-when-idle", type=click.FloatRange(0, 86_400), default=None, metavar="SECONDS",
               help="Burst mode: exit once the input lag has been 0 for SECONDS (tests, demo).")
 @click.option("--http-port", type=click.IntRange(0, 65535), default=None,
               help="Port of /livez /readyz /metrics (default ROUTER_HTTP_PORT).")

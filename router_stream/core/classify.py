@@ -11,7 +11,7 @@ Matching semantics (the policy docs repeat them):
 * a path that does not resolve is *absent*; ``exists: true`` means present and not null;
 * ``equals``/``in`` compare JSON values, and booleans only equal booleans (``1`` is not ``true``);
 * ``contains_any``: a substring of a string value, or a shared element with a list value;
-* ``regex``: ``re.search`` on string values only; ``range``: inclusive, numbers only;
+* ``regex``: an RE2 search (linear time, :mod:`.rulere`) on strings; ``range``: inclusive, numbers;
 * a ``*`` path segment matches any key / list element; the test passes if any of them passes.
 
 Priority of a classified signal: the signal's own ``priority`` if it has one, else the rule's,
@@ -20,7 +20,6 @@ else ``defaults.priority``. A signal that names its ``kind`` skips the rules alt
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -36,6 +35,7 @@ from router_stream.core.policy import (
     Policy,
     split_path,
 )
+from router_stream.core.rulere import compile_rule_regex
 
 __all__ = ["Classifier", "CompiledRule", "compile_condition", "compile_rules"]
 
@@ -220,7 +220,7 @@ def _compile_test(match: FieldMatch) -> Test:
     if op == "contains_any":
         return _contains_any_test(match.contains_any or [])
     if op == "regex":
-        search = re.compile(match.regex or "").search
+        search = compile_rule_regex(match.regex or "").search
         return lambda v: type(v) is str and search(v) is not None
     if op == "exists":
         want = bool(match.exists)

@@ -14,8 +14,8 @@ from typing import Literal
 
 from router_stream.core.breaker import BreakerConfig
 from router_stream.core.models import Signal
-from router_stream.core.policy import Policy
-from router_stream.core.ratelimit import RateLimit
+from router_stream.core.policy import Policy, TenantLimit
+from router_stream.core.ratelimit import NO_OPTIONS, RateLimit, UnknownTenants
 from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
 from router_stream.core.rollout import RolloutSpec
 from router_stream.core.strategies import BanditConfig, ConsensusConfig
@@ -60,6 +60,8 @@ class CompiledPolicy:
     tenant_limits: Mapping[str, RateLimit]
     default_limit: RateLimit | None
     rollout: RolloutSpec | None = None
+    # how tenants the policy does not name share default_limit (and a total over all of them)
+    unknown_tenants: UnknownTenants = NO_OPTIONS
     # What persisting and logging mask. The default is what a policy without a redact section
     # gets (every detector), so a CompiledPolicy built by hand never persists PII by omission.
     redactor: Redactor = field(default_factory=lambda: DEFAULT_REDACTOR)
@@ -139,8 +141,20 @@ def compile_policy(
         tenant_limits=limits,
         default_limit=RateLimit(rate=default.rate, burst=default.effective_burst)
         if default else None,
+        unknown_tenants=_unknown_tenants(default),
         rollout=rollout,
         redactor=redactor,
+    )
+
+
+def _unknown_tenants(default: TenantLimit | None) -> UnknownTenants:
+    if default is None:
+        return NO_OPTIONS
+    total = default.total
+    return UnknownTenants(
+        shared=default.shared,
+        total=RateLimit(rate=total.rate, burst=total.effective_burst) if total else None,
+        max_buckets=default.max_buckets,
     )
 
 

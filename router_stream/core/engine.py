@@ -67,7 +67,7 @@ from router_stream.core.overrides import (
     set_override,
 )
 from router_stream.core.parsing import Rejection, parse_signal
-from router_stream.core.ratelimit import TokenBucket, admit_limit
+from router_stream.core.ratelimit import TenantBuckets
 from router_stream.core.rollout import (
     Arm,
     RolloutMonitor,
@@ -183,7 +183,8 @@ class BreakerTable(dict[str, Breaker]):
 class RouterEngine:
     """Per-worker routing state plus the functions that decide and fold events into it."""
 
-    def __init__(self, policy: CompiledPolicy, *, seed: int = 0, dedupe_window_s: float = 3600.0):
+    def __init__(self, policy: CompiledPolicy, *, seed: int = 0, dedupe_window_s: float = 3600.0,
+                 dedupe_max_entries: int = 1_000_000):
         self._policy = policy
         self._rng = random.Random(seed)
         self._trust: dict[str, tr.TrustState] = {}
@@ -191,8 +192,8 @@ class RouterEngine:
         self._arms: dict[str, BanditArm] = {}
         self._load: dict[str, LoadCounter] = {}
         self._overrides: dict[str, Override] = {}
-        self._buckets: dict[str, TokenBucket] = {}
-        self._dedupe = DedupeWindow(dedupe_window_s)
+        self._buckets = TenantBuckets()
+        self._dedupe = DedupeWindow(dedupe_window_s, dedupe_max_entries)
         self._observations: dict[str, dict[str, Observation]] = {}
         self._last_good: dict[str, LastGood] = {}
         # Shadow evaluations draw from their own stream so that shadowing never changes what
@@ -520,12 +521,9 @@ class RouterEngine:
         return None
 
     def _admit(self, tenant: str, now: float) -> bool:
-        limit = self._policy.tenant_limits.get(tenant, self._policy.default_limit)
-        if limit is None:
-            return True
-        ok, bucket = admit_limit(self._buckets.get(tenant, TokenBucket()), now, limit)
-        self._buckets[tenant] = bucket
-        return ok
+        policy = self._policy
+        return self._buckets.admit(tenant, now, policy.tenant_limits, policy.default_limit,
+                                   policy.unknown_tenants)
 
     def _decide_select(self, record: InboundRecord, origin: _Origin, signal: Signal,
                        route: RouteSpec, priority: int | None, now: float, batch: _BatchView,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import math
-import re
 from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, Literal, get_args
 
@@ -44,6 +43,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from router_stream.core.rulere import RuleRegexError, compile_rule_regex
 from router_stream.errors import PolicyError, PolicyIssue
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "AnyOf",
     "BanditParams",
     "BreakerPolicy",
+    "BucketLimit",
     "Condition",
     "ConsensusParams",
     "Defaults",
@@ -129,7 +130,10 @@ def _check_path(path: str) -> str:
 FieldPath = Annotated[str, AfterValidator(_check_path)]
 Name = Annotated[str, Field(pattern=_NAME)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-PositiveSeconds = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+# Durations are bounded so a typo (an extra few zeros) is refused at validate time rather than
+# pinning a breaker open or a parked signal for centuries.
+MAX_DURATION_S = 30 * 86_400.0
+PositiveSeconds = Annotated[float, Field(gt=0.0, le=MAX_DURATION_S, allow_inf_nan=False)]
 
 
 class _Section(BaseModel):
@@ -234,9 +238,9 @@ class FieldMatch(_Section):
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"bad regex {value!r}: {exc}") from None
+                compile_rule_regex(value)
+            except RuleRegexError as exc:
+                raise ValueError(f"regex {value!r} is not RE2 syntax: {exc}") from None
         return value
 
     @model_validator(mode="after")
@@ -325,7 +329,8 @@ class ConsensusParams(_Section):
     """Modified z-score above which a source is an outlier (below 0.6745 nothing is inlier)."""
     max_dispersion: float = Field(default=0.05, ge=0.0, allow_inf_nan=False)
     max_staleness_s: PositiveSeconds = 30.0
-    synthetic_max_age_s: float = Field(default=300.0, ge=0.0, allow_inf_nan=False)
+    synthetic_max_age_s: float = Field(default=300.0, ge=0.0, le=MAX_DURATION_S,
+                                       allow_inf_nan=False)
     min_sources: int = Field(default=1, ge=1)
     default_trust: Fraction = 0.5
 
@@ -334,7 +339,7 @@ class RetryParams(_Section):
     """When no destination is healthy: park and retry up to ``max_attempts`` times (0: DLQ)."""
 
     max_attempts: int = Field(default=0, ge=0, le=100)
-    delay_ms: int = Field(default=1000, ge=0)
+    delay_ms: int = Field(default=1000, ge=0, le=86_400_000)  # doubles per attempt
 
 
 def _non_empty_tier(tier: list[str]) -> list[str]:
@@ -381,7 +386,7 @@ class Defaults(_Section):
     priority: int | None = Field(default=None, ge=0, le=9)
 
 
-class TenantLimit(_Section):
+class BucketLimit(_Section):
     """Token bucket: ``rate`` signals/s sustained, ``burst`` at once (default: max(rate, 1))."""
 
     rate: float = Field(ge=0.0, allow_inf_nan=False)
@@ -390,6 +395,19 @@ class TenantLimit(_Section):
     @property
     def effective_burst(self) -> float:
         return self.burst if self.burst is not None else max(self.rate, 1.0)
+
+
+UNKNOWN_TENANT_OPTIONS = ("shared", "total", "max_buckets")
+
+
+class TenantLimit(BucketLimit):
+    """A tenant's bucket. The ``default`` entry (every tenant not named) also takes how those
+    tenants share: ``shared`` (one bucket between them all), ``total`` (a bucket they all draw
+    from as well) and ``max_buckets`` (own buckets remembered, least recently used forgotten)."""
+
+    shared: bool = False
+    total: BucketLimit | None = None
+    max_buckets: int = Field(default=100_000, ge=1, le=10_000_000)
 
 
 class RedactPolicy(_Section):
@@ -500,6 +518,7 @@ def cross_check(policy: Policy, prefix: Loc = ()) -> list[tuple[Loc, str]]:
     issues += _check_routes(policy)
     issues += _check_rules(policy)
     issues += _check_defaults(policy)
+    issues += _check_tenants(policy)
     rollout = policy.rollout
     if rollout is not None and rollout.candidate is not None:
         if rollout.candidate.rollout is not None:
@@ -507,6 +526,17 @@ def cross_check(policy: Policy, prefix: Loc = ()) -> list[tuple[Loc, str]]:
                            "a candidate policy cannot have its own rollout"))
         issues += cross_check(rollout.candidate, ("rollout", "candidate"))
     return [(prefix + loc, why) for loc, why in issues]
+
+
+def _check_tenants(policy: Policy) -> Iterator[tuple[Loc, str]]:
+    for name, limit in policy.tenants.items():
+        if name == "default":
+            continue
+        for option in UNKNOWN_TENANT_OPTIONS:
+            if option in limit.model_fields_set:
+                yield (("tenants", name, option),
+                       f"{option} applies to tenants the policy does not name: give it under "
+                       "tenants.default")
 
 
 def _check_routes(policy: Policy) -> Iterator[tuple[Loc, str]]:

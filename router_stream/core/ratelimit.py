@@ -7,11 +7,23 @@ admits more than ``burst + rate·t`` cost over any interval of length ``t`` of i
 The clock is the caller's ``now``; the bucket keeps the largest ``now`` it has seen as
 ``last_ts``, so a clock that steps backwards (or an out-of-order event time) refills nothing
 rather than minting tokens. The bound above holds on that monotone clock.
+
+:class:`TenantBuckets` holds the buckets of one engine with memory bounded whatever tenant
+values arrive. Tenants the policy names have one bucket each (as many as the policy names).
+Tenants it does not name — any string a producer puts in ``tenant`` — are limited as
+:class:`UnknownTenants` says: one shared bucket between all of them, or one each, kept in
+least-recently-used order, dropped once refilled to full (a full bucket is what a new one
+starts as: it carries no information) and capped at ``max_buckets`` (past it the least recently
+used is forgotten, and that tenant starts full again); and optionally a ``total`` bucket all of
+them draw from together, which is what stops a producer that rotates tenant values from getting
+a fresh burst each time.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,3 +84,90 @@ def admit_limit(
 ) -> tuple[bool, TokenBucket]:
     """:func:`admit` with a validated :class:`RateLimit`."""
     return admit(bucket, now, limit.rate, limit.burst, cost)
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownTenants:
+    """How tenants the policy does not name share their limits (the policy's ``default``)."""
+
+    shared: bool = False  # one bucket between all of them instead of one each
+    total: RateLimit | None = None  # what all of them together may use
+    max_buckets: int = 100_000  # own buckets remembered at most (least recently used go)
+
+    def __post_init__(self) -> None:
+        if self.max_buckets < 1:
+            raise ValueError(f"max_buckets must be >= 1, got {self.max_buckets}")
+
+
+NO_OPTIONS: UnknownTenants = UnknownTenants()
+
+
+class TenantBuckets:
+    """Every tenant's bucket, with memory bounded under unbounded tenant values."""
+
+    __slots__ = ("_named", "_unknown", "_shared", "_total")
+
+    def __init__(self) -> None:
+        self._named: dict[str, TokenBucket] = {}
+        self._unknown: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._shared = TokenBucket()
+        self._total = TokenBucket()
+
+    def __len__(self) -> int:
+        """Buckets held for single tenants (named and unknown; not the shared and total ones)."""
+        return len(self._named) + len(self._unknown)
+
+    def admit(self, tenant: str, now: float, named: Mapping[str, RateLimit],
+              default: RateLimit | None, options: UnknownTenants = NO_OPTIONS,
+              cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens for ``tenant`` at ``now``: from its own bucket when ``named``
+        lists it, else per ``default`` (each unknown tenant's limit; None: none) and
+        ``options``. A refused signal takes no token from any bucket."""
+        limit = named.get(tenant)
+        if limit is not None:
+            ok, self._named[tenant] = admit_limit(
+                self._named.get(tenant, TokenBucket()), now, limit, cost)
+            return ok
+        return self._admit_unknown(tenant, now, default, options, cost)
+
+    def _admit_unknown(self, tenant: str, now: float, limit: RateLimit | None,
+                       options: UnknownTenants, cost: float) -> bool:
+        total = options.total
+        if total is not None:
+            ok, after = admit_limit(self._total, now, total, cost)
+            if not ok:
+                return False  # not stored: a later refill from the old state is the same
+        if limit is not None and not self._take_own(tenant, now, limit, options, cost):
+            return False
+        if total is not None:
+            self._total = after
+        return True
+
+    def _take_own(self, tenant: str, now: float, limit: RateLimit, options: UnknownTenants,
+                  cost: float) -> bool:
+        if options.shared:
+            ok, self._shared = admit_limit(self._shared, now, limit, cost)
+            return ok
+        buckets = self._unknown
+        bucket = buckets.pop(tenant, None)  # re-inserted last: the most recently used
+        ok, buckets[tenant] = admit_limit(bucket or TokenBucket(), now, limit, cost)
+        self._forget(now, limit, options.max_buckets)
+        return ok
+
+    def _forget(self, now: float, limit: RateLimit, max_buckets: int) -> None:
+        """Drop least recently used buckets over the cap and those refilled to full: each is
+        looked at once, so this costs O(1) per admit on average."""
+        buckets = self._unknown
+        while buckets:
+            oldest = next(iter(buckets.values()))
+            if len(buckets) <= max_buckets and not _is_full(oldest, now, limit):
+                return
+            buckets.popitem(last=False)
+
+
+def _is_full(bucket: TokenBucket, now: float, limit: RateLimit) -> bool:
+    if bucket.last_ts is None:
+        return True
+    idle = now - bucket.last_ts
+    refilled = bucket.tokens + idle * limit.rate if idle > 0 else bucket.tokens
+    return refilled >= limit.burst

@@ -6,10 +6,13 @@ The broker runs on loopback with the machine's Java 17 as ``kafka.Kafka server.p
 
 With ``secure=True`` (``stack up --secure``) the client listener is SASL_SSL (SCRAM-SHA-512,
 SCRAM-SHA-256 and PLAIN) with a certificate from :mod:`router_stream.stack.security`; the broker
-talks to itself over that same listener as its own SCRAM user, so no unauthenticated listener is
-left for clients. Only the KRaft controller listener stays PLAINTEXT, bound to loopback and not
-advertised. SCRAM credentials are written into the metadata log at format time
-(``StorageTool format --add-scram``), from a 0600 argument file rather than the command line.
+talks to itself over that same listener as its own SCRAM user. The KRaft controller listener
+(loopback, not advertised) is SASL_SSL too, with PLAIN and the one user ``broker`` (KRaft
+controllers cannot use SCRAM: its credentials live in the metadata log they serve), so no port
+of the stack answers an unauthenticated request — on loopback, binding alone would leave the
+controller's admin APIs (DescribeConfigs, IncrementalAlterConfigs …) open to every local user.
+SCRAM credentials are written into the metadata log at format time (``StorageTool format
+--add-scram``), from a 0600 argument file rather than the command line.
 """
 
 from __future__ import annotations
@@ -137,6 +140,7 @@ def _server_properties(
     tls: security.TlsFiles | None = None,
 ) -> str:
     name = cfg.security_protocol
+    controller = "SASL_SSL" if cfg.secure else "PLAINTEXT"
     return "\n".join([
         "process.roles=broker,controller",
         "node.id=1",
@@ -145,7 +149,7 @@ def _server_properties(
         f"advertised.listeners={name}://{cfg.host}:{cfg.port}",
         "controller.listener.names=CONTROLLER",
         f"inter.broker.listener.name={name}",
-        f"listener.security.protocol.map={name}:{name},CONTROLLER:PLAINTEXT",
+        f"listener.security.protocol.map={name}:{name},CONTROLLER:{controller}",
         *(_secure_properties(secrets, tls) if cfg.secure and secrets and tls else []),
         f"log.dirs={cfg.data_dir}",
         "num.partitions=1",
@@ -184,6 +188,13 @@ def _secure_properties(secrets: security.StackSecrets, tls: security.TlsFiles) -
         # PLAIN's users live in the JAAS line itself (SCRAM's in the metadata log).
         f'{prefix}.plain.sasl.jaas.config={_PLAIN} '
         f'user_{security.CLIENT_USER}="{secrets.kafka_password}";',
+        # The controller listener: PLAIN over TLS, one user, the broker itself (client and server
+        # side of the same JAAS line).
+        "sasl.mechanism.controller.protocol=PLAIN",
+        "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+        f"listener.name.controller.plain.sasl.jaas.config={_PLAIN} "
+        f'username="{security.BROKER_USER}" password="{secrets.broker_password}" '
+        f'user_{security.BROKER_USER}="{secrets.broker_password}";',
         "ssl.keystore.type=PKCS12",
         f"ssl.keystore.location={tls.keystore}",
         f"ssl.keystore.password={secrets.keystore_password}",

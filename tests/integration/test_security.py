@@ -334,6 +334,83 @@ def test_worker_with_a_wrong_password_stops_with_one_error_line(secure_stack: Se
     assert len(errors) == 1 and "rejected the credentials" in errors[0], result.stderr[-2000:]
 
 
+# --- no port answers an unauthenticated admin call ------------------------------------------
+
+
+def _listening_ports(*pids: int) -> set[int]:
+    import psutil
+
+    return {c.laddr.port for pid in pids for c in psutil.Process(pid).net_connections("inet")
+            if c.status == psutil.CONN_LISTEN}
+
+
+async def _describe_broker_config(port: int, **auth: object) -> object:
+    """DescribeConfigs of broker 1 sent straight to ``port`` (no Metadata bootstrap, so the
+    KRaft controller listener answers it too): what `kafka-configs --bootstrap-controller`
+    does before an alter."""
+    from aiokafka.conn import create_conn
+    from aiokafka.protocol.admin import DescribeConfigsRequest
+
+    conn = await asyncio.wait_for(
+        create_conn("127.0.0.1", port, request_timeout_ms=5000, **auth), 10)  # type: ignore[arg-type]
+    try:
+        return await asyncio.wait_for(
+            conn.send(DescribeConfigsRequest([(4, "1", ["message.max.bytes"])])), 10)
+    finally:
+        conn.close()
+
+
+def _answered(port: int, **auth: object) -> bool:
+    try:
+        response = asyncio.run(_describe_broker_config(port, **auth))
+    except Exception:  # refused, closed, timed out, handshake failed: not answered
+        return False
+    return all(r[0] == 0 for r in response.resources)  # type: ignore[attr-defined]
+
+
+def _postgres_admits(port: int, user: str, ssl: object) -> bool:
+    import asyncpg
+
+    async def attempt() -> None:
+        conn = await asyncpg.connect(host="127.0.0.1", port=port, user=user, database="postgres",
+                                     password="", ssl=ssl, timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(attempt(), 10))
+    except Exception:
+        return False
+    return True
+
+
+def test_no_port_of_the_secure_stack_answers_an_unauthenticated_admin_call(
+    secure_stack: SecureStack,
+):
+    from aiokafka.helpers import create_ssl_context
+
+    from router_stream.stack import kafka, manager, postgres
+
+    cfg = manager.make_config(secure_stack.state_dir)
+    kafka_pid, pg_pid = kafka.is_running(cfg.kafka), postgres.is_running(cfg.postgres)
+    assert kafka_pid is not None and pg_pid is not None
+    ports = _listening_ports(kafka_pid, pg_pid)
+    # the broker's client listener, its KRaft controller listener and Postgres: nothing else
+    assert ports == {cfg.kafka.port, cfg.kafka.controller_port, cfg.postgres.port}, ports
+
+    ca = create_ssl_context(cafile=secure_stack.env["ROUTER_KAFKA_SSL_CAFILE"])
+    # the probe works: with the client's credentials the client listener answers it
+    assert _answered(cfg.kafka.port, security_protocol="SASL_SSL", ssl_context=ca,
+                     sasl_mechanism="SCRAM-SHA-512", sasl_plain_username="router",
+                     sasl_plain_password=secure_stack.kafka_password)
+    for port in sorted(ports):
+        assert not _answered(port), f"port {port} answered without TLS or credentials"
+        assert not _answered(port, security_protocol="SSL", ssl_context=ca), (
+            f"port {port} answered over TLS without credentials")
+        for user in ("router", "postgres"):
+            for ssl in ("require", False):
+                assert not _postgres_admits(port, user, ssl), f"port {port} admitted {user}"
+
+
 # --- last: nothing anywhere holds a secret --------------------------------------------------
 
 

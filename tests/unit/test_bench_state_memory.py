@@ -130,3 +130,14 @@ def test_state_memory_takes_no_throughput_options():
     result = subprocess.run([sys.executable, "-m", "router_stream.cli", "bench", "--state-memory",
                              "--quick"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "--state-memory takes no" in result.stderr
+
+
+def test_key_flood_keeps_buckets_capped_and_counts_every_id() -> None:
+    from bench.key_flood import BATCH, run_case
+
+    tenants = run_case("tenants", 3_000, max_buckets=1_000)
+    assert tenants["decided"] == 3_000 and tenants["buckets"] == 1_000
+    assert tenants["dedupe_entries"] == 0
+    ids = run_case("ids", 3_000, max_buckets=1_000)
+    assert ids["decided"] == 3_000 and ids["buckets"] == 1
+    assert ids["dedupe_entries"] == 3_000 + BATCH  # the warm-up batch's ids too

@@ -107,6 +107,33 @@ def test_top_level_fields() -> None:
     assert not matches("{field: ttl_ms, equals: null}", sig)
 
 
+# --- regexes run on RE2 ----------------------------------------------------------------------
+
+
+def test_a_catastrophic_backtracking_pattern_is_decided_in_linear_time() -> None:
+    # under a backtracking engine this signal costs 2^n steps: minutes from n = 32 on
+    condition = "{field: payload.text, regex: '^(a+)+$'}"
+    assert not matches(condition, signal({"text": "a" * 10_000 + "!"}))
+    assert matches(condition, signal({"text": "a" * 10_000}))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "expected"),
+    [
+        ("(?i)\\b(down|outage|unreachable)\\b", "Host UNREACHABLE since 3am", True),
+        ("(?i)\\b(down|outage|unreachable)\\b", "breakdown", False),
+        ("^app-\\d+$", "app-42", True),
+        ("^app-\\d+$", "app-42\n", False),  # RE2's $ is the end of the text, not before a \n
+        ("(?P<host>[a-z]+)\\.example", "db.example.com", True),
+        ("[[:digit:]]{3}", "code 404", True),
+        ("\\p{Greek}", "alpha α", True),
+    ],
+)
+def test_the_re2_dialect(pattern: str, text: str, expected: bool) -> None:
+    match = FieldMatch.model_validate({"field": "payload.text", "regex": pattern})
+    assert compile_condition(match)(signal({"text": text})) is expected
+
+
 def test_combinators() -> None:
     both = "{all: [{field: payload.a, equals: 1}, {field: payload.b, equals: 2}]}"
     either = "{any: [{field: payload.a, equals: 1}, {field: payload.b, equals: 2}]}"

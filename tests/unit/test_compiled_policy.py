@@ -69,3 +69,34 @@ def test_policy_cli_diff_names_the_change(tmp_path: Path):
     res = CliRunner().invoke(cli, ["policy", "diff", str(EXAMPLE), str(changed)])
     assert res.exit_code == 0, res.output
     assert "~ routes.notification.strategy: thompson -> ucb" in res.output
+
+
+def _with_tenants(tenants: str) -> str:
+    text = EXAMPLE.read_text()
+    start = text.index("\ntenants:")
+    end = text.index("\n\n", start + 1)
+    return text[:start] + "\ntenants:\n" + tenants + text[end:]
+
+
+def test_unknown_tenants_sharing_one_bucket_are_rate_limited_together():
+    text = _with_tenants("  default: {rate: 0, burst: 3, shared: true}\n")
+    engine = RouterEngine(load_compiled(text, "shared.yaml"), seed=1)
+    signals = [{"signal_id": f"s{i}", "sender_id": "mon", "tenant": f"spoof-{i}",
+                "payload": {"severity": "critical"}} for i in range(10)]
+    result = engine.decide_batch([Rec(orjson.dumps(s), i) for i, s in enumerate(signals)], NOW)
+    assert len(result.decisions) == 3
+    assert [d.entry.reason.value for d in result.dlq] == ["rate_limited"] * 7
+
+
+def test_unknown_tenant_options_compile_and_are_refused_on_a_named_tenant(tmp_path: Path):
+    text = _with_tenants("  acme: {rate: 5}\n  default: {rate: 1, total: {rate: 50, burst: 100},"
+                         " max_buckets: 1000}\n")
+    unknown = load_compiled(text, "total.yaml").unknown_tenants
+    assert (unknown.shared, unknown.max_buckets) == (False, 1000)
+    assert unknown.total is not None and (unknown.total.rate, unknown.total.burst) == (50, 100)
+    named = tmp_path / "named.yaml"
+    named.write_text(_with_tenants("  acme: {rate: 5, shared: true}\n"))
+    _register()
+    res = CliRunner().invoke(cli, ["policy", "validate", str(named)])
+    assert res.exit_code == 1
+    assert "tenants.acme.shared: shared applies to tenants the policy does not name" in res.output

@@ -41,6 +41,24 @@ def test_bad_durations_are_user_errors(text: str) -> None:
         parse_duration(text)
 
 
+@pytest.mark.parametrize("text", ["366d", "53w", "99999999d", "9" * 400 + "w"])
+def test_durations_beyond_the_maximum_are_user_errors(text: str) -> None:
+    with pytest.raises(UserError, match=r"duration too long: .* \(at most 365d\)"):
+        parse_duration(text)
+
+
+def test_the_maximum_is_inclusive_and_the_callers_to_choose() -> None:
+    assert parse_duration("365d") == timedelta(days=365)
+    with pytest.raises(UserError, match="at most 1d"):
+        parse_duration("2d", maximum=timedelta(days=1))
+
+
+def test_a_relative_instant_reaches_back_at_most_ten_years() -> None:
+    assert parse_instant("3650d", NOW) == NOW - timedelta(days=3650)
+    with pytest.raises(UserError, match="at most 3650d"):
+        parse_instant("99999999d", NOW)  # was an OverflowError traceback
+
+
 def test_instants_relative_iso_and_naive_as_utc() -> None:
     assert parse_instant("1h", NOW) == NOW - timedelta(hours=1)
     assert parse_instant("2025-01-01T00:00:00Z", NOW) == datetime(2025, 1, 1, tzinfo=UTC)

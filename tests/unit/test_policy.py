@@ -143,14 +143,30 @@ def test_policy_error_is_a_user_error() -> None:
         ("trust:\n  wieghts: {}\n", "trust.wieghts: unknown field (line 2)"),
         ("breaker:\n  cooldown_s: 100\n  max_cooldown_s: 10\n",
          "breaker: max_cooldown_s (10.0) is below cooldown_s (100.0) (line 1)"),
+        ("breaker:\n  probe_timeout_s: 99999999999\n",
+         "breaker.probe_timeout_s: Input should be less than or equal to 2592000 (line 2)"),
+        ("routes:\n  a:\n    strategy: fanout\n    destinations: [x]\n"
+         "    retry: {max_attempts: 3, delay_ms: 999999999999}\n",
+         "routes.a.retry.delay_ms: Input should be less than or equal to 86400000 (line 5)"),
         ("breaker:\n  failure_threshold: 0\n",
          "breaker.failure_threshold: Input should be greater than or equal to 1 (line 2)"),
         ("destinations:\n  'bad name': {}\n",
          "destinations.bad name: 'bad name' must be 1-200 characters of letters, digits, '.',"
          " '_', '-' (line 2)"),
         ("classify:\n  - name: r\n    when: {field: payload.x, regex: '(oops'}\n    kind: a\n",
-         "classify[0].when.regex: bad regex '(oops': missing ), unterminated subpattern at"
-         " position 0 (line 3)"),
+         "classify[0].when.regex: regex '(oops' is not RE2 syntax: missing ): (oops (line 3)"),
+        ("classify:\n  - name: r\n    when: {field: payload.x, regex: '(a)\\1'}\n    kind: a\n",
+         "classify[0].when.regex: regex '(a)\\\\1' is not RE2 syntax: invalid escape sequence: \\1"
+         " (backreferences are not supported in RE2) (line 3)"),
+        ("classify:\n  - name: r\n    when: {field: payload.x, regex: 'a(?=b)'}\n    kind: a\n",
+         "classify[0].when.regex: regex 'a(?=b)' is not RE2 syntax: invalid perl operator: (?="
+         " (lookaround is not supported in RE2) (line 3)"),
+        ("classify:\n  - name: r\n    when: {field: payload.x, regex: '(?<!a)b'}\n    kind: a\n",
+         "classify[0].when.regex: regex '(?<!a)b' is not RE2 syntax: invalid perl operator: (?<!"
+         " (lookaround is not supported in RE2) (line 3)"),
+        ("classify:\n  - name: r\n    when: {field: payload.x, regex: 'a++'}\n    kind: a\n",
+         "classify[0].when.regex: regex 'a++' is not RE2 syntax: bad repetition operator: ++"
+         " (atomic groups and possessive quantifiers are not supported in RE2) (line 3)"),
         ("classify:\n  - name: r\n    when: {field: value, range: {min: 5, max: 1}}\n"
          "    kind: a\n",
          "classify[0].when.range: range min (5) is greater than max (1) (line 3)"),

@@ -30,6 +30,8 @@ BROKEN = [
      "routes.alert.tiers[2]"),
     ("bad regex", r'regex: "(?i)\\b(down|outage|unreachable)\\b"', 'regex: "(down|outage"',
      "classify[2].when.any[0].regex"),
+    ("regex RE2 cannot run", r'regex: "^app-"', r'regex: "^app-(?!test)"',
+     "classify[4].when.regex"),
     ("a rule's kind has no route", "    kind: notification\n    priority: 3",
      "    kind: digest\n    priority: 3", "classify[3].kind"),
     ("priority out of range", "priority: 9", "priority: 12", "classify[1].priority"),

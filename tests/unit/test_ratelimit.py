@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router_stream.core.ratelimit import RateLimit, TokenBucket, admit, admit_limit
+from router_stream.core.ratelimit import (
+    RateLimit,
+    TenantBuckets,
+    TokenBucket,
+    UnknownTenants,
+    admit,
+    admit_limit,
+)
 
 
 def test_a_new_bucket_is_full_then_refuses() -> None:
@@ -105,4 +112,116 @@ def test_bound_holds_on_the_monotone_clock_for_arbitrary_arrival_times(
         ok, bucket = admit(bucket, now, rate, burst, cost)
         if ok:
             admitted.append((clock, cost))
+    _assert_bound(admitted, rate, burst)
+
+
+# --- TenantBuckets: bounded memory under unbounded tenant values ------------------------------
+
+LIMIT = RateLimit(rate=1.0, burst=2.0)
+
+
+def test_an_unknown_tenants_bucket_is_dropped_once_refilled_to_full() -> None:
+    buckets = TenantBuckets()
+    assert buckets.admit("a", 0.0, {}, LIMIT)
+    assert buckets.admit("b", 1.9, {}, LIMIT)  # a: 1 + 1.9 tokens >= 2: full, forgotten
+    assert len(buckets) == 1
+    assert buckets.admit("c", 2.0, {}, LIMIT, cost=2.0)  # b: 1 + 0.1 < 2: kept
+    assert len(buckets) == 2
+
+
+def test_unknown_tenants_are_capped_least_recently_used_first() -> None:
+    buckets, options = TenantBuckets(), UnknownTenants(max_buckets=100)
+    for i in range(10_000):
+        buckets.admit(f"t{i}", 0.0, {}, RateLimit(rate=0.0, burst=5.0), options)
+        assert len(buckets) <= 100
+    assert len(buckets) == 100
+
+
+def test_named_tenants_keep_their_own_buckets_outside_the_cap() -> None:
+    buckets, options = TenantBuckets(), UnknownTenants(max_buckets=1)
+    named = {"acme": RateLimit(rate=0.0, burst=1.0)}
+    assert buckets.admit("acme", 0.0, named, LIMIT, options)
+    for i in range(10):
+        buckets.admit(f"spoof{i}", 0.0, named, LIMIT, options)
+    assert not buckets.admit("acme", 0.0, named, LIMIT, options)  # its empty bucket survived
+
+
+def test_a_shared_bucket_cannot_be_walked_around_by_new_tenant_values() -> None:
+    buckets, options = TenantBuckets(), UnknownTenants(shared=True)
+    zero = RateLimit(rate=0.0, burst=5.0)
+    admitted = sum(buckets.admit(f"t{i}", 0.0, {}, zero, options) for i in range(1000))
+    assert admitted == 5 and len(buckets) == 0
+
+
+def test_a_total_caps_all_unknown_tenants_together() -> None:
+    buckets = TenantBuckets()
+    options = UnknownTenants(total=RateLimit(rate=0.0, burst=20.0))
+    own = RateLimit(rate=0.0, burst=5.0)
+    admitted = sum(buckets.admit(f"t{i}", 0.0, {}, own, options) for i in range(1000))
+    assert admitted == 20
+    named = {"acme": RateLimit(rate=0.0, burst=3.0)}  # named tenants are not in the total
+    assert sum(buckets.admit("acme", 0.0, named, own, options) for _ in range(5)) == 3
+
+
+def test_a_total_applies_without_a_per_tenant_limit() -> None:
+    buckets = TenantBuckets()
+    options = UnknownTenants(total=RateLimit(rate=0.0, burst=3.0))
+    assert sum(buckets.admit(f"t{i}", 0.0, {}, None, options) for i in range(10)) == 3
+    assert len(buckets) == 0
+
+
+def test_a_signal_refused_by_the_total_takes_no_token_from_its_tenant() -> None:
+    buckets = TenantBuckets()
+    options = UnknownTenants(total=RateLimit(rate=1.0, burst=1.0))
+    own = RateLimit(rate=0.0, burst=1.0)
+    assert buckets.admit("other", 0.0, {}, own, options)  # the total is empty now
+    assert not buckets.admit("a", 0.0, {}, own, options)
+    assert buckets.admit("a", 1.0, {}, own, options)  # a's one token was kept
+
+
+def test_unknown_tenant_options_are_validated() -> None:
+    with pytest.raises(ValueError, match="max_buckets"):
+        UnknownTenants(max_buckets=0)
+
+
+class _Reference:
+    """One bucket per tenant, never forgotten: what TenantBuckets must decide like."""
+
+    def __init__(self) -> None:
+        self.buckets: dict[str, TokenBucket] = {}
+
+    def admit(self, tenant: str, now: float, limit: RateLimit, cost: float) -> bool:
+        ok, self.buckets[tenant] = admit_limit(self.buckets.get(tenant, TokenBucket()), now,
+                                               limit, cost)
+        return ok
+
+
+@settings(max_examples=300)
+@given(rates, bursts, st.lists(st.tuples(st.sampled_from("abcdefgh"), st.floats(0.0, 3.0),
+                                         costs), max_size=80))
+def test_forgetting_full_buckets_never_changes_a_decision(
+    rate: float, burst: float, arrivals: list[tuple[str, float, float]]
+) -> None:
+    limit = RateLimit(rate=rate, burst=burst)
+    bounded, reference, now = TenantBuckets(), _Reference(), 0.0
+    for tenant, gap, cost in arrivals:
+        now += gap
+        assert bounded.admit(tenant, now, {}, limit, cost=cost) is reference.admit(
+            tenant, now, limit, cost)
+        assert len(bounded) <= len(reference.buckets)
+
+
+@settings(max_examples=200)
+@given(rates, bursts, st.lists(st.tuples(st.integers(0, 10**6), st.floats(0.0, 2.0)),
+                               max_size=80))
+def test_rotating_tenants_never_exceed_the_total_bound(
+    rate: float, burst: float, arrivals: list[tuple[int, float]]
+) -> None:
+    options = UnknownTenants(total=RateLimit(rate=rate, burst=burst), max_buckets=3)
+    buckets, now, admitted = TenantBuckets(), 1000.0, []
+    for tenant, gap in arrivals:
+        now += gap
+        if buckets.admit(f"t{tenant}", now, {}, RateLimit(rate=100.0, burst=100.0), options):
+            admitted.append((now, 1.0))
+        assert len(buckets) <= 3
     _assert_bound(admitted, rate, burst)

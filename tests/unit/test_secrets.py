@@ -166,7 +166,7 @@ def test_tls_material_is_created_once_with_private_keys(tmp_path: Path):
     assert files.server_cert.stat().st_mtime_ns == mtime
 
 
-def test_secure_broker_has_no_unauthenticated_client_listener(tmp_path: Path):
+def test_secure_broker_has_no_unauthenticated_listener(tmp_path: Path):
     cfg = kafka.KafkaConfig(state_dir=tmp_path, cache_dir=tmp_path, port=39092,
                             controller_port=39093, secure=True)
     secrets = security.ensure_secrets(tmp_path)
@@ -176,7 +176,13 @@ def test_secure_broker_has_no_unauthenticated_client_listener(tmp_path: Path):
     assert props["listeners"] == "SASL_SSL://127.0.0.1:39092,CONTROLLER://127.0.0.1:39093"
     assert props["advertised.listeners"] == "SASL_SSL://127.0.0.1:39092"
     assert props["inter.broker.listener.name"] == "SASL_SSL"
-    assert props["listener.security.protocol.map"] == "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT"
+    assert props["listener.security.protocol.map"] == "SASL_SSL:SASL_SSL,CONTROLLER:SASL_SSL"
+    # the controller listener takes only the broker's own PLAIN login (KRaft has no SCRAM there)
+    assert props["sasl.mechanism.controller.protocol"] == "PLAIN"
+    assert props["listener.name.controller.sasl.enabled.mechanisms"] == "PLAIN"
+    jaas = props["listener.name.controller.plain.sasl.jaas.config"]
+    assert f'user_broker="{secrets.broker_password}";' in jaas
+    assert "user_router" not in jaas
     assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512,SCRAM-SHA-256,PLAIN"
     assert props["ssl.client.auth"] == "none"
 
