@@ -62,6 +62,7 @@ class OutcomeReporter:
             **dict(kafka_options or {}),
         )
         self._sender: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def start(self) -> None:
         try:
@@ -85,8 +86,9 @@ class OutcomeReporter:
                                                reward=reward, cost=cost))
 
     def report_outcome(self, outcome: Outcome) -> bool:
-        """Queue an outcome built by the caller; ``False`` when the buffer is full (dropped)."""
-        if len(self._buffer) >= self._max_buffer:
+        """Queue an outcome built by the caller; ``False`` when the buffer is full or the
+        reporter closed (dropped)."""
+        if self._closed or len(self._buffer) >= self._max_buffer:
             self.stats.dropped += 1
             return False
         self._buffer.append(encode_outcome(outcome))
@@ -109,7 +111,9 @@ class OutcomeReporter:
             raise BrokerUnavailable(f"{failed} outcome(s) could not be written to {self.topic}")
 
     async def close(self, timeout_s: float = 30.0) -> None:
-        """Flush (best effort: failures are logged, not raised) and stop the producer."""
+        """Flush (best effort: failures are logged, not raised) and stop the producer; later
+        reports are dropped."""
+        self._closed = True
         try:
             if self._sender is not None:
                 await self.flush(timeout_s)

@@ -156,6 +156,8 @@ async def test_reporter_buffer_is_bounded_and_flushed_on_close(servers, test_id,
     await reporter.start()
     await reporter.close()
     assert reporter.stats.sent == 3
+    assert reporter.report(deliveries[0], ok=True) is False  # closed: dropped, not lost silently
+    assert reporter.stats.dropped == 3
 
     records = await read_topic(servers.kafka_bootstrap, outcomes, 3)
     got = [parse_outcome(r.value, record_ts_ms=0) for r in records]
