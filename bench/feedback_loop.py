@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import random
 import sys
 import tempfile
@@ -156,6 +157,7 @@ async def _delete_prefix(bootstrap: str, prefix: str) -> None:
 
 
 async def _main(args: argparse.Namespace) -> int:
+    logging.getLogger("router_stream.client").setLevel(logging.ERROR)  # the simulated failures
     run = uuid.uuid4().hex[:8]
     s = Settings(topic_prefix=f"bench-{run}.loop.", group_id=f"bench-{run}-loop")
     try:
