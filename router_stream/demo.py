@@ -172,6 +172,7 @@ def run_demo(say: Say = print, policy_file: Path = EXAMPLE_POLICY) -> int:
     from router_stream.adapters.postgres import migrate_database
     from router_stream.adapters.topics import apply_topics
     from router_stream.core.compiled import load_compiled
+    from router_stream.demo_consumers import close_the_loop
     from router_stream.stack import manager
 
     # A fresh topic's leader is elected a moment after creation; the producer retries, and its
@@ -217,7 +218,8 @@ def run_demo(say: Say = print, policy_file: Path = EXAMPLE_POLICY) -> int:
     )
     say(f"worker started (pid {worker.pid}, logs in {workdir / 'worker.log'})")
     try:
-        sent = asyncio.run(_traffic(settings, say, run_id))
+        sent = asyncio.run(close_the_loop(settings, compiled.destinations, run_id,
+                                          _traffic(settings, say, run_id), say))
         say(f"sent {sent} signals; waiting for the worker to drain and exit …")
         try:
             worker.wait(timeout=120)

@@ -3,7 +3,7 @@
 Why not faust's web server: it only exists inside a running faust worker, so in-process tests and
 the bounded (``--exit-when-idle``) mode would lack the endpoints; readiness is ours (state
 replayed, group joined, Postgres reachable) not faust's; and tests need port 0 with the bound
-port read back. aiohttp is what faust's web uses anyway, so nothing new is installed.
+port read back. aiohttp is a runtime dependency of its own (faust is only an optional extra).
 """
 
 from __future__ import annotations

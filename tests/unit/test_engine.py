@@ -143,6 +143,17 @@ def test_routed_value_keeps_the_signal_and_adds_the_route():
     assert routed["route"]["decision_id"] == decision_id_for("s1") == r.decisions[0].decision_id
     assert routed["route"]["destination"] == "pager"
     assert routed["route"]["policy_version"] == "p-test"
+    assert routed["route"]["signal_id"] == "s1"
+
+
+def test_route_names_the_signal_id_the_router_derived():
+    engine = RouterEngine(policy())
+    raw = orjson.dumps({"sender_id": "svc", "ts": int(NOW * 1000),
+                        "payload": {"severity": "critical"}})
+    r = engine.decide_batch([Rec(raw)], NOW)
+    routed = orjson.loads(r.routed[0].value)
+    assert "signal_id" not in routed
+    assert routed["route"]["signal_id"] == r.decisions[0].signal_id != ""
 
 
 def test_no_healthy_destination_retries_then_exhausts():

@@ -1,0 +1,197 @@
+"""Consume one destination's routed topic and report every delivery's outcome.
+
+One batch at a time, in this order:
+
+1. fetch up to ``batch_max`` records of ``routed.<destination>``;
+2. for each: skip it if its ``decision_id`` was handled within the dedupe window (the router
+   writes at least once); otherwise call the handler, timing it, and report the outcome
+   (``ok`` unless the handler raised, timed out or returned ``Delivery(ok=False)``);
+3. wait until the batch's outcomes are acknowledged by the broker;
+4. commit the batch's offsets.
+
+A crash before step 4 redelivers the batch (at least once); the dedupe window is per process.
+A record that is not a routed record is logged, counted and committed: it can never stall a
+partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+
+from router_stream.client._records import InvalidRecord, RoutedSignal, parse_routed
+from router_stream.client._reporter import OutcomeReporter
+from router_stream.config import ROUTED_PREFIX
+from router_stream.core.dedupe import DedupeWindow
+from router_stream.errors import BrokerUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, frozen=True)
+class Delivery:
+    """What a handler may return to qualify its outcome (returning ``None`` means ok)."""
+
+    ok: bool = True
+    reward: float | None = None
+    """Bandit reward in [0, 1]; default 1 when ok, else 0."""
+    cost: float | None = None
+
+
+class Handler(Protocol):
+    """An async function that delivers one routed signal; raising reports ``ok=false``."""
+
+    def __call__(self, routed: RoutedSignal, /) -> Awaitable[Delivery | None]: ...
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    """Counters of one :class:`DestinationConsumer` since it started."""
+
+    handled: int = 0
+    """Deliveries passed to the handler (ok or not)."""
+    failed: int = 0
+    """Deliveries whose outcome was reported as not ok."""
+    duplicates: int = 0
+    invalid: int = 0
+    commits: int = 0
+
+
+class DestinationConsumer:
+    """Reads ``<topic_prefix>routed.<destination>`` in consumer group ``group_id``.
+
+    ``await consumer.run(handler)`` until :meth:`request_stop`. Outcomes go through ``reporter``
+    (one is created and closed with the consumer when not given). ``kafka_options`` are passed to
+    the aiokafka clients (security settings and the like).
+    """
+
+    def __init__(self, destination: str, *, bootstrap_servers: str, group_id: str,
+                 topic_prefix: str = "", reporter: OutcomeReporter | None = None,
+                 dedupe_window_s: float = 3600.0, dedupe_max: int = 100_000,
+                 batch_max: int = 500, handler_timeout_s: float | None = 30.0,
+                 kafka_options: Mapping[str, Any] | None = None) -> None:
+        self.destination = destination
+        self.topic = f"{topic_prefix}{ROUTED_PREFIX}{destination}"
+        self.stats = ConsumerStats()
+        self._batch_max = batch_max
+        self._handler_timeout_s = handler_timeout_s
+        self._seen = DedupeWindow(dedupe_window_s, dedupe_max)
+        options = dict(kafka_options or {})
+        self._owns_reporter = reporter is None
+        self._reporter = reporter or OutcomeReporter(
+            bootstrap_servers, topic_prefix=topic_prefix, kafka_options=options)
+        self._consumer = AIOKafkaConsumer(
+            self.topic, bootstrap_servers=bootstrap_servers, group_id=group_id,
+            enable_auto_commit=False, auto_offset_reset="earliest", **options,
+        )
+        self._stop = asyncio.Event()
+
+    @property
+    def reporter(self) -> OutcomeReporter:
+        return self._reporter
+
+    async def start(self) -> None:
+        if self._owns_reporter:
+            await self._reporter.start()
+        try:
+            await self._consumer.start()
+        except Exception as exc:
+            if self._owns_reporter:
+                await self._reporter.close()
+            raise BrokerUnavailable(f"consumer of {self.topic} cannot reach Kafka: {exc}") from exc
+
+    async def stop(self) -> None:
+        try:
+            await self._consumer.stop()
+        finally:
+            if self._owns_reporter:
+                await self._reporter.close()
+
+    async def __aenter__(self) -> DestinationConsumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    def request_stop(self) -> None:
+        """Make :meth:`run` return after the batch in hand is handled and committed."""
+        self._stop.set()
+
+    async def run(self, handler: Handler) -> None:
+        """Handle batches until :meth:`request_stop`; raises :class:`BrokerUnavailable` (without
+        committing the batch) when its outcomes cannot be written."""
+        while not self._stop.is_set():
+            batch = await self._consumer.getmany(timeout_ms=200, max_records=self._batch_max)
+            if not batch:
+                continue
+            for records in batch.values():
+                for record in records:
+                    await self._handle(handler, record.value, record.key)
+            await self._reporter.flush()
+            await self._commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+
+    async def _handle(self, handler: Handler, value: bytes | None, key: bytes | None) -> None:
+        try:
+            routed = parse_routed(value, key)
+        except InvalidRecord as exc:
+            self.stats.invalid += 1
+            log.warning("skipping a record of %s: %s", self.topic, exc)
+            return
+        if routed.decision_id in self._seen:
+            self.stats.duplicates += 1
+            return
+        delivery = await self._call(handler, routed)
+        latency_ms = delivery.latency_ms
+        self.stats.handled += 1
+        self.stats.failed += not delivery.ok
+        self._seen.seen_or_add(routed.decision_id, time.monotonic())
+        try:
+            self._reporter.report(routed, ok=delivery.ok, latency_ms=latency_ms,
+                                  reward=delivery.reward, cost=delivery.cost)
+        except ValueError as exc:  # a reward or cost out of range: report without them
+            log.warning("handler of %s returned %s; reporting ok=%s only", self.topic, exc,
+                        delivery.ok)
+            self._reporter.report(routed, ok=delivery.ok, latency_ms=latency_ms)
+
+    async def _call(self, handler: Handler, routed: RoutedSignal) -> _Timed:
+        started = time.perf_counter()
+        try:
+            result = await asyncio.wait_for(handler(routed), self._handler_timeout_s)
+        except TimeoutError:
+            log.warning("handler of %s timed out on %s", self.topic, routed.signal_id)
+            result = Delivery(ok=False)
+        except Exception as exc:
+            # One line per failure; the traceback at DEBUG (a failing destination fails often).
+            log.warning("handler of %s failed on %s: %r", self.topic, routed.signal_id, exc)
+            log.debug("handler failure", exc_info=True)
+            result = Delivery(ok=False)
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        if not isinstance(result, Delivery):
+            result = Delivery()
+        return _Timed(result.ok, result.reward, result.cost, elapsed_ms)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await self._consumer.commit(offsets)
+            self.stats.commits += 1
+        except (CommitFailedError, IllegalStateError) as exc:
+            # A rebalance took the partitions away; their new owner redelivers (at least once).
+            log.warning("commit on %s failed after a rebalance: %s", self.topic, exc)
+
+
+@dataclass(slots=True, frozen=True)
+class _Timed:
+    ok: bool
+    reward: float | None
+    cost: float | None
+    latency_ms: float

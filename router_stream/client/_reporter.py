@@ -1,0 +1,155 @@
+"""Fire-and-forget reporting of delivery outcomes to the ``outcomes`` topic.
+
+``report`` never blocks and never raises for a full buffer: it encodes the outcome, appends it to a
+bounded buffer and returns ``False`` (counting a drop) when the buffer is full. A background task
+sends the buffer in batches through one aiokafka producer (``acks=all``). ``flush`` waits until
+everything reported so far is acknowledged and raises if any of it failed; ``close`` flushes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from router_stream.client._outcomes import encode_outcome, outcome_for
+from router_stream.client._records import RoutedSignal
+from router_stream.config import OUTCOMES
+from router_stream.core.models import Outcome
+from router_stream.errors import BrokerUnavailable, OperationTimeout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ReporterStats:
+    """Outcomes acknowledged by the broker, refused for a full buffer, and failed to send."""
+
+    sent: int = 0
+    dropped: int = 0
+    failed: int = 0
+
+
+class OutcomeReporter:
+    """Sends outcomes to ``<topic_prefix>outcomes`` (key = destination).
+
+    ``kafka_options`` are passed to ``AIOKafkaProducer`` (security settings and the like).
+    Use as ``async with OutcomeReporter(...) as reporter:`` or call ``start``/``close``.
+    """
+
+    def __init__(self, bootstrap_servers: str, *, topic_prefix: str = "",
+                 max_buffer: int = 10_000, batch_size: int = 500,
+                 kafka_options: Mapping[str, Any] | None = None) -> None:
+        if max_buffer < 1 or batch_size < 1:
+            raise ValueError("max_buffer and batch_size must be >= 1")
+        self.topic = f"{topic_prefix}{OUTCOMES}"
+        self.stats = ReporterStats()
+        self._max_buffer = max_buffer
+        self._batch_size = batch_size
+        self._buffer: deque[tuple[bytes, bytes]] = deque()
+        self._failed_since_flush = 0
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5,
+            **dict(kafka_options or {}),
+        )
+        self._sender: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        try:
+            await self._producer.start()
+        except Exception as exc:
+            raise BrokerUnavailable(f"outcome reporter cannot reach Kafka: {exc}") from exc
+        self._sender = asyncio.create_task(self._send_loop(), name="outcome-reporter")
+
+    async def __aenter__(self) -> OutcomeReporter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    def report(self, routed: RoutedSignal, *, ok: bool, latency_ms: float | None = None,
+               reward: float | None = None, cost: float | None = None) -> bool:
+        """Queue the outcome of one delivery; ``False`` when the buffer is full (dropped)."""
+        return self.report_outcome(outcome_for(routed, ok=ok, latency_ms=latency_ms,
+                                               reward=reward, cost=cost))
+
+    def report_outcome(self, outcome: Outcome) -> bool:
+        """Queue an outcome built by the caller; ``False`` when the buffer is full or the
+        reporter closed (dropped)."""
+        if self._closed or len(self._buffer) >= self._max_buffer:
+            self.stats.dropped += 1
+            return False
+        self._buffer.append(encode_outcome(outcome))
+        self._drained.clear()
+        self._wake.set()
+        return True
+
+    async def flush(self, timeout_s: float = 30.0) -> None:
+        """Wait until every outcome reported so far is acknowledged.
+
+        Raises :class:`BrokerUnavailable` if any outcome since the previous flush failed to send,
+        :class:`OperationTimeout` if the broker does not acknowledge within ``timeout_s``.
+        """
+        try:
+            await asyncio.wait_for(self._drained.wait(), timeout_s)
+        except TimeoutError:
+            raise OperationTimeout(f"outcomes not acknowledged within {timeout_s}s") from None
+        failed, self._failed_since_flush = self._failed_since_flush, 0
+        if failed:
+            raise BrokerUnavailable(f"{failed} outcome(s) could not be written to {self.topic}")
+
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Flush (best effort: failures are logged, not raised) and stop the producer; later
+        reports are dropped."""
+        self._closed = True
+        try:
+            if self._sender is not None:
+                await self.flush(timeout_s)
+        except (BrokerUnavailable, OperationTimeout) as exc:
+            log.warning("outcomes lost on close: %s", exc)
+        finally:
+            if self._sender is not None:
+                self._sender.cancel()
+                await asyncio.gather(self._sender, return_exceptions=True)
+                self._sender = None
+            await self._producer.stop()
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._buffer:
+                n = min(len(self._buffer), self._batch_size)
+                batch = [self._buffer.popleft() for _ in range(n)]
+                await self._send(batch)
+            self._drained.set()
+
+    async def _send(self, batch: list[tuple[bytes, bytes]]) -> None:
+        futures = []
+        try:
+            for key, value in batch:
+                futures.append(await self._producer.send(self.topic, value, key=key))
+        except Exception as exc:  # the producer refused the rest of the batch outright
+            self._fail(len(batch) - len(futures), exc)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        self.stats.sent += len(results) - len(errors)
+        if errors:
+            self._fail(len(errors), errors[0])
+
+    def _fail(self, count: int, exc: BaseException) -> None:
+        self.stats.failed += count
+        self._failed_since_flush += count
+        log.warning("%d outcome(s) not written to %s: %s", count, self.topic, exc)
