@@ -104,7 +104,9 @@ async def set_override(
     """Set an override of any action for ``ttl_s``: send it through router.control, then record
     it in routing_overrides. Returns the command as sent (with its ``command_id``)."""
     from router_stream.adapters.control import send_control
+    from router_stream.adapters.preflight import check_override_target
 
+    await check_override_target(settings, action, target)
     now = time.time()
     forced = action is OverrideKind.FORCE_DESTINATION
     command = OverrideSet(

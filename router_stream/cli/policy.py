@@ -133,18 +133,27 @@ def diff(old: Path, new: Path) -> None:
 
 @policy.command()
 @_file
-def publish(file: Path) -> None:
+@click.option("--create-topics", is_flag=True,
+              help="First create the missing topics its destinations need (as `topics apply`).")
+def publish(file: Path, create_topics: bool) -> None:
     """Validate FILE, then switch every worker to it through router.control (no restart).
 
-    A file that fails validation is never sent. Workers validate again on receipt, so a bad
-    policy can never replace a good one.
+    A file that fails validation is never sent, nor one whose destinations have no
+    routed.<destination> topic (exit 1 naming them; --create-topics creates them first).
+    Workers validate again on receipt, so a bad policy can never replace a good one.
+
+    \b
+    Examples:
+      router-stream policy publish examples/policy.yaml
+      router-stream policy publish new.yaml --create-topics
     """
     text, parsed = read_policy(file)
     text, parsed = _inline_candidate(file, text, parsed)
     version = policy_version(parsed)
     command = PolicyPublish(policy_yaml=text, version=version, source=str(file),
                             issued_by=getpass.getuser())
-    asyncio.run(_publish(Settings(), command, text, parsed))
+    asyncio.run(publish_policy(Settings(), command, file, text, parsed,
+                               create_topics=create_topics))
     click.echo(f"published {version} from {file}")
 
 
@@ -165,11 +174,21 @@ def _inline_candidate(file: Path, text: str, parsed: Policy) -> tuple[str, Polic
     return inlined, load_policy(inlined, f"{file} (candidate inlined)")
 
 
-async def _publish(settings: Settings, command: PolicyPublish, text: str, parsed: Policy) -> None:
-    """Send the command first: the policy is live once workers read it; then record it."""
+async def publish_policy(settings: Settings, command: PolicyPublish, file: Path, text: str,
+                         parsed: Policy, *, create_topics: bool = False) -> None:
+    """Check (or create) the topics it routes to, send the command — the policy is live once
+    workers read it — then record it."""
     from router_stream.adapters import postgres
     from router_stream.adapters.control import send_control
+    from router_stream.adapters.preflight import check_policy_topics
 
+    compiled = compile_policy(parsed)
+    if create_topics:
+        from router_stream.adapters.topics import apply_topics
+        from router_stream.core.compiled import routable_destinations
+
+        await apply_topics(settings, routable_destinations(compiled))
+    await check_policy_topics(settings, compiled, file)
     await send_control(settings, command)
     conn = await postgres.connect(settings)
     try:
