@@ -44,14 +44,21 @@ def policy() -> None:
 
 @policy.command()
 @_file
-@click.option("--json", "as_json", is_flag=True, help="Print {valid, version, issues} as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {valid, version, issues: [{path, line, message}]} as JSON.")
 def validate(file: Path, as_json: bool) -> None:
-    """Check FILE; print every issue with its path and line. Exit 0 valid, 1 invalid."""
+    """Check FILE; print every issue with its path and line. Exit 0 valid, 1 invalid.
+
+    \b
+    Examples:
+      router-stream policy validate examples/policy.yaml
+      router-stream policy validate new.yaml --json | jq '.issues[] | "\\(.line): \\(.message)"'
+    """
     try:
         _, parsed = read_policy(file)
     except PolicyError as exc:
         if as_json:
-            click.echo(json.dumps({"valid": False, "issues": exc.lines()}))
+            click.echo(json.dumps({"valid": False, "issues": exc.fields()}))
         else:
             click.secho(str(exc), fg="red", err=True)
         raise SystemExit(1) from None
