@@ -129,7 +129,12 @@ def _print_file_summary(file: Path, as_json: bool) -> None:
 @click.argument("old", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("new", type=click.Path(path_type=Path, dir_okay=False))
 def diff(old: Path, new: Path) -> None:
-    """What changes from OLD to NEW, one line per change (exit 0 either way)."""
+    """What changes from OLD to NEW, one line per change (exit 0 either way).
+
+    \b
+    Example:
+      router-stream policy diff examples/policy.yaml new.yaml
+    """
     _, a = read_policy(old)
     _, b = read_policy(new)
     lines = diff_policies(a, b)
@@ -208,9 +213,13 @@ async def publish_policy(settings: Settings, command: PolicyPublish, file: Path,
 
 
 @policy.command("active")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print [{version, status, status_reason, published_at, published_by}] as "
+                   "JSON, newest first.")
 def active(as_json: bool) -> None:
     """The active policy version and the recent history, from policy_versions.
+
+    Status is one of active, superseded, rolled_back, rejected (a worker refused it).
 
     \b
     Example:
