@@ -349,7 +349,7 @@ async def _from_postgres(settings: Settings) -> _Status:
                 not_migrated_as_user_error():
             active = await conn.fetchval(
                 "SELECT version FROM policy_versions WHERE status = 'active'")
-        heartbeats, now = await read_postgres_heartbeats(conn)
+        heartbeats, now = await read_postgres_heartbeats(conn, settings.topic_prefix)
     finally:
         await conn.close()
     notes = [] if active is not None else [
