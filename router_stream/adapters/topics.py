@@ -433,9 +433,6 @@ async def _reconcile(
             report.created, raced = await _create(admin, missing, timeout)
             await _wait_until_ready(admin, [*report.created, *raced], timeout)
             seen.update(await _describe(admin, raced))
-    if report.created:
-        await _wait_until_serving(settings, {n: effective[n].partitions for n in report.created},
-                                  timeout)
         for name, spec in expected.items():
             if name in report.created:
                 continue
@@ -443,6 +440,9 @@ async def _reconcile(
                 report.problems.append(TopicProblem(name, "missing", "exists", "missing"))
             else:
                 _compare(name, spec, effective[name], seen[name], report)
+    if report.created:
+        await _wait_until_serving(settings, {n: effective[n].partitions for n in report.created},
+                                  timeout)
     return report
 
 
