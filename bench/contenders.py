@@ -165,7 +165,8 @@ class RawPassthrough(Contender):
 
 class NaiveFaust(Contender):
     def command(self) -> list[str]:
-        return [sys.executable, str(BENCH_DIR / "naive_faust_app.py"), "worker", "-l", "warn"]
+        return [sys.executable, str(BENCH_DIR / "naive_faust_app.py"), "worker", "--without-web",
+                "-l", "warn"]
 
     def env(self) -> dict[str, str]:
         return {**super().env(), "BENCH_FAUST_APP_ID": f"{self.prefix}app",

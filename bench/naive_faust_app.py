@@ -3,7 +3,8 @@ out.send(value=v)``, at-least-once (faust's default guarantee and commit cadence
 and out. Deliberately untuned: this is the baseline router-stream must beat by 5x.
 
     BENCH_FAUST_APP_ID=... BENCH_BOOTSTRAP=host:port BENCH_INPUT=... BENCH_OUTPUT=... \\
-    BENCH_PARTITIONS=12 BENCH_DATADIR=/tmp/x python bench/naive_faust_app.py worker -l warning
+    BENCH_PARTITIONS=12 BENCH_DATADIR=/tmp/x \\
+        python bench/naive_faust_app.py worker --without-web -l warning
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ app = faust.App(
     topic_partitions=int(os.environ.get("BENCH_PARTITIONS", "12")),
     processing_guarantee="at_least_once",
     datadir=os.environ.get("BENCH_DATADIR", "/tmp/router-stream-bench-faust"),
-    web_enabled=False,  # the default web server would fight the worker's port 6066
+    web_enabled=False,  # `worker` turns it on again (--with-web is its default): --without-web
 )
 source = app.topic(os.environ["BENCH_INPUT"], value_type=bytes, value_serializer="raw")
 out = app.topic(os.environ["BENCH_OUTPUT"], value_type=bytes, value_serializer="raw")

@@ -77,6 +77,8 @@ def rows(result: dict[str, Any]) -> list[list[str]]:
             rate = f">= {rate} (gen)"
         elif confirmation(c) == "failed":
             rate = f"{rate} (unconfirmed)"
+        if c["status"] != "ok":  # figures from before it failed: never a bare "-"
+            rate = c["status"].upper() if rate == "-" else f"{rate} ({c['status'].upper()})"
         cpu = _num(c.get("cpu_s_per_10k"))
         rss = _num(c.get("peak_rss_mb"))
         out.append([c["label"], rate, fmt_ms(one.get("p50_ms")), fmt_ms(one.get("p99_ms")),

@@ -6,9 +6,11 @@
 3. start one worker in burst mode (it exits once its input has been idle for a few seconds);
 4. produce sample traffic in three phases — healthy, pagerduty failing, pagerduty recovered — plus
    metric observations with an outlier and a handful of bad signals;
-5. show decisions per destination and phase, the breaker opening and closing, and the DLQ with
-   reasons, read back from Kafka and PostgreSQL; check every signal ended as exactly one
-   decision or one DLQ entry.
+5. show decisions per destination and phase, the breaker opening and closing, and each DLQ
+   entry (id, reason, error), read back from Kafka and PostgreSQL; check every signal ended as
+   exactly one decision or one DLQ entry, and that the worker logged no error;
+6. remove its temporary directory (kept, and named, when something went wrong); the stack is
+   left running for the next run, and the demo says how to stop it.
 
 The demo policy is ``examples/policy.yaml`` with the breaker's cooldown shortened to 3 s so the
 recovery is visible within the demo (the only change, printed at the start).
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -63,6 +66,9 @@ def _observations(round_no: int) -> list[dict[str, object]]:
     return [{"signal_id": f"obs-{round_no}-{src}", "sender_id": src, "metric": "checkout.p99_ms",
              "source_id": src, "value": v + round_no * 0.01} for src, v in values.items()]
 
+
+# The engine's error for an observation without enough sources and no earlier consensus.
+WARM_UP = "no usable source and no recent consensus"
 
 BAD_SIGNALS: list[bytes] = [
     b"{this is not json",
@@ -145,8 +151,11 @@ async def _read_decisions(settings: Settings, expected: int, timeout: float) -> 
     return out
 
 
+DlqLine = tuple[int, str, str, str | None]  # id, reason, error, signal_id
+
+
 async def _database_view(settings: Settings, since: float
-                         ) -> tuple[int, Counter[str], list[tuple[str, str, str, str]]]:
+                         ) -> tuple[int, list[DlqLine], list[tuple[str, str, str, str]]]:
     """This run's rows: the demo database is shared by runs, topics are not."""
     from router_stream.adapters import postgres
 
@@ -155,9 +164,9 @@ async def _database_view(settings: Settings, since: float
     try:
         decisions = await conn.fetchval(
             "SELECT count(*) FROM routing_decisions WHERE input_topic = $1", topic)
-        dlq = Counter({r["reason"]: r["n"] for r in await conn.fetch(
-            "SELECT reason, count(*) AS n FROM dlq_entries WHERE original_topic = $1"
-            " GROUP BY reason", topic)})
+        dlq = [(r["id"], r["reason"], r["error"], r["signal_id"]) for r in await conn.fetch(
+            "SELECT id, reason, error, signal_id FROM dlq_entries WHERE original_topic = $1"
+            " ORDER BY id", topic)]
         moves = [(r["target"], r["from_state"], r["to_state"], r["reason"]) for r in
                  await conn.fetch(
                      "SELECT target, from_state, to_state, reason FROM breaker_transitions"
@@ -180,9 +189,13 @@ def run_demo(say: Say = print, policy_file: Path = EXAMPLE_POLICY) -> int:
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     started = time.time()
     cfg = manager.make_config()
-    say(f"starting the local stack in {cfg.kafka.state_dir} (Kafka + PostgreSQL) …")
+    if all(row.running for row in manager.status(cfg)):
+        say(f"reusing the local stack running in {cfg.kafka.state_dir} (Kafka + PostgreSQL)")
+    else:
+        say(f"starting the local stack in {cfg.kafka.state_dir} (Kafka + PostgreSQL) …")
     report = manager.up(cfg)
-    say(f"stack ready in {report.seconds:.1f}s: kafka {cfg.kafka.bootstrap}, {cfg.postgres.url}")
+    say(f"stack {'reused' if report.reused else 'started'} in {report.seconds:.1f}s: kafka "
+        f"{cfg.kafka.bootstrap}, {cfg.postgres.url}")
 
     run_id = time.strftime("%H%M%S") + "-" + uuid.uuid4().hex[:4]
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"router-stream-demo-{run_id}"
@@ -231,7 +244,34 @@ def run_demo(say: Say = print, policy_file: Path = EXAMPLE_POLICY) -> int:
         if worker.poll() is None:
             worker.kill()
         log.close()
-    return _report(settings, sent, started, say)
+    code = _report(settings, sent, started, say)
+    code = max(code, _check_worker_log(workdir / "worker.log", say))
+    if code == 0:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        say(f"kept {workdir} (policy, worker.log) to look into")
+    say("the stack keeps running for the next run: `router-stream stack down` stops it "
+        "(`--wipe` also deletes its data)")
+    return code
+
+
+def _check_worker_log(path: Path, say: Say) -> int:
+    """A healthy run logs nothing at error level; print any line that did (2 when one did)."""
+    errors = []
+    for line in path.read_bytes().splitlines():
+        try:
+            level = orjson.loads(line).get("level")
+        except orjson.JSONDecodeError:  # not our JSON: a library printing to stderr
+            level = "error"
+        if level in ("error", "critical"):
+            errors.append(line.decode("utf-8", "replace"))
+    if not errors:
+        say("worker log: no error-level lines")
+        return 0
+    say(f"worker log: {len(errors)} error-level line(s):")
+    for line in errors[:10]:
+        say(f"  {line[:300]}")
+    return 2
 
 
 def _report(settings: Settings, sent: int, started: float, say: Say) -> int:
@@ -254,11 +294,15 @@ def _report(settings: Settings, sent: int, started: float, say: Say) -> int:
     say("breaker transitions (from breaker_transitions):")
     for target, frm, to, reason in moves:
         say(f"  {target}: {frm} -> {to} ({reason})")
-    say("DLQ by reason (from dlq_entries):")
-    for reason, n in sorted(dlq.items()):
-        say(f"  {reason:<24} {n}")
-    dropped = sent - decisions_db - sum(dlq.values())
+    say("DLQ entries (from dlq_entries; `router-stream dlq show ID` for one in full):")
+    for entry_id, reason, error, signal_id in dlq:
+        say(f"  {entry_id:>6}  {reason:<24} {(signal_id or '-').split('@')[0]:<12} {error}")
+        if WARM_UP in error:
+            say(f"{'':>10}(expected: the first reading of a metric arrives before the policy's "
+                "min_sources sources have reported, and there is no earlier consensus to fall "
+                "back on — the rounds after it are decided; `dlq replay` would decide it now)")
+    dropped = sent - decisions_db - len(dlq)
     ok = dropped == 0
-    say(f"signals sent {sent}, decisions {decisions_db}, DLQ {sum(dlq.values())}: "
+    say(f"signals sent {sent}, decisions {decisions_db}, DLQ {len(dlq)}: "
         + ("every signal accounted for" if ok else f"{dropped} UNACCOUNTED"))
     return 0 if ok else 2

@@ -15,6 +15,7 @@ Hierarchy::
     ├── UserError                    the user's input is wrong: CLI exit code 1
     │   ├── ConfigError              bad settings / environment
     │   └── PolicyError              bad policy file; carries [(path, reason), ...]
+    ├── CannotListen                 the worker's HTTP port cannot be bound: exit code 2
     ├── TransientError               retriable=True: CLI exit code 2, worker retries
     │   ├── BrokerUnavailable
     │   ├── DatabaseUnavailable
@@ -34,12 +35,14 @@ Hierarchy::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import ClassVar
 
 __all__ = [
     "REASON_TO_ERROR",
     "BrokerUnavailable",
+    "CannotListen",
     "ConfigError",
     "DatabaseUnavailable",
     "Duplicate",
@@ -106,6 +109,23 @@ class PolicyError(UserError):
     def lines(self) -> list[str]:
         """The issues as ``path: reason`` lines (what tests and the CLI compare against)."""
         return [f"{path}: {reason}" if path else reason for path, reason in self.issues]
+
+    def fields(self) -> list[dict[str, str | int | None]]:
+        """The issues as ``{path, line, message}`` (``policy validate --json``): the line is
+        the ``(line N)`` a reason ends with, None when it has none."""
+        out: list[dict[str, str | int | None]] = []
+        for path, reason in self.issues:
+            found = _LINE_SUFFIX.search(reason)
+            out.append({"path": path, "line": int(found.group(1)) if found else None,
+                        "message": reason[:found.start()] if found else reason})
+        return out
+
+
+_LINE_SUFFIX = re.compile(r" \(line (\d+)\)$")
+
+
+class CannotListen(RouterError):
+    """The worker's HTTP endpoint cannot bind its port (in use, not permitted): exit code 2."""
 
 
 # --- the world's fault, expected to pass -----------------------------------------------------

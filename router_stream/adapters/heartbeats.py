@@ -54,8 +54,9 @@ _UPSERT = """
 INSERT INTO worker_heartbeats (
     worker_id, group_id, host, pid, partitions, policy_version, candidate_version, rollout_mode,
     rollout_share, status, signals_processed, beats, interval_s, software_version, started_at,
-    last_seen)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, to_timestamp($15), now())
+    last_seen, topic_prefix)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, to_timestamp($15), now(),
+        $16)
 ON CONFLICT (worker_id) DO UPDATE SET
     group_id = EXCLUDED.group_id, host = EXCLUDED.host, pid = EXCLUDED.pid,
     partitions = EXCLUDED.partitions, policy_version = EXCLUDED.policy_version,
@@ -63,7 +64,8 @@ ON CONFLICT (worker_id) DO UPDATE SET
     rollout_share = EXCLUDED.rollout_share, status = EXCLUDED.status,
     signals_processed = EXCLUDED.signals_processed, beats = EXCLUDED.beats,
     interval_s = EXCLUDED.interval_s, software_version = EXCLUDED.software_version,
-    started_at = EXCLUDED.started_at, last_seen = EXCLUDED.last_seen
+    started_at = EXCLUDED.started_at, last_seen = EXCLUDED.last_seen,
+    topic_prefix = EXCLUDED.topic_prefix
 WHERE worker_heartbeats.started_at <> EXCLUDED.started_at
    OR worker_heartbeats.beats < EXCLUDED.beats
 """
@@ -71,7 +73,7 @@ WHERE worker_heartbeats.started_at <> EXCLUDED.started_at
 _SELECT = """
 SELECT worker_id, group_id, host, pid, partitions, policy_version, candidate_version,
        rollout_mode, rollout_share, status, signals_processed, beats, interval_s,
-       software_version, extract(epoch FROM started_at)::float8 AS started_at,
+       software_version, topic_prefix, extract(epoch FROM started_at)::float8 AS started_at,
        extract(epoch FROM last_seen)::float8 AS last_seen
 FROM worker_heartbeats
 """
@@ -94,19 +96,23 @@ class PostgresHeartbeats:
                     [[t, p] for t, p in hb.partitions], hb.policy_version,
                     hb.candidate_version, hb.rollout_mode, hb.rollout_share, hb.status,
                     hb.signals_processed, hb.beats, hb.interval_s, hb.software_version,
-                    hb.started_at)
+                    hb.started_at, hb.topic_prefix)
                 if not self._pruned:
                     await conn.execute("DELETE FROM worker_heartbeats"
                                        f" WHERE last_seen < now() - interval '{PRUNE_AFTER}'")
                     self._pruned = True
 
 
-async def read_postgres_heartbeats(conn: asyncpg.Connection
+async def read_postgres_heartbeats(conn: asyncpg.Connection, topic_prefix: str | None = None
                                    ) -> tuple[list[WorkerHeartbeat], float]:
-    """Every row, and the database's clock to judge them by."""
+    """Every row (only those of workers routing under ``topic_prefix`` when given: deployments
+    sharing a database are told apart), and the database's clock to judge them by."""
     with pg._unavailable_as_router_error("reading worker_heartbeats"), \
             not_migrated_as_user_error():
-        rows = await conn.fetch(_SELECT)
+        if topic_prefix is None:
+            rows = await conn.fetch(_SELECT)
+        else:
+            rows = await conn.fetch(_SELECT + " WHERE topic_prefix = $1", topic_prefix)
         now = await conn.fetchval("SELECT extract(epoch FROM now())::float8")
     return [_from_row(r) for r in rows], float(now)
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
@@ -359,6 +360,26 @@ async def _wait_until_ready(
         await asyncio.sleep(0.1)
 
 
+async def _wait_until_serving(settings: Settings, partitions: Mapping[str, int],
+                              timeout: float) -> None:
+    """A leader in the metadata is not yet a leader that answers: for a moment after creation
+    a broker refuses offset requests with NotLeaderForPartition, which a worker started right
+    away (the demo, `topics apply && worker`) logs at ERROR before aiokafka retries. Asking for
+    the end offsets here retries that silently, so created topics are returned serving."""
+    consumer = AIOKafkaConsumer(**settings.kafka_client_options, enable_auto_commit=False)
+    tps = [TopicPartition(name, p) for name, n in partitions.items() for p in range(n)]
+    try:
+        await asyncio.wait_for(consumer.start(), timeout)
+        await asyncio.wait_for(consumer.end_offsets(tps), timeout)
+    except TimeoutError as exc:
+        raise OperationTimeout(
+            f"created topics do not answer offset requests after {timeout:.0f}s") from exc
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"created topics do not answer offset requests: {exc!r}") from exc
+    finally:
+        await consumer.stop()
+
+
 def _clamp_warnings(expected: Sequence[TopicSpec], brokers: int) -> list[str]:
     clamped = sorted({t.replication_factor for t in expected if t.replication_factor > brokers})
     if not clamped:
@@ -419,6 +440,9 @@ async def _reconcile(
                 report.problems.append(TopicProblem(name, "missing", "exists", "missing"))
             else:
                 _compare(name, spec, effective[name], seen[name], report)
+    if report.created:
+        await _wait_until_serving(settings, {n: effective[n].partitions for n in report.created},
+                                  timeout)
     return report
 
 

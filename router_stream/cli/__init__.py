@@ -43,6 +43,13 @@ def cli() -> None:
 
     Configuration comes from ROUTER_* environment variables (or a .env file);
     `router-stream stack up` prints the ones for the local development stack.
+
+    \b
+    Example (a first run on the local stack):
+      eval "$(router-stream stack up)"
+      router-stream db migrate && router-stream topics apply --policy examples/policy.yaml
+      router-stream policy publish examples/policy.yaml
+      router-stream produce --logical signals examples/signals.jsonl --key-field sender_id
     """
 
 

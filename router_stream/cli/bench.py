@@ -42,7 +42,14 @@ def bench_command(quick: bool, out_dir: Path, docs: Path | None, only: tuple[str
     """Measure router-stream against raw aiokafka, a naive faust agent and its own core.
 
     Uses the broker and database of ROUTER_KAFKA_BOOTSTRAP / ROUTER_DATABASE_URL; creates and
-    deletes its own topics (bench-<run>.*) and database. See docs/benchmarks.md.
+    deletes its own topics (bench-<run>.*) and database. A contender that fails is marked
+    FAILED in the table and the run exits 2. See docs/benchmarks.md.
+
+    \b
+    Examples:
+      router-stream bench --quick --out /tmp/bench
+      router-stream bench --only router_pg --only raw
+      router-stream bench --report bench/results/RUN.json --docs docs/benchmarks.md
     """
     if state_memory and (quick or docs or only or report):
         raise click.UsageError("--state-memory takes no --quick, --docs, --only or --report")

@@ -83,11 +83,13 @@ def status(migrations_dir: Path | None, as_json: bool) -> None:
         click.echo(json.dumps([s.as_dict() for s in states]))
         return
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    table = Table("migration", "state", "applied at", "sha256")
+    # Names are what an operator greps for: folded on a narrow terminal, never cut with "…".
+    table = Table(Column("migration", overflow="fold"), "state", "applied at", "sha256")
     colours = {"applied": "green", "pending": "yellow", "changed": "red", "missing": "red"}
     for s in states:
         applied_at = s.applied_at.strftime("%Y-%m-%d %H:%M:%S%z") if s.applied_at else "-"
         table.add_row(s.filename, f"[{colours[s.state]}]{s.state}[/]", applied_at, s.checksum[:12])
-    Console().print(table)
+    console = Console()
+    (console if console.is_terminal else Console(width=200)).print(table)

@@ -13,7 +13,9 @@ def demo() -> None:
 
     Starts the stack if needed, applies migrations and topics under a fresh prefix, runs a
     worker in burst mode, produces healthy / failing / recovered traffic, then prints decisions
-    per destination, breaker transitions and the DLQ. Exit 0 when every signal is accounted for.
+    per destination, breaker transitions and every DLQ entry (id, reason, error). Exit 0 when
+    every signal is accounted for and the worker logged no error; its temporary directory is
+    removed then (kept and named otherwise). The stack is left running: `stack down` stops it.
 
     \b
     Example:

@@ -46,16 +46,20 @@ async def _with_conn(settings: Settings, work: Callable[[Any], Coroutine[Any, An
         await conn.close()
 
 
-def _filter_options(reason_flag: str = "--reason") -> Callable[[F], F]:
-    """The selection options every dlq command shares (``reason_flag`` differs for discard,
-    whose ``--reason`` is the text recorded with the discard)."""
+def _filter_options(reason_alias: bool = True) -> Callable[[F], F]:
+    """The selection options every dlq command shares. The DLQ reason filter is
+    ``--dlq-reason`` everywhere, because ``--reason`` is the text recorded with an operator
+    action (discard, override set, policy rollback); list and replay also accept ``--reason``
+    as a hidden alias, as they once documented it."""
 
     def decorate(fn: F) -> F:
         options = [
             click.option("--id", "ids", type=int, multiple=True, help="Entry id (repeatable)."),
             # Not click.Choice: a bad value is a user error (exit 1), not a usage error (2).
-            click.option(reason_flag, "reasons", metavar="REASON", multiple=True,
+            click.option("--dlq-reason", "reasons", metavar="REASON", multiple=True,
                          help=f"Why it was DLQ'd (repeatable): {', '.join(REASONS)}."),
+            *([click.option("--reason", "reasons_alias", metavar="REASON", multiple=True,
+                            hidden=True)] if reason_alias else []),
             click.option("--status", "statuses", metavar="STATUS", multiple=True,
                          help=f"{' | '.join(STATUSES)} (repeatable)."),
             click.option("--since", help="Failed at or after: ISO-8601, or 1h / 30m / 2d ago."),
@@ -74,8 +78,10 @@ def _filter_options(reason_flag: str = "--reason") -> Callable[[F], F]:
 
 
 def _build_filter(ids: tuple[int, ...] = (), *, since: str | None = None,
-                  until: str | None = None, **fields: Any) -> DlqFilter:
+                  until: str | None = None, reasons_alias: tuple[str, ...] = (),
+                  **fields: Any) -> DlqFilter:
     now = datetime.now(UTC)
+    fields["reasons"] = tuple(fields.get("reasons", ())) + tuple(reasons_alias)
     return DlqFilter(
         ids=tuple(ids),
         since=parse_instant(since, now) if since else None,
@@ -114,8 +120,8 @@ def dlq() -> None:
       router-stream dlq list --status pending --since 1h
       router-stream dlq list --summary
       router-stream dlq show 42
-      router-stream dlq replay --reason no_healthy_destination --dry-run
-      router-stream dlq replay --reason no_healthy_destination --rate 200
+      router-stream dlq replay --dlq-reason no_healthy_destination --dry-run
+      router-stream dlq replay --dlq-reason no_healthy_destination --rate 200
       router-stream dlq discard 42 43 --reason "test traffic"
       router-stream dlq reindex            # rebuild the table from the router.dlq topic
 
@@ -136,7 +142,7 @@ def list_(limit: int, summary: bool, as_json: bool, **filters: Any) -> None:
 
     \b
     Examples:
-      router-stream dlq list --reason no_healthy_destination --status pending --limit 20
+      router-stream dlq list --dlq-reason no_healthy_destination --status pending --limit 20
       router-stream dlq list --since 2025-01-02T00:00:00Z --until 6h --json
       router-stream dlq list --summary --since 1d
     """
@@ -281,7 +287,7 @@ def _bytes_line(described: dict[str, Any]) -> str:
 
 @dlq.command()
 @click.argument("id_args", metavar="[ID]...", type=int, nargs=-1)
-@_filter_options(reason_flag="--dlq-reason")
+@_filter_options(reason_alias=False)
 @click.option("--reason", "discard_reason", required=True,
               help="Why they are discarded (recorded with each entry).")
 @click.option("--limit", type=click.IntRange(min=1), default=None)
@@ -291,8 +297,9 @@ def discard(id_args: tuple[int, ...], discard_reason: str, limit: int | None, al
             as_json: bool, ids: tuple[int, ...], **filters: Any) -> None:
     """Mark pending entries discarded (never replayed), recording why and when.
 
-    Select by ID arguments and/or filters (the DLQ reason filter is --dlq-reason here, because
-    --reason is the text recorded). Entries that are not pending are left alone.
+    Select by ID arguments and/or filters (the DLQ reason filter is --dlq-reason; --reason is
+    the text recorded). Entries that are not pending are left alone; an ID that does not exist
+    is an error (exit 1) and nothing is discarded.
 
     \b
     Examples:
@@ -303,8 +310,12 @@ def discard(id_args: tuple[int, ...], discard_reason: str, limit: int | None, al
     _require_selection(where, all_, "discard")
     if not discard_reason.strip():
         raise UserError("--reason must say why the entries are discarded")
-    discarded = _run(_with_conn(
-        _settings(), lambda c: store.discard(c, where, discard_reason, limit=limit)))
+    async def work(conn: Any) -> list[int]:
+        for entry_id in ids + id_args:  # an unknown id is a typo, as for show and replay
+            await store.get_entry(conn, entry_id)
+        return await store.discard(conn, where, discard_reason, limit=limit)
+
+    discarded = _run(_with_conn(_settings(), work))
     if as_json:
         _json_out({"discarded": discarded})
     else:
@@ -342,8 +353,8 @@ def replay(id_args: tuple[int, ...], limit: int | None, rate: float | None, max_
 
     \b
     Examples:
-      router-stream dlq replay --reason no_healthy_destination --dry-run
-      router-stream dlq replay --reason no_healthy_destination --since 2h --rate 500
+      router-stream dlq replay --dlq-reason no_healthy_destination --dry-run
+      router-stream dlq replay --dlq-reason no_healthy_destination --since 2h --rate 500
       router-stream dlq replay 42
 
     Exit code 1 when entries matched but every one was refused by --max-attempts, or when a

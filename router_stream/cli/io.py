@@ -149,9 +149,14 @@ def produce(topic: str, file: IO[bytes], key_field: str | None, rate: float | No
     Each line's bytes are sent unchanged. Exit 1 on a line that is not JSON (its number is
     printed; --raw sends it anyway) or a topic that does not exist.
 
+    examples/ holds one file per input topic, each line a complete message of the shape
+    docs/contract.md describes (signals.jsonl, health.jsonl, outcomes.jsonl).
+
     \b
     Examples:
       router-stream produce --logical signals examples/signals.jsonl --key-field sender_id
+      router-stream produce --logical source-health examples/health.jsonl --key-field source_id
+      router-stream produce --logical outcomes examples/outcomes.jsonl --key-field destination
       cat events.jsonl | router-stream produce --logical source-health - --key-field source_id
       router-stream produce prod.signals signals.jsonl --rate 100
     """

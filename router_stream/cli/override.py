@@ -107,9 +107,11 @@ async def set_override(
     """Set an override of any action for ``ttl_s``: send it through router.control, then record
     it in routing_overrides. Returns the command as sent (with its ``command_id``)."""
     from router_stream.adapters.control import send_control
+    from router_stream.adapters.preflight import check_override_target
 
     if not 0 < ttl_s <= MAX_DURATION.total_seconds():
         raise UserError(f"ttl must be more than 0s and at most {MAX_DURATION.days}d")
+    await check_override_target(settings, action, target)
     now = time.time()
     forced = action is OverrideKind.FORCE_DESTINATION
     command = OverrideSet(

@@ -44,14 +44,21 @@ def policy() -> None:
 
 @policy.command()
 @_file
-@click.option("--json", "as_json", is_flag=True, help="Print {valid, version, issues} as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {valid, version, issues: [{path, line, message}]} as JSON.")
 def validate(file: Path, as_json: bool) -> None:
-    """Check FILE; print every issue with its path and line. Exit 0 valid, 1 invalid."""
+    """Check FILE; print every issue with its path and line. Exit 0 valid, 1 invalid.
+
+    \b
+    Examples:
+      router-stream policy validate examples/policy.yaml
+      router-stream policy validate new.yaml --json | jq '.issues[] | "\\(.line): \\(.message)"'
+    """
     try:
         _, parsed = read_policy(file)
     except PolicyError as exc:
         if as_json:
-            click.echo(json.dumps({"valid": False, "issues": exc.lines()}))
+            click.echo(json.dumps({"valid": False, "issues": exc.fields()}))
         else:
             click.secho(str(exc), fg="red", err=True)
         raise SystemExit(1) from None
@@ -122,7 +129,12 @@ def _print_file_summary(file: Path, as_json: bool) -> None:
 @click.argument("old", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("new", type=click.Path(path_type=Path, dir_okay=False))
 def diff(old: Path, new: Path) -> None:
-    """What changes from OLD to NEW, one line per change (exit 0 either way)."""
+    """What changes from OLD to NEW, one line per change (exit 0 either way).
+
+    \b
+    Example:
+      router-stream policy diff examples/policy.yaml new.yaml
+    """
     _, a = read_policy(old)
     _, b = read_policy(new)
     lines = diff_policies(a, b)
@@ -133,18 +145,27 @@ def diff(old: Path, new: Path) -> None:
 
 @policy.command()
 @_file
-def publish(file: Path) -> None:
+@click.option("--create-topics", is_flag=True,
+              help="First create the missing topics its destinations need (as `topics apply`).")
+def publish(file: Path, create_topics: bool) -> None:
     """Validate FILE, then switch every worker to it through router.control (no restart).
 
-    A file that fails validation is never sent. Workers validate again on receipt, so a bad
-    policy can never replace a good one.
+    A file that fails validation is never sent, nor one whose destinations have no
+    routed.<destination> topic (exit 1 naming them; --create-topics creates them first).
+    Workers validate again on receipt, so a bad policy can never replace a good one.
+
+    \b
+    Examples:
+      router-stream policy publish examples/policy.yaml
+      router-stream policy publish new.yaml --create-topics
     """
     text, parsed = read_policy(file)
     text, parsed = _inline_candidate(file, text, parsed)
     version = policy_version(parsed)
     command = PolicyPublish(policy_yaml=text, version=version, source=str(file),
                             issued_by=getpass.getuser())
-    asyncio.run(_publish(Settings(), command, text, parsed))
+    asyncio.run(publish_policy(Settings(), command, file, text, parsed,
+                               create_topics=create_topics))
     click.echo(f"published {version} from {file}")
 
 
@@ -165,11 +186,21 @@ def _inline_candidate(file: Path, text: str, parsed: Policy) -> tuple[str, Polic
     return inlined, load_policy(inlined, f"{file} (candidate inlined)")
 
 
-async def _publish(settings: Settings, command: PolicyPublish, text: str, parsed: Policy) -> None:
-    """Send the command first: the policy is live once workers read it; then record it."""
+async def publish_policy(settings: Settings, command: PolicyPublish, file: Path, text: str,
+                         parsed: Policy, *, create_topics: bool = False) -> None:
+    """Check (or create) the topics it routes to, send the command — the policy is live once
+    workers read it — then record it."""
     from router_stream.adapters import postgres
     from router_stream.adapters.control import send_control
+    from router_stream.adapters.preflight import check_policy_topics
 
+    compiled = compile_policy(parsed)
+    if create_topics:
+        from router_stream.adapters.topics import apply_topics
+        from router_stream.core.compiled import routable_destinations
+
+        await apply_topics(settings, routable_destinations(compiled))
+    await check_policy_topics(settings, compiled, file)
     await send_control(settings, command)
     conn = await postgres.connect(settings)
     try:
@@ -182,9 +213,13 @@ async def _publish(settings: Settings, command: PolicyPublish, text: str, parsed
 
 
 @policy.command("active")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print [{version, status, status_reason, published_at, published_by}] as "
+                   "JSON, newest first.")
 def active(as_json: bool) -> None:
     """The active policy version and the recent history, from policy_versions.
+
+    Status is one of active, superseded, rolled_back, rejected (a worker refused it).
 
     \b
     Example:
@@ -314,7 +349,7 @@ async def _from_postgres(settings: Settings) -> _Status:
                 not_migrated_as_user_error():
             active = await conn.fetchval(
                 "SELECT version FROM policy_versions WHERE status = 'active'")
-        heartbeats, now = await read_postgres_heartbeats(conn)
+        heartbeats, now = await read_postgres_heartbeats(conn, settings.topic_prefix)
     finally:
         await conn.close()
     notes = [] if active is not None else [

@@ -58,6 +58,11 @@ def up(
     The `export` lines go to stdout (so `eval "$(router-stream stack up)"` works); progress goes
     to stderr. With --secure the exports hold the generated passwords: keep them out of shell
     history and logs (they are also in STATE_DIR/secrets/passwords.json, mode 0600).
+
+    \b
+    Examples:
+      eval "$(router-stream stack up)"
+      eval "$(router-stream stack up --kafka-port 29092 --pg-port 25432)"
     """
     cfg = manager.make_config(state_dir, kafka_port=kafka_port, pg_port=pg_port, secure=secure)
     mode = " (secure: TLS + SASL/SCRAM)" if cfg.secure else ""
@@ -82,6 +87,11 @@ def status(
     state_dir: Path | None, kafka_port: int | None, pg_port: int | None, as_json: bool
 ) -> None:
     """Tell what runs where (pid, address, security, memory). Exit 1 if something is not running.
+
+    \b
+    Examples:
+      router-stream stack status
+      router-stream stack status --json | jq '.[] | select(.running | not)'
     """
     cfg = manager.make_config(state_dir, kafka_port=kafka_port, pg_port=pg_port)
     rows = manager.status(cfg)
@@ -102,7 +112,13 @@ def status(
 @_pport_opt
 @click.option("--wipe", is_flag=True, help="Also delete all data (topics, databases, logs).")
 def down(state_dir: Path | None, kafka_port: int | None, pg_port: int | None, wipe: bool) -> None:
-    """Stop exactly the processes `stack up` started (by pid)."""
+    """Stop exactly the processes `stack up` started (by pid).
+
+    \b
+    Examples:
+      router-stream stack down
+      router-stream stack down --wipe   # and delete topics, databases and logs
+    """
     cfg = manager.make_config(state_dir, kafka_port=kafka_port, pg_port=pg_port)
     stopped = manager.down(cfg, wipe=wipe)
     click.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}"

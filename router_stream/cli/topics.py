@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 from pydantic import ValidationError
@@ -13,16 +14,21 @@ from router_stream.cli import cli
 from router_stream.config import Settings
 from router_stream.errors import ConfigError
 
-_policy_opt = click.option(
-    "--policy", "policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="Also create/verify routed.<destination> for every destination this policy names "
-         "[env ROUTER_POLICY_FILE].",
-)
-_dest_opt = click.option(
-    "--destination", "-d", "destinations", multiple=True, metavar="NAME",
-    help="A destination whose routed.<NAME> topic is needed (repeatable).",
-)
+
+def _policy_opt(what: str) -> Any:
+    return click.option(
+        "--policy", "policy_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help=f"Also {what} routed.<destination> for every destination this policy names "
+             "[env ROUTER_POLICY_FILE].",
+    )
+
+
+def _dest_opt(what: str) -> Any:
+    return click.option(
+        "--destination", "-d", "destinations", multiple=True, metavar="NAME",
+        help=f"Also {what} routed.<NAME> (repeatable).",
+    )
 _file_opt = click.option(
     "--file", "topics_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None, help="Topic declarations [the topics/topics.yaml shipped with router-stream].",
@@ -60,8 +66,8 @@ def topics() -> None:
 
 
 @topics.command()
-@_policy_opt
-@_dest_opt
+@_policy_opt("create/verify")
+@_dest_opt("create/verify")
 @_file_opt
 @_json_opt
 def apply(
@@ -97,18 +103,19 @@ def apply(
 
 
 @topics.command("list")
-@_policy_opt
-@_dest_opt
+@_policy_opt("list (as missing when absent)")
+@_dest_opt("list")
 @_file_opt
 @_json_opt
 def list_(
     policy_file: Path | None, destinations: tuple[str, ...], topics_file: Path | None,
     as_json: bool,
 ) -> None:
-    """Show router-stream's topics under the prefix (and declared ones that are missing).
+    """Show router-stream's topics under the prefix (and declared ones that are missing):
+    partitions, replicas, cleanup policy and retention as the cluster has them. Changes nothing.
 
     \b
-    Example:
+    Examples:
       router-stream topics list
       ROUTER_TOPIC_PREFIX=prod. router-stream topics list --json
     """

@@ -16,7 +16,17 @@ from router_stream.cli import cli
               help="Policy file at start-up (default ROUTER_POLICY_FILE).")
 def worker_command(exit_when_idle: float | None, http_port: int | None,
                    policy_file: str | None) -> None:
-    """Route signals: consume `signals`, decide, produce, persist, commit (SIGTERM drains)."""
+    """Route signals: consume `signals`, decide, produce, persist, commit (SIGTERM drains).
+
+    Needs the topics (`topics apply --policy FILE`) and, with persistence on, a migrated
+    database (`db migrate`). A port already in use is one line, exit 2.
+
+    \b
+    Examples:
+      router-stream worker --policy examples/policy.yaml
+      ROUTER_PERSIST=false router-stream worker --policy examples/policy.yaml --http-port 0
+      router-stream worker --policy examples/policy.yaml --exit-when-idle 5
+    """
     from router_stream.config import Settings
     from router_stream.worker.app import run_hosted
     from router_stream.worker.logs import configure_json_logging

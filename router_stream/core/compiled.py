@@ -67,6 +67,15 @@ class CompiledPolicy:
     redactor: Redactor = field(default_factory=lambda: DEFAULT_REDACTOR)
 
 
+def routable_destinations(policy: CompiledPolicy) -> tuple[str, ...]:
+    """Every destination ``policy`` can route to: its own and its rollout candidate's, so each
+    needs a ``routed.<destination>`` topic."""
+    found = dict.fromkeys(policy.destinations)
+    if policy.rollout is not None:
+        found.update(dict.fromkeys(policy.rollout.candidate.destinations))
+    return tuple(found)
+
+
 def compile_policy(
     policy: Policy, read_candidate: Callable[[str], str] | None = None
 ) -> CompiledPolicy:

@@ -24,7 +24,7 @@ import orjson
 from router_stream.core import breaker as brk
 from router_stream.core import trust as tr
 from router_stream.core.breaker import Breaker, BreakerState, BreakerTransition
-from router_stream.core.compiled import CompiledPolicy, RouteSpec
+from router_stream.core.compiled import CompiledPolicy, RouteSpec, routable_destinations
 from router_stream.core.dedupe import DedupeWindow
 from router_stream.core.models import (
     BreakerForce,
@@ -65,6 +65,7 @@ from router_stream.core.overrides import (
     active,
     clear_override,
     set_override,
+    unknown_target,
 )
 from router_stream.core.parsing import Rejection, parse_signal
 from router_stream.core.ratelimit import TenantBuckets
@@ -293,6 +294,9 @@ class RouterEngine:
         if isinstance(cmd, OverrideSet):
             created = cmd.issued_at if cmd.issued_at is not None else now
             target = cmd.target if cmd.target is not None else cmd.destinations[0]
+            unknown = unknown_target(cmd.action, target, routable_destinations(self._policy))
+            if unknown is not None:
+                return ControlResult(False, f"override {cmd.override_id} refused: {unknown}")
             self._overrides = set_override(self._overrides, Override(
                 override_id=cmd.override_id, kind=OverrideKind(cmd.action), target=target,
                 expires_at=cmd.expires_at, created_at=created, kind_selector=cmd.kind,

@@ -62,6 +62,8 @@ class WorkerHeartbeat:
     signals_processed: int = 0
     beats: int = 0
     software_version: str = ""
+    # The ROUTER_TOPIC_PREFIX it routes under: deployments sharing one database are told apart.
+    topic_prefix: str = ""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -82,7 +84,7 @@ class WorkerHeartbeat:
             "partitions": [[topic, p] for topic, p in self.partitions],
             "status": self.status, "signals_processed": self.signals_processed,
             "beats": self.beats, "interval_s": self.interval_s,
-            "software_version": self.software_version,
+            "software_version": self.software_version, "topic_prefix": self.topic_prefix,
             "started_at": self.started_at, "last_seen": self.last_seen,
         }
 
@@ -108,6 +110,7 @@ class WorkerHeartbeat:
                 signals_processed=int(data.get("signals_processed", 0)),
                 beats=int(data.get("beats", 0)),
                 software_version=str(data.get("software_version", "")),
+                topic_prefix=str(data.get("topic_prefix") or ""),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a worker heartbeat: {exc!r}") from exc

@@ -21,7 +21,7 @@ these helpers answer each question on its own.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -80,6 +80,17 @@ class Override:
             tenant_selector=data.get("tenant_selector"),
             reason=str(data.get("reason", "")),
         )
+
+
+def unknown_target(action: str, target: str, destinations: Collection[str]) -> str | None:
+    """Why an override naming ``target`` cannot take effect under a policy routing to
+    ``destinations`` (None: it can). Forcing to or draining a destination the policy lacks
+    would route to a topic nothing declared (force) or silently do nothing (drain); a source
+    left out of consensus needs no declaration."""
+    if action == OverrideKind.EXCLUDE_SOURCE or target in destinations:
+        return None
+    known = ", ".join(sorted(destinations)) or "none"
+    return f"destination {target!r} is not in the active policy (destinations: {known})"
 
 
 def set_override(current: Mapping[str, Override], override: Override) -> dict[str, Override]:

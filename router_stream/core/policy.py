@@ -639,15 +639,27 @@ def _parse_yaml(text: str, source: str) -> tuple[Node | None, Any]:
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise PolicyError([("", f"invalid YAML: {exc.problem or exc.context}{where}")],
-                          source) from None
+        raise PolicyError([("", _yaml_problem(exc))], source) from None
     except yaml.YAMLError as exc:
         raise PolicyError([("", f"invalid YAML: {exc}")], source) from None
     finally:
         loader.dispose()
     return root, data
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
+    """The reason, at the line of the mistake. PyYAML marks where it noticed the problem,
+    which for an unclosed bracket or quote is a later line; the construct left open
+    (``context_mark``) is where the mistake is. A block's context is the whole enclosing
+    mapping or sequence, so there the problem's own line is the better one."""
+    problem, context = exc.problem_mark, exc.context_mark
+    what = exc.problem or exc.context
+    left_open = context is not None and "block" not in (exc.context or "")
+    if context is not None and left_open and (problem is None or context.line < problem.line):
+        found = f" on line {problem.line + 1}" if problem is not None else ""
+        return f"invalid YAML: {what}{found}, {exc.context} (line {context.line + 1})"
+    mark = problem or context
+    return f"invalid YAML: {what}" + (f" (line {mark.line + 1})" if mark is not None else "")
 
 
 def _duplicate_keys(node: Node, loc: Loc) -> list[PolicyIssue]:

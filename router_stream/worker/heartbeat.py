@@ -162,6 +162,7 @@ class Heartbeat:
             interval_s=self.interval_s,
             signals_processed=w.signals.processed if w.signals is not None else 0,
             beats=self._beats, software_version=__version__,
+            topic_prefix=w.settings.topic_prefix,
         )
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from router_stream.errors import CannotListen
 from router_stream.worker.metrics import WorkerMetrics
 
 
@@ -38,7 +39,14 @@ class HealthServer:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise CannotListen(
+                f"cannot listen on {host}:{port} for /livez /readyz /metrics: "
+                f"{exc.strerror or exc} (choose another with --http-port or ROUTER_HTTP_PORT; "
+                "0 picks a free one)") from exc
         server = site._server  # aiohttp exposes no public accessor for the bound socket
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else port

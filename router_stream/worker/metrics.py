@@ -147,6 +147,9 @@ class WorkerMetrics:
         self.rollout_shadow = Counter(
             "router_rollout_shadow", "Shadow evaluations of a rollout candidate",
             ["candidate", "agree"], registry=r)
+        self.control_commands = Counter(
+            "router_control_commands", "Operator commands from router.control applied live",
+            ["command", "result"], registry=r)
         self.rollout_rollbacks = Counter(
             "router_rollout_rollbacks", "Rollout candidates rolled back automatically",
             ["candidate"], registry=r)

@@ -137,7 +137,7 @@ class RouterWorker:
         self.follower = StateFollower(
             s, self.engine, on_transitions=self._on_transitions, on_policy=self._on_policy,
             reload_policy=lambda: read_policy_file(self.settings),
-            policy=self._policy_origin, checkpoint=checkpoint)
+            policy=self._policy_origin, checkpoint=checkpoint, on_control=self._on_control)
         await self.follower.start()
         self._spawn(self.follower.run(), "state")
         await self._until_caught_up()  # decide only with the replayed state
@@ -392,6 +392,10 @@ class RouterWorker:
     def _take_transitions(self) -> list[BreakerTransition]:
         taken, self._pending_transitions = self._pending_transitions, []
         return taken
+
+    def _on_control(self, command: str, accepted: bool) -> None:
+        self.metrics.control_commands.labels(
+            command, "accepted" if accepted else "refused").inc()
 
     def _on_policy(self, event: PolicyEvent) -> None:
         if event.accepted:

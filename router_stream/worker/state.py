@@ -34,7 +34,10 @@ from aiokafka.errors import KafkaError
 from router_stream.config import CONTROL, OUTCOMES, SOURCE_HEALTH, Settings
 from router_stream.core.breaker import BreakerTransition
 from router_stream.core.checkpoint import CheckpointRefused, capture, restore_state
-from router_stream.core.models import PolicyPublish, PolicyReload
+from router_stream.core.compiled import routable_destinations
+from router_stream.core.engine import ControlResult
+from router_stream.core.models import OverrideSet, PolicyPublish, PolicyReload
+from router_stream.core.overrides import OverrideKind
 from router_stream.core.parsing import Rejection, parse_control, parse_health, parse_outcome
 from router_stream.errors import BrokerUnavailable, PolicyError
 from router_stream.worker.checkpoints import Checkpoint, PolicyOrigin, new_checkpoint_id
@@ -43,6 +46,7 @@ from router_stream.worker.policy_source import compile_policy_text
 log = logging.getLogger("router_stream.worker.state")
 
 TICK_INTERVAL_S = 0.1
+CLUSTER_TOPICS_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class StateFollower:
         reload_policy: Callable[[], tuple[str, Any]],
         policy: PolicyOrigin | None = None,
         checkpoint: Checkpoint | None = None,
+        on_control: Callable[[str, bool], None] | None = None,
     ) -> None:
         self._settings = settings
         # The active policy's text and origin, for checkpoints (None: an engine built by a
@@ -88,6 +93,10 @@ class StateFollower:
         self._clock = 0.0
         self.caught_up = asyncio.Event()
         self.applied = 0
+        self._on_control = on_control
+        # The cluster's topic names, read before folding live control records (None: unknown,
+        # so commands are not checked against them).
+        self._cluster_topics: frozenset[str] | None = None
 
     async def start(self) -> None:
         """Assign every partition of the three topics and remember where "now" ends."""
@@ -209,12 +218,40 @@ class StateFollower:
                                                    max_records=5000)
             records = [r for rs in batches.values() for r in rs]
             records.sort(key=lambda r: (r.timestamp, r.topic, r.partition, r.offset))
+            if self.caught_up.is_set() and any(r.topic == self._topics[2] for r in records):
+                self._cluster_topics = await self._read_cluster_topics()
             for record in records:
                 self._fold(record)
             if not self.caught_up.is_set():
                 await self._check_caught_up()
             if self.caught_up.is_set():
                 self._emit(self._engine.tick(time.time()))
+
+    async def _read_cluster_topics(self) -> frozenset[str] | None:
+        """Every topic the cluster has (a metadata request for all topics creates none)."""
+        assert self._consumer is not None
+        try:
+            metadata = await asyncio.wait_for(self._consumer._client.fetch_all_metadata(),
+                                              CLUSTER_TOPICS_TIMEOUT_S)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("cannot list the cluster's topics: control commands are applied "
+                        "without checking their routed topics", extra={"error": repr(exc)})
+            return None
+        return frozenset(metadata.topics())
+
+    def _missing_topics(self, cmd: Any, compiled: Any) -> list[str]:
+        """The routed topics a live command would send to that the cluster lacks. Only live
+        commands are checked: a replay must decide as the command was decided when it came."""
+        topics = self._cluster_topics
+        if topics is None or not self.caught_up.is_set():
+            return []
+        if isinstance(cmd, PolicyPublish) and compiled is not None:
+            wanted = routable_destinations(compiled)
+        elif isinstance(cmd, OverrideSet) and cmd.action == OverrideKind.FORCE_DESTINATION:
+            wanted = tuple(cmd.destinations)
+        else:
+            return []
+        return [t for t in map(self._settings.routed_topic, wanted) if t not in topics]
 
     async def _check_caught_up(self) -> None:
         assert self._consumer is not None
@@ -264,13 +301,26 @@ class StateFollower:
                 log.error("policy rejected, keeping the active one", extra={
                     "version": cmd.version, "error": str(exc).replace("\n", "; "),
                     "active": self._engine.policy_version})
-        result = self._engine.apply_control(cmd, now, compiled)
+        missing = self._missing_topics(cmd, compiled)
+        if missing:
+            result = ControlResult(False, f"{cmd.type} refused: topic(s) {', '.join(missing)} "
+                                   "do not exist (create them with `router-stream topics apply "
+                                   "--policy FILE`)")
+            log.error("control refused", extra={
+                "command": cmd.type, "command_id": cmd.command_id, "detail": result.message})
+            compiled = None
+        else:
+            result = self._engine.apply_control(cmd, now, compiled)
         if isinstance(cmd, PolicyPublish) and result.accepted:
             self.policy = PolicyOrigin("control", cmd.policy_yaml, f"policy {cmd.version}")
         self._emit(list(result.transitions))
-        log.info("control applied" if result.accepted else "control refused", extra={
-            "command": cmd.type, "command_id": cmd.command_id, "detail": result.message,
-            "replay": not live})
+        if not missing:
+            (log.info if result.accepted or not live else log.warning)(
+                "control applied" if result.accepted else "control refused", extra={
+                    "command": cmd.type, "command_id": cmd.command_id,
+                    "detail": result.message, "replay": not live})
+        if live and self._on_control is not None:
+            self._on_control(cmd.type, result.accepted)
         if isinstance(cmd, PolicyPublish):
             self._on_policy(PolicyEvent(
                 compiled.version if compiled is not None else cmd.version, cmd.policy_yaml,

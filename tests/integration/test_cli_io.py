@@ -150,6 +150,7 @@ async def test_override_set_list_clear_through_control_and_table(
     settings: Settings, topic_factory, migrated
 ):
     await topic_factory(CONTROL)
+    await topic_factory("routed.slack")  # a forced destination's topic must exist
     before = asyncio.get_running_loop().time()
     result = await asyncio.to_thread(
         _invoke_db, settings, "override", "set", "--kind", "alert", "--tenant", "acme",

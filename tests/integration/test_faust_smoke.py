@@ -20,7 +20,7 @@ APP = Path(__file__).parent / "apps" / "counter_app.py"
 
 def _start_worker(env: dict[str, str], workdir: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, str(APP), "worker", "-l", "warn"],
+        [sys.executable, str(APP), "worker", "--without-web", "-l", "warn"],
         env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,
     )

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from router_stream.adapters import postgres as pg
+from router_stream.adapters.topics import apply_topics, policy_destinations
 from router_stream.cli import _register, cli
 from router_stream.config import CONTROL
 from router_stream.core.models import CONTROL_ADAPTER, PolicyPublish
@@ -31,9 +32,9 @@ def _invoke(settings, *args: str):
 
 
 async def test_publish_then_rollback_returns_every_worker_to_the_previous_version(
-    settings, topic_factory, tmp_path
+    settings, tmp_path
 ):
-    await topic_factory(CONTROL)
+    await apply_topics(settings, policy_destinations(EXAMPLE))
     await pg.migrate_database(settings)
     v2 = tmp_path / "v2.yaml"
     v2.write_text(EXAMPLE.read_text().replace("strategy: thompson", "strategy: ucb"))

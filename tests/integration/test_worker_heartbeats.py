@@ -253,3 +253,26 @@ async def test_exit_codes_of_policy_show(settings, tmp_path):
     empty = await invoke(settings, "policy", "show")
     assert empty.exit_code == 0, empty.output
     assert "no worker has recorded a heartbeat" in empty.output
+
+
+async def test_policy_show_lists_only_the_workers_of_its_own_topic_prefix(settings, tmp_path):
+    """Two deployments (topic prefixes) sharing one database: each sees its own workers only."""
+    from router_stream.adapters import postgres as pg
+    from router_stream.adapters.heartbeats import PostgresHeartbeats
+    from router_stream.core.heartbeat import WorkerHeartbeat
+
+    await pg.migrate_database(settings)
+    other = settings.model_copy(update={"topic_prefix": f"other-{settings.topic_prefix}"})
+    now = time.time()
+    pool = await pg.create_pool(settings, min_size=1, max_size=1)
+    try:
+        store = PostgresHeartbeats(pool)
+        for worker_id, s in (("ours:1", settings), ("theirs:1", other)):
+            await store.write(WorkerHeartbeat(
+                worker_id=worker_id, group_id=s.group_id, host="h", pid=1,
+                policy_version="p-1", started_at=now - 5, last_seen=now, status="stopped",
+                interval_s=INTERVAL_S, topic_prefix=s.topic_prefix))
+    finally:
+        await pool.close()
+    assert [w["worker_id"] for w in (await show(settings))["workers"]] == ["ours:1"]
+    assert [w["worker_id"] for w in (await show(other))["workers"]] == ["theirs:1"]

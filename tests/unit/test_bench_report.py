@@ -25,3 +25,13 @@ def test_a_rate_whose_confirmations_all_grew_a_backlog_is_marked_unconfirmed() -
     assert "upper bound): router_pg, faust." in banner
     notes = "\n".join(report._status_lines(result))
     assert "router_pg**: the 30 s confirmation grew a backlog at 1,000/s, 900/s" in notes
+
+
+def test_a_contender_that_failed_says_so_in_its_row_instead_of_a_bare_dash() -> None:
+    crashed = {**_contender("faust", []), "status": "failed", "sustainable_rate": None,
+               "reason": "RuntimeError: faust exited with code 1"}
+    partial = {**_contender("raw", [True]), "status": "partial"}
+    never = {"key": "router_pg", "label": "router_pg", "status": "failed", "reason": "x"}
+    rates = {row[0]: row[1] for row in report.rows(
+        {"mode": "quick", "contenders": [crashed, partial, never]})}
+    assert rates == {"faust": "FAILED", "raw": "1,000 (PARTIAL)", "router_pg": "FAILED"}

@@ -57,7 +57,7 @@ def test_policy_cli_validate_exit_codes(tmp_path: Path):
     res = runner.invoke(cli, ["policy", "validate", str(bad), "--json"])
     assert res.exit_code == 1
     issues = json.loads(res.output)["issues"]
-    assert any("routes.notification.strategy" in i and "line" in i for i in issues), issues
+    assert any(i["path"] == "routes.notification.strategy" and i["line"] for i in issues), issues
     missing = runner.invoke(cli, ["policy", "validate", str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 1
 

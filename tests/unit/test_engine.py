@@ -212,6 +212,24 @@ def test_override_forces_a_destination():
     assert r.decisions[0].destinations == ["pager"]
 
 
+def test_override_naming_a_destination_the_policy_lacks_is_refused_and_changes_nothing():
+    from router_stream.core.models import OverrideSet
+
+    engine = RouterEngine(policy())
+    forced = engine.apply_control(OverrideSet(
+        override_id="o1", kind="alert", destinations=["nosuchdest"], expires_at=NOW + 60), NOW)
+    drained = engine.apply_control(OverrideSet(
+        override_id="o2", action="drain", target="nosuchdest", expires_at=NOW + 60), NOW)
+    excluded = engine.apply_control(OverrideSet(
+        override_id="o3", action="exclude_source", target="any-source", expires_at=NOW + 60), NOW)
+    assert not forced.accepted and "'nosuchdest' is not in the active policy" in forced.message
+    assert not drained.accepted
+    assert excluded.accepted  # sources are not declared by the policy
+    assert [o["override_id"] for o in engine.snapshot(NOW).overrides] == ["o3"]
+    r = engine.decide_batch([Rec(sig(1))], NOW)
+    assert r.decisions[0].destinations == ["pager"]
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.sampled_from(["ok", "bad", "dup", "junk", "obs", "note"]), max_size=40),
        st.integers(1, 7))

@@ -314,6 +314,21 @@ def test_yaml_syntax_error_has_a_line() -> None:
     assert one_issue("a: 1\nb: 2\nc: [\n  - d: :\n").endswith("(line 4)")
 
 
+@pytest.mark.parametrize("broken", ["  slack: {capacity: 500", "  slack: [500", "  slack: 'x",
+                                    " slack: {capacity: 500}", "\tslack: {capacity: 500}"])
+def test_a_yaml_mistake_is_reported_at_its_own_line_not_where_the_parser_noticed(
+    broken: str,
+) -> None:
+    lines = EXAMPLE.read_text().splitlines()
+    assert lines[26] == "  slack: {capacity: 500}", "examples/policy.yaml drifted"
+    lines[26] = broken
+    with pytest.raises(PolicyError) as caught:
+        load_policy("\n".join(lines) + "\n")
+    [issue] = caught.value.fields()
+    assert issue["line"] == 27, issue
+    assert issue["message"].startswith("invalid YAML: ") and issue["path"] == ""
+
+
 def test_direct_construction_runs_the_cross_checks_too() -> None:
     data = yaml.safe_load(BASE.replace("[slack, email]", "[slack, ghost]"))
     with pytest.raises(ValidationError, match="undeclared destination 'ghost'"):

@@ -15,7 +15,7 @@ app = faust.App(
     store="memory://",  # nothing on local disk: a restart can only recover from the changelog
     topic_partitions=1,
     topic_replication_factor=1,
-    web_enabled=False,
+    web_enabled=False,  # `worker` turns it on again unless run with --without-web
     producer_acks=-1,
     broker_commit_every=1,
 )
