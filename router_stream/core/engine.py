@@ -57,6 +57,7 @@ from router_stream.core.outputs import (
     DlqRecord,
     RetryRecord,
     RoutedRecord,
+    dlq_headers,
 )
 from router_stream.core.overrides import (
     ActiveOverrides,
@@ -673,14 +674,9 @@ class RouterEngine:
             original_key=record.key, original_value=record.value,
             original_headers=original_headers, attempts=attempts, first_failed_at=first,
         )
-        headers = original_headers + [
-            (H_REASON, reason.value.encode()), (H_ERROR, error.encode()),
-            (H_TOPIC, origin.topic.encode()), (H_PARTITION, str(origin.partition).encode()),
-            (H_OFFSET, str(origin.offset).encode()), (H_ATTEMPTS, str(attempts).encode()),
-            (H_FIRST_FAILED, repr(first).encode()),
-        ]
-        if signal_id is not None:
-            headers.append((H_SIGNAL_ID, signal_id.encode()))
+        headers = dlq_headers(original_headers, reason=reason, error=error, topic=origin.topic,
+                              partition=origin.partition, offset=origin.offset,
+                              attempts=attempts, first_failed_at=first, signal_id=signal_id)
         result.dlq.append(DlqRecord(entry, headers))
 
 

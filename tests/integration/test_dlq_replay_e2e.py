@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from router_stream.adapters.control import send_control
-from router_stream.config import SIGNALS, Settings
+from router_stream.config import DLQ, SIGNALS, Settings
 from router_stream.core.models import BreakerForce, BreakerReset
 from router_stream.dlq.filters import DlqFilter
 from router_stream.dlq.replay import replay_dlq
@@ -116,6 +116,19 @@ async def test_a_replay_that_fails_again_counts_an_attempt_and_stops_at_the_max(
         assert len(report.sent) == 3
         await worker(s).run_until_idle(1.0)
         assert await statuses(s) == Counter({("no_healthy_destination", "pending", attempts): 3})
+
+    # each trip's router.dlq record replaced the x-dlq-* headers: as many as the first one had
+    trips: dict[str, list[tuple[int, int, float]]] = {}
+    for record in await read_all(s, s.topic(DLQ)):
+        h = dict(record.headers)
+        trips.setdefault(h["x-signal-id"].decode(), []).append(
+            (int(h["x-dlq-attempts"]), len(record.headers), float(h["x-dlq-first-failed-at"])))
+    assert len(trips) == 3
+    for trip in trips.values():
+        assert sorted(a for a, _, _ in trip) == [1, 2, 3]
+        assert len({n for _, n, _ in trip}) == 1
+        firsts = [f for _, _, f in trip]  # kept, to Postgres' microsecond
+        assert max(firsts) - min(firsts) < 1e-5
 
     refused = await replay_dlq(s, DlqFilter(reasons=("no_healthy_destination",)),
                                max_attempts=3)
