@@ -128,6 +128,12 @@ class _Origin:
         """The DLQ idempotency key of the original record (``dlq_entries.dlq_key``)."""
         return f"{self.topic}/{self.partition}/{self.offset}"
 
+    @property
+    def replay_id(self) -> str:
+        """The same for every copy of one replay of an entry (its origin and attempt count),
+        different for the next replay after it failed again (one more attempt)."""
+        return f"replay:{self.key}#{self.attempts}"
+
 
 # Copying an empty hash object is ~0.1 µs cheaper per signal than constructing one with
 # keyword parameters; the prototype itself is never updated.
@@ -368,6 +374,9 @@ class RouterEngine:
     def _decide_one(self, record: InboundRecord, now: float, batch: _BatchView,
                     result: BatchResult) -> None:
         origin = _origin(record)
+        if origin.dlq_id is not None and self._dedupe.seen_or_add(origin.replay_id, now):
+            result.dropped_duplicates += 1  # one replay sent twice (dlq/replay.py's crash window)
+            return
         parsed = parse_signal(record.value, record_ts_ms=record.timestamp, now=now)
         if isinstance(parsed, Rejection):
             self._dlq(result, record, origin, parsed.reason, parsed.error, parsed.signal_id, now)

@@ -103,3 +103,23 @@ def test_dlq_headers_replace_every_router_header_and_keep_the_others_in_order() 
     again = dlq_headers(headers, reason=DlqReason.EXPIRED, error="late", topic="signals",
                         partition=1, offset=2, attempts=6, first_failed_at=NOW, signal_id=None)
     assert len(again) == len(headers) - 1  # no signal id this time, nothing appended
+
+
+def test_the_same_replay_received_twice_is_decided_once_and_the_next_one_again() -> None:
+    """A replay killed between the broker's ack and the ``replayed`` mark sends the entry again
+    with the same origin and attempts: the engine drops the copy. A later replay (one more
+    attempt, after a failure) is decided."""
+    engine = RouterEngine(unclassifying_policy())
+    value = orjson.dumps({"signal_id": "s1", "sender_id": "svc", "ts": int(NOW * 1000),
+                          "payload": {}})
+    [q] = engine.decide_batch([ConsumedRecord("signals", 0, 5, b"k", value, 0, [])], NOW).dlq
+    sent = replay_record(row_of(q, 3))
+    copies = [ConsumedRecord("signals", 0, 6 + n, sent.key, sent.value, 0, sent.headers)
+              for n in range(2)]
+    first = engine.decide_batch(copies, NOW + 1)
+    assert len(first.dlq) == 1 and first.dropped_duplicates == 1
+    assert int(dict(first.dlq[0].headers)[H_ATTEMPTS]) == 2
+    again = replay_record(row_of(first.dlq[0], 3))
+    later = engine.decide_batch(
+        [ConsumedRecord("signals", 0, 9, again.key, again.value, 0, again.headers)], NOW + 2)
+    assert len(later.dlq) == 1 and later.dropped_duplicates == 0
