@@ -62,7 +62,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 import asyncpg
 
@@ -95,7 +95,8 @@ __all__ = ["DEFAULT_MAX_ATTEMPTS", "ReplayReport", "original_problem", "read_ori
            "replay_dlq", "replay_record"]
 
 DEFAULT_MAX_ATTEMPTS = 5
-WINDOW = 2000  # entries read, sent and acknowledged before the next are read
+T = TypeVar("T")
+WINDOW = 5000  # entries sent and acknowledged (and marked) before the next are sent
 ACK_GRACE_S = 10.0  # interrupted: how long the acks in flight are still waited for
 
 
@@ -288,10 +289,13 @@ class _Replay:
     async def run(self, writer: RecordWriter | None, on_sent: Callable[[int], None] | None,
                   on_preview: Callable[[DlqRow], None] | None) -> None:
         report = self._report
+        reader = await pg.connect(self._settings)  # reads the next page while one is sent
+        pages = store.pending_in_order(reader, self._pending, max_attempts=report.max_attempts,
+                                       page=self._window, limit=report.selected)
+        upcoming = asyncio.ensure_future(anext(pages, None))
         try:
-            async for page in store.pending_in_order(
-                    self._conn, self._pending, max_attempts=report.max_attempts,
-                    page=self._window, limit=report.selected):
+            while (page := await upcoming) is not None:
+                upcoming = asyncio.ensure_future(anext(pages, None))
                 rows, originals = await self._admitted(page)
                 if writer is None:
                     report.would_send += len(rows)
@@ -303,6 +307,10 @@ class _Replay:
                 if on_sent is not None and acked:
                     on_sent(acked)
         finally:
+            upcoming.cancel()
+            await asyncio.gather(upcoming, return_exceptions=True)
+            await pages.aclose()
+            await reader.close()
             report.held = {str(why): n for why, n in self._gate.held.items()}
             report.held_keys = len(self._gate.held_keys)
 
@@ -340,26 +348,27 @@ class _Replay:
         """
         futures: list[tuple[DlqRow, asyncio.Future[tuple[int, int]]]] = []
         stop: RouterError | None = None
-        for row in rows:
-            if not self._gate.admit(_key_of(row), _position(row)):
-                continue  # behind a record of its key refused earlier in this window
-            await self._pacer.wait()
-            try:
-                futures.append((row, await writer.send(replay_record(row, originals.get(row.id)))))
-            except (BrokerUnavailable, OperationTimeout) as exc:
-                stop = exc
-                break
-            except RouterError as exc:
-                self._refused(row, exc)
-        pending = [f for _, f in futures]
         try:
-            if pending:
-                await asyncio.wait(pending)
+            for row in rows:
+                if not self._gate.admit(_key_of(row), _position(row)):
+                    continue  # behind a record of its key refused earlier in this window
+                await self._pacer.wait()
+                try:
+                    record = replay_record(row, originals.get(row.id))
+                    futures.append((row, await writer.send(record)))
+                except (BrokerUnavailable, OperationTimeout) as exc:
+                    stop = exc
+                    break
+                except RouterError as exc:
+                    self._refused(row, exc)
+            if futures:
+                await asyncio.wait([f for _, f in futures])
         except asyncio.CancelledError:
-            await asyncio.wait(pending, timeout=ACK_GRACE_S)
+            if futures:
+                await asyncio.wait([f for _, f in futures], timeout=ACK_GRACE_S)
             await _uncancelled(self._mark(futures))
             raise
-        acked, stop_after = await self._mark(futures)
+        acked, stop_after = await _uncancelled(self._mark(futures))
         stop = stop or stop_after
         if stop is not None:
             cls = BrokerUnavailable if stop.retriable else RouterError
@@ -393,7 +402,7 @@ class _Replay:
         self._gate.block(_key_of(row), _position(row), Blocked.SEND_FAILED)
 
 
-async def _uncancelled(step: Awaitable[Any]) -> Any:
+async def _uncancelled(step: Awaitable[T]) -> T:
     """Run ``step`` to the end even if the caller is cancelled meanwhile."""
     task = asyncio.ensure_future(step)
     try:

@@ -11,7 +11,7 @@ that was just replayed, and a second ``replay`` finds nothing to send.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -145,7 +145,8 @@ _ORIGIN_ORDER = "original_topic, original_partition, original_offset, id"
 
 
 async def pending_in_order(conn: asyncpg.Connection, where: DlqFilter, *, max_attempts: int,
-                           page: int, limit: int | None = None) -> AsyncIterator[list[DlqRow]]:
+                           page: int, limit: int | None = None
+                           ) -> AsyncGenerator[list[DlqRow], None]:
     """Pending entries matching ``where`` with ``attempts < max_attempts``, values loaded, in
     original order, ``page`` rows at a time (keyset pages on ``dlq_entries_pending_origin``:
     memory stays at one page whatever the size, and no transaction is held between pages).

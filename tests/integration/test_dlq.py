@@ -7,7 +7,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import random
+import signal
+import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -308,6 +312,43 @@ async def test_an_earlier_pending_entry_of_a_key_holds_back_the_later_ones(
     assert allowed.exit_code == 0, allowed.output
     assert "replayed 3 entries" in allowed.output
     assert {n for n, st in (await status_of(db)).items() if st == "pending"} == {3, 4}
+
+
+async def test_a_replay_interrupted_with_sigint_and_run_again_sends_each_entry_once(
+    settings: Settings, db, topic_factory
+):
+    topic = await topic_factory("signals", partitions=2)
+    n = 1500
+    await pg.insert_dlq_entries(db, [entry(i, topic=topic, original_partition=i % 2,
+                                           original_key=f"s{i % 4}".encode())
+                                     for i in range(n)])
+    env = {**os.environ, "ROUTER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+           "ROUTER_DATABASE_URL": settings.database_url.get_secret_value(),
+           "ROUTER_TOPIC_PREFIX": settings.topic_prefix, "PYTHONPATH": os.getcwd()}
+    # --rate 1000: windows of 1000 entries a second, so SIGINT lands with entries in flight
+    argv = [sys.executable, "-m", "router_stream.cli", "dlq", "replay", "--topic", topic,
+            "--rate", "1000"]
+    proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(60):
+        while await db.fetchval("SELECT count(*) FROM dlq_entries WHERE status = 'replayed'"
+                                ) == 0 and proc.returncode is None:
+            await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = await proc.communicate()
+    assert proc.returncode == 2, stderr
+    assert b"interrupted: the entries acknowledged so far are marked replayed" in stderr
+    marked = await db.fetchval("SELECT count(*) FROM dlq_entries WHERE status = 'replayed'")
+    assert 0 < marked < n
+
+    again = await run_cli(settings, "dlq", "replay", "--topic", topic)
+    assert again.exit_code == 0, again.output
+    assert f"replayed {n - marked} entries" in again.output
+    records = await read_all(settings, topic)
+    sent_ids = Counter(dict(r.headers)["x-dlq-id"] for r in records)
+    assert len(sent_ids) == n and set(sent_ids.values()) == {1}  # each exactly once overall
+    assert per_key_inversions(records) == 0
+    assert await db.fetchval("SELECT count(*) FROM dlq_entries WHERE status = 'pending'") == 0
 
 
 async def test_replay_marks_nothing_without_an_ack(settings: Settings, db, topic_factory):
