@@ -281,7 +281,8 @@ async def produce(settings: Settings, values: list[tuple[bytes, bytes]]) -> None
         await producer.stop()
 
 
-async def acceptance(signals: int, keys: int, kill: bool) -> dict[str, Any]:
+async def acceptance(signals: int, keys: int, kill: bool, kill_delay: float
+                     ) -> dict[str, Any]:
     async with Sandbox() as sb:
         policy = sb.workdir / "policy.yaml"
         policy.write_text(POLICY)
@@ -305,9 +306,16 @@ async def acceptance(signals: int, keys: int, kill: bool) -> dict[str, Any]:
         await send_control(s, BreakerReset(target="pager"))
         replay = _cli("dlq", "replay", "--reason", "no_healthy_destination", "--json")
 
+        reached: list[float] = []
+
         async def half_marked() -> bool:
-            done = await sb.fetchval("SELECT count(*) FROM dlq_entries WHERE status = 'replayed'")
-            return bool(done >= dead // 2)
+            """Half marked, then ``kill_delay`` more: the next window is in flight by then."""
+            if not reached:
+                done = await sb.fetchval(
+                    "SELECT count(*) FROM dlq_entries WHERE status = 'replayed'")
+                if done >= dead // 2:
+                    reached.append(time.monotonic())
+            return bool(reached) and time.monotonic() - reached[0] >= kill_delay
 
         runs = [await run_command(replay, env, kill_when=half_marked if kill else None)]
         killed_at = await sb.fetchval("SELECT count(*) FROM dlq_entries WHERE status = 'replayed'")
@@ -318,6 +326,9 @@ async def acceptance(signals: int, keys: int, kill: bool) -> dict[str, Any]:
 
         routed = await read_topic(s, s.routed_topic("pager"))
         ids = Counter(orjson.loads(r.value)["signal_id"] for r in routed)
+        replayed = Counter(dict(r.headers).get("x-dlq-id")
+                           for r in await read_topic(s, s.topic(SIGNALS)))
+        replayed.pop(None, None)  # the producer's originals
         return {
             "signals": signals, "keys": keys, "killed": kill,
             "dead_lettered": dead, "worker_exit_codes": [first.exit_code, second.exit_code],
@@ -325,6 +336,8 @@ async def acceptance(signals: int, keys: int, kill: bool) -> dict[str, Any]:
             "replay_exit_codes": [r.exit_code for r in runs],
             "replay_seconds": [round(r.seconds, 2) for r in runs],
             "marked_when_killed": killed_at if kill else None,
+            "replay_records_sent": sum(replayed.values()),
+            "entries_sent_twice": sum(1 for n in replayed.values() if n > 1),
             "routed_records": len(routed), "distinct_signals_routed": len(ids),
             "duplicates_on_routed": sum(n - 1 for n in ids.values()),
             "per_key_inversions": inversions(
@@ -346,11 +359,13 @@ def main() -> None:
     ac.add_argument("--signals", type=int, default=20_000)
     ac.add_argument("--keys", type=int, default=7)
     ac.add_argument("--kill", action="store_true", help="SIGKILL the first replay half-way")
+    ac.add_argument("--kill-delay", type=float, default=0.0,
+                    help="seconds after half the entries are marked before the kill")
     args = parser.parse_args()
     if args.mode == "scale":
         result = asyncio.run(scale(args.entries, args.keys))
     else:
-        result = asyncio.run(acceptance(args.signals, args.keys, args.kill))
+        result = asyncio.run(acceptance(args.signals, args.keys, args.kill, args.kill_delay))
     print(json.dumps(result, indent=2))
 
 
