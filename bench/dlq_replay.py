@@ -76,6 +76,7 @@ class Run:
     """One command run as a subprocess."""
 
     seconds: float
+    cpu_seconds: float  # user + system
     peak_rss_mb: float
     exit_code: int
     stdout: str
@@ -150,7 +151,7 @@ async def run_command(argv: list[str], env: dict[str, str], *, timeout_s: float 
     with tempfile.NamedTemporaryFile("w+") as rss, tempfile.TemporaryFile("w+") as out, \
             tempfile.TemporaryFile("w+") as err:
         started = time.monotonic()
-        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", rss.name, *argv], env=env,
+        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M %U %S", "-o", rss.name, *argv], env=env,
                                 stdout=out, stderr=err, text=True)
         killed = False
         while proc.poll() is None:
@@ -164,9 +165,11 @@ async def run_command(argv: list[str], env: dict[str, str], *, timeout_s: float 
         out.seek(0)
         err.seek(0)
         rss.seek(0)
-        kib = [int(line) for line in rss.read().split() if line.isdigit()]
+        measured = rss.read().split()[-3:]  # "Command terminated by signal 9" may come first
+        kib, cpu = (int(measured[0]), float(measured[1]) + float(measured[2])) if (
+            len(measured) == 3 and measured[0].isdigit()) else (0, 0.0)
         code = -signal.SIGKILL if killed else proc.returncode
-        return Run(seconds, (kib[-1] if kib else 0) / 1024, code, out.read(), err.read())
+        return Run(seconds, cpu, kib / 1024, code, out.read(), err.read())
 
 
 def _children(pid: int) -> list[int]:
@@ -258,6 +261,8 @@ async def scale(entries: int, keys: int) -> dict[str, Any]:
             "entries": entries, "keys": keys, "exit_code": run.exit_code, "sent": sent,
             "seconds": round(run.seconds, 2),
             "entries_per_s": round(sent / run.seconds) if run.seconds else None,
+            "cpu_seconds": round(run.cpu_seconds, 2),
+            "entries_per_cpu_s": round(sent / run.cpu_seconds) if run.cpu_seconds else None,
             "peak_rss_mb": round(run.peak_rss_mb, 1),
             "records_on_topic": len(records),
             "per_key_inversions": inversions(

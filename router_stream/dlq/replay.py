@@ -272,8 +272,9 @@ def _position(row: DlqRow) -> Position:
 
 
 class _Replay:
-    """One replay's walk over the selection: a window (one page of rows in original order) is
-    gated, sent, acknowledged and marked before the next page is read."""
+    """One replay's walk over the selection, a window (one page of rows in original order) at a
+    time: gated, sent and acknowledged, then marked while the next window is sent. Three
+    connections: the next page is read, and a window marked, while another is sent."""
 
     def __init__(self, settings: Settings, conn: asyncpg.Connection, pending: DlqFilter,
                  report: ReplayReport, gate: KeyGate, rate: float | None) -> None:
@@ -285,11 +286,13 @@ class _Replay:
         self._pacer = RateLimiter(rate)
         # With a rate, windows of about one second's worth, so entries are marked as they go.
         self._window = WINDOW if rate is None else max(1, min(WINDOW, int(rate)))
+        self._marking: asyncio.Future[None] | None = None
 
     async def run(self, writer: RecordWriter | None, on_sent: Callable[[int], None] | None,
                   on_preview: Callable[[DlqRow], None] | None) -> None:
         report = self._report
-        reader = await pg.connect(self._settings)  # reads the next page while one is sent
+        reader = await pg.connect(self._settings)
+        marker = await pg.connect(self._settings)
         pages = store.pending_in_order(reader, self._pending, max_attempts=report.max_attempts,
                                        page=self._window, limit=report.selected)
         upcoming = asyncio.ensure_future(anext(pages, None))
@@ -303,16 +306,18 @@ class _Replay:
                         if on_preview is not None:
                             on_preview(row)
                     continue
-                acked = await self._send_window(writer, rows, originals)
-                if on_sent is not None and acked:
-                    on_sent(acked)
+                await self._send_window(writer, rows, originals, marker, on_sent)
         finally:
             upcoming.cancel()
             await asyncio.gather(upcoming, return_exceptions=True)
-            await pages.aclose()
-            await reader.close()
-            report.held = {str(why): n for why, n in self._gate.held.items()}
-            report.held_keys = len(self._gate.held_keys)
+            try:
+                await self._marked()
+            finally:
+                await pages.aclose()
+                await reader.close()
+                await marker.close()
+                report.held = {str(why): n for why, n in self._gate.held.items()}
+                report.held_keys = len(self._gate.held_keys)
 
     async def _admitted(self, page: list[DlqRow]
                         ) -> tuple[list[DlqRow], dict[int, ConsumedRecord]]:
@@ -338,8 +343,9 @@ class _Replay:
         return [r for r in rows if gate.admit(_key_of(r), _position(r))], originals
 
     async def _send_window(self, writer: RecordWriter, rows: list[DlqRow],
-                           originals: dict[int, ConsumedRecord]) -> int:
-        """Send ``rows``, wait for every ack, mark the acknowledged ones; returns how many.
+                           originals: dict[int, ConsumedRecord], marker: asyncpg.Connection,
+                           on_sent: Callable[[int], None] | None) -> None:
+        """Send ``rows`` and wait for every ack; their mark runs while the next window is sent.
 
         A record the broker refuses (too large, ...) blocks its key and the walk goes on; an
         unreachable broker stops the replay after marking what was acknowledged. Interrupted
@@ -366,20 +372,24 @@ class _Replay:
         except asyncio.CancelledError:
             if futures:
                 await asyncio.wait([f for _, f in futures], timeout=ACK_GRACE_S)
-            await _uncancelled(self._mark(futures))
+            acked, _ = self._settle(futures)
+            await _uncancelled(self._marked())
+            await _uncancelled(self._mark(marker, acked, on_sent))
             raise
-        acked, stop_after = await _uncancelled(self._mark(futures))
+        acked, stop_after = self._settle(futures)
+        await self._marked()  # the previous window's
+        self._marking = asyncio.ensure_future(self._mark(marker, acked, on_sent))
         stop = stop or stop_after
         if stop is not None:
+            await self._marked()
             cls = BrokerUnavailable if stop.retriable else RouterError
             raise cls(f"replay stopped after {len(self._report.sent)} of {self._report.selected}"
                       f" entries: {stop} (the rest stay pending; run the same replay again)"
                       ) from stop
-        return acked
 
-    async def _mark(self, futures: list[tuple[DlqRow, asyncio.Future[tuple[int, int]]]]
-                    ) -> tuple[int, RouterError | None]:
-        """Mark the acknowledged entries ``replayed``; the refused ones block their key."""
+    def _settle(self, futures: list[tuple[DlqRow, asyncio.Future[tuple[int, int]]]]
+                ) -> tuple[list[int], RouterError | None]:
+        """The acknowledged ids, and what stops the replay; a refused entry blocks its key."""
         acked: list[int] = []
         stop: RouterError | None = None
         for row, future in futures:
@@ -393,9 +403,20 @@ class _Replay:
                 stop = stop or (exc if isinstance(exc, RouterError) else RouterError(repr(exc)))
             else:
                 self._refused(row, exc)
-        await store.mark_replayed(self._conn, acked)
+        return acked, stop
+
+    async def _mark(self, marker: asyncpg.Connection, acked: list[int],
+                    on_sent: Callable[[int], None] | None) -> None:
+        await store.mark_replayed(marker, acked)
         self._report.sent.extend(acked)
-        return len(acked), stop
+        if on_sent is not None and acked:
+            on_sent(len(acked))
+
+    async def _marked(self) -> None:
+        """Wait for the window being marked (its error, if any, is raised here)."""
+        marking, self._marking = self._marking, None
+        if marking is not None:
+            await _uncancelled(marking)
 
     def _refused(self, row: DlqRow, exc: RouterError) -> None:
         self._report.failed.append((row.id, f"entry {row.id} not replayed: {exc}"))
