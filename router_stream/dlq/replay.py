@@ -284,6 +284,7 @@ class _Replay:
         self._report = report
         self._gate = gate
         self._pacer = RateLimiter(rate)
+        self._paced = rate is not None
         # With a rate, windows of about one second's worth, so entries are marked as they go.
         self._window = WINDOW if rate is None else max(1, min(WINDOW, int(rate)))
         self._marking: asyncio.Future[None] | None = None
@@ -352,23 +353,29 @@ class _Replay:
         (SIGINT cancels the task), it still waits a bounded time for the acks in flight and
         marks them, so a rerun does not send them again.
         """
-        futures: list[tuple[DlqRow, asyncio.Future[tuple[int, int]]]] = []
+        futures: list[tuple[DlqRow, asyncio.Future[None]]] = []
         stop: RouterError | None = None
         try:
-            for row in rows:
-                if not self._gate.admit(_key_of(row), _position(row)):
-                    continue  # behind a record of its key refused earlier in this window
-                await self._pacer.wait()
-                try:
+            try:
+                batch: list[tuple[DlqRow, OutRecord]] = []
+                for row in rows:
+                    if not self._gate.admit(_key_of(row), _position(row)):
+                        continue  # behind a record of its key refused earlier in this window
                     record = replay_record(row, originals.get(row.id))
-                    futures.append((row, await writer.send(record)))
-                except (BrokerUnavailable, OperationTimeout) as exc:
-                    stop = exc
-                    break
-                except RouterError as exc:
-                    self._refused(row, exc)
+                    refusal = writer.refusal(record)
+                    if refusal is not None:
+                        self._refused(row, refusal)
+                        continue
+                    batch.append((row, record))
+                    if self._paced:  # one at a time, at the rate
+                        await self._pacer.wait()
+                        futures += await self._send(writer, batch)
+                        batch = []
+                futures += await self._send(writer, batch)
+            except (BrokerUnavailable, OperationTimeout) as exc:
+                stop = exc  # what was queued before it is awaited and marked below
             if futures:
-                await asyncio.wait([f for _, f in futures])
+                await asyncio.wait({f for _, f in futures})
         except asyncio.CancelledError:
             if futures:
                 await asyncio.wait([f for _, f in futures], timeout=ACK_GRACE_S)
@@ -387,7 +394,13 @@ class _Replay:
                       f" entries: {stop} (the rest stay pending; run the same replay again)"
                       ) from stop
 
-    def _settle(self, futures: list[tuple[DlqRow, asyncio.Future[tuple[int, int]]]]
+    @staticmethod
+    async def _send(writer: RecordWriter, batch: list[tuple[DlqRow, OutRecord]]
+                    ) -> list[tuple[DlqRow, asyncio.Future[None]]]:
+        futures = await writer.send_many([record for _, record in batch])
+        return [(row, future) for (row, _), future in zip(batch, futures, strict=True)]
+
+    def _settle(self, futures: list[tuple[DlqRow, asyncio.Future[None]]]
                 ) -> tuple[list[int], RouterError | None]:
         """The acknowledged ids, and what stops the replay; a refused entry blocks its key."""
         acked: list[int] = []
