@@ -308,9 +308,11 @@ async def test_an_earlier_pending_entry_of_a_key_holds_back_the_later_ones(
     assert "dry run: 3 entries would be replayed" in dry.output  # 3, 6, 9; 7 is behind 4
 
     allowed = await run_cli(settings, "dlq", "replay", "--reason", "no_healthy_destination",
-                            "--allow-reorder")
+                            "--allow-reorder", "--progress")
     assert allowed.exit_code == 0, allowed.output
     assert "replayed 3 entries" in allowed.output
+    assert "replaying" in allowed.stderr and "3/3" in allowed.stderr  # asked for: a bar
+    assert "replaying" not in result.stderr  # not a terminal, not asked for: none
     assert {n for n, st in (await status_of(db)).items() if st == "pending"} == {3, 4}
 
 

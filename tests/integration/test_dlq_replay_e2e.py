@@ -135,3 +135,36 @@ async def test_a_replay_that_fails_again_counts_an_attempt_and_stops_at_the_max(
     assert refused.sent == [] and refused.refused == 3
     assert len(await read_all(s, s.topic(SIGNALS))) == 3 + 2 * 3
     assert await fetch(s, "SELECT 1 FROM routing_decisions") == []
+
+
+async def test_entries_sent_again_after_a_lost_mark_are_routed_once_in_order(
+    settings: Settings, tmp_path: Path
+):
+    """The crash window of a replay: the broker acknowledged, the `replayed` mark was lost, and
+    the rerun sends the same entries again. The worker routes each signal once, in key order."""
+    s = await prepare(settings, tmp_path, POLICY)
+    n = 300
+    await send_control(s, BreakerForce(target="pager", state="open", reason="outage"))
+    await produce(s, SIGNALS, [(f"svc-{i % 3}".encode(),
+                                signal(i, payload={"severity": "critical", "i": i}))
+                               for i in range(n)])
+    await worker(s).run_until_idle(1.0)
+    await send_control(s, BreakerReset(target="pager"))
+
+    first = await replay_dlq(s, DlqFilter(reasons=("no_healthy_destination",)))
+    assert len(first.sent) == n
+    lost = sorted(first.sent)[::2]  # as if SIGKILL came between their ack and their mark
+    await fetch(s, "UPDATE dlq_entries SET status = 'pending' WHERE id = ANY($1::bigint[])", lost)
+    again = await replay_dlq(s, DlqFilter(reasons=("no_healthy_destination",)))
+    assert sorted(again.sent) == lost
+    await worker(s).run_until_idle(1.0)
+
+    routed = await read_all(s, s.routed_topic("pager"))
+    assert await routed_ids(s) == Counter({f"s-{i}": 1 for i in range(n)})
+    last: dict[bytes, int] = {}
+    for record in routed:  # each key's signals in their original order
+        i = json.loads(record.value)["payload"]["i"]
+        assert i > last.get(record.key, -1)
+        last[record.key] = i
+    assert len(await fetch(s, "SELECT 1 FROM routing_decisions")) == n
+    assert await statuses(s) == Counter({("no_healthy_destination", "replayed", 1): n})
