@@ -176,8 +176,9 @@ class RecordWriter:
 
     def refusal(self, record: OutRecord) -> RouterError | None:
         """Why the producer would refuse ``record`` before sending it (too large), or None."""
-        size = (len(record.key or b"") + len(record.value or b"")
-                + sum(len(k) + len(v or b"") for k, v in record.headers) + _RECORD_OVERHEAD)
+        size = len(record.key or b"") + len(record.value or b"") + _RECORD_OVERHEAD
+        for name, value in record.headers:
+            size += len(name) + (len(value) if value else 0)
         limit = self._producer._max_request_size
         if size <= limit:
             return None

@@ -332,6 +332,8 @@ class _Replay:
                        Blocked.NOT_SELECTED)
         admitted = [row for row in page if gate.admit(_key_of(row), _position(row))]
         originals, problems = await read_originals(self._settings, admitted)
+        if not problems:
+            return admitted, originals
         rows = []
         for row in admitted:
             problem = problems.get(row.id)
@@ -358,13 +360,15 @@ class _Replay:
         try:
             try:
                 batch: list[tuple[DlqRow, OutRecord]] = []
+                refused = False
                 for row in rows:
-                    if not self._gate.admit(_key_of(row), _position(row)):
+                    if refused and not self._gate.admit(_key_of(row), _position(row)):
                         continue  # behind a record of its key refused earlier in this window
                     record = replay_record(row, originals.get(row.id))
                     refusal = writer.refusal(record)
                     if refusal is not None:
                         self._refused(row, refusal)
+                        refused = True
                         continue
                     batch.append((row, record))
                     if self._paced:  # one at a time, at the rate
