@@ -41,20 +41,22 @@ Steps, and what each guarantees:
 1. take the replay lock (one replay per database at a time); count the selected entries
    (``pending``, ``attempts < max_attempts``, the first ``limit``) and the refused ones; check
    every original topic exists;
-2. per window: read the next page in original order, gate it, read back the original records
-   of its masked entries from ``router.dlq``, send it with the idempotent ``acks=all`` producer
-   (in order, so a key's records reach their partition in order) and wait for every ack;
-3. mark the acknowledged entries ``replayed`` (``WHERE status = 'pending'``), then the next
-   window. An entry is marked only after its ack; one the broker refused stays ``pending`` and
-   holds back its key; an unreachable broker stops the replay (the rest stay ``pending``).
+2. per window: take the next page in original order (read ahead on a second connection while
+   the previous window was sent), gate it, read back the original records of its masked
+   entries from ``router.dlq``, queue it with the idempotent ``acks=all`` producer (batches per
+   partition in order, so a key's records reach their partition in order), wait for every ack;
+3. mark the acknowledged entries ``replayed`` (``WHERE status = 'pending'``, on a third
+   connection, while the next window is sent). An entry is marked only after its ack; one the
+   broker refused stays ``pending`` and holds back its key; an unreachable broker stops the
+   replay (the rest stay ``pending``).
 
 So running replay twice sends nothing the second time, and an interrupted replay run again
 sends only what was not marked. SIGINT is handled: the acks in flight are awaited (at most
 ``ACK_GRACE_S``) and marked before the command exits. The one window left is a kill (SIGKILL,
-a crash) between an ack (2) and its mark (3), at most one window of entries: they are still
-``pending`` and a later replay sends them again, with the same ``x-dlq-id`` and
-``x-dlq-attempts``; the worker then writes no second decision row
-(``routing_decisions.signal_id`` is unique).
+a crash) between an ack (2) and its mark (3), at most two windows of entries: they are still
+``pending`` and the rerun sends them again with the same ``x-dlq-original-*`` coordinates and
+``x-dlq-attempts``. The worker's engine remembers each replay it decided by those
+(``_Origin.replay_id``, in its dedupe window) and drops the second copy.
 """
 
 from __future__ import annotations
