@@ -3,12 +3,13 @@
 --
 -- dlq_entries_pending_origin: keyset pages in (original_topic, original_partition,
 -- original_offset, id) order, so a replay of any size reads a page at a time.
--- dlq_entries_pending_key: the earliest pending entry of a key, for the keys of a page.
+-- dlq_entries_pending_key: the pending entries of a key, for the keys of a page. On md5 of the
+-- key, not the key: a btree entry is limited to ~2.7 kB and a Kafka key is not.
 
 CREATE INDEX dlq_entries_pending_origin
     ON dlq_entries (original_topic, original_partition, original_offset, id)
     WHERE status = 'pending';
 
 CREATE INDEX dlq_entries_pending_key
-    ON dlq_entries (original_topic, original_key, original_partition, original_offset)
+    ON dlq_entries (original_topic, md5(original_key))
     WHERE status = 'pending';

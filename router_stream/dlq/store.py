@@ -215,7 +215,8 @@ async def earliest_pending(conn: asyncpg.Connection, keys: Sequence[tuple[str, b
         "SELECT DISTINCT ON (d.original_topic, d.original_key) d.original_topic,"
         f" d.original_key, d.original_partition, d.original_offset, COALESCE(({sql}), false)"
         " AS refused FROM dlq_entries d JOIN unnest($1::text[], $2::bytea[]) AS k(k_topic, k_key)"
-        " ON d.original_topic = k.k_topic AND d.original_key = k.k_key"
+        " ON d.original_topic = k.k_topic AND md5(d.original_key) = md5(k.k_key)"  # the index
+        " AND d.original_key = k.k_key"
         f" WHERE d.status = 'pending' AND NOT COALESCE(({sql}) AND d.attempts < $3, false)"
         " ORDER BY d.original_topic, d.original_key, d.original_partition, d.original_offset")
     with _db("finding earlier pending DLQ entries"):

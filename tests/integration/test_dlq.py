@@ -316,6 +316,21 @@ async def test_an_earlier_pending_entry_of_a_key_holds_back_the_later_ones(
     assert {n for n, st in (await status_of(db)).items() if st == "pending"} == {3, 4}
 
 
+async def test_entries_with_a_key_larger_than_an_index_entry_are_stored_and_replayed_in_order(
+    settings: Settings, db, topic_factory
+):
+    topic = await topic_factory("signals")
+    big = random.Random(6).randbytes(20_000)  # incompressible: over a btree entry (~2.7 kB)
+    await pg.insert_dlq_entries(db, [entry(n, topic=topic, original_key=big) for n in (3, 1)]
+                                + [entry(2, topic=topic, original_key=big, reason="no_route")])
+    result = await run_cli(settings, "dlq", "replay", "--reason", "no_healthy_destination")
+    assert result.exit_code == 1 and "held back 1 entries of 1 keys" in result.stderr
+    assert await status_of(db) == {1: "replayed", 2: "pending", 3: "pending"}
+    await run_cli(settings, "dlq", "replay", "--topic", topic)
+    records = await read_all(settings, topic)
+    assert [int(dict(r.headers)["x-dlq-original-offset"]) for r in records] == [1, 2, 3]
+
+
 async def test_a_replay_interrupted_with_sigint_and_run_again_sends_each_entry_once(
     settings: Settings, db, topic_factory
 ):
