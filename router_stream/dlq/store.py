@@ -211,18 +211,20 @@ async def earliest_pending(conn: asyncpg.Connection, keys: Sequence[tuple[str, b
     if not keys:
         return {}
     sql, args = selected.where(first_placeholder=4)
+    # Per key, the pending entries in order on dlq_entries_pending_key, up to the first one that
+    # is not sent: LIMIT 1 stops there instead of reading every entry of the key.
     query = (
-        "SELECT DISTINCT ON (d.original_topic, d.original_key) d.original_topic,"
-        f" d.original_key, d.original_partition, d.original_offset, COALESCE(({sql}), false)"
-        " AS refused FROM dlq_entries d JOIN unnest($1::text[], $2::bytea[]) AS k(k_topic, k_key)"
-        " ON d.original_topic = k.k_topic AND md5(d.original_key) = md5(k.k_key)"  # the index
-        " AND d.original_key = k.k_key"
-        f" WHERE d.status = 'pending' AND NOT COALESCE(({sql}) AND d.attempts < $3, false)"
-        " ORDER BY d.original_topic, d.original_key, d.original_partition, d.original_offset")
+        "SELECT k.k_topic, k.k_key, e.original_partition, e.original_offset, e.refused"
+        " FROM unnest($1::text[], $2::bytea[]) AS k(k_topic, k_key) CROSS JOIN LATERAL ("
+        f"SELECT original_partition, original_offset, COALESCE(({sql}), false) AS refused"
+        " FROM dlq_entries WHERE status = 'pending' AND original_topic = k.k_topic"
+        " AND md5(original_key) = md5(k.k_key) AND original_key = k.k_key"
+        f" AND NOT COALESCE(({sql}) AND attempts < $3, false)"
+        " ORDER BY original_partition, original_offset LIMIT 1) AS e")
     with _db("finding earlier pending DLQ entries"):
         records = await conn.fetch(query, [t for t, _ in keys], [k for _, k in keys],
                                    max_attempts, *args)
-    return {(r["original_topic"], bytes(r["original_key"])):
+    return {(r["k_topic"], bytes(r["k_key"])):
             (r["original_partition"], r["original_offset"], r["refused"]) for r in records}
 
 
