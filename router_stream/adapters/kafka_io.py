@@ -110,6 +110,9 @@ class RateLimiter:
         self._next = max(self._next, now) + self._interval
 
 
+_RECORD_OVERHEAD = 128  # a record's framing and its batch's header, generously
+
+
 class RecordWriter:
     """An idempotent, ``acks=all`` producer. Use as ``async with RecordWriter(settings) as w``.
 
@@ -170,6 +173,69 @@ class RecordWriter:
 
     async def send_and_wait(self, record: OutRecord) -> tuple[int, int]:
         return await (await self.send(record))
+
+    def refusal(self, record: OutRecord) -> RouterError | None:
+        """Why the producer would refuse ``record`` before sending it (too large), or None."""
+        size = len(record.key or b"") + len(record.value or b"") + _RECORD_OVERHEAD
+        for name, value in record.headers:
+            size += len(name) + (len(value) if value else 0)
+        limit = self._producer._max_request_size
+        if size <= limit:
+            return None
+        return RouterError(f"cannot produce to {record.topic}: the record is about {size} bytes,"
+                           f" over the {limit}-byte request limit")
+
+    async def send_many(self, records: Sequence[OutRecord]) -> list[asyncio.Future[None]]:
+        """Queue ``records`` in as few batches as they fit in, in order within each partition
+        (partitioned by key as :meth:`send` does, at a fraction of its per-record cost); returns
+        for each record the future of its batch, resolving when the broker acknowledged it.
+        Check :meth:`refusal` first: a record too large fails its whole batch."""
+        producer = self._producer
+        topics = sorted({r.topic for r in records})
+        await self.ensure_topics(topics)
+        try:
+            for topic in topics:
+                await producer.partitions_for(topic)  # the partitioner needs them known
+        except KafkaError as exc:
+            raise _broker_error(self._settings, "cannot read cluster metadata", exc) from exc
+        open_batches: dict[tuple[str, int], tuple[Any, list[int]]] = {}
+        sent: dict[int, asyncio.Future[None]] = {}
+
+        async def submit(where: tuple[str, int]) -> None:
+            batch, members = open_batches.pop(where)
+            future = await self._send_batch(batch, *where)
+            for i in members:
+                sent[i] = future
+
+        for i, record in enumerate(records):
+            where = (record.topic, producer._partition(record.topic, None, record.key,
+                                                       record.value, record.key, record.value))
+            while True:
+                if where not in open_batches:
+                    open_batches[where] = (producer.create_batch(), [])
+                batch, members = open_batches[where]
+                if batch.append(timestamp=record.timestamp_ms, key=record.key,
+                                value=record.value, headers=record.headers or []) is not None:
+                    members.append(i)
+                    break
+                await submit(where)  # full: send it, the record opens the next one
+        for where in list(open_batches):
+            await submit(where)
+        return [sent[i] for i in range(len(records))]
+
+    async def _send_batch(self, batch: Any, topic: str, partition: int
+                          ) -> asyncio.Future[None]:
+        try:
+            fut = await self._producer.send_batch(batch, topic, partition=partition)
+        except KafkaError as exc:
+            raise _broker_error(self._settings, f"cannot produce to {topic}", exc) from exc
+        return asyncio.ensure_future(self._batch_acked(topic, fut))
+
+    async def _batch_acked(self, topic: str, fut: Any) -> None:
+        try:
+            await fut
+        except KafkaError as exc:
+            raise _broker_error(self._settings, f"producing to {topic} failed", exc) from exc
 
 
 async def read_records(

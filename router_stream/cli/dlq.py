@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 
-from router_stream.cli import EXIT_USER_ERROR, cli
+from router_stream.cli import EXIT_RUNTIME_FAILURE, EXIT_USER_ERROR, cli
 from router_stream.config import Settings
 from router_stream.dlq import store
 from router_stream.dlq.filters import REASONS, STATUSES, DlqFilter
@@ -329,17 +329,22 @@ def discard(id_args: tuple[int, ...], discard_reason: str, limit: int | None, al
 @dlq.command()
 @click.argument("id_args", metavar="[ID]...", type=int, nargs=-1)
 @_filter_options()
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N entries.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="At most the first N matching entries, in original order.")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
               help="At most N records per second [unlimited].")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=DEFAULT_MAX_ATTEMPTS,
               show_default=True, help="Refuse entries that already failed this many times.")
+@click.option("--allow-reorder", is_flag=True,
+              help="Send entries even when an earlier entry of their key stays pending.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr [on a terminal].")
 @click.option("--dry-run", is_flag=True, help="Print what would be sent; send nothing.")
 @click.option("--all", "all_", is_flag=True, help="Allow replaying without ids or filters.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def replay(id_args: tuple[int, ...], limit: int | None, rate: float | None, max_attempts: int,
-           dry_run: bool, all_: bool, as_json: bool, ids: tuple[int, ...],
-           **filters: Any) -> None:
+           allow_reorder: bool, progress: bool | None, dry_run: bool, all_: bool,
+           as_json: bool, ids: tuple[int, ...], **filters: Any) -> None:
     """Send pending entries back to their original topic, byte-exact, and mark them replayed.
 
     Each record carries its original key, value and headers plus x-dlq-id, x-dlq-attempts and
@@ -351,71 +356,114 @@ def replay(id_args: tuple[int, ...], limit: int | None, rate: float | None, max_
     read back byte-exact; if that record is gone (retention) the entry is not sent, stays
     pending, and one line says so.
 
+    Within a key, entries are sent in their original order (topic, partition, offset). An entry
+    whose key has an earlier entry that stays pending (not selected, refused, unavailable or
+    refused by the broker) is held back, stays pending, and is counted on stderr, unless
+    --allow-reorder. Across keys no order is promised.
+
     \b
     Examples:
       router-stream dlq replay --dlq-reason no_healthy_destination --dry-run
       router-stream dlq replay --dlq-reason no_healthy_destination --since 2h --rate 500
       router-stream dlq replay 42
 
-    Exit code 1 when entries matched but every one was refused by --max-attempts, or when a
-    masked entry could not be replayed because its router.dlq record is gone.
+    Exit code 1 when entries matched but every one was refused by --max-attempts, when a
+    masked entry could not be replayed because its router.dlq record is gone, or when entries
+    were held back; 2 when the broker refused an entry or the replay stopped or was
+    interrupted (what was acknowledged is marked: run it again).
     """
     where = _build_filter(ids + id_args, **filters)
     _require_selection(where, all_, "replay")
-    report = _run(_replay_with_progress(_settings(), where, limit=limit, rate=rate,
-                                        max_attempts=max_attempts, dry_run=dry_run,
-                                        quiet=as_json))
-    _print_replay(report, as_json)
-    if (report.refused and not report.selected) or report.unavailable:
+    preview = _Preview(as_json) if dry_run else None
+    try:
+        report = _run(_replay_with_progress(
+            _settings(), where, limit=limit, rate=rate, max_attempts=max_attempts,
+            dry_run=dry_run, allow_reorder=allow_reorder,
+            progress=progress, quiet=as_json or dry_run,
+            on_preview=preview))
+    except KeyboardInterrupt:
+        click.secho("interrupted: the entries acknowledged so far are marked replayed; run the"
+                    " same command again to send the rest", fg="yellow", err=True)
+        sys.exit(EXIT_RUNTIME_FAILURE)
+    _print_replay(report, as_json, preview)
+    if report.failed:
+        sys.exit(EXIT_RUNTIME_FAILURE)
+    if (report.refused and not report.selected) or report.unavailable or report.held_entries:
         sys.exit(EXIT_USER_ERROR)
 
 
-async def _replay_with_progress(settings: Settings, where: DlqFilter, *, quiet: bool,
-                                **options: Any) -> Any:
+async def _replay_with_progress(settings: Settings, where: DlqFilter, *, progress: bool | None,
+                                quiet: bool, **options: Any) -> Any:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     console = Console(stderr=True)
-    progress = Progress("replaying", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console, transient=True,
-                        disable=quiet or options["dry_run"] or not console.is_terminal)
-    task = progress.add_task("replay", total=None)
-    with progress:
+    show = console.is_terminal and not quiet if progress is None else progress
+    bar = Progress("replaying", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=console, transient=console.is_terminal,
+                   disable=not show)
+    task = bar.add_task("replay", total=None)
+    with bar:
         return await replay_dlq(
             settings, where,
-            on_selected=lambda n: progress.update(task, total=n),
-            on_sent=lambda n: progress.advance(task, n), **options)
+            on_selected=lambda n: bar.update(task, total=n),
+            on_sent=lambda n: bar.advance(task, n), **options)
 
 
-def _print_replay(report: Any, as_json: bool) -> None:
-    from router_stream.dlq.view import describe_bytes
+class _Preview:
+    """A dry run's records as they come: a line each, or collected for one JSON document."""
 
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.records: list[dict[str, Any]] = []
+
+    def __call__(self, row: store.DlqRow) -> None:
+        from router_stream.dlq.view import describe_bytes
+
+        if self.as_json:
+            self.records.append(_dry_run_record(row, describe_bytes))
+            return
+        rec = replay_record(row, preview=True)
+        what = (f"{row.attempts} attempts so far; masked at rest, the original is read back"
+                f" from {row.dlq_topic} partition {row.dlq_partition} offset {row.dlq_offset}"
+                if row.masked else f"{row.value_size or 0} bytes, {row.attempts} attempts so far")
+        click.echo(f"would send entry {row.id} -> {rec.topic} key={rec.key!r} ({what})")
+
+
+def _print_replay(report: Any, as_json: bool, preview: _Preview | None) -> None:
     if as_json:
-        out: dict[str, Any] = {"dry_run": report.dry_run, "selected": len(report.selected),
+        out: dict[str, Any] = {"dry_run": report.dry_run, "selected": report.selected,
                                "sent": report.sent, "refused": report.refused,
                                "not_pending": report.not_pending,
                                "max_attempts": report.max_attempts,
                                "unavailable": [{"id": i, "error": why}
-                                               for i, why in report.unavailable]}
-        if report.dry_run:
-            out["records"] = [_dry_run_record(row, describe_bytes) for row in report.sendable]
+                                               for i, why in report.unavailable],
+                               "failed": [{"id": i, "error": why} for i, why in report.failed],
+                               "held_back": {"entries": report.held_entries,
+                                             "keys": report.held_keys, "why": report.held}}
+        if preview is not None:
+            out["records"] = preview.records
         _json_out(out)
     elif report.dry_run:
-        for row in report.sendable:
-            rec = replay_record(row, preview=True)
-            what = (f"{row.attempts} attempts so far; masked at rest, the original is read back"
-                    f" from {row.dlq_topic} partition {row.dlq_partition} offset {row.dlq_offset}"
-                    if row.masked else
-                    f"{row.value_size or 0} bytes, {row.attempts} attempts so far")
-            click.echo(f"would send entry {row.id} -> {rec.topic} key={rec.key!r} ({what})")
-        click.echo(f"dry run: {len(report.sendable)} entries would be replayed")
+        click.echo(f"dry run: {report.would_send} entries would be replayed")
     else:
         click.echo(f"replayed {len(report.sent)} entries")
     if report.not_pending:
         click.echo(f"not pending (already replayed or discarded), skipped: "
                    f"{', '.join(map(str, report.not_pending))}", err=True)
-    for _, why in report.unavailable:
+    for _, why in (*report.unavailable, *report.failed):
         click.echo(f"error: {why}", err=True)
+    if report.held_entries:
+        why = "; ".join(f"{n} because {reason}" for reason, n in sorted(report.held.items()))
+        click.secho(f"held back {report.held_entries} entries of {report.held_keys} keys to keep"
+                    f" each key's order ({why}); they stay pending: replay or discard the"
+                    " earlier entries first, or pass --allow-reorder", fg="yellow", err=True)
     if report.refused:
         click.secho(f"refused {report.refused} entries with attempts >= --max-attempts "
                     f"{report.max_attempts}: discard them (dlq discard) or raise --max-attempts",

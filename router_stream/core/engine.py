@@ -57,6 +57,7 @@ from router_stream.core.outputs import (
     DlqRecord,
     RetryRecord,
     RoutedRecord,
+    dlq_headers,
 )
 from router_stream.core.overrides import (
     ActiveOverrides,
@@ -127,6 +128,12 @@ class _Origin:
     def key(self) -> str:
         """The DLQ idempotency key of the original record (``dlq_entries.dlq_key``)."""
         return f"{self.topic}/{self.partition}/{self.offset}"
+
+    @property
+    def replay_id(self) -> str:
+        """The same for every copy of one replay of an entry (its origin and attempt count),
+        different for the next replay after it failed again (one more attempt)."""
+        return f"replay:{self.key}#{self.attempts}"
 
 
 # Copying an empty hash object is ~0.1 µs cheaper per signal than constructing one with
@@ -372,6 +379,9 @@ class RouterEngine:
     def _decide_one(self, record: InboundRecord, now: float, batch: _BatchView,
                     result: BatchResult) -> None:
         origin = _origin(record)
+        if origin.dlq_id is not None and self._dedupe.seen_or_add(origin.replay_id, now):
+            result.dropped_duplicates += 1  # one replay sent twice (dlq/replay.py's crash window)
+            return
         parsed = parse_signal(record.value, record_ts_ms=record.timestamp, now=now)
         if isinstance(parsed, Rejection):
             self._dlq(result, record, origin, parsed.reason, parsed.error, parsed.signal_id, now)
@@ -676,14 +686,9 @@ class RouterEngine:
             original_key=record.key, original_value=record.value,
             original_headers=original_headers, attempts=attempts, first_failed_at=first,
         )
-        headers = original_headers + [
-            (H_REASON, reason.value.encode()), (H_ERROR, error.encode()),
-            (H_TOPIC, origin.topic.encode()), (H_PARTITION, str(origin.partition).encode()),
-            (H_OFFSET, str(origin.offset).encode()), (H_ATTEMPTS, str(attempts).encode()),
-            (H_FIRST_FAILED, repr(first).encode()),
-        ]
-        if signal_id is not None:
-            headers.append((H_SIGNAL_ID, signal_id.encode()))
+        headers = dlq_headers(original_headers, reason=reason, error=error, topic=origin.topic,
+                              partition=origin.partition, offset=origin.offset,
+                              attempts=attempts, first_failed_at=first, signal_id=signal_id)
         result.dlq.append(DlqRecord(entry, headers))
 
 

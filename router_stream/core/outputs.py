@@ -7,10 +7,11 @@ commits the batch's input offsets. Nothing here does I/O.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from router_stream.core.breaker import BreakerTransition
-from router_stream.core.models import Decision, DlqEntry
+from router_stream.core.models import Decision, DlqEntry, DlqReason
 from router_stream.core.rollout import RolloutEvent, ShadowOutcome
 
 # Header names (SPEC §2). Values are UTF-8 text.
@@ -28,6 +29,35 @@ DLQ_HEADERS = frozenset(
     {H_REASON, H_ERROR, H_TOPIC, H_PARTITION, H_OFFSET, H_ATTEMPTS, H_FIRST_FAILED, H_SIGNAL_ID,
      H_DLQ_ID, H_RETRY_NOT_BEFORE}
 )
+
+
+
+
+def without_router_headers(headers: Sequence[tuple[str, bytes]] | None
+                           ) -> list[tuple[str, bytes]]:
+    """The record's own headers, in order: every router header of an earlier trip removed."""
+    return [(k, v) for k, v in headers or () if k not in DLQ_HEADERS]
+
+
+def dlq_headers(headers: Sequence[tuple[str, bytes]] | None, *, reason: DlqReason, error: str,
+                topic: str, partition: int, offset: int, attempts: int, first_failed_at: float,
+                signal_id: str | None) -> list[tuple[str, bytes]]:
+    """The headers a DLQ record travels with: the record's own, then one set of DLQ headers.
+
+    Router headers already on the record (a replayed or retried record failing again) are
+    replaced, never appended, so a record keeps the same number of headers however many times
+    it goes round; ``attempts`` and ``first_failed_at`` carry its history instead.
+    """
+    out = without_router_headers(headers)
+    out += [
+        (H_REASON, reason.value.encode()), (H_ERROR, error.encode()),
+        (H_TOPIC, topic.encode()), (H_PARTITION, str(partition).encode()),
+        (H_OFFSET, str(offset).encode()), (H_ATTEMPTS, str(attempts).encode()),
+        (H_FIRST_FAILED, repr(first_failed_at).encode()),
+    ]
+    if signal_id is not None:
+        out.append((H_SIGNAL_ID, signal_id.encode()))
+    return out
 
 
 @dataclass(slots=True, frozen=True)

@@ -9,6 +9,9 @@ from it.
 - :mod:`.filters`   which entries a command applies to, as a SQL ``WHERE`` (pure)
 - :mod:`.store`     the queries on ``dlq_entries``
 - :mod:`.view`      how an entry is shown: bytes as text or base64, PII masked (pure)
-- :mod:`.replay`    sending entries back to their original topic, marking them after the ack
+- :mod:`.order`     which entry may be replayed now, so none overtakes an earlier one of its key
+                    (pure)
+- :mod:`.replay`    sending entries back to their original topic in original order, marking them
+                    after the ack
 - :mod:`.reindex`   rebuilding ``dlq_entries`` from ``router.dlq``
 """

@@ -27,25 +27,44 @@ The engine counts the replay: a record carrying ``x-dlq-id`` that fails again is
 ``attempts + 1`` on the same ``dlq_key``, and the DLQ writer turns the entry back to ``pending``
 with that count, so an entry that keeps failing reaches ``--max-attempts`` and stops there.
 
-Order of the steps, and what each guarantees:
+**Order.** Entries are walked in their original order — original topic, partition, offset,
+which for an entry dead-lettered more than once is its first failure (the row keeps those
+coordinates) — whatever order their rows were written in, a page (``WINDOW`` rows) at a time by
+keyset (:func:`store.pending_in_order`): memory is one window whatever the size. Within a key
+(original topic and key) the replay keeps that order; across keys nothing is promised. An entry
+whose key has an earlier entry that is not sent now (pending but not selected, refused by
+``--max-attempts``, masked and unavailable, refused by the broker) is held back and stays
+``pending`` unless ``allow_reorder`` (:class:`~router_stream.dlq.order.KeyGate`).
 
-1. take the replay lock (one replay per database at a time) and select ``pending`` entries
-   with ``attempts < max_attempts`` (the rest are refused and reported, never sent); read the
-   original records of masked entries back from ``router.dlq``;
-2. send a chunk with the idempotent ``acks=all`` producer and wait for every ack;
-3. mark the acknowledged entries ``replayed`` (``WHERE status = 'pending'``), then the next
-   chunk. An entry is marked only after its ack; an entry whose send failed stays ``pending``.
+Steps, and what each guarantees:
 
-So running replay twice sends nothing the second time. The one window left is a crash between
-an ack (2) and its mark (3): that entry is still ``pending`` and a later replay sends it again;
-the worker then writes no second decision row (``routing_decisions.signal_id`` is unique).
+1. take the replay lock (one replay per database at a time); count the selected entries
+   (``pending``, ``attempts < max_attempts``, the first ``limit``) and the refused ones; check
+   every original topic exists;
+2. per window: take the next page in original order (read ahead on a second connection while
+   the previous window was sent), gate it, read back the original records of its masked
+   entries from ``router.dlq``, queue it with the idempotent ``acks=all`` producer (batches per
+   partition in order, so a key's records reach their partition in order), wait for every ack;
+3. mark the acknowledged entries ``replayed`` (``WHERE status = 'pending'``, on a third
+   connection, while the next window is sent). An entry is marked only after its ack; one the
+   broker refused stays ``pending`` and holds back its key; an unreachable broker stops the
+   replay (the rest stay ``pending``).
+
+So running replay twice sends nothing the second time, and an interrupted replay run again
+sends only what was not marked. SIGINT is handled: the acks in flight are awaited (at most
+``ACK_GRACE_S``) and marked before the command exits. The one window left is a kill (SIGKILL,
+a crash) between an ack (2) and its mark (3), at most two windows of entries: they are still
+``pending`` and the rerun sends them again with the same ``x-dlq-original-*`` coordinates and
+``x-dlq-attempts``. The worker's engine remembers each replay it decided by those
+(``_Origin.replay_id``, in its dedupe window) and drops the second copy.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import asyncpg
 
@@ -70,14 +89,17 @@ from router_stream.core.outputs import (
 )
 from router_stream.dlq import store
 from router_stream.dlq.filters import DlqFilter
+from router_stream.dlq.order import Blocked, KeyGate, KeyId, Position
 from router_stream.dlq.store import DlqRow
-from router_stream.errors import BrokerUnavailable, RouterError, UserError
+from router_stream.errors import BrokerUnavailable, OperationTimeout, RouterError, UserError
 
 __all__ = ["DEFAULT_MAX_ATTEMPTS", "ReplayReport", "original_problem", "read_originals",
            "replay_dlq", "replay_record"]
 
 DEFAULT_MAX_ATTEMPTS = 5
-CHUNK = 200
+T = TypeVar("T")
+WINDOW = 5000  # entries sent and acknowledged (and marked) before the next are sent
+ACK_GRACE_S = 10.0  # interrupted: how long the acks in flight are still waited for
 
 
 @dataclass
@@ -85,20 +107,21 @@ class ReplayReport:
     """What a replay did (or, with ``dry_run``, would do)."""
 
     dry_run: bool
-    selected: list[DlqRow] = field(default_factory=list)  # pending, under the attempt limit
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    selected: int = 0  # pending, under the attempt limit, at most --limit
     sent: list[int] = field(default_factory=list)  # acknowledged and marked replayed
+    would_send: int = 0  # dry run: entries that would be sent
     refused: int = 0  # pending entries at or over max_attempts
     not_pending: list[int] = field(default_factory=list)  # ids asked for that are not pending
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     # masked entries whose original record could not be read back: (id, why), never sent
     unavailable: list[tuple[int, str]] = field(default_factory=list)
-    originals: dict[int, ConsumedRecord] = field(default_factory=dict, repr=False)
+    failed: list[tuple[int, str]] = field(default_factory=list)  # refused by the broker
+    held: dict[str, int] = field(default_factory=dict)  # held back (stay pending), by why
+    held_keys: int = 0
 
     @property
-    def sendable(self) -> list[DlqRow]:
-        """The selected entries that can be sent (all but the unavailable ones)."""
-        unavailable = {entry_id for entry_id, _ in self.unavailable}
-        return [r for r in self.selected if r.id not in unavailable]
+    def held_entries(self) -> int:
+        return sum(self.held.values())
 
 
 def replay_record(row: DlqRow, original: ConsumedRecord | None = None, *,
@@ -153,28 +176,32 @@ def original_problem(row: DlqRow, record: ConsumedRecord | None) -> str | None:
     return None
 
 
-async def read_originals(settings: Settings, report: ReplayReport) -> None:
-    """Read back the original record of every selected masked entry (``report.originals``);
-    the ones that cannot be replayed go to ``report.unavailable``."""
+async def read_originals(settings: Settings, rows: list[DlqRow]
+                         ) -> tuple[dict[int, ConsumedRecord], dict[int, str]]:
+    """The original records of the masked ``rows``, read back from ``router.dlq``, by id; and
+    why, by id, for the ones that cannot be replayed."""
+    originals: dict[int, ConsumedRecord] = {}
+    problems: dict[int, str] = {}
     by_topic: dict[str, list[DlqRow]] = {}
-    for row in report.selected:
+    for row in rows:
         if row.masked:
             by_topic.setdefault(row.dlq_topic or "", []).append(row)
-    for topic, rows in sorted(by_topic.items()):
-        positions = [(r.dlq_partition or 0, r.dlq_offset or 0) for r in rows]
+    for topic, masked in sorted(by_topic.items()):
+        positions = [(r.dlq_partition or 0, r.dlq_offset or 0) for r in masked]
         try:
             found = await read_at(settings, topic, positions)
         except UserError as exc:  # the DLQ topic itself is gone
-            report.unavailable += [(r.id, f"entry {r.id} not replayed: its bytes are masked in"
-                                          f" Postgres and {exc}") for r in rows]
+            problems.update((r.id, f"entry {r.id} not replayed: its bytes are masked in"
+                                   f" Postgres and {exc}") for r in masked)
             continue
-        for row, position in zip(rows, positions, strict=True):
+        for row, position in zip(masked, positions, strict=True):
             record = found.get(position)
             problem = original_problem(row, record)
             if problem is not None:
-                report.unavailable.append((row.id, problem))
+                problems[row.id] = problem
             elif record is not None:
-                report.originals[row.id] = record
+                originals[row.id] = record
+    return originals, problems
 
 
 async def replay_dlq(
@@ -185,10 +212,17 @@ async def replay_dlq(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     rate: float | None = None,
     dry_run: bool = False,
+    allow_reorder: bool = False,
     on_selected: Callable[[int], None] | None = None,
     on_sent: Callable[[int], None] | None = None,
+    on_preview: Callable[[DlqRow], None] | None = None,
 ) -> ReplayReport:
-    """Replay the ``pending`` entries matching ``where`` (see the module docstring)."""
+    """Replay the ``pending`` entries matching ``where`` (see the module docstring).
+
+    ``on_selected(n)`` is called once with the number of entries selected, ``on_sent(n)`` after
+    each window is marked, and, in a dry run, ``on_preview(row)`` for each entry that would be
+    sent, in the order it would be.
+    """
     if where.statuses and where.statuses != ("pending",):
         raise UserError("only pending entries are replayed; drop --status or use --status pending")
     if max_attempts < 1:
@@ -199,67 +233,219 @@ async def replay_dlq(
     conn = await pg.connect(settings)
     try:
         async with store.replay_lock(conn):
-            report.selected = await store.list_entries(
-                conn, pending, limit=limit, with_value=True, max_attempts=max_attempts)
-            report.refused = await store.count_entries(conn, pending, min_attempts=max_attempts)
-            if where.ids:
-                found = {r.id for r in await store.list_entries(conn, DlqFilter(ids=where.ids))}
-                missing = sorted(set(where.ids) - found)
-                if missing:
-                    raise UserError(f"no DLQ entry with id {', '.join(map(str, missing))}")
-                pending_ids = {r.id for r in await store.list_entries(conn, pending)}
-                report.not_pending = sorted(found - pending_ids)
-            await read_originals(settings, report)
+            await _select(conn, where, pending, report, limit)
             if on_selected is not None:
-                on_selected(len(report.sendable))
-            if not dry_run and report.sendable:
-                await _send_all(settings, conn, report, rate, on_sent)
+                on_selected(report.selected)
+            replay = _Replay(settings, conn, pending, report, KeyGate(allow_reorder), rate)
+            if dry_run:
+                await replay.run(None, on_sent, on_preview)
+            elif report.selected:
+                async with RecordWriter(settings) as writer:
+                    await writer.ensure_topics(
+                        await store.topics_of(conn, pending, max_attempts=max_attempts))
+                    await replay.run(writer, on_sent, on_preview)
     finally:
         await conn.close()
     return report
 
 
-async def _send_all(settings: Settings, conn: asyncpg.Connection, report: ReplayReport,
-                    rate: float | None, on_sent: Callable[[int], None] | None) -> None:
-    rows = report.sendable
-    pacer = RateLimiter(rate)
-    # With a rate, chunks of about one second's worth, so entries are marked as they go.
-    size = CHUNK if rate is None else max(1, min(CHUNK, int(rate)))
-    async with RecordWriter(settings) as writer:
-        await writer.ensure_topics(sorted({r.original_topic for r in rows}))
-        for start in range(0, len(rows), size):
-            chunk = rows[start:start + size]
-            acked, failure = await _send_chunk(writer, chunk, pacer, report.originals)
-            await store.mark_replayed(conn, acked)
-            report.sent.extend(acked)
-            if on_sent is not None and acked:
-                on_sent(len(acked))
-            if failure is not None:
-                cls = BrokerUnavailable if failure.retriable else RouterError
-                raise cls(
-                    f"replay stopped after {len(report.sent)} of {len(rows)} entries: {failure}"
-                    " (the rest stay pending; run the same replay again)") from failure
+async def _select(conn: asyncpg.Connection, where: DlqFilter, pending: DlqFilter,
+                  report: ReplayReport, limit: int | None) -> None:
+    """Count what is selected and refused; an unknown id is a user error."""
+    max_attempts = report.max_attempts
+    report.refused = await store.count_entries(conn, pending, min_attempts=max_attempts)
+    selected = await store.count_entries(conn, pending, max_attempts=max_attempts)
+    report.selected = selected if limit is None else min(selected, limit)
+    if where.ids:
+        found = {r.id for r in await store.list_entries(conn, DlqFilter(ids=where.ids))}
+        missing = sorted(set(where.ids) - found)
+        if missing:
+            raise UserError(f"no DLQ entry with id {', '.join(map(str, missing))}")
+        pending_ids = {r.id for r in await store.list_entries(conn, pending)}
+        report.not_pending = sorted(found - pending_ids)
 
 
-async def _send_chunk(writer: RecordWriter, chunk: list[DlqRow], pacer: RateLimiter,
-                      originals: dict[int, ConsumedRecord],
-                      ) -> tuple[list[int], RouterError | None]:
-    """Send a chunk and wait for every ack; returns the acknowledged ids and the first error."""
-    futures: list[tuple[int, asyncio.Future[tuple[int, int]]]] = []
-    failure: RouterError | None = None
-    for row in chunk:
-        await pacer.wait()
+def _key_of(row: DlqRow) -> KeyId | None:
+    return None if row.original_key is None else (row.original_topic, row.original_key)
+
+
+def _position(row: DlqRow) -> Position:
+    return row.original_partition, row.original_offset
+
+
+class _Replay:
+    """One replay's walk over the selection, a window (one page of rows in original order) at a
+    time: gated, sent and acknowledged, then marked while the next window is sent. Three
+    connections: the next page is read, and a window marked, while another is sent."""
+
+    def __init__(self, settings: Settings, conn: asyncpg.Connection, pending: DlqFilter,
+                 report: ReplayReport, gate: KeyGate, rate: float | None) -> None:
+        self._settings = settings
+        self._conn = conn
+        self._pending = pending
+        self._report = report
+        self._gate = gate
+        self._pacer = RateLimiter(rate)
+        self._paced = rate is not None
+        # With a rate, windows of about one second's worth, so entries are marked as they go.
+        self._window = WINDOW if rate is None else max(1, min(WINDOW, int(rate)))
+        self._marking: asyncio.Future[None] | None = None
+
+    async def run(self, writer: RecordWriter | None, on_sent: Callable[[int], None] | None,
+                  on_preview: Callable[[DlqRow], None] | None) -> None:
+        report = self._report
+        reader = await pg.connect(self._settings)
+        marker = await pg.connect(self._settings)
+        pages = store.pending_in_order(reader, self._pending, max_attempts=report.max_attempts,
+                                       page=self._window, limit=report.selected)
+        upcoming = asyncio.ensure_future(anext(pages, None))
         try:
-            record = replay_record(row, originals.get(row.id))
-            futures.append((row.id, await writer.send(record)))
-        except RouterError as exc:
-            failure = exc
-            break
-    outcomes = await asyncio.gather(*(f for _, f in futures), return_exceptions=True)
-    acked = [entry_id for (entry_id, _), outcome in zip(futures, outcomes, strict=True)
-             if not isinstance(outcome, BaseException)]
-    errors = [o for o in outcomes if isinstance(o, BaseException)]
-    if failure is None and errors:
-        first = errors[0]
-        failure = first if isinstance(first, RouterError) else RouterError(repr(first))
-    return acked, failure
+            while (page := await upcoming) is not None:
+                upcoming = asyncio.ensure_future(anext(pages, None))
+                rows, originals = await self._admitted(page)
+                if writer is None:
+                    report.would_send += len(rows)
+                    for row in rows:
+                        if on_preview is not None:
+                            on_preview(row)
+                    continue
+                await self._send_window(writer, rows, originals, marker, on_sent)
+        finally:
+            upcoming.cancel()
+            await asyncio.gather(upcoming, return_exceptions=True)
+            try:
+                await self._marked()
+            finally:
+                await pages.aclose()
+                await reader.close()
+                await marker.close()
+                report.held = {str(why): n for why, n in self._gate.held.items()}
+                report.held_keys = len(self._gate.held_keys)
+
+    async def _admitted(self, page: list[DlqRow]
+                        ) -> tuple[list[DlqRow], dict[int, ConsumedRecord]]:
+        """The rows of ``page`` that go now, in order, and the originals of the masked ones."""
+        gate = self._gate
+        keys = sorted({k for k in map(_key_of, page) if k is not None})
+        earlier = await store.earliest_pending(self._conn, keys, self._pending,
+                                               max_attempts=self._report.max_attempts)
+        for key, (partition, offset, refused) in earlier.items():
+            gate.block(key, (partition, offset), Blocked.REFUSED if refused else
+                       Blocked.NOT_SELECTED)
+        admitted = [row for row in page if gate.admit(_key_of(row), _position(row))]
+        originals, problems = await read_originals(self._settings, admitted)
+        if not problems:
+            return admitted, originals
+        rows = []
+        for row in admitted:
+            problem = problems.get(row.id)
+            if problem is None:
+                rows.append(row)
+                continue
+            self._report.unavailable.append((row.id, problem))
+            gate.block(_key_of(row), _position(row), Blocked.UNAVAILABLE)
+        # an entry admitted before a later-blocked one of its key is still in order
+        return [r for r in rows if gate.admit(_key_of(r), _position(r))], originals
+
+    async def _send_window(self, writer: RecordWriter, rows: list[DlqRow],
+                           originals: dict[int, ConsumedRecord], marker: asyncpg.Connection,
+                           on_sent: Callable[[int], None] | None) -> None:
+        """Send ``rows`` and wait for every ack; their mark runs while the next window is sent.
+
+        A record the broker refuses (too large, ...) blocks its key and the walk goes on; an
+        unreachable broker stops the replay after marking what was acknowledged. Interrupted
+        (SIGINT cancels the task), it still waits a bounded time for the acks in flight and
+        marks them, so a rerun does not send them again.
+        """
+        futures: list[tuple[DlqRow, asyncio.Future[None]]] = []
+        stop: RouterError | None = None
+        try:
+            try:
+                batch: list[tuple[DlqRow, OutRecord]] = []
+                refused = False
+                for row in rows:
+                    if refused and not self._gate.admit(_key_of(row), _position(row)):
+                        continue  # behind a record of its key refused earlier in this window
+                    record = replay_record(row, originals.get(row.id))
+                    refusal = writer.refusal(record)
+                    if refusal is not None:
+                        self._refused(row, refusal)
+                        refused = True
+                        continue
+                    batch.append((row, record))
+                    if self._paced:  # one at a time, at the rate
+                        await self._pacer.wait()
+                        futures += await self._send(writer, batch)
+                        batch = []
+                futures += await self._send(writer, batch)
+            except (BrokerUnavailable, OperationTimeout) as exc:
+                stop = exc  # what was queued before it is awaited and marked below
+            if futures:
+                await asyncio.wait({f for _, f in futures})
+        except asyncio.CancelledError:
+            if futures:
+                await asyncio.wait([f for _, f in futures], timeout=ACK_GRACE_S)
+            acked, _ = self._settle(futures)
+            await _uncancelled(self._marked())
+            await _uncancelled(self._mark(marker, acked, on_sent))
+            raise
+        acked, stop_after = self._settle(futures)
+        await self._marked()  # the previous window's
+        self._marking = asyncio.ensure_future(self._mark(marker, acked, on_sent))
+        stop = stop or stop_after
+        if stop is not None:
+            await self._marked()
+            cls = BrokerUnavailable if stop.retriable else RouterError
+            raise cls(f"replay stopped after {len(self._report.sent)} of {self._report.selected}"
+                      f" entries: {stop} (the rest stay pending; run the same replay again)"
+                      ) from stop
+
+    @staticmethod
+    async def _send(writer: RecordWriter, batch: list[tuple[DlqRow, OutRecord]]
+                    ) -> list[tuple[DlqRow, asyncio.Future[None]]]:
+        futures = await writer.send_many([record for _, record in batch])
+        return [(row, future) for (row, _), future in zip(batch, futures, strict=True)]
+
+    def _settle(self, futures: list[tuple[DlqRow, asyncio.Future[None]]]
+                ) -> tuple[list[int], RouterError | None]:
+        """The acknowledged ids, and what stops the replay; a refused entry blocks its key."""
+        acked: list[int] = []
+        stop: RouterError | None = None
+        for row, future in futures:
+            if not future.done() or future.cancelled():
+                continue
+            exc = future.exception()
+            if exc is None:
+                acked.append(row.id)
+            elif isinstance(exc, BrokerUnavailable | OperationTimeout) or not isinstance(
+                    exc, RouterError):
+                stop = stop or (exc if isinstance(exc, RouterError) else RouterError(repr(exc)))
+            else:
+                self._refused(row, exc)
+        return acked, stop
+
+    async def _mark(self, marker: asyncpg.Connection, acked: list[int],
+                    on_sent: Callable[[int], None] | None) -> None:
+        await store.mark_replayed(marker, acked)
+        self._report.sent.extend(acked)
+        if on_sent is not None and acked:
+            on_sent(len(acked))
+
+    async def _marked(self) -> None:
+        """Wait for the window being marked (its error, if any, is raised here)."""
+        marking, self._marking = self._marking, None
+        if marking is not None:
+            await _uncancelled(marking)
+
+    def _refused(self, row: DlqRow, exc: RouterError) -> None:
+        self._report.failed.append((row.id, f"entry {row.id} not replayed: {exc}"))
+        self._gate.block(_key_of(row), _position(row), Blocked.SEND_FAILED)
+
+
+async def _uncancelled(step: Awaitable[T]) -> T:
+    """Run ``step`` to the end even if the caller is cancelled meanwhile."""
+    task = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        return await task

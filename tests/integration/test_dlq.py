@@ -7,6 +7,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import random
+import signal
+import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +29,7 @@ from router_stream.config import DLQ, Settings
 from router_stream.core.models import DlqEntry, DlqReason
 from router_stream.dlq.filters import DlqFilter
 from router_stream.dlq.replay import replay_dlq
-from router_stream.errors import BrokerUnavailable, RouterError, UserError
+from router_stream.errors import BrokerUnavailable, UserError
 
 pytestmark = pytest.mark.integration
 
@@ -240,6 +245,129 @@ async def test_replay_sends_original_bytes_and_headers_then_marks_replayed(
     assert f"not pending (already replayed or discarded), skipped: {ids[0]}" in by_id.output
 
 
+def per_key_inversions(records: list[ConsumedRecord]) -> int:
+    """Records of a key that arrived after a record of the same key with a larger offset."""
+    last: dict[bytes | None, int] = {}
+    inversions = 0
+    for r in records:
+        offset = int(dict(r.headers)["x-dlq-original-offset"])
+        inversions += offset < last.get(r.key, -1)
+        last[r.key] = max(offset, last.get(r.key, -1))
+    return inversions
+
+
+async def test_replay_keeps_each_keys_original_order_whatever_the_row_order(
+    settings: Settings, db, topic_factory, monkeypatch
+):
+    monkeypatch.setattr("router_stream.dlq.replay.WINDOW", 7)  # several windows (keyset pages)
+    topic = await topic_factory("signals", partitions=2)
+    offsets = list(range(60))
+    random.Random(20).shuffle(offsets)  # rows written out of offset order: ids are not the order
+    for n in offsets:  # a key lives in one partition: s0 and s2 in 0, s1 and s3 in 1
+        await pg.insert_dlq_entries(db, [entry(n, topic=topic, original_partition=n % 2,
+                                               original_key=f"s{n % 4}".encode())])
+    ids = await ids_by_offset(db)
+
+    first = await replay_dlq(settings, DlqFilter(topics=(topic,)), limit=25)
+    # --limit takes the first entries in original order: partition 0's, then partition 1's
+    first_sent = sorted(offsets, key=lambda n: (n % 2, n))[:25]
+    assert sorted(first.sent) == sorted(ids[n] for n in first_sent)
+    rest = await replay_dlq(settings, DlqFilter(topics=(topic,)))
+    assert len(rest.sent) == 35 and rest.held_entries == 0
+
+    records = await read_all(settings, topic)
+    assert len(records) == 60 and per_key_inversions(records) == 0
+    in_id_order = sorted(records, key=lambda r: int(dict(r.headers)["x-dlq-id"]))
+    assert per_key_inversions(in_id_order) > 0  # what sending by id would have done
+
+
+async def test_an_earlier_pending_entry_of_a_key_holds_back_the_later_ones(
+    settings: Settings, db, topic_factory
+):
+    topic = await topic_factory("signals")
+    # keys s0: 0 3 6 9, s1: 1 4 7, s2: 2 5 8; 3 is not selected (another reason), 4 is refused
+    await pg.insert_dlq_entries(db, [
+        entry(n, topic=topic, **({"reason": "no_route"} if n == 3 else {}),
+              **({"attempts": 5} if n == 4 else {})) for n in range(10)])
+    ids = await ids_by_offset(db)
+
+    result = await run_cli(settings, "dlq", "replay", "--reason", "no_healthy_destination",
+                           "--json")
+    assert result.exit_code == 1, result.output
+    out = json.loads(result.stdout)
+    assert sorted(out["sent"]) == sorted(ids[n] for n in (0, 1, 2, 5, 8))
+    assert out["held_back"] == {"entries": 3, "keys": 2, "why": {
+        "an earlier entry of the key is pending but not selected": 2,  # 6, 9 behind 3
+        "an earlier entry of the key is refused by --max-attempts": 1}}  # 7 behind 4
+    assert ("held back 3 entries of 2 keys to keep each key's order (2 because an earlier entry"
+            " of the key is pending but not selected; 1 because an earlier entry of the key is"
+            " refused by --max-attempts)") in result.stderr
+    assert {n for n, st in (await status_of(db)).items() if st == "pending"} == {3, 4, 6, 7, 9}
+
+    dry = await run_cli(settings, "dlq", "replay", "--topic", topic, "--dry-run")
+    assert "dry run: 3 entries would be replayed" in dry.output  # 3, 6, 9; 7 is behind 4
+
+    allowed = await run_cli(settings, "dlq", "replay", "--reason", "no_healthy_destination",
+                            "--allow-reorder", "--progress")
+    assert allowed.exit_code == 0, allowed.output
+    assert "replayed 3 entries" in allowed.output
+    assert "replaying" in allowed.stderr and "3/3" in allowed.stderr  # asked for: a bar
+    assert "replaying" not in result.stderr  # not a terminal, not asked for: none
+    assert {n for n, st in (await status_of(db)).items() if st == "pending"} == {3, 4}
+
+
+async def test_entries_with_a_key_larger_than_an_index_entry_are_stored_and_replayed_in_order(
+    settings: Settings, db, topic_factory
+):
+    topic = await topic_factory("signals")
+    big = random.Random(6).randbytes(20_000)  # incompressible: over a btree entry (~2.7 kB)
+    await pg.insert_dlq_entries(db, [entry(n, topic=topic, original_key=big) for n in (3, 1)]
+                                + [entry(2, topic=topic, original_key=big, reason="no_route")])
+    result = await run_cli(settings, "dlq", "replay", "--reason", "no_healthy_destination")
+    assert result.exit_code == 1 and "held back 1 entries of 1 keys" in result.stderr
+    assert await status_of(db) == {1: "replayed", 2: "pending", 3: "pending"}
+    await run_cli(settings, "dlq", "replay", "--topic", topic)
+    records = await read_all(settings, topic)
+    assert [int(dict(r.headers)["x-dlq-original-offset"]) for r in records] == [1, 2, 3]
+
+
+async def test_a_replay_interrupted_with_sigint_and_run_again_sends_each_entry_once(
+    settings: Settings, db, topic_factory
+):
+    topic = await topic_factory("signals", partitions=2)
+    n = 1500
+    await pg.insert_dlq_entries(db, [entry(i, topic=topic, original_partition=i % 2,
+                                           original_key=f"s{i % 4}".encode())
+                                     for i in range(n)])
+    env = {**os.environ, "ROUTER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+           "ROUTER_DATABASE_URL": settings.database_url.get_secret_value(),
+           "ROUTER_TOPIC_PREFIX": settings.topic_prefix, "PYTHONPATH": os.getcwd()}
+    # --rate 1000: windows of 1000 entries a second, so SIGINT lands with entries in flight
+    argv = [sys.executable, "-m", "router_stream.cli", "dlq", "replay", "--topic", topic,
+            "--rate", "1000"]
+    proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(60):
+        while await db.fetchval("SELECT count(*) FROM dlq_entries WHERE status = 'replayed'"
+                                ) == 0 and proc.returncode is None:
+            await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = await proc.communicate()
+    assert proc.returncode == 2, stderr
+    assert b"interrupted: the entries acknowledged so far are marked replayed" in stderr
+    marked = await db.fetchval("SELECT count(*) FROM dlq_entries WHERE status = 'replayed'")
+    assert 0 < marked < n
+
+    again = await run_cli(settings, "dlq", "replay", "--topic", topic)
+    assert again.exit_code == 0, again.output
+    assert f"replayed {n - marked} entries" in again.output
+    records = await read_all(settings, topic)
+    sent_ids = Counter(dict(r.headers)["x-dlq-id"] for r in records)
+    assert len(sent_ids) == n and set(sent_ids.values()) == {1}  # each exactly once overall
+    assert per_key_inversions(records) == 0
+    assert await db.fetchval("SELECT count(*) FROM dlq_entries WHERE status = 'pending'") == 0
+
+
 async def test_replay_marks_nothing_without_an_ack(settings: Settings, db, topic_factory):
     topic = await topic_factory("signals")
     await pg.insert_dlq_entries(db, [entry(1, topic=topic), entry(2, topic=f"{topic}-gone")])
@@ -259,19 +387,30 @@ async def test_replay_marks_nothing_without_an_ack(settings: Settings, db, topic
     assert cli_result.output.count("\n") == 1 and "does not exist" in cli_result.output
 
 
-async def test_an_entry_the_broker_refuses_stays_pending_and_stops_the_replay(
+async def test_an_entry_the_broker_refuses_stays_pending_and_holds_back_its_key(
     settings: Settings, db, topic_factory
 ):
     topic = await topic_factory("signals")
     too_big = b'{"pad": "' + b"x" * 1_100_000 + b'"}'  # over the 1 MB record limit
+    # keys: 1 -> s1, 2 -> s2, 3 -> s0 (too big), 4 -> s1, 6 -> s0 (behind 3)
     await pg.insert_dlq_entries(db, [entry(1, topic=topic), entry(2, topic=topic),
                                      entry(3, topic=topic, original_value=too_big),
-                                     entry(4, topic=topic)])
-    with pytest.raises(RouterError, match="replay stopped after 2 of 4 entries"):
-        await replay_dlq(settings, DlqFilter(topics=(topic,)))
-    assert await status_of(db) == {1: "replayed", 2: "replayed", 3: "pending", 4: "pending"}
-    assert [r.value for r in await read_all(settings, topic)] == [signal_bytes(1),
-                                                                   signal_bytes(2)]
+                                     entry(4, topic=topic), entry(6, topic=topic)])
+    report = await replay_dlq(settings, DlqFilter(topics=(topic,)))
+    ids = await ids_by_offset(db)
+    assert [entry_id for entry_id, _ in report.failed] == [ids[3]]
+    assert report.held == {"an earlier entry of the key failed to send": 1}
+    assert report.held_keys == 1
+    assert await status_of(db) == {1: "replayed", 2: "replayed", 3: "pending", 4: "replayed",
+                                   6: "pending"}
+    assert [r.value for r in await read_all(settings, topic)] == [
+        signal_bytes(1), signal_bytes(2), signal_bytes(4)]
+
+    result = await run_cli(settings, "dlq", "replay", "--topic", topic)
+    assert result.exit_code == 2  # the broker refused an entry
+    assert f"error: entry {ids[3]} not replayed: cannot produce" in result.output
+    assert ("held back 1 entries of 1 keys to keep each key's order (1 because an earlier entry"
+            " of the key failed to send)") in result.output
 
 
 async def test_max_attempts_guard_refuses_and_sends_nothing(settings: Settings, db, topic_factory):

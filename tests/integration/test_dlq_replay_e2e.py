@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from router_stream.adapters.control import send_control
-from router_stream.config import SIGNALS, Settings
+from router_stream.config import DLQ, SIGNALS, Settings
 from router_stream.core.models import BreakerForce, BreakerReset
 from router_stream.dlq.filters import DlqFilter
 from router_stream.dlq.replay import replay_dlq
@@ -93,7 +93,7 @@ async def test_500_dead_lettered_signals_are_routed_exactly_once_after_replay(
 
     # a second replay sends and routes nothing new
     again = await replay_dlq(s, DlqFilter(reasons=("no_healthy_destination",)))
-    assert again.sent == [] and again.selected == []
+    assert again.sent == [] and again.selected == 0
     await worker(s).run_until_idle(1.0)
     assert await routed_ids(s) == routed
     assert len(await fetch(s, "SELECT 1 FROM routing_decisions")) == N
@@ -117,8 +117,54 @@ async def test_a_replay_that_fails_again_counts_an_attempt_and_stops_at_the_max(
         await worker(s).run_until_idle(1.0)
         assert await statuses(s) == Counter({("no_healthy_destination", "pending", attempts): 3})
 
+    # each trip's router.dlq record replaced the x-dlq-* headers: as many as the first one had
+    trips: dict[str, list[tuple[int, int, float]]] = {}
+    for record in await read_all(s, s.topic(DLQ)):
+        h = dict(record.headers)
+        trips.setdefault(h["x-signal-id"].decode(), []).append(
+            (int(h["x-dlq-attempts"]), len(record.headers), float(h["x-dlq-first-failed-at"])))
+    assert len(trips) == 3
+    for trip in trips.values():
+        assert sorted(a for a, _, _ in trip) == [1, 2, 3]
+        assert len({n for _, n, _ in trip}) == 1
+        firsts = [f for _, _, f in trip]  # kept, to Postgres' microsecond
+        assert max(firsts) - min(firsts) < 1e-5
+
     refused = await replay_dlq(s, DlqFilter(reasons=("no_healthy_destination",)),
                                max_attempts=3)
     assert refused.sent == [] and refused.refused == 3
     assert len(await read_all(s, s.topic(SIGNALS))) == 3 + 2 * 3
     assert await fetch(s, "SELECT 1 FROM routing_decisions") == []
+
+
+async def test_entries_sent_again_after_a_lost_mark_are_routed_once_in_order(
+    settings: Settings, tmp_path: Path
+):
+    """The crash window of a replay: the broker acknowledged, the `replayed` mark was lost, and
+    the rerun sends the same entries again. The worker routes each signal once, in key order."""
+    s = await prepare(settings, tmp_path, POLICY)
+    n = 300
+    await send_control(s, BreakerForce(target="pager", state="open", reason="outage"))
+    await produce(s, SIGNALS, [(f"svc-{i % 3}".encode(),
+                                signal(i, payload={"severity": "critical", "i": i}))
+                               for i in range(n)])
+    await worker(s).run_until_idle(1.0)
+    await send_control(s, BreakerReset(target="pager"))
+
+    first = await replay_dlq(s, DlqFilter(reasons=("no_healthy_destination",)))
+    assert len(first.sent) == n
+    lost = sorted(first.sent)[::2]  # as if SIGKILL came between their ack and their mark
+    await fetch(s, "UPDATE dlq_entries SET status = 'pending' WHERE id = ANY($1::bigint[])", lost)
+    again = await replay_dlq(s, DlqFilter(reasons=("no_healthy_destination",)))
+    assert sorted(again.sent) == lost
+    await worker(s).run_until_idle(1.0)
+
+    routed = await read_all(s, s.routed_topic("pager"))
+    assert await routed_ids(s) == Counter({f"s-{i}": 1 for i in range(n)})
+    last: dict[bytes, int] = {}
+    for record in routed:  # each key's signals in their original order
+        i = json.loads(record.value)["payload"]["i"]
+        assert i > last.get(record.key, -1)
+        last[record.key] = i
+    assert len(await fetch(s, "SELECT 1 FROM routing_decisions")) == n
+    assert await statuses(s) == Counter({("no_healthy_destination", "replayed", 1): n})
