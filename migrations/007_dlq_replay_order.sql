@@ -1,4 +1,4 @@
--- 006_dlq_replay_order: `dlq replay` streams pending entries in their original order and holds
+-- 007_dlq_replay_order: `dlq replay` streams pending entries in their original order and holds
 -- back the later entries of a key that still has an earlier pending entry (docs/operations.md).
 --
 -- dlq_entries_pending_origin: keyset pages in (original_topic, original_partition,
