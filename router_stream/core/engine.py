@@ -563,7 +563,7 @@ class RouterEngine:
         observations = self._observations.get(metric, {})
         excluded = batch.unavailable_sources
         outcome = consensus(observations.values(), now, cfg, batch.trust_scores, excluded,
-                            self._last_good.get(metric))
+                            self._last_good.get(metric), tr.DeviationRecord(self._trust))
         if outcome is None:
             self._dlq(result, record, origin, DlqReason.NO_HEALTHY_DESTINATION,
                       f"metric {metric!r}: no usable source and no recent consensus",

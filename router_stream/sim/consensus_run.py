@@ -7,7 +7,9 @@ observations (each source's newest one within ``max_staleness_s``) at the same i
 * ``naive_mean`` — the mean of every source's newest value;
 * ``primary`` — the first source's newest value, whatever its age;
 * ``median`` — the plain median, no outlier test and no trust;
-* ``oracle`` — the single source with the lowest error over the whole run (hindsight).
+* ``oracle`` — the single source with the lowest error over the whole run (hindsight);
+* ``honest_mean`` — the mean of the sources not faulty at that instant: it knows the fault
+  schedule, so it is the floor that noise and reporting lag leave to any estimator.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def run_consensus(scenario: ConsensusScenario, seed: int) -> dict[str, Any]:
 
     latest: dict[str, tuple[float, float]] = {}  # source -> (value, t) of its newest observation
     names = [s.source_id for s in sources]
-    series = {n: _Series() for n in ("consensus", "naive_mean", "primary", "median", *names)}
+    series = {n: _Series() for n in ("consensus", "naive_mean", "primary", "median",
+                                     "honest_mean", *names)}
     times: list[float] = []
     methods: list[str] = []
     dlq = 0
@@ -82,6 +85,10 @@ def run_consensus(scenario: ConsensusScenario, seed: int) -> dict[str, Any]:
         fresh = [v for v, at in latest.values() if at >= t - staleness]
         series["naive_mean"].errors.append(abs(mean(fresh) - true) if fresh else math.nan)
         series["median"].errors.append(abs(_median(fresh) - true) if fresh else math.nan)
+        honest = [v for s, (v, at) in zip(sources, [latest.get(n, (math.nan, -math.inf))
+                                                    for n in names], strict=True)
+                  if at >= t - staleness and s.fault_at(at) is None and s.fault_at(t) is None]
+        series["honest_mean"].errors.append(abs(mean(honest) - true) if honest else math.nan)
         first = latest.get(names[0])
         series["primary"].errors.append(abs(first[0] - true) if first else math.nan)
         for n in names:
@@ -123,7 +130,8 @@ def _figures(scenario: ConsensusScenario, series: dict[str, _Series], names: lis
              trust: dict[str, list[tuple[float, float]]]) -> dict[str, Any]:
     per_source = {n: series[n].summary() for n in names}
     oracle_name = min(names, key=lambda n: per_source[n]["mae"])
-    estimators = {k: series[k].summary() for k in ("consensus", "naive_mean", "primary", "median")}
+    estimators = {k: series[k].summary()
+                  for k in ("consensus", "naive_mean", "primary", "median", "honest_mean")}
     estimators["oracle"] = per_source[oracle_name]
     cons = estimators["consensus"]
     synthetic = [e for e, m in zip(series["consensus"].errors, methods, strict=True)
@@ -146,5 +154,6 @@ def _figures(scenario: ConsensusScenario, series: dict[str, _Series], names: lis
         "trust_final": {n: rounded(trust[n][-1][1]) if trust[n] else None for n in names},
         "faults": faults,
         "series": {"t": times, "consensus_error": series["consensus"].errors,
-                   "naive_error": series["naive_mean"].errors, "trust": trust},
+                   "naive_error": series["naive_mean"].errors,
+                   "honest_error": series["honest_mean"].errors, "trust": trust},
     }

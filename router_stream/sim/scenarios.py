@@ -8,26 +8,28 @@ through the same validation and compilation as the worker's.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 import yaml
 
 from router_stream.sim.world import Destination, Fault, Schedule, Truth
 
-# The breaker and trust sections of examples/policy.yaml: the defaults a user starts from.
-EXAMPLE_BREAKER: dict[str, Any] = {
-    "failure_threshold": 5, "error_rate_threshold": 0.5, "window_s": 60, "min_volume": 20,
-    "cooldown_s": 30, "max_cooldown_s": 600, "backoff_multiplier": 2.0, "half_open_probes": 1,
-}
-EXAMPLE_TRUST: dict[str, Any] = {
-    "weights": {"freshness": 0.2, "error_rate": 0.3, "latency": 0.1, "deviation": 0.2,
-                "availability": 0.2},
-    "min_trust": 0.2, "stale_after_s": 60, "latency_target_ms": 250, "ewma_alpha": 0.2,
-}
-EXAMPLE_CONSENSUS: dict[str, Any] = {
-    "mad_k": 3.5, "max_dispersion": 0.05, "max_staleness_s": 30, "synthetic_max_age_s": 300,
-    "min_sources": 2,
-}
+
+def _example_policy() -> dict[str, Any]:
+    """examples/policy.yaml (shipped with the package): the settings a user starts from, and
+    the ones the scenarios run with, so its recommended values are the ones measured."""
+    text = (resources.files("router_stream._data") / "examples" / "policy.yaml").read_text()
+    loaded: dict[str, Any] = yaml.safe_load(text)
+    return loaded
+
+
+_EXAMPLE = _example_policy()
+EXAMPLE_TRUST: dict[str, Any] = _EXAMPLE["trust"]
+EXAMPLE_BREAKER: dict[str, Any] = _EXAMPLE["breaker"]
+EXAMPLE_CONSENSUS: dict[str, Any] = _EXAMPLE["routes"]["observation"]["consensus"]
+EXAMPLE_BANDIT: dict[str, Any] = {
+    k: v for k, v in _EXAMPLE["routes"]["notification"]["bandit"].items() if k != "seed"}
 
 
 def policy_yaml(name: str, kind: str, route: dict[str, Any], destinations: list[str],
@@ -76,7 +78,8 @@ class ConsensusScenario:
 @dataclass(frozen=True, slots=True)
 class RoutingScenario:
     """Signals at ``rate`` per second for ``signals`` signals, routed over destinations whose
-    success changes in time; ``strategies`` are run one after the other on the same world."""
+    success changes in time; ``strategies`` are run one after the other on the same world. A
+    strategy written ``name@γ`` is that bandit with ``discount: γ`` instead of the scenario's."""
 
     name: str
     title: str
@@ -86,18 +89,20 @@ class RoutingScenario:
     rate: float = 20.0
     tiers: tuple[tuple[str, ...], ...] | None = None  # None: one tier of every destination
     breaker: dict[str, Any] = field(default_factory=dict)
-    bandit: dict[str, Any] | None = None
+    bandit: dict[str, Any] | None = field(default_factory=lambda: dict(EXAMPLE_BANDIT))
     change_at: float | None = None  # the moment the best destination changes, if it does
 
-    def policy(self, strategy: str) -> str:
+    def policy(self, label: str) -> str:
         names = [d.name for d in self.destinations]
+        strategy, _, discount = label.partition("@")
         route: dict[str, Any] = {"strategy": strategy}
         if self.tiers is not None:
             route["tiers"] = [list(t) for t in self.tiers]
         else:
             route["destinations"] = names
-        if strategy in ("thompson", "ucb", "greedy") and self.bandit is not None:
-            route["bandit"] = self.bandit
+        if strategy in ("thompson", "ucb", "greedy"):
+            route["bandit"] = {**(self.bandit or {}),
+                               **({"discount": float(discount)} if discount else {})}
         return policy_yaml(self.name, "work", route, names, self.breaker)
 
     @property
@@ -145,7 +150,7 @@ def _bandit() -> RoutingScenario:
                  (("arm-90", 0.9), ("arm-80", 0.8), ("arm-50", 0.5)))
     return RoutingScenario(
         "bandit", "Bandits over Bernoulli arms 0.9 / 0.8 / 0.5, 10k decisions", arms,
-        ("thompson", "ucb", "greedy"), signals=10_000, rate=50.0)
+        ("thompson", "ucb", "greedy", "thompson@1"), signals=10_000, rate=50.0)
 
 
 def _bandit_flip() -> RoutingScenario:
@@ -154,7 +159,8 @@ def _bandit_flip() -> RoutingScenario:
             Destination("arm-b", Schedule("switch", p=0.5, p_end=0.9, start=100.0)))
     return RoutingScenario(
         "bandit-flip", "Bandits, 0.9 / 0.5 pair that flips after 5k of 10k decisions", arms,
-        ("thompson", "ucb", "greedy"), signals=10_000, rate=50.0, change_at=100.0)
+        ("thompson", "ucb", "greedy", "thompson@1"), signals=10_000, rate=50.0,
+        change_at=100.0)
 
 
 def _bandit_breaker() -> RoutingScenario:
@@ -165,6 +171,15 @@ def _bandit_breaker() -> RoutingScenario:
     return RoutingScenario(
         "bandit-breaker", "Bandit + breakers: 0.9 / 0.5 arms, breaker at 3 consecutive failures",
         arms, ("thompson",), signals=3_000, rate=20.0, breaker={"failure_threshold": 3})
+
+
+def _bandit_dead_arm() -> RoutingScenario:
+    """A bandit route's breakers must still eject an arm that dies."""
+    arms = (Destination("arm-90", Schedule("dies", p=0.9, start=60, end=120)),
+            Destination("arm-80", Schedule("steady", p=0.8)))
+    return RoutingScenario(
+        "bandit-dead-arm", "Bandit + breakers: the 0.9 arm of 0.9 / 0.8 dies 60-120 s", arms,
+        ("thompson",), signals=3_600, rate=20.0)
 
 
 def _bandit_breaker_poor() -> RoutingScenario:
@@ -178,5 +193,5 @@ def _bandit_breaker_poor() -> RoutingScenario:
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s for s in (_consensus_two_faulty(), _breaker(), _bandit(), _bandit_flip(),
-                        _bandit_breaker(), _bandit_breaker_poor())
+                        _bandit_breaker(), _bandit_breaker_poor(), _bandit_dead_arm())
 }
