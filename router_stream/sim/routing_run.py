@@ -94,6 +94,7 @@ def _run_strategy(scenario: RoutingScenario, strategy: str, seed: int, instants:
     figures["retried"] = retried
     figures["breaker"] = _breaker_figures(scenario, loop, choices)
     series = {"t": choices.times, "chosen": choices.chosen, "success": choices.success,
+              "best": [max(d.success(t) for d in scenario.destinations) for t in choices.times],
               "transitions": [tr.to_dict() for tr in loop.transitions]}
     return figures, series
 
@@ -196,14 +197,15 @@ def _first(transitions: list[BreakerTransition], target: str, to: BreakerState,
 def _dead_windows(d: Destination, duration: float, step: float = 0.05
                   ) -> list[tuple[float, float]]:
     """The intervals in which ``d`` delivers nothing, found on a fine grid."""
-    windows, start, t = [], None, 0.0
-    while t <= duration:
+    windows: list[tuple[float, float]] = []
+    start = None
+    for i in range(int(duration / step) + 1):
+        t = round(i * step, 6)
         if d.dead(t) and start is None:
             start = t
         elif not d.dead(t) and start is not None:
-            windows.append((round(start, 3), round(t, 3)))
+            windows.append((start, t))
             start = None
-        t += step
     if start is not None:
-        windows.append((round(start, 3), duration))
+        windows.append((start, duration))
     return windows

@@ -1,0 +1,69 @@
+"""``router-stream simulate``: parse options, delegate to :mod:`router_stream.sim`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from router_stream.cli import cli
+
+DOCS_PAGE = Path("docs") / "decision-quality.md"
+
+
+def _docs_root() -> Path:
+    """The checkout whose docs/ the page goes to: the working directory, else the package's."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (root / "docs").is_dir():
+            return root
+    raise click.UsageError("docs/ not found: run `simulate --write-docs` from a source checkout")
+
+
+@cli.command("simulate")
+@click.argument("scenarios", nargs=-1)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the world and the engine; the same seed gives the same figures.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Write PNG plots here (needs matplotlib: the 'bench' extra).")
+@click.option("--write-docs", is_flag=True,
+              help=f"Regenerate {DOCS_PAGE} from this run (every scenario).")
+def simulate_command(scenarios: tuple[str, ...], seed: int, as_json: bool,
+                     plots_dir: Path | None, write_docs: bool) -> None:
+    """Measure decision quality on a seeded world with ground truth (docs/decision-quality.md).
+
+    Runs SCENARIOS (default: all) through the real routing core in process, beside naive
+    baselines and an oracle, and checks the figures against the goals. Exit 0 whether or not a
+    goal is met: the table says which are.
+    """
+    from rich.console import Console
+
+    from router_stream.sim import SCENARIOS, report, run
+    from router_stream.sim import plots as sim_plots
+
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        raise click.UsageError(f"unknown scenario {unknown[0]!r} (known: {', '.join(SCENARIOS)})")
+    if write_docs and scenarios:
+        raise click.UsageError("--write-docs runs every scenario: give no SCENARIO")
+    results = {name: run(name, seed) for name in (scenarios or tuple(SCENARIOS))}
+    written: dict[str, str] = {}
+    if plots_dir is not None:
+        if sim_plots.available():
+            written = sim_plots.write_plots(results, plots_dir)
+            click.echo(f"plots: {len(written)} PNG files in {plots_dir}", err=True)
+        else:
+            click.echo("plots skipped: matplotlib is not installed "
+                       "(pip install 'router-stream[bench]')", err=True)
+    if as_json:
+        sys.stdout.write(report.to_json(results, seed).decode() + "\n")
+    else:
+        report.print_tables(results, seed, Console())
+    if write_docs:
+        page = _docs_root() / DOCS_PAGE
+        links = {k: os.path.relpath(plots_dir / v, page.parent) for k, v in written.items()
+                 } if plots_dir is not None else {}
+        page.write_text(report.markdown(report.without_series(results), seed, links))
+        click.echo(f"wrote {page}", err=True)
