@@ -28,10 +28,13 @@ def _docs_root() -> Path:
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Write PNG plots here (needs matplotlib: the 'bench' extra).")
+@click.option("--sweep", is_flag=True,
+              help="Also sweep the main policy knobs one at a time and print the trade-offs "
+                   "(~1 min).")
 @click.option("--write-docs", is_flag=True,
-              help=f"Regenerate {DOCS_PAGE} from this run (every scenario).")
+              help=f"Regenerate {DOCS_PAGE} from this run (every scenario and the sweep).")
 def simulate_command(scenarios: tuple[str, ...], seed: int, as_json: bool,
-                     plots_dir: Path | None, write_docs: bool) -> None:
+                     plots_dir: Path | None, sweep: bool, write_docs: bool) -> None:
     """Measure decision quality on a seeded world with ground truth (docs/decision-quality.md).
 
     Runs SCENARIOS (default: all) through the real routing core in process, beside naive
@@ -42,6 +45,7 @@ def simulate_command(scenarios: tuple[str, ...], seed: int, as_json: bool,
 
     from router_stream.sim import SCENARIOS, report, run
     from router_stream.sim import plots as sim_plots
+    from router_stream.sim import sweep as sim_sweep
 
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
@@ -49,6 +53,7 @@ def simulate_command(scenarios: tuple[str, ...], seed: int, as_json: bool,
     if write_docs and scenarios:
         raise click.UsageError("--write-docs runs every scenario: give no SCENARIO")
     results = {name: run(name, seed) for name in (scenarios or tuple(SCENARIOS))}
+    sweeps = sim_sweep.sweep(seed) if sweep or write_docs else None
     written: dict[str, str] = {}
     if plots_dir is not None:
         if sim_plots.available():
@@ -58,12 +63,15 @@ def simulate_command(scenarios: tuple[str, ...], seed: int, as_json: bool,
             click.echo("plots skipped: matplotlib is not installed "
                        "(pip install 'router-stream[bench]')", err=True)
     if as_json:
-        sys.stdout.write(report.to_json(results, seed).decode() + "\n")
+        sys.stdout.write(report.to_json(results, seed, sweeps).decode() + "\n")
     else:
-        report.print_tables(results, seed, Console())
+        console = Console()
+        report.print_tables(results, seed, console)
+        if sweeps is not None:
+            report.print_sweeps(sweeps, console)
     if write_docs:
         page = _docs_root() / DOCS_PAGE
         links = {k: os.path.relpath(plots_dir / v, page.parent) for k, v in written.items()
                  } if plots_dir is not None else {}
-        page.write_text(report.markdown(report.without_series(results), seed, links))
+        page.write_text(report.markdown(report.without_series(results), seed, links, sweeps))
         click.echo(f"wrote {page}", err=True)

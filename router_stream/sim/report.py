@@ -29,9 +29,12 @@ def without_series(results: dict[str, Figures]) -> dict[str, Figures]:
     return {k: {f: v for f, v in fig.items() if f != "series"} for k, fig in results.items()}
 
 
-def to_json(results: dict[str, Figures], seed: int) -> bytes:
-    body = {"seed": seed, "scenarios": without_series(results),
-            "goals": [g.to_dict() for g in goals(results)]}
+def to_json(results: dict[str, Figures], seed: int,
+            sweeps: dict[str, Figures] | None = None) -> bytes:
+    body: dict[str, Any] = {"seed": seed, "scenarios": without_series(results),
+                            "goals": [g.to_dict() for g in goals(results)]}
+    if sweeps is not None:
+        body["sweep"] = sweeps
     return orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
 
 
@@ -64,6 +67,25 @@ def print_tables(results: dict[str, Figures], seed: int, console: Console) -> No
         table.add_row(g.scenario, g.what, _cell(g.value), g.target,
                       "[green]yes[/]" if g.met else "[red]NO[/]")
     console.print(table)
+
+
+def print_sweeps(sweeps: dict[str, Figures], console: Console) -> None:
+    for title, header, rows in _sweep_tables(sweeps):
+        table = Table(title=f"sweep — {title}", title_justify="left")
+        for i, column in enumerate(header):
+            table.add_column(column, justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+
+
+def _sweep_tables(sweeps: dict[str, Figures]) -> list[tuple[str, list[str], list[list[str]]]]:
+    out = []
+    for sweep in sweeps.values():
+        header = list(sweep["rows"][0]) if sweep["rows"] else []
+        out.append((sweep["title"], header,
+                    [[_cell(row[k]) for k in header] for row in sweep["rows"]]))
+    return out
 
 
 def _sections(fig: Figures) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -105,7 +127,8 @@ def _sections(fig: Figures) -> list[tuple[str, list[str], list[list[str]]]]:
 # --- docs/decision-quality.md -----------------------------------------------------------------
 
 
-def markdown(results: dict[str, Figures], seed: int, plots: dict[str, str] | None = None) -> str:
+def markdown(results: dict[str, Figures], seed: int, plots: dict[str, str] | None = None,
+             sweeps: dict[str, Figures] | None = None) -> str:
     """The whole page: how the figures are made, then every scenario's tables and the goals."""
     lines = [_INTRO.format(seed=seed).rstrip(), ""]
     lines += ["## Goals", "", *_md_table(["scenario", "goal", "value", "target", "met"],
@@ -116,6 +139,11 @@ def markdown(results: dict[str, Figures], seed: int, plots: dict[str, str] | Non
             lines += [f"**{title}**", "", *_md_table(header, rows), ""]
         if plots and name in plots:
             lines += [f"![{name}]({plots[name]})", ""]
+    if sweeps:
+        lines += [_SWEEP_INTRO.rstrip(), ""]
+        for title, header, rows in _sweep_tables(sweeps):
+            lines += [f"**{title}**", "", *_md_table(header, rows), ""]
+        lines += [_SWEEP_OUTRO.rstrip(), ""]
     lines += [_OUTRO.format(seed=seed).rstrip(), ""]
     return "\n".join(lines)
 
@@ -163,6 +191,31 @@ destination whose success was 0; *moved after* counts decisions from a change of
 destination until the new best has half of the trailing 100.
 """
 
+_SWEEP_INTRO = """\
+## Tuning: one knob at a time
+
+Around the values of `examples/policy.yaml`, each knob on the scenario it moves (same seed).
+`MAE / floor` is the consensus error over the fault-aware floor's; *open after* and *back after*
+are the primary's breaker in the `breaker` scenario; *moved after* is the `bandit-flip` figure.
+"""
+
+_SWEEP_OUTRO = """\
+What the example policy takes from it:
+
+* `consensus.mad_k: 2.5` — 1.5 to 2.5 are level on MAE; below that the cut starts rejecting
+  honest values on bad MAD estimates, above it biased inliers come back (3.5, the textbook value,
+  is ~4 % worse here).
+* `trust.weights` unchanged — with the blend weighted by the deviation component directly, the
+  deviation weight inside trust hardly moves the consensus error.
+* `breaker` unchanged (`failure_threshold: 5`, `cooldown_s: 30`) — every setting keeps the share
+  sent to a dead destination near 0.1 %; a higher threshold opens later (0.3 s at 3, 0.7 s at 10
+  at 20 signals/s), and the time back after a recovery depends mostly on where the recovery falls
+  in the cooldown's doubling after failed probes, up to the cooldown then in effect.
+* `bandit.discount: 0.99`, prior Beta(1, 1) — the stationary best-arm share stays ≥ 95 % down to
+  0.99 and falls below it at 0.98, while the flip is followed in ~150 decisions instead of
+  ~2,000; a Beta(5, 5) prior helps only the stationary model.
+"""
+
 _OUTRO = """\
 ## What the figures led to (measured 2026-12-06, before and after each change)
 
@@ -176,16 +229,19 @@ _OUTRO = """\
   mean suffers, i.e. on the world as much as on the router: on some seeds even the fault-aware
   floor is above 0.3 × the naive mean (seeds 2 and 3: 0.31 and 0.34), so no estimator can meet
   it there. On seed 0 the consensus is at 0.29.
-* **Non-stationary bandits.** Without discounting, Thompson needs ~2,000 decisions after the
-  better of a 0.9 / 0.5 pair flips before the new best gets half the traffic (`thompson@1` in the
-  `bandit-flip` table; on the real stack 2,400–2,800 were measured). `bandit.discount: 0.99`
-  keeps an arm's last ~100 outcomes' worth of evidence (docs/policy.md).
+* **Non-stationary bandits.** Without discounting, Thompson needs 1,500–2,200 decisions after
+  the better of a 0.9 / 0.5 pair flips before the new best gets half the traffic (`thompson@1` in
+  the `bandit-flip` table, discount 1 in the sweep; on the real stack 2,400–2,800 were
+  measured). `bandit.discount: 0.99` keeps an arm's last ~100 outcomes' worth of evidence
+  (docs/policy.md).
 * **Breakers on bandit routes.** With the breaker opening after 3 consecutive failures, a
   0.9 / 0.5 Thompson route dead-lettered 45 % of its signals and a 0.6 / 0.5 one 96 %. A
   destination named only by bandit routes now opens at a ≥ 0.9 error rate (or `min_volume`
   failures in a row) unless its route sets its own `breaker`; `bandit-dead-arm` shows such a
   breaker still ejecting an arm that dies.
 
-Reproduce: `router-stream simulate --seed {seed}` (add `--json` for the figures, `--plots DIR`
-for PNGs with matplotlib installed: `pip install 'router-stream[bench]'`).
+Reproduce: `router-stream simulate --seed {seed}` (~30 s; `--sweep` adds the tuning tables,
+~1 min more; `--json` for the figures; `--plots DIR` for PNGs with matplotlib installed:
+`pip install 'router-stream[bench]'`). The fast subset of these goals runs in `make test`
+(tests/unit/test_sim_goals.py, seed 0).
 """

@@ -33,11 +33,12 @@ EXAMPLE_BANDIT: dict[str, Any] = {
 
 
 def policy_yaml(name: str, kind: str, route: dict[str, Any], destinations: list[str],
-                breaker: dict[str, Any] | None = None) -> str:
+                breaker: dict[str, Any] | None = None, trust: dict[str, Any] | None = None
+                ) -> str:
     """A one-route policy file: everything classified as ``kind`` goes by ``route``."""
     doc = {
         "name": f"sim-{name}",
-        "trust": EXAMPLE_TRUST,
+        "trust": trust if trust is not None else EXAMPLE_TRUST,
         "breaker": {**EXAMPLE_BREAKER, **(breaker or {})},
         "destinations": {d: {} for d in destinations},
         "classify": [{"name": "everything", "when": {"field": "sender_id", "exists": True},
@@ -65,6 +66,7 @@ class ConsensusScenario:
     duration_s: float = 600.0
     truth: Truth = Truth()
     consensus: dict[str, Any] = field(default_factory=lambda: dict(EXAMPLE_CONSENSUS))
+    trust: dict[str, Any] = field(default_factory=lambda: dict(EXAMPLE_TRUST))
     health_interval_s: float = 5.0
     trust_sample_s: float = 5.0
 
@@ -72,7 +74,7 @@ class ConsensusScenario:
     def policy(self) -> str:
         return policy_yaml(self.name, "observation",
                            {"strategy": "consensus", "destinations": ["metrics-store"],
-                            "consensus": self.consensus}, ["metrics-store"])
+                            "consensus": self.consensus}, ["metrics-store"], trust=self.trust)
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,3 +64,17 @@ def test_the_page_has_every_goal_and_scenario_table() -> None:
     assert page.startswith("# Decision quality")
     assert "| bandit-breaker | dead-lettered share" in page
     assert "![bandit-breaker](img/x.png)" in page
+
+
+def test_sweep_rows_reach_the_json(monkeypatch) -> None:
+    from router_stream.sim import sweep
+
+    def one_setting(seed: int) -> list[dict]:
+        scenario = sweep._consensus(consensus={**sweep.EXAMPLE_CONSENSUS, "mad_k": 3.0})
+        return [{"mad_k": 3.0, **sweep._consensus_row(scenario, seed)}]
+
+    monkeypatch.setattr(sweep, "SWEEPS", {"mad_k": ("mad_k", one_setting)})
+    code, out, _ = _invoke("bandit-breaker", "--sweep", "--json")
+    assert code == 0
+    [row] = json.loads(out)["sweep"]["mad_k"]["rows"]
+    assert row["mad_k"] == 3.0 and row["MAE / floor"] > 0.9  # nothing beats the floor by much
