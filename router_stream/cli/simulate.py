@@ -40,6 +40,16 @@ def simulate_command(scenarios: tuple[str, ...], seed: int, as_json: bool,
     Runs SCENARIOS (default: all) through the real routing core in process, beside naive
     baselines and an oracle, and checks the figures against the goals. Exit 0 whether or not a
     goal is met: the table says which are.
+
+    \b
+    Examples:
+      router-stream simulate                         # every scenario, seed 0 (~30 s)
+      router-stream simulate bandit-flip --seed 7    # one scenario, another world
+      router-stream simulate consensus --json        # the figures as JSON
+      router-stream simulate --sweep                 # + the tuning trade-offs (~1 min more)
+      router-stream simulate --plots out/ --write-docs
+
+    Exit codes: 0 ran (goals met or not), 1 user error (unknown scenario, bad option).
     """
     from rich.console import Console
 

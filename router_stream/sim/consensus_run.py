@@ -152,6 +152,9 @@ def _figures(scenario: ConsensusScenario, series: dict[str, _Series], names: lis
         "synthetic_mae": rounded(mean(synthetic)),
         "dlq_rate": rounded(dlq / decisions if decisions else math.nan),
         "trust_final": {n: rounded(trust[n][-1][1]) if trust[n] else None for n in names},
+        "trust_trajectory": {n: [[t, rounded(v)] for t, v in trust[n]
+                                 if int(t) // 60 != int(t - scenario.trust_sample_s) // 60]
+                             for n in names},
         "faults": faults,
         "series": {"t": times, "consensus_error": series["consensus"].errors,
                    "naive_error": series["naive_mean"].errors,

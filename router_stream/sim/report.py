@@ -93,7 +93,10 @@ def _sections(fig: Figures) -> list[tuple[str, list[str], list[list[str]]]]:
     if fig["kind"] == "consensus":
         est = fig["estimators"]
         rows = [[k, _cell(est[k]["mae"]), _cell(est[k]["p99"])] for k in _ESTIMATORS]
-        trust = [[s, _cell(v)] for s, v in fig["trust_final"].items()]
+        trajectory = fig["trust_trajectory"]
+        times = [t for t, _ in next(iter(trajectory.values()), [])]
+        trust = [[s, *("—" if v is None else f"{v:.2f}" for _, v in points)]
+                 for s, points in trajectory.items()]
         facts = [["MAE / oracle", _cell(fig["mae_ratio_to_oracle"])],
                  ["MAE / naive mean", _cell(fig["mae_ratio_to_naive_mean"])],
                  ["synthetic share", _cell(fig["synthetic_rate"])],
@@ -103,7 +106,7 @@ def _sections(fig: Figures) -> list[tuple[str, list[str], list[list[str]]]]:
         return [(f"{fig['title']} — {fig['decisions']} decisions", ["estimator", "MAE", "p99"],
                  rows),
                 ("consensus figures", ["figure", "value"], facts),
-                ("trust at the end", ["source", "trust"], trust)]
+                ("trust over event time (s)", ["source", *(f"{t:.0f}" for t in times)], trust)]
     columns = [(k, label) for k, label in _ROUTING_COLUMNS
                if any(k in f for f in fig["strategies"].values())]
     header = ["chooser", *(label for _, label in columns)]
