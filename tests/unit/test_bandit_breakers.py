@@ -11,6 +11,8 @@ import random
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from router_stream.core.compiled import BANDIT_DEAD_ERROR_RATE, load_compiled
 from router_stream.core.engine import RouterEngine
@@ -132,3 +134,18 @@ def test_discount_is_a_policy_parameter() -> None:
     with pytest.raises(PolicyError, match="discount"):
         load_compiled(_policy({"strategy": "thompson", "destinations": ["a"],
                                "bandit": {"discount": 1.5}}))
+
+
+@given(rewards=st.lists(st.floats(0.0, 1.0), max_size=300),
+       discount=st.floats(0.5, 1.0), prior=st.floats(0.1, 10.0))
+@settings(max_examples=200, deadline=None)
+def test_a_discounted_posterior_keeps_its_prior_and_bounded_evidence(
+        rewards: list[float], discount: float, prior: float) -> None:
+    cfg = BanditConfig(prior_alpha=prior, prior_beta=prior, discount=discount)
+    arm = new_arm(cfg)
+    for r in rewards:
+        arm = update(arm, r, cfg)
+    evidence = arm.alpha + arm.beta - 2 * prior
+    assert arm.alpha >= prior - 1e-9 and arm.beta >= prior - 1e-9
+    assert evidence <= (1 / (1 - discount) if discount < 1 else len(rewards)) + 1e-6
+    assert 0.0 <= arm.mean <= 1.0 and arm.pulls == len(rewards)

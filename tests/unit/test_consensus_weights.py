@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from router_stream.core.compiled import load_compiled
 from router_stream.core.engine import RouterEngine
@@ -76,3 +78,18 @@ routes:
     honest = sum(list(values.values())[:4]) / 4
     equal = sum(values.values()) / 5
     assert abs(last - honest) < 0.5 * abs(equal - honest)
+
+
+@given(values=st.lists(st.floats(-1e6, 1e6), min_size=2, max_size=9),
+       records=st.lists(st.floats(0.0, 1.0), min_size=9, max_size=9),
+       trusts=st.lists(st.floats(0.0, 1.0), min_size=9, max_size=9))
+@settings(max_examples=200, deadline=None)
+def test_a_blend_stays_within_its_inliers_whatever_the_weights(values, records, trusts) -> None:
+    obs = [Observation(f"s{i}", v, NOW) for i, v in enumerate(values)]
+    names = [o.source_id for o in obs]
+    result = consensus(obs, NOW, ConsensusConfig(max_dispersion=1e9, scale_floor=1.0),
+                       dict(zip(names, trusts, strict=False)),
+                       track_record=dict(zip(names, records, strict=False)))
+    assert result is not None
+    inliers = [o.value for o in obs if o.source_id in result.sources_used]
+    assert min(inliers) <= result.value <= max(inliers)
