@@ -78,3 +78,13 @@ def test_sweep_rows_reach_the_json(monkeypatch) -> None:
     assert code == 0
     [row] = json.loads(out)["sweep"]["mad_k"]["rows"]
     assert row["mad_k"] == 3.0 and row["MAE / floor"] > 0.9  # nothing beats the floor by much
+
+
+@pytest.mark.parametrize(("args", "why"), [
+    (["--e2e"], "name the routing SCENARIOs"),
+    (["consensus", "--e2e"], "runs in process only"),
+])
+def test_e2e_is_refused_where_it_cannot_run(args: list[str], why: str) -> None:
+    _register()
+    result = CliRunner().invoke(cli, ["simulate", *args])
+    assert result.exit_code != 0 and why in result.output
