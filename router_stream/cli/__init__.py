@@ -61,7 +61,7 @@ def _register() -> None:
     import importlib
 
     for name in ("stack", "topics", "db", "policy", "worker", "dlq", "override", "io", "demo",
-                 "bench"):
+                 "bench", "simulate"):
         try:
             importlib.import_module(f"router_stream.cli.{name}")
         except ModuleNotFoundError as exc:

@@ -14,11 +14,11 @@ from typing import Literal
 
 from router_stream.core.breaker import BreakerConfig
 from router_stream.core.models import Signal
-from router_stream.core.policy import Policy, TenantLimit
+from router_stream.core.policy import BreakerPolicy, Policy, TenantLimit
 from router_stream.core.ratelimit import NO_OPTIONS, RateLimit, UnknownTenants
 from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
 from router_stream.core.rollout import RolloutSpec
-from router_stream.core.strategies import BanditConfig, ConsensusConfig
+from router_stream.core.strategies import BANDIT_STRATEGIES, BanditConfig, ConsensusConfig
 from router_stream.core.trust import TrustParams, TrustWeights
 
 Classify = Callable[[Signal], "tuple[str, int | None] | None"]
@@ -62,9 +62,15 @@ class CompiledPolicy:
     rollout: RolloutSpec | None = None
     # how tenants the policy does not name share default_limit (and a total over all of them)
     unknown_tenants: UnknownTenants = NO_OPTIONS
+    # Destinations whose breaker is not ``breaker``: set by their route (see breaker_for).
+    destination_breakers: Mapping[str, BreakerConfig] = field(default_factory=dict)
     # What persisting and logging mask. The default is what a policy without a redact section
     # gets (every detector), so a CompiledPolicy built by hand never persists PII by omission.
     redactor: Redactor = field(default_factory=lambda: DEFAULT_REDACTOR)
+
+    def breaker_for(self, target: str) -> BreakerConfig:
+        """The breaker settings of a destination or source."""
+        return self.destination_breakers.get(target, self.breaker)
 
 
 def routable_destinations(policy: CompiledPolicy) -> tuple[str, ...]:
@@ -88,7 +94,6 @@ def compile_policy(
     from router_stream.core.policy import policy_version
 
     t = policy.trust
-    b = policy.breaker
     routes: dict[str, RouteSpec] = {}
     for kind, route in policy.routes.items():
         bp = route.bandit
@@ -98,7 +103,8 @@ def compile_policy(
             strategy=route.strategy,
             tiers=tuple(tuple(tier) for tier in route.tier_list()),
             bandit=BanditConfig(epsilon=bp.epsilon, ucb_c=bp.ucb_c, prior_alpha=bp.prior_alpha,
-                                prior_beta=bp.prior_beta) if bp else BanditConfig(),
+                                prior_beta=bp.prior_beta, discount=bp.discount)
+            if bp else BanditConfig(),
             consensus=(ConsensusConfig(
                 mad_k=cp.mad_k, max_dispersion=cp.max_dispersion,
                 max_staleness_s=cp.max_staleness_s, synthetic_max_age_s=cp.synthetic_max_age_s,
@@ -141,12 +147,8 @@ def compile_policy(
             latency_target_ms=t.latency_target_ms, decay_half_life_s=t.decay_half_life_s,
             floor=t.floor, initial=t.initial, deviation_z_max=t.deviation_z_max,
         ),
-        breaker=BreakerConfig(
-            failure_threshold=b.failure_threshold, error_rate_threshold=b.error_rate_threshold,
-            window_s=b.window_s, min_volume=b.min_volume, cooldown_s=b.cooldown_s,
-            max_cooldown_s=b.max_cooldown_s, backoff_multiplier=b.backoff_multiplier,
-            half_open_probes=b.half_open_probes, probe_timeout_s=b.probe_timeout_s,
-        ),
+        breaker=_breaker_config(policy.breaker),
+        destination_breakers=destination_breakers(policy),
         tenant_limits=limits,
         default_limit=RateLimit(rate=default.rate, burst=default.effective_burst)
         if default else None,
@@ -164,6 +166,49 @@ def _unknown_tenants(default: TenantLimit | None) -> UnknownTenants:
         shared=default.shared,
         total=RateLimit(rate=total.rate, burst=total.effective_burst) if total else None,
         max_buckets=default.max_buckets,
+    )
+
+
+# A bandit route's arms fail as a matter of course: a failure is evidence for the bandit, and only
+# a destination that fails this share of its window's deliveries is dead enough to eject.
+BANDIT_DEAD_ERROR_RATE = 0.9
+
+
+def bandit_breaker(b: BreakerPolicy) -> BreakerPolicy:
+    """The breaker of a bandit route without one of its own: it opens on an error rate of at
+    least :data:`BANDIT_DEAD_ERROR_RATE` over the window, or on a run of failures as long as
+    ``min_volume`` (``failure_threshold`` raised to it) — not on the short runs that any arm
+    succeeding half the time produces."""
+    return b.model_copy(update={
+        "failure_threshold": max(b.failure_threshold, b.min_volume),
+        "error_rate_threshold": max(b.error_rate_threshold, BANDIT_DEAD_ERROR_RATE),
+    })
+
+
+def destination_breakers(policy: Policy) -> dict[str, BreakerConfig]:
+    """Breaker settings of the destinations that do not use the policy's ``breaker``: those of a
+    route with its own ``breaker``, and those named only by bandit routes (:func:`bandit_breaker`).
+    """
+    own: dict[str, BreakerPolicy] = {}
+    bandit_only: dict[str, bool] = {}
+    for route in policy.routes.values():
+        for dest in route.all_destinations():
+            if route.breaker is not None:
+                own[dest] = route.breaker.over(policy.breaker)
+            is_bandit = route.strategy in BANDIT_STRATEGIES
+            bandit_only[dest] = bandit_only.get(dest, True) and is_bandit
+    for dest, only in bandit_only.items():
+        if only and dest not in own:
+            own[dest] = bandit_breaker(policy.breaker)
+    return {dest: _breaker_config(b) for dest, b in sorted(own.items())}
+
+
+def _breaker_config(b: BreakerPolicy) -> BreakerConfig:
+    return BreakerConfig(
+        failure_threshold=b.failure_threshold, error_rate_threshold=b.error_rate_threshold,
+        window_s=b.window_s, min_volume=b.min_volume, cooldown_s=b.cooldown_s,
+        max_cooldown_s=b.max_cooldown_s, backoff_multiplier=b.backoff_multiplier,
+        half_open_probes=b.half_open_probes, probe_timeout_s=b.probe_timeout_s,
     )
 
 

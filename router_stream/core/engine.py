@@ -252,7 +252,7 @@ class RouterEngine:
         )
         ok = event.ok
         if ok is None and event.error_rate is not None:
-            ok = event.error_rate < p.breaker.error_rate_threshold
+            ok = event.error_rate < p.breaker_for(event.source_id).error_rate_threshold
         if ok is None:
             return []
         return self._record(event.source_id, ok, event.ts)
@@ -266,8 +266,9 @@ class RouterEngine:
             latency_ms=outcome.latency_ms,
         )
         reward = outcome.reward if outcome.reward is not None else (1.0 if outcome.ok else 0.0)
-        arm = self._arms.get(dest) or bandit_mod.new_arm(self._bandit_config_for(dest))
-        self._arms[dest] = bandit_mod.update(arm, reward)
+        bandit = self._bandit_config_for(dest)
+        arm = self._arms.get(dest) or bandit_mod.new_arm(bandit)
+        self._arms[dest] = bandit_mod.update(arm, reward, bandit)
         self._load[dest] = self._load.get(dest, LoadCounter()).on_outcome()
         return self._record(dest, outcome.ok, at)
 
@@ -278,7 +279,7 @@ class RouterEngine:
         return bandit_mod.BanditConfig()
 
     def _record(self, target: str, ok: bool, at: float) -> list[BreakerTransition]:
-        cfg = self._policy.breaker
+        cfg = self._policy.breaker_for(target)
         polled, moves = brk.poll(self._breaker(target), at, cfg)
         updated, more = brk.record(polled, ok, at, cfg)
         self._breakers[target] = updated
@@ -326,7 +327,8 @@ class RouterEngine:
 
     def _force(self, target: str, to: BreakerState, now: float, reason: str) -> ControlResult:
         try:
-            updated, moves = brk.force(self._breaker(target), to, now, reason, self._policy.breaker)
+            updated, moves = brk.force(self._breaker(target), to, now, reason,
+                                       self._policy.breaker_for(target))
         except brk.InvalidTransition as exc:
             return ControlResult(False, str(exc))
         self._breakers[target] = updated
@@ -336,9 +338,8 @@ class RouterEngine:
         """Time-driven moves: open breakers whose cooldown elapsed go half-open; expired
         overrides are dropped."""
         moves: list[BreakerTransition] = []
-        cfg = self._policy.breaker
         for target, b in self._breakers.not_closed_items():
-            updated, more = brk.poll(b, now, cfg)
+            updated, more = brk.poll(b, now, self._policy.breaker_for(target))
             if more:
                 self._breakers[target] = updated
                 moves.extend(more)
@@ -574,7 +575,7 @@ class RouterEngine:
         observations = self._observations.get(metric, {})
         excluded = batch.unavailable_sources
         outcome = consensus(observations.values(), now, cfg, batch.trust_scores, excluded,
-                            self._last_good.get(metric))
+                            self._last_good.get(metric), tr.DeviationRecord(self._trust))
         if outcome is None:
             self._dlq(result, record, origin, DlqReason.NO_HEALTHY_DESTINATION,
                       f"metric {metric!r}: no usable source and no recent consensus",
@@ -704,10 +705,10 @@ class _BatchView:
         self._now = now
         self.transitions: list[BreakerTransition] = []
         self.overrides: ActiveOverrides = active(engine._overrides.values(), now)
-        cfg = engine._policy.breaker
         unavailable: set[str] = set(self.overrides.drained)
         self._half_open: dict[str, int] = {}
         for target, b in engine._breakers.not_closed_items():
+            cfg = engine._policy.breaker_for(target)
             polled, moves = brk.poll(b, now, cfg)
             if moves:
                 engine._breakers[target] = polled
@@ -804,7 +805,7 @@ class _BatchView:
             self.unavailable.add(target)
             return False
         e = self._engine
-        cfg = e._policy.breaker
+        cfg = e._policy.breaker_for(target)
         allowed, updated, moves = brk.allow_request(e._breaker(target), self._now, cfg)
         e._breakers[target] = updated
         self.transitions.extend(moves)

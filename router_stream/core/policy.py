@@ -197,6 +197,24 @@ class BreakerPolicy(_Section):
         return self
 
 
+class BreakerOverride(_Section):
+    """A route's own breaker settings for its destinations; unset fields come from ``breaker``."""
+
+    failure_threshold: int | None = Field(default=None, ge=1)
+    error_rate_threshold: float | None = Field(default=None, gt=0.0, le=1.0)
+    window_s: PositiveSeconds | None = None
+    min_volume: int | None = Field(default=None, ge=1)
+    cooldown_s: PositiveSeconds | None = None
+    max_cooldown_s: PositiveSeconds | None = None
+    backoff_multiplier: float | None = Field(default=None, ge=1.0, allow_inf_nan=False)
+    half_open_probes: int | None = Field(default=None, ge=1)
+    probe_timeout_s: PositiveSeconds | None = None
+
+    def over(self, base: BreakerPolicy) -> BreakerPolicy:
+        """``base`` with this override's fields in place (not re-validated: cross_check does)."""
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+
 class Destination(_Section):
     capacity: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
     """In-flight signals it can take; ``least_loaded`` divides load by it."""
@@ -322,6 +340,8 @@ class BanditParams(_Section):
     ucb_c: float = Field(default=2.0, ge=0.0, allow_inf_nan=False)
     prior_alpha: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
     prior_beta: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
+    discount: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    """Weight an arm's earlier evidence keeps at each new outcome (1: stationary arms)."""
 
 
 class ConsensusParams(_Section):
@@ -359,6 +379,9 @@ class Route(_Section):
     destinations: list[Name] | None = Field(default=None, min_length=1)
     bandit: BanditParams | None = None
     consensus: ConsensusParams | None = None
+    breaker: BreakerOverride | None = None
+    """Breaker settings for this route's destinations (bandit routes have a default of their
+    own, see docs/policy.md)."""
     retry: RetryParams = RetryParams()
     dedupe: bool = True
     on_duplicate: Literal["drop", "dlq"] = "drop"
@@ -519,6 +542,7 @@ def cross_check(policy: Policy, prefix: Loc = ()) -> list[tuple[Loc, str]]:
     issues += _check_rules(policy)
     issues += _check_defaults(policy)
     issues += _check_tenants(policy)
+    issues += _check_route_breakers(policy)
     rollout = policy.rollout
     if rollout is not None and rollout.candidate is not None:
         if rollout.candidate.rollout is not None:
@@ -574,6 +598,26 @@ def _check_route_params(base: Loc, route: Route) -> Iterator[tuple[Loc, str]]:
         yield (*base, "consensus"), (
             f"consensus parameters do not apply to strategy {route.strategy}"
         )
+
+
+def _check_route_breakers(policy: Policy) -> Iterator[tuple[Loc, str]]:
+    """A route's breaker must be a valid breaker once merged, and a destination that two routes
+    name cannot have two different ones (a breaker is per destination, not per route)."""
+    owner: dict[str, tuple[str, BreakerOverride]] = {}
+    for kind, route in policy.routes.items():
+        if route.breaker is None:
+            continue
+        merged = route.breaker.over(policy.breaker)
+        if merged.max_cooldown_s < merged.cooldown_s:
+            yield ("routes", kind, "breaker"), (
+                f"max_cooldown_s ({merged.max_cooldown_s}) is below cooldown_s "
+                f"({merged.cooldown_s})")
+        for dest in route.all_destinations():
+            first = owner.setdefault(dest, (kind, route.breaker))
+            if first[1] != route.breaker:
+                yield ("routes", kind, "breaker"), (
+                    f"destination {dest!r} already has the breaker of route {first[0]!r}; "
+                    "a destination has one breaker")
 
 
 def _check_rules(policy: Policy) -> Iterator[tuple[Loc, str]]:

@@ -20,6 +20,7 @@ re-clamps too, so even a corrupt changelog entry cannot break that invariant.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -242,3 +243,26 @@ def score(state: TrustState, now: float, weights: TrustWeights, params: TrustPar
     target = min(params.floor, raw)
     factor = 0.5 ** (silence / params.decay_half_life_s)  # inf silence -> factor 0.0
     return _clamp01(target + (raw - target) * factor)
+
+
+class DeviationRecord(Mapping[str, float]):
+    """A live view of every source's ``deviation`` component: how close its recent values were
+    to the consensus (consensus's ``track_record``), without copying the states."""
+
+    __slots__ = ("_states",)
+
+    def __init__(self, states: Mapping[str, TrustState]) -> None:
+        self._states = states
+
+    def get(self, key: str, default: float | None = None) -> float | None:  # type: ignore[override]
+        state = self._states.get(key)
+        return state.deviation if state is not None else default
+
+    def __getitem__(self, key: str) -> float:
+        return self._states[key].deviation
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._states)
+
+    def __len__(self) -> int:
+        return len(self._states)

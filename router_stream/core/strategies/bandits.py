@@ -3,9 +3,12 @@
 
 Each destination is an arm with Beta(alpha, beta) posterior and plain counters; a reward ``r``
 adds ``r`` to alpha and ``1 − r`` to beta (the fractional Bernoulli update), so binary ok/failed
-rewards and graded rewards share one model. All randomness comes from the caller's seeded
-``random.Random``, so a decision sequence is reproducible. Candidates are the first usable tier.
-Confidence is the chosen arm's posterior mean.
+rewards and graded rewards share one model. With ``discount`` γ < 1 an arm's evidence is
+multiplied by γ before each of its rewards is added (``alpha ← prior + γ·(alpha − prior) + r``),
+so it holds about its last ``1/(1 − γ)`` outcomes and follows a destination whose success changes
+(discounted Thompson sampling); γ = 1 is the stationary model. All randomness comes from the
+caller's seeded ``random.Random``, so a decision sequence is reproducible. Candidates are the first
+usable tier. Confidence is the chosen arm's posterior mean.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from router_stream.core.strategies.base import Selection, Tiers, clamp01, first_
 class BanditConfig:
     """``epsilon``: exploration share of greedy; ``ucb_c``: exploration constant of UCB1
     (``mean + sqrt(ucb_c·ln N / n)``, 2 is the textbook value); ``prior_alpha``/``prior_beta``:
-    the Beta prior of an arm never pulled."""
+    the Beta prior of an arm never pulled; ``discount``: the weight each reward leaves on the
+    arm's earlier evidence (1: all of it, for ever)."""
 
     epsilon: float = 0.1
     ucb_c: float = 2.0
     prior_alpha: float = 1.0
     prior_beta: float = 1.0
+    discount: float = 1.0
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.epsilon <= 1.0):
@@ -37,6 +42,8 @@ class BanditConfig:
             raise ValueError(f"ucb_c must be a finite number >= 0, got {self.ucb_c}")
         if not (self.prior_alpha > 0.0 and self.prior_beta > 0.0):
             raise ValueError("prior_alpha and prior_beta must be > 0")
+        if not (0.0 < self.discount <= 1.0):
+            raise ValueError(f"discount must be in (0, 1], got {self.discount}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +82,31 @@ def new_arm(cfg: BanditConfig) -> BanditArm:
     return BanditArm(alpha=cfg.prior_alpha, beta=cfg.prior_beta)
 
 
-def update(arm: BanditArm, reward: float) -> BanditArm:
-    """Fold one reward in. Rewards are clamped to [0, 1]; a NaN reward is ignored."""
+_STATIONARY = BanditConfig()
+
+
+def update(arm: BanditArm, reward: float, cfg: BanditConfig = _STATIONARY) -> BanditArm:
+    """Fold one reward in, after discounting the arm's evidence by ``cfg.discount``. Rewards
+    are clamped to [0, 1]; a NaN reward is ignored. ``pulls`` and ``reward_sum`` stay plain
+    totals."""
     if math.isnan(reward):
         return arm
     r = clamp01(reward)
-    return BanditArm(arm.alpha + r, arm.beta + (1.0 - r), arm.pulls + 1, arm.reward_sum + r)
+    alpha, beta = arm.alpha, arm.beta
+    g = cfg.discount
+    if g < 1.0:
+        alpha = cfg.prior_alpha + g * (alpha - cfg.prior_alpha)
+        beta = cfg.prior_beta + g * (beta - cfg.prior_beta)
+    return BanditArm(alpha + r, beta + (1.0 - r), arm.pulls + 1, arm.reward_sum + r)
+
+
+def _evidence(arm: BanditArm, cfg: BanditConfig) -> tuple[float, float]:
+    """UCB's (pulls, reward sum): the plain totals, or with discounting the discounted ones
+    the posterior holds."""
+    if cfg.discount >= 1.0:
+        return float(arm.pulls), arm.reward_sum
+    wins = max(0.0, arm.alpha - cfg.prior_alpha)
+    return wins + max(0.0, arm.beta - cfg.prior_beta), wins
 
 
 def thompson(
@@ -124,10 +150,13 @@ def ucb(
     for destination, arm in chosen:
         if arm.pulls == 0:
             return Selection((destination,), index, arm.mean)
-    log_total = math.log(sum(arm.pulls for _, arm in chosen))
+    evidence = [_evidence(arm, cfg) for _, arm in chosen]
+    log_total = math.log(max(1.0, sum(n for n, _ in evidence)))
     best, best_arm, best_bound = chosen[0][0], chosen[0][1], -math.inf
-    for destination, arm in chosen:
-        bound = arm.reward_sum / arm.pulls + math.sqrt(cfg.ucb_c * log_total / arm.pulls)
+    for (destination, arm), (n, wins) in zip(chosen, evidence, strict=True):
+        if n <= 0.0:
+            return Selection((destination,), index, arm.mean)
+        bound = wins / n + math.sqrt(cfg.ucb_c * log_total / n)
         if bound > best_bound:
             best, best_arm, best_bound = destination, arm, bound
     return Selection((best,), index, best_arm.mean)

@@ -15,7 +15,10 @@ Steps, in order:
    ``max(|m|, scale_floor)`` — the widest disagreement that survived, relative to the value's
    magnitude (the range, not the MAD, so one far-but-not-outlying inlier is enough to stop a
    blend). With at least two inliers and dispersion ≤ ``max_dispersion`` the value is the
-   trust-weighted mean of the inliers (``blend``), clamped to their [min, max] against rounding;
+   weighted mean of the inliers (``blend``), clamped to their [min, max] against rounding; a
+   source's weight is its trust × its ``track_record`` (how close its recent values were to the
+   consensus, in [0, 1]; 1 when unknown), because trust alone is mostly about availability — a
+   source that is up, fresh and fast but keeps disagreeing must count for less;
    otherwise it is the most trusted inlier (``single``; ties go to the one nearest ``m``). A
    relative measure explodes for metrics whose true value is near 0, which then resolve as
    ``single`` — a safe answer, just not a blended one.
@@ -146,6 +149,7 @@ def consensus(
     trust: Mapping[str, float] = _NO_TRUST,
     excluded: Container[str] = _NOBODY,
     last_good: LastGood | None = None,
+    track_record: Mapping[str, float] = _NO_TRUST,
 ) -> ConsensusResult | None:
     """The consensus value of one metric at ``now``, or ``None`` (→ DLQ) when there is neither a
     live consensus nor a synthetic one young enough."""
@@ -179,7 +183,8 @@ def consensus(
     agreement = len(inliers) / len(usable)
     dispersion = (high - low) / max(abs(median), cfg.scale_floor)
     if len(inliers) >= 2 and dispersion <= cfg.max_dispersion:
-        return _blend(inliers, tuple(outliers), agreement, low, high, mad, trust, cfg)
+        return _blend(inliers, tuple(outliers), agreement, low, high, mad, trust, cfg,
+                      track_record)
     return _single(inliers, tuple(outliers), agreement, median, dispersion, mad, trust, cfg)
 
 
@@ -212,16 +217,21 @@ def _blend(
     mad: float,
     trust: Mapping[str, float],
     cfg: ConsensusConfig,
+    track_record: Mapping[str, float],
 ) -> ConsensusResult:
     default = cfg.default_trust
-    total = weighted_sum = 0.0
+    total = weight_sum = weighted_sum = 0.0
     for o in inliers:
-        w = trust.get(o.source_id, default)
-        w = w if 0.0 <= w <= 1.0 else (1.0 if w > 1.0 else 0.0)
-        total += w
+        t = trust.get(o.source_id, default)
+        t = t if 0.0 <= t <= 1.0 else (1.0 if t > 1.0 else 0.0)
+        r = track_record.get(o.source_id, 1.0)
+        w = t * (r if 0.0 <= r <= 1.0 else (1.0 if r > 1.0 else 0.0))
+        total += t
+        weight_sum += w
         weighted_sum += w * o.value
-    # With no trust anywhere, an equal-weight mean: trust can only reorder, never silence.
-    value = weighted_sum / total if total > 0.0 else sum([o.value for o in inliers]) / len(inliers)
+    # With no weight anywhere, an equal-weight mean: weights can only reorder, never silence.
+    value = (weighted_sum / weight_sum if weight_sum > 0.0
+             else sum([o.value for o in inliers]) / len(inliers))
     if not low <= value <= high:  # a convex combination; clamp away rounding (and overflow)
         value = min(high, max(low, value)) if not math.isnan(value) else low / 2.0 + high / 2.0
     confidence = agreement * total / len(inliers)
