@@ -357,12 +357,34 @@ class RouterEngine:
         batch = _BatchView(self, now)
         try:
             for record in records:
-                self._decide_one(record, now, batch, result)
+                self._decide_isolated(record, now, batch, result)
         finally:
             batch.fold_routed()
         result.breaker_transitions.extend(batch.transitions)
         self._check_rollout(now, result)
         return result
+
+    def _decide_isolated(self, record: InboundRecord, now: float, batch: _BatchView,
+                         result: BatchResult) -> None:
+        """Decide one record; if anything raises while decoding, deciding or encoding it, what
+        it had added to the batch is taken back and it goes to the DLQ as ``processing_error``
+        (exception class and message in the error), so one record can never stop a batch."""
+        mark = _mark(result)
+        try:
+            self._decide_one(record, now, batch, result)
+        except Exception as exc:  # noqa: BLE001 - isolation is the point: any fault, one record
+            _roll_back(result, mark, batch.routed)
+            self._processing_error(result, record, exc, now)
+
+    def _processing_error(self, result: BatchResult, record: InboundRecord, exc: Exception,
+                          now: float) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        try:
+            self._dlq(result, record, _origin(record), DlqReason.PROCESSING_ERROR, error, None,
+                      now)
+        except Exception:  # noqa: BLE001 - headers claiming an impossible origin: use our own
+            own = _Origin(record.topic, record.partition, record.offset, 0, None)
+            self._dlq(result, record, own, DlqReason.PROCESSING_ERROR, error, None, now)
 
     def _decide_one(self, record: InboundRecord, now: float, batch: _BatchView,
                     result: BatchResult) -> None:
@@ -659,7 +681,7 @@ class RouterEngine:
     def _dlq(self, result: BatchResult, record: InboundRecord, origin: _Origin,
              reason: DlqReason, error: str, signal_id: str | None, now: float,
              signal: Signal | None = None, kind: str | None = None) -> None:
-        error = error.replace("\n", " ")[:_MAX_ERROR_LEN]
+        error = " ".join(error.split())[:_MAX_ERROR_LEN]
         # A replayed record failing again is one more attempt; a retried one already counted it.
         attempts = origin.attempts + 1 if origin.dlq_id is not None else max(1, origin.attempts)
         first = origin.first_failed_at if origin.first_failed_at is not None else now
@@ -673,14 +695,14 @@ class RouterEngine:
             original_key=record.key, original_value=record.value,
             original_headers=original_headers, attempts=attempts, first_failed_at=first,
         )
-        headers = original_headers + [
-            (H_REASON, reason.value.encode()), (H_ERROR, error.encode()),
+        headers: list[tuple[str, bytes | None]] = original_headers + [
+            (H_REASON, reason.value.encode()), (H_ERROR, _utf8(error)),
             (H_TOPIC, origin.topic.encode()), (H_PARTITION, str(origin.partition).encode()),
             (H_OFFSET, str(origin.offset).encode()), (H_ATTEMPTS, str(attempts).encode()),
             (H_FIRST_FAILED, repr(first).encode()),
         ]
         if signal_id is not None:
-            headers.append((H_SIGNAL_ID, signal_id.encode()))
+            headers.append((H_SIGNAL_ID, _utf8(signal_id)))
         result.dlq.append(DlqRecord(entry, headers))
 
 
@@ -884,22 +906,27 @@ class _InFlight(dict[str, float]):
         return float(max(0, counter.routed + pending - counter.completed))
 
 
+_ORIGIN_HEADERS = frozenset({H_TOPIC, H_PARTITION, H_OFFSET, H_ATTEMPTS, H_FIRST_FAILED,
+                             H_DLQ_ID})
+
+
 def _origin(record: InboundRecord) -> _Origin:
     """Where the record was first read. A record re-fed from ``router.retry`` or replayed from the
     DLQ carries its origin and attempt count in headers; a fresh one is its own origin."""
     headers = record.headers
     if headers:
-        found = {k: v for k, v in headers if k in (H_TOPIC, H_PARTITION, H_OFFSET, H_ATTEMPTS,
-                                                    H_FIRST_FAILED, H_DLQ_ID)}
+        found = {k: v for k, v in headers if v is not None and k in _ORIGIN_HEADERS}
         if H_TOPIC in found and H_PARTITION in found and H_OFFSET in found:
             try:
-                return _Origin(
+                origin = _Origin(
                     found[H_TOPIC].decode(), int(found[H_PARTITION]), int(found[H_OFFSET]),
                     int(found.get(H_ATTEMPTS, b"0")),
                     float(found[H_FIRST_FAILED]) if H_FIRST_FAILED in found else None,
                     found[H_DLQ_ID].decode() if H_DLQ_ID in found else None,
                 )
-            except (ValueError, UnicodeDecodeError):
+                if min(origin.partition, origin.offset, origin.attempts) >= 0:
+                    return origin
+            except ValueError:  # UnicodeDecodeError included
                 pass  # bad headers: treat the record as fresh rather than fail it
     return _Origin(record.topic, record.partition, record.offset, 0, None)
 
@@ -908,8 +935,39 @@ _ROUTER_HEADERS = frozenset({H_REASON, H_ERROR, H_TOPIC, H_PARTITION, H_OFFSET, 
                              H_FIRST_FAILED, H_SIGNAL_ID, H_DLQ_ID, H_RETRY_NOT_BEFORE})
 
 
-def _strip_router_headers(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+def _strip_router_headers(headers: Sequence[tuple[str, bytes | None]] | None
+                          ) -> list[tuple[str, bytes | None]]:
     return [(k, v) for k, v in headers or () if k not in _ROUTER_HEADERS]
+
+
+def _utf8(text: str) -> bytes:
+    """Header text from a string that may hold lone surrogates (an exception message quoting
+    input): escaped rather than raising."""
+    return text.encode("utf-8", "backslashreplace")
+
+
+def _mark(r: BatchResult) -> tuple[int, int, int, int, int, int]:
+    """How much of a batch's result existed before one record was decided (a plain tuple: this
+    runs once per signal), so a record that fails half-way can leave nothing of itself behind."""
+    return (len(r.routed), len(r.decisions), len(r.dlq), len(r.retries), r.dropped_duplicates,
+            len(r.shadow))
+
+
+def _roll_back(r: BatchResult, mark: tuple[int, int, int, int, int, int],
+               routed_counts: dict[str, int]) -> None:
+    routed, decisions, dlq, retries, duplicates, shadow = mark
+    for rec in r.routed[routed:]:
+        left = routed_counts.get(rec.destination, 0) - 1
+        if left > 0:
+            routed_counts[rec.destination] = left
+        else:
+            routed_counts.pop(rec.destination, None)
+    del r.routed[routed:]
+    del r.decisions[decisions:]
+    del r.dlq[dlq:]
+    del r.retries[retries:]
+    del r.shadow[shadow:]
+    r.dropped_duplicates = duplicates
 
 
 def _open_object(value: bytes | None) -> tuple[bytes, bytes]:

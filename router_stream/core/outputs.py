@@ -46,7 +46,7 @@ class DlqRecord:
     unchanged and the key ``entry.original_key``."""
 
     entry: DlqEntry
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
 
     @property
     def dlq_key(self) -> str:
@@ -62,7 +62,7 @@ class RetryRecord:
 
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
     not_before: float
     attempts: int
     signal_id: str | None
