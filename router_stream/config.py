@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         "step 2); false: Kafka only, no Postgres pool, `router-stream dlq reindex` rebuilds the "
         "DLQ table from router.dlq when needed",
     )
+    compression_type: Literal["none", "gzip", "lz4", "zstd", "snappy"] = Field(
+        "gzip",
+        description="how the worker's producer compresses routed, decision, DLQ and retry "
+        "records: a signal the broker accepted compressed on `signals` must fit compressed "
+        "on routed.<d> too. gzip needs no extra library; lz4/zstd/snappy need theirs")
     dedupe_window_s: float = Field(3600.0, ge=0)
     http_host: str = "127.0.0.1"
     http_port: int = Field(6066, ge=0, le=65535)
@@ -112,6 +117,20 @@ class Settings(BaseSettings):
         if value is not None and not os.path.isfile(value):
             raise ValueError(f"no such file: {value}")
         return value
+
+    @field_validator("compression_type")
+    @classmethod
+    def _codec_installed(cls, value: str) -> str:
+        from aiokafka import codec
+
+        if value != "none" and not getattr(codec, f"has_{value}")():
+            raise ValueError(f"{value} needs its compression library installed")
+        return value
+
+    @property
+    def producer_compression(self) -> str | None:
+        """``compression_type`` as aiokafka's producer takes it."""
+        return None if self.compression_type == "none" else self.compression_type
 
     @model_validator(mode="after")
     def _sasl_has_credentials(self) -> Settings:

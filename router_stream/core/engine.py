@@ -43,6 +43,7 @@ from router_stream.core.models import (
     Signal,
 )
 from router_stream.core.outputs import (
+    DLQ_HEADERS,
     H_ATTEMPTS,
     H_DLQ_ID,
     H_ERROR,
@@ -681,29 +682,54 @@ class RouterEngine:
     def _dlq(self, result: BatchResult, record: InboundRecord, origin: _Origin,
              reason: DlqReason, error: str, signal_id: str | None, now: float,
              signal: Signal | None = None, kind: str | None = None) -> None:
-        error = " ".join(error.split())[:_MAX_ERROR_LEN]
-        # A replayed record failing again is one more attempt; a retried one already counted it.
-        attempts = origin.attempts + 1 if origin.dlq_id is not None else max(1, origin.attempts)
-        first = origin.first_failed_at if origin.first_failed_at is not None else now
-        original_headers = _strip_router_headers(record.headers)
-        entry = DlqEntry(
-            reason=reason, error=error, signal_id=signal_id,
-            tenant=signal.tenant if signal is not None else None,
-            kind=kind if kind is not None else (signal.kind if signal is not None else None),
-            original_topic=origin.topic,
-            original_partition=origin.partition, original_offset=origin.offset,
-            original_key=record.key, original_value=record.value,
-            original_headers=original_headers, attempts=attempts, first_failed_at=first,
-        )
-        headers: list[tuple[str, bytes | None]] = original_headers + [
-            (H_REASON, reason.value.encode()), (H_ERROR, _utf8(error)),
-            (H_TOPIC, origin.topic.encode()), (H_PARTITION, str(origin.partition).encode()),
-            (H_OFFSET, str(origin.offset).encode()), (H_ATTEMPTS, str(attempts).encode()),
-            (H_FIRST_FAILED, repr(first).encode()),
-        ]
-        if signal_id is not None:
-            headers.append((H_SIGNAL_ID, _utf8(signal_id)))
-        result.dlq.append(DlqRecord(entry, headers))
+        result.dlq.append(_dlq_record(record, origin, reason, error, signal_id, now, signal,
+                                      kind))
+
+
+def dead_letter(record: InboundRecord, reason: DlqReason, error: str, now: float,
+                signal_id: str | None = None, kind: str | None = None) -> DlqRecord:
+    """The DLQ record of ``record`` as the engine would write it (origin and attempts from its
+    headers when it was retried or replayed): for the worker, when an output of an already
+    decided record cannot be written (:mod:`router_stream.core.refusals`)."""
+    try:
+        return _dlq_record(record, _origin(record), reason, error, signal_id, now, None, kind)
+    except ValueError:  # headers claiming an impossible origin: its own position then
+        own = _Origin(record.topic, record.partition, record.offset, 0, None)
+        return _dlq_record(record, own, reason, error, signal_id, now, None, kind)
+
+
+def origin_key(record: InboundRecord) -> str:
+    """``topic/partition/offset`` where ``record`` was first read: its decision's ``input_*``
+    fields and its DLQ entry's ``dlq_key`` say the same."""
+    return _origin(record).key
+
+
+def _dlq_record(record: InboundRecord, origin: _Origin, reason: DlqReason, error: str,
+                signal_id: str | None, now: float, signal: Signal | None,
+                kind: str | None) -> DlqRecord:
+    error = " ".join(error.split())[:_MAX_ERROR_LEN]
+    # A replayed record failing again is one more attempt; a retried one already counted it.
+    attempts = origin.attempts + 1 if origin.dlq_id is not None else max(1, origin.attempts)
+    first = origin.first_failed_at if origin.first_failed_at is not None else now
+    original_headers = _strip_router_headers(record.headers)
+    entry = DlqEntry(
+        reason=reason, error=error, signal_id=signal_id,
+        tenant=signal.tenant if signal is not None else None,
+        kind=kind if kind is not None else (signal.kind if signal is not None else None),
+        original_topic=origin.topic,
+        original_partition=origin.partition, original_offset=origin.offset,
+        original_key=record.key, original_value=record.value,
+        original_headers=original_headers, attempts=attempts, first_failed_at=first,
+    )
+    headers: list[tuple[str, bytes | None]] = original_headers + [
+        (H_REASON, reason.value.encode()), (H_ERROR, _utf8(error)),
+        (H_TOPIC, origin.topic.encode()), (H_PARTITION, str(origin.partition).encode()),
+        (H_OFFSET, str(origin.offset).encode()), (H_ATTEMPTS, str(attempts).encode()),
+        (H_FIRST_FAILED, repr(first).encode()),
+    ]
+    if signal_id is not None:
+        headers.append((H_SIGNAL_ID, _utf8(signal_id)))
+    return DlqRecord(entry, headers)
 
 
 class _BatchView:
@@ -931,8 +957,7 @@ def _origin(record: InboundRecord) -> _Origin:
     return _Origin(record.topic, record.partition, record.offset, 0, None)
 
 
-_ROUTER_HEADERS = frozenset({H_REASON, H_ERROR, H_TOPIC, H_PARTITION, H_OFFSET, H_ATTEMPTS,
-                             H_FIRST_FAILED, H_SIGNAL_ID, H_DLQ_ID, H_RETRY_NOT_BEFORE})
+_ROUTER_HEADERS = DLQ_HEADERS
 
 
 def _strip_router_headers(headers: Sequence[tuple[str, bytes | None]] | None

@@ -24,9 +24,12 @@ H_FIRST_FAILED = "x-dlq-first-failed-at"
 H_SIGNAL_ID = "x-signal-id"
 H_DLQ_ID = "x-dlq-id"
 H_RETRY_NOT_BEFORE = "x-retry-not-before"
+# A DLQ record too large for router.dlq travels as a reference: no value, these two headers.
+H_REFERENCE = "x-dlq-reference"
+H_ORIGINAL_SIZE = "x-dlq-original-size"
 DLQ_HEADERS = frozenset(
     {H_REASON, H_ERROR, H_TOPIC, H_PARTITION, H_OFFSET, H_ATTEMPTS, H_FIRST_FAILED, H_SIGNAL_ID,
-     H_DLQ_ID, H_RETRY_NOT_BEFORE}
+     H_DLQ_ID, H_RETRY_NOT_BEFORE, H_REFERENCE, H_ORIGINAL_SIZE}
 )
 
 

@@ -52,25 +52,36 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from router_stream.adapters import postgres as pg
-from router_stream.config import SIGNALS, Settings
+from router_stream.config import OUTCOMES, SIGNALS, Settings
 from router_stream.core.breaker import BreakerTransition
-from router_stream.core.outputs import H_RETRY_NOT_BEFORE, BatchResult
+from router_stream.core.outputs import H_RETRY_NOT_BEFORE, BatchResult, DlqRecord
 from router_stream.core.redaction import Redactor
+from router_stream.core.refusals import (
+    OutputKind,
+    Refused,
+    as_reference,
+    output_at,
+    settle_refusals,
+)
 from router_stream.errors import BrokerUnavailable
 from router_stream.worker.backoff import Backoff, retry_transient
 from router_stream.worker.logs import trace_id_of
 from router_stream.worker.metrics import WorkerMetrics
+from router_stream.worker.produce_errors import TopicMissing, is_refusal
 from router_stream.worker.sink import (
     RETRY,
     Deliveries,
     OutputTopics,
-    await_deliveries,
+    Refusal,
     persist_outputs,
+    send_alone,
     send_outputs,
+    settle_deliveries,
 )
 
 log = logging.getLogger("router_stream.worker")
@@ -356,8 +367,11 @@ class SignalLoop:
                     self._producer = await self._renew_producer()  # BrokerUnavailable: retried
                     self._needs_new_producer = False
                 deliveries = await send_outputs(self._producer, self._outputs, batch.result)
-            await await_deliveries(deliveries)
-            batch.dlq_at = deliveries.dlq_positions()
+            refusals = await settle_deliveries(deliveries)
+            if refusals:
+                batch.dlq_at = await self._dead_letter_refused(batch, deliveries, refusals)
+            else:
+                batch.dlq_at = deliveries.dlq_positions()
         except BrokerUnavailable as exc:
             for dest, n in getattr(exc, "failed_destinations", {}).items():
                 self._metrics.routing_errors.labels(dest).inc(n)
@@ -370,6 +384,90 @@ class SignalLoop:
                 # producer (new producer id) does not. Renewed before the next attempt.
                 self._needs_new_producer = self._renew_producer is not None
             raise
+
+    async def _dead_letter_refused(self, batch: _Batch, deliveries: Deliveries,
+                                   refusals: list[Refusal]) -> list[tuple[str, int, int]]:
+        """Step 1 for the records the broker refused for good: their inputs go to the DLQ
+        (a DLQ record too large for router.dlq as a reference), a refused route counts as a
+        routing error and a failed outcome of its destination, and the batch goes on. Returns
+        where the batch's DLQ records are on router.dlq, in ``result.dlq`` order."""
+        result = batch.result
+        at = deliveries.dlq_positions_by_index()
+        refused: list[Refused] = []
+        for r in refusals:
+            kind, index = output_at(result, r.position)
+            error: BaseException | tuple[str, int, int] = r.error
+            if not isinstance(r.error, TopicMissing):
+                error = await self._alone(result, kind, index)
+            if isinstance(error, tuple):  # accepted on its own
+                if kind == "dlq":
+                    at[index] = error
+                continue
+            refused.append(Refused(kind, index, r.topic, repr(error)))
+        if not refused:
+            return [at[i] for i in range(len(result.dlq))]
+        log.error("the broker refused records for good; their signals go to the DLQ",
+                  extra={"refused": {r.topic: r.error for r in refused}})
+        gone = {r.index for r in refused if r.kind == "dlq"}
+        kept_at = [at[i] for i in range(len(result.dlq)) if i not in gone]
+        repair = settle_refusals(result, batch.records, refused, batch.now)
+        for dest, _ in repair.failed_routes:
+            self._metrics.routing_errors.labels(dest).inc()
+        repaired_at = await self._send_repair(repair.dlq, batch.now)
+        if repair.dlq:  # some may have become references on the way
+            result.dlq[-len(repair.dlq):] = repair.dlq
+        await self._report_failed_routes(repair.failed_routes, batch.now)
+        return kept_at + repaired_at
+
+    async def _alone(self, result: BatchResult, kind: OutputKind, index: int
+                     ) -> BaseException | tuple[str, int, int]:
+        """Send one refused output again on its own: the broker refuses a whole produce batch
+        for one record in it that is too large, and the others pass alone. Returns where it
+        landed, or the error if it is refused again; a transient error is raised (the batch
+        is retried)."""
+        self._needs_new_producer = True
+        await self._renew_after_refusal()
+        try:
+            return await send_alone(self._producer, self._outputs, result, kind, index)
+        except KafkaError as exc:
+            if not is_refusal(exc):
+                raise BrokerUnavailable(f"sending a refused record again: {exc!r}") from exc
+            self._needs_new_producer = True
+            return exc
+
+    async def _renew_after_refusal(self) -> None:
+        """An idempotent producer whose batch was refused fails every later send to that
+        partition (OutOfOrderSequenceNumber); a new producer (new producer id) does not."""
+        if self._needs_new_producer and self._renew_producer is not None:
+            self._producer = await self._renew_producer()
+        self._needs_new_producer = False
+
+    async def _send_repair(self, dlq: list[DlqRecord], now: float) -> list[tuple[str, int, int]]:
+        """Send the DLQ records that replace refused outputs; one of them refused again (too
+        large for router.dlq) goes as a reference. A refused reference is transient: retried."""
+        for _ in range(2):
+            await self._renew_after_refusal()
+            deliveries = await send_outputs(self._producer, self._outputs, BatchResult(dlq=dlq))
+            refusals = await settle_deliveries(deliveries)
+            if not refusals:
+                return deliveries.dlq_positions()
+            for r in refusals:
+                dlq[r.position] = as_reference(dlq[r.position], f"{r.topic}: {r.error!r}")
+            self._needs_new_producer = True
+        raise BrokerUnavailable("router.dlq refuses even a reference record")
+
+    async def _report_failed_routes(self, routes: list[tuple[str, str]], now: float) -> None:
+        """A refused route is a failed delivery to that destination: reported on ``outcomes``
+        like any other, so every worker's breaker for it sees the failure (the state stays a
+        fold of the state topics). Best effort: the DLQ entry is what must not be lost."""
+        topic = self._settings.topic(OUTCOMES)
+        for dest, signal_id in routes:
+            value = orjson.dumps({"signal_id": signal_id, "destination": dest, "ok": False,
+                                  "ts": int(now * 1000)})
+            try:
+                await self._producer.send(topic, value, key=dest.encode())
+            except KafkaError as exc:
+                log.warning("could not report a refused route", extra={"error": repr(exc)})
 
     async def _commit(self, records: Sequence[Any]) -> None:
         """Step 3: commit last offset + 1 of every partition in the batch we still own."""

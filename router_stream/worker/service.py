@@ -244,6 +244,7 @@ class RouterWorker:
             enable_idempotence=True, acks="all", linger_ms=0, max_batch_size=512 * 1024,
             max_request_size=MAX_RECORD_BYTES, partitioner=KeyHashCache(),
             request_timeout_ms=30_000, client_id="router-stream-worker",
+            compression_type=self.settings.producer_compression,
             **self.settings.kafka_client_options)
         await _kafka_call("starting the producer", producer.start())
         self.producer = producer
