@@ -71,6 +71,10 @@ class Settings(BaseSettings):
         description="how the worker's producer compresses routed, decision, DLQ and retry "
         "records: a signal the broker accepted compressed on `signals` must fit compressed "
         "on routed.<d> too. gzip needs no extra library; lz4/zstd/snappy need theirs")
+    poison_restarts: int = Field(
+        3, ge=1, le=1000,
+        description="how often workers may start on the same offset of a partition without "
+        "getting past it before its record is dead-lettered unseen (processing_error)")
     dedupe_window_s: float = Field(3600.0, ge=0)
     http_host: str = "127.0.0.1"
     http_port: int = Field(6066, ge=0, le=65535)

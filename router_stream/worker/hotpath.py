@@ -55,10 +55,13 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
 
 from router_stream.adapters import postgres as pg
 from router_stream.config import OUTCOMES, SIGNALS, Settings
 from router_stream.core.breaker import BreakerTransition
+from router_stream.core.engine import dead_letter
+from router_stream.core.models import DlqReason
 from router_stream.core.outputs import H_RETRY_NOT_BEFORE, BatchResult, DlqRecord
 from router_stream.core.redaction import Redactor
 from router_stream.core.refusals import (
@@ -70,6 +73,7 @@ from router_stream.core.refusals import (
 )
 from router_stream.errors import BrokerUnavailable
 from router_stream.worker.backoff import Backoff, retry_transient
+from router_stream.worker.crashguard import CrashGuard
 from router_stream.worker.logs import trace_id_of
 from router_stream.worker.metrics import WorkerMetrics
 from router_stream.worker.produce_errors import TopicMissing, is_refusal
@@ -101,10 +105,12 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
             for tp in revoked:
                 self._loop.retry_paused.pop(tp, None)
                 self._loop.forget_lag(tp)
+            self._loop.crash_guard.revoked(revoked)
         if revoked:
             log.info("partitions revoked", extra={"partitions": _names(revoked)})
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._loop.crash_guard.assigned(assigned)
         self._loop.assigned.set()
         log.info("partitions assigned", extra={"partitions": _names(assigned)})
 
@@ -198,6 +204,7 @@ class SignalLoop:
         self._depth = pipeline_depth
         self._in_flight: list[_Batch] = []
         self._failure: BaseException | None = None
+        self.crash_guard = CrashGuard(settings.poison_restarts, self._retry_guard)
 
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -245,8 +252,10 @@ class SignalLoop:
                 {tp: rs for tp, rs in fetched.items() if tp in assignment}, time.time())
             if not records:
                 return 0
-            await self._launch(records, fetch_time)
-        return len(records)
+            decide, poison = await self.crash_guard.screen(consumer, records)
+            self.raise_failure()  # a batch may have failed meanwhile: nothing launches after it
+            await self._launch(decide, fetch_time, poison)
+        return len(decide) + len(poison)
 
     # --- the pipeline: batch N+1 is decided and sent while batch N finishes steps 1-3 --------
 
@@ -274,9 +283,13 @@ class SignalLoop:
             await asyncio.wait([self._in_flight[0].task])
         self.raise_failure()
 
-    async def _launch(self, records: list[Any], fetch_time: float) -> None:
+    async def _launch(self, records: list[Any], fetch_time: float,
+                      poison: Sequence[Any] = ()) -> None:
         now = time.time()
         result: BatchResult = self._engine.decide_batch(records, now)
+        if poison:
+            self._dead_letter_poison(result, poison, now)
+            records = [*records, *poison]
         await self._hook("decided", result)
         if self._needs_new_producer and self._renew_producer is not None:
             await self.wait_in_flight()  # the old producer is stopped by the renewal
@@ -284,6 +297,7 @@ class SignalLoop:
             self._producer = await self._renew_producer()  # BrokerUnavailable: retried
             self._needs_new_producer = False
         deliveries = await send_outputs(self._producer, self._outputs, result)
+        self.raise_failure()  # the batch before failed during the hand-over: this one must not
         batch = _Batch(records, result, now, fetch_time, deliveries,
                        self._in_flight[-1] if self._in_flight else None,
                        self._engine.policy.redactor)
@@ -469,6 +483,20 @@ class SignalLoop:
             except KafkaError as exc:
                 log.warning("could not report a refused route", extra={"error": repr(exc)})
 
+    def _dead_letter_poison(self, result: BatchResult, poison: Sequence[Any], now: float) -> None:
+        """Records the crash-loop guard gave up on: to the DLQ without being decided."""
+        guard = self._settings.poison_restarts
+        for r in poison:
+            result.dlq.append(dead_letter(
+                r, DlqReason.PROCESSING_ERROR,
+                f"the worker stopped {guard} times on this record without getting past it",
+                now))
+            self._metrics.poison_skips.labels(r.topic).inc()
+
+    async def _retry_guard(self, step: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        return await retry_transient(step, call, backoff=self._backoff, give_up=self._give_up,
+                                     on_retry=self._count_retry)
+
     async def _commit(self, records: Sequence[Any]) -> None:
         """Step 3: commit last offset + 1 of every partition in the batch we still own."""
         consumer = self.consumer
@@ -478,10 +506,13 @@ class SignalLoop:
             last[TopicPartition(r.topic, r.partition)] = r.offset + 1
         owned = consumer.assignment()
         offsets = {tp: off for tp, off in last.items() if tp in owned}
+        guard = self.crash_guard
+        marked = {tp: OffsetAndMetadata(off, guard.metadata(tp, off))
+                  for tp, off in offsets.items()}
 
         async def commit() -> None:
             try:
-                await consumer.commit(offsets)
+                await consumer.commit(marked)
             except (CommitFailedError, IllegalStateError) as exc:
                 # Rebalanced away: the new owner re-processes from our last commit, and steps
                 # 1-2 are idempotent where it matters (Postgres).

@@ -28,12 +28,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     CorruptRecordException,
     InvalidTopicError,
+    KafkaError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
     RecordTooLargeError,
     TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
 )
+from aiokafka.protocol.metadata import MetadataRequest
 
 TOPIC_CHECK_S = 2.0
 """How long a metadata refresh may take to say whether a topic exists. A broker that does not
@@ -56,14 +58,21 @@ def is_refusal(exc: BaseException) -> bool:
 
 async def topic_missing(producer: AIOKafkaProducer, topic: str,
                         bound_s: float = TOPIC_CHECK_S) -> bool:
-    """True only when a broker answered a metadata request and the topic was not in it. A topic
-    already in the producer's metadata costs one dict lookup."""
+    """True only when a broker answered that the topic does not exist (error
+    UNKNOWN_TOPIC_OR_PARTITION to a metadata request that may not create it). A topic in the
+    producer's metadata costs one dict lookup; no answer within ``bound_s`` means "cannot tell"
+    (False): a broker that does not answer is an environment fault, retried."""
     client = producer.client
     if client.cluster.partitions_for_topic(topic) is not None:
         return False
-    client.add_topic(topic)
     try:
-        updated = await asyncio.wait_for(client.force_metadata_update(), bound_s)
-    except TimeoutError:
+        async with asyncio.timeout(bound_s):
+            node = client.get_random_node()
+            if node is None:
+                return False
+            response = await client.send(node, MetadataRequest([topic],
+                                                               allow_auto_topic_creation=False))
+    except (TimeoutError, KafkaError):
         return False
-    return bool(updated) and client.cluster.partitions_for_topic(topic) is None
+    codes = [t[0] for t in response.topics if t[1] == topic]
+    return codes == [UnknownTopicOrPartitionError.errno]

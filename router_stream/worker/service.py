@@ -62,6 +62,14 @@ SIDE_WRITE_EVERY_S = 1.0
 # partition). Above this size the brokers' per-topic limits decide; a refusal there is retried
 # and logged (the DLQ-unwritable case), never dropped.
 MAX_RECORD_BYTES = 64 * 1024 * 1024
+PRODUCER_CLOSE_S = 5.0
+"""How long stopping waits for the producer: every batch was acknowledged or dead-lettered by
+then, so what it still holds are records given up on (a topic deleted under them)."""
+
+
+async def _close_producer(producer: AIOKafkaProducer) -> None:
+    with contextlib.suppress(Exception):
+        await producer.stop()
 
 
 class StartupRefused(RouterError):
@@ -86,6 +94,7 @@ class RouterWorker:
         self._on_step = on_step
         self._backoff = backoff or Backoff()
         self._drain_timeout_s = drain_timeout_s
+        self._closing: set[asyncio.Task[None]] = set()
         self._http_enabled = http
         self._verify = verify
         self._stopping = asyncio.Event()
@@ -235,8 +244,11 @@ class RouterWorker:
         ``SignalLoop._produce``), stopping the previous one."""
         old, self.producer = self.producer, None
         if old is not None:
-            with contextlib.suppress(Exception):
-                await old.stop()
+            # In the background: a producer stops only once every record it holds is delivered
+            # or expired, and records for a deleted topic take its whole request timeout.
+            task = asyncio.create_task(_close_producer(old), name="router-old-producer")
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         producer = AIOKafkaProducer(
             # linger 0: a batch's records are all handed over in one go without yielding, so
             # they leave in one request anyway; a linger only added its 5 ms to every batch.
@@ -348,7 +360,11 @@ class RouterWorker:
             await self.follower.stop()
         if self.producer is not None:
             with contextlib.suppress(Exception):
-                await self.producer.stop()
+                async with asyncio.timeout(PRODUCER_CLOSE_S):
+                    # records the batches gave up on (a deleted topic) are not waited for
+                    await self.producer.stop()
+        for task in list(self._closing):
+            task.cancel()
         if self.pool is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):

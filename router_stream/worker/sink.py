@@ -78,6 +78,7 @@ class Deliveries:
     sends: list[tuple[str | None, str, asyncio.Future[Any]]]
     error: RouterError | None = None
     dlq: list[asyncio.Future[Any]] = field(default_factory=list)  # the DLQ sends, in order
+    producer: AIOKafkaProducer | None = None  # to ask whether a topic still exists
 
     def dlq_positions(self) -> list[tuple[str, int, int]]:
         """(topic, partition, offset) of each record sent to ``router.dlq``, in ``result.dlq``
@@ -119,7 +120,7 @@ async def send_outputs(
         for *_, fut in sends:
             fut.cancel()
         return Deliveries([], _broker_error("sending", exc))
-    return Deliveries(sends, dlq=dlq)
+    return Deliveries(sends, dlq=dlq, producer=producer)
 
 
 class _RefusingSend:
@@ -193,7 +194,7 @@ async def settle_deliveries(deliveries: Deliveries) -> list[Refusal]:
     if deliveries.error is not None:
         raise deliveries.error
     sends = deliveries.sends
-    outcomes = await asyncio.gather(*(f for *_, f in sends), return_exceptions=True)
+    outcomes = await _outcomes(deliveries)
     refusals: list[Refusal] = []
     failed: dict[str, int] = {}
     first: BaseException | None = None
@@ -211,6 +212,45 @@ async def settle_deliveries(deliveries: Deliveries) -> list[Refusal]:
         raise ProduceFailed(f"{n} of {len(sends)} deliveries failed: {first!r}", failed,
                             {r.topic: repr(r.error) for r in refusals}) from first
     return refusals
+
+
+STUCK_CHECK_S = 2.0
+"""How long deliveries may be outstanding before the topics they wait for are checked: the
+producer retries a topic deleted under it until its request timeout (30 s), and so would hold
+back every partition that long."""
+
+
+async def _outcomes(deliveries: Deliveries) -> list[Any]:
+    """Each send's metadata or exception. A routed record still outstanding after
+    :data:`STUCK_CHECK_S` whose topic is gone from fresh metadata fails with
+    :class:`TopicMissing` at once (the producer may still deliver it if the topic comes back:
+    at-least-once, as a retried batch would be)."""
+    futures = [f for *_, f in deliveries.sends]
+    producer = deliveries.producer
+    pending: set[asyncio.Future[Any]] = set(futures)
+    gone: dict[asyncio.Future[Any], TopicMissing] = {}
+    checked: dict[str, bool] = {}
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=None if producer is None
+                                        else STUCK_CHECK_S)
+        if not pending or producer is None:
+            break
+        for dest, topic, f in deliveries.sends:
+            if f not in pending or dest is None:
+                continue
+            if topic not in checked:
+                checked[topic] = await topic_missing(producer, topic)
+            if checked[topic]:
+                gone[f] = TopicMissing(f"topic {topic} does not exist")
+                pending.discard(f)
+        checked.clear()
+    return [gone[f] if f in gone else _outcome(f) for f in futures]
+
+
+def _outcome(f: asyncio.Future[Any]) -> Any:
+    if f.cancelled():
+        return asyncio.CancelledError()
+    return f.exception() or f.result()
 
 
 async def await_deliveries(deliveries: Deliveries) -> int:

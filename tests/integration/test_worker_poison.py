@@ -56,6 +56,10 @@ async def committed_everywhere(s: Settings) -> bool:
         await consumer.stop()
 
 
+async def _gone(admin: AIOKafkaAdminClient, topic: str) -> bool:
+    return topic not in await admin.list_topics()
+
+
 def alert(i: int) -> bytes:
     return signal(i, payload={"severity": "critical"})
 
@@ -141,6 +145,7 @@ async def test_a_routed_topic_deleted_at_run_time_fails_over_and_nothing_stalls(
         await admin.start()
         try:
             await admin.delete_topics([s.routed_topic("pager")])
+            await wait_for(lambda: _gone(admin, s.routed_topic("pager")), 30, "topic deleted")
         finally:
             await admin.close()
         notes = [(b"n", signal(i, payload={"channel_hint": "x"})) for i in range(100, 110)]
@@ -159,12 +164,55 @@ async def test_a_routed_topic_deleted_at_run_time_fails_over_and_nothing_stalls(
 
     decisions = {r["signal_id"]: r["destinations"] for r in await fetch(
         s, "SELECT signal_id, destinations FROM routing_decisions")}
-    dead = {r["signal_id"]: r["reason"] for r in await fetch(
-        s, "SELECT signal_id, reason FROM dlq_entries")}
+    dead = {r["signal_id"]: (r["reason"], r["error"]) for r in await fetch(
+        s, "SELECT signal_id, reason, error FROM dlq_entries")}
     ids = {f"s-{i}" for i in (*range(40), *range(100, 110))}
     assert decisions.keys() | dead.keys() == ids and not decisions.keys() & dead.keys()
-    assert all(decisions[f"s-{i}"] == ["email", "webhook"] for i in range(100, 110))
-    assert set(dead.values()) <= {"processing_error"} and dead
+    notes = {f"s-{i}": decisions.get(f"s-{i}", dead.get(f"s-{i}")) for i in range(100, 110)}
+    assert all(d == ["email", "webhook"] for d in notes.values()), notes
+    assert {reason for reason, _ in dead.values()} == {"processing_error"}
     assert all(decisions[f"s-{i}"] == ["slack"] for i in range(30, 40))
     assert all(f"s-{i}" in dead for i in range(10, 30))
     assert 'routing_errors_total{destination="pager"} 20.0' in w.metrics.exposition().decode()
+
+
+class Fatal(BaseException):
+    """Stands for a fault no ``except Exception`` catches: the process dies on it."""
+
+
+async def test_a_record_that_kills_the_worker_is_dead_lettered_after_n_restarts(
+        settings, tmp_path):
+    s = (await prepare(settings, tmp_path)).model_copy(update={"poison_restarts": 3})
+    values = [alert(i) for i in range(30)]
+    values[10] = signal(10, payload={"severity": "critical", "kill": True})
+    coords = await produce(s, SIGNALS, [(b"same-key", v) for v in values])
+    poison_at = coords[10]
+
+    async def die_on_kill(step: str, result) -> None:
+        if step == "decided" and any(d.signal_id == "s-10" for d in result.decisions):
+            raise Fatal("killed by s-10")
+
+    crashes = 0
+    for _ in range(10):
+        w = worker(s, http=False, on_step=die_on_kill)
+        try:
+            await asyncio.wait_for(w.run_until_idle(0.5), 60)
+            break
+        except Fatal:
+            crashes += 1
+    else:
+        pytest.fail("the worker never got past the record")
+    # one crash in a whole batch, then one record at a time: three more on the record itself
+    assert crashes == 4, crashes
+    rows = await fetch(s, "SELECT reason, original_partition, original_offset, original_value,"
+                          " error FROM dlq_entries")
+    assert [(r["reason"], r["original_partition"], r["original_offset"],
+             bytes(r["original_value"])) for r in rows] == [
+        ("processing_error", *poison_at, values[10])]
+    assert "stopped 3 times" in rows[0]["error"]
+    decided = await fetch(s, "SELECT signal_id FROM routing_decisions")
+    assert sorted(r["signal_id"] for r in decided) == sorted(
+        f"s-{i}" for i in range(30) if i != 10)
+    assert await committed_everywhere(s)
+    assert 'router_poison_skips_total{topic="' + s.topic(SIGNALS) + '"} 1.0' in (
+        w.metrics.exposition().decode())
