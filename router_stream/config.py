@@ -75,6 +75,10 @@ class Settings(BaseSettings):
         3, ge=1, le=1000,
         description="how often workers may start on the same offset of a partition without "
         "getting past it before its record is dead-lettered unseen (processing_error)")
+    stall_threshold_s: float = Field(
+        30.0, gt=0, le=86_400,
+        description="/readyz answers 503 (check making_progress) and router_ready is 0 while a "
+        "batch has been retried this long without an offset commit")
     dedupe_window_s: float = Field(3600.0, ge=0)
     http_host: str = "127.0.0.1"
     http_port: int = Field(6066, ge=0, le=65535)

@@ -205,6 +205,8 @@ class SignalLoop:
         self._in_flight: list[_Batch] = []
         self._failure: BaseException | None = None
         self.crash_guard = CrashGuard(settings.poison_restarts, self._retry_guard)
+        self.stalled_since: float | None = None  # monotonic time of the first retry since the
+        # last commit: a batch that cannot be made durable (broker, Postgres, a refusing topic)
 
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -330,6 +332,7 @@ class SignalLoop:
             batch.persisted.set()
             await _after(prev, "committed")
             await self._commit(batch.records)
+            self.stalled_since = None
             await self._hook("committed", result)
             batch.committed.set()
             self.processed += len(batch.records)
@@ -536,6 +539,8 @@ class SignalLoop:
         """First retry of a batch pauses every partition: no prefetching while we cannot make
         progress (backpressure); the partitions resume once the batch is durable."""
         self._metrics.transient_retries.labels(step).inc()
+        if self.stalled_since is None:
+            self.stalled_since = time.monotonic()
         if not self._paused_for_retry and self.consumer is not None:
             self._paused_for_retry = set(self.consumer.assignment())
             self.consumer.pause(*self._paused_for_retry)
@@ -575,6 +580,33 @@ class SignalLoop:
             self.consumer.resume(*due)
 
     # --- metrics and logs -------------------------------------------------------------------
+
+    def stalled_for(self) -> float:
+        """Seconds since the worker last made progress while a batch was being retried."""
+        since = self.stalled_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    async def refresh_lag(self) -> None:
+        """``router_consumer_lag`` from the partitions' end offsets and the group's committed
+        offsets, whatever the batches are doing: a stuck partition shows its growing lag (after
+        a commit the gauge is also set, from the consumer's high watermark)."""
+        consumer = self.consumer
+        if consumer is None:
+            return
+        tps = list(consumer.assignment())
+        if not tps:
+            return
+        try:
+            ends = await consumer.end_offsets(tps)
+            committed = await consumer._coordinator.fetch_committed_offsets(tps)
+            never = [tp for tp in tps if committed.get(tp) is None or committed[tp].offset < 0]
+            starts = await consumer.beginning_offsets(never) if never else {}
+        except (KafkaError, IllegalStateError):
+            return  # next time; the gauge keeps its last value
+        for tp in tps:
+            done = starts[tp] if tp in starts else committed[tp].offset
+            self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                max(0, ends[tp] - done))
 
     def forget_lag(self, tp: TopicPartition) -> None:
         with contextlib.suppress(KeyError):

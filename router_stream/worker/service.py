@@ -62,6 +62,8 @@ SIDE_WRITE_EVERY_S = 1.0
 # partition). Above this size the brokers' per-topic limits decide; a refusal there is retried
 # and logged (the DLQ-unwritable case), never dropped.
 MAX_RECORD_BYTES = 64 * 1024 * 1024
+LAG_REFRESH_S = 5.0
+"""How often the lag gauge is computed from end offsets and committed offsets (two requests)."""
 PRODUCER_CLOSE_S = 5.0
 """How long stopping waits for the producer: every batch was acknowledged or dead-lettered by
 then, so what it still holds are records given up on (a topic deleted under them)."""
@@ -468,10 +470,17 @@ class RouterWorker:
         self.metrics.dlq_backlog.set(n)
 
     async def _refresh_gauges(self) -> None:
-        """router_ready every second; trust_score and breaker_state are read at each scrape
-        (:meth:`_state_for_metrics`), not copied into per-id gauges here."""
+        """router_ready every second, router_consumer_lag every LAG_REFRESH_S; trust_score and
+        breaker_state are read at each scrape (:meth:`_state_for_metrics`), not copied into
+        per-id gauges here."""
+        last_lag = 0.0
         while True:
             self.metrics.ready.set(1 if all(self.readiness().values()) else 0)
+            if self.signals is not None and time.monotonic() - last_lag >= LAG_REFRESH_S:
+                last_lag = time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(LAG_REFRESH_S):
+                        await self.signals.refresh_lag()
             await asyncio.sleep(1.0)
 
     def _state_for_metrics(self) -> tuple[dict[str, float], dict[str, str]]:
@@ -489,6 +498,8 @@ class RouterWorker:
             "group_joined": self.signals is not None and self.signals.assigned.is_set(),
             "postgres": self.pool is not None and self._pg_ok,
             "not_draining": not self._stopping.is_set(),
+            "making_progress": self.signals is None
+            or self.signals.stalled_for() < self.settings.stall_threshold_s,
         }
         if not self.settings.persist:
             del checks["postgres"]  # nothing of the hot path depends on it

@@ -216,3 +216,37 @@ async def test_a_record_that_kills_the_worker_is_dead_lettered_after_n_restarts(
     assert await committed_everywhere(s)
     assert 'router_poison_skips_total{topic="' + s.topic(SIGNALS) + '"} 1.0' in (
         w.metrics.exposition().decode())
+
+
+def lag_total(w) -> float:
+    total = 0.0
+    for line in w.metrics.exposition().decode().splitlines():
+        if line.startswith("router_consumer_lag{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_a_stall_shows_in_readiness_and_lag_and_clears_when_healed(settings, tmp_path):
+    s = (await prepare(settings, tmp_path)).model_copy(update={"stall_threshold_s": 1.0})
+    # nothing fits on router.dlq, not even a reference: an environment fault, retried
+    await limit_record_size(s, DLQ, 100)
+    w = worker(s, http=False)
+    await w.start()
+    runner = asyncio.create_task(w.run())
+    try:
+        await produce(s, SIGNALS, [(b"k", b"{not json")] + [(b"k", alert(i)) for i in range(20)])
+        await wait_for(lambda: not w.readiness()["making_progress"], 60, "the stall to show")
+        await w.signals.refresh_lag()
+        assert lag_total(w) == 21  # nothing committed: the whole input is lag
+        await wait_for(lambda: w.metrics.ready._value.get() == 0.0, 5, "router_ready 0")
+
+        await limit_record_size(s, DLQ, 1_048_588)
+        await wait_for(lambda: w.readiness()["making_progress"], 60, "progress again")
+        await wait_for(lambda: committed_everywhere(s), 30, "offsets committed")
+        await w.signals.refresh_lag()
+        assert lag_total(w) == 0
+    finally:
+        w.request_stop()
+        await runner
+    rows = await fetch(s, "SELECT reason FROM dlq_entries")
+    assert [r["reason"] for r in rows] == ["invalid_json"]
