@@ -14,7 +14,8 @@ after the registry's own metrics.
 
 Extensions beyond SPEC §7 (documented in docs/worker.md): ``router_batch_size``,
 ``router_transient_retries_total{step}``, ``router_ready``, ``router_policy_info{version}``,
-``router_breaker_transitions_total{destination,to_state}``, ``router_poison_skips_total{topic}``.
+``router_breaker_transitions_total{destination,to_state}``, ``router_poison_skips_total{topic}``,
+``router_state_records_skipped_total{topic,reason}``.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ class WorkerMetrics:
             "router_transient_retries", "Retries of a commit step after a transient failure",
             ["step"], registry=r)
         self.ready = Gauge("router_ready", "1 when /readyz answers 200", registry=r)
+        self.state_skipped = Counter(
+            "router_state_records_skipped",
+            "source-health, outcomes and router.control records skipped as unusable",
+            ["topic", "reason"], registry=r)
         self.poison_skips = Counter(
             "router_poison_skips", "Records dead-lettered unseen by the crash-loop guard",
             ["topic"], registry=r)

@@ -147,7 +147,8 @@ class RouterWorker:
         self.follower = StateFollower(
             s, self.engine, on_transitions=self._on_transitions, on_policy=self._on_policy,
             reload_policy=lambda: read_policy_file(self.settings),
-            policy=self._policy_origin, checkpoint=checkpoint)
+            policy=self._policy_origin, checkpoint=checkpoint,
+            on_skip=lambda topic, reason: self.metrics.state_skipped.labels(topic, reason).inc())
         await self.follower.start()
         self._spawn(self.follower.run(), "state")
         await self._until_caught_up()  # decide only with the replayed state
