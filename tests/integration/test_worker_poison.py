@@ -8,8 +8,9 @@ import asyncio
 import base64
 import os
 
+import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
@@ -250,3 +251,27 @@ async def test_a_stall_shows_in_readiness_and_lag_and_clears_when_healed(setting
         await runner
     rows = await fetch(s, "SELECT reason FROM dlq_entries")
     assert [r["reason"] for r in rows] == ["invalid_json"]
+
+
+async def test_a_signal_accepted_compressed_is_routed_compressed(settings, tmp_path):
+    """Issue 21: a 1M-element array (2 MB of JSON) fits `signals` gzip-compressed; the worker
+    compresses its outputs (ROUTER_COMPRESSION_TYPE, default gzip), so it fits `routed.pager`
+    (1 MB limit, the broker's default) the same way."""
+    s = await prepare(settings, tmp_path)
+    assert s.compression_type == "gzip"
+    big = orjson.dumps({"signal_id": "s-big", "sender_id": "svc",
+                        "payload": {"severity": "critical", "values": [0] * 1_000_000}})
+    assert len(big) > 2_000_000
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, compression_type="gzip",
+                                max_request_size=4 * 1024 * 1024)
+    await producer.start()
+    try:
+        await producer.send_and_wait(s.topic(SIGNALS), big, key=b"k")
+    finally:
+        await producer.stop()
+    await produce(s, SIGNALS, [(b"k", alert(i)) for i in range(5)])
+    await asyncio.wait_for(worker(s, http=False).run_until_idle(1.0), 120)
+    routed = await read_all(s, s.routed_topic("pager"))
+    assert len(routed) == 6 and any(r.value.startswith(big[:-1]) for r in routed)
+    assert await read_all(s, s.topic(DLQ)) == []
+    assert await committed_everywhere(s)
