@@ -67,10 +67,11 @@ class Settings(BaseSettings):
         "DLQ table from router.dlq when needed",
     )
     compression_type: Literal["none", "gzip", "lz4", "zstd", "snappy"] = Field(
-        "gzip",
+        "lz4",
         description="how the worker's producer compresses routed, decision, DLQ and retry "
         "records: a signal the broker accepted compressed on `signals` must fit compressed "
-        "on routed.<d> too. gzip needs no extra library; lz4/zstd/snappy need theirs")
+        "on routed.<d> too. lz4 costs the least CPU (docs/worker.md); lz4/zstd/snappy use "
+        "cramjam (a dependency), gzip the standard library")
     poison_restarts: int = Field(
         3, ge=1, le=1000,
         description="how often workers may start on the same offset of a partition without "

@@ -255,10 +255,10 @@ async def test_a_stall_shows_in_readiness_and_lag_and_clears_when_healed(setting
 
 async def test_a_signal_accepted_compressed_is_routed_compressed(settings, tmp_path):
     """Issue 21: a 1M-element array (2 MB of JSON) fits `signals` gzip-compressed; the worker
-    compresses its outputs (ROUTER_COMPRESSION_TYPE, default gzip), so it fits `routed.pager`
-    (1 MB limit, the broker's default) the same way."""
+    compresses its outputs (ROUTER_COMPRESSION_TYPE, default lz4), so it fits `routed.pager`
+    (1 MB limit, the broker's default) too."""
     s = await prepare(settings, tmp_path)
-    assert s.compression_type == "gzip"
+    assert s.compression_type == "lz4"
     big = orjson.dumps({"signal_id": "s-big", "sender_id": "svc",
                         "payload": {"severity": "critical", "values": [0] * 1_000_000}})
     assert len(big) > 2_000_000
