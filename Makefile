@@ -26,6 +26,7 @@ integration:
 
 # The fault suite against the real servers (< 20 min); prints the table. CHAOS_ARGS=--quick
 chaos:
+	ROUTER_FUZZ_EXAMPLES=$${ROUTER_FUZZ_EXAMPLES:-5000} $(PYTHON) -m pytest -q -p no:cacheprovider tests/unit/test_fuzz_path.py
 	$(PYTHON) -m tests.chaos.run $(CHAOS_ARGS)
 
 stack-up:

@@ -67,6 +67,20 @@ class Settings(BaseSettings):
         "step 2); false: Kafka only, no Postgres pool, `router-stream dlq reindex` rebuilds the "
         "DLQ table from router.dlq when needed",
     )
+    compression_type: Literal["none", "gzip", "lz4", "zstd", "snappy"] = Field(
+        "lz4",
+        description="how the worker's producer compresses routed, decision, DLQ and retry "
+        "records: a signal the broker accepted compressed on `signals` must fit compressed "
+        "on routed.<d> too. lz4 costs the least CPU (docs/worker.md); lz4/zstd/snappy use "
+        "cramjam (a dependency), gzip the standard library")
+    poison_restarts: int = Field(
+        3, ge=1, le=1000,
+        description="how often workers may start on the same offset of a partition without "
+        "getting past it before its record is dead-lettered unseen (processing_error)")
+    stall_threshold_s: float = Field(
+        30.0, gt=0, le=86_400,
+        description="/readyz answers 503 (check making_progress) and router_ready is 0 while a "
+        "batch has been retried this long without an offset commit")
     dedupe_window_s: float = Field(3600.0, gt=0, le=7 * 86_400)
     dedupe_max_entries: int = Field(
         1_000_000, ge=1, le=100_000_000,
@@ -127,6 +141,20 @@ class Settings(BaseSettings):
         if value is not None and not os.path.isfile(value):
             raise ValueError(f"no such file: {value}")
         return value
+
+    @field_validator("compression_type")
+    @classmethod
+    def _codec_installed(cls, value: str) -> str:
+        from aiokafka import codec
+
+        if value != "none" and not getattr(codec, f"has_{value}")():
+            raise ValueError(f"{value} needs its compression library installed")
+        return value
+
+    @property
+    def producer_compression(self) -> str | None:
+        """``compression_type`` as aiokafka's producer takes it."""
+        return None if self.compression_type == "none" else self.compression_type
 
     @model_validator(mode="after")
     def _sasl_has_credentials(self) -> Settings:

@@ -45,11 +45,9 @@ from router_stream.core.models import (
 from router_stream.core.outputs import (
     H_ATTEMPTS,
     H_DLQ_ID,
-    H_ERROR,
     H_FIRST_FAILED,
     H_OFFSET,
     H_PARTITION,
-    H_REASON,
     H_RETRY_NOT_BEFORE,
     H_SIGNAL_ID,
     H_TOPIC,
@@ -58,6 +56,7 @@ from router_stream.core.outputs import (
     RetryRecord,
     RoutedRecord,
     dlq_headers,
+    without_router_headers,
 )
 from router_stream.core.overrides import (
     ActiveOverrides,
@@ -370,12 +369,34 @@ class RouterEngine:
         batch = _BatchView(self, now)
         try:
             for record in records:
-                self._decide_one(record, now, batch, result)
+                self._decide_isolated(record, now, batch, result)
         finally:
             batch.fold_routed()
         result.breaker_transitions.extend(batch.transitions)
         self._check_rollout(now, result)
         return result
+
+    def _decide_isolated(self, record: InboundRecord, now: float, batch: _BatchView,
+                         result: BatchResult) -> None:
+        """Decide one record; if anything raises while decoding, deciding or encoding it, what
+        it had added to the batch is taken back and it goes to the DLQ as ``processing_error``
+        (exception class and message in the error), so one record can never stop a batch."""
+        mark = _mark(result)
+        try:
+            self._decide_one(record, now, batch, result)
+        except Exception as exc:  # noqa: BLE001 - isolation is the point: any fault, one record
+            _roll_back(result, mark, batch.routed)
+            self._processing_error(result, record, exc, now)
+
+    def _processing_error(self, result: BatchResult, record: InboundRecord, exc: Exception,
+                          now: float) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        try:
+            self._dlq(result, record, _origin(record), DlqReason.PROCESSING_ERROR, error, None,
+                      now)
+        except Exception:  # noqa: BLE001 - headers claiming an impossible origin: use our own
+            own = _Origin(record.topic, record.partition, record.offset, 0, None)
+            self._dlq(result, record, own, DlqReason.PROCESSING_ERROR, error, None, now)
 
     def _decide_one(self, record: InboundRecord, now: float, batch: _BatchView,
                     result: BatchResult) -> None:
@@ -661,7 +682,7 @@ class RouterEngine:
         delay = route.retry_delay_s * (2 ** (attempts - 1))
         not_before = now + delay
         first = origin.first_failed_at if origin.first_failed_at is not None else now
-        headers = _strip_router_headers(record.headers) + [
+        headers = without_router_headers(record.headers) + [
             (H_TOPIC, origin.topic.encode()), (H_PARTITION, str(origin.partition).encode()),
             (H_OFFSET, str(origin.offset).encode()), (H_ATTEMPTS, str(attempts).encode()),
             (H_FIRST_FAILED, repr(first).encode()), (H_RETRY_NOT_BEFORE, repr(not_before).encode()),
@@ -673,24 +694,49 @@ class RouterEngine:
     def _dlq(self, result: BatchResult, record: InboundRecord, origin: _Origin,
              reason: DlqReason, error: str, signal_id: str | None, now: float,
              signal: Signal | None = None, kind: str | None = None) -> None:
-        error = error.replace("\n", " ")[:_MAX_ERROR_LEN]
-        # A replayed record failing again is one more attempt; a retried one already counted it.
-        attempts = origin.attempts + 1 if origin.dlq_id is not None else max(1, origin.attempts)
-        first = origin.first_failed_at if origin.first_failed_at is not None else now
-        original_headers = _strip_router_headers(record.headers)
-        entry = DlqEntry(
-            reason=reason, error=error, signal_id=signal_id,
-            tenant=signal.tenant if signal is not None else None,
-            kind=kind if kind is not None else (signal.kind if signal is not None else None),
-            original_topic=origin.topic,
-            original_partition=origin.partition, original_offset=origin.offset,
-            original_key=record.key, original_value=record.value,
-            original_headers=original_headers, attempts=attempts, first_failed_at=first,
-        )
-        headers = dlq_headers(original_headers, reason=reason, error=error, topic=origin.topic,
-                              partition=origin.partition, offset=origin.offset,
-                              attempts=attempts, first_failed_at=first, signal_id=signal_id)
-        result.dlq.append(DlqRecord(entry, headers))
+        result.dlq.append(_dlq_record(record, origin, reason, error, signal_id, now, signal,
+                                      kind))
+
+
+def dead_letter(record: InboundRecord, reason: DlqReason, error: str, now: float,
+                signal_id: str | None = None, kind: str | None = None) -> DlqRecord:
+    """The DLQ record of ``record`` as the engine would write it (origin and attempts from its
+    headers when it was retried or replayed): for the worker, when an output of an already
+    decided record cannot be written (:mod:`router_stream.core.refusals`)."""
+    try:
+        return _dlq_record(record, _origin(record), reason, error, signal_id, now, None, kind)
+    except ValueError:  # headers claiming an impossible origin: its own position then
+        own = _Origin(record.topic, record.partition, record.offset, 0, None)
+        return _dlq_record(record, own, reason, error, signal_id, now, None, kind)
+
+
+def origin_key(record: InboundRecord) -> str:
+    """``topic/partition/offset`` where ``record`` was first read: its decision's ``input_*``
+    fields and its DLQ entry's ``dlq_key`` say the same."""
+    return _origin(record).key
+
+
+def _dlq_record(record: InboundRecord, origin: _Origin, reason: DlqReason, error: str,
+                signal_id: str | None, now: float, signal: Signal | None,
+                kind: str | None) -> DlqRecord:
+    error = " ".join(error.split())[:_MAX_ERROR_LEN]
+    # A replayed record failing again is one more attempt; a retried one already counted it.
+    attempts = origin.attempts + 1 if origin.dlq_id is not None else max(1, origin.attempts)
+    first = origin.first_failed_at if origin.first_failed_at is not None else now
+    original_headers = without_router_headers(record.headers)
+    entry = DlqEntry(
+        reason=reason, error=error, signal_id=signal_id,
+        tenant=signal.tenant if signal is not None else None,
+        kind=kind if kind is not None else (signal.kind if signal is not None else None),
+        original_topic=origin.topic,
+        original_partition=origin.partition, original_offset=origin.offset,
+        original_key=record.key, original_value=record.value,
+        original_headers=original_headers, attempts=attempts, first_failed_at=first,
+    )
+    headers = dlq_headers(original_headers, reason=reason, error=error, topic=origin.topic,
+                          partition=origin.partition, offset=origin.offset, attempts=attempts,
+                          first_failed_at=first, signal_id=signal_id)
+    return DlqRecord(entry, headers)
 
 
 class _BatchView:
@@ -894,32 +940,55 @@ class _InFlight(dict[str, float]):
         return float(max(0, counter.routed + pending - counter.completed))
 
 
+_ORIGIN_HEADERS = frozenset({H_TOPIC, H_PARTITION, H_OFFSET, H_ATTEMPTS, H_FIRST_FAILED,
+                             H_DLQ_ID})
+
+
 def _origin(record: InboundRecord) -> _Origin:
     """Where the record was first read. A record re-fed from ``router.retry`` or replayed from the
     DLQ carries its origin and attempt count in headers; a fresh one is its own origin."""
     headers = record.headers
     if headers:
-        found = {k: v for k, v in headers if k in (H_TOPIC, H_PARTITION, H_OFFSET, H_ATTEMPTS,
-                                                    H_FIRST_FAILED, H_DLQ_ID)}
+        found = {k: v for k, v in headers if v is not None and k in _ORIGIN_HEADERS}
         if H_TOPIC in found and H_PARTITION in found and H_OFFSET in found:
             try:
-                return _Origin(
+                origin = _Origin(
                     found[H_TOPIC].decode(), int(found[H_PARTITION]), int(found[H_OFFSET]),
                     int(found.get(H_ATTEMPTS, b"0")),
                     float(found[H_FIRST_FAILED]) if H_FIRST_FAILED in found else None,
                     found[H_DLQ_ID].decode() if H_DLQ_ID in found else None,
                 )
-            except (ValueError, UnicodeDecodeError):
+                if min(origin.partition, origin.offset, origin.attempts) >= 0:
+                    return origin
+            except ValueError:  # UnicodeDecodeError included
                 pass  # bad headers: treat the record as fresh rather than fail it
     return _Origin(record.topic, record.partition, record.offset, 0, None)
 
 
-_ROUTER_HEADERS = frozenset({H_REASON, H_ERROR, H_TOPIC, H_PARTITION, H_OFFSET, H_ATTEMPTS,
-                             H_FIRST_FAILED, H_SIGNAL_ID, H_DLQ_ID, H_RETRY_NOT_BEFORE})
 
 
-def _strip_router_headers(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
-    return [(k, v) for k, v in headers or () if k not in _ROUTER_HEADERS]
+def _mark(r: BatchResult) -> tuple[int, int, int, int, int, int]:
+    """How much of a batch's result existed before one record was decided (a plain tuple: this
+    runs once per signal), so a record that fails half-way can leave nothing of itself behind."""
+    return (len(r.routed), len(r.decisions), len(r.dlq), len(r.retries), r.dropped_duplicates,
+            len(r.shadow))
+
+
+def _roll_back(r: BatchResult, mark: tuple[int, int, int, int, int, int],
+               routed_counts: dict[str, int]) -> None:
+    routed, decisions, dlq, retries, duplicates, shadow = mark
+    for rec in r.routed[routed:]:
+        left = routed_counts.get(rec.destination, 0) - 1
+        if left > 0:
+            routed_counts[rec.destination] = left
+        else:
+            routed_counts.pop(rec.destination, None)
+    del r.routed[routed:]
+    del r.decisions[decisions:]
+    del r.dlq[dlq:]
+    del r.retries[retries:]
+    del r.shadow[shadow:]
+    r.dropped_duplicates = duplicates
 
 
 def _open_object(value: bytes | None) -> tuple[bytes, bytes]:

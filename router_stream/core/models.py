@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -101,7 +102,7 @@ class InboundRecord(Protocol):
     @property
     def timestamp(self) -> int: ...
     @property
-    def headers(self) -> list[tuple[str, bytes]]: ...
+    def headers(self) -> Sequence[tuple[str, bytes | None]]: ...
 
 
 # --- timestamps and ids ----------------------------------------------------------------------
@@ -444,7 +445,8 @@ class DlqEntry(BaseModel):
     original_offset: int = Field(ge=0)
     original_key: bytes | None = None
     original_value: bytes | None = None
-    original_headers: list[tuple[str, bytes]] = Field(default_factory=list)
+    # Kafka allows a header without a value: ``None`` is kept as it came, byte-exact.
+    original_headers: list[tuple[str, bytes | None]] = Field(default_factory=list)
     attempts: int = Field(default=1, ge=1)
     first_failed_at: float
 
@@ -469,7 +471,7 @@ class DlqEntry(BaseModel):
             headers.append(("x-signal-id", self.signal_id.encode("utf-8", "replace")))
         return headers
 
-    def kafka_headers(self) -> list[tuple[str, bytes]]:
+    def kafka_headers(self) -> list[tuple[str, bytes | None]]:
         """Original headers (minus stale ``x-dlq-*`` from an earlier trip) plus ours."""
         kept = [
             (k, v)

@@ -25,23 +25,33 @@ H_FIRST_FAILED = "x-dlq-first-failed-at"
 H_SIGNAL_ID = "x-signal-id"
 H_DLQ_ID = "x-dlq-id"
 H_RETRY_NOT_BEFORE = "x-retry-not-before"
+# A DLQ record too large for router.dlq travels as a reference: no value, these two headers.
+H_REFERENCE = "x-dlq-reference"
+H_ORIGINAL_SIZE = "x-dlq-original-size"
 DLQ_HEADERS = frozenset(
     {H_REASON, H_ERROR, H_TOPIC, H_PARTITION, H_OFFSET, H_ATTEMPTS, H_FIRST_FAILED, H_SIGNAL_ID,
-     H_DLQ_ID, H_RETRY_NOT_BEFORE}
+     H_DLQ_ID, H_RETRY_NOT_BEFORE, H_REFERENCE, H_ORIGINAL_SIZE}
 )
 
 
 
 
-def without_router_headers(headers: Sequence[tuple[str, bytes]] | None
-                           ) -> list[tuple[str, bytes]]:
-    """The record's own headers, in order: every router header of an earlier trip removed."""
+def without_router_headers(headers: Sequence[tuple[str, bytes | None]] | None
+                           ) -> list[tuple[str, bytes | None]]:
+    """The record's own headers, in order (null values kept): every router header of an earlier
+    trip removed."""
     return [(k, v) for k, v in headers or () if k not in DLQ_HEADERS]
 
 
-def dlq_headers(headers: Sequence[tuple[str, bytes]] | None, *, reason: DlqReason, error: str,
-                topic: str, partition: int, offset: int, attempts: int, first_failed_at: float,
-                signal_id: str | None) -> list[tuple[str, bytes]]:
+def header_text(text: str) -> bytes:
+    """A header value from text that may hold lone surrogates (an exception message quoting
+    input): escaped rather than raising."""
+    return text.encode("utf-8", "backslashreplace")
+
+
+def dlq_headers(headers: Sequence[tuple[str, bytes | None]] | None, *, reason: DlqReason,
+                error: str, topic: str, partition: int, offset: int, attempts: int,
+                first_failed_at: float, signal_id: str | None) -> list[tuple[str, bytes | None]]:
     """The headers a DLQ record travels with: the record's own, then one set of DLQ headers.
 
     Router headers already on the record (a replayed or retried record failing again) are
@@ -50,13 +60,13 @@ def dlq_headers(headers: Sequence[tuple[str, bytes]] | None, *, reason: DlqReaso
     """
     out = without_router_headers(headers)
     out += [
-        (H_REASON, reason.value.encode()), (H_ERROR, error.encode()),
+        (H_REASON, reason.value.encode()), (H_ERROR, header_text(error)),
         (H_TOPIC, topic.encode()), (H_PARTITION, str(partition).encode()),
         (H_OFFSET, str(offset).encode()), (H_ATTEMPTS, str(attempts).encode()),
         (H_FIRST_FAILED, repr(first_failed_at).encode()),
     ]
     if signal_id is not None:
-        out.append((H_SIGNAL_ID, signal_id.encode()))
+        out.append((H_SIGNAL_ID, header_text(signal_id)))
     return out
 
 
@@ -76,7 +86,7 @@ class DlqRecord:
     unchanged and the key ``entry.original_key``."""
 
     entry: DlqEntry
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
 
     @property
     def dlq_key(self) -> str:
@@ -92,7 +102,7 @@ class RetryRecord:
 
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
     not_before: float
     attempts: int
     signal_id: str | None

@@ -52,25 +52,40 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
 
 from router_stream.adapters import postgres as pg
-from router_stream.config import SIGNALS, Settings
+from router_stream.config import OUTCOMES, SIGNALS, Settings
 from router_stream.core.breaker import BreakerTransition
-from router_stream.core.outputs import H_RETRY_NOT_BEFORE, BatchResult
+from router_stream.core.engine import dead_letter
+from router_stream.core.models import DlqReason
+from router_stream.core.outputs import H_RETRY_NOT_BEFORE, BatchResult, DlqRecord
 from router_stream.core.redaction import Redactor
+from router_stream.core.refusals import (
+    OutputKind,
+    Refused,
+    as_reference,
+    output_at,
+    settle_refusals,
+)
 from router_stream.errors import BrokerUnavailable
 from router_stream.worker.backoff import Backoff, retry_transient
+from router_stream.worker.crashguard import CrashGuard
 from router_stream.worker.logs import trace_id_of
 from router_stream.worker.metrics import WorkerMetrics
+from router_stream.worker.produce_errors import TopicMissing, is_refusal
 from router_stream.worker.sink import (
     RETRY,
     Deliveries,
     OutputTopics,
-    await_deliveries,
+    Refusal,
     persist_outputs,
+    send_alone,
     send_outputs,
+    settle_deliveries,
 )
 
 log = logging.getLogger("router_stream.worker")
@@ -90,10 +105,12 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
             for tp in revoked:
                 self._loop.retry_paused.pop(tp, None)
                 self._loop.forget_lag(tp)
+            self._loop.crash_guard.revoked(revoked)
         if revoked:
             log.info("partitions revoked", extra={"partitions": _names(revoked)})
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._loop.crash_guard.assigned(assigned)
         self._loop.assigned.set()
         log.info("partitions assigned", extra={"partitions": _names(assigned)})
 
@@ -187,6 +204,9 @@ class SignalLoop:
         self._depth = pipeline_depth
         self._in_flight: list[_Batch] = []
         self._failure: BaseException | None = None
+        self.crash_guard = CrashGuard(settings.poison_restarts, self._retry_guard)
+        self.stalled_since: float | None = None  # monotonic time of the first retry since the
+        # last commit: a batch that cannot be made durable (broker, Postgres, a refusing topic)
 
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -234,8 +254,10 @@ class SignalLoop:
                 {tp: rs for tp, rs in fetched.items() if tp in assignment}, time.time())
             if not records:
                 return 0
-            await self._launch(records, fetch_time)
-        return len(records)
+            decide, poison = await self.crash_guard.screen(consumer, records)
+            self.raise_failure()  # a batch may have failed meanwhile: nothing launches after it
+            await self._launch(decide, fetch_time, poison)
+        return len(decide) + len(poison)
 
     # --- the pipeline: batch N+1 is decided and sent while batch N finishes steps 1-3 --------
 
@@ -263,9 +285,13 @@ class SignalLoop:
             await asyncio.wait([self._in_flight[0].task])
         self.raise_failure()
 
-    async def _launch(self, records: list[Any], fetch_time: float) -> None:
+    async def _launch(self, records: list[Any], fetch_time: float,
+                      poison: Sequence[Any] = ()) -> None:
         now = time.time()
         result: BatchResult = self._engine.decide_batch(records, now)
+        if poison:
+            self._dead_letter_poison(result, poison, now)
+            records = [*records, *poison]
         await self._hook("decided", result)
         if self._needs_new_producer and self._renew_producer is not None:
             await self.wait_in_flight()  # the old producer is stopped by the renewal
@@ -273,6 +299,7 @@ class SignalLoop:
             self._producer = await self._renew_producer()  # BrokerUnavailable: retried
             self._needs_new_producer = False
         deliveries = await send_outputs(self._producer, self._outputs, result)
+        self.raise_failure()  # the batch before failed during the hand-over: this one must not
         batch = _Batch(records, result, now, fetch_time, deliveries,
                        self._in_flight[-1] if self._in_flight else None,
                        self._engine.policy.redactor)
@@ -305,6 +332,7 @@ class SignalLoop:
             batch.persisted.set()
             await _after(prev, "committed")
             await self._commit(batch.records)
+            self.stalled_since = None
             await self._hook("committed", result)
             batch.committed.set()
             self.processed += len(batch.records)
@@ -356,8 +384,11 @@ class SignalLoop:
                     self._producer = await self._renew_producer()  # BrokerUnavailable: retried
                     self._needs_new_producer = False
                 deliveries = await send_outputs(self._producer, self._outputs, batch.result)
-            await await_deliveries(deliveries)
-            batch.dlq_at = deliveries.dlq_positions()
+            refusals = await settle_deliveries(deliveries)
+            if refusals:
+                batch.dlq_at = await self._dead_letter_refused(batch, deliveries, refusals)
+            else:
+                batch.dlq_at = deliveries.dlq_positions()
         except BrokerUnavailable as exc:
             for dest, n in getattr(exc, "failed_destinations", {}).items():
                 self._metrics.routing_errors.labels(dest).inc(n)
@@ -371,6 +402,104 @@ class SignalLoop:
                 self._needs_new_producer = self._renew_producer is not None
             raise
 
+    async def _dead_letter_refused(self, batch: _Batch, deliveries: Deliveries,
+                                   refusals: list[Refusal]) -> list[tuple[str, int, int]]:
+        """Step 1 for the records the broker refused for good: their inputs go to the DLQ
+        (a DLQ record too large for router.dlq as a reference), a refused route counts as a
+        routing error and a failed outcome of its destination, and the batch goes on. Returns
+        where the batch's DLQ records are on router.dlq, in ``result.dlq`` order."""
+        result = batch.result
+        at = deliveries.dlq_positions_by_index()
+        refused: list[Refused] = []
+        for r in refusals:
+            kind, index = output_at(result, r.position)
+            error: BaseException | tuple[str, int, int] = r.error
+            if not isinstance(r.error, TopicMissing):
+                error = await self._alone(result, kind, index)
+            if isinstance(error, tuple):  # accepted on its own
+                if kind == "dlq":
+                    at[index] = error
+                continue
+            refused.append(Refused(kind, index, r.topic, repr(error)))
+        if not refused:
+            return [at[i] for i in range(len(result.dlq))]
+        log.error("the broker refused records for good; their signals go to the DLQ",
+                  extra={"refused": {r.topic: r.error for r in refused}})
+        gone = {r.index for r in refused if r.kind == "dlq"}
+        kept_at = [at[i] for i in range(len(result.dlq)) if i not in gone]
+        repair = settle_refusals(result, batch.records, refused, batch.now)
+        for dest, _ in repair.failed_routes:
+            self._metrics.routing_errors.labels(dest).inc()
+        repaired_at = await self._send_repair(repair.dlq, batch.now)
+        if repair.dlq:  # some may have become references on the way
+            result.dlq[-len(repair.dlq):] = repair.dlq
+        await self._report_failed_routes(repair.failed_routes, batch.now)
+        return kept_at + repaired_at
+
+    async def _alone(self, result: BatchResult, kind: OutputKind, index: int
+                     ) -> BaseException | tuple[str, int, int]:
+        """Send one refused output again on its own: the broker refuses a whole produce batch
+        for one record in it that is too large, and the others pass alone. Returns where it
+        landed, or the error if it is refused again; a transient error is raised (the batch
+        is retried)."""
+        self._needs_new_producer = True
+        await self._renew_after_refusal()
+        try:
+            return await send_alone(self._producer, self._outputs, result, kind, index)
+        except KafkaError as exc:
+            if not is_refusal(exc):
+                raise BrokerUnavailable(f"sending a refused record again: {exc!r}") from exc
+            self._needs_new_producer = True
+            return exc
+
+    async def _renew_after_refusal(self) -> None:
+        """An idempotent producer whose batch was refused fails every later send to that
+        partition (OutOfOrderSequenceNumber); a new producer (new producer id) does not."""
+        if self._needs_new_producer and self._renew_producer is not None:
+            self._producer = await self._renew_producer()
+        self._needs_new_producer = False
+
+    async def _send_repair(self, dlq: list[DlqRecord], now: float) -> list[tuple[str, int, int]]:
+        """Send the DLQ records that replace refused outputs; one of them refused again (too
+        large for router.dlq) goes as a reference. A refused reference is transient: retried."""
+        for _ in range(2):
+            await self._renew_after_refusal()
+            deliveries = await send_outputs(self._producer, self._outputs, BatchResult(dlq=dlq))
+            refusals = await settle_deliveries(deliveries)
+            if not refusals:
+                return deliveries.dlq_positions()
+            for r in refusals:
+                dlq[r.position] = as_reference(dlq[r.position], f"{r.topic}: {r.error!r}")
+            self._needs_new_producer = True
+        raise BrokerUnavailable("router.dlq refuses even a reference record")
+
+    async def _report_failed_routes(self, routes: list[tuple[str, str]], now: float) -> None:
+        """A refused route is a failed delivery to that destination: reported on ``outcomes``
+        like any other, so every worker's breaker for it sees the failure (the state stays a
+        fold of the state topics). Best effort: the DLQ entry is what must not be lost."""
+        topic = self._settings.topic(OUTCOMES)
+        for dest, signal_id in routes:
+            value = orjson.dumps({"signal_id": signal_id, "destination": dest, "ok": False,
+                                  "ts": int(now * 1000)})
+            try:
+                await self._producer.send(topic, value, key=dest.encode())
+            except KafkaError as exc:
+                log.warning("could not report a refused route", extra={"error": repr(exc)})
+
+    def _dead_letter_poison(self, result: BatchResult, poison: Sequence[Any], now: float) -> None:
+        """Records the crash-loop guard gave up on: to the DLQ without being decided."""
+        guard = self._settings.poison_restarts
+        for r in poison:
+            result.dlq.append(dead_letter(
+                r, DlqReason.PROCESSING_ERROR,
+                f"the worker stopped {guard} times on this record without getting past it",
+                now))
+            self._metrics.poison_skips.labels(r.topic).inc()
+
+    async def _retry_guard(self, step: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        return await retry_transient(step, call, backoff=self._backoff, give_up=self._give_up,
+                                     on_retry=self._count_retry)
+
     async def _commit(self, records: Sequence[Any]) -> None:
         """Step 3: commit last offset + 1 of every partition in the batch we still own."""
         consumer = self.consumer
@@ -380,10 +509,13 @@ class SignalLoop:
             last[TopicPartition(r.topic, r.partition)] = r.offset + 1
         owned = consumer.assignment()
         offsets = {tp: off for tp, off in last.items() if tp in owned}
+        guard = self.crash_guard
+        marked = {tp: OffsetAndMetadata(off, guard.metadata(tp, off))
+                  for tp, off in offsets.items()}
 
         async def commit() -> None:
             try:
-                await consumer.commit(offsets)
+                await consumer.commit(marked)
             except (CommitFailedError, IllegalStateError) as exc:
                 # Rebalanced away: the new owner re-processes from our last commit, and steps
                 # 1-2 are idempotent where it matters (Postgres).
@@ -407,6 +539,8 @@ class SignalLoop:
         """First retry of a batch pauses every partition: no prefetching while we cannot make
         progress (backpressure); the partitions resume once the batch is durable."""
         self._metrics.transient_retries.labels(step).inc()
+        if self.stalled_since is None:
+            self.stalled_since = time.monotonic()
         if not self._paused_for_retry and self.consumer is not None:
             self._paused_for_retry = set(self.consumer.assignment())
             self.consumer.pause(*self._paused_for_retry)
@@ -446,6 +580,33 @@ class SignalLoop:
             self.consumer.resume(*due)
 
     # --- metrics and logs -------------------------------------------------------------------
+
+    def stalled_for(self) -> float:
+        """Seconds since the worker last made progress while a batch was being retried."""
+        since = self.stalled_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    async def refresh_lag(self) -> None:
+        """``router_consumer_lag`` from the partitions' end offsets and the group's committed
+        offsets, whatever the batches are doing: a stuck partition shows its growing lag (after
+        a commit the gauge is also set, from the consumer's high watermark)."""
+        consumer = self.consumer
+        if consumer is None:
+            return
+        tps = list(consumer.assignment())
+        if not tps:
+            return
+        try:
+            ends = await consumer.end_offsets(tps)
+            committed = await consumer._coordinator.fetch_committed_offsets(tps)
+            never = [tp for tp in tps if committed.get(tp) is None or committed[tp].offset < 0]
+            starts = await consumer.beginning_offsets(never) if never else {}
+        except (KafkaError, IllegalStateError):
+            return  # next time; the gauge keeps its last value
+        for tp in tps:
+            done = starts[tp] if tp in starts else committed[tp].offset
+            self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                max(0, ends[tp] - done))
 
     def forget_lag(self, tp: TopicPartition) -> None:
         with contextlib.suppress(KeyError):

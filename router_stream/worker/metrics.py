@@ -18,7 +18,8 @@ The registry also carries prometheus_client's process, platform and GC collector
 Extensions beyond SPEC §7 (documented in docs/worker.md): ``router_breakers{state}``,
 ``router_trust_sources``, ``router_batch_size``,
 ``router_transient_retries_total{step}``, ``router_ready``, ``router_policy_info{version}``,
-``router_breaker_transitions_total{destination,to_state}``.
+``router_breaker_transitions_total{destination,to_state}``, ``router_poison_skips_total{topic}``,
+``router_state_records_skipped_total{topic,reason}``.
 """
 
 from __future__ import annotations
@@ -139,6 +140,13 @@ class WorkerMetrics:
             "router_transient_retries", "Retries of a commit step after a transient failure",
             ["step"], registry=r)
         self.ready = Gauge("router_ready", "1 when /readyz answers 200", registry=r)
+        self.state_skipped = Counter(
+            "router_state_records_skipped",
+            "source-health, outcomes and router.control records skipped as unusable",
+            ["topic", "reason"], registry=r)
+        self.poison_skips = Counter(
+            "router_poison_skips", "Records dead-lettered unseen by the crash-loop guard",
+            ["topic"], registry=r)
         self.policy_info = Gauge(
             "router_policy_info", "1 for the active policy version", ["version"], registry=r)
         self.breaker_transitions = Counter(

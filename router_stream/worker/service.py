@@ -62,6 +62,16 @@ SIDE_WRITE_EVERY_S = 1.0
 # partition). Above this size the brokers' per-topic limits decide; a refusal there is retried
 # and logged (the DLQ-unwritable case), never dropped.
 MAX_RECORD_BYTES = 64 * 1024 * 1024
+LAG_REFRESH_S = 5.0
+"""How often the lag gauge is computed from end offsets and committed offsets (two requests)."""
+PRODUCER_CLOSE_S = 5.0
+"""How long stopping waits for the producer: every batch was acknowledged or dead-lettered by
+then, so what it still holds are records given up on (a topic deleted under them)."""
+
+
+async def _close_producer(producer: AIOKafkaProducer) -> None:
+    with contextlib.suppress(Exception):
+        await producer.stop()
 
 
 class StartupRefused(RouterError):
@@ -86,6 +96,7 @@ class RouterWorker:
         self._on_step = on_step
         self._backoff = backoff or Backoff()
         self._drain_timeout_s = drain_timeout_s
+        self._closing: set[asyncio.Task[None]] = set()
         self._http_enabled = http
         self._verify = verify
         self._stopping = asyncio.Event()
@@ -137,7 +148,8 @@ class RouterWorker:
         self.follower = StateFollower(
             s, self.engine, on_transitions=self._on_transitions, on_policy=self._on_policy,
             reload_policy=lambda: read_policy_file(self.settings),
-            policy=self._policy_origin, checkpoint=checkpoint, on_control=self._on_control)
+            policy=self._policy_origin, checkpoint=checkpoint, on_control=self._on_control,
+            on_skip=lambda topic, reason: self.metrics.state_skipped.labels(topic, reason).inc())
         await self.follower.start()
         self._spawn(self.follower.run(), "state")
         await self._until_caught_up()  # decide only with the replayed state
@@ -236,8 +248,11 @@ class RouterWorker:
         ``SignalLoop._produce``), stopping the previous one."""
         old, self.producer = self.producer, None
         if old is not None:
-            with contextlib.suppress(Exception):
-                await old.stop()
+            # In the background: a producer stops only once every record it holds is delivered
+            # or expired, and records for a deleted topic take its whole request timeout.
+            task = asyncio.create_task(_close_producer(old), name="router-old-producer")
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         producer = AIOKafkaProducer(
             # linger 0: a batch's records are all handed over in one go without yielding, so
             # they leave in one request anyway; a linger only added its 5 ms to every batch.
@@ -245,6 +260,7 @@ class RouterWorker:
             enable_idempotence=True, acks="all", linger_ms=0, max_batch_size=512 * 1024,
             max_request_size=MAX_RECORD_BYTES, partitioner=KeyHashCache(),
             request_timeout_ms=30_000, client_id="router-stream-worker",
+            compression_type=self.settings.producer_compression,
             **self.settings.kafka_client_options)
         await _kafka_call("starting the producer", producer.start())
         self.producer = producer
@@ -369,7 +385,11 @@ class RouterWorker:
             await self.follower.stop()
         if self.producer is not None:
             with contextlib.suppress(Exception):
-                await self.producer.stop()
+                async with asyncio.timeout(PRODUCER_CLOSE_S):
+                    # records the batches gave up on (a deleted topic) are not waited for
+                    await self.producer.stop()
+        for task in list(self._closing):
+            task.cancel()
         if self.pool is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
@@ -477,10 +497,17 @@ class RouterWorker:
         self.metrics.dlq_backlog.set(n)
 
     async def _refresh_gauges(self) -> None:
-        """router_ready every second; trust_score and breaker_state are read at each scrape
-        (:meth:`_state_for_metrics`), not copied into per-id gauges here."""
+        """router_ready every second, router_consumer_lag every LAG_REFRESH_S; trust_score and
+        breaker_state are read at each scrape (:meth:`_state_for_metrics`), not copied into
+        per-id gauges here."""
+        last_lag = 0.0
         while True:
             self.metrics.ready.set(1 if all(self.readiness().values()) else 0)
+            if self.signals is not None and time.monotonic() - last_lag >= LAG_REFRESH_S:
+                last_lag = time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(LAG_REFRESH_S):
+                        await self.signals.refresh_lag()
             await asyncio.sleep(1.0)
 
     def _state_for_metrics(self) -> tuple[dict[str, float], dict[str, str]]:
@@ -499,6 +526,8 @@ class RouterWorker:
             "group_joined": self.signals is not None and self.signals.assigned.is_set(),
             "postgres": self.pool is not None and self._pg_ok,
             "not_draining": not self._stopping.is_set(),
+            "making_progress": self.signals is None
+            or self.signals.stalled_for() < self.settings.stall_threshold_s,
         }
         if not self.settings.persist:
             del checks["postgres"]  # nothing of the hot path depends on it

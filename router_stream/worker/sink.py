@@ -31,8 +31,10 @@ from router_stream.core.breaker import BreakerTransition
 from router_stream.core.models import Decision
 from router_stream.core.outputs import BatchResult, DlqRecord
 from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
+from router_stream.core.refusals import OutputKind
 from router_stream.core.rollout import ShadowOutcome
 from router_stream.errors import BrokerUnavailable, RouterError
+from router_stream.worker.produce_errors import TopicMissing, is_refusal, topic_missing
 
 RETRY = "router.retry"
 _default_partitioner = DefaultPartitioner()
@@ -76,12 +78,18 @@ class Deliveries:
     sends: list[tuple[str | None, str, asyncio.Future[Any]]]
     error: RouterError | None = None
     dlq: list[asyncio.Future[Any]] = field(default_factory=list)  # the DLQ sends, in order
+    producer: AIOKafkaProducer | None = None  # to ask whether a topic still exists
 
     def dlq_positions(self) -> list[tuple[str, int, int]]:
         """(topic, partition, offset) of each record sent to ``router.dlq``, in ``result.dlq``
         order; only once :func:`await_deliveries` succeeded."""
         metas = [f.result() for f in self.dlq]
         return [(str(m.topic), int(m.partition), int(m.offset)) for m in metas]
+
+    def dlq_positions_by_index(self) -> dict[int, tuple[str, int, int]]:
+        """As :meth:`dlq_positions`, by index in ``result.dlq``, for the records delivered."""
+        metas = {i: f.result() for i, f in enumerate(self.dlq) if f.exception() is None}
+        return {i: (str(m.topic), int(m.partition), int(m.offset)) for i, m in metas.items()}
 
 
 async def send_outputs(
@@ -92,28 +100,157 @@ async def send_outputs(
     raises a Kafka error: a failed hand-over is returned and raised by :func:`await_deliveries`."""
     sends: list[tuple[str | None, str, asyncio.Future[Any]]] = []
     dlq: list[asyncio.Future[Any]] = []
-    send = producer.send
+    send = _RefusingSend(producer)
     try:
         routed = topics.routed
         for r in result.routed:
             topic = routed(r.destination)
-            sends.append((r.destination, topic, await send(topic, r.value, key=r.key)))
+            sends.append((r.destination, topic, await send(topic, r.value, r.key, None)))
         decisions = topics.decisions
         for d in result.decisions:
             sends.append((None, decisions,
-                          await send(decisions, d.to_json(), key=d.signal_id.encode())))
+                          await send(decisions, d.to_json(), d.signal_id.encode(), None)))
         for q in result.dlq:
-            dlq.append(await send(topics.dlq, q.entry.original_value, key=q.entry.original_key,
-                                  headers=q.headers))
+            dlq.append(await send(topics.dlq, q.entry.original_value, q.entry.original_key,
+                                  q.headers))
             sends.append((None, topics.dlq, dlq[-1]))
         for t in result.retries:
-            sends.append((None, topics.retry,
-                          await send(topics.retry, t.value, key=t.key, headers=t.headers)))
+            sends.append((None, topics.retry, await send(topics.retry, t.value, t.key, t.headers)))
     except KafkaError as exc:
         for *_, fut in sends:
             fut.cancel()
         return Deliveries([], _broker_error("sending", exc))
-    return Deliveries(sends, dlq=dlq)
+    return Deliveries(sends, dlq=dlq, producer=producer)
+
+
+class _RefusingSend:
+    """``producer.send`` for one batch, except that a record the broker can never accept
+    (:func:`~router_stream.worker.produce_errors.is_refusal`: too large, invalid, not
+    authorised) or whose topic does not exist gets a failed delivery instead of stopping the
+    hand-over, so :func:`settle_deliveries` can dead-letter that one record."""
+
+    __slots__ = ("_producer", "_send", "_topics")
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+        self._send = producer.send
+        self._topics: dict[str, bool] = {}  # topic -> exists, asked once per batch
+
+    async def __call__(self, topic: str, value: bytes | None, key: bytes | None,
+                       headers: list[tuple[str, bytes | None]] | None) -> asyncio.Future[Any]:
+        exists = self._topics.get(topic)
+        if exists is None:
+            exists = self._topics[topic] = not await topic_missing(self._producer, topic)
+        try:
+            if not exists:
+                raise TopicMissing(f"topic {topic} does not exist")
+            if value is None and key is None:
+                value = b""  # a tombstone without a key: Kafka needs one of the two
+            return await self._send(topic, value, key=key, headers=headers)
+        except KafkaError as exc:
+            if not exists or is_refusal(exc):
+                failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                failed.set_exception(exc)
+                return failed
+            raise
+
+
+async def send_alone(producer: AIOKafkaProducer, topics: OutputTopics, result: BatchResult,
+                     kind: OutputKind, index: int) -> tuple[str, int, int]:
+    """Send one output of ``result`` in a produce batch of its own and wait for it; returns
+    where it landed. Raises the producer's error."""
+    if kind == "routed":
+        r = result.routed[index]
+        topic, value, key, headers = topics.routed(r.destination), r.value, r.key, None
+    elif kind == "decision":
+        d = result.decisions[index]
+        topic, value, key, headers = topics.decisions, d.to_json(), d.signal_id.encode(), None
+    elif kind == "dlq":
+        q = result.dlq[index]
+        topic, value, key, headers = (topics.dlq, q.entry.original_value, q.entry.original_key,
+                                      q.headers)
+    else:
+        t = result.retries[index]
+        topic, value, key, headers = topics.retry, t.value, t.key, t.headers
+    fut = await _RefusingSend(producer)(topic, value, key, headers)
+    meta = await fut
+    return str(meta.topic), int(meta.partition), int(meta.offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A send the broker refused for good: its position among the batch's sends."""
+
+    position: int
+    topic: str
+    destination: str | None
+    error: BaseException
+
+
+async def settle_deliveries(deliveries: Deliveries) -> list[Refusal]:
+    """The second half of step 1 for the hot path: wait until the broker answered every record.
+    Returns the records it refused for good (:func:`is_refusal`), to be dead-lettered one by
+    one; raises :class:`ProduceFailed` (transient: retry the batch) if anything else failed."""
+    if deliveries.error is not None:
+        raise deliveries.error
+    sends = deliveries.sends
+    outcomes = await _outcomes(deliveries)
+    refusals: list[Refusal] = []
+    failed: dict[str, int] = {}
+    first: BaseException | None = None
+    for i, ((dest, topic, _), outcome) in enumerate(zip(sends, outcomes, strict=True)):
+        if not isinstance(outcome, BaseException):
+            continue
+        if is_refusal(outcome):
+            refusals.append(Refusal(i, topic, dest, outcome))
+            continue
+        first = first or outcome
+        if dest is not None:
+            failed[dest] = failed.get(dest, 0) + 1
+    if first is not None:
+        n = len(outcomes) - len(refusals) - sum(not isinstance(o, BaseException) for o in outcomes)
+        raise ProduceFailed(f"{n} of {len(sends)} deliveries failed: {first!r}", failed,
+                            {r.topic: repr(r.error) for r in refusals}) from first
+    return refusals
+
+
+STUCK_CHECK_S = 2.0
+"""How long deliveries may be outstanding before the topics they wait for are checked: the
+producer retries a topic deleted under it until its request timeout (30 s), and so would hold
+back every partition that long."""
+
+
+async def _outcomes(deliveries: Deliveries) -> list[Any]:
+    """Each send's metadata or exception. A routed record still outstanding after
+    :data:`STUCK_CHECK_S` whose topic is gone from fresh metadata fails with
+    :class:`TopicMissing` at once (the producer may still deliver it if the topic comes back:
+    at-least-once, as a retried batch would be)."""
+    futures = [f for *_, f in deliveries.sends]
+    producer = deliveries.producer
+    pending: set[asyncio.Future[Any]] = set(futures)
+    gone: dict[asyncio.Future[Any], TopicMissing] = {}
+    checked: dict[str, bool] = {}
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=None if producer is None
+                                        else STUCK_CHECK_S)
+        if not pending or producer is None:
+            break
+        for dest, topic, f in deliveries.sends:
+            if f not in pending or dest is None:
+                continue
+            if topic not in checked:
+                checked[topic] = await topic_missing(producer, topic)
+            if checked[topic]:
+                gone[f] = TopicMissing(f"topic {topic} does not exist")
+                pending.discard(f)
+        checked.clear()
+    return [gone[f] if f in gone else _outcome(f) for f in futures]
+
+
+def _outcome(f: asyncio.Future[Any]) -> Any:
+    if f.cancelled():
+        return asyncio.CancelledError()
+    return f.exception() or f.result()
 
 
 async def await_deliveries(deliveries: Deliveries) -> int:

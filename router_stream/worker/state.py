@@ -75,8 +75,10 @@ class StateFollower:
         policy: PolicyOrigin | None = None,
         checkpoint: Checkpoint | None = None,
         on_control: Callable[[str, bool], None] | None = None,
+        on_skip: Callable[[str, str], None] = lambda topic, reason: None,
     ) -> None:
         self._settings = settings
+        self._on_skip = on_skip  # (topic, reason) of a state record skipped
         # The active policy's text and origin, for checkpoints (None: an engine built by a
         # test, not from a policy file — no checkpoint can say how to rebuild it).
         self.policy = policy
@@ -264,6 +266,18 @@ class StateFollower:
             self.caught_up.set()
 
     def _fold(self, record: Any) -> None:
+        """Apply one record. Whatever it holds, it cannot stop the follower: a record the
+        engine fails on is logged, counted and skipped like one that does not parse (every
+        worker skips it alike, so the state stays equal on all of them)."""
+        try:
+            self._apply(record)
+        except Exception as exc:  # noqa: BLE001 - one bad record must not crash-loop every worker
+            log.error("state record failed and was skipped", extra={
+                "topic": record.topic, "partition": record.partition, "offset": record.offset,
+                "error": self._engine.policy.redactor.text(f"{type(exc).__name__}: {exc}")})
+            self._on_skip(record.topic, "processing_error")
+
+    def _apply(self, record: Any) -> None:
         self._clock = max(self._clock, record.timestamp / 1000.0)
         now = self._clock
         topic = record.topic
@@ -347,3 +361,4 @@ class StateFollower:
             "topic": record.topic, "partition": record.partition, "offset": record.offset,
             "reason": rejection.reason.value,
             "error": self._engine.policy.redactor.text(rejection.error)})
+        self._on_skip(record.topic, rejection.reason.value)

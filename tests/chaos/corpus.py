@@ -29,7 +29,7 @@ class Poison:
     value: bytes | None
     expect: str
     key: bytes | None = POISON_KEY
-    headers: tuple[tuple[str, bytes], ...] = ()
+    headers: tuple[tuple[str, bytes | None], ...] = ()
     timestamp_ms: int | None = None
     signal_id: str | None = None  # the x-signal-id the DLQ record must carry, when known
 
@@ -97,6 +97,13 @@ def poison_corpus(tag: str) -> list[Poison]:
         Poison("json-string", b'"critical alert"', "invalid_signal"),
         Poison("json-null", b"null", "invalid_signal"),
         Poison("tombstone", None, "invalid_signal"),
+        # issue 15: a header without a value (Kafka allows it) on a record bound for the DLQ
+        Poison("null-header-value", b'{"signal_id": "%s-nh", "sender_id": "a", "ts": 1'
+               % sid.encode(), "invalid_json",
+               headers=(("x-trace", b"t1"), ("x-null", None), ("x-null", None))),
+        Poison("rtl-and-emoji-ids", js("rtl\u202e\U0001f4a5", sender_id="\u05d0\u202e",
+                                       payload={"colour": "\U0001f308"}),
+               "unclassified", signal_id=f"{sid}-rtl\u202e\U0001f4a5"),
         Poison("unknown-kind", js("uk", sender_id="a", kind="no-such-kind"), "no_route",
                signal_id=f"{sid}-uk"),
         Poison("unclassified", js("uc", sender_id="a", payload={"colour": "blue"}),

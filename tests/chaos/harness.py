@@ -422,11 +422,11 @@ class Item:
     key: bytes | None
     value: bytes | None
     expect: str
-    headers: tuple[tuple[str, bytes], ...] = ()
+    headers: tuple[tuple[str, bytes | None], ...] = ()
     timestamp_ms: int | None = None
     label: str = ""
 
-    def kafka_headers(self) -> list[tuple[str, bytes]]:
+    def kafka_headers(self) -> list[tuple[str, bytes | None]]:
         return [*self.headers, (INDEX_HEADER, str(self.index).encode())]
 
 

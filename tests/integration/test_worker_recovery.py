@@ -161,6 +161,7 @@ async def test_policy_publish_in_history_is_replayed_with_info_logging(settings,
 async def test_a_crashing_state_replay_fails_start_up_instead_of_hanging(settings, tmp_path,
                                                                          monkeypatch):
     from router_stream.config import CONTROL
+    from router_stream.worker.state import StateFollower
 
     s = await prepare(settings, tmp_path)
     await produce(s, CONTROL, [(None, orjson.dumps({"type": "breaker_reset", "target": "pager"}))])
@@ -169,9 +170,31 @@ async def test_a_crashing_state_replay_fails_start_up_instead_of_hanging(setting
     def explode(*args, **kwargs):
         raise RuntimeError("injected fault in the state replay")
 
+    # a fault of the follower itself (not of one record): start-up fails, it does not hang
+    monkeypatch.setattr(StateFollower, "_fold", explode)
+    with pytest.raises(RuntimeError, match="injected fault"):
+        await asyncio.wait_for(w.start(), 30)
+
+
+async def test_a_state_record_the_engine_fails_on_is_skipped_and_counted(settings, tmp_path,
+                                                                         monkeypatch):
+    from router_stream.config import CONTROL
+
+    s = await prepare(settings, tmp_path)
+    await produce(s, CONTROL, [(None, orjson.dumps({"type": "breaker_reset", "target": "pager"}))])
+    w = worker(s, http=False)
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("injected fault in one state record")
+
     from router_stream.worker.policy_source import build_engine, read_policy_file
 
     w.engine = build_engine(s, read_policy_file(s)[1])
     monkeypatch.setattr(w.engine, "apply_control", explode)
-    with pytest.raises(RuntimeError, match="injected fault"):
-        await asyncio.wait_for(w.start(), 30)
+    await asyncio.wait_for(w.start(), 30)
+    try:
+        assert w.readiness()["state_replayed"]
+        assert ('router_state_records_skipped_total{reason="processing_error",topic="'
+                + s.topic(CONTROL) + '"} 1.0') in w.metrics.exposition().decode()
+    finally:
+        await w.stop()

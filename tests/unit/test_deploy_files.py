@@ -49,7 +49,7 @@ SPEC_METRICS = {
     "decision_confidence",
 }
 HISTOGRAMS = {"router_latency_seconds", "decision_confidence"}
-DOCUMENTED_METRICS = SPEC_METRICS | {"router_consumer_lag", "up"}
+DOCUMENTED_METRICS = SPEC_METRICS | {"router_consumer_lag", "router_ready", "router_poison_skips_total", "up"}
 
 
 def load_check_compose() -> Any:

@@ -1,0 +1,144 @@
+"""The crash-loop guard on the worker's partitions (the rules: :mod:`router_stream.core.crashloop`).
+
+A record that kills the process outright — an interpreter fault, memory, a bug outside the
+engine's per-record isolation — is met again by the next worker at the same committed offset.
+:class:`CrashGuard` screens every fetched batch: on a partition it just took over it reads the
+committed offset's metadata, commits the raised attempt count before anything is decided, keeps
+a careful partition to one record per batch, and hands back the record to dead-letter once the
+count reached ``max_restarts``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from router_stream.core.crashloop import GuardMark, Verdict
+from router_stream.errors import BrokerUnavailable
+
+log = logging.getLogger("router_stream.worker")
+
+Retry = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+
+class CrashGuard:
+    """Per-partition guard state of one worker; see the module docstring."""
+
+    def __init__(self, max_restarts: int, retry: Retry) -> None:
+        self._max_restarts = max_restarts
+        self._retry = retry
+        self._unchecked: set[TopicPartition] = set()
+        self._careful: dict[TopicPartition, int] = {}  # partition -> careful up to this offset
+
+    def assigned(self, tps: set[TopicPartition]) -> None:
+        self._unchecked |= tps
+
+    def revoked(self, tps: set[TopicPartition]) -> None:
+        self._unchecked -= tps
+        for tp in tps:
+            self._careful.pop(tp, None)
+
+    def metadata(self, tp: TopicPartition, next_offset: int) -> str:
+        """The metadata to commit ``next_offset`` with. Inside a careful span this worker
+        decides the record at ``next_offset`` right after, alone: that is one attempt at it."""
+        until = self._careful.get(tp)
+        if until is None or next_offset > until:
+            return ""
+        return GuardMark(1, until).to_metadata()
+
+    async def screen(self, consumer: AIOKafkaConsumer, records: list[Any]
+                     ) -> tuple[list[Any], list[Any]]:
+        """The records to decide and the records to dead-letter unseen, in fetch order."""
+        by_tp: dict[TopicPartition, list[Any]] = {}
+        for r in records:
+            by_tp.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
+        fresh = [tp for tp in by_tp if tp in self._unchecked]
+        if not fresh and not self._careful:
+            return records, []
+        marks = await self._retry("guard", lambda: _committed(consumer, fresh)) if fresh else {}
+        keep: dict[TopicPartition, list[Any]] = {}
+        poison: list[Any] = []
+        for tp, rs in by_tp.items():
+            if tp in marks:
+                self._unchecked.discard(tp)
+                rs = await self._first_batch(consumer, tp, rs, *marks[tp], poison)
+            keep[tp] = self._careful_slice(consumer, tp, rs)
+        kept = {id(r) for rs in keep.values() for r in rs}
+        return [r for r in records if id(r) in kept], poison
+
+    async def _first_batch(self, consumer: AIOKafkaConsumer, tp: TopicPartition, rs: list[Any],
+                           committed: int | None, mark: GuardMark, poison: list[Any]
+                           ) -> list[Any]:
+        first = rs[0]
+        if committed is not None and first.offset != committed:
+            return rs  # not where the group left off (a parked retry, a seek): nothing to count
+        verdict = mark.verdict(first.offset, self._max_restarts)
+        if verdict is Verdict.POISON:
+            log.error("a record at this offset stopped the worker %d times: dead-lettered "
+                      "unseen (processing_error)", mark.attempts, extra={
+                          "topic": tp.topic, "partition": tp.partition, "offset": first.offset})
+            poison.append(first)
+            self._careful[tp] = mark.until
+            _rewind(consumer, tp, first.offset + 1)
+            return []
+        until = first.offset if verdict is Verdict.CAREFUL else rs[-1].offset
+        attempt = mark.attempt(until)
+        if verdict is Verdict.CAREFUL:
+            self._careful[tp] = attempt.until
+            log.warning("workers started on this offset before without getting past it: "
+                        "deciding one record at a time", extra={
+                            "topic": tp.topic, "partition": tp.partition,
+                            "offset": first.offset, "attempts": mark.attempts,
+                            "until": attempt.until})
+        await self._retry("guard", lambda: _commit(consumer, tp, first.offset, attempt))
+        return rs
+
+    def _careful_slice(self, consumer: AIOKafkaConsumer, tp: TopicPartition, rs: list[Any]
+                       ) -> list[Any]:
+        until = self._careful.get(tp)
+        if until is None or not rs:
+            return rs
+        if rs[0].offset > until:
+            del self._careful[tp]
+            return rs
+        if len(rs) > 1:
+            _rewind(consumer, tp, rs[1].offset)
+        return rs[:1]
+
+
+def _rewind(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+    """Fetch ``tp`` again from ``offset`` (the records after it in this fetch are dropped)."""
+    consumer.seek(tp, offset)
+
+
+async def _committed(consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition]
+                     ) -> dict[TopicPartition, tuple[int | None, GuardMark]]:
+    """Committed offset and guard mark of each partition. aiokafka's public ``committed()``
+    drops the metadata; its group coordinator's fetch keeps it."""
+    try:
+        found = await consumer._coordinator.fetch_committed_offsets(list(tps))
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"reading committed offsets: {exc!r}") from exc
+    out: dict[TopicPartition, tuple[int | None, GuardMark]] = {}
+    for tp in tps:
+        meta = found.get(tp)
+        if meta is None or meta.offset < 0:
+            out[tp] = (None, GuardMark())
+        else:
+            out[tp] = (meta.offset, GuardMark.parse(meta.metadata))
+    return out
+
+
+async def _commit(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int,
+                  mark: GuardMark) -> None:
+    try:
+        await consumer.commit({tp: OffsetAndMetadata(offset, mark.to_metadata())})
+    except (CommitFailedError, IllegalStateError) as exc:  # rebalanced away: not ours to count
+        log.warning("crash-loop guard commit refused after a rebalance", extra={"error": str(exc)})
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"committing the crash-loop guard: {exc!r}") from exc
