@@ -47,11 +47,13 @@ from router_stream.core.outputs import (
     H_DLQ_ID,
     H_ERROR,
     H_FIRST_FAILED,
+    H_KIND,
     H_OFFSET,
     H_PARTITION,
     H_REASON,
     H_RETRY_NOT_BEFORE,
     H_SIGNAL_ID,
+    H_TENANT,
     H_TOPIC,
     BatchResult,
     DlqRecord,
@@ -681,6 +683,10 @@ class RouterEngine:
         ]
         if signal_id is not None:
             headers.append((H_SIGNAL_ID, signal_id.encode()))
+        if entry.tenant is not None:  # what the projection's row needs beyond SPEC §2
+            headers.append((H_TENANT, entry.tenant.encode("utf-8", "surrogatepass")))
+        if entry.kind is not None:
+            headers.append((H_KIND, entry.kind.encode("utf-8", "surrogatepass")))
         result.dlq.append(DlqRecord(entry, headers))
 
 
@@ -905,7 +911,8 @@ def _origin(record: InboundRecord) -> _Origin:
 
 
 _ROUTER_HEADERS = frozenset({H_REASON, H_ERROR, H_TOPIC, H_PARTITION, H_OFFSET, H_ATTEMPTS,
-                             H_FIRST_FAILED, H_SIGNAL_ID, H_DLQ_ID, H_RETRY_NOT_BEFORE})
+                             H_FIRST_FAILED, H_SIGNAL_ID, H_DLQ_ID, H_RETRY_NOT_BEFORE,
+                             H_TENANT, H_KIND})
 
 
 def _strip_router_headers(headers: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:

@@ -23,10 +23,12 @@ H_ATTEMPTS = "x-dlq-attempts"
 H_FIRST_FAILED = "x-dlq-first-failed-at"
 H_SIGNAL_ID = "x-signal-id"
 H_DLQ_ID = "x-dlq-id"
+H_TENANT = "x-dlq-tenant"  # when the record parsed as a signal (for the projection's row)
+H_KIND = "x-dlq-kind"  # when it was classified
 H_RETRY_NOT_BEFORE = "x-retry-not-before"
 DLQ_HEADERS = frozenset(
     {H_REASON, H_ERROR, H_TOPIC, H_PARTITION, H_OFFSET, H_ATTEMPTS, H_FIRST_FAILED, H_SIGNAL_ID,
-     H_DLQ_ID, H_RETRY_NOT_BEFORE}
+     H_DLQ_ID, H_RETRY_NOT_BEFORE, H_TENANT, H_KIND}
 )
 
 
