@@ -14,9 +14,12 @@ from router_stream.cli import cli
               help="Port of /livez /readyz /metrics (default ROUTER_HTTP_PORT).")
 @click.option("--policy", "policy_file", type=click.Path(dir_okay=False), default=None,
               help="Policy file at start-up (default ROUTER_POLICY_FILE).")
+@click.option("--persist", is_flag=True, default=None,
+              help="Also run the Postgres projection (`router-stream persist`) in this process: "
+                   "the one-process set-up (default ROUTER_WORKER_PERSIST).")
 def worker_command(exit_when_idle: float | None, http_port: int | None,
-                   policy_file: str | None) -> None:
-    """Route signals: consume `signals`, decide, produce, persist, commit (SIGTERM drains)."""
+                   policy_file: str | None, persist: bool | None) -> None:
+    """Route signals: consume `signals`, decide, produce, commit (SIGTERM drains)."""
     from router_stream.config import Settings
     from router_stream.worker.app import run_hosted
     from router_stream.worker.logs import configure_json_logging
@@ -26,6 +29,8 @@ def worker_command(exit_when_idle: float | None, http_port: int | None,
         overrides["http_port"] = http_port
     if policy_file is not None:
         overrides["policy_file"] = policy_file
+    if persist:
+        overrides["worker_persist"] = True
     settings = Settings(**overrides)  # type: ignore[arg-type]
     configure_json_logging(settings.log_level)
     run_hosted(settings, exit_when_idle=exit_when_idle)

@@ -6,34 +6,33 @@ Commit order, per batch (a crash at any point re-processes the batch; it never l
     getmany(max_records=batch_max, timeout_ms=batch_timeout_ms)
       │  engine.decide_batch(records, now)            pure, no I/O
       ▼
-    1. produce   routed.<d>, router.decisions, router.dlq, router.retry — idempotent producer,
-                 acks=all, EVERY delivery awaited
+    1. produce   routed.<d>, router.decisions, router.dlq, router.retry, router.events —
+                 idempotent producer, acks=all, EVERY delivery awaited
       ▼
-    2. persist   routing_decisions, dlq_entries, breaker_transitions — one Postgres transaction,
-                 ON CONFLICT DO NOTHING (signal_id / dlq_key / transition key); masked per the
-                 redact section of the policy that decided the batch (so are its log lines)
-      ▼
-    3. commit    the batch's input offsets (last offset + 1 per partition)
+    2. commit    the batch's input offsets (last offset + 1 per partition)
 
-Steps 1 and 2 are retried through transient failures (broker/Postgres down, timeouts) with capped
-exponential backoff and jitter while the consumer's partitions are paused: backpressure, never a
-drop, and never a commit past what is durable. A crash between 1 and 2 leaves extra copies on the
-output topics (at-least-once; decision records are keyed by signal_id and carry a deterministic
-decision_id, so consumers can dedupe); a crash between 2 and 3 re-writes rows that already exist,
-which ``ON CONFLICT DO NOTHING`` turns into no-ops: Postgres never holds two decisions for one
-signal.
+Nothing on this path waits for Postgres: it is a projection of router.decisions, router.dlq and
+router.events written by its own consumer group (``router-stream persist``,
+:mod:`router_stream.projection`), so a database outage delays the audit, never a routed signal.
+
+Step 1 is retried through transient failures (broker down, timeouts) with capped exponential
+backoff and jitter while the consumer's partitions are paused: backpressure, never a drop, and
+never a commit past what is durable. A crash between 1 and 2 leaves extra copies on the output
+topics (at-least-once; decision records are keyed by signal_id and carry a deterministic
+decision_id, so consumers can dedupe, and the projection's ``ON CONFLICT DO NOTHING`` keeps one
+row per signal).
 
 Pipelining: the order above holds per batch and across batches, but batches overlap — batch N+1
-is fetched, decided and handed to the producer while batch N waits for its acknowledgements, its
-Postgres transaction and its commit. Each batch's acknowledgements are awaited on their own; its
-step 2 starts only after the previous batch's step 2, its step 3 only after the previous batch's
-step 3, so offsets are committed strictly in batch order and only for fully durable batches. A
-batch that fails stops every later one before step 2 (the error is raised by ``step()``); at most
-``PIPELINE_DEPTH`` batches are uncommitted, which bounds what a crash re-processes.
+is fetched, decided and handed to the producer while batch N waits for its acknowledgements and
+its commit. Each batch's acknowledgements are awaited on their own; its step 2 starts only after
+the previous batch's step 2, so offsets are committed strictly in batch order and only for fully
+durable batches. A batch that fails stops every later one before step 2 (the error is raised by
+``step()``); at most ``PIPELINE_DEPTH`` batches are uncommitted, which bounds what a crash
+re-processes.
 
 Rebalance: ``on_partitions_revoked`` takes the launch lock (no new batch starts) and waits until
-every batch in flight finished all three steps before the revoke completes, so the next owner
-starts exactly after our last commit.
+every batch in flight finished both steps before the revoke completes, so the next owner starts
+exactly after our last commit.
 
 ``router.retry``: a record whose ``x-retry-not-before`` lies in the future is not processed; its
 partition is rewound to it and paused until then (records before it in the same fetch are
@@ -48,36 +47,29 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from router_stream.adapters import postgres as pg
 from router_stream.config import SIGNALS, Settings
-from router_stream.core.breaker import BreakerTransition
+from router_stream.core.models import InboundRecord
 from router_stream.core.outputs import H_RETRY_NOT_BEFORE, BatchResult
 from router_stream.core.redaction import Redactor
 from router_stream.errors import BrokerUnavailable
 from router_stream.worker.backoff import Backoff, retry_transient
 from router_stream.worker.logs import trace_id_of
 from router_stream.worker.metrics import WorkerMetrics
+from router_stream.worker.pipeline import Batch, CommitPipeline, Engine, Handover, StepHook
 from router_stream.worker.sink import (
     RETRY,
     Deliveries,
     OutputTopics,
     await_deliveries,
-    persist_outputs,
     send_outputs,
 )
 
 log = logging.getLogger("router_stream.worker")
-
-StepHook = Callable[[str, BatchResult], Awaitable[None]]
-"""Called after each commit step ("decided", "produced", "persisted", "committed"); tests use it
-to crash the worker between steps."""
 
 
 class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -86,7 +78,7 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self._loop.batch_lock:  # no batch launches meanwhile, and every batch in
-            await self._loop.wait_in_flight()  # flight finishes all three steps first
+            await self._loop.wait_in_flight()  # flight finishes both steps first
             for tp in revoked:
                 self._loop.retry_paused.pop(tp, None)
                 self._loop.forget_lag(tp)
@@ -111,39 +103,9 @@ latency floor and, in an open loop, its throughput limit. 10 ms costs an idle wo
 fetches a second."""
 
 PIPELINE_DEPTH = 3
-"""Batches decided but not yet committed, at most: one committing, one writing Postgres, one
-awaiting its acknowledgements while the next is decided. Bounds memory, the re-processing after
-a crash (and the Kafka duplicates it makes) and how far the producer runs ahead of Postgres."""
-
-
-class _PreviousBatchFailed(Exception):
-    """A batch stops because the one before it failed (the earlier error is the one raised)."""
-
-
-@dataclass(eq=False)
-class _Batch:
-    records: list[Any]
-    result: BatchResult
-    now: float
-    fetch_time: float
-    deliveries: Deliveries | None
-    prev: _Batch | None
-    redactor: Redactor  # the deciding policy's: a policy switch mid-flight changes nothing here
-    dlq_at: list[tuple[str, int, int]] | None = None  # where step 1 put the DLQ records
-    task: asyncio.Task[None] = field(init=False)
-    persisted: asyncio.Event = field(default_factory=asyncio.Event)
-    committed: asyncio.Event = field(default_factory=asyncio.Event)
-    failed: bool = False
-
-
-async def _after(prev: _Batch | None, stage: str) -> None:
-    """Wait until the previous batch passed ``stage``; stop if it failed instead."""
-    if prev is None:
-        return
-    event: asyncio.Event = getattr(prev, stage)
-    await event.wait()
-    if prev.failed:
-        raise _PreviousBatchFailed(stage)
+"""Batches decided but not yet committed, at most: one committing, two awaiting their
+acknowledgements while the next is decided. Bounds memory and the re-processing after a crash
+(and the Kafka duplicates it makes)."""
 
 
 class SignalLoop:
@@ -152,30 +114,22 @@ class SignalLoop:
     def __init__(
         self,
         settings: Settings,
-        engine: Any,
+        engine: Engine,
         producer: AIOKafkaProducer,
-        pool: asyncpg.Pool | None,
         metrics: WorkerMetrics,
         *,
         backoff: Backoff,
         give_up: Callable[[], bool],
-        take_transitions: Callable[[], list[BreakerTransition]],
         on_step: StepHook | None = None,
         renew_producer: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
         pipeline_depth: int = PIPELINE_DEPTH,
     ) -> None:
         self._settings = settings
-        self._renew_producer = renew_producer
-        self._needs_new_producer = False
-        self._engine = engine
-        self._producer = producer
-        self._pool = pool
         self._metrics = metrics
         self._backoff = backoff
         self._give_up = give_up
-        self._take_transitions = take_transitions
-        self._on_step = on_step
-        self._outputs = OutputTopics.of(settings)
+        self._sink = _KafkaSink(OutputTopics.of(settings), producer, metrics, renew_producer,
+                                quiesce=self._quiesce)
         self.input_topics = [settings.topic(SIGNALS), settings.topic(RETRY)]
         self._retry_topic = self.input_topics[1]
         self.consumer: AIOKafkaConsumer | None = None
@@ -184,9 +138,10 @@ class SignalLoop:
         self.retry_paused: dict[TopicPartition, float] = {}
         self.processed = 0
         self._paused_for_retry: set[TopicPartition] = set()
-        self._depth = pipeline_depth
-        self._in_flight: list[_Batch] = []
-        self._failure: BaseException | None = None
+        self._pipeline = CommitPipeline(
+            engine, self._sink, _KafkaCommitter(self, metrics), depth=pipeline_depth,
+            retry=self._retry, on_step=on_step, on_committed=self._committed,
+            on_drained=self._resume_after_retry)
 
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -214,13 +169,14 @@ class SignalLoop:
 
     async def step(self) -> int:
         """Fetch one batch, decide it and hand its outputs to the producer; the rest of its
-        commit order runs in the background (:meth:`_make_durable`). Returns records taken.
+        commit order runs in the background (:class:`~.pipeline.CommitPipeline`). Returns
+        records taken.
 
         Raises the error that stopped a batch in flight (after which nothing later commits)."""
         consumer = self.consumer
         assert consumer is not None, "start() first"
         self.raise_failure()
-        await self._wait_for_room()
+        await self._pipeline.wait_for_room()
         self._resume_due_retries()
         fetched = await consumer.getmany(
             timeout_ms=self._settings.batch_timeout_ms, max_records=self._settings.batch_max)
@@ -234,101 +190,54 @@ class SignalLoop:
                 {tp: rs for tp, rs in fetched.items() if tp in assignment}, time.time())
             if not records:
                 return 0
-            await self._launch(records, fetch_time)
+            await self._pipeline.launch(records, fetch_time)
         return len(records)
 
-    # --- the pipeline: batch N+1 is decided and sent while batch N finishes steps 1-3 --------
+    # --- the pipeline: batch N+1 is decided and sent while batch N finishes steps 1-2 --------
 
     @property
     def in_flight(self) -> int:
         """Batches decided but not yet committed (or failed)."""
-        return len(self._in_flight)
+        return self._pipeline.in_flight
 
     @property
     def failure(self) -> BaseException | None:
         """The error that stopped the pipeline, if any (the first, in batch order)."""
-        return self._failure
+        return self._pipeline.failure
 
     def raise_failure(self) -> None:
-        if self._failure is not None:
-            raise self._failure
+        self._pipeline.raise_failure()
 
     async def wait_in_flight(self) -> None:
         """Until every batch in flight is committed or has failed (rebalance, drain)."""
-        while self._in_flight:
-            await asyncio.wait([b.task for b in self._in_flight])
+        await self._pipeline.wait_in_flight()
 
-    async def _wait_for_room(self) -> None:
-        while len(self._in_flight) >= self._depth:
-            await asyncio.wait([self._in_flight[0].task])
-        self.raise_failure()
+    async def _quiesce(self) -> None:
+        """Before the producer is renewed: no batch may still await the old one's acks."""
+        await self._pipeline.wait_in_flight()
+        self._pipeline.raise_failure()
 
-    async def _launch(self, records: list[Any], fetch_time: float) -> None:
-        now = time.time()
-        result: BatchResult = self._engine.decide_batch(records, now)
-        await self._hook("decided", result)
-        if self._needs_new_producer and self._renew_producer is not None:
-            await self.wait_in_flight()  # the old producer is stopped by the renewal
-            self.raise_failure()
-            self._producer = await self._renew_producer()  # BrokerUnavailable: retried
-            self._needs_new_producer = False
-        deliveries = await send_outputs(self._producer, self._outputs, result)
-        batch = _Batch(records, result, now, fetch_time, deliveries,
-                       self._in_flight[-1] if self._in_flight else None,
-                       self._engine.policy.redactor)
-        batch.task = asyncio.create_task(self._make_durable(batch), name="router-batch")
-        self._in_flight.append(batch)
+    async def _retry(self, step: str, op: Callable[[], Awaitable[None]]) -> None:
+        await retry_transient(step, op, backoff=self._backoff, give_up=self._give_up,
+                              on_retry=self._count_retry)
 
-    async def _make_durable(self, batch: _Batch) -> None:
-        """Steps 1-3 of one batch: its own acknowledgements are awaited at once (they overlap
-        the previous batch's Postgres write and commit), but step 2 starts only after the
-        previous batch's step 2 and step 3 only after the previous batch's step 3 — so offsets
-        are committed strictly in batch order and only for batches that are fully durable.
-        A failure here fails every later batch too (they never reach step 2 or 3)."""
-        result, prev = batch.result, batch.prev
-        try:
-            await retry_transient("produce", lambda: self._produce(batch), backoff=self._backoff,
-                                  give_up=self._give_up, on_retry=self._count_retry)
-            await self._hook("produced", result)
-            await _after(prev, "persisted")
-            pool = self._pool
-            if pool is not None:  # None: persistence off (ROUTER_PERSIST=false), Kafka only
-                extra = self._take_transitions()
-                await retry_transient(
-                    "persist", lambda: persist_outputs(pool, result, batch.now, extra,
-                                                       redactor=batch.redactor,
-                                                       dlq_at=batch.dlq_at),
-                    backoff=self._backoff, give_up=self._give_up, on_retry=self._count_retry)
-                await self._hook("persisted", result)
-            else:
-                self._take_transitions()
-            batch.persisted.set()
-            await _after(prev, "committed")
-            await self._commit(batch.records)
-            await self._hook("committed", result)
-            batch.committed.set()
-            self.processed += len(batch.records)
-            self._observe(batch, time.monotonic() - batch.fetch_time)
-            if result.rollout_events:
-                await self._announce_rollbacks(result)
-        except BaseException as exc:  # noqa: BLE001 - kept and raised by step(), in batch order
-            batch.failed = True
-            if self._failure is None and not isinstance(exc, _PreviousBatchFailed):
-                self._failure = exc
-        finally:
-            batch.persisted.set()
-            batch.committed.set()
-            batch.prev = None  # no chain of finished batches kept alive
-            self._in_flight.remove(batch)
-            if not self._in_flight and self._paused_for_retry and self.consumer is not None:
-                self.consumer.resume(
-                    *(tp for tp in self._paused_for_retry if tp not in self.retry_paused))
-                self._paused_for_retry = set()
+    async def _committed(self, batch: Batch) -> None:
+        self.processed += len(batch.records)
+        self._observe(batch, time.monotonic() - batch.fetch_time)
+        if batch.result.rollout_events:
+            await self._announce_rollbacks(batch.result)
+
+    def _resume_after_retry(self) -> None:
+        if self._paused_for_retry and self.consumer is not None:
+            self.consumer.resume(
+                *(tp for tp in self._paused_for_retry if tp not in self.retry_paused))
+            self._paused_for_retry = set()
 
     async def _announce_rollbacks(self, result: BatchResult) -> None:
-        """Tell every worker (through router.control) and the policy_versions table that a
-        candidate was rolled back. Best effort after the commit: a worker that misses the
-        command rolls the candidate back on its own when its monitor sees the same rates."""
+        """Tell every worker (through router.control) that a candidate was rolled back (the
+        policy_versions row follows from the batch's router.events record). Best effort after
+        the commit: a worker that misses the command rolls the candidate back on its own when
+        its monitor sees the same rates."""
         from router_stream.config import CONTROL
         from router_stream.core.models import RolloutRollback
 
@@ -336,72 +245,11 @@ class SignalLoop:
             cmd = RolloutRollback(candidate_version=event.candidate_version, reason=event.reason,
                                   issued_at=event.at, issued_by="router-stream worker")
             try:
-                await self._producer.send_and_wait(self._settings.topic(CONTROL),
-                                                   cmd.model_dump_json().encode())
-                if self._pool is not None:
-                    async with self._pool.acquire() as conn:
-                        await pg.mark_policy_status(conn, event.candidate_version,
-                                                    "rolled_back", event.reason)
+                await self._sink.producer.send_and_wait(self._settings.topic(CONTROL),
+                                                        cmd.model_dump_json().encode())
             except Exception as exc:  # noqa: BLE001 - the rollback itself already happened
                 log.error("could not announce the rollback", extra={
                     "candidate": event.candidate_version, "error": repr(exc)})
-
-    async def _produce(self, batch: _Batch) -> None:
-        """Step 1: the first attempt waits for the deliveries handed over when the batch was
-        launched; a retry sends the whole batch again (at-least-once on Kafka)."""
-        deliveries, batch.deliveries = batch.deliveries, None
-        try:
-            if deliveries is None:
-                if self._needs_new_producer and self._renew_producer is not None:
-                    self._producer = await self._renew_producer()  # BrokerUnavailable: retried
-                    self._needs_new_producer = False
-                deliveries = await send_outputs(self._producer, self._outputs, batch.result)
-            await await_deliveries(deliveries)
-            batch.dlq_at = deliveries.dlq_positions()
-        except BrokerUnavailable as exc:
-            for dest, n in getattr(exc, "failed_destinations", {}).items():
-                self._metrics.routing_errors.labels(dest).inc(n)
-            refused = getattr(exc, "refused", {})
-            if refused:
-                log.error("the broker refused records of this batch; nothing is committed until "
-                          "every one is accepted (fix the topic)", extra={"refused": refused})
-                # An idempotent producer whose batch was refused fails every later send to that
-                # partition (OutOfOrderSequenceNumber) even once the topic is fixed; a new
-                # producer (new producer id) does not. Renewed before the next attempt.
-                self._needs_new_producer = self._renew_producer is not None
-            raise
-
-    async def _commit(self, records: Sequence[Any]) -> None:
-        """Step 3: commit last offset + 1 of every partition in the batch we still own."""
-        consumer = self.consumer
-        assert consumer is not None
-        last: dict[TopicPartition, int] = {}
-        for r in records:
-            last[TopicPartition(r.topic, r.partition)] = r.offset + 1
-        owned = consumer.assignment()
-        offsets = {tp: off for tp, off in last.items() if tp in owned}
-
-        async def commit() -> None:
-            try:
-                await consumer.commit(offsets)
-            except (CommitFailedError, IllegalStateError) as exc:
-                # Rebalanced away: the new owner re-processes from our last commit, and steps
-                # 1-2 are idempotent where it matters (Postgres).
-                log.warning("offset commit refused after a rebalance", extra={"error": str(exc)})
-            except KafkaError as exc:
-                raise BrokerUnavailable(f"committing offsets: {exc!r}") from exc
-
-        if offsets:
-            await retry_transient("commit", commit, backoff=self._backoff, give_up=self._give_up,
-                                  on_retry=self._count_retry)
-        for tp, off in offsets.items():
-            hw = consumer.highwater(tp)
-            if hw is not None:
-                self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - off))
-
-    async def _hook(self, step: str, result: BatchResult) -> None:
-        if self._on_step is not None:
-            await self._on_step(step, result)
 
     def _count_retry(self, step: str) -> None:
         """First retry of a batch pauses every partition: no prefetching while we cannot make
@@ -451,7 +299,7 @@ class SignalLoop:
         with contextlib.suppress(KeyError):
             self._metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
-    def _observe(self, batch: _Batch, elapsed: float) -> None:
+    def _observe(self, batch: Batch, elapsed: float) -> None:
         records, result = batch.records, batch.result
         m = self._metrics
         m.batch_size.observe(len(records))
@@ -483,7 +331,7 @@ class SignalLoop:
     def _log_batch(self, records: list[Any], result: BatchResult, elapsed: float,
                    redactor: Redactor) -> None:
         """Signal content in these lines (ids, trace ids, error texts quoting values) is masked
-        like the batch's Postgres rows, so a signal_id here matches its rows there."""
+        like the projection's Postgres rows, so a signal_id here matches its rows there."""
         for q in result.dlq:
             e = q.entry
             log.info("signal to DLQ", extra={
@@ -549,6 +397,85 @@ class SignalLoop:
         except (KafkaError, IllegalStateError):
             return False
         return True
+
+
+class _KafkaSink:
+    """Step 1 on aiokafka: :func:`~.sink.send_outputs` / :func:`~.sink.await_deliveries`, and
+    a new producer after the broker refused records."""
+
+    def __init__(self, outputs: OutputTopics, producer: AIOKafkaProducer,
+                 metrics: WorkerMetrics,
+                 renew: Callable[[], Awaitable[AIOKafkaProducer]] | None,
+                 *, quiesce: Callable[[], Awaitable[None]]) -> None:
+        self._outputs = outputs
+        self.producer = producer
+        self._metrics = metrics
+        self._renew = renew
+        self._quiesce = quiesce
+        self._needs_new_producer = False
+
+    async def send(self, result: BatchResult) -> Deliveries:
+        if self._needs_new_producer and self._renew is not None:
+            await self._quiesce()  # the old producer is stopped by the renewal
+            self.producer = await self._renew()  # BrokerUnavailable: retried
+            self._needs_new_producer = False
+        return await send_outputs(self.producer, self._outputs, result)
+
+    async def confirm(self, result: BatchResult, handover: Handover | None) -> None:
+        """The first attempt waits for the deliveries handed over when the batch was launched;
+        a retry sends the whole batch again (at-least-once on Kafka)."""
+        try:
+            if not isinstance(handover, Deliveries):
+                if self._needs_new_producer and self._renew is not None:
+                    self.producer = await self._renew()  # BrokerUnavailable: retried
+                    self._needs_new_producer = False
+                handover = await send_outputs(self.producer, self._outputs, result)
+            await await_deliveries(handover)
+        except BrokerUnavailable as exc:
+            for dest, n in getattr(exc, "failed_destinations", {}).items():
+                self._metrics.routing_errors.labels(dest).inc(n)
+            refused = getattr(exc, "refused", {})
+            if refused:
+                log.error("the broker refused records of this batch; nothing is committed until "
+                          "every one is accepted (fix the topic)", extra={"refused": refused})
+                # An idempotent producer whose batch was refused fails every later send to that
+                # partition (OutOfOrderSequenceNumber) even once the topic is fixed; a new
+                # producer (new producer id) does not. Renewed before the next attempt.
+                self._needs_new_producer = self._renew is not None
+            raise
+
+
+class _KafkaCommitter:
+    """Step 2 on aiokafka: the loop's consumer commits; the lag gauge follows."""
+
+    def __init__(self, loop: SignalLoop, metrics: WorkerMetrics) -> None:
+        self._loop = loop
+        self._metrics = metrics
+
+    async def commit(self, records: Sequence[InboundRecord]) -> None:
+        """Commit last offset + 1 of every partition in the batch we still own."""
+        consumer = self._loop.consumer
+        assert consumer is not None
+        last: dict[TopicPartition, int] = {}
+        for r in records:
+            last[TopicPartition(r.topic, r.partition)] = r.offset + 1
+        owned = consumer.assignment()
+        offsets = {tp: off for tp, off in last.items() if tp in owned}
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # Rebalanced away: the new owner re-processes from our last commit (more
+            # at-least-once copies on Kafka; one row per signal in the projection).
+            log.warning("offset commit refused after a rebalance", extra={"error": str(exc)})
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"committing offsets: {exc!r}") from exc
+        lag = self._metrics.consumer_lag
+        for tp, off in offsets.items():
+            hw = consumer.highwater(tp)
+            if hw is not None:
+                lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - off))
 
 
 def _masked_id(redactor: Redactor, signal_id: str | None) -> str | None:
