@@ -3,7 +3,8 @@
 1. start (or reuse) the local Kafka + PostgreSQL stack;
 2. apply the database migrations and the topic declarations (with the demo policy's
    ``routed.<destination>`` topics) under a fresh topic prefix, so every run starts clean;
-3. start one worker in burst mode (it exits once its input has been idle for a few seconds);
+3. start one worker and the Postgres projection (`router-stream persist`) in burst mode (each
+   exits once its input has been idle for a few seconds);
 4. produce sample traffic in three phases — healthy, pagerduty failing, pagerduty recovered — plus
    metric observations with an outlier and a handful of bad signals;
 5. show decisions per destination and phase, the breaker opening and closing, and the DLQ with
@@ -207,6 +208,7 @@ def run_demo(say: Say = print, policy_file: Path = EXAMPLE_POLICY) -> int:
         "ROUTER_GROUP_ID": settings.group_id,
         "ROUTER_POLICY_FILE": str(policy_path),
         "ROUTER_HTTP_PORT": "0",
+        "ROUTER_PROJECTION_HTTP_PORT": "0",
         "ROUTER_STATE_DIR": settings.state_dir,
     }
     log = open(workdir / "worker.log", "wb")  # noqa: SIM115 - closed after the worker exits
@@ -215,6 +217,11 @@ def run_demo(say: Say = print, policy_file: Path = EXAMPLE_POLICY) -> int:
         env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     say(f"worker started (pid {worker.pid}, logs in {workdir / 'worker.log'})")
+    persist = subprocess.Popen(  # the Postgres projection, next to the worker as in production
+        [sys.executable, "-m", "router_stream.cli", "persist", "--exit-when-idle", "8"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    say(f"projection started (pid {persist.pid}, `router-stream persist`)")
     try:
         sent = asyncio.run(_traffic(settings, say, run_id))
         say(f"sent {sent} signals; waiting for the worker to drain and exit …")
@@ -224,9 +231,16 @@ def run_demo(say: Say = print, policy_file: Path = EXAMPLE_POLICY) -> int:
             say("worker did not finish within 120 s; stopping it")
             worker.terminate()
             worker.wait(timeout=30)
+        try:
+            persist.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            say("projection did not catch up within 60 s; stopping it")
+            persist.terminate()
+            persist.wait(timeout=30)
     finally:
-        if worker.poll() is None:
-            worker.kill()
+        for proc in (worker, persist):
+            if proc.poll() is None:
+                proc.kill()
         log.close()
     return _report(settings, sent, started, say)
 
