@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -45,7 +45,6 @@ from router_stream.core.events import (
     encode_event,
 )
 from router_stream.errors import BrokerUnavailable, RouterError, TransientError, UserError
-from router_stream.projection import Projection
 from router_stream.worker.backoff import Backoff
 from router_stream.worker.checkpoints import (
     Checkpoint,
@@ -62,6 +61,9 @@ from router_stream.worker.policy_source import build_engine, read_policy_file
 from router_stream.worker.sink import KeyHashCache
 from router_stream.worker.state import PolicyEvent, StateFollower
 from router_stream.worker.trust_snapshots import SnapshotSelector
+
+if TYPE_CHECKING:  # imported when used: router_stream.projection imports worker.backoff
+    from router_stream.projection import Projection
 
 log = logging.getLogger("router_stream.worker")
 
@@ -162,6 +164,8 @@ class RouterWorker:
         self._spawn(self.heartbeat.run(), "heartbeat")
         self._spawn(self._publish_events(), "events")
         if s.worker_persist:
+            from router_stream.projection import Projection
+
             self.projection = Projection(s, backoff=self._backoff, http=False)
             self._spawn(self._run_projection(self.projection), "projection")
             self._projection_task = self._tasks.pop()  # stopped last: it drains (stop())

@@ -123,3 +123,14 @@ def test_nul_is_escaped_in_every_string_of_a_row_and_nothing_else_changes() -> N
                                {"k\\u0000": {"v": "\\u0000\\u0000"}}, ("\\u0000",))
     clean = ("a", 1, {"b": ["c"]})
     assert escape_nul(clean) == clean
+
+
+@pytest.mark.parametrize("module", ["router_stream.projection", "router_stream.worker",
+                                    "router_stream.cli.persist"])
+def test_each_entry_point_imports_first_in_a_fresh_interpreter(module: str) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
