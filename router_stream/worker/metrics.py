@@ -80,7 +80,6 @@ class WorkerMetrics:
         self.dlq = Counter("dlq", "Records sent to the DLQ", ["reason"], registry=r)
         self.retry_attempts = Counter(
             "retry_attempts", "Signals parked on router.retry for another attempt", registry=r)
-        self.dlq_backlog = Gauge("dlq_backlog", "Pending dlq_entries rows", registry=r)
         self._state = _StateCollector()  # trust_score{source}, breaker_state{destination}
         self.confidence = Histogram(
             "decision_confidence", "Confidence of routing decisions",

@@ -145,7 +145,6 @@ def test_metrics_use_the_spec_names() -> None:
     m.routing_errors.labels("pager").inc()
     m.dlq.labels("expired").inc()
     m.retry_attempts.inc()
-    m.dlq_backlog.set(3)
     m.set_state({"src": 0.7}, {"pager": "open", "slack": "half_open"})
     m.confidence.observe(0.5)
     m.consumer_lag.labels("signals", "0").set(4)
@@ -153,7 +152,7 @@ def test_metrics_use_the_spec_names() -> None:
     for name in ('signals_received_total{kind="alert"} 1.0',
                  'router_latency_seconds_bucket{kind="alert",le="0.0025"} 1.0',
                  'routing_errors_total{destination="pager"} 1.0', 'dlq_total{reason="expired"}',
-                 "retry_attempts_total 1.0", "dlq_backlog 3.0", 'trust_score{source="src"} 0.7',
+                 "retry_attempts_total 1.0", 'trust_score{source="src"} 0.7',
                  'breaker_state{destination="pager"} 2.0',
                  'breaker_state{destination="slack"} 1.0', "decision_confidence_count 1.0",
                  'router_consumer_lag{partition="0",topic="signals"} 4.0'):
