@@ -3,8 +3,8 @@
 1. start (or reuse) the local Kafka + PostgreSQL stack;
 2. apply the database migrations and the topic declarations (with the demo policy's
    ``routed.<destination>`` topics) under a fresh topic prefix, so every run starts clean;
-3. start one worker and the Postgres projection (`router-stream persist`) in burst mode (each
-   exits once its input has been idle for a few seconds);
+3. start one worker and, once the traffic is out, the Postgres projection (`router-stream
+   persist`), both in burst mode (each exits once its input has been idle for a few seconds);
 4. produce sample traffic in three phases — healthy, pagerduty failing, pagerduty recovered — plus
    metric observations with an outlier and a handful of bad signals;
 5. show decisions per destination and phase, the breaker opening and closing, and the DLQ with
@@ -217,13 +217,16 @@ def run_demo(say: Say = print, policy_file: Path = EXAMPLE_POLICY) -> int:
         env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     say(f"worker started (pid {worker.pid}, logs in {workdir / 'worker.log'})")
-    persist = subprocess.Popen(  # the Postgres projection, next to the worker as in production
-        [sys.executable, "-m", "router_stream.cli", "persist", "--exit-when-idle", "8"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )
-    say(f"projection started (pid {persist.pid}, `router-stream persist`)")
+    persist: subprocess.Popen[bytes] | None = None
     try:
         sent = asyncio.run(_traffic(settings, say, run_id))
+        # The Postgres projection, next to the worker as in production; started once the
+        # traffic is out so its start-up does not delay the worker's on a small machine.
+        persist = subprocess.Popen(
+            [sys.executable, "-m", "router_stream.cli", "persist", "--exit-when-idle", "8"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        say(f"projection started (pid {persist.pid}, `router-stream persist`)")
         say(f"sent {sent} signals; waiting for the worker to drain and exit …")
         try:
             worker.wait(timeout=120)
@@ -239,7 +242,7 @@ def run_demo(say: Say = print, policy_file: Path = EXAMPLE_POLICY) -> int:
             persist.wait(timeout=30)
     finally:
         for proc in (worker, persist):
-            if proc.poll() is None:
+            if proc is not None and proc.poll() is None:
                 proc.kill()
         log.close()
     return _report(settings, sent, started, say)
