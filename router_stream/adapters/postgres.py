@@ -649,8 +649,11 @@ async def pending_dlq_keys(conn: asyncpg.Connection, keys: Sequence[str]) -> set
     """Which of ``keys`` (original topic/partition/offset) have a pending DLQ entry."""
     if not keys:
         return set()
+    # A join with the unnested keys, not `dlq_key = ANY($1)`: a sequential scan filtered by
+    # ANY compares every row with every key (5,000 keys x 3,000 rows: 0.28 s a batch).
     rows = await conn.fetch(
-        "SELECT dlq_key FROM dlq_entries WHERE dlq_key = ANY($1::text[]) AND status = 'pending'",
+        "SELECT d.dlq_key FROM unnest($1::text[]) AS k(key)"
+        " JOIN dlq_entries d ON d.dlq_key = k.key WHERE d.status = 'pending'",
         list(keys),
     )
     return {r["dlq_key"] for r in rows}
@@ -661,7 +664,8 @@ async def decided_inputs(conn: asyncpg.Connection, keys: Sequence[str]) -> set[s
     if not keys:
         return set()
     rows = await conn.fetch(
-        f"SELECT {_INPUT_KEY} AS k FROM routing_decisions WHERE {_INPUT_KEY} = ANY($1::text[])",
+        f"SELECT k.key AS k FROM unnest($1::text[]) AS k(key)"
+        f" JOIN routing_decisions ON {_INPUT_KEY} = k.key",
         list(keys),
     )
     return {r["k"] for r in rows}
