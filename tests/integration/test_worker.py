@@ -318,7 +318,8 @@ async def test_a_postgres_outage_pauses_the_projection_never_routing(
     # every signal is routed and committed while no row can be written
     await wait_for(lambda: w.signals is not None and w.signals.processed == len(inputs), 60,
                    "routing during the outage")
-    assert failures
+    await wait_for(lambda: failures, 60, "the projection trying to write")
+    assert await counts(s) == (0, 0, 0)
     outage.set()
     await asyncio.wait_for(run, 60)
     d, unique, q = await counts(s)
