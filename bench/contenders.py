@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -176,7 +177,8 @@ class NaiveFaust(Contender):
 
 
 class RouterStream(Contender):
-    """``router-stream worker`` with bench/bench_policy.yaml, Postgres persistence on or off."""
+    """``router-stream worker`` with bench/bench_policy.yaml; with Postgres on, the projection
+    (``router-stream persist``) runs as its own process beside it, as deployed."""
 
     def __init__(self, *args: Any, persist: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -219,7 +221,13 @@ class RouterStream(Contender):
             await migrate_database(Settings(database_url=self.database_url))  # type: ignore[arg-type]
 
     def command(self) -> list[str]:
-        return [_router_stream_exe(), "worker", "--policy", str(POLICY_FILE), "--http-port", "0"]
+        worker = [_router_stream_exe(), "worker", "--policy", str(POLICY_FILE), "--http-port", "0"]
+        if not self.persist:
+            return worker
+        # Same process group: the harness's SIGTERM stops both. The measured pid is the worker.
+        persist = [_router_stream_exe(), "persist", "--policy", str(POLICY_FILE), "--http-port",
+                   "0"]
+        return ["/bin/sh", "-c", f"{shlex.join(persist)} & exec {shlex.join(worker)}"]
 
     def env(self) -> dict[str, str]:
         env = {**super().env(), "ROUTER_KAFKA_BOOTSTRAP": self.bootstrap,
@@ -249,7 +257,8 @@ def io_contenders(run_id: str, bootstrap: str) -> list[Contender]:
         HarnessFloor("floor", "harness floor (no contender)", run_id, bootstrap),
         RawPassthrough("raw", "raw aiokafka passthrough", run_id, bootstrap),
         NaiveFaust("faust", "naive faust agent", run_id, bootstrap),
-        RouterStream("router_pg", "router-stream, Postgres on", run_id, bootstrap, persist=True),
+        RouterStream("router_pg", "router-stream, Postgres on (projection as its own process)",
+                     run_id, bootstrap, persist=True),
         RouterStream("router_nopg", "router-stream, Postgres off", run_id, bootstrap,
                      persist=False),
     ]

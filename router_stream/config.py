@@ -27,6 +27,7 @@ DLQ = "router.dlq"
 ROUTED_PREFIX = "routed."
 WORKERS = "router.workers"  # worker heartbeats when ROUTER_PERSIST=false (docs/operations.md)
 STATE = "router.state"  # checkpoints of the shared routing state (docs/worker.md)
+EVENTS = "router.events"  # state events for the Postgres projection (core/events.py)
 
 
 class Settings(BaseSettings):
@@ -63,9 +64,10 @@ class Settings(BaseSettings):
     batch_timeout_ms: int = Field(20, ge=0, le=10_000)
     persist: bool = Field(
         True,
-        description="write decisions, DLQ entries and breaker transitions to Postgres (commit "
-        "step 2); false: Kafka only, no Postgres pool, `router-stream dlq reindex` rebuilds the "
-        "DLQ table from router.dlq when needed",
+        description="the deployment keeps its ledger in Postgres (written by `router-stream "
+        "persist`, never on the worker's batch path): worker heartbeats go there; false: Kafka "
+        "only, heartbeats on router.workers, `router-stream dlq reindex` rebuilds the DLQ table "
+        "from router.dlq when needed",
     )
     compression_type: Literal["none", "gzip", "lz4", "zstd", "snappy"] = Field(
         "lz4",
@@ -86,6 +88,17 @@ class Settings(BaseSettings):
         1_000_000, ge=1, le=100_000_000,
         description="signal ids the dedupe window holds at most (~150 bytes each); past it the "
         "oldest are forgotten early")
+    worker_persist: bool = Field(
+        False,
+        description="run the Postgres projection (`router-stream persist`) inside the worker "
+        "process, beside routing and never in its way: the one-process set-up "
+        "(`router-stream worker --persist`)")
+    projection_group: str | None = Field(
+        None, min_length=1,
+        description="consumer group of `router-stream persist`; default <group_id>.projection")
+    projection_batch_max: int = Field(5000, ge=1, le=100_000)
+    projection_http_port: int = Field(
+        6067, ge=0, le=65535, description="/metrics /livez /readyz of `router-stream persist`")
     http_host: str = "127.0.0.1"
     http_port: int = Field(6066, ge=0, le=65535)
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
@@ -189,6 +202,10 @@ class Settings(BaseSettings):
     def topic(self, logical: str) -> str:
         """The physical topic name for a logical one (SPEC §2 names)."""
         return f"{self.topic_prefix}{logical}"
+
+    @property
+    def projection_group_id(self) -> str:
+        return self.projection_group or f"{self.group_id}.projection"
 
     def routed_topic(self, destination: str) -> str:
         return self.topic(f"{ROUTED_PREFIX}{destination}")

@@ -3,7 +3,8 @@
 1. start (or reuse) the local Kafka + PostgreSQL stack;
 2. apply the database migrations and the topic declarations (with the demo policy's
    ``routed.<destination>`` topics) under a fresh topic prefix, so every run starts clean;
-3. start one worker in burst mode (it exits once its input has been idle for a few seconds);
+3. start one worker and, once the traffic is out, the Postgres projection (`router-stream
+   persist`), both in burst mode (each exits once its input has been idle for a few seconds);
 4. produce sample traffic in three phases — healthy, pagerduty failing, pagerduty recovered — plus
    metric observations with an outlier and a handful of bad signals;
 5. show decisions per destination and phase, the breaker opening and closing, and each DLQ
@@ -222,6 +223,7 @@ def run_demo(say: Say = print, policy_file: Path = EXAMPLE_POLICY) -> int:
         "ROUTER_GROUP_ID": settings.group_id,
         "ROUTER_POLICY_FILE": str(policy_path),
         "ROUTER_HTTP_PORT": "0",
+        "ROUTER_PROJECTION_HTTP_PORT": "0",
         "ROUTER_STATE_DIR": settings.state_dir,
     }
     log = open(workdir / "worker.log", "wb")  # noqa: SIM115 - closed after the worker exits
@@ -230,9 +232,17 @@ def run_demo(say: Say = print, policy_file: Path = EXAMPLE_POLICY) -> int:
         env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     say(f"worker started (pid {worker.pid}, logs in {workdir / 'worker.log'})")
+    persist: subprocess.Popen[bytes] | None = None
     try:
         sent = asyncio.run(close_the_loop(settings, compiled.destinations, run_id,
                                           _traffic(settings, say, run_id), say))
+        # The Postgres projection, next to the worker as in production; started once the
+        # traffic is out so its start-up does not delay the worker's on a small machine.
+        persist = subprocess.Popen(
+            [sys.executable, "-m", "router_stream.cli", "persist", "--exit-when-idle", "8"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        say(f"projection started (pid {persist.pid}, `router-stream persist`)")
         say(f"sent {sent} signals; waiting for the worker to drain and exit …")
         try:
             worker.wait(timeout=120)
@@ -240,9 +250,16 @@ def run_demo(say: Say = print, policy_file: Path = EXAMPLE_POLICY) -> int:
             say("worker did not finish within 120 s; stopping it")
             worker.terminate()
             worker.wait(timeout=30)
+        try:
+            persist.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            say("projection did not catch up within 60 s; stopping it")
+            persist.terminate()
+            persist.wait(timeout=30)
     finally:
-        if worker.poll() is None:
-            worker.kill()
+        for proc in (worker, persist):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
         log.close()
     code = _report(settings, sent, started, say)
     code = max(code, _check_worker_log(workdir / "worker.log", say))

@@ -25,6 +25,8 @@ import pytest
 
 from router_stream.config import Settings
 
+pytest_plugins = ["tests.projection_support"]
+
 
 @dataclass(frozen=True)
 class Servers:
@@ -170,7 +172,7 @@ async def delete_topics_with_prefix(bootstrap: str, prefix: str) -> None:
 @pytest.fixture
 def settings(servers: Servers, database_url: str, test_id: str) -> Iterator[Settings]:
     """Settings for this test: own topic prefix, consumer group and database; the topics under
-    the prefix are deleted afterwards."""
+    the prefix are deleted afterwards. Workers run the projection in-process."""
     prefix = f"t{test_id}."
     yield Settings(
         kafka_bootstrap=servers.kafka_bootstrap,
@@ -178,7 +180,11 @@ def settings(servers: Servers, database_url: str, test_id: str) -> Iterator[Sett
         topic_prefix=prefix,
         group_id=f"g-{test_id}",
         http_port=0,
+        projection_http_port=0,
         state_dir=f"/tmp/router-stream-tests/{test_id}",
+        # Every worker a test runs also runs the Postgres projection (`worker --persist`), and
+        # its burst mode exits only once the projection caught up: rows are there to check.
+        worker_persist=True,
     )
     asyncio.run(delete_topics_with_prefix(servers.kafka_bootstrap, prefix))
 

@@ -43,8 +43,6 @@ import orjson
 
 from router_stream.adapters import data_path
 from router_stream.config import Settings
-from router_stream.core.breaker import BreakerTransition
-from router_stream.core.models import Decision, DlqEntry
 from router_stream.dsn import scrub
 from router_stream.errors import DatabaseUnavailable, RouterError, UserError
 
@@ -59,10 +57,7 @@ __all__ = [
     "connect",
     "create_pool",
     "database_status",
-    "breaker_transition_row",
-    "decision_row",
     "decode_headers",
-    "dlq_row",
     "default_migrations_dir",
     "dlq_key",
     "encode_headers",
@@ -528,30 +523,6 @@ result (``value``, ``method``, ``sources_used``, ``outliers``) or None.
 """
 
 
-def decision_row(decision: Decision) -> tuple[Any, ...]:
-    """A core :class:`Decision` as a row for :func:`insert_decisions`.
-
-    ``state`` keeps the trust and breaker state that mattered (plus rule / override / priority
-    when set); ``consensus`` is filled only for consensus decisions.
-    """
-    state: dict[str, Any] = {"trust": decision.trust, "breakers": decision.breakers}
-    for name in ("rule", "override_id", "priority"):
-        if getattr(decision, name) is not None:
-            state[name] = getattr(decision, name)
-    consensus = None
-    if decision.method is not None:
-        consensus = {
-            "value": decision.value, "method": decision.method,
-            "sources_used": decision.sources_used or [], "outliers": decision.outliers or [],
-        }
-    return (
-        decision.decision_id, decision.signal_id, decision.tenant, decision.kind,
-        decision.destinations, decision.strategy, decision.tier, decision.policy_version,
-        decision.confidence, state, consensus, decision.input_topic, decision.input_partition,
-        decision.input_offset, decision.signal_ts, decision.decided_at,
-    )
-
-
 async def insert_decisions(conn: asyncpg.Connection, rows: Sequence[Any]) -> int:
     """Write decision rows; a signal_id already present is skipped. Returns rows inserted."""
     return await _write(conn, _DECISIONS, rows)
@@ -618,41 +589,15 @@ def _with_dlq_key(row: Any) -> Any:
     return row
 
 
-def dlq_row(
-    entry: DlqEntry,
-    *,
-    tenant: str | None = None,
-    kind: str | None = None,
-    original_timestamp: Any = None,
-    last_failed_at: Any = None,
-) -> dict[str, Any]:
-    """A core :class:`DlqEntry` as a row for :func:`insert_dlq_entries`."""
-    return {
-        "dlq_key": dlq_key(entry.original_topic, entry.original_partition, entry.original_offset),
-        "reason": entry.reason.value,
-        "error": entry.error,
-        "signal_id": entry.signal_id,
-        "tenant": tenant,
-        "kind": kind,
-        "attempts": entry.attempts,
-        "original_topic": entry.original_topic,
-        "original_partition": entry.original_partition,
-        "original_offset": entry.original_offset,
-        "original_key": entry.original_key,
-        "original_headers": entry.original_headers,
-        "original_value": entry.original_value,
-        "original_timestamp": original_timestamp,
-        "first_failed_at": entry.first_failed_at,
-        "last_failed_at": entry.first_failed_at if last_failed_at is None else last_failed_at,
-    }
-
-
 async def pending_dlq_keys(conn: asyncpg.Connection, keys: Sequence[str]) -> set[str]:
     """Which of ``keys`` (original topic/partition/offset) have a pending DLQ entry."""
     if not keys:
         return set()
+    # A join with the unnested keys, not `dlq_key = ANY($1)`: a sequential scan filtered by
+    # ANY compares every row with every key (5,000 keys x 3,000 rows: 0.28 s a batch).
     rows = await conn.fetch(
-        "SELECT dlq_key FROM dlq_entries WHERE dlq_key = ANY($1::text[]) AND status = 'pending'",
+        "SELECT d.dlq_key FROM unnest($1::text[]) AS k(key)"
+        " JOIN dlq_entries d ON d.dlq_key = k.key WHERE d.status = 'pending'",
         list(keys),
     )
     return {r["dlq_key"] for r in rows}
@@ -663,7 +608,8 @@ async def decided_inputs(conn: asyncpg.Connection, keys: Sequence[str]) -> set[s
     if not keys:
         return set()
     rows = await conn.fetch(
-        f"SELECT {_INPUT_KEY} AS k FROM routing_decisions WHERE {_INPUT_KEY} = ANY($1::text[])",
+        f"SELECT k.key AS k FROM unnest($1::text[]) AS k(key)"
+        f" JOIN routing_decisions ON {_INPUT_KEY} = k.key",
         list(keys),
     )
     return {r["k"] for r in rows}
@@ -689,14 +635,6 @@ _BREAKER_TRANSITIONS = _Table("breaker_transitions", (
 ), conflict="target, at, from_state, to_state")
 BREAKER_TRANSITION_COLUMNS: tuple[str, ...] = _BREAKER_TRANSITIONS.column_names
 """Column order for :func:`insert_breaker_transitions`; states are closed | open | half_open."""
-
-
-def breaker_transition_row(transition: BreakerTransition) -> tuple[Any, ...]:
-    """A core :class:`BreakerTransition` as a row for :func:`insert_breaker_transitions`."""
-    return (
-        transition.target_id, transition.from_state.value, transition.to_state.value,
-        transition.reason, None, transition.at,
-    )
 
 
 async def insert_breaker_transitions(conn: asyncpg.Connection, rows: Sequence[Any]) -> int:

@@ -60,8 +60,8 @@ def _register() -> None:
     """
     import importlib
 
-    for name in ("stack", "topics", "db", "policy", "worker", "dlq", "override", "io", "demo",
-                 "bench", "simulate"):
+    for name in ("stack", "topics", "db", "policy", "worker", "persist", "dlq", "override", "io",
+                 "demo", "bench", "simulate"):
         try:
             importlib.import_module(f"router_stream.cli.{name}")
         except ModuleNotFoundError as exc:

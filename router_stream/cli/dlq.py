@@ -95,6 +95,16 @@ def _require_selection(where: DlqFilter, all_: bool, verb: str) -> None:
         raise UserError(f"refusing to {verb} every DLQ entry: give ids or filters, or --all")
 
 
+def _say_if_projection_lags(settings: Settings) -> None:
+    """One line on stderr when dlq_entries does not show all of router.dlq yet."""
+    from router_stream.config import DLQ
+    from router_stream.projection.lag import projection_lag
+
+    lag = _run(projection_lag(settings, settings.topic(DLQ)))
+    if lag is not None:
+        click.secho(f"note: {lag.describe(settings.topic(DLQ))}", fg="yellow", err=True)
+
+
 def _json_out(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
@@ -148,6 +158,7 @@ def list_(limit: int, summary: bool, as_json: bool, **filters: Any) -> None:
     """
     where = _build_filter(**filters)
     settings = _settings()
+    _say_if_projection_lags(settings)
     if summary:
         rows = _run(_with_conn(settings, lambda c: store.summary(c, where)))
         _print_summary(rows, as_json)
@@ -213,6 +224,7 @@ def show(entry_id: int, policy_file: Path | None, as_json: bool) -> None:
     from router_stream.dlq.view import entry_detail
 
     settings = _settings()
+    _say_if_projection_lags(settings)
     redact = _redact_policy(policy_file or (Path(settings.policy_file)
                                             if settings.policy_file else None))
     row = _run(_with_conn(settings, lambda c: store.get_entry(c, entry_id)))
@@ -374,10 +386,12 @@ def replay(id_args: tuple[int, ...], limit: int | None, rate: float | None, max_
     """
     where = _build_filter(ids + id_args, **filters)
     _require_selection(where, all_, "replay")
+    settings = _settings()
+    _say_if_projection_lags(settings)
     preview = _Preview(as_json) if dry_run else None
     try:
         report = _run(_replay_with_progress(
-            _settings(), where, limit=limit, rate=rate, max_attempts=max_attempts,
+            settings, where, limit=limit, rate=rate, max_attempts=max_attempts,
             dry_run=dry_run, allow_reorder=allow_reorder,
             progress=progress, quiet=as_json or dry_run,
             on_preview=preview))

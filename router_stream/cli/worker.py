@@ -14,16 +14,21 @@ from router_stream.cli import cli
               help="Port of /livez /readyz /metrics (default ROUTER_HTTP_PORT).")
 @click.option("--policy", "policy_file", type=click.Path(dir_okay=False), default=None,
               help="Policy file at start-up (default ROUTER_POLICY_FILE).")
+@click.option("--persist", is_flag=True, default=None,
+              help="Also run the Postgres projection (`router-stream persist`) in this process: "
+                   "the one-process set-up (default ROUTER_WORKER_PERSIST).")
 def worker_command(exit_when_idle: float | None, http_port: int | None,
-                   policy_file: str | None) -> None:
-    """Route signals: consume `signals`, decide, produce, persist, commit (SIGTERM drains).
+                   policy_file: str | None, persist: bool | None) -> None:
+    """Route signals: consume `signals`, decide, produce, commit (SIGTERM drains).
 
-    Needs the topics (`topics apply --policy FILE`) and, with persistence on, a migrated
-    database (`db migrate`). A port already in use is one line, exit 2.
+    Needs the topics (`topics apply --policy FILE`). Postgres is written by `router-stream
+    persist`, or in this process with --persist (then also `db migrate`). A port already in
+    use is one line, exit 2.
 
     \b
     Examples:
       router-stream worker --policy examples/policy.yaml
+      router-stream worker --policy examples/policy.yaml --persist   # one process, with Postgres
       ROUTER_PERSIST=false router-stream worker --policy examples/policy.yaml --http-port 0
       router-stream worker --policy examples/policy.yaml --exit-when-idle 5
     """
@@ -36,6 +41,8 @@ def worker_command(exit_when_idle: float | None, http_port: int | None,
         overrides["http_port"] = http_port
     if policy_file is not None:
         overrides["policy_file"] = policy_file
+    if persist:
+        overrides["worker_persist"] = True
     settings = Settings(**overrides)  # type: ignore[arg-type]
     configure_json_logging(settings.log_level)
     run_hosted(settings, exit_when_idle=exit_when_idle)

@@ -735,7 +735,8 @@ def _dlq_record(record: InboundRecord, origin: _Origin, reason: DlqReason, error
     )
     headers = dlq_headers(original_headers, reason=reason, error=error, topic=origin.topic,
                           partition=origin.partition, offset=origin.offset, attempts=attempts,
-                          first_failed_at=first, signal_id=signal_id)
+                          first_failed_at=first, signal_id=signal_id, tenant=entry.tenant,
+                          kind=entry.kind)
     return DlqRecord(entry, headers)
 
 

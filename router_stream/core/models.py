@@ -469,6 +469,10 @@ class DlqEntry(BaseModel):
         ]
         if self.signal_id is not None:
             headers.append(("x-signal-id", self.signal_id.encode("utf-8", "replace")))
+        if self.tenant is not None:
+            headers.append(("x-dlq-tenant", self.tenant.encode("utf-8", "replace")))
+        if self.kind is not None:
+            headers.append(("x-dlq-kind", self.kind.encode("utf-8", "replace")))
         return headers
 
     def kafka_headers(self) -> list[tuple[str, bytes | None]]:

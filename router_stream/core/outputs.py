@@ -24,13 +24,15 @@ H_ATTEMPTS = "x-dlq-attempts"
 H_FIRST_FAILED = "x-dlq-first-failed-at"
 H_SIGNAL_ID = "x-signal-id"
 H_DLQ_ID = "x-dlq-id"
+H_TENANT = "x-dlq-tenant"  # when the record parsed as a signal (for the projection's row)
+H_KIND = "x-dlq-kind"  # when it was classified
 H_RETRY_NOT_BEFORE = "x-retry-not-before"
 # A DLQ record too large for router.dlq travels as a reference: no value, these two headers.
 H_REFERENCE = "x-dlq-reference"
 H_ORIGINAL_SIZE = "x-dlq-original-size"
 DLQ_HEADERS = frozenset(
     {H_REASON, H_ERROR, H_TOPIC, H_PARTITION, H_OFFSET, H_ATTEMPTS, H_FIRST_FAILED, H_SIGNAL_ID,
-     H_DLQ_ID, H_RETRY_NOT_BEFORE, H_REFERENCE, H_ORIGINAL_SIZE}
+     H_DLQ_ID, H_RETRY_NOT_BEFORE, H_REFERENCE, H_ORIGINAL_SIZE, H_TENANT, H_KIND}
 )
 
 
@@ -51,7 +53,8 @@ def header_text(text: str) -> bytes:
 
 def dlq_headers(headers: Sequence[tuple[str, bytes | None]] | None, *, reason: DlqReason,
                 error: str, topic: str, partition: int, offset: int, attempts: int,
-                first_failed_at: float, signal_id: str | None) -> list[tuple[str, bytes | None]]:
+                first_failed_at: float, signal_id: str | None, tenant: str | None = None,
+                kind: str | None = None) -> list[tuple[str, bytes | None]]:
     """The headers a DLQ record travels with: the record's own, then one set of DLQ headers.
 
     Router headers already on the record (a replayed or retried record failing again) are
@@ -67,6 +70,10 @@ def dlq_headers(headers: Sequence[tuple[str, bytes | None]] | None, *, reason: D
     ]
     if signal_id is not None:
         out.append((H_SIGNAL_ID, header_text(signal_id)))
+    if tenant is not None:  # what the projection's row needs beyond SPEC §2
+        out.append((H_TENANT, header_text(tenant)))
+    if kind is not None:
+        out.append((H_KIND, header_text(kind)))
     return out
 
 

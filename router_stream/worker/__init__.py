@@ -1,4 +1,5 @@
-"""The router worker: the routing core wired to Kafka, Postgres and HTTP.
+"""The router worker: the routing core wired to Kafka and HTTP (Postgres is a projection:
+:mod:`router_stream.projection`).
 
 Design (docs/worker.md has the long form):
 
@@ -6,8 +7,8 @@ Design (docs/worker.md has the long form):
   msgs/s per process on the reference machine, raw aiokafka ~200k/s. Signals are consumed by an
   aiokafka consumer in the consumer group (``settings.group_id``) with
   ``getmany(max_records=batch_max)``, decided a batch at a time by the pure engine, and made
-  durable in the commit order of :mod:`.hotpath` (produce + await acks -> Postgres, one
-  idempotent transaction -> commit offsets).
+  durable in the commit order of :mod:`.hotpath` (produce + await every ack -> commit
+  offsets); nothing on that path waits for Postgres.
 * **Shared state by replay** (:mod:`.state`): every worker reads ``source-health``, ``outcomes``
   and ``router.control`` in full and folds them into its engine, so trust, breakers, overrides
   and the policy are a deterministic replay of those topics, equal on every worker within ~100

@@ -6,34 +6,33 @@ Commit order, per batch (a crash at any point re-processes the batch; it never l
     getmany(max_records=batch_max, timeout_ms=batch_timeout_ms)
       │  engine.decide_batch(records, now)            pure, no I/O
       ▼
-    1. produce   routed.<d>, router.decisions, router.dlq, router.retry — idempotent producer,
-                 acks=all, EVERY delivery awaited
+    1. produce   routed.<d>, router.decisions, router.dlq, router.retry, router.events —
+                 idempotent producer, acks=all, EVERY delivery awaited
       ▼
-    2. persist   routing_decisions, dlq_entries, breaker_transitions — one Postgres transaction,
-                 ON CONFLICT DO NOTHING (signal_id / dlq_key / transition key); masked per the
-                 redact section of the policy that decided the batch (so are its log lines)
-      ▼
-    3. commit    the batch's input offsets (last offset + 1 per partition)
+    2. commit    the batch's input offsets (last offset + 1 per partition)
 
-Steps 1 and 2 are retried through transient failures (broker/Postgres down, timeouts) with capped
-exponential backoff and jitter while the consumer's partitions are paused: backpressure, never a
-drop, and never a commit past what is durable. A crash between 1 and 2 leaves extra copies on the
-output topics (at-least-once; decision records are keyed by signal_id and carry a deterministic
-decision_id, so consumers can dedupe); a crash between 2 and 3 re-writes rows that already exist,
-which ``ON CONFLICT DO NOTHING`` turns into no-ops: Postgres never holds two decisions for one
-signal.
+Nothing on this path waits for Postgres: it is a projection of router.decisions, router.dlq and
+router.events written by its own consumer group (``router-stream persist``,
+:mod:`router_stream.projection`), so a database outage delays the audit, never a routed signal.
+
+Step 1 is retried through transient failures (broker down, timeouts) with capped exponential
+backoff and jitter while the consumer's partitions are paused: backpressure, never a drop, and
+never a commit past what is durable. A crash between 1 and 2 leaves extra copies on the output
+topics (at-least-once; decision records are keyed by signal_id and carry a deterministic
+decision_id, so consumers can dedupe, and the projection's ``ON CONFLICT DO NOTHING`` keeps one
+row per signal).
 
 Pipelining: the order above holds per batch and across batches, but batches overlap — batch N+1
-is fetched, decided and handed to the producer while batch N waits for its acknowledgements, its
-Postgres transaction and its commit. Each batch's acknowledgements are awaited on their own; its
-step 2 starts only after the previous batch's step 2, its step 3 only after the previous batch's
-step 3, so offsets are committed strictly in batch order and only for fully durable batches. A
-batch that fails stops every later one before step 2 (the error is raised by ``step()``); at most
-``PIPELINE_DEPTH`` batches are uncommitted, which bounds what a crash re-processes.
+is fetched, decided and handed to the producer while batch N waits for its acknowledgements and
+its commit. Each batch's acknowledgements are awaited on their own; its step 2 starts only after
+the previous batch's step 2, so offsets are committed strictly in batch order and only for fully
+durable batches. A batch that fails stops every later one before step 2 (the error is raised by
+``step()``); at most ``PIPELINE_DEPTH`` batches are uncommitted, which bounds what a crash
+re-processes.
 
 Rebalance: ``on_partitions_revoked`` takes the launch lock (no new batch starts) and waits until
-every batch in flight finished all three steps before the revoke completes, so the next owner
-starts exactly after our last commit.
+every batch in flight finished both steps before the revoke completes, so the next owner starts
+exactly after our last commit.
 
 ``router.retry``: a record whose ``x-retry-not-before`` lies in the future is not processed; its
 partition is rewound to it and paused until then (records before it in the same fetch are
@@ -48,20 +47,16 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from router_stream.adapters import postgres as pg
 from router_stream.config import OUTCOMES, SIGNALS, Settings
-from router_stream.core.breaker import BreakerTransition
 from router_stream.core.engine import dead_letter
-from router_stream.core.models import DlqReason
+from router_stream.core.models import DlqReason, InboundRecord
 from router_stream.core.outputs import H_RETRY_NOT_BEFORE, BatchResult, DlqRecord
 from router_stream.core.redaction import Redactor
 from router_stream.core.refusals import (
@@ -76,23 +71,19 @@ from router_stream.worker.backoff import Backoff, retry_transient
 from router_stream.worker.crashguard import CrashGuard
 from router_stream.worker.logs import trace_id_of
 from router_stream.worker.metrics import WorkerMetrics
+from router_stream.worker.pipeline import Batch, CommitPipeline, Engine, Handover, StepHook
 from router_stream.worker.produce_errors import TopicMissing, is_refusal
 from router_stream.worker.sink import (
     RETRY,
     Deliveries,
     OutputTopics,
     Refusal,
-    persist_outputs,
     send_alone,
     send_outputs,
     settle_deliveries,
 )
 
 log = logging.getLogger("router_stream.worker")
-
-StepHook = Callable[[str, BatchResult], Awaitable[None]]
-"""Called after each commit step ("decided", "produced", "persisted", "committed"); tests use it
-to crash the worker between steps."""
 
 
 class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -101,7 +92,7 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self._loop.batch_lock:  # no batch launches meanwhile, and every batch in
-            await self._loop.wait_in_flight()  # flight finishes all three steps first
+            await self._loop.wait_in_flight()  # flight finishes both steps first
             for tp in revoked:
                 self._loop.retry_paused.pop(tp, None)
                 self._loop.forget_lag(tp)
@@ -128,39 +119,9 @@ latency floor and, in an open loop, its throughput limit. 10 ms costs an idle wo
 fetches a second."""
 
 PIPELINE_DEPTH = 3
-"""Batches decided but not yet committed, at most: one committing, one writing Postgres, one
-awaiting its acknowledgements while the next is decided. Bounds memory, the re-processing after
-a crash (and the Kafka duplicates it makes) and how far the producer runs ahead of Postgres."""
-
-
-class _PreviousBatchFailed(Exception):
-    """A batch stops because the one before it failed (the earlier error is the one raised)."""
-
-
-@dataclass(eq=False)
-class _Batch:
-    records: list[Any]
-    result: BatchResult
-    now: float
-    fetch_time: float
-    deliveries: Deliveries | None
-    prev: _Batch | None
-    redactor: Redactor  # the deciding policy's: a policy switch mid-flight changes nothing here
-    dlq_at: list[tuple[str, int, int]] | None = None  # where step 1 put the DLQ records
-    task: asyncio.Task[None] = field(init=False)
-    persisted: asyncio.Event = field(default_factory=asyncio.Event)
-    committed: asyncio.Event = field(default_factory=asyncio.Event)
-    failed: bool = False
-
-
-async def _after(prev: _Batch | None, stage: str) -> None:
-    """Wait until the previous batch passed ``stage``; stop if it failed instead."""
-    if prev is None:
-        return
-    event: asyncio.Event = getattr(prev, stage)
-    await event.wait()
-    if prev.failed:
-        raise _PreviousBatchFailed(stage)
+"""Batches decided but not yet committed, at most: one committing, two awaiting their
+acknowledgements while the next is decided. Bounds memory and the re-processing after a crash
+(and the Kafka duplicates it makes)."""
 
 
 class SignalLoop:
@@ -169,30 +130,22 @@ class SignalLoop:
     def __init__(
         self,
         settings: Settings,
-        engine: Any,
+        engine: Engine,
         producer: AIOKafkaProducer,
-        pool: asyncpg.Pool | None,
         metrics: WorkerMetrics,
         *,
         backoff: Backoff,
         give_up: Callable[[], bool],
-        take_transitions: Callable[[], list[BreakerTransition]],
         on_step: StepHook | None = None,
         renew_producer: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
         pipeline_depth: int = PIPELINE_DEPTH,
     ) -> None:
         self._settings = settings
-        self._renew_producer = renew_producer
-        self._needs_new_producer = False
-        self._engine = engine
-        self._producer = producer
-        self._pool = pool
         self._metrics = metrics
         self._backoff = backoff
         self._give_up = give_up
-        self._take_transitions = take_transitions
-        self._on_step = on_step
-        self._outputs = OutputTopics.of(settings)
+        self._sink = _KafkaSink(settings, OutputTopics.of(settings), producer, metrics,
+                                renew_producer, quiesce=self._quiesce)
         self.input_topics = [settings.topic(SIGNALS), settings.topic(RETRY)]
         self._retry_topic = self.input_topics[1]
         self.consumer: AIOKafkaConsumer | None = None
@@ -201,12 +154,14 @@ class SignalLoop:
         self.retry_paused: dict[TopicPartition, float] = {}
         self.processed = 0
         self._paused_for_retry: set[TopicPartition] = set()
-        self._depth = pipeline_depth
-        self._in_flight: list[_Batch] = []
-        self._failure: BaseException | None = None
-        self.crash_guard = CrashGuard(settings.poison_restarts, self._retry_guard)
-        self.stalled_since: float | None = None  # monotonic time of the first retry since the
-        # last commit: a batch that cannot be made durable (broker, Postgres, a refusing topic)
+        self.crash_guard = CrashGuard(settings.poison_restarts, self._retry)
+        # monotonic time of the first retry since the last commit: a batch that cannot be made
+        # durable (broker down, a topic refusing everything) shows as a stall
+        self.stalled_since: float | None = None
+        self._pipeline = CommitPipeline(
+            engine, self._sink, _KafkaCommitter(self, metrics), depth=pipeline_depth,
+            retry=self._retry, on_step=on_step, on_committed=self._committed,
+            on_drained=self._resume_after_retry, on_undecided=self._dead_letter_poison)
 
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -234,13 +189,14 @@ class SignalLoop:
 
     async def step(self) -> int:
         """Fetch one batch, decide it and hand its outputs to the producer; the rest of its
-        commit order runs in the background (:meth:`_make_durable`). Returns records taken.
+        commit order runs in the background (:class:`~.pipeline.CommitPipeline`). Returns
+        records taken.
 
         Raises the error that stopped a batch in flight (after which nothing later commits)."""
         consumer = self.consumer
         assert consumer is not None, "start() first"
         self.raise_failure()
-        await self._wait_for_room()
+        await self._pipeline.wait_for_room()
         self._resume_due_retries()
         fetched = await consumer.getmany(
             timeout_ms=self._settings.batch_timeout_ms, max_records=self._settings.batch_max)
@@ -256,237 +212,39 @@ class SignalLoop:
                 return 0
             decide, poison = await self.crash_guard.screen(consumer, records)
             self.raise_failure()  # a batch may have failed meanwhile: nothing launches after it
-            await self._launch(decide, fetch_time, poison)
+            await self._pipeline.launch(decide, fetch_time, undecided=poison)
         return len(decide) + len(poison)
 
-    # --- the pipeline: batch N+1 is decided and sent while batch N finishes steps 1-3 --------
+    # --- the pipeline: batch N+1 is decided and sent while batch N finishes steps 1-2 --------
 
     @property
     def in_flight(self) -> int:
         """Batches decided but not yet committed (or failed)."""
-        return len(self._in_flight)
+        return self._pipeline.in_flight
 
     @property
     def failure(self) -> BaseException | None:
         """The error that stopped the pipeline, if any (the first, in batch order)."""
-        return self._failure
+        return self._pipeline.failure
 
     def raise_failure(self) -> None:
-        if self._failure is not None:
-            raise self._failure
+        self._pipeline.raise_failure()
 
     async def wait_in_flight(self) -> None:
         """Until every batch in flight is committed or has failed (rebalance, drain)."""
-        while self._in_flight:
-            await asyncio.wait([b.task for b in self._in_flight])
+        await self._pipeline.wait_in_flight()
 
-    async def _wait_for_room(self) -> None:
-        while len(self._in_flight) >= self._depth:
-            await asyncio.wait([self._in_flight[0].task])
-        self.raise_failure()
+    async def _quiesce(self) -> None:
+        """Before the producer is renewed: no batch may still await the old one's acks."""
+        await self._pipeline.wait_in_flight()
+        self._pipeline.raise_failure()
 
-    async def _launch(self, records: list[Any], fetch_time: float,
-                      poison: Sequence[Any] = ()) -> None:
-        now = time.time()
-        result: BatchResult = self._engine.decide_batch(records, now)
-        if poison:
-            self._dead_letter_poison(result, poison, now)
-            records = [*records, *poison]
-        await self._hook("decided", result)
-        if self._needs_new_producer and self._renew_producer is not None:
-            await self.wait_in_flight()  # the old producer is stopped by the renewal
-            self.raise_failure()
-            self._producer = await self._renew_producer()  # BrokerUnavailable: retried
-            self._needs_new_producer = False
-        deliveries = await send_outputs(self._producer, self._outputs, result)
-        self.raise_failure()  # the batch before failed during the hand-over: this one must not
-        batch = _Batch(records, result, now, fetch_time, deliveries,
-                       self._in_flight[-1] if self._in_flight else None,
-                       self._engine.policy.redactor)
-        batch.task = asyncio.create_task(self._make_durable(batch), name="router-batch")
-        self._in_flight.append(batch)
+    async def _retry(self, step: str, op: Callable[[], Awaitable[Any]]) -> Any:
+        return await retry_transient(step, op, backoff=self._backoff, give_up=self._give_up,
+                                     on_retry=self._count_retry)
 
-    async def _make_durable(self, batch: _Batch) -> None:
-        """Steps 1-3 of one batch: its own acknowledgements are awaited at once (they overlap
-        the previous batch's Postgres write and commit), but step 2 starts only after the
-        previous batch's step 2 and step 3 only after the previous batch's step 3 — so offsets
-        are committed strictly in batch order and only for batches that are fully durable.
-        A failure here fails every later batch too (they never reach step 2 or 3)."""
-        result, prev = batch.result, batch.prev
-        try:
-            await retry_transient("produce", lambda: self._produce(batch), backoff=self._backoff,
-                                  give_up=self._give_up, on_retry=self._count_retry)
-            await self._hook("produced", result)
-            await _after(prev, "persisted")
-            pool = self._pool
-            if pool is not None:  # None: persistence off (ROUTER_PERSIST=false), Kafka only
-                extra = self._take_transitions()
-                await retry_transient(
-                    "persist", lambda: persist_outputs(pool, result, batch.now, extra,
-                                                       redactor=batch.redactor,
-                                                       dlq_at=batch.dlq_at),
-                    backoff=self._backoff, give_up=self._give_up, on_retry=self._count_retry)
-                await self._hook("persisted", result)
-            else:
-                self._take_transitions()
-            batch.persisted.set()
-            await _after(prev, "committed")
-            await self._commit(batch.records)
-            self.stalled_since = None
-            await self._hook("committed", result)
-            batch.committed.set()
-            self.processed += len(batch.records)
-            self._observe(batch, time.monotonic() - batch.fetch_time)
-            if result.rollout_events:
-                await self._announce_rollbacks(result)
-        except BaseException as exc:  # noqa: BLE001 - kept and raised by step(), in batch order
-            batch.failed = True
-            if self._failure is None and not isinstance(exc, _PreviousBatchFailed):
-                self._failure = exc
-        finally:
-            batch.persisted.set()
-            batch.committed.set()
-            batch.prev = None  # no chain of finished batches kept alive
-            self._in_flight.remove(batch)
-            if not self._in_flight and self._paused_for_retry and self.consumer is not None:
-                self.consumer.resume(
-                    *(tp for tp in self._paused_for_retry if tp not in self.retry_paused))
-                self._paused_for_retry = set()
-
-    async def _announce_rollbacks(self, result: BatchResult) -> None:
-        """Tell every worker (through router.control) and the policy_versions table that a
-        candidate was rolled back. Best effort after the commit: a worker that misses the
-        command rolls the candidate back on its own when its monitor sees the same rates."""
-        from router_stream.config import CONTROL
-        from router_stream.core.models import RolloutRollback
-
-        for event in result.rollout_events:
-            cmd = RolloutRollback(candidate_version=event.candidate_version, reason=event.reason,
-                                  issued_at=event.at, issued_by="router-stream worker")
-            try:
-                await self._producer.send_and_wait(self._settings.topic(CONTROL),
-                                                   cmd.model_dump_json().encode())
-                if self._pool is not None:
-                    async with self._pool.acquire() as conn:
-                        await pg.mark_policy_status(conn, event.candidate_version,
-                                                    "rolled_back", event.reason)
-            except Exception as exc:  # noqa: BLE001 - the rollback itself already happened
-                log.error("could not announce the rollback", extra={
-                    "candidate": event.candidate_version, "error": repr(exc)})
-
-    async def _produce(self, batch: _Batch) -> None:
-        """Step 1: the first attempt waits for the deliveries handed over when the batch was
-        launched; a retry sends the whole batch again (at-least-once on Kafka)."""
-        deliveries, batch.deliveries = batch.deliveries, None
-        try:
-            if deliveries is None:
-                if self._needs_new_producer and self._renew_producer is not None:
-                    self._producer = await self._renew_producer()  # BrokerUnavailable: retried
-                    self._needs_new_producer = False
-                deliveries = await send_outputs(self._producer, self._outputs, batch.result)
-            refusals = await settle_deliveries(deliveries)
-            if refusals:
-                batch.dlq_at = await self._dead_letter_refused(batch, deliveries, refusals)
-            else:
-                batch.dlq_at = deliveries.dlq_positions()
-        except BrokerUnavailable as exc:
-            for dest, n in getattr(exc, "failed_destinations", {}).items():
-                self._metrics.routing_errors.labels(dest).inc(n)
-            refused = getattr(exc, "refused", {})
-            if refused:
-                log.error("the broker refused records of this batch; nothing is committed until "
-                          "every one is accepted (fix the topic)", extra={"refused": refused})
-                # An idempotent producer whose batch was refused fails every later send to that
-                # partition (OutOfOrderSequenceNumber) even once the topic is fixed; a new
-                # producer (new producer id) does not. Renewed before the next attempt.
-                self._needs_new_producer = self._renew_producer is not None
-            raise
-
-    async def _dead_letter_refused(self, batch: _Batch, deliveries: Deliveries,
-                                   refusals: list[Refusal]) -> list[tuple[str, int, int]]:
-        """Step 1 for the records the broker refused for good: their inputs go to the DLQ
-        (a DLQ record too large for router.dlq as a reference), a refused route counts as a
-        routing error and a failed outcome of its destination, and the batch goes on. Returns
-        where the batch's DLQ records are on router.dlq, in ``result.dlq`` order."""
-        result = batch.result
-        at = deliveries.dlq_positions_by_index()
-        refused: list[Refused] = []
-        for r in refusals:
-            kind, index = output_at(result, r.position)
-            error: BaseException | tuple[str, int, int] = r.error
-            if not isinstance(r.error, TopicMissing):
-                error = await self._alone(result, kind, index)
-            if isinstance(error, tuple):  # accepted on its own
-                if kind == "dlq":
-                    at[index] = error
-                continue
-            refused.append(Refused(kind, index, r.topic, repr(error)))
-        if not refused:
-            return [at[i] for i in range(len(result.dlq))]
-        log.error("the broker refused records for good; their signals go to the DLQ",
-                  extra={"refused": {r.topic: r.error for r in refused}})
-        gone = {r.index for r in refused if r.kind == "dlq"}
-        kept_at = [at[i] for i in range(len(result.dlq)) if i not in gone]
-        repair = settle_refusals(result, batch.records, refused, batch.now)
-        for dest, _ in repair.failed_routes:
-            self._metrics.routing_errors.labels(dest).inc()
-        repaired_at = await self._send_repair(repair.dlq, batch.now)
-        if repair.dlq:  # some may have become references on the way
-            result.dlq[-len(repair.dlq):] = repair.dlq
-        await self._report_failed_routes(repair.failed_routes, batch.now)
-        return kept_at + repaired_at
-
-    async def _alone(self, result: BatchResult, kind: OutputKind, index: int
-                     ) -> BaseException | tuple[str, int, int]:
-        """Send one refused output again on its own: the broker refuses a whole produce batch
-        for one record in it that is too large, and the others pass alone. Returns where it
-        landed, or the error if it is refused again; a transient error is raised (the batch
-        is retried)."""
-        self._needs_new_producer = True
-        await self._renew_after_refusal()
-        try:
-            return await send_alone(self._producer, self._outputs, result, kind, index)
-        except KafkaError as exc:
-            if not is_refusal(exc):
-                raise BrokerUnavailable(f"sending a refused record again: {exc!r}") from exc
-            self._needs_new_producer = True
-            return exc
-
-    async def _renew_after_refusal(self) -> None:
-        """An idempotent producer whose batch was refused fails every later send to that
-        partition (OutOfOrderSequenceNumber); a new producer (new producer id) does not."""
-        if self._needs_new_producer and self._renew_producer is not None:
-            self._producer = await self._renew_producer()
-        self._needs_new_producer = False
-
-    async def _send_repair(self, dlq: list[DlqRecord], now: float) -> list[tuple[str, int, int]]:
-        """Send the DLQ records that replace refused outputs; one of them refused again (too
-        large for router.dlq) goes as a reference. A refused reference is transient: retried."""
-        for _ in range(2):
-            await self._renew_after_refusal()
-            deliveries = await send_outputs(self._producer, self._outputs, BatchResult(dlq=dlq))
-            refusals = await settle_deliveries(deliveries)
-            if not refusals:
-                return deliveries.dlq_positions()
-            for r in refusals:
-                dlq[r.position] = as_reference(dlq[r.position], f"{r.topic}: {r.error!r}")
-            self._needs_new_producer = True
-        raise BrokerUnavailable("router.dlq refuses even a reference record")
-
-    async def _report_failed_routes(self, routes: list[tuple[str, str]], now: float) -> None:
-        """A refused route is a failed delivery to that destination: reported on ``outcomes``
-        like any other, so every worker's breaker for it sees the failure (the state stays a
-        fold of the state topics). Best effort: the DLQ entry is what must not be lost."""
-        topic = self._settings.topic(OUTCOMES)
-        for dest, signal_id in routes:
-            value = orjson.dumps({"signal_id": signal_id, "destination": dest, "ok": False,
-                                  "ts": int(now * 1000)})
-            try:
-                await self._producer.send(topic, value, key=dest.encode())
-            except KafkaError as exc:
-                log.warning("could not report a refused route", extra={"error": repr(exc)})
-
-    def _dead_letter_poison(self, result: BatchResult, poison: Sequence[Any], now: float) -> None:
+    def _dead_letter_poison(self, result: BatchResult, poison: Sequence[InboundRecord],
+                            now: float) -> None:
         """Records the crash-loop guard gave up on: to the DLQ without being decided."""
         guard = self._settings.poison_restarts
         for r in poison:
@@ -496,44 +254,36 @@ class SignalLoop:
                 now))
             self._metrics.poison_skips.labels(r.topic).inc()
 
-    async def _retry_guard(self, step: str, call: Callable[[], Awaitable[Any]]) -> Any:
-        return await retry_transient(step, call, backoff=self._backoff, give_up=self._give_up,
-                                     on_retry=self._count_retry)
+    async def _committed(self, batch: Batch) -> None:
+        self.stalled_since = None
+        self.processed += len(batch.records)
+        self._observe(batch, time.monotonic() - batch.fetch_time)
+        if batch.result.rollout_events:
+            await self._announce_rollbacks(batch.result)
 
-    async def _commit(self, records: Sequence[Any]) -> None:
-        """Step 3: commit last offset + 1 of every partition in the batch we still own."""
-        consumer = self.consumer
-        assert consumer is not None
-        last: dict[TopicPartition, int] = {}
-        for r in records:
-            last[TopicPartition(r.topic, r.partition)] = r.offset + 1
-        owned = consumer.assignment()
-        offsets = {tp: off for tp, off in last.items() if tp in owned}
-        guard = self.crash_guard
-        marked = {tp: OffsetAndMetadata(off, guard.metadata(tp, off))
-                  for tp, off in offsets.items()}
+    def _resume_after_retry(self) -> None:
+        if self._paused_for_retry and self.consumer is not None:
+            self.consumer.resume(
+                *(tp for tp in self._paused_for_retry if tp not in self.retry_paused))
+            self._paused_for_retry = set()
 
-        async def commit() -> None:
+    async def _announce_rollbacks(self, result: BatchResult) -> None:
+        """Tell every worker (through router.control) that a candidate was rolled back (the
+        policy_versions row follows from the batch's router.events record). Best effort after
+        the commit: a worker that misses the command rolls the candidate back on its own when
+        its monitor sees the same rates."""
+        from router_stream.config import CONTROL
+        from router_stream.core.models import RolloutRollback
+
+        for event in result.rollout_events:
+            cmd = RolloutRollback(candidate_version=event.candidate_version, reason=event.reason,
+                                  issued_at=event.at, issued_by="router-stream worker")
             try:
-                await consumer.commit(marked)
-            except (CommitFailedError, IllegalStateError) as exc:
-                # Rebalanced away: the new owner re-processes from our last commit, and steps
-                # 1-2 are idempotent where it matters (Postgres).
-                log.warning("offset commit refused after a rebalance", extra={"error": str(exc)})
-            except KafkaError as exc:
-                raise BrokerUnavailable(f"committing offsets: {exc!r}") from exc
-
-        if offsets:
-            await retry_transient("commit", commit, backoff=self._backoff, give_up=self._give_up,
-                                  on_retry=self._count_retry)
-        for tp, off in offsets.items():
-            hw = consumer.highwater(tp)
-            if hw is not None:
-                self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - off))
-
-    async def _hook(self, step: str, result: BatchResult) -> None:
-        if self._on_step is not None:
-            await self._on_step(step, result)
+                await self._sink.producer.send_and_wait(self._settings.topic(CONTROL),
+                                                        cmd.model_dump_json().encode())
+            except Exception as exc:  # noqa: BLE001 - the rollback itself already happened
+                log.error("could not announce the rollback", extra={
+                    "candidate": event.candidate_version, "error": repr(exc)})
 
     def _count_retry(self, step: str) -> None:
         """First retry of a batch pauses every partition: no prefetching while we cannot make
@@ -612,7 +362,7 @@ class SignalLoop:
         with contextlib.suppress(KeyError):
             self._metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
-    def _observe(self, batch: _Batch, elapsed: float) -> None:
+    def _observe(self, batch: Batch, elapsed: float) -> None:
         records, result = batch.records, batch.result
         m = self._metrics
         m.batch_size.observe(len(records))
@@ -644,7 +394,7 @@ class SignalLoop:
     def _log_batch(self, records: list[Any], result: BatchResult, elapsed: float,
                    redactor: Redactor) -> None:
         """Signal content in these lines (ids, trace ids, error texts quoting values) is masked
-        like the batch's Postgres rows, so a signal_id here matches its rows there."""
+        like the projection's Postgres rows, so a signal_id here matches its rows there."""
         for q in result.dlq:
             e = q.entry
             log.info("signal to DLQ", extra={
@@ -710,6 +460,166 @@ class SignalLoop:
         except (KafkaError, IllegalStateError):
             return False
         return True
+
+
+class _KafkaSink:
+    """Step 1 on aiokafka: :func:`~.sink.send_outputs` / :func:`~.sink.settle_deliveries`, the
+    records the broker refuses for good dead-lettered one by one, and a new producer after the
+    broker refused records."""
+
+    def __init__(self, settings: Settings, outputs: OutputTopics, producer: AIOKafkaProducer,
+                 metrics: WorkerMetrics,
+                 renew: Callable[[], Awaitable[AIOKafkaProducer]] | None,
+                 *, quiesce: Callable[[], Awaitable[None]]) -> None:
+        self._settings = settings
+        self._outputs = outputs
+        self.producer = producer
+        self._metrics = metrics
+        self._renew = renew
+        self._quiesce = quiesce
+        self._needs_new_producer = False
+
+    async def send(self, result: BatchResult) -> Deliveries:
+        if self._needs_new_producer and self._renew is not None:
+            await self._quiesce()  # the old producer is stopped by the renewal
+            self.producer = await self._renew()  # BrokerUnavailable: retried
+            self._needs_new_producer = False
+        return await send_outputs(self.producer, self._outputs, result)
+
+    async def confirm(self, batch: Batch, handover: Handover | None) -> None:
+        """The first attempt waits for the deliveries handed over when the batch was launched;
+        a retry sends the whole batch again (at-least-once on Kafka). Records the broker
+        refuses for good go to the DLQ and the batch goes on."""
+        result = batch.result
+        try:
+            if not isinstance(handover, Deliveries):
+                await self._renew_after_refusal()  # BrokerUnavailable: retried
+                handover = await send_outputs(self.producer, self._outputs, result)
+            refusals = await settle_deliveries(handover)
+            if refusals:
+                await self._dead_letter_refused(batch, refusals)
+        except BrokerUnavailable as exc:
+            for dest, n in getattr(exc, "failed_destinations", {}).items():
+                self._metrics.routing_errors.labels(dest).inc(n)
+            raise
+
+    async def _dead_letter_refused(self, batch: Batch, refusals: list[Refusal]) -> None:
+        """The records the broker refused for good: their inputs go to the DLQ (a DLQ record
+        too large for router.dlq as a reference), a refused route counts as a routing error
+        and a failed outcome of its destination, and the batch goes on."""
+        result = batch.result
+        outputs = len(result.routed) + len(result.decisions) + len(result.dlq) + len(
+            result.retries)
+        refused: list[Refused] = []
+        for r in refusals:
+            if r.position >= outputs:  # a router.events record: an audit row, not an input
+                log.error("router.events refused a state event; its row will be missing",
+                          extra={"topic": r.topic, "error": repr(r.error)})
+                continue
+            kind, index = output_at(result, r.position)
+            error: BaseException | tuple[str, int, int] = r.error
+            if not isinstance(r.error, TopicMissing):
+                error = await self._alone(result, kind, index)
+            if isinstance(error, tuple):  # accepted on its own
+                continue
+            refused.append(Refused(kind, index, r.topic, repr(error)))
+        if not refused:
+            return
+        log.error("the broker refused records for good; their signals go to the DLQ",
+                  extra={"refused": {r.topic: r.error for r in refused}})
+        repair = settle_refusals(result, batch.records, refused, batch.now)
+        for dest, _ in repair.failed_routes:
+            self._metrics.routing_errors.labels(dest).inc()
+        await self._send_repair(repair.dlq)
+        if repair.dlq:  # some may have become references on the way
+            result.dlq[-len(repair.dlq):] = repair.dlq
+        await self._report_failed_routes(repair.failed_routes, batch.now)
+
+    async def _alone(self, result: BatchResult, kind: OutputKind, index: int
+                     ) -> BaseException | tuple[str, int, int]:
+        """Send one refused output again on its own: the broker refuses a whole produce batch
+        for one record in it that is too large, and the others pass alone. Returns where it
+        landed, or the error if it is refused again; a transient error is raised (the batch
+        is retried)."""
+        self._needs_new_producer = True
+        await self._renew_after_refusal()
+        try:
+            return await send_alone(self.producer, self._outputs, result, kind, index)
+        except KafkaError as exc:
+            if not is_refusal(exc):
+                raise BrokerUnavailable(f"sending a refused record again: {exc!r}") from exc
+            self._needs_new_producer = True
+            return exc
+
+    async def _renew_after_refusal(self) -> None:
+        """An idempotent producer whose batch was refused fails every later send to that
+        partition (OutOfOrderSequenceNumber); a new producer (new producer id) does not."""
+        if self._needs_new_producer and self._renew is not None:
+            self.producer = await self._renew()
+        self._needs_new_producer = False
+
+    async def _send_repair(self, dlq: list[DlqRecord]) -> None:
+        """Send the DLQ records that replace refused outputs; one of them refused again (too
+        large for router.dlq) goes as a reference. A refused reference is transient: retried."""
+        for _ in range(2):
+            await self._renew_after_refusal()
+            deliveries = await send_outputs(self.producer, self._outputs, BatchResult(dlq=dlq))
+            refusals = await settle_deliveries(deliveries)
+            if not refusals:
+                return
+            for r in refusals:
+                dlq[r.position] = as_reference(dlq[r.position], f"{r.topic}: {r.error!r}")
+            self._needs_new_producer = True
+        raise BrokerUnavailable("router.dlq refuses even a reference record")
+
+    async def _report_failed_routes(self, routes: list[tuple[str, str]], now: float) -> None:
+        """A refused route is a failed delivery to that destination: reported on ``outcomes``
+        like any other, so every worker's breaker for it sees the failure (the state stays a
+        fold of the state topics). Best effort: the DLQ entry is what must not be lost."""
+        topic = self._settings.topic(OUTCOMES)
+        for dest, signal_id in routes:
+            value = orjson.dumps({"signal_id": signal_id, "destination": dest, "ok": False,
+                                  "ts": int(now * 1000)})
+            try:
+                await self.producer.send(topic, value, key=dest.encode())
+            except KafkaError as exc:
+                log.warning("could not report a refused route", extra={"error": repr(exc)})
+
+
+class _KafkaCommitter:
+    """Step 2 on aiokafka: the loop's consumer commits; the lag gauge follows."""
+
+    def __init__(self, loop: SignalLoop, metrics: WorkerMetrics) -> None:
+        self._loop = loop
+        self._metrics = metrics
+
+    async def commit(self, records: Sequence[InboundRecord]) -> None:
+        """Commit last offset + 1 of every partition in the batch we still own."""
+        consumer = self._loop.consumer
+        assert consumer is not None
+        last: dict[TopicPartition, int] = {}
+        for r in records:
+            last[TopicPartition(r.topic, r.partition)] = r.offset + 1
+        owned = consumer.assignment()
+        offsets = {tp: off for tp, off in last.items() if tp in owned}
+        if not offsets:
+            return
+        guard = self._loop.crash_guard
+        marked = {tp: OffsetAndMetadata(off, guard.metadata(tp, off))
+                  for tp, off in offsets.items()}
+        try:
+            await consumer.commit(marked)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # Rebalanced away: the new owner re-processes from our last commit (more
+            # at-least-once copies on Kafka; one row per signal in the projection).
+            log.warning("offset commit refused after a rebalance", extra={"error": str(exc)})
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"committing offsets: {exc!r}") from exc
+        lag = self._metrics.consumer_lag
+        for tp, off in offsets.items():
+            hw = consumer.highwater(tp)
+            if hw is not None:
+                lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - off))
 
 
 def _masked_id(redactor: Redactor, signal_id: str | None) -> str | None:

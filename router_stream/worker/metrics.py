@@ -124,7 +124,6 @@ class WorkerMetrics:
         self.dlq = Counter("dlq", "Records sent to the DLQ", ["reason"], registry=r)
         self.retry_attempts = Counter(
             "retry_attempts", "Signals parked on router.retry for another attempt", registry=r)
-        self.dlq_backlog = Gauge("dlq_backlog", "Pending dlq_entries rows", registry=r)
         self._state = _StateCollector(per_id_limit)  # trust_score, breaker_state
         self.confidence = Histogram(
             "decision_confidence", "Confidence of routing decisions",

@@ -1,19 +1,22 @@
-"""One router worker: wiring the engine to Kafka, Postgres and the health/metrics endpoints.
+"""One router worker: wiring the engine to Kafka and the health/metrics endpoints.
 
 Lifecycle::
 
-    start()   policy file -> engine; verify topics (refuse to start otherwise); Postgres pool;
-              idempotent producer; restore the newest checkpoint and replay the state topics
-              after it (StateFollower); join the consumer group (SignalLoop); periodic tasks
-              (side writes, checkpoints) and the heartbeat; /livez /readyz /metrics
+    start()   policy file -> engine; verify topics (refuse to start otherwise); idempotent
+              producer; restore the newest checkpoint and replay the state topics after it
+              (StateFollower); join the consumer group (SignalLoop); periodic tasks (state
+              events to router.events, checkpoints) and the heartbeat; /livez /readyz /metrics
     run()     batches until request_stop() — or, in burst mode, until the input lag has been 0
               for ``exit_when_idle`` seconds
     stop()    drain: the batch in flight finishes all commit steps, then leave the group, flush
               side writes, a last ``stopped`` heartbeat, close everything — bounded by
               ``drain_timeout_s`` (< 30 s)
 
-The worker is a plain asyncio object so tests drive it in-process; :mod:`.app` hosts it in a
-plain asyncio loop with SIGTERM/SIGINT handlers (not a faust App: docs/worker.md).
+Routing never waits for Postgres: the worker's only connection to it is the heartbeat (a pool
+that connects lazily); every row is written by the projection (``router-stream persist``) from
+the records the worker produced. The worker is a plain asyncio object so tests drive it
+in-process; :mod:`.app` hosts it in a plain asyncio loop with SIGTERM/SIGINT handlers (not a
+faust App: docs/worker.md).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -32,8 +35,15 @@ from aiokafka.errors import KafkaError
 
 from router_stream.adapters import postgres as pg
 from router_stream.adapters.heartbeats import HeartbeatStore, KafkaHeartbeats, PostgresHeartbeats
-from router_stream.config import SIGNALS, Settings
+from router_stream.config import EVENTS, SIGNALS, Settings
 from router_stream.core.breaker import BreakerTransition
+from router_stream.core.events import (
+    BreakerTransitionEvent,
+    PolicyVersionEvent,
+    RouterEvent,
+    TrustSnapshotEvent,
+    encode_event,
+)
 from router_stream.errors import BrokerUnavailable, RouterError, TransientError, UserError
 from router_stream.worker.backoff import Backoff
 from router_stream.worker.checkpoints import (
@@ -43,18 +53,23 @@ from router_stream.worker.checkpoints import (
     load_checkpoints,
 )
 from router_stream.worker.heartbeat import Heartbeat, default_worker_id
-from router_stream.worker.hotpath import SignalLoop, StepHook
+from router_stream.worker.hotpath import SignalLoop
 from router_stream.worker.http import HealthServer
 from router_stream.worker.metrics import WorkerMetrics
+from router_stream.worker.pipeline import StepHook
 from router_stream.worker.policy_source import build_engine, read_policy_file
-from router_stream.worker.sink import KeyHashCache, transition_row
+from router_stream.worker.sink import KeyHashCache
 from router_stream.worker.state import PolicyEvent, StateFollower
 from router_stream.worker.trust_snapshots import SnapshotSelector
+
+if TYPE_CHECKING:  # imported when used: router_stream.projection imports worker.backoff
+    from router_stream.projection import Projection
 
 log = logging.getLogger("router_stream.worker")
 
 TRUST_SNAPSHOT_EVERY_S = 10.0
 SIDE_WRITE_EVERY_S = 1.0
+SNAPSHOT_CHUNK = 5000  # scores per router.events record (~200 kB)
 # The producer's own cap on one record. aiokafka's default (1 MiB) is below what a topic may be
 # configured to accept (max.message.bytes), and a signal the topic accepted must still be
 # routable or dead-lettered byte-exact: with the default, a 5 MB signal made every send of its
@@ -105,7 +120,6 @@ class RouterWorker:
         self._pending_policies: list[PolicyEvent] = []
         self._snapshots = SnapshotSelector()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._pg_ok = False
         self._topics_ok = not verify
         self._crashed: BaseException | None = None
         self.pool: asyncpg.Pool | None = None
@@ -114,6 +128,8 @@ class RouterWorker:
         self.signals: SignalLoop | None = None
         self.http: HealthServer | None = None
         self.heartbeat: Heartbeat | None = None
+        self.projection: Projection | None = None
+        self._projection_task: asyncio.Task[Any] | None = None
         self._policy_origin: PolicyOrigin | None = None
         self._checkpoints: CheckpointWriter | None = None
 
@@ -137,12 +153,11 @@ class RouterWorker:
             log.info("http listening", extra={"host": s.http_host, "port": port})
         if self._verify:
             await self._wait_for_topics()
-        if s.persist:
-            self.pool = await pg.create_pool(s, min_size=1, max_size=3)
-            self._pg_ok = True
+        if s.persist:  # heartbeats only; min_size=0: no connection until the first beat
+            self.pool = await pg.create_pool(s, min_size=0, max_size=1)
         else:
-            log.info("persistence off (ROUTER_PERSIST=false): decisions and DLQ records go to "
-                     "Kafka only; `router-stream dlq reindex` rebuilds dlq_entries from them")
+            log.info("no Postgres (ROUTER_PERSIST=false): heartbeats go to router.workers; "
+                     "`router-stream dlq reindex` rebuilds dlq_entries from router.dlq")
         await self._renew_producer()
         checkpoint = await self._load_checkpoint()
         self.follower = StateFollower(
@@ -154,13 +169,19 @@ class RouterWorker:
         self._spawn(self.follower.run(), "state")
         await self._until_caught_up()  # decide only with the replayed state
         self.signals = SignalLoop(
-            s, self.engine, self.producer, self.pool, self.metrics, backoff=self._backoff,
-            give_up=self._past_drain_deadline, take_transitions=self._take_transitions,
-            on_step=self._on_step, renew_producer=self._renew_producer)
+            s, self.engine, self.producer, self.metrics, backoff=self._backoff,
+            give_up=self._past_drain_deadline, on_step=self._on_step,
+            renew_producer=self._renew_producer)
         await self.signals.start()
         self.heartbeat = Heartbeat(self, self._heartbeat_store())
         self._spawn(self.heartbeat.run(), "heartbeat")
-        self._spawn(self._side_writes(), "side-writes")
+        self._spawn(self._publish_events(), "events")
+        if s.worker_persist:
+            from router_stream.projection import Projection
+
+            self.projection = Projection(s, backoff=self._backoff, http=False)
+            self._spawn(self._run_projection(self.projection), "projection")
+            self._projection_task = self._tasks.pop()  # stopped last: it drains (stop())
         if s.checkpoint_interval_s > 0 and self._policy_origin is not None:
             self._spawn(self._write_checkpoints(s.checkpoint_interval_s), "checkpoints")
         self.metrics.watch_state(self._state_for_metrics)
@@ -348,7 +369,29 @@ class RouterWorker:
         if self.signals.in_flight:
             return False
         lag = await self.signals.input_lag()
-        return lag == 0 and not self._pending_transitions
+        if lag != 0 or self._pending_transitions or self._pending_policies:
+            return False
+        return self.projection is None or await self.projection.caught_up()
+
+    async def _drain_projection(self) -> None:
+        """``worker --persist``: let the projection write what this worker produced, within
+        the drain deadline; what is left is written by the next projection run (nothing is
+        lost either way: it is on Kafka, and offsets were committed only for what was written)."""
+        assert self._projection_task is not None and self.projection is not None
+        deadline = (self._drain_deadline or time.monotonic()) - 3.0  # room for the rest of stop()
+        while not self._projection_task.done() and time.monotonic() < deadline:
+            if await self.projection.caught_up():
+                return
+            await asyncio.sleep(0.05)
+
+    async def _run_projection(self, projection: Projection) -> None:
+        """``worker --persist``: the projection as a task of its own; routing never waits for
+        it (a database outage pauses only this task)."""
+        try:
+            await projection.start()
+            await projection.run()
+        finally:
+            await projection.stop()
 
     def request_stop(self) -> None:
         """SIGTERM: stop fetching; the batch in flight still completes every commit step."""
@@ -376,7 +419,11 @@ class RouterWorker:
         self._tasks.clear()
         with contextlib.suppress(TransientError, TimeoutError):
             async with asyncio.timeout(5):
-                await self._flush_side_writes()
+                await self._publish_pending()
+        if self._projection_task is not None:
+            await self._drain_projection()
+            await _cancel_all([self._projection_task])
+            self._projection_task = None
         if self.heartbeat is not None:
             failed = self._crashed is not None or (
                 self.signals is not None and self.signals.failure is not None)
@@ -399,7 +446,7 @@ class RouterWorker:
         log.info("worker stopped", extra={"processed": self.signals.processed
                                           if self.signals else 0})
 
-    # --- state events -> metrics and Postgres ------------------------------------------------
+    # --- state events -> metrics and router.events ---------------------------------------------
 
     def _on_transitions(self, transitions: list[BreakerTransition]) -> None:
         self._pending_transitions.extend(transitions)
@@ -425,76 +472,64 @@ class RouterWorker:
         if event.live:  # a replay at start-up re-reads history that was recorded when it happened
             self._pending_policies.append(event)
 
-    # --- periodic side work --------------------------------------------------------------------
+    # --- periodic state events ----------------------------------------------------------------
 
-    async def _side_writes(self) -> None:
-        """Transitions seen while no signal flowed, policy versions, trust snapshots,
-        the DLQ backlog gauge and the Postgres check behind /readyz."""
-        if self.pool is None:  # persistence off: the events are logged and counted, not stored
-            while True:
-                self._take_transitions()
-                self._pending_policies.clear()
-                await asyncio.sleep(SIDE_WRITE_EVERY_S)
+    async def _publish_events(self) -> None:
+        """Transitions the state topics caused, policy versions and trust snapshots, to
+        router.events (the projection writes them to Postgres). A failed send keeps them and is
+        retried at the next interval; routing never waits for it."""
         last_snapshot = 0.0
         while True:
             await asyncio.sleep(SIDE_WRITE_EVERY_S)
             try:
-                await self._flush_side_writes()
+                await self._publish_pending()
                 now = time.time()
                 if now - last_snapshot >= TRUST_SNAPSHOT_EVERY_S:
                     await self._snapshot_trust(now)
-                    await self._count_dlq_backlog()
                     last_snapshot = now
-                self._pg_ok = True
             except TransientError as exc:
-                self._pg_ok = False
-                log.warning("side write failed, will retry", extra={"error": str(exc)})
+                log.warning("state events not published, will retry", extra={"error": str(exc)})
 
-    async def _flush_side_writes(self) -> None:
-        if self.pool is None:
-            return
+    async def _publish_pending(self) -> None:
         transitions = self._take_transitions()
         policies, self._pending_policies = self._pending_policies, []
+        events: list[RouterEvent] = [BreakerTransitionEvent.of(t) for t in transitions]
+        events.extend(PolicyVersionEvent(
+            version=p.version, policy_yaml=p.policy_yaml,
+            status="active" if p.accepted else "rejected", published_by=p.published_by,
+            status_reason=None if p.accepted else p.message, at=time.time()) for p in policies)
         try:
-            with pg._unavailable_as_router_error("side writes"):
-                async with self.pool.acquire() as conn:
-                    if transitions:
-                        await pg.insert_breaker_transitions(
-                            conn, [transition_row(t) for t in transitions])
-                    for p in policies:
-                        await pg.record_policy_version(
-                            conn, p.version, p.policy_yaml,
-                            status="active" if p.accepted else "rejected",
-                            published_by=p.published_by,
-                            status_reason=None if p.accepted else p.message)
-                    if not (transitions or policies):
-                        await conn.fetchval("SELECT 1")
+            await self._send_events(events)
         except BaseException:
             self._pending_transitions[:0] = transitions
             self._pending_policies[:0] = policies
             raise
 
+    async def _send_events(self, events: list[RouterEvent]) -> None:
+        producer = self.producer
+        if not events or producer is None:
+            return
+        topic = self.settings.topic(EVENTS)
+        try:
+            sent = [await producer.send(topic, value, key=key)
+                    for key, value in map(encode_event, events)]
+            await asyncio.gather(*sent)
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"publishing state events: {exc!r}") from exc
+
     async def _snapshot_trust(self, now: float) -> None:
         """Scores that moved (or are due for a refresh, :mod:`~router_stream.worker.
         trust_snapshots`). ``at`` is rounded to the snapshot period, so UNIQUE(source_id, at)
-        keeps one row per source per period however many workers write it."""
-        assert self.pool is not None
+        keeps one row per source per period however many workers publish it."""
         trust = self.engine.snapshot(now).trust
         due = self._snapshots.due(trust, now)
         if due:
             at = math.floor(now / TRUST_SNAPSHOT_EVERY_S) * TRUST_SNAPSHOT_EVERY_S
-            rows = [(source, min(1.0, max(0.0, score)), {}, at) for source, score in due.items()]
-            with pg._unavailable_as_router_error("trust snapshot"):
-                async with self.pool.acquire() as conn:
-                    await pg.insert_trust_snapshots(conn, rows)
+            scores = [(source, min(1.0, max(0.0, score))) for source, score in due.items()]
+            await self._send_events([  # chunked: one record stays far below max.message.bytes
+                TrustSnapshotEvent(scores=dict(scores[i:i + SNAPSHOT_CHUNK]), at=at)
+                for i in range(0, len(scores), SNAPSHOT_CHUNK)])
         self._snapshots.written(due, now, trust)
-
-    async def _count_dlq_backlog(self) -> None:
-        assert self.pool is not None
-        with pg._unavailable_as_router_error("counting the DLQ backlog"):
-            async with self.pool.acquire() as conn:
-                n = await conn.fetchval("SELECT count(*) FROM dlq_entries WHERE status = 'pending'")
-        self.metrics.dlq_backlog.set(n)
 
     async def _refresh_gauges(self) -> None:
         """router_ready every second, router_consumer_lag every LAG_REFRESH_S; trust_score and
@@ -524,13 +559,10 @@ class RouterWorker:
             "topics": self._topics_ok,
             "state_replayed": self.follower is not None and self.follower.caught_up.is_set(),
             "group_joined": self.signals is not None and self.signals.assigned.is_set(),
-            "postgres": self.pool is not None and self._pg_ok,
             "not_draining": not self._stopping.is_set(),
             "making_progress": self.signals is None
             or self.signals.stalled_for() < self.settings.stall_threshold_s,
         }
-        if not self.settings.persist:
-            del checks["postgres"]  # nothing of the hot path depends on it
         return checks
 
 

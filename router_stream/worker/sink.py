@@ -1,38 +1,35 @@
-"""Making a :class:`~router_stream.core.outputs.BatchResult` durable: commit steps 1 and 2.
+"""Making a :class:`~router_stream.core.outputs.BatchResult` durable: the produce step.
 
-Step 1, :func:`produce_outputs`: every routed record, decision, DLQ record and retry record is
-handed to the (idempotent, ``acks=all``) producer and *every* delivery is awaited before we go on.
-Step 2, :func:`persist_outputs`: decisions, DLQ entries and breaker transitions are written in
-one Postgres transaction with ``ON CONFLICT DO NOTHING`` on their natural keys, so writing a batch
-again after a crash changes nothing. What goes to Postgres is masked per the policy's ``redact``
-section (:class:`~router_stream.core.redaction.Redactor`); the Kafka records of step 1 keep the
-original bytes, and a masked DLQ row records where its ``router.dlq`` record is, for replay.
+:func:`send_outputs` hands every routed record, decision, DLQ record, retry record and state
+event (``router.events``: the batch's breaker transitions, shadow evaluations and rollbacks) to
+the (idempotent, ``acks=all``) producer; :func:`await_deliveries` waits until *every* delivery
+was acknowledged. Nothing here touches Postgres: it is a projection of these records, written by
+``router-stream persist`` (:mod:`router_stream.projection`).
 
-aiokafka's errors are translated here into the project's tree (``raise ... from exc``); Postgres
-errors already arrive translated from :mod:`router_stream.adapters.postgres`.
+aiokafka's errors are translated here into the project's tree (``raise ... from exc``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
-import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
-from router_stream.adapters import postgres as pg
-from router_stream.config import DECISIONS, DLQ, Settings
-from router_stream.core.breaker import BreakerTransition
-from router_stream.core.models import Decision
-from router_stream.core.outputs import BatchResult, DlqRecord
-from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
+from router_stream.config import DECISIONS, DLQ, EVENTS, Settings
+from router_stream.core.events import (
+    BreakerTransitionEvent,
+    PolicyStatusEvent,
+    RouterEvent,
+    ShadowEvent,
+    encode_event,
+)
+from router_stream.core.outputs import BatchResult
 from router_stream.core.refusals import OutputKind
-from router_stream.core.rollout import ShadowOutcome
 from router_stream.errors import BrokerUnavailable, RouterError
 from router_stream.worker.produce_errors import TopicMissing, is_refusal, topic_missing
 
@@ -48,10 +45,12 @@ class OutputTopics:
     dlq: str
     retry: str
     settings: Settings
+    events: str = EVENTS
 
     @classmethod
     def of(cls, settings: Settings) -> OutputTopics:
-        return cls(settings.topic(DECISIONS), settings.topic(DLQ), settings.topic(RETRY), settings)
+        return cls(settings.topic(DECISIONS), settings.topic(DLQ), settings.topic(RETRY), settings,
+                   settings.topic(EVENTS))
 
     def routed(self, destination: str) -> str:
         return self.settings.routed_topic(destination)
@@ -116,6 +115,8 @@ async def send_outputs(
             sends.append((None, topics.dlq, dlq[-1]))
         for t in result.retries:
             sends.append((None, topics.retry, await send(topics.retry, t.value, t.key, t.headers)))
+        for key, value in batch_events(result):
+            sends.append((None, topics.events, await send(topics.events, value, key, None)))
     except KafkaError as exc:
         for *_, fut in sends:
             fut.cancel()
@@ -339,124 +340,13 @@ def _broker_error(what: str, exc: KafkaError) -> RouterError:
     return RouterError(f"{what}: {exc!r}")
 
 
-# --- Postgres rows ----------------------------------------------------------------------------
-
-
-def decision_row(d: Decision, redactor: Redactor = DEFAULT_REDACTOR,
-                 tenants: dict[str, str] | None = None) -> tuple[Any, ...]:
-    """A decision in :data:`router_stream.adapters.postgres.DECISION_COLUMNS` order, its
-    signal-supplied ids (``signal_id``, ``tenant``) masked; ``tenants`` caches tenant masks.
-    Everything else in a decision comes from the policy or the router's state."""
-    state: dict[str, Any] = {"trust": d.trust, "breakers": d.breakers}
-    for name in ("priority", "rule", "override_id"):
-        value = getattr(d, name)
-        if value is not None:
-            state[name] = value
-    if d.extra:
-        state["extra"] = d.extra
-    consensus = None if d.method is None else {
-        "value": d.value, "method": d.method, "sources_used": d.sources_used,
-        "outliers": d.outliers}
-    tenant = None if tenants is None else tenants.get(d.tenant)
-    if tenant is None:
-        tenant = redactor.identifier(d.tenant, "tenant")
-        if tenants is not None:
-            tenants[d.tenant] = tenant
-    return (d.decision_id, redactor.identifier(d.signal_id, "signal_id"), tenant, d.kind,
-            d.destinations, d.strategy,
-            None if d.tier is None else str(d.tier), d.policy_version, d.confidence, state,
-            consensus, d.input_topic, d.input_partition, d.input_offset, d.signal_ts,
-            d.decided_at)
-
-
-def dlq_row(q: DlqRecord, now: float, redactor: Redactor = DEFAULT_REDACTOR,
-            at: tuple[str, int, int] | None = None) -> tuple[Any, ...]:
-    """A DLQ record in :data:`router_stream.adapters.postgres.DLQ_COLUMNS` order, masked by
-    ``redactor``; ``at`` is (topic, partition, offset) of its ``router.dlq`` record."""
-    e = q.entry
-    m = redactor.dlq_entry(e)
-    if m.masked and at is None:
-        raise ValueError(f"DLQ entry {q.dlq_key} is masked but its router.dlq record is unknown:"
-                         " it could never be replayed byte-exact")
-    topic, partition, offset = at if at is not None else (None, None, None)
-    return (q.dlq_key, e.reason.value, m.error, m.signal_id, m.tenant, m.kind, e.attempts,
-            e.original_topic, e.original_partition, e.original_offset, m.key, m.headers,
-            m.value, None, e.first_failed_at, max(now, e.first_failed_at), m.masked, topic,
-            partition, offset)
-
-
-def transition_row(t: BreakerTransition) -> tuple[Any, ...]:
-    """A breaker transition in BREAKER_TRANSITION_COLUMNS order."""
-    return (t.target_id, t.from_state.value, t.to_state.value, t.reason, {}, t.at)
-
-
-async def persist_outputs(
-    pool: asyncpg.Pool, result: BatchResult, now: float,
-    extra_transitions: Sequence[BreakerTransition] = (), *,
-    redactor: Redactor = DEFAULT_REDACTOR,
-    dlq_at: Sequence[tuple[str, int, int]] | None = None,
-) -> None:
-    """Commit step 2: one transaction, idempotent on signal_id / dlq_key / transition key, and
-    "first outcome wins" per input record (:func:`first_outcomes`).
-
-    Rows are masked by ``redactor`` (the policy that decided the batch). ``dlq_at`` holds
-    (topic, partition, offset) of each ``result.dlq`` record on ``router.dlq``
-    (:meth:`Deliveries.dlq_positions`); a masked entry needs it.
-    """
-    if dlq_at is not None and len(dlq_at) != len(result.dlq):
-        raise ValueError(f"{len(dlq_at)} router.dlq positions for {len(result.dlq)} DLQ records")
-    where = dict(zip((q.dlq_key for q in result.dlq), dlq_at or (), strict=False))
-    transitions = [transition_row(t) for t in (*result.breaker_transitions, *extra_transitions)]
-    if not (result.decisions or result.dlq or transitions or result.shadow):
-        return
-    # The adapter translates errors inside its statements; this also covers acquire/BEGIN/COMMIT.
-    with pg._unavailable_as_router_error("writing a batch to Postgres"):
-        async with pool.acquire() as conn, conn.transaction():
-            kept_decisions, kept_dlq = await first_outcomes(conn, result)
-            tenants: dict[str, str] = {}
-            await pg.insert_decisions(conn, [decision_row(d, redactor, tenants)
-                                             for d in kept_decisions])
-            await pg.insert_dlq_entries(conn, [dlq_row(q, now, redactor, where.get(q.dlq_key))
-                                               for q in kept_dlq])
-            await pg.insert_breaker_transitions(conn, transitions)
-            await pg.insert_shadow_decisions(conn, [shadow_row(o, now, redactor)
-                                                    for o in result.shadow])
-
-
-def shadow_row(o: ShadowOutcome, now: float,
-               redactor: Redactor = DEFAULT_REDACTOR) -> tuple[Any, ...]:
-    """A shadow evaluation in SHADOW_COLUMNS order (its signal_id masked like the decision's)."""
-    return (redactor.identifier(o.signal_id, "signal_id"), o.candidate_version,
-            _choice(o.baseline), _choice(o.candidate), o.agree, now)
-
-
-def _choice(choice: tuple[str, ...] | str) -> list[str] | str:
-    """Destinations as a JSON array; a DLQ reason as JSON *text* (the adapter passes a ``str``
-    through as already-serialised JSON, and a bare ``unclassified`` is not JSON)."""
-    return list(choice) if isinstance(choice, tuple) else orjson.dumps(choice).decode()
-
-
-def _input_key(d: Decision) -> str:
-    return f"{d.input_topic}/{d.input_partition}/{d.input_offset}"
-
-
-async def first_outcomes(
-    conn: asyncpg.Connection, result: BatchResult
-) -> tuple[list[Decision], list[DlqRecord]]:
-    """Keep the ledger at exactly one outcome per input record across re-processing.
-
-    Re-deciding a record after a crash is not always deterministic: rate-limit buckets and the
-    dedupe window start empty in a new process, and breaker cooldowns depend on the clock. So a
-    record first DLQ'd as ``rate_limited`` may be routed on the second pass, or the reverse. The
-    first outcome written wins: a decision is dropped when its record already has a *pending*
-    DLQ entry (unless the record is an operator's replay of that entry), and a DLQ entry is
-    dropped when its record already has a decision. Kafka outputs stay at-least-once.
-    """
-    replays = {_input_key(d) for d in result.decisions if d.extra.get("replay_of")}
-    fresh_keys = [k for k in (_input_key(d) for d in result.decisions) if k not in replays]
-    pending = await pg.pending_dlq_keys(conn, fresh_keys)
-    decided = await pg.decided_inputs(conn, [q.dlq_key for q in result.dlq])
-    decisions = [d for d in result.decisions
-                 if _input_key(d) in replays or _input_key(d) not in pending]
-    dlq = [q for q in result.dlq if q.dlq_key not in decided]
-    return decisions, dlq
+def batch_events(result: BatchResult) -> list[tuple[bytes, bytes]]:
+    """The ``router.events`` records of a batch: its breaker transitions, shadow evaluations
+    and rollbacks (key, value)."""
+    if not (result.breaker_transitions or result.shadow or result.rollout_events):
+        return []
+    now = time.time()
+    events: list[RouterEvent] = [BreakerTransitionEvent.of(t) for t in result.breaker_transitions]
+    events.extend(ShadowEvent.of(o, now) for o in result.shadow)
+    events.extend(PolicyStatusEvent.rollback(e) for e in result.rollout_events)
+    return [encode_event(e) for e in events]

@@ -309,12 +309,15 @@ async def topic_configs(settings: Settings, topic: str, *,
 
 
 class WorkerProc:
-    """One ``router-stream worker`` process of a run; restartable under the same name."""
+    """One ``router-stream worker`` process of a run (by default with the Postgres projection
+    in-process, so a run's rows can be verified); restartable under the same name.
+    ``command="persist"`` runs the projection on its own instead."""
 
     def __init__(self, run: Run, name: str, *, idle_s: float | None = 5.0,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, command: str = "worker") -> None:
         self.run = run
         self.name = name
+        self.command = command
         self.idle_s = idle_s
         self.env = env or {}
         self.log_path = run.workdir / f"{name}.log"
@@ -332,8 +335,10 @@ class WorkerProc:
             "ROUTER_HTTP_PORT": "0",
             "ROUTER_BATCH_MAX": "200",
             "ROUTER_STATE_DIR": s.state_dir,
+            "ROUTER_WORKER_PERSIST": "true",
+            "ROUTER_PROJECTION_HTTP_PORT": "0",
         } | self.env
-        args = ["worker"]
+        args = [self.command]
         if self.idle_s is not None:
             args += ["--exit-when-idle", str(self.idle_s)]
         self.starts += 1

@@ -32,7 +32,7 @@ async def test_3_sigstopped_zombie_neither_duplicates_rows_nor_commits_stale_off
     _assert_row(await sc.sigstop_zombie(chaos_servers, chaos_dir, QUICK))
 
 
-async def test_4_postgres_down_30s_pauses_commits_and_resumes(own_stack, chaos_dir):
+async def test_4_postgres_down_30s_routing_goes_on_and_the_projection_catches_up(own_stack, chaos_dir):
     _assert_row(await sc.postgres_outage(own_stack, chaos_dir, QUICK))
 
 

@@ -18,7 +18,9 @@ from router_stream.adapters import postgres as pg
 from router_stream.cli import cli
 from router_stream.config import Settings
 from router_stream.core.breaker import BreakerState, BreakerTransition
+from router_stream.core.events import BreakerTransitionEvent
 from router_stream.errors import DatabaseUnavailable
+from router_stream.projection.rows import transition_row
 
 pytestmark = pytest.mark.integration
 
@@ -294,7 +296,7 @@ async def test_breaker_transitions_and_trust_snapshots_are_idempotent(migrated):
 
     core = BreakerTransition("pager", BreakerState.HALF_OPEN, BreakerState.CLOSED,
                              at=(T0 + timedelta(seconds=40)).timestamp(), reason="probes ok")
-    transitions.append(pg.breaker_transition_row(core))
+    transitions.append(transition_row(BreakerTransitionEvent.of(core)))
 
     assert await pg.insert_breaker_transitions(migrated, transitions) == 3
     assert await pg.insert_breaker_transitions(migrated, transitions) == 0
@@ -363,8 +365,10 @@ def test_cli_db_migrate_edited_file_exits_1(settings: Settings, migrations_copy:
     assert "changed on disk: 001_init.sql" in result.output
 
 
-async def test_core_decision_and_dlq_entry_round_trip(migrated):
+async def test_core_decision_and_dlq_entry_round_trip(migrated, kafka_log):
     from router_stream.core.models import Decision, DlqEntry, DlqReason
+    from router_stream.core.outputs import BatchResult, DlqRecord
+    from router_stream.projection.rows import decision_row, dlq_row_from_record
 
     epoch = T0.timestamp()
     core_decision = Decision(
@@ -378,12 +382,14 @@ async def test_core_decision_and_dlq_entry_round_trip(migrated):
         reason=DlqReason.NO_ROUTE, error="no route for kind 'x'", signal_id="s-x",
         original_topic="signals", original_partition=3, original_offset=9,
         original_key=None, original_value=b'{"sender_id": "x"}',
-        original_headers=[("h", b"v")], first_failed_at=epoch,
+        original_headers=[("h", b"v")], first_failed_at=epoch, tenant="acme",
     )
+    (record,) = kafka_log().of(BatchResult(dlq=[DlqRecord(entry, entry.kafka_headers())]),
+                               int(epoch * 1000))
 
-    assert await pg.insert_decisions(migrated, [pg.decision_row(core_decision)]) == 1
-    assert await pg.insert_dlq_entries(migrated, [pg.dlq_row(entry, tenant="acme")]) == 1
-    assert await pg.insert_dlq_entries(migrated, [pg.dlq_row(entry)]) == 0
+    assert await pg.insert_decisions(migrated, [decision_row(core_decision)]) == 1
+    assert await pg.insert_dlq_entries(migrated, [dlq_row_from_record(record)]) == 1
+    assert await pg.insert_dlq_entries(migrated, [dlq_row_from_record(record)]) == 0
 
     d = await migrated.fetchrow("SELECT * FROM routing_decisions")
     assert d["decided_at"] == T0 + timedelta(milliseconds=250)

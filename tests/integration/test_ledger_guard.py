@@ -16,8 +16,17 @@ import yaml
 from router_stream.adapters import postgres as pg
 from router_stream.core.compiled import load_compiled
 from router_stream.core.engine import RouterEngine
-from router_stream.core.outputs import H_ATTEMPTS, H_DLQ_ID, H_OFFSET, H_PARTITION, H_TOPIC
-from router_stream.worker.sink import persist_outputs
+from router_stream.core.outputs import (
+    H_ATTEMPTS,
+    H_DLQ_ID,
+    H_OFFSET,
+    H_PARTITION,
+    H_TOPIC,
+    BatchResult,
+)
+from router_stream.core.redaction import DEFAULT_REDACTOR
+from router_stream.projection.rows import decision_from_json, dlq_row_from_record
+from router_stream.projection.writer import ProjectionBatch, write_batch
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +60,32 @@ async def _ledger(conn) -> tuple[dict[str, str], dict[str, tuple[str, int, str]]
     return decisions, dlq
 
 
+def _batch(records) -> ProjectionBatch:
+    """What the projection makes of the records a worker produced."""
+    batch = ProjectionBatch()
+    for r in records:
+        at = f"{r.topic}/{r.partition}/{r.offset}"
+        if r.topic.endswith("router.decisions"):
+            batch.decisions.append((decision_from_json(r.value), at, r.timestamp))
+        elif r.topic.endswith("router.dlq"):
+            batch.dlq.append((dlq_row_from_record(r), at, r.timestamp))
+    return batch
+
+
+@pytest.fixture
+def persist_outputs(kafka_log):
+    """Write a batch's records as the projection does (each call: one projection batch)."""
+    log = kafka_log("t.")
+    clock = iter(range(1, 1000))
+
+    async def persist(pool, *results: BatchResult) -> None:
+        records = [r for result in results for r in log.of(result, next(clock) * 1000)]
+        async with pool.acquire() as conn:
+            await write_batch(conn, _batch(records), DEFAULT_REDACTOR)
+
+    return persist
+
+
 @pytest.fixture
 async def pool(settings):
     await pg.migrate_database(settings)
@@ -59,16 +94,16 @@ async def pool(settings):
     await p.close()
 
 
-async def test_first_outcome_wins_in_both_directions(pool):
+async def test_first_outcome_wins_in_both_directions(pool, persist_outputs):
     first = _engine().decide_batch([Rec(_alert(1), 1), Rec(_alert(2), 2)], NOW)
     assert [q.entry.reason.value for q in first.dlq] == ["rate_limited"]  # s2 over the limit
-    await persist_outputs(pool, first, NOW)
+    await persist_outputs(pool, first)
 
     # After a "crash", a fresh engine decides s2 (fresh bucket) and rate-limits s1 instead.
     again = _engine().decide_batch([Rec(_alert(2), 2), Rec(_alert(1), 1)], NOW)
     assert {d.signal_id for d in again.decisions} == {"s2"}
     assert [q.entry.signal_id for q in again.dlq] == ["s1"]
-    await persist_outputs(pool, again, NOW)
+    await persist_outputs(pool, again)
 
     async with pool.acquire() as conn:
         decisions, dlq = await _ledger(conn)
@@ -76,9 +111,10 @@ async def test_first_outcome_wins_in_both_directions(pool):
     assert dlq == {"t.signals/0/2": ("rate_limited", 1, "pending")}
 
 
-async def test_replay_of_a_pending_entry_is_decided_and_a_failing_replay_counts_attempts(pool):
+async def test_replay_of_a_pending_entry_is_decided_and_a_failing_replay_counts_attempts(
+        pool, persist_outputs):
     first = _engine().decide_batch([Rec(_alert(1), 1), Rec(_alert(2), 2)], NOW)
-    await persist_outputs(pool, first, NOW)
+    await persist_outputs(pool, first)
     replay_headers = [(H_TOPIC, b"t.signals"), (H_PARTITION, b"0"), (H_OFFSET, b"2"),
                       (H_ATTEMPTS, b"1"), (H_DLQ_ID, b"42")]
 
@@ -89,7 +125,7 @@ async def test_replay_of_a_pending_entry_is_decided_and_a_failing_replay_counts_
     assert [(q.entry.reason.value, q.entry.attempts) for q in failed.dlq] == [("rate_limited", 2)]
     async with pool.acquire() as conn:
         await conn.execute("UPDATE dlq_entries SET status = 'replayed', replayed_at = now()")
-    await persist_outputs(pool, failed, NOW)
+    await persist_outputs(pool, failed)
     async with pool.acquire() as conn:
         _, dlq = await _ledger(conn)
     assert dlq == {"t.signals/0/2": ("rate_limited", 2, "pending")}
@@ -98,7 +134,19 @@ async def test_replay_of_a_pending_entry_is_decided_and_a_failing_replay_counts_
     ok = _engine().decide_batch(
         [Rec(_alert(2), 0, replay_headers[:-2] + [(H_ATTEMPTS, b"2"), (H_DLQ_ID, b"42")])], NOW)
     assert [d.signal_id for d in ok.decisions] == ["s2"]
-    await persist_outputs(pool, ok, NOW)
+    await persist_outputs(pool, ok)
     async with pool.acquire() as conn:
         decisions, _ = await _ledger(conn)
     assert decisions == {"s1": "1", "s2": "2"}
+
+
+async def test_first_outcome_wins_when_both_reach_the_projection_in_one_batch(
+        pool, persist_outputs):
+    first = _engine().decide_batch([Rec(_alert(1), 1), Rec(_alert(2), 2)], NOW)
+    again = _engine().decide_batch([Rec(_alert(2), 2), Rec(_alert(1), 1)], NOW)
+    await persist_outputs(pool, first, again)  # a worker crashed; the projection lagged behind
+
+    async with pool.acquire() as conn:
+        decisions, dlq = await _ledger(conn)
+    assert decisions == {"s1": "1"}
+    assert dlq == {"t.signals/0/2": ("rate_limited", 1, "pending")}

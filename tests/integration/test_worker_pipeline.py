@@ -2,7 +2,7 @@
 
 * ``ROUTER_PERSIST=false``: no Postgres at all (the URL points at a closed port), yet every signal
   is routed or dead-lettered on Kafka and ``/readyz`` turns 200 without a ``postgres`` check.
-* Pipelining (``hotpath.PIPELINE_DEPTH``): batches overlap, yet decide / persist / commit happen
+* Pipelining (``hotpath.PIPELINE_DEPTH``): batches overlap, yet decide / produce / commit happen
   in batch order; a crash with several batches in flight loses nothing and duplicates no row.
 """
 
@@ -21,6 +21,7 @@ from router_stream.config import DLQ, SIGNALS, Settings
 from router_stream.worker import RouterWorker
 from tests.integration.test_worker import (
     DESTINATIONS,
+    PIPELINE_DEPTH,
     POLICY,
     SimulatedCrash,
     counts,
@@ -46,7 +47,7 @@ async def without_postgres(settings: Settings, tmp_path: Path) -> Settings:
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY)
     s = settings.model_copy(update={
-        "policy_file": str(path), "persist": False,
+        "policy_file": str(path), "persist": False, "worker_persist": False,
         "database_url": f"postgresql://router@127.0.0.1:{closed_port()}/nowhere"})
     await apply_topics(s, DESTINATIONS)
     return s
@@ -96,7 +97,7 @@ async def test_batches_overlap_yet_commit_in_batch_order(settings, tmp_path):
     s = (await prepare(settings, tmp_path)).model_copy(update={"batch_max": 20})
     inputs = [i for i in mixed_signals(600) if i[2] != "tiny"]
     await produce(s, SIGNALS, [(k, v) for k, v, _ in inputs])
-    order: dict[str, list[int]] = {"decided": [], "persisted": [], "committed": []}
+    order: dict[str, list[int]] = {"decided": [], "produced": [], "committed": []}
     overlap = []
     w: RouterWorker
 
@@ -107,28 +108,29 @@ async def test_batches_overlap_yet_commit_in_batch_order(settings, tmp_path):
 
     w = worker(s, on_step=hook)
     await w.run_until_idle(0.5)
-    assert order["decided"] == order["persisted"] == order["committed"]
+    assert order["decided"] == order["produced"] == order["committed"]
     assert len(order["committed"]) >= len(inputs) // 20
     assert max(overlap) >= 2, "the pipeline never had two batches in flight"
     d, unique, q = await counts(s)
     assert d == unique and d + q == len(inputs)
 
 
-async def test_crash_mid_pipeline_reprocesses_without_loss_or_duplicate_rows(settings, tmp_path):
-    """Dies while batch 3 is persisted and later batches are decided and sent: the restart
+async def test_crash_mid_pipeline_reprocesses_without_loss_or_duplicate_rows(
+        settings, tmp_path, project_to_idle):
+    """Dies as batch 3 is acknowledged while later batches are decided and sent: the restart
     re-processes from the last commit (batch 2's), nothing is lost, Postgres has one row each."""
     s = (await prepare(settings, tmp_path)).model_copy(update={"batch_max": 25})
     inputs = [i for i in mixed_signals(500) if i[2] != "tiny"]
     await produce(s, SIGNALS, [(k, v) for k, v, _ in inputs])
-    seen = {"persisted": 0, "rows": 0}
+    seen = {"produced": 0, "rows": 0}
     in_flight_at_crash: list[int] = []
     w: RouterWorker
 
     async def hook(step: str, result: Any) -> None:
-        if step == "persisted":
-            seen["persisted"] += 1
+        if step == "produced":
+            seen["produced"] += 1
             seen["rows"] += len(result.decisions) + len(result.dlq)
-            if seen["persisted"] == 3:
+            if seen["produced"] == 3:
                 await asyncio.sleep(0.2)  # let the front run ahead into the pipeline
                 in_flight_at_crash.append(w.signals.in_flight)
                 raise SimulatedCrash("crash mid-pipeline")
@@ -137,8 +139,10 @@ async def test_crash_mid_pipeline_reprocesses_without_loss_or_duplicate_rows(set
     with pytest.raises(SimulatedCrash):
         await w.run_until_idle(0.5)
     assert in_flight_at_crash and in_flight_at_crash[0] >= 2
+    await project_to_idle(s)
     d, unique, q = await counts(s)
-    assert d == unique and d + q == seen["rows"]  # batches 1-3 in Postgres, nothing after
+    # batches 1-3 are on Kafka and so in Postgres; later ones only if they were acknowledged
+    assert d == unique and seen["rows"] <= d + q <= seen["rows"] + 25 * PIPELINE_DEPTH
 
     await worker(s).run_until_idle(0.5)
     d, unique, q = await counts(s)

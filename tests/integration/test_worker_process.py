@@ -32,6 +32,7 @@ def start_worker(s: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:
         "ROUTER_POLICY_FILE": str(s.policy_file),
         "ROUTER_HTTP_PORT": "0",
         "ROUTER_BATCH_MAX": "200",
+        "ROUTER_WORKER_PERSIST": str(s.worker_persist).lower(),  # rows to watch
     }
     return subprocess.Popen(
         [sys.executable, "-c", "from router_stream.cli import main; main()", "worker", *args],

@@ -49,7 +49,9 @@ SPEC_METRICS = {
     "decision_confidence",
 }
 HISTOGRAMS = {"router_latency_seconds", "decision_confidence"}
-DOCUMENTED_METRICS = SPEC_METRICS | {"router_consumer_lag", "router_ready", "router_poison_skips_total", "up"}
+DOCUMENTED_METRICS = SPEC_METRICS | {"router_consumer_lag", "router_ready",
+                                     "router_poison_skips_total", "router_projection_lag_seconds",
+                                     "router_projection_rows_skipped_total", "up"}
 
 
 def load_check_compose() -> Any:
@@ -97,6 +99,7 @@ def test_deploy_dir_has_the_expected_files() -> None:
         "k8s/pdb.yaml",
         "k8s/keda-scaledobject.yaml",
         "alertmanager/alertmanager.yml",
+        "k8s/persist.yaml",
     } <= names
 
 
@@ -192,7 +195,8 @@ def test_compose_policy_mount_exists() -> None:
 
 def test_compose_shape() -> None:
     svc = compose_doc()["services"]
-    assert {"kafka", "postgres", "init", "worker", "prometheus", "grafana"} <= set(svc)
+    assert {"kafka", "postgres", "init", "worker", "persist", "prometheus", "grafana"} <= set(svc)
+    assert svc["persist"]["command"] == ["persist"]
     assert svc["kafka"]["image"] == "apache/kafka:4.1.1"
     assert svc["worker"]["deploy"]["replicas"] == 2
     assert svc["worker"]["stop_grace_period"] == "45s"  # the 25 s drain with a margin
@@ -344,6 +348,7 @@ def test_alerts_cover_the_operational_cases() -> None:
         "RouterLatencyP99High",
         "RouterConsumerLagHigh",
         "RouterDecisionConfidenceLow",
+        "RouterProjectionLagging",
     } <= set(exprs)
     assert "== 2" in exprs["RouterBreakerOpen"]  # breaker_state: 0 closed, 1 half_open, 2 open
     rules = {

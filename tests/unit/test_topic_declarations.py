@@ -19,7 +19,8 @@ TOPICS_DIR = tp.default_topics_file().parent
 SPEC_TOPICS = {"signals", "source-health", "outcomes", "router.control", "router.decisions",
                "router.dlq", "router.retry"}
 EXTENSION_TOPICS = {"router.workers",  # heartbeats without Postgres (docs/operations.md)
-                    "router.state"}  # checkpoints of the shared state (docs/worker.md)
+                    "router.state",  # checkpoints of the shared state (docs/worker.md)
+                    "router.events"}  # state events for the Postgres projection
 
 
 def _registry() -> Registry:

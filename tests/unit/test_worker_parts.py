@@ -7,7 +7,6 @@ import contextlib
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 import pytest
@@ -16,30 +15,14 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router_stream.adapters.postgres import (
-    BREAKER_TRANSITION_COLUMNS,
-    DECISION_COLUMNS,
-    DLQ_COLUMNS,
-)
 from router_stream.config import Settings
-from router_stream.core.breaker import BreakerState, BreakerTransition
-from router_stream.core.models import Decision, DlqEntry, DlqReason
-from router_stream.core.outputs import H_RETRY_NOT_BEFORE, DlqRecord
-from router_stream.core.policy import RedactPolicy
-from router_stream.core.redaction import Redactor
-from router_stream.core.rollout import ShadowOutcome
+from router_stream.core.outputs import H_RETRY_NOT_BEFORE
 from router_stream.errors import DatabaseUnavailable, RouterError
 from router_stream.worker.backoff import Backoff, retry_transient
 from router_stream.worker.hotpath import SignalLoop
 from router_stream.worker.logs import JsonFormatter, trace_id_of
 from router_stream.worker.metrics import WorkerMetrics
-from router_stream.worker.sink import (
-    KeyHashCache,
-    decision_row,
-    dlq_row,
-    shadow_row,
-    transition_row,
-)
+from router_stream.worker.sink import KeyHashCache
 
 NO_WAIT = Backoff(base_s=0.0, cap_s=0.0, attempt_timeout_s=1.0)
 
@@ -94,67 +77,6 @@ def test_backoff_is_capped_and_jittered() -> None:
     assert len(set(delays)) == len(delays)
 
 
-def _decision(**kw: Any) -> Decision:
-    base = dict(decision_id="dec-1", signal_id="s-1", tenant="t", kind="alert",
-                destinations=["pager"], strategy="first_healthy", tier=0, policy_version="v",
-                confidence=0.9, trust={"pager": 0.8}, breakers={"pager": "closed"},
-                input_topic="signals", input_partition=1, input_offset=7, decided_at=2e9,
-                signal_ts=2e9 - 1)
-    return Decision(**(base | kw))
-
-
-def test_rows_match_the_adapter_column_orders() -> None:
-    row = decision_row(_decision())
-    assert len(row) == len(DECISION_COLUMNS)
-    named = dict(zip(DECISION_COLUMNS, row, strict=True))
-    assert named["signal_id"] == "s-1" and named["tier"] == "0" and named["consensus"] is None
-    assert named["state"] == {"trust": {"pager": 0.8}, "breakers": {"pager": "closed"}}
-
-    consensus = dict(zip(DECISION_COLUMNS, decision_row(_decision(
-        method="blend", value=1.5, sources_used=["a", "b"], outliers=["c"])), strict=True))
-    assert consensus["consensus"]["method"] == "blend"
-
-    entry = DlqEntry(reason=DlqReason.INVALID_JSON, error="bad", original_topic="signals",
-                     original_partition=2, original_offset=9, original_key=b"k",
-                     original_value=b"{", first_failed_at=100.0)
-    dlq = dict(zip(DLQ_COLUMNS, dlq_row(DlqRecord(entry, entry.kafka_headers()), now=50.0),
-                   strict=True))
-    assert dlq["dlq_key"] == "signals/2/9" and dlq["original_value"] == b"{"
-    assert dlq["last_failed_at"] >= dlq["first_failed_at"]
-
-    t = BreakerTransition("pager", BreakerState.CLOSED, BreakerState.OPEN, 5.0, "failures")
-    assert len(transition_row(t)) == len(BREAKER_TRANSITION_COLUMNS)
-
-
-def test_a_shadow_row_holds_json_for_destinations_and_for_a_dlq_reason() -> None:
-    # jsonb columns take a str as already-serialised JSON: a bare DLQ reason is not JSON
-    routed = shadow_row(ShadowOutcome("s-1", "p-2", ("a", "b"), "unclassified", False), 1.0)
-    assert routed[2] == ["a", "b"] and orjson.loads(routed[3]) == "unclassified"
-
-
-def test_rows_are_masked_and_a_masked_dlq_row_knows_its_dlq_record() -> None:
-    redactor = Redactor.of(RedactPolicy(fields=["tenant"]))
-    named = dict(zip(DECISION_COLUMNS, decision_row(
-        _decision(signal_id="s-bob@example.com", tenant="acme"), redactor), strict=True))
-    assert named["signal_id"].startswith("***@example.com~h")
-    assert named["tenant"].startswith("[REDACTED]~h")
-    shadow = shadow_row(ShadowOutcome("s-bob@example.com", "p-2", ("a",), ("a",), True), 1.0,
-                        redactor)
-    assert shadow[0] == named["signal_id"]  # the same signal masks to the same id everywhere
-
-    entry = DlqEntry(reason=DlqReason.NO_ROUTE, error="no route", original_topic="signals",
-                     original_partition=2, original_offset=9, original_key=b"555-123-4567",
-                     original_value=b'{"ssn": "123-45-6789"}', first_failed_at=100.0)
-    record = DlqRecord(entry, entry.kafka_headers())
-    with pytest.raises(ValueError, match="router.dlq record is unknown"):
-        dlq_row(record, 50.0, redactor)
-    dlq = dict(zip(DLQ_COLUMNS, dlq_row(record, 50.0, redactor, ("t.router.dlq", 4, 12)),
-                   strict=True))
-    assert (dlq["original_key"], dlq["original_value"]) == (b"[PHONE]", b'{"ssn":"[SSN]"}')
-    assert dlq["masked"] is True
-    assert (dlq["dlq_topic"], dlq["dlq_partition"], dlq["dlq_offset"]) == ("t.router.dlq", 4, 12)
-
-
 @dataclass
 class Rec:
     topic: str
@@ -180,8 +102,8 @@ class FakeConsumer:
 
 def test_retry_records_wait_for_not_before_and_park_their_partition() -> None:
     s = Settings(topic_prefix="x.")
-    loop = SignalLoop(s, engine=None, producer=None, pool=None, metrics=WorkerMetrics(),  # type: ignore[arg-type]
-                      backoff=NO_WAIT, give_up=lambda: False, take_transitions=list)
+    loop = SignalLoop(s, engine=None, producer=None, metrics=WorkerMetrics(),  # type: ignore[arg-type]
+                      backoff=NO_WAIT, give_up=lambda: False)
     consumer = FakeConsumer()
     loop.consumer = consumer  # type: ignore[assignment]
     sig, rty = TopicPartition("x.signals", 0), TopicPartition("x.router.retry", 0)
@@ -245,7 +167,6 @@ def test_metrics_use_the_spec_names() -> None:
     m.routing_errors.labels("pager").inc()
     m.dlq.labels("expired").inc()
     m.retry_attempts.inc()
-    m.dlq_backlog.set(3)
     m.set_state({"src": 0.7}, {"pager": "open", "slack": "half_open"})
     m.confidence.observe(0.5)
     m.consumer_lag.labels("signals", "0").set(4)
@@ -253,7 +174,7 @@ def test_metrics_use_the_spec_names() -> None:
     for name in ('signals_received_total{kind="alert"} 1.0',
                  'router_latency_seconds_bucket{kind="alert",le="0.0025"} 1.0',
                  'routing_errors_total{destination="pager"} 1.0', 'dlq_total{reason="expired"}',
-                 "retry_attempts_total 1.0", "dlq_backlog 3.0", 'trust_score{source="src"} 0.7',
+                 "retry_attempts_total 1.0", 'trust_score{source="src"} 0.7',
                  'breaker_state{destination="pager"} 2.0',
                  'breaker_state{destination="slack"} 1.0', "decision_confidence_count 1.0",
                  'router_consumer_lag{partition="0",topic="signals"} 4.0'):

@@ -1,0 +1,145 @@
+"""Backlog drain, issue 12's measurement: a backlog of bench-workload signals is produced first,
+then each contender is started on it and timed until its consumer group has committed the whole
+backlog (signals/s from its first commit to the last, so start-up is left out).
+
+Contenders, one after the other in the same run: raw aiokafka passthrough, and router-stream
+with Postgres on — the worker with the projection (`router-stream persist`) as its own process,
+as deployed. ``--old PATH`` adds the worker of another checkout (PYTHONPATH=PATH), e.g. the
+previous main in a temporary worktree, whose worker still wrote Postgres itself.
+
+    python -m bench.backlog_drain [--signals 100000] [--old /tmp/old-checkout]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import time
+import uuid
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from bench.contenders import (
+    PARTITIONS,
+    POLICY_FILE,
+    Contender,
+    RawPassthrough,
+    RouterStream,
+    _router_stream_exe,
+)
+from bench.workload import Workload
+
+
+async def _produce_backlog(bootstrap: str, topic: str, n: int) -> None:
+    workload = Workload()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks="all",
+                                max_batch_size=1024 * 1024)
+    await producer.start()
+    try:
+        pending = []
+        for i in range(n):
+            key, value = workload.signal(i, 0, b"d")
+            pending.append(await producer.send(topic, value, key=key))
+            if len(pending) >= 5000:
+                await asyncio.gather(*pending)
+                pending = []
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def _committed(bootstrap: str, group: str, topic: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        total = 0
+        for p in range(PARTITIONS):
+            total += await consumer.committed(TopicPartition(topic, p)) or 0
+        return total
+    finally:
+        await consumer.stop()
+
+
+class OldWorker(RouterStream):
+    """A checkout from before the projection: its worker writes Postgres itself."""
+
+    def command(self) -> list[str]:
+        return [_router_stream_exe(), "worker", "--policy", str(POLICY_FILE), "--http-port", "0"]
+
+
+def _group(c: Contender) -> str:
+    return f"bench-{c.run_id}-raw" if isinstance(c, RawPassthrough) else f"bench-{c.run_id}-{c.key}"
+
+
+async def drain(c: Contender, n: int, database_url: str, env: dict[str, str],
+                timeout_s: float = 100) -> dict[str, Any]:
+    await c.prepare(database_url)
+    try:
+        await _produce_backlog(c.bootstrap, c.signals_topic, n)
+        proc = subprocess.Popen(c.command(), env={**c.env(), **env}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            started = time.monotonic()
+            first: tuple[float, int] | None = None
+            done = 0
+            while time.monotonic() - started < timeout_s:
+                done = await _committed(c.bootstrap, _group(c), c.signals_topic)
+                if done and first is None:
+                    first = (time.monotonic(), done)
+                if done >= n:
+                    break
+                await asyncio.sleep(0.2)
+            end = time.monotonic()
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+        if first is None or done < n:
+            return {"label": c.label, "drained": done, "rate": None}
+        rate = (n - first[1]) / max(1e-9, end - first[0])
+        return {"label": c.label, "drained": done, "rate": rate,
+                "with_startup_s": end - started}
+    finally:
+        await c.cleanup(database_url)
+
+
+async def run(n: int, old: str | None) -> list[dict[str, Any]]:
+    bootstrap = os.environ.get("ROUTER_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+    database_url = os.environ.get("ROUTER_DATABASE_URL",
+                                  "postgresql://router@127.0.0.1:15432/router")
+    run_id = uuid.uuid4().hex[:6]
+    plan: list[tuple[Contender, dict[str, str]]] = [
+        (RawPassthrough("raw", "raw aiokafka passthrough", run_id, bootstrap), {}),
+        (RouterStream("router_pg", "router-stream + persist process", run_id, bootstrap,
+                      persist=True), {}),
+    ]
+    if old:
+        plan.append((OldWorker("router_old", f"router-stream at {old} (Postgres in the worker)",
+                               run_id, bootstrap, persist=True), {"PYTHONPATH": old}))
+    results = []
+    for contender, env in plan:
+        results.append(await drain(contender, n, database_url, env))
+        r = results[-1]
+        rate = "did not drain" if r["rate"] is None else f"{r['rate']:,.0f} signals/s"
+        print(f"{r['label']}: {rate}", flush=True)
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--signals", type=int, default=100_000)
+    ap.add_argument("--old", default=None)
+    args = ap.parse_args()
+    results = asyncio.run(run(args.signals, args.old))
+    raw = results[0]["rate"]
+    for r in results[1:]:
+        if r["rate"] and raw:
+            print(f"{r['label']}: {r['rate'] / raw:.2f}x raw")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Projection drain: how many rows a second ``router-stream persist`` writes from a backlog.
+
+A backlog of decision records (the bench policy's shape: first_healthy over three tiers, trust
+and breaker state of three destinations) plus one DLQ record in 20 is produced to fresh topics,
+then one projection (in this process, as ``router-stream persist`` runs it) drains it into a
+fresh database. Reported: rows/s from the first fetched batch until every row is committed
+(start-up excluded), and the same including start-up.
+
+    python -m bench.projection_drain [--records 100000]   (ROUTER_KAFKA_BOOTSTRAP/DATABASE_URL)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+import uuid
+
+from aiokafka import AIOKafkaProducer
+
+from bench.contenders import _admin_sql, _with_database, create_topics, delete_topics_with_prefix
+from router_stream.adapters.postgres import migrate_database
+from router_stream.config import DECISIONS, DLQ, EVENTS, Settings
+from router_stream.core.models import Decision, DlqEntry, DlqReason
+from router_stream.projection import Projection
+
+
+def _decision(i: int) -> Decision:
+    return Decision(
+        decision_id=f"dec-{i:08d}", signal_id=f"sig-{i:08d}", tenant=f"tenant-{i % 7}",
+        kind="alert", destinations=["pager"], strategy="first_healthy", tier=0,
+        policy_version="bench-v1", confidence=0.93,
+        trust={"pager": 0.91, "slack": 0.88, "email": 0.97},
+        breakers={"pager": "closed", "slack": "closed", "email": "closed"},
+        input_topic="bench.signals", input_partition=i % 12, input_offset=i // 12,
+        decided_at=1.8e9 + i / 1000, signal_ts=1.8e9 + i / 1000 - 0.01, rule="alerts")
+
+
+def _dead_letter(i: int) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    entry = DlqEntry(reason=DlqReason.UNCLASSIFIED, error="no rule matched",
+                     signal_id=f"sig-{i:08d}", tenant="default", original_topic="bench.signals",
+                     original_partition=i % 12, original_offset=i // 12,
+                     original_key=b"sender", original_value=b'{"sender_id":"s","payload":{}}',
+                     first_failed_at=1.8e9)
+    return b"sender", entry.original_value or b"", entry.kafka_headers()
+
+
+async def _produce(s: Settings, n: int) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, linger_ms=20,
+                                max_batch_size=1024 * 1024, acks="all")
+    await producer.start()
+    try:
+        pending = []
+        for i in range(n):
+            if i % 20 == 19:
+                key, value, headers = _dead_letter(i)
+                pending.append(await producer.send(s.topic(DLQ), value, key=key,
+                                                   headers=headers))
+            else:
+                d = _decision(i)
+                pending.append(await producer.send(s.topic(DECISIONS), d.to_json(),
+                                                   key=d.signal_id.encode()))
+            if len(pending) >= 5000:
+                await asyncio.gather(*pending)
+                pending = []
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def run(records: int) -> dict[str, float]:
+    bootstrap = os.environ.get("ROUTER_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+    admin_url = os.environ.get("ROUTER_DATABASE_URL", "postgresql://router@127.0.0.1:15432/router")
+    run_id = uuid.uuid4().hex[:8]
+    database = f"bench_projection_{run_id}"
+    s = Settings(kafka_bootstrap=bootstrap, topic_prefix=f"bench-{run_id}.projection.",
+                 group_id=f"bench-{run_id}", projection_http_port=0,
+                 database_url=_with_database(admin_url, database))  # type: ignore[arg-type]
+    await _admin_sql(admin_url, f'CREATE DATABASE "{database}"')
+    try:
+        await migrate_database(s)
+        await create_topics(bootstrap, [s.topic(DECISIONS), s.topic(DLQ), s.topic(EVENTS)])
+        produced = time.monotonic()
+        await _produce(s, records)
+        print(f"produced {records:,} records in {time.monotonic() - produced:.1f}s")
+        projection = Projection(s, http=False)
+        started = time.monotonic()
+        first: float | None = None
+        await projection.start()
+        while True:
+            n = await projection.step()
+            if n and first is None:
+                first = time.monotonic()
+            if not n and projection.projected >= records and await projection.caught_up():
+                break
+        done = time.monotonic()
+        await projection.stop()
+        rows = sum(v for v in _rows(projection).values())
+        assert first is not None
+        return {"records": records, "rows": rows, "drain_s": done - first,
+                "rows_per_s": rows / (done - first), "with_startup_s": done - started}
+    finally:
+        await delete_topics_with_prefix(bootstrap, s.topic_prefix)
+        await _admin_sql(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def _rows(projection: Projection) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for metric in projection.metrics.rows.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                out[sample.labels["table"]] = sample.value
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--records", type=int, default=100_000)
+    result = asyncio.run(asyncio.wait_for(run(ap.parse_args().records), 110))
+    print(f"projection drain: {result['rows']:,.0f} rows in {result['drain_s']:.2f}s = "
+          f"{result['rows_per_s']:,.0f} rows/s ({result['with_startup_s']:.2f}s with start-up)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""How far ``router-stream persist`` is behind a topic: what operators reading Postgres
+(``dlq list|show|replay``) are told when the table does not show everything yet."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from router_stream.adapters.kafka_io import read_at
+from router_stream.config import Settings
+from router_stream.errors import RouterError
+
+
+@dataclass(frozen=True)
+class ProjectionLag:
+    records: int  # on the topic, not yet written (committed) by the projection group
+    seconds: float | None  # age of the oldest of them, when it could be read
+
+    def describe(self, topic: str) -> str:
+        age = "" if self.seconds is None else f", the oldest {self.seconds:.0f}s old"
+        return (f"the Postgres projection is {self.records} record(s) behind {topic}{age}: "
+                "newer entries are not in the table yet (is `router-stream persist` running?)")
+
+
+async def projection_lag(settings: Settings, topic: str,
+                         timeout_s: float = 5.0) -> ProjectionLag | None:
+    """The projection group's lag on ``topic``; None when it is caught up or cannot be asked
+    (the broker unreachable, no such topic) — a hint, never an error."""
+    with contextlib.suppress(KafkaError, RouterError, OSError, TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            behind = await _behind(settings, topic)
+            if not behind:
+                return None
+            seconds = None
+            first = [(p, committed) for p, (committed, _) in behind.items()]
+            found = await read_at(settings, topic, first, timeout_s=timeout_s)
+            if found:
+                oldest = min(r.timestamp for r in found.values()) / 1000.0
+                seconds = max(0.0, time.time() - oldest)
+            return ProjectionLag(sum(end - off for off, end in behind.values()), seconds)
+    return None
+
+
+async def _behind(settings: Settings, topic: str) -> dict[int, tuple[int, int]]:
+    """partition -> (the group's committed offset, the end offset), where it lags."""
+    consumer = AIOKafkaConsumer(group_id=settings.projection_group_id, enable_auto_commit=False,
+                                **settings.kafka_client_options)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic)
+                                                        or await _partitions(consumer, topic))]
+        starts = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        behind: dict[int, tuple[int, int]] = {}
+        for tp in tps:
+            committed = max(await consumer.committed(tp) or 0, starts[tp])
+            if committed < ends[tp]:
+                behind[tp.partition] = (committed, ends[tp])
+        return behind
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    metadata = await consumer._client.fetch_all_metadata()
+    return set(metadata.partitions_for_topic(topic) or ())

@@ -1,0 +1,222 @@
+"""Kafka records -> Postgres rows: the one definition of every row the projection writes.
+
+Everything a row needs is in its record: a decision row in the ``router.decisions`` value
+(:meth:`Decision.to_json`), a DLQ row in the ``router.dlq`` record's ``x-dlq-*`` headers, its
+original bytes and its own position, an event row in the ``router.events`` value
+(:mod:`router_stream.core.events`). Rows are masked by the active policy's ``redact`` section
+(:class:`~router_stream.core.redaction.Redactor`) as the worker masked them before.
+
+Postgres cannot store U+0000 in ``text`` or ``jsonb``. A row it refuses for that is stored with
+every U+0000 in its strings replaced by the six characters ``\\u0000`` (:func:`escape_nul`);
+the Kafka record keeps the original. Tuples follow the column order of
+:mod:`router_stream.adapters.postgres` (``DECISION_COLUMNS``, ``DLQ_COLUMNS`` ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import orjson
+
+from router_stream.adapters import postgres as pg
+from router_stream.core.events import (
+    BreakerTransitionEvent,
+    PolicyStatusEvent,
+    PolicyVersionEvent,
+    ShadowEvent,
+    TrustSnapshotEvent,
+)
+from router_stream.core.models import Decision, DlqReason
+from router_stream.core.outputs import (
+    DLQ_HEADERS,
+    H_ATTEMPTS,
+    H_ERROR,
+    H_FIRST_FAILED,
+    H_KIND,
+    H_OFFSET,
+    H_PARTITION,
+    H_REASON,
+    H_SIGNAL_ID,
+    H_TENANT,
+    H_TOPIC,
+)
+from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
+
+__all__ = ["KafkaRecord", "decision_from_json", "decision_row", "dlq_row_from_record",
+           "escape_nul", "input_key", "shadow_row", "transition_row", "trust_rows"]
+
+NUL_ESCAPE = "\\u0000"
+_REASONS = frozenset(r.value for r in DlqReason)
+_DECISION_FIELDS = frozenset(f.name for f in fields(Decision))
+
+
+class KafkaRecord(Protocol):
+    """A consumed record, as aiokafka and :mod:`router_stream.adapters.kafka_io` give it."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def headers(self) -> Any: ...
+
+
+def decision_from_json(value: bytes | None) -> Decision:
+    """The decision of a ``router.decisions`` value; ``ValueError`` when it is not one."""
+    data = orjson.loads(value or b"null")
+    if not isinstance(data, dict):
+        raise ValueError("a decision record's value is not a JSON object")
+    try:
+        return Decision(**{k: v for k, v in data.items() if k in _DECISION_FIELDS})
+    except TypeError as exc:
+        raise ValueError(f"not a decision: {exc}") from exc
+
+
+def input_key(d: Decision) -> str:
+    """The decided record's position, as ``dlq_key`` writes a DLQ entry's original position."""
+    return pg.dlq_key(d.input_topic, d.input_partition, d.input_offset)
+
+
+def decision_row(d: Decision, redactor: Redactor = DEFAULT_REDACTOR,
+                 tenants: dict[str, str] | None = None) -> tuple[Any, ...]:
+    """A decision in ``DECISION_COLUMNS`` order, its signal-supplied ids (``signal_id``,
+    ``tenant``) masked; ``tenants`` caches tenant masks. Everything else in a decision comes
+    from the policy or the router's state."""
+    state: dict[str, Any] = {"trust": d.trust, "breakers": d.breakers}
+    for name in ("priority", "rule", "override_id"):
+        value = getattr(d, name)
+        if value is not None:
+            state[name] = value
+    if d.extra:
+        state["extra"] = d.extra
+    consensus = None if d.method is None else {
+        "value": d.value, "method": d.method, "sources_used": d.sources_used,
+        "outliers": d.outliers}
+    tenant = None if tenants is None else tenants.get(d.tenant)
+    if tenant is None:
+        tenant = redactor.identifier(d.tenant, "tenant")
+        if tenants is not None:
+            tenants[d.tenant] = tenant
+    return (d.decision_id, redactor.identifier(d.signal_id, "signal_id"), tenant, d.kind,
+            d.destinations, d.strategy,
+            None if d.tier is None else str(d.tier), d.policy_version, d.confidence, state,
+            consensus, d.input_topic, d.input_partition, d.input_offset, d.signal_ts,
+            d.decided_at)
+
+
+def _epoch(value: float) -> datetime:
+    return datetime.fromtimestamp(value, tz=UTC)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8", "replace")
+
+
+def _signal_fields(value: bytes | None) -> tuple[str | None, str | None]:
+    """(tenant, kind) when the value is a JSON object that names them (records dead-lettered
+    before the ``x-dlq-tenant``/``x-dlq-kind`` headers existed)."""
+    try:
+        parsed = orjson.loads(value) if value else None
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(parsed, dict):
+        return None, None
+    tenant, kind = parsed.get("tenant", "default"), parsed.get("kind")
+    return (tenant if isinstance(tenant, str) else None, kind if isinstance(kind, str) else None)
+
+
+def dlq_row_from_record(record: KafkaRecord, redactor: Redactor = DEFAULT_REDACTOR
+                        ) -> dict[str, Any] | None:
+    """The ``dlq_entries`` row of one ``router.dlq`` record (``DLQ_COLUMNS`` keys), masked by
+    ``redactor``, or None if it is not a DLQ record this router wrote (no reason or original
+    position, or a reason outside the closed set)."""
+    found: dict[str, bytes] = {}
+    for name, value in record.headers or ():
+        if name in DLQ_HEADERS and value is not None:
+            found[name] = value
+    try:
+        reason = found[H_REASON].decode()
+        topic = found[H_TOPIC].decode()
+        partition, offset = int(found[H_PARTITION]), int(found[H_OFFSET])
+        attempts = max(1, int(found.get(H_ATTEMPTS, b"1")))
+        failed_at = _epoch(record.timestamp / 1000.0)
+        first = _epoch(float(found[H_FIRST_FAILED])) if H_FIRST_FAILED in found else failed_at
+    except (KeyError, ValueError, UnicodeDecodeError, OverflowError, OSError):
+        return None
+    if reason not in _REASONS or partition < 0 or offset < 0:
+        return None
+    tenant, kind = _signal_fields(record.value)
+    if H_TENANT in found or H_KIND in found:
+        tenant, kind = _text(found.get(H_TENANT)), _text(found.get(H_KIND))
+    m = redactor.dlq_parts(
+        error=found.get(H_ERROR, b"").decode("utf-8", "replace"),
+        signal_id=_text(found.get(H_SIGNAL_ID)), tenant=tenant, kind=kind, key=record.key,
+        value=record.value,
+        headers=[(k, v) for k, v in record.headers or () if k not in DLQ_HEADERS])
+    return {
+        "dlq_key": pg.dlq_key(topic, partition, offset), "reason": reason,
+        "error": m.error, "signal_id": m.signal_id, "tenant": m.tenant, "kind": m.kind,
+        "attempts": attempts, "original_topic": topic,
+        "original_partition": partition, "original_offset": offset,
+        "original_key": m.key, "original_headers": m.headers, "original_value": m.value,
+        "original_timestamp": None,
+        "first_failed_at": min(first, failed_at), "last_failed_at": failed_at,
+        "masked": m.masked, "dlq_topic": record.topic, "dlq_partition": record.partition,
+        "dlq_offset": record.offset,
+    }
+
+
+def transition_row(t: BreakerTransitionEvent) -> tuple[Any, ...]:
+    """``BREAKER_TRANSITION_COLUMNS`` order."""
+    return (t.target, t.from_state.value, t.to_state.value, t.reason, {}, t.at)
+
+
+def trust_rows(t: TrustSnapshotEvent) -> list[tuple[Any, ...]]:
+    """``TRUST_SNAPSHOT_COLUMNS`` order, one row per source."""
+    return [(source, score, {}, t.at) for source, score in t.scores.items()]
+
+
+def shadow_row(o: ShadowEvent, redactor: Redactor = DEFAULT_REDACTOR) -> tuple[Any, ...]:
+    """``SHADOW_COLUMNS`` order (its signal_id masked like the decision's). A DLQ reason is
+    passed as JSON *text* (the adapter takes a ``str`` as already-serialised JSON)."""
+    return (redactor.identifier(o.signal_id, "signal_id"), o.candidate_version,
+            _choice(o.baseline), _choice(o.candidate), o.agree, o.at)
+
+
+def _choice(choice: list[str] | str) -> list[str] | str:
+    return choice if isinstance(choice, list) else orjson.dumps(choice).decode()
+
+
+def policy_version_args(p: PolicyVersionEvent) -> dict[str, Any]:
+    """Keyword arguments of :func:`router_stream.adapters.postgres.record_policy_version`."""
+    return {"version": p.version, "policy": p.policy_yaml, "status": p.status,
+            "published_by": p.published_by, "status_reason": p.status_reason}
+
+
+def policy_status_args(p: PolicyStatusEvent) -> dict[str, Any]:
+    """Keyword arguments of :func:`router_stream.adapters.postgres.mark_policy_status`."""
+    return {"version": p.version, "status": p.status, "reason": p.reason}
+
+
+def escape_nul(value: Any) -> Any:
+    """``value`` with U+0000 in every string (also inside lists, tuples and dict keys/values)
+    replaced by the six characters ``\\u0000``; anything else unchanged."""
+    if isinstance(value, str):
+        return value.replace("\x00", NUL_ESCAPE) if "\x00" in value else value
+    if isinstance(value, tuple):
+        return tuple(escape_nul(v) for v in value)
+    if isinstance(value, list):
+        return [escape_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {escape_nul(k): escape_nul(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,343 @@
+"""``router-stream persist``: Postgres as a projection of the decision log.
+
+Its own consumer group (``ROUTER_PROJECTION_GROUP``, default ``<group_id>.projection``) reads
+``router.decisions``, ``router.dlq`` and ``router.events``; each fetch becomes rows
+(:mod:`.rows`) written in one transaction (:mod:`.writer`), and the offsets are committed only
+after that transaction committed. So a crash re-writes rows that exist (``ON CONFLICT``: no-ops)
+and never skips one. A Postgres outage pauses the projection — the batch is retried with backoff
+while ``router_projection_lag_seconds`` grows — and routing goes on untouched: the workers never
+wait for the database. A record that is not a decision/DLQ record/event is logged, counted and
+skipped; a row Postgres refuses for its content is isolated and skipped (never retried forever).
+
+Masking: rows are masked by the ``redact`` section of the active policy — at start the one
+recorded active in ``policy_versions`` (the projection wrote it from ``router.events``), else
+the policy file (``ROUTER_POLICY_FILE``), else every detector — and then by each policy the
+workers switch to, as its ``policy_version`` event is projected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from router_stream.adapters import postgres as pg
+from router_stream.config import DECISIONS, DLQ, EVENTS, Settings
+from router_stream.core.events import PolicyVersionEvent, decode_event
+from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
+from router_stream.errors import BrokerUnavailable, PolicyError, RouterError, TransientError
+from router_stream.projection.metrics import ProjectionMetrics
+from router_stream.projection.rows import decision_from_json, dlq_row_from_record
+from router_stream.projection.writer import ProjectionBatch, WriteReport, write_batch
+from router_stream.worker.backoff import Backoff, retry_transient
+
+log = logging.getLogger("router_stream.projection")
+
+FETCH_TIMEOUT_MS = 200
+DLQ_BACKLOG_EVERY_S = 10.0
+
+
+def position(record: Any) -> str:
+    return f"{record.topic}/{record.partition}/{record.offset}"
+
+
+class Projection:
+    """Consumes the decision log and keeps Postgres in step with it (module docstring)."""
+
+    def __init__(self, settings: Settings, *, backoff: Backoff | None = None,
+                 metrics: ProjectionMetrics | None = None, http: bool = True) -> None:
+        self.settings = settings
+        self.metrics = metrics or ProjectionMetrics()
+        self._backoff = backoff or Backoff()
+        self._http_enabled = http
+        self._topics = {settings.topic(DECISIONS): "decisions", settings.topic(DLQ): "dlq",
+                        settings.topic(EVENTS): "events"}
+        self._stopping = asyncio.Event()
+        self._drain_deadline: float | None = None
+        self._pg_ok = False
+        self.redactor: Redactor = DEFAULT_REDACTOR
+        self.pool: asyncpg.Pool | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self.http: Any = None
+        self.projected = 0
+        self._in_hand = False  # a fetched batch not yet written and committed
+        self.skipped: list[str] = []  # positions of rows and records skipped, newest last
+        self._last_backlog = 0.0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        if self._http_enabled:
+            from router_stream.worker.http import HealthServer
+
+            self.http = HealthServer(self.metrics, alive=lambda: True,
+                                     readiness=self.readiness)
+            port = await self.http.start(s.http_host, s.projection_http_port)
+            log.info("projection http listening", extra={"host": s.http_host, "port": port})
+        self.pool = await retry_transient(
+            "connecting to Postgres", lambda: pg.create_pool(s, min_size=1, max_size=2),
+            backoff=self._backoff, give_up=self._stopping.is_set)
+        self._pg_ok = True
+        self.redactor = await self._initial_redactor()
+        consumer = AIOKafkaConsumer(
+            group_id=s.projection_group_id, enable_auto_commit=False,
+            auto_offset_reset="earliest", client_id="router-stream-persist",
+            max_poll_interval_ms=600_000, fetch_max_wait_ms=50,
+            **s.kafka_client_options)
+        try:
+            await consumer.start()
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"starting the projection consumer: {exc!r}") from exc
+        consumer.subscribe(list(self._topics))
+        self.consumer = consumer
+        log.info("projection started", extra={"group_id": s.projection_group_id,
+                                               "topics": sorted(self._topics)})
+
+    async def _initial_redactor(self) -> Redactor:
+        assert self.pool is not None
+        with contextlib.suppress(TransientError, asyncpg.PostgresError):
+            async with self.pool.acquire() as conn:
+                text = await conn.fetchval(
+                    "SELECT policy FROM policy_versions WHERE status = 'active'"
+                    " ORDER BY status_changed_at DESC LIMIT 1")
+            if text:
+                redactor = _redactor_of(text, "policy_versions")
+                if redactor is not None:
+                    return redactor
+        if self.settings.policy_file:
+            from router_stream.worker.policy_source import read_policy_file
+
+            return _policy_redactor(read_policy_file(self.settings)[1])
+        log.warning("no policy known: every PII detector masks what is persisted")
+        return DEFAULT_REDACTOR
+
+    async def stop(self) -> None:
+        self.request_stop()
+        if self.consumer is not None:
+            consumer, self.consumer = self.consumer, None
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+        if self.pool is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await self.pool.close()
+        if self.http is not None:
+            await self.http.stop()
+        log.info("projection stopped", extra={"projected": self.projected})
+
+    def request_stop(self) -> None:
+        if not self._stopping.is_set():
+            self._drain_deadline = time.monotonic() + 25.0
+            self._stopping.set()
+
+    def readiness(self) -> dict[str, bool]:
+        return {"postgres": self._pg_ok, "consuming": self.consumer is not None,
+                "not_draining": not self._stopping.is_set()}
+
+    # --- run ---------------------------------------------------------------------------------
+
+    async def run(self, *, exit_when_idle: float | None = None) -> None:
+        """Project until stopped (or, with ``exit_when_idle``, until nothing was left to read
+        for that many seconds), then stop."""
+        idle_since: float | None = None
+        try:
+            while not self._stopping.is_set():
+                n = await self.step()
+                if exit_when_idle is None:
+                    continue
+                if n or not await self.caught_up():
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since >= exit_when_idle:
+                    break
+        finally:
+            await self.stop()
+
+    async def run_until_idle(self, idle_s: float = 0.5) -> None:
+        await self.start()
+        await self.run(exit_when_idle=idle_s)
+
+    async def step(self) -> int:
+        """Fetch, write and commit one batch; returns the records it held."""
+        consumer = self.consumer
+        assert consumer is not None, "start() first"
+        fetched = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS,
+                                         max_records=self.settings.projection_batch_max)
+        records = [r for rs in fetched.values() for r in rs]
+        if not records:
+            self.metrics.oldest_pending_ts = None
+            await self._refresh_backlog()
+            return 0
+        self._in_hand = True
+        try:
+            self.metrics.oldest_pending_ts = min(r.timestamp for r in records) / 1000.0
+            batch = self._batch(records)
+            report = await retry_transient(
+                "persist", lambda: self._write(batch), backoff=self._backoff,
+                give_up=self._past_deadline, on_retry=self._on_retry)
+            self._pg_ok = True
+            await self._commit(consumer, records)
+        finally:
+            self._in_hand = False
+        self.metrics.oldest_pending_ts = None
+        self._account(records, report)
+        await self._refresh_backlog()
+        return len(records)
+
+    async def caught_up(self) -> bool:
+        """True when the GROUP's committed offsets reach the end of every partition of our
+        topics: every record there is written. (Our own positions are not enough: a member
+        that died keeps its partitions until its session times out.)"""
+        consumer = self.consumer
+        if consumer is None or self._in_hand or not consumer.assignment():
+            return False
+        tps = [TopicPartition(t, p) for t in self._topics
+               for p in sorted(consumer.partitions_for_topic(t) or ())]
+        try:
+            starts = await consumer.beginning_offsets(tps)
+            ends = await consumer.end_offsets(tps)
+            for tp in tps:
+                if ends[tp] > starts[tp] and (await consumer.committed(tp) or 0) < ends[tp]:
+                    return False
+        except (KafkaError, IllegalStateError):
+            return False
+        return True
+
+    # --- one batch ---------------------------------------------------------------------------
+
+    def _batch(self, records: Sequence[Any]) -> ProjectionBatch:
+        batch = ProjectionBatch()
+        for record in records:
+            kind = self._topics.get(record.topic)
+            try:
+                if kind == "decisions":
+                    batch.decisions.append(
+                        (decision_from_json(record.value), position(record), record.timestamp))
+                elif kind == "dlq":
+                    row = dlq_row_from_record(record, self.redactor)
+                    if row is None:
+                        raise ValueError("no x-dlq-* headers this router writes")
+                    batch.dlq.append((row, position(record), record.timestamp))
+                else:
+                    event = decode_event(record.value)
+                    batch.events.append((event, position(record)))
+                    if isinstance(event, PolicyVersionEvent) and event.status == "active":
+                        # rows after this one in the batch are masked by the new policy
+                        self._switch_policy(event)
+            except ValueError as exc:
+                self._bad_record(record, exc)
+        return batch
+
+    def _switch_policy(self, event: PolicyVersionEvent) -> None:
+        redactor = _redactor_of(event.policy_yaml, f"policy {event.version}")
+        if redactor is not None:
+            self.redactor = redactor
+
+    def _bad_record(self, record: Any, exc: Exception) -> None:
+        self.metrics.bad_records.labels(record.topic).inc()
+        self.skipped.append(position(record))
+        log.error("not a record the projection knows, skipped", extra={
+            "position": position(record), "error": f"{type(exc).__name__}: {exc}"[:300]})
+
+    async def _write(self, batch: ProjectionBatch) -> WriteReport:
+        assert self.pool is not None
+        with pg._unavailable_as_router_error("writing a projection batch to Postgres"):
+            async with self.pool.acquire() as conn:
+                return await write_batch(conn, batch, self.redactor)
+
+    async def _commit(self, consumer: AIOKafkaConsumer, records: Sequence[Any]) -> None:
+        last: dict[TopicPartition, int] = {}
+        for r in records:
+            last[TopicPartition(r.topic, r.partition)] = r.offset + 1
+        owned = consumer.assignment()
+        offsets = {tp: off for tp, off in last.items() if tp in owned}
+
+        async def commit() -> None:
+            try:
+                await consumer.commit(offsets)
+            except (CommitFailedError, IllegalStateError) as exc:
+                # Rebalanced away: the next owner re-writes from our last commit (no-ops).
+                log.warning("projection commit refused after a rebalance",
+                            extra={"error": str(exc)})
+            except KafkaError as exc:
+                raise BrokerUnavailable(f"committing projection offsets: {exc!r}") from exc
+
+        if offsets:
+            await retry_transient("commit", commit, backoff=self._backoff,
+                                  give_up=self._past_deadline, on_retry=self._on_retry)
+
+    def _account(self, records: Sequence[Any], report: WriteReport) -> None:
+        self.projected += len(records)
+        for r in records:
+            self.metrics.records.labels(r.topic).inc()
+        for table, n in report.written.items():
+            self.metrics.rows.labels(table).inc(n)
+        for s in report.skipped:
+            self.metrics.rows_skipped.labels(s.table).inc()
+            self.skipped.append(s.position)
+        del self.skipped[:-1000]
+
+    def _on_retry(self, step: str) -> None:
+        self._pg_ok = step != "persist"
+        self.metrics.transient_retries.inc()
+
+    def _past_deadline(self) -> bool:
+        return self._drain_deadline is not None and time.monotonic() > self._drain_deadline
+
+    async def _refresh_backlog(self) -> None:
+        now = time.monotonic()
+        if now - self._last_backlog < DLQ_BACKLOG_EVERY_S or self.pool is None:
+            return
+        self._last_backlog = now
+        try:
+            with pg._unavailable_as_router_error("counting the DLQ backlog"):
+                async with self.pool.acquire() as conn:
+                    n = await conn.fetchval(
+                        "SELECT count(*) FROM dlq_entries WHERE status = 'pending'")
+            self.metrics.dlq_backlog.set(n)
+        except TransientError as exc:
+            log.warning("DLQ backlog not counted", extra={"error": str(exc)})
+
+
+def _policy_redactor(compiled: Any) -> Redactor:
+    redactor = getattr(compiled, "redactor", DEFAULT_REDACTOR)
+    return redactor if isinstance(redactor, Redactor) else DEFAULT_REDACTOR
+
+
+def _redactor_of(text: str, source: str) -> Redactor | None:
+    from router_stream.worker.policy_source import compile_policy_text
+
+    try:
+        return _policy_redactor(compile_policy_text(text, f"<{source}>"))
+    except (PolicyError, RouterError) as exc:
+        log.warning("policy not usable for masking; keeping the previous one",
+                    extra={"source": source, "error": str(exc)[:300]})
+        return None
+
+
+async def run_projection(settings: Settings, *, exit_when_idle: float | None = None,
+                         configure: Callable[[Projection], None] | None = None) -> None:
+    """``router-stream persist``: start, stop on SIGTERM/SIGINT (or when idle)."""
+    import signal
+
+    projection = Projection(settings)
+    if configure is not None:
+        configure(projection)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, projection.request_stop)
+    try:
+        await projection.start()
+    except BaseException:
+        await projection.stop()
+        raise
+    await projection.run(exit_when_idle=exit_when_idle)

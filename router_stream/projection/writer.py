@@ -1,0 +1,216 @@
+"""One projection batch -> one Postgres transaction, with every row's failure isolated to it.
+
+A batch is written in one transaction, idempotently (``ON CONFLICT`` on signal_id, dlq_key and
+the events' natural keys), and "first outcome wins" per input record (:func:`first_outcomes`).
+
+Row isolation: when Postgres refuses a table's rows for their *content* (SQLSTATE class 22 data
+exception — e.g. U+0000 in text —, 23 integrity constraint, 54 program limit) or a value cannot
+be converted, the rows are split in halves (each write is a savepoint) until the refused row is
+found. That row is written again with U+0000 escaped (:func:`~.rows.escape_nul`); if Postgres
+still refuses it, it is skipped and reported with its Kafka position — the record stays on its
+topic, so nothing is lost, and the partition never stalls on it. Any other error (the database
+unreachable, a timeout) aborts the transaction and is the caller's to retry.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from router_stream.adapters import postgres as pg
+from router_stream.core.events import (
+    BreakerTransitionEvent,
+    PolicyStatusEvent,
+    PolicyVersionEvent,
+    RouterEvent,
+    ShadowEvent,
+    TrustSnapshotEvent,
+)
+from router_stream.core.models import Decision
+from router_stream.core.redaction import Redactor
+from router_stream.projection.rows import (
+    decision_row,
+    escape_nul,
+    input_key,
+    policy_status_args,
+    policy_version_args,
+    shadow_row,
+    transition_row,
+    trust_rows,
+)
+
+log = logging.getLogger("router_stream.projection")
+
+ROW_CONTENT_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A row Postgres refused even escaped: where its record is, and why."""
+
+    table: str
+    position: str  # topic/partition/offset of the Kafka record
+    error: str
+
+
+@dataclass
+class ProjectionBatch:
+    """The rows of one fetch, each with the position of its record (``topic/partition/offset``)
+    and, for decisions and DLQ rows, the record's timestamp (ms) for "first outcome wins"."""
+
+    decisions: list[tuple[Decision, str, int]] = field(default_factory=list)
+    dlq: list[tuple[dict[str, Any], str, int]] = field(default_factory=list)
+    events: list[tuple[RouterEvent, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.decisions) + len(self.dlq) + len(self.events)
+
+
+@dataclass
+class WriteReport:
+    written: dict[str, int] = field(default_factory=dict)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def add(self, table: str, n: int) -> None:
+        self.written[table] = self.written.get(table, 0) + n
+
+
+def is_row_content_error(exc: BaseException) -> bool:
+    """True when ``exc`` says a row's content is wrong, not that the database is unwell."""
+    if isinstance(exc, (ValueError, TypeError, OverflowError)):  # value conversion for COPY
+        return True
+    state = getattr(exc, "sqlstate", None)
+    return (isinstance(exc, asyncpg.PostgresError) and isinstance(state, str)
+            and state[:2] in ROW_CONTENT_SQLSTATE_CLASSES)
+
+
+async def write_batch(conn: asyncpg.Connection, batch: ProjectionBatch,
+                      redactor: Redactor) -> WriteReport:
+    """Write ``batch`` in one transaction; rows refused for their content are isolated
+    (module docstring) and listed in the report."""
+    report = WriteReport()
+    with pg._unavailable_as_router_error("writing a projection batch to Postgres"):
+        async with conn.transaction():
+            decisions, dlq = await first_outcomes(conn, batch)
+            tenants: dict[str, str] = {}
+            await _rows(conn, "routing_decisions", pg.insert_decisions,
+                        [(decision_row(d, redactor, tenants), at) for d, at in decisions], report)
+            await _rows(conn, "dlq_entries", pg.insert_dlq_entries, dlq, report)
+            await _events(conn, batch.events, redactor, report)
+    return report
+
+
+async def first_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
+                         ) -> tuple[list[tuple[Decision, str]], list[tuple[dict[str, Any], str]]]:
+    """Keep the ledger at exactly one outcome per input record across re-processing.
+
+    Re-deciding a record after a worker crash is not always deterministic (rate-limit buckets
+    and the dedupe window start empty in a new process, breaker cooldowns depend on the clock),
+    so one input may have a decision record *and* a DLQ record on Kafka. The first written
+    wins: a decision is dropped when its input already has a *pending* DLQ entry (unless it is
+    an operator's replay of that entry), a DLQ entry when its input already has a decision; in
+    the same batch the earlier record (Kafka timestamp) wins, a decision on a tie. A DLQ key
+    written twice keeps its failure with the most attempts."""
+    replays = {input_key(d) for d, _, _ in batch.decisions if d.extra.get("replay_of")}
+    fresh = {input_key(d): ts for d, _, ts in batch.decisions if input_key(d) not in replays}
+    dlq_first: dict[str, int] = {}
+    latest: dict[str, tuple[dict[str, Any], str]] = {}
+    for row, at, ts in batch.dlq:
+        key = row["dlq_key"]
+        dlq_first[key] = min(ts, dlq_first.get(key, ts))
+        prev = latest.get(key)
+        if prev is None or row["attempts"] >= prev[0]["attempts"]:
+            latest[key] = (row, at)
+    pending = await pg.pending_dlq_keys(conn, list(fresh))
+    decided = await pg.decided_inputs(conn, list(latest))
+    decisions = [(d, at) for d, at, ts in batch.decisions
+                 if (k := input_key(d)) in replays
+                 or (k not in pending and dlq_first.get(k, ts) >= ts)]
+    dlq = [(row, at) for key, (row, at) in latest.items()
+           if key not in decided and not (key in fresh and fresh[key] <= dlq_first[key])]
+    return decisions, dlq
+
+
+Insert = Callable[[asyncpg.Connection, Sequence[Any]], Awaitable[int]]
+
+
+async def _rows(conn: asyncpg.Connection, table: str, insert: Insert,
+                rows: Sequence[tuple[Any, str]], report: WriteReport) -> None:
+    """``insert`` the rows, bisecting to the rows Postgres refuses for their content."""
+    if not rows:
+        return
+    try:
+        async with conn.transaction():  # a savepoint: a refusal leaves the batch usable
+            report.add(table, await insert(conn, [r for r, _ in rows]))
+        return
+    except Exception as exc:  # noqa: BLE001 - classified here; anything else is re-raised
+        if not is_row_content_error(exc):
+            raise
+        error: BaseException = exc
+    if len(rows) > 1:
+        mid = len(rows) // 2
+        await _rows(conn, table, insert, rows[:mid], report)
+        await _rows(conn, table, insert, rows[mid:], report)
+        return
+    row, at = rows[0]
+    escaped = escape_nul(row)
+    if escaped != row:
+        try:
+            async with conn.transaction():
+                report.add(table, await insert(conn, [escaped]))
+            return
+        except Exception as exc:  # noqa: BLE001 - as above
+            if not is_row_content_error(exc):
+                raise
+            error = exc
+    _skip(report, table, at, error)
+
+
+def _skip(report: WriteReport, table: str, at: str, error: BaseException) -> None:
+    skipped = Skipped(table, at, f"{type(error).__name__}: {error}"[:500])
+    report.skipped.append(skipped)
+    log.error("row refused by Postgres, skipped (the record stays on its topic)", extra={
+        "table": skipped.table, "position": skipped.position, "error": skipped.error})
+
+
+async def _events(conn: asyncpg.Connection, events: Sequence[tuple[RouterEvent, str]],
+                  redactor: Redactor, report: WriteReport) -> None:
+    transitions: list[tuple[Any, str]] = []
+    trust: list[tuple[Any, str]] = []
+    shadow: list[tuple[Any, str]] = []
+    for event, at in events:
+        if isinstance(event, BreakerTransitionEvent):
+            transitions.append((transition_row(event), at))
+        elif isinstance(event, TrustSnapshotEvent):
+            trust.extend((row, at) for row in trust_rows(event))
+        elif isinstance(event, ShadowEvent):
+            shadow.append((shadow_row(event, redactor), at))
+    await _rows(conn, "breaker_transitions", pg.insert_breaker_transitions, transitions, report)
+    await _rows(conn, "trust_snapshots", pg.insert_trust_snapshots, trust, report)
+    await _rows(conn, "shadow_decisions", pg.insert_shadow_decisions, shadow, report)
+    for event, at in events:  # in order: a publish then a rollback must end rolled back
+        if isinstance(event, PolicyVersionEvent):
+            await _policy(conn, "policy_versions", at, report, pg.record_policy_version,
+                          policy_version_args(event))
+        elif isinstance(event, PolicyStatusEvent):
+            await _policy(conn, "policy_versions", at, report, pg.mark_policy_status,
+                          policy_status_args(event))
+
+
+async def _policy(conn: asyncpg.Connection, table: str, at: str, report: WriteReport,
+                  write: Callable[..., Awaitable[None]], args: dict[str, Any]) -> None:
+    for attempt in (args, escape_nul(args)):
+        try:
+            async with conn.transaction():
+                await write(conn, **attempt)
+            report.add(table, 1)
+            return
+        except Exception as exc:  # noqa: BLE001 - classified here; anything else is re-raised
+            if not is_row_content_error(exc):
+                raise
+            error: BaseException = exc
+    _skip(report, table, at, error)

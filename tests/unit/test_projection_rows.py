@@ -1,0 +1,136 @@
+"""Kafka records -> Postgres rows (projection/rows.py): everything a row needs is in its record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from router_stream.adapters.postgres import (
+    BREAKER_TRANSITION_COLUMNS,
+    DECISION_COLUMNS,
+    SHADOW_COLUMNS,
+    TRUST_SNAPSHOT_COLUMNS,
+)
+from router_stream.core.breaker import BreakerState, BreakerTransition
+from router_stream.core.events import BreakerTransitionEvent, ShadowEvent, TrustSnapshotEvent
+from router_stream.core.models import Decision, DlqEntry, DlqReason
+from router_stream.core.outputs import BatchResult, DlqRecord
+from router_stream.core.policy import RedactPolicy
+from router_stream.core.redaction import Redactor
+from router_stream.core.rollout import ShadowOutcome
+from router_stream.projection.rows import (
+    decision_from_json,
+    decision_row,
+    dlq_row_from_record,
+    escape_nul,
+    shadow_row,
+    transition_row,
+    trust_rows,
+)
+
+
+def _decision(**kw: Any) -> Decision:
+    base = dict(decision_id="dec-1", signal_id="s-1", tenant="t", kind="alert",
+                destinations=["pager"], strategy="first_healthy", tier=0, policy_version="v",
+                confidence=0.9, trust={"pager": 0.8}, breakers={"pager": "closed"},
+                input_topic="signals", input_partition=1, input_offset=7, decided_at=2e9,
+                signal_ts=2e9 - 1)
+    return Decision(**(base | kw))
+
+
+def _entry(**kw: Any) -> DlqEntry:
+    base = dict(reason=DlqReason.NO_ROUTE, error="no route", signal_id="s-9", tenant="acme",
+                kind="alert", original_topic="signals", original_partition=2,
+                original_offset=9, original_key=b"k", original_value=b'{"x": 1}',
+                original_headers=[("x-trace", b"t1")], first_failed_at=100.0)
+    return DlqEntry(**(base | kw))
+
+
+def test_a_decision_record_holds_every_column(kafka_log) -> None:
+    d = _decision(method="blend", value=1.5, sources_used=["a", "b"], outliers=["c"],
+                  extra={"replay_of": "x"}, rule="r1")
+    (rec,) = kafka_log().of(BatchResult(decisions=[d]), 1000)
+    back = decision_from_json(rec.value)
+    assert back == d
+    row = dict(zip(DECISION_COLUMNS, decision_row(back), strict=True))
+    assert row["signal_id"] == "s-1" and row["tier"] == "0"
+    assert row["state"] == {"trust": {"pager": 0.8}, "breakers": {"pager": "closed"},
+                            "rule": "r1", "extra": {"replay_of": "x"}}
+    assert row["consensus"]["method"] == "blend"
+    assert (row["input_topic"], row["input_partition"], row["input_offset"]) == ("signals", 1, 7)
+
+
+@pytest.mark.parametrize("value", [b"[]", b"{}", b'{"signal_id": "s"}', b"nope", None])
+def test_what_is_not_a_decision_is_a_value_error(value) -> None:
+    with pytest.raises(ValueError):
+        decision_from_json(value)
+
+
+def test_a_dlq_record_holds_every_column_and_where_it_is(kafka_log) -> None:
+    e = _entry()
+    (rec,) = kafka_log("p.").of(BatchResult(dlq=[DlqRecord(e, e.kafka_headers())]), 5_000)
+    row = dlq_row_from_record(rec)
+    assert row is not None
+    assert row["dlq_key"] == "signals/2/9" and row["reason"] == "no_route"
+    assert (row["signal_id"], row["tenant"], row["kind"]) == ("s-9", "acme", "alert")
+    assert row["original_headers"] == [("x-trace", b"t1")]  # x-dlq-* stripped
+    assert (row["dlq_topic"], row["dlq_partition"], row["dlq_offset"]) == ("p.router.dlq", 0, 0)
+    assert row["first_failed_at"].timestamp() == 5.0  # min(first failure, the record's time)
+
+
+def test_a_dlq_row_is_masked_by_the_policy_and_knows_its_record(kafka_log) -> None:
+    redactor = Redactor.of(RedactPolicy(fields=["tenant"]))
+    e = _entry(original_key=b"555-123-4567", original_value=b'{"ssn": "123-45-6789"}')
+    (rec,) = kafka_log().of(BatchResult(dlq=[DlqRecord(e, e.kafka_headers())]), 200_000)
+    row = dlq_row_from_record(rec, redactor)
+    assert row is not None and row["masked"] is True
+    assert (row["original_key"], row["original_value"]) == (b"[PHONE]", b'{"ssn":"[SSN]"}')
+    assert row["tenant"].startswith("[REDACTED]~h")
+    named = dict(zip(DECISION_COLUMNS, decision_row(
+        _decision(signal_id="s-bob@example.com", tenant="acme"), redactor), strict=True))
+    assert named["signal_id"].startswith("***@example.com~h")
+    assert named["tenant"] == row["tenant"]  # one tenant masks to one id everywhere
+
+
+def test_a_record_without_the_dlq_headers_is_not_a_dlq_row(kafka_log) -> None:
+    rec = kafka_log().append("router.dlq", b"k", b"v", 1, [("x-dlq-reason", b"no_route")])
+    assert dlq_row_from_record(rec) is None
+    rec = kafka_log().append("router.dlq", b"k", b"v", 1, [
+        ("x-dlq-reason", b"made_up"), ("x-dlq-original-topic", b"s"),
+        ("x-dlq-original-partition", b"0"), ("x-dlq-original-offset", b"1")])
+    assert dlq_row_from_record(rec) is None
+
+
+def test_event_rows_follow_the_adapter_column_orders() -> None:
+    t = BreakerTransitionEvent.of(BreakerTransition("pager", BreakerState.CLOSED,
+                                                    BreakerState.OPEN, 5.0, "failures"))
+    assert len(transition_row(t)) == len(BREAKER_TRANSITION_COLUMNS)
+    rows = trust_rows(TrustSnapshotEvent(scores={"a": 0.5, "b": 1.0}, at=10.0))
+    assert rows == [("a", 0.5, {}, 10.0), ("b", 1.0, {}, 10.0)]
+    assert all(len(r) == len(TRUST_SNAPSHOT_COLUMNS) for r in rows)
+    # jsonb columns take a str as already-serialised JSON: a bare DLQ reason is not JSON
+    shadow = shadow_row(ShadowEvent.of(ShadowOutcome("s-1", "p-2", ("a", "b"), "unclassified",
+                                                     False), 1.0))
+    assert len(shadow) == len(SHADOW_COLUMNS)
+    assert shadow[2] == ["a", "b"] and orjson.loads(shadow[3]) == "unclassified"
+
+
+def test_nul_is_escaped_in_every_string_of_a_row_and_nothing_else_changes() -> None:
+    row = ("a\x00b", 1, None, b"\x00", ["x\x00"], {"k\x00": {"v": "\x00\x00"}}, ("\x00",))
+    assert escape_nul(row) == ("a\\u0000b", 1, None, b"\x00", ["x\\u0000"],
+                               {"k\\u0000": {"v": "\\u0000\\u0000"}}, ("\\u0000",))
+    clean = ("a", 1, {"b": ["c"]})
+    assert escape_nul(clean) == clean
+
+
+@pytest.mark.parametrize("module", ["router_stream.projection", "router_stream.worker",
+                                    "router_stream.cli.persist"])
+def test_each_entry_point_imports_first_in_a_fresh_interpreter(module: str) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
