@@ -9,7 +9,7 @@ from router_stream.cli import cli
 
 
 @cli.command("persist")
-@click.option("--exit-when-idle", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+@click.option("--exit-when-idle", type=click.FloatRange(0, 86_400), default=None, metavar="SECONDS",
               help="Exit once nothing was left to write for SECONDS (tests, bench).")
 @click.option("--http-port", type=click.IntRange(0, 65535), default=None,
               help="Port of /livez /readyz /metrics (default ROUTER_PROJECTION_HTTP_PORT).")
@@ -19,7 +19,16 @@ from router_stream.cli import cli
 def persist_command(exit_when_idle: float | None, http_port: int | None,
                     policy_file: str | None) -> None:
     """Write Postgres from the decision log: router.decisions, router.dlq and router.events
-    become rows (own consumer group; offsets committed after each transaction)."""
+    become rows (own consumer group; offsets committed after each transaction).
+
+    Needs a migrated database (`db migrate`). Routing never waits for it: run it beside the
+    workers, or inside one with `worker --persist`.
+
+    \b
+    Examples:
+      router-stream persist --policy examples/policy.yaml      # masks rows per the policy
+      router-stream persist --http-port 0 --exit-when-idle 5   # catch up, then exit
+    """
     import asyncio
 
     from router_stream.config import Settings

@@ -132,9 +132,14 @@ def test_the_tables_listed_are_the_migrations() -> None:
 
 
 def test_the_metrics_listed_are_the_ones_exposed() -> None:
+    from prometheus_client import generate_latest
+
+    from router_stream.projection.metrics import ProjectionMetrics
+
     metrics = WorkerMetrics()
     metrics.set_state({"probe-a": 0.9}, {"slack": "closed"})
-    exposed = set(re.findall(r"^# TYPE (\w+) ", metrics.exposition().decode(), re.M))
+    text = metrics.exposition().decode() + generate_latest(ProjectionMetrics().registry).decode()
+    exposed = set(re.findall(r"^# TYPE (\w+) ", text, re.M))
     standard = ("process_", "python_")  # prometheus_client's own collectors
     assert _first_column("Metrics") == {m for m in exposed if not m.endswith("_created")
                                         and not m.startswith(standard)}
