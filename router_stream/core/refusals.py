@@ -69,12 +69,22 @@ def output_at(result: BatchResult, position: int) -> tuple[OutputKind, int]:
     raise IndexError("a send position beyond the batch's outputs")
 
 
+REFERENCE_MARK = "| stored as a reference:"
+"""In a reference's error text (and so in its ``dlq_entries`` row): what ``dlq replay`` and
+``dlq show`` go by."""
+
+
+def is_reference(error: str | None) -> bool:
+    """True for the error text of a DLQ entry stored as a reference (:func:`as_reference`)."""
+    return error is not None and REFERENCE_MARK in error
+
+
 def as_reference(q: DlqRecord, error: str) -> DlqRecord:
     """A DLQ record that names its original instead of carrying it."""
     e = q.entry
     size = len(e.original_value or b"") + len(e.original_key or b"") + sum(
         len(k) + len(v or b"") for k, v in e.original_headers)
-    text = f"{e.error} | stored as a reference: {error}"
+    text = f"{e.error} {REFERENCE_MARK} {error}"
     entry = e.model_copy(update={"original_value": None, "original_headers": [],
                                  "error": " ".join(text.split())[:1000]})
     headers: list[tuple[str, bytes | None]] = [

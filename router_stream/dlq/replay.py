@@ -87,6 +87,7 @@ from router_stream.core.outputs import (
     H_SIGNAL_ID,
     H_TOPIC,
 )
+from router_stream.core.refusals import is_reference
 from router_stream.dlq import store
 from router_stream.dlq.filters import DlqFilter
 from router_stream.dlq.order import Blocked, KeyGate, KeyId, Position
@@ -158,6 +159,16 @@ def replay_record(row: DlqRow, original: ConsumedRecord | None = None, *,
                      timestamp_ms=timestamp_ms)
 
 
+def reference_problem(row: DlqRow) -> str | None:
+    """Why ``row`` cannot be replayed from the DLQ: it is a reference (its record was too large
+    for router.dlq, docs/worker.md), whose bytes are only at its original position."""
+    if not is_reference(row.error):
+        return None
+    return (f"entry {row.id} not replayed: it is a reference (its record was too large for the"
+            f" DLQ topic); the original is on {row.original_topic} partition"
+            f" {row.original_partition} offset {row.original_offset}")
+
+
 def original_problem(row: DlqRow, record: ConsumedRecord | None) -> str | None:
     """Why ``record`` (read at ``row``'s DLQ coordinates) cannot be replayed for ``row``;
     None when it is the entry's record."""
@@ -184,7 +195,10 @@ async def read_originals(settings: Settings, rows: list[DlqRow]
     problems: dict[int, str] = {}
     by_topic: dict[str, list[DlqRow]] = {}
     for row in rows:
-        if row.masked:
+        problem = reference_problem(row)
+        if problem is not None:
+            problems[row.id] = problem
+        elif row.masked:
             by_topic.setdefault(row.dlq_topic or "", []).append(row)
     for topic, masked in sorted(by_topic.items()):
         positions = [(r.dlq_partition or 0, r.dlq_offset or 0) for r in masked]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -261,3 +262,30 @@ def test_detail_masks_value_key_headers_and_error_per_policy() -> None:
                                                   "to": "***@example.org"}
     assert detail["masked"] is True
     assert "a.b@example.org" in str(entry_detail(r))  # without a policy nothing is masked
+
+
+def test_a_reference_entry_is_not_replayed_and_says_where_its_original_is() -> None:
+    from router_stream.core.refusals import as_reference
+    from router_stream.dlq.replay import reference_problem
+
+    assert reference_problem(row()) is None
+    error = "no classification rule matched | stored as a reference: router.dlq: TooLarge"
+    problem = reference_problem(row(error=error, original_value=None, value_size=None))
+    assert problem == ("entry 17 not replayed: it is a reference (its record was too large for"
+                       " the DLQ topic); the original is on signals partition 2 offset 40")
+    # the marker the check goes by is the one as_reference writes
+    from router_stream.core.engine import dead_letter
+    from router_stream.core.models import DlqReason
+
+    @dataclass
+    class Rec:
+        topic: str = "signals"
+        partition: int = 2
+        offset: int = 40
+        key: bytes | None = b"k"
+        value: bytes | None = b"{" * 10
+        timestamp: int = 0
+        headers: list = field(default_factory=list)
+
+    ref = as_reference(dead_letter(Rec(), DlqReason.INVALID_JSON, "bad", 1.0), "too large")
+    assert reference_problem(row(error=ref.entry.error)) is not None
