@@ -615,6 +615,19 @@ async def decided_inputs(conn: asyncpg.Connection, keys: Sequence[str]) -> set[s
     return {r["k"] for r in rows}
 
 
+async def delete_decisions_of_inputs(conn: asyncpg.Connection, keys: Sequence[str]) -> int:
+    """Delete the decision rows of ``keys`` (input topic/partition/offset), except those of an
+    operator's replay: a DLQ entry that supersedes them is the inputs' outcome. Returns how
+    many were deleted."""
+    if not keys:
+        return 0
+    status = await conn.execute(
+        f"DELETE FROM routing_decisions WHERE {_INPUT_KEY} = ANY($1::text[])"
+        " AND state->'extra'->>'replay_of' IS NULL",  # an operator's replay decides anew
+        list(keys))
+    return int(status.rsplit(" ", 1)[-1])
+
+
 # Must match the expression index routing_decisions_input_key (migrations/002).
 _INPUT_KEY = "(input_topic || '/' || input_partition::text || '/' || input_offset::text)"
 

@@ -29,10 +29,14 @@ H_KIND = "x-dlq-kind"  # when it was classified
 H_RETRY_NOT_BEFORE = "x-retry-not-before"
 # A DLQ record too large for router.dlq travels as a reference: no value, these two headers.
 H_REFERENCE = "x-dlq-reference"
+# On the DLQ record of an input whose outputs the broker refused after its decision record may
+# already have been written: this entry, not that decision, is the input's outcome.
+H_SUPERSEDES = "x-dlq-supersedes-decision"
 H_ORIGINAL_SIZE = "x-dlq-original-size"
 DLQ_HEADERS = frozenset(
     {H_REASON, H_ERROR, H_TOPIC, H_PARTITION, H_OFFSET, H_ATTEMPTS, H_FIRST_FAILED, H_SIGNAL_ID,
-     H_DLQ_ID, H_RETRY_NOT_BEFORE, H_REFERENCE, H_ORIGINAL_SIZE, H_TENANT, H_KIND}
+     H_DLQ_ID, H_RETRY_NOT_BEFORE, H_REFERENCE, H_ORIGINAL_SIZE, H_TENANT, H_KIND,
+     H_SUPERSEDES}
 )
 
 

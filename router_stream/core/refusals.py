@@ -31,6 +31,7 @@ from router_stream.core.outputs import (
     H_ORIGINAL_SIZE,
     H_PARTITION,
     H_REFERENCE,
+    H_SUPERSEDES,
     H_TOPIC,
     BatchResult,
     DlqRecord,
@@ -121,9 +122,10 @@ def settle_refusals(result: BatchResult, records: Sequence[InboundRecord],
     for key, (topic, error) in failed.items():
         record = by_origin.get(key)
         if record is not None:
-            repair.dlq.append(dead_letter(record, DlqReason.PROCESSING_ERROR,
-                                          f"produce to {topic} refused: {error}", now,
-                                          signal_ids[key]))
+            q = dead_letter(record, DlqReason.PROCESSING_ERROR,
+                            f"produce to {topic} refused: {error}", now, signal_ids[key])
+            q.headers.append((H_SUPERSEDES, b"true"))  # its decision record may be out
+            repair.dlq.append(q)
     result.dlq = kept + repair.dlq
     return repair
 

@@ -39,6 +39,7 @@ from router_stream.core.outputs import (
     H_PARTITION,
     H_REASON,
     H_SIGNAL_ID,
+    H_SUPERSEDES,
     H_TENANT,
     H_TOPIC,
 )
@@ -173,6 +174,8 @@ def dlq_row_from_record(record: KafkaRecord, redactor: Redactor = DEFAULT_REDACT
         "first_failed_at": min(first, failed_at), "last_failed_at": failed_at,
         "masked": m.masked, "dlq_topic": record.topic, "dlq_partition": record.partition,
         "dlq_offset": record.offset,
+        # not a column: the entry replaces a decision record of the same input (refusals)
+        "supersedes_decision": H_SUPERSEDES in found,
     }
 
 

@@ -114,7 +114,11 @@ async def first_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
     wins: a decision is dropped when its input already has a *pending* DLQ entry (unless it is
     an operator's replay of that entry), a DLQ entry when its input already has a decision; in
     the same batch the earlier record (Kafka timestamp) wins, a decision on a tie. A DLQ key
-    written twice keeps its failure with the most attempts."""
+    written twice keeps its failure with the most attempts.
+
+    The exception: a DLQ entry marked ``x-dlq-supersedes-decision`` (the broker refused an
+    output of the input after its decision record was written, and the worker dead-lettered
+    the input instead) wins over a decision, earlier or not: the decision row is deleted."""
     replays = {input_key(d) for d, _, _ in batch.decisions if d.extra.get("replay_of")}
     fresh = {input_key(d): ts for d, _, ts in batch.decisions if input_key(d) not in replays}
     dlq_first: dict[str, int] = {}
@@ -125,13 +129,16 @@ async def first_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
         prev = latest.get(key)
         if prev is None or row["attempts"] >= prev[0]["attempts"]:
             latest[key] = (row, at)
+    superseding = {key for key, (row, _) in latest.items() if row.get("supersedes_decision")}
     pending = await pg.pending_dlq_keys(conn, list(fresh))
+    await pg.delete_decisions_of_inputs(conn, list(superseding))
     decided = await pg.decided_inputs(conn, list(latest))
     decisions = [(d, at) for d, at, ts in batch.decisions
                  if (k := input_key(d)) in replays
-                 or (k not in pending and dlq_first.get(k, ts) >= ts)]
+                 or (k not in pending and k not in superseding and dlq_first.get(k, ts) >= ts)]
     dlq = [(row, at) for key, (row, at) in latest.items()
-           if key not in decided and not (key in fresh and fresh[key] <= dlq_first[key])]
+           if key in superseding
+           or (key not in decided and not (key in fresh and fresh[key] <= dlq_first[key]))]
     return decisions, dlq
 
 

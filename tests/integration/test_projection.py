@@ -121,3 +121,32 @@ async def test_operators_are_told_how_far_behind_the_projection_is(settings, tmp
 
     await project_to_idle(s)  # (not DLQ records of ours: skipped, but written past)
     assert await projection_lag(s, s.topic(DLQ)) is None
+
+
+def _dlq_headers(offset: int, *, supersedes: bool) -> list[tuple[str, bytes]]:
+    headers = [("x-dlq-reason", b"processing_error"),
+               ("x-dlq-error", b"produce to routed.pager refused: MessageSizeTooLargeError"),
+               ("x-dlq-original-topic", b"t.signals"), ("x-dlq-original-partition", b"0"),
+               ("x-dlq-original-offset", str(offset).encode()), ("x-dlq-attempts", b"1"),
+               ("x-dlq-first-failed-at", b"2000000000.0"), ("x-signal-id", f"s-{offset}".encode())]
+    return headers + ([("x-dlq-supersedes-decision", b"true")] if supersedes else [])
+
+
+async def test_a_dlq_entry_for_a_refused_output_replaces_the_decision_of_its_input(
+        settings, tmp_path, project_to_idle):
+    """The broker refused an output of an input whose decision record was already written, so
+    the worker dead-lettered the input: that entry, not the decision, is its one outcome —
+    whichever of the two records the projection reads first."""
+    s = await prepare(settings, tmp_path)
+    await produce(s, DECISIONS, [(b"k", _decision(1)), (b"k", _decision(2))])
+    await project_to_idle(s)  # the decisions are rows before the DLQ records arrive
+    await produce(s, DLQ, [(b"k", b'{"sender_id": "a"}')], headers=_dlq_headers(1, supersedes=True))
+    await produce(s, DLQ, [(b"k", b'{"sender_id": "b"}')], headers=_dlq_headers(2, supersedes=False))
+    await produce(s, DLQ, [(b"k", b'{"sender_id": "c"}')], headers=_dlq_headers(3, supersedes=True))
+    await produce(s, DECISIONS, [(b"k", _decision(3))])  # its decision comes after its entry
+    await project_to_idle(s)
+
+    decided = {r["input_offset"] for r in await fetch(s, "SELECT input_offset FROM routing_decisions")}
+    dead = {r["original_offset"] for r in await fetch(s, "SELECT original_offset FROM dlq_entries")}
+    assert decided == {2}  # an ordinary late DLQ record still loses to the earlier decision
+    assert dead == {1, 3}

@@ -93,6 +93,9 @@ def test_a_refused_route_dead_letters_its_signal_only():
     assert new.entry.original_headers == [("h", None)]
     assert new.entry.signal_id == "s1"
     assert dict(new.headers)["x-dlq-error"] == b"produce to routed.webhook refused: TooBig"
+    # its decision record may already be on router.decisions: this entry supersedes it
+    assert dict(new.headers)["x-dlq-supersedes-decision"] == b"true"
+    assert "x-dlq-supersedes-decision" not in dict(result.dlq[0].headers)
 
 
 def test_a_dlq_record_too_large_for_the_dlq_topic_becomes_a_reference():
