@@ -101,6 +101,11 @@ def poison_corpus(tag: str) -> list[Poison]:
         Poison("null-header-value", b'{"signal_id": "%s-nh", "sender_id": "a", "ts": 1'
                % sid.encode(), "invalid_json",
                headers=(("x-trace", b"t1"), ("x-null", None), ("x-null", None))),
+        # issue 15: NUL escapes in the ids that become Postgres text columns
+        Poison("nul-escape-in-ids", orjson.dumps({
+            "signal_id": f"{sid}-nul\u0000", "tenant": "t\u0000", "sender_id": "a\u0000b",
+            "payload": {"colour": "nul"}}).replace(b"\\u0000", b"\u0000"), "unclassified",
+               signal_id=f"{sid}-nul\x00"),
         Poison("rtl-and-emoji-ids", js("rtl\u202e\U0001f4a5", sender_id="\u05d0\u202e",
                                        payload={"colour": "\U0001f308"}),
                "unclassified", signal_id=f"{sid}-rtl\u202e\U0001f4a5"),

@@ -362,6 +362,7 @@ def test_every_alert_has_a_runbook_section_in_the_docs() -> None:
     headings = {m.lower() for m in re.findall(r"^#+\s+`?(\w+)`?", docs, flags=re.M)}
     for name in alert_exprs():
         assert name.lower() in headings, f"docs/deploy.md has no section for {name}"
+        assert f"[{name}](#{name.lower()})" in docs, f"the on-call table lacks {name}"
     for group in yaml.safe_load(ALERTS.read_text())["groups"]:
         for rule in group["rules"]:
             url = rule["annotations"].get("runbook_url", "")
