@@ -92,7 +92,7 @@ class Settings(BaseSettings):
         False,
         description="run the Postgres projection (`router-stream persist`) inside the worker "
         "process, beside routing and never in its way: the one-process set-up "
-        "(`router-stream worker --persist`)")
+        "(`router-stream worker --persist`); ignored with persist=false (no Postgres)")
     projection_group: str | None = Field(
         None, min_length=1,
         description="consumer group of `router-stream persist`; default <group_id>.projection")

@@ -176,7 +176,7 @@ class RouterWorker:
         self.heartbeat = Heartbeat(self, self._heartbeat_store())
         self._spawn(self.heartbeat.run(), "heartbeat")
         self._spawn(self._publish_events(), "events")
-        if s.worker_persist:
+        if s.worker_persist and s.persist:  # ROUTER_PERSIST=false: no Postgres to write
             from router_stream.projection import Projection
 
             self.projection = Projection(s, backoff=self._backoff, http=False)
