@@ -28,6 +28,7 @@ from router_stream.config import (
     CONTROL,
     DECISIONS,
     DLQ,
+    EVENTS,
     OUTCOMES,
     SIGNALS,
     SOURCE_HEALTH,
@@ -218,6 +219,8 @@ async def test_every_record_of_a_worker_run_validates_against_its_schema(setting
         check("control-command.schema.json", orjson.loads(r.value))
     for r in await read_all(s, s.topic(WORKERS)):
         check("worker-heartbeat.schema.json", orjson.loads(r.value))
+    for r in await read_all(s, s.topic(EVENTS)):  # breaker transitions, trust snapshots, ...
+        check("router-event.schema.json", orjson.loads(r.value))
 
     assert len(dlq) == 4  # every record that must be rejected was
     assert set(checked) == {p.name for p in SCHEMAS.glob("*.schema.json")}, checked

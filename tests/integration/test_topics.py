@@ -23,7 +23,7 @@ from router_stream.errors import BrokerUnavailable, OperationTimeout
 pytestmark = pytest.mark.integration
 
 FIXED = ["signals", "source-health", "outcomes", "router.control", "router.retry",
-         "router.decisions", "router.dlq", "router.workers", "router.state"]
+         "router.decisions", "router.dlq", "router.events", "router.workers", "router.state"]
 
 
 def declared() -> dict[str, Any]:
