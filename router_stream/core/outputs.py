@@ -81,14 +81,30 @@ def dlq_headers(headers: Sequence[tuple[str, bytes | None]] | None, *, reason: D
     return out
 
 
+TRACE_HEADERS = frozenset({"traceparent", "tracestate", "x-trace-id"})
+"""The trace context a signal carries (W3C Trace Context, or a plain trace id) and every record
+derived from it carries on: routed, decision, retry and DLQ records."""
+
+
+def trace_headers(headers: Sequence[tuple[str, bytes | None]] | None
+                  ) -> list[tuple[str, bytes | None]] | None:
+    """The trace-context headers among ``headers`` (None when there are none)."""
+    if not headers:
+        return None
+    found = [(k, v) for k, v in headers if k in TRACE_HEADERS]
+    return found or None
+
+
 @dataclass(slots=True, frozen=True)
 class RoutedRecord:
-    """The signal plus its ``route`` object, for ``routed.<destination>`` (key = input key)."""
+    """The signal plus its ``route`` object, for ``routed.<destination>`` (key = input key),
+    with the signal's trace-context headers (:func:`trace_headers`)."""
 
     destination: str
     key: bytes | None
     value: bytes
     signal_id: str
+    headers: list[tuple[str, bytes | None]] | None = None
 
 
 @dataclass(slots=True, frozen=True)

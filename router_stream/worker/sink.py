@@ -104,11 +104,12 @@ async def send_outputs(
         routed = topics.routed
         for r in result.routed:
             topic = routed(r.destination)
-            sends.append((r.destination, topic, await send(topic, r.value, r.key, None)))
+            sends.append((r.destination, topic, await send(topic, r.value, r.key, r.headers)))
         decisions = topics.decisions
+        traces = decision_traces(result)
         for d in result.decisions:
-            sends.append((None, decisions,
-                          await send(decisions, d.to_json(), d.signal_id.encode(), None)))
+            sends.append((None, decisions, await send(decisions, d.to_json(), d.signal_id.encode(),
+                                                      traces.get(d.signal_id))))
         for q in result.dlq:
             dlq.append(await send(topics.dlq, q.entry.original_value, q.entry.original_key,
                                   q.headers))
@@ -122,6 +123,12 @@ async def send_outputs(
             fut.cancel()
         return Deliveries([], _broker_error("sending", exc))
     return Deliveries(sends, dlq=dlq, producer=producer)
+
+
+def decision_traces(result: BatchResult) -> dict[str, list[tuple[str, bytes | None]]]:
+    """The trace-context headers of each decided signal, by signal id, from its routed records
+    (the decision record carries the same context as the signal's routed copies)."""
+    return {r.signal_id: r.headers for r in result.routed if r.headers}
 
 
 class _RefusingSend:
@@ -162,10 +169,11 @@ async def send_alone(producer: AIOKafkaProducer, topics: OutputTopics, result: B
     where it landed. Raises the producer's error."""
     if kind == "routed":
         r = result.routed[index]
-        topic, value, key, headers = topics.routed(r.destination), r.value, r.key, None
+        topic, value, key, headers = topics.routed(r.destination), r.value, r.key, r.headers
     elif kind == "decision":
         d = result.decisions[index]
-        topic, value, key, headers = topics.decisions, d.to_json(), d.signal_id.encode(), None
+        topic, value, key = topics.decisions, d.to_json(), d.signal_id.encode()
+        headers = decision_traces(result).get(d.signal_id)
     elif kind == "dlq":
         q = result.dlq[index]
         topic, value, key, headers = (topics.dlq, q.entry.original_value, q.entry.original_key,

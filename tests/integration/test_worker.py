@@ -480,6 +480,21 @@ async def test_waits_not_ready_for_missing_topics_then_starts(settings, tmp_path
         await w.stop()
 
 
+async def test_the_trace_context_reaches_the_routed_decision_and_dlq_records(settings, tmp_path):
+    s = await prepare(settings, tmp_path)
+    trace = [("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+             ("tracestate", b"vendor=1")]
+    await produce(s, SIGNALS, [(b"k", signal(1, payload={"severity": "critical"})),
+                               (b"k", b'{"not": "a signal"')], headers=[*trace, ("x-other", b"1")])
+    await worker(s).run_until_idle(0.5)
+
+    (routed,) = await read_all(s, s.topic("routed.pager"))
+    (decision,) = await read_all(s, s.topic("router.decisions"))
+    (dead,) = await read_all(s, s.topic(DLQ))
+    assert list(routed.headers) == trace and list(decision.headers) == trace
+    assert list(dead.headers)[:3] == [*trace, ("x-other", b"1")]  # the original headers, as sent
+
+
 async def test_health_endpoints_and_metrics(settings, tmp_path):
     import aiohttp
 

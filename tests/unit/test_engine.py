@@ -361,3 +361,18 @@ def test_tick_moves_an_open_breaker_among_many_closed_ones():
     assert engine._breakers.not_closed == {"pager"}
     moves = engine.tick(NOW + 3600)
     assert [(m.target_id, m.to_state) for m in moves] == [("pager", BreakerState.HALF_OPEN)]
+
+
+def test_the_trace_context_travels_on_every_routed_copy_and_nothing_else_does():
+    engine = RouterEngine(policy(routes={"alert": RouteSpec(
+        "alert", "fanout", (("pager", "slack"),))}))
+    traced = [("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+              ("tracestate", b"vendor=1"), ("x-secret", b"not for downstream"), ("x-null", None)]
+    r = engine.decide_batch([Rec(sig(1, payload={"severity": "high"}), headers=traced),
+                             Rec(sig(2, payload={"severity": "high"}), offset=1)], NOW)
+    by_signal = {}
+    for routed in r.routed:
+        by_signal.setdefault(routed.signal_id, set()).add(
+            tuple(routed.headers) if routed.headers else None)
+    assert by_signal == {"s1": {tuple(traced[:2])}, "s2": {None}}
+    assert len(r.routed) == 4  # fanout: two copies each
