@@ -97,12 +97,14 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
                 self._loop.retry_paused.pop(tp, None)
                 self._loop.forget_lag(tp)
             self._loop.crash_guard.revoked(revoked)
+        self._loop.count_assignment()
         if revoked:
             log.info("partitions revoked", extra={"partitions": _names(revoked)})
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._loop.crash_guard.assigned(assigned)
         self._loop.assigned.set()
+        self._loop.count_assignment(rebalanced=True)
         log.info("partitions assigned", extra={"partitions": _names(assigned)})
 
 
@@ -330,6 +332,15 @@ class SignalLoop:
             self.consumer.resume(*due)
 
     # --- metrics and logs -------------------------------------------------------------------
+
+    def count_assignment(self, *, rebalanced: bool = False) -> None:
+        """``router_assigned_partitions`` per input topic (and a rebalance counted)."""
+        consumer = self.consumer
+        owned = Counter(tp.topic for tp in consumer.assignment()) if consumer is not None else {}
+        for topic in self.input_topics:
+            self._metrics.assigned_partitions.labels(topic).set(owned.get(topic, 0))
+        if rebalanced:
+            self._metrics.rebalances.inc()
 
     def stalled_for(self) -> float:
         """Seconds since the worker last made progress while a batch was being retried."""
@@ -608,7 +619,8 @@ class _KafkaCommitter:
         marked = {tp: OffsetAndMetadata(off, guard.metadata(tp, off))
                   for tp, off in offsets.items()}
         try:
-            await consumer.commit(marked)
+            with self._metrics.commit_seconds.time():
+                await consumer.commit(marked)
         except (CommitFailedError, IllegalStateError) as exc:
             # Rebalanced away: the new owner re-processes from our last commit (more
             # at-least-once copies on Kafka; one row per signal in the projection).

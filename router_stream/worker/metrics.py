@@ -139,6 +139,15 @@ class WorkerMetrics:
             "router_transient_retries", "Retries of a commit step after a transient failure",
             ["step"], registry=r)
         self.ready = Gauge("router_ready", "1 when /readyz answers 200", registry=r)
+        # the Kafka consumer as the group sees it
+        self.assigned_partitions = Gauge(
+            "router_assigned_partitions", "Input partitions assigned to this worker", ["topic"],
+            registry=r)
+        self.rebalances = Counter(
+            "router_rebalances", "Partition assignments this worker received", registry=r)
+        self.commit_seconds = Histogram(
+            "router_commit_seconds", "Offset commit round trips", buckets=LATENCY_BUCKETS,
+            registry=r)
         self.state_skipped = Counter(
             "router_state_records_skipped",
             "source-health, outcomes and router.control records skipped as unusable",

@@ -520,6 +520,10 @@ async def test_health_endpoints_and_metrics(settings, tmp_path):
             assert r.status == 200
             assert 'signals_received_total{kind="alert"} 1.0' in body
             assert "router_latency_seconds_bucket" in body and "decision_confidence" in body
+            # the Kafka consumer as the group sees it
+            assert f'router_assigned_partitions{{topic="{s.topic(SIGNALS)}"}}' in body
+            assert "router_rebalances_total 0.0" not in body and "router_rebalances_total" in body
+            assert "router_commit_seconds_count 0.0" not in body
             w.request_stop()
             async with http.get(f"{base}/readyz") as r:
                 assert r.status == 503 and (await r.json())["checks"]["not_draining"] is False

@@ -51,7 +51,8 @@ SPEC_METRICS = {
 HISTOGRAMS = {"router_latency_seconds", "decision_confidence"}
 DOCUMENTED_METRICS = SPEC_METRICS | {"router_consumer_lag", "router_ready",
                                      "router_poison_skips_total", "router_projection_lag_seconds",
-                                     "router_projection_rows_skipped_total", "up"}
+                                     "router_projection_rows_skipped_total",
+                                     "router_transient_retries_total", "up"}
 
 
 def load_check_compose() -> Any:
