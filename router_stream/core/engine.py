@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -47,11 +48,15 @@ from router_stream.core.outputs import (
     H_DLQ_ID,
     H_FIRST_FAILED,
     H_OFFSET,
+    H_ORIGINAL_TS,
+    H_ORIGINAL_TS_TYPE,
     H_PARTITION,
     H_RETRY_NOT_BEFORE,
     H_SIGNAL_ID,
     H_TOPIC,
+    TIMESTAMP_TYPES,
     BatchResult,
+    DlqContext,
     DlqRecord,
     RetryRecord,
     RoutedRecord,
@@ -192,8 +197,9 @@ class RouterEngine:
     """Per-worker routing state plus the functions that decide and fold events into it."""
 
     def __init__(self, policy: CompiledPolicy, *, seed: int = 0, dedupe_window_s: float = 3600.0,
-                 dedupe_max_entries: int = 1_000_000):
+                 dedupe_max_entries: int = 1_000_000, consumer_group: str | None = None):
         self._policy = policy
+        self._group = consumer_group  # named on DLQ records (x-dlq-consumer-group)
         self._rng = random.Random(seed)
         self._trust: dict[str, tr.TrustState] = {}
         self._breakers = BreakerTable()
@@ -392,12 +398,15 @@ class RouterEngine:
     def _processing_error(self, result: BatchResult, record: InboundRecord, exc: Exception,
                           now: float) -> None:
         error = f"{type(exc).__name__}: {exc}"
+        kind = type(exc)
+        context = dlq_context(record, self._group, f"{kind.__module__}.{kind.__qualname__}",
+                              "".join(traceback.format_exception(exc)))
         try:
-            self._dlq(result, record, _origin(record), DlqReason.PROCESSING_ERROR, error, None,
-                      now)
+            origin = _origin(record)
         except Exception:  # noqa: BLE001 - headers claiming an impossible origin: use our own
-            own = _Origin(record.topic, record.partition, record.offset, 0, None)
-            self._dlq(result, record, own, DlqReason.PROCESSING_ERROR, error, None, now)
+            origin = _Origin(record.topic, record.partition, record.offset, 0, None)
+        result.dlq.append(_dlq_record(record, origin, DlqReason.PROCESSING_ERROR, error, None,
+                                      now, None, None, context))
 
     def _decide_one(self, record: InboundRecord, now: float, batch: _BatchView,
                     result: BatchResult) -> None:
@@ -697,19 +706,41 @@ class RouterEngine:
              reason: DlqReason, error: str, signal_id: str | None, now: float,
              signal: Signal | None = None, kind: str | None = None) -> None:
         result.dlq.append(_dlq_record(record, origin, reason, error, signal_id, now, signal,
-                                      kind))
+                                      kind, dlq_context(record, self._group)))
+
+
+def dlq_context(record: InboundRecord, consumer_group: str | None,
+                exception: str | None = None, stacktrace: str | None = None) -> DlqContext:
+    """The dead letter's context; the original timestamp (and its type) is the first trip's
+    when ``record`` is itself a retried or replayed record."""
+    earlier: dict[str, str] = {}
+    for name, value in record.headers or ():
+        if name in (H_ORIGINAL_TS, H_ORIGINAL_TS_TYPE) and value is not None:
+            earlier[name] = value.decode("ascii", "replace")
+    first = earlier.get(H_ORIGINAL_TS, "")
+    if first.isdigit():
+        timestamp: int | None = int(first)
+        kind = earlier.get(H_ORIGINAL_TS_TYPE)
+    else:
+        timestamp = record.timestamp if isinstance(record.timestamp, int) else None
+        # aiokafka's records have a timestamp_type (0 CreateTime, 1 LogAppendTime)
+        kind = TIMESTAMP_TYPES.get(getattr(record, "timestamp_type", -1))
+    return DlqContext(timestamp, kind, consumer_group, exception, stacktrace)
 
 
 def dead_letter(record: InboundRecord, reason: DlqReason, error: str, now: float,
-                signal_id: str | None = None, kind: str | None = None) -> DlqRecord:
+                signal_id: str | None = None, kind: str | None = None,
+                consumer_group: str | None = None) -> DlqRecord:
     """The DLQ record of ``record`` as the engine would write it (origin and attempts from its
     headers when it was retried or replayed): for the worker, when an output of an already
     decided record cannot be written (:mod:`router_stream.core.refusals`)."""
+    context = dlq_context(record, consumer_group)
     try:
-        return _dlq_record(record, _origin(record), reason, error, signal_id, now, None, kind)
+        return _dlq_record(record, _origin(record), reason, error, signal_id, now, None, kind,
+                           context)
     except ValueError:  # headers claiming an impossible origin: its own position then
         own = _Origin(record.topic, record.partition, record.offset, 0, None)
-        return _dlq_record(record, own, reason, error, signal_id, now, None, kind)
+        return _dlq_record(record, own, reason, error, signal_id, now, None, kind, context)
 
 
 def origin_key(record: InboundRecord) -> str:
@@ -720,7 +751,7 @@ def origin_key(record: InboundRecord) -> str:
 
 def _dlq_record(record: InboundRecord, origin: _Origin, reason: DlqReason, error: str,
                 signal_id: str | None, now: float, signal: Signal | None,
-                kind: str | None) -> DlqRecord:
+                kind: str | None, context: DlqContext | None = None) -> DlqRecord:
     error = " ".join(error.split())[:_MAX_ERROR_LEN]
     # A replayed record failing again is one more attempt; a retried one already counted it.
     attempts = origin.attempts + 1 if origin.dlq_id is not None else max(1, origin.attempts)
@@ -738,7 +769,7 @@ def _dlq_record(record: InboundRecord, origin: _Origin, reason: DlqReason, error
     headers = dlq_headers(original_headers, reason=reason, error=error, topic=origin.topic,
                           partition=origin.partition, offset=origin.offset, attempts=attempts,
                           first_failed_at=first, signal_id=signal_id, tenant=entry.tenant,
-                          kind=entry.kind)
+                          kind=entry.kind, context=context)
     return DlqRecord(entry, headers)
 
 

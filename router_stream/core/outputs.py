@@ -32,11 +32,17 @@ H_REFERENCE = "x-dlq-reference"
 # On the DLQ record of an input whose outputs the broker refused after its decision record may
 # already have been written: this entry, not that decision, is the input's outcome.
 H_SUPERSEDES = "x-dlq-supersedes-decision"
+# The context Kafka Connect and Spring Kafka put on their dead letters.
+H_ORIGINAL_TS = "x-dlq-original-timestamp"  # epoch ms of the record first read (first trip's)
+H_ORIGINAL_TS_TYPE = "x-dlq-original-timestamp-type"  # CreateTime | LogAppendTime
+H_GROUP = "x-dlq-consumer-group"
+H_EXCEPTION = "x-dlq-exception"  # processing_error: the exception's class
+H_STACKTRACE = "x-dlq-stacktrace"  # processing_error: the end of its traceback, bounded
 H_ORIGINAL_SIZE = "x-dlq-original-size"
 DLQ_HEADERS = frozenset(
     {H_REASON, H_ERROR, H_TOPIC, H_PARTITION, H_OFFSET, H_ATTEMPTS, H_FIRST_FAILED, H_SIGNAL_ID,
      H_DLQ_ID, H_RETRY_NOT_BEFORE, H_REFERENCE, H_ORIGINAL_SIZE, H_TENANT, H_KIND,
-     H_SUPERSEDES}
+     H_SUPERSEDES, H_ORIGINAL_TS, H_ORIGINAL_TS_TYPE, H_GROUP, H_EXCEPTION, H_STACKTRACE}
 )
 
 
@@ -55,10 +61,39 @@ def header_text(text: str) -> bytes:
     return text.encode("utf-8", "backslashreplace")
 
 
+STACKTRACE_MAX_BYTES = 4096
+TIMESTAMP_TYPES = {0: "CreateTime", 1: "LogAppendTime"}
+
+
+@dataclass(frozen=True, slots=True)
+class DlqContext:
+    """Where and how a dead letter came about, beyond SPEC's headers: the original record's
+    timestamp (ms) and its type, the consumer group that read it, and for a
+    ``processing_error`` the exception's class and the end of its traceback."""
+
+    original_timestamp: int | None = None
+    timestamp_type: str | None = None
+    consumer_group: str | None = None
+    exception: str | None = None
+    stacktrace: str | None = None
+
+    def headers(self) -> list[tuple[str, bytes | None]]:
+        out: list[tuple[str, bytes | None]] = []
+        for name, value in ((H_ORIGINAL_TS, self.original_timestamp),
+                            (H_ORIGINAL_TS_TYPE, self.timestamp_type),
+                            (H_GROUP, self.consumer_group), (H_EXCEPTION, self.exception)):
+            if value is not None:
+                out.append((name, header_text(str(value))))
+        if self.stacktrace:
+            out.append((H_STACKTRACE, header_text(self.stacktrace)[-STACKTRACE_MAX_BYTES:]))
+        return out
+
+
 def dlq_headers(headers: Sequence[tuple[str, bytes | None]] | None, *, reason: DlqReason,
                 error: str, topic: str, partition: int, offset: int, attempts: int,
                 first_failed_at: float, signal_id: str | None, tenant: str | None = None,
-                kind: str | None = None) -> list[tuple[str, bytes | None]]:
+                kind: str | None = None, context: DlqContext | None = None
+                ) -> list[tuple[str, bytes | None]]:
     """The headers a DLQ record travels with: the record's own, then one set of DLQ headers.
 
     Router headers already on the record (a replayed or retried record failing again) are
@@ -78,6 +113,8 @@ def dlq_headers(headers: Sequence[tuple[str, bytes | None]] | None, *, reason: D
         out.append((H_TENANT, header_text(tenant)))
     if kind is not None:
         out.append((H_KIND, header_text(kind)))
+    if context is not None:
+        out += context.headers()
     return out
 
 

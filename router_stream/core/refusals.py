@@ -96,7 +96,8 @@ def as_reference(q: DlqRecord, error: str) -> DlqRecord:
 
 
 def settle_refusals(result: BatchResult, records: Sequence[InboundRecord],
-                    refused: Sequence[Refused], now: float) -> Repair:
+                    refused: Sequence[Refused], now: float,
+                    consumer_group: str | None = None) -> Repair:
     """Rewrite ``result`` (in place) so no refused output is part of it; see the module
     docstring. The new and replacement DLQ records are appended to ``result.dlq`` and returned
     in :attr:`Repair.dlq` — the caller still has to send them."""
@@ -123,7 +124,8 @@ def settle_refusals(result: BatchResult, records: Sequence[InboundRecord],
         record = by_origin.get(key)
         if record is not None:
             q = dead_letter(record, DlqReason.PROCESSING_ERROR,
-                            f"produce to {topic} refused: {error}", now, signal_ids[key])
+                            f"produce to {topic} refused: {error}", now, signal_ids[key],
+                            consumer_group=consumer_group)
             q.headers.append((H_SUPERSEDES, b"true"))  # its decision record may be out
             repair.dlq.append(q)
     result.dlq = kept + repair.dlq

@@ -253,7 +253,7 @@ class SignalLoop:
             result.dlq.append(dead_letter(
                 r, DlqReason.PROCESSING_ERROR,
                 f"the worker stopped {guard} times on this record without getting past it",
-                now))
+                now, consumer_group=self._settings.group_id))
             self._metrics.poison_skips.labels(r.topic).inc()
 
     async def _committed(self, batch: Batch) -> None:
@@ -538,7 +538,8 @@ class _KafkaSink:
             return
         log.error("the broker refused records for good; their signals go to the DLQ",
                   extra={"refused": {r.topic: r.error for r in refused}})
-        repair = settle_refusals(result, batch.records, refused, batch.now)
+        repair = settle_refusals(result, batch.records, refused, batch.now,
+                                 self._settings.group_id)
         for dest, _ in repair.failed_routes:
             self._metrics.routing_errors.labels(dest).inc()
         await self._send_repair(repair.dlq)

@@ -55,4 +55,5 @@ def build_engine(settings: Settings, compiled: Any, *, seed: int = 0) -> Any:
     from router_stream.core.engine import RouterEngine
 
     return RouterEngine(compiled, seed=seed, dedupe_window_s=settings.dedupe_window_s,
-                        dedupe_max_entries=settings.dedupe_max_entries)
+                        dedupe_max_entries=settings.dedupe_max_entries,
+                        consumer_group=settings.group_id)

@@ -179,3 +179,26 @@ def test_an_error_message_with_a_lone_surrogate_is_escaped_in_the_header(monkeyp
     result = RouterEngine(policy(classify=classify)).decide_batch([Rec(sig(1))], NOW)
     (q,) = result.dlq
     assert dict(q.headers)["x-dlq-error"] == b"ValueError: bad \\udc80 text"
+
+
+def test_a_dead_letter_carries_the_context_connect_and_spring_put_on_theirs():
+    bad = Rec(sig(99, explode=True), timestamp=1_700_000_000_123)
+    bad_json = Rec(b"{", offset=1)
+    engine = RouterEngine(policy(), consumer_group="routers")
+    result = engine.decide_batch([bad, bad_json], NOW)
+    crashed, unparsed = (dict(q.headers) for q in result.dlq)
+    assert crashed["x-dlq-exception"] == b"builtins.RuntimeError"
+    trace = crashed["x-dlq-stacktrace"].decode()
+    assert trace.startswith("Traceback") or "_classify" in trace
+    assert "RuntimeError: rule blew up" in trace and len(trace) <= 4096
+    assert crashed["x-dlq-original-timestamp"] == b"1700000000123"
+    assert crashed["x-dlq-consumer-group"] == unparsed["x-dlq-consumer-group"] == b"routers"
+    assert "x-dlq-exception" not in unparsed  # only a processing_error has an exception
+
+    # failing again later keeps the first trip's timestamp, and no header is added twice
+    again = Rec(None, offset=7, timestamp=1_900_000_000_000)
+    again.value, again.headers = bad.value, list(result.dlq[0].headers)
+    (q,) = engine.decide_batch([again], NOW + 1).dlq
+    names = [k for k, _ in q.headers]
+    assert dict(q.headers)["x-dlq-original-timestamp"] == b"1700000000123"
+    assert len(names) == len(set(names)) == len(result.dlq[0].headers)
