@@ -85,7 +85,9 @@ class DlqContext:
             if value is not None:
                 out.append((name, header_text(str(value))))
         if self.stacktrace:
-            out.append((H_STACKTRACE, header_text(self.stacktrace)[-STACKTRACE_MAX_BYTES:]))
+            tail = header_text(self.stacktrace)[-STACKTRACE_MAX_BYTES:]
+            # a cut through a multi-byte character is dropped, so the value stays UTF-8
+            out.append((H_STACKTRACE, tail.decode("utf-8", "ignore").encode()))
         return out
 
 
