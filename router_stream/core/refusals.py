@@ -26,6 +26,7 @@ from typing import Literal
 from router_stream.core.engine import dead_letter, origin_key
 from router_stream.core.models import DlqReason, InboundRecord
 from router_stream.core.outputs import (
+    DLQ_HEADERS,
     H_ERROR,
     H_OFFSET,
     H_ORIGINAL_SIZE,
@@ -90,7 +91,9 @@ def as_reference(q: DlqRecord, error: str) -> DlqRecord:
                                  "error": " ".join(text.split())[:1000]})
     headers: list[tuple[str, bytes | None]] = [
         (H_REFERENCE, b"true"), (H_ORIGINAL_SIZE, str(size).encode())]
-    headers += [(k, v) for k, v in entry.dlq_headers() if k != H_ERROR]
+    # the record's own router headers (context, supersedes, ...), none of its original ones
+    headers += [(k, v) for k, v in q.headers
+                if k in DLQ_HEADERS and k not in (H_ERROR, H_REFERENCE, H_ORIGINAL_SIZE)]
     headers.append((H_ERROR, entry.error.encode("utf-8", "backslashreplace")))
     return DlqRecord(entry, headers)
 
