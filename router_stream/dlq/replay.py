@@ -62,12 +62,14 @@ a crash) between an ack (2) and its mark (3), at most two windows of entries: th
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 
+from router_stream import tracing
 from router_stream.adapters import postgres as pg
 from router_stream.adapters.kafka_io import (
     ConsumedRecord,
@@ -373,6 +375,8 @@ class _Replay:
         """
         futures: list[tuple[DlqRow, asyncio.Future[None]]] = []
         stop: RouterError | None = None
+        started, traced = time.time(), tracing.tracer() is not None
+        sent_headers: dict[int, Any] = {}  # for the router.replay spans
         try:
             try:
                 batch: list[tuple[DlqRow, OutRecord]] = []
@@ -387,6 +391,8 @@ class _Replay:
                         refused = True
                         continue
                     batch.append((row, record))
+                    if traced:
+                        sent_headers[row.id] = record.headers
                     if self._paced:  # one at a time, at the rate
                         await self._pacer.wait()
                         futures += await self._send(writer, batch)
@@ -404,6 +410,9 @@ class _Replay:
             await _uncancelled(self._mark(marker, acked, on_sent))
             raise
         acked, stop_after = self._settle(futures)
+        if traced:
+            tracing.record_spans("router.replay", (
+                (sent_headers.get(i), {"router.dlq_id": i}) for i in acked), started)
         await self._marked()  # the previous window's
         self._marking = asyncio.ensure_future(self._mark(marker, acked, on_sent))
         stop = stop or stop_after

@@ -28,6 +28,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from router_stream import tracing
 from router_stream.adapters import postgres as pg
 from router_stream.config import DECISIONS, DLQ, EVENTS, Settings
 from router_stream.core.events import PolicyVersionEvent, decode_event
@@ -178,6 +179,7 @@ class Projection:
             await self._refresh_backlog()
             return 0
         self._in_hand = True
+        started = time.time()
         try:
             self.metrics.oldest_pending_ts = min(r.timestamp for r in records) / 1000.0
             batch = self._batch(records)
@@ -190,6 +192,9 @@ class Projection:
             self._in_hand = False
         self.metrics.oldest_pending_ts = None
         self._account(records, report)
+        if tracing.tracer() is not None:
+            tracing.record_spans("router.persist", (
+                (r.headers, {"messaging.source.name": r.topic}) for r in records), started)
         await self._refresh_backlog()
         return len(records)
 

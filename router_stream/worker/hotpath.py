@@ -54,6 +54,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
+from router_stream import tracing
 from router_stream.config import OUTCOMES, SIGNALS, Settings
 from router_stream.core.engine import dead_letter
 from router_stream.core.models import DlqReason, InboundRecord
@@ -78,6 +79,7 @@ from router_stream.worker.sink import (
     Deliveries,
     OutputTopics,
     Refusal,
+    decision_traces,
     send_alone,
     send_outputs,
     settle_deliveries,
@@ -259,6 +261,8 @@ class SignalLoop:
     async def _committed(self, batch: Batch) -> None:
         self.stalled_since = None
         self.processed += len(batch.records)
+        if tracing.tracer() is not None:
+            _trace(batch)
         self._observe(batch, time.monotonic() - batch.fetch_time)
         if batch.result.rollout_events:
             await self._announce_rollbacks(batch.result)
@@ -633,6 +637,21 @@ class _KafkaCommitter:
             hw = consumer.highwater(tp)
             if hw is not None:
                 lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - off))
+
+
+def _trace(batch: Batch) -> None:
+    """A ``router.route`` span per decided or dead-lettered signal that carried a trace
+    context, from its decision to its commit (ids masked as in the logs)."""
+    result, redactor = batch.result, batch.redactor
+    traces = decision_traces(result)
+    decided = ((traces.get(d.signal_id), {
+        "router.signal_id": redactor.identifier(d.signal_id, "signal_id"),
+        "router.decision_id": d.decision_id, "router.kind": d.kind,
+        "router.destinations": list(d.destinations), "router.strategy": d.strategy,
+        "router.policy_version": d.policy_version}) for d in result.decisions)
+    dead = ((q.entry.original_headers, {"router.dlq_reason": q.entry.reason.value})
+            for q in result.dlq)
+    tracing.record_spans("router.route", [*decided, *dead], batch.now)
 
 
 def _masked_id(redactor: Redactor, signal_id: str | None) -> str | None:
