@@ -93,7 +93,7 @@ async def test_persist_off_routes_and_becomes_ready_without_postgres(settings, t
 
 
 async def test_batches_overlap_yet_commit_in_batch_order(settings, tmp_path):
-    """Several batches are in flight at once, and still every step happens in batch order."""
+    """Several batches are in flight at once, and still they are committed in batch order."""
     s = (await prepare(settings, tmp_path)).model_copy(update={"batch_max": 20})
     inputs = [i for i in mixed_signals(600) if i[2] != "tiny"]
     await produce(s, SIGNALS, [(k, v) for k, v, _ in inputs])
@@ -108,7 +108,9 @@ async def test_batches_overlap_yet_commit_in_batch_order(settings, tmp_path):
 
     w = worker(s, on_step=hook)
     await w.run_until_idle(0.5)
-    assert order["decided"] == order["produced"] == order["committed"]
+    # acknowledgements of overlapping batches may arrive in any order; commits never do
+    assert order["decided"] == order["committed"]
+    assert sorted(order["produced"]) == sorted(order["decided"])
     assert len(order["committed"]) >= len(inputs) // 20
     assert max(overlap) >= 2, "the pipeline never had two batches in flight"
     d, unique, q = await counts(s)
