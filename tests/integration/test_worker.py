@@ -442,7 +442,7 @@ async def test_refuses_to_start_with_one_clear_line_when_topics_are_missing(sett
 
     env = {"ROUTER_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "ROUTER_TOPIC_PREFIX": s.topic_prefix,
            "ROUTER_POLICY_FILE": str(path), "ROUTER_DATABASE_URL": s.database_url.get_secret_value(),
-           "PATH": "/usr/bin:/bin"}
+           "ROUTER_HTTP_PORT": "0", "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", "from router_stream.cli import main; main()",
                            "worker"], env=env, capture_output=True, timeout=60)
     assert done.returncode == 2
