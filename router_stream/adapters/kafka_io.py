@@ -26,16 +26,33 @@ from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import IllegalStateError, KafkaError, KafkaTimeoutError
 
 from router_stream.adapters.kafka_failures import ConnectFailures
 from router_stream.config import Settings
 from router_stream.errors import BrokerUnavailable, OperationTimeout, RouterError, UserError
 
-__all__ = ["ConsumedRecord", "OutRecord", "RateLimiter", "RecordWriter", "read_at",
-           "read_records"]
+__all__ = ["ConsumedRecord", "OutRecord", "RateLimiter", "RecordWriter",
+           "group_committed_to_end", "read_at", "read_records"]
 
 _METADATA_WAIT_S = 5.0
+
+
+async def group_committed_to_end(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> bool:
+    """True when the consumer's GROUP committed up to the end of every partition of ``topics``
+    (a member's own positions are not enough: one that died keeps its partitions until its
+    session times out). A remote call per partition; False when the broker cannot say."""
+    tps = [TopicPartition(t, p) for t in topics
+           for p in sorted(consumer.partitions_for_topic(t) or ())]
+    try:
+        starts = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            if ends[tp] > starts[tp] and (await consumer.committed(tp) or 0) < ends[tp]:
+                return False
+    except (KafkaError, IllegalStateError):
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from router_stream import tracing
 from router_stream.adapters import postgres as pg
+from router_stream.adapters.kafka_io import group_committed_to_end
 from router_stream.config import DECISIONS, DLQ, EVENTS, Settings
 from router_stream.core.events import PolicyVersionEvent, decode_event
 from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
@@ -205,17 +206,7 @@ class Projection:
         consumer = self.consumer
         if consumer is None or self._in_hand or not consumer.assignment():
             return False
-        tps = [TopicPartition(t, p) for t in self._topics
-               for p in sorted(consumer.partitions_for_topic(t) or ())]
-        try:
-            starts = await consumer.beginning_offsets(tps)
-            ends = await consumer.end_offsets(tps)
-            for tp in tps:
-                if ends[tp] > starts[tp] and (await consumer.committed(tp) or 0) < ends[tp]:
-                    return False
-        except (KafkaError, IllegalStateError):
-            return False
-        return True
+        return await group_committed_to_end(consumer, self._topics)
 
     # --- one batch ---------------------------------------------------------------------------
 

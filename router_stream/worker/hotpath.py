@@ -55,6 +55,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from router_stream import tracing
+from router_stream.adapters.kafka_io import group_committed_to_end
 from router_stream.config import OUTCOMES, SIGNALS, Settings
 from router_stream.core.engine import dead_letter
 from router_stream.core.models import DlqReason, InboundRecord
@@ -464,17 +465,7 @@ class SignalLoop:
         consumer = self.consumer
         if consumer is None:
             return False
-        tps = [TopicPartition(t, p) for t in self.input_topics
-               for p in sorted(consumer.partitions_for_topic(t) or ())]
-        try:
-            starts = await consumer.beginning_offsets(tps)
-            ends = await consumer.end_offsets(tps)
-            for tp in tps:
-                if ends[tp] > starts[tp] and (await consumer.committed(tp) or 0) < ends[tp]:
-                    return False
-        except (KafkaError, IllegalStateError):
-            return False
-        return True
+        return await group_committed_to_end(consumer, self.input_topics)
 
 
 class _KafkaSink:
