@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
@@ -28,7 +28,7 @@ from router_stream.core.events import (
     ShadowEvent,
     TrustSnapshotEvent,
 )
-from router_stream.core.models import Decision, DlqReason
+from router_stream.core.models import Decision, DlqReason, InboundRecord
 from router_stream.core.outputs import (
     DLQ_HEADERS,
     H_ATTEMPTS,
@@ -45,31 +45,12 @@ from router_stream.core.outputs import (
 )
 from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
 
-__all__ = ["KafkaRecord", "decision_from_json", "decision_row", "dlq_row_from_record",
+__all__ = ["decision_from_json", "decision_row", "dlq_row_from_record",
            "escape_nul", "input_key", "shadow_row", "transition_row", "trust_rows"]
 
 NUL_ESCAPE = "\\u0000"
 _REASONS = frozenset(r.value for r in DlqReason)
 _DECISION_FIELDS = frozenset(f.name for f in fields(Decision))
-
-
-class KafkaRecord(Protocol):
-    """A consumed record, as aiokafka and :mod:`router_stream.adapters.kafka_io` give it."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
-    @property
-    def timestamp(self) -> int: ...
-    @property
-    def headers(self) -> Any: ...
 
 
 def decision_from_json(value: bytes | None) -> Decision:
@@ -136,7 +117,7 @@ def _signal_fields(value: bytes | None) -> tuple[str | None, str | None]:
     return (tenant if isinstance(tenant, str) else None, kind if isinstance(kind, str) else None)
 
 
-def dlq_row_from_record(record: KafkaRecord, redactor: Redactor = DEFAULT_REDACTOR
+def dlq_row_from_record(record: InboundRecord, redactor: Redactor = DEFAULT_REDACTOR
                         ) -> dict[str, Any] | None:
     """The ``dlq_entries`` row of one ``router.dlq`` record (``DLQ_COLUMNS`` keys), masked by
     ``redactor``, or None if it is not a DLQ record this router wrote (no reason or original
