@@ -233,6 +233,26 @@ class Settings(BaseSettings):
             )
         return opts
 
+    @cached_property
+    def librdkafka_config(self) -> dict[str, str]:
+        """Connection settings for confluent-kafka (librdkafka) clients, TLS / SASL included;
+        callers add their role's own keys (group.id, acks, ...)."""
+        conf = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        tls_files = {"ssl.ca.location": self.kafka_ssl_cafile,
+                     "ssl.certificate.location": self.kafka_ssl_certfile,
+                     "ssl.key.location": self.kafka_ssl_keyfile}
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            conf.update({k: v for k, v in tls_files.items() if v})
+        if self.kafka_security_protocol.startswith("SASL"):
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism or "PLAIN"
+            conf["sasl.username"] = self.kafka_sasl_username or ""
+            conf["sasl.password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else "")
+        return conf
+
 
 def _describe_errors(exc: ValidationError) -> str:
     """``ROUTER_X: reason; …`` from pydantic's errors, without their ``input_value``."""
