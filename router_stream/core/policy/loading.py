@@ -1,0 +1,142 @@
+"""Loading a policy from YAML: every issue reported with its path and line, the line taken
+from the YAML node marks, so ``router-stream policy validate`` can point at it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from router_stream.core.policy.checks import Loc, cross_check, format_loc
+from router_stream.core.policy.model import DEFER_CROSS_CHECKS, Policy
+from router_stream.errors import PolicyError, PolicyIssue
+
+
+def load_policy(text: str, source: str = "<string>") -> Policy:
+    """Parse and validate policy YAML; raise :class:`PolicyError` listing every issue."""
+    root, data = _parse_yaml(text, source)
+    if root is None or data is None:
+        raise PolicyError([("", "policy is empty")], source)
+    issues = _duplicate_keys(root, ())
+    if not isinstance(data, dict):
+        issues.append(("", f"a policy is a mapping of sections (line {root.start_mark.line + 1})"))
+    if issues:
+        raise PolicyError(issues, source)
+    try:
+        policy = Policy.model_validate(data, context={DEFER_CROSS_CHECKS: True})
+    except ValidationError as exc:
+        raise PolicyError([_pydantic_issue(err, root) for err in exc.errors()], source) from None
+    cross = cross_check(policy)
+    if cross:
+        raise PolicyError(
+            [(format_loc(loc), f"{why} (line {_line_of(root, loc)})") for loc, why in cross],
+            source,
+        )
+    return policy
+
+
+def _parse_yaml(text: str, source: str) -> tuple[Node | None, Any]:
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.MarkedYAMLError as exc:
+        raise PolicyError([("", _yaml_problem(exc))], source) from None
+    except yaml.YAMLError as exc:
+        raise PolicyError([("", f"invalid YAML: {exc}")], source) from None
+    finally:
+        loader.dispose()
+    return root, data
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
+    """The reason, at the line of the mistake. PyYAML marks where it noticed the problem,
+    which for an unclosed bracket or quote is a later line; the construct left open
+    (``context_mark``) is where the mistake is. A block's context is the whole enclosing
+    mapping or sequence, so there the problem's own line is the better one."""
+    problem, context = exc.problem_mark, exc.context_mark
+    what = exc.problem or exc.context
+    left_open = context is not None and "block" not in (exc.context or "")
+    if context is not None and left_open and (problem is None or context.line < problem.line):
+        found = f" on line {problem.line + 1}" if problem is not None else ""
+        return f"invalid YAML: {what}{found}, {exc.context} (line {context.line + 1})"
+    mark = problem or context
+    return f"invalid YAML: {what}" + (f" (line {mark.line + 1})" if mark is not None else "")
+
+
+def _duplicate_keys(node: Node, loc: Loc) -> list[PolicyIssue]:
+    """PyYAML silently keeps the last of two equal keys; in a policy that hides a mistake."""
+    issues: list[PolicyIssue] = []
+    if isinstance(node, MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            name = key.value if isinstance(key, ScalarNode) else "?"
+            if name in seen and name != "<<":
+                where = format_loc((*loc, name))
+                issues.append((where, f"duplicate key (line {key.start_mark.line + 1})"))
+            seen.add(name)
+            issues += _duplicate_keys(value, (*loc, name))
+    elif isinstance(node, SequenceNode):
+        for i, item in enumerate(node.value):
+            issues += _duplicate_keys(item, (*loc, i))
+    return issues
+
+
+def _line_of(root: Node, loc: Loc) -> int:
+    """1-based line of the deepest YAML node on ``loc`` (a mapping entry's line is its key's)."""
+    node, line = root, root.start_mark.line
+    for part in loc:
+        if isinstance(part, str) and part.startswith("<"):
+            continue  # a union tag pydantic adds; not in the document
+        child = _child(node, part)
+        if child is None:
+            break
+        line, node = child
+    return line + 1
+
+
+def _child(node: Node, part: str | int) -> tuple[int, Node] | None:
+    if isinstance(node, MappingNode):
+        for key, value in node.value:
+            if isinstance(key, ScalarNode) and key.value == str(part):
+                return key.start_mark.line, value
+    elif isinstance(node, SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+        item = node.value[part]
+        return item.start_mark.line, item
+    return None
+
+
+
+def _pydantic_issue(err: ErrorDetails, root: Node) -> PolicyIssue:
+    loc = tuple(err["loc"])
+    line = _line_of(root, loc)
+    return format_loc(loc), f"{_reason(err, loc)} (line {line})"
+
+
+def _reason(err: ErrorDetails, loc: Loc) -> str:
+    kind, msg, ctx = err["type"], err["msg"], err.get("ctx") or {}
+    if kind == "missing":
+        return "required"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "literal_error":
+        subject = "strategy" if loc and loc[-1] == "strategy" else "value"
+        return f"unknown {subject} {err.get('input')!r} (expected {ctx.get('expected')})"
+    if kind == "string_pattern_mismatch":
+        return f"{err.get('input')!r} must be 1-200 characters of letters, digits, '.', '_', '-'"
+    if kind == "value_error":
+        return msg.removeprefix("Value error, ")
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"must be a mapping, got {_yaml_type(err.get('input'))}"
+    if kind == "list_type":
+        return f"must be a list, got {_yaml_type(err.get('input'))}"
+    return msg
+
+
+def _yaml_type(value: object) -> str:
+    names = {dict: "mapping", list: "list", str: "string", int: "number", float: "number",
+             bool: "boolean", type(None): "null"}
+    return names.get(type(value), type(value).__name__)

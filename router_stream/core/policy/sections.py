@@ -1,0 +1,209 @@
+"""The policy's sections other than classification and rollout: trust, breaker, destinations,
+routes, defaults, tenants and redaction."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, model_validator
+
+from router_stream.core.policy.fields import (
+    DETECTORS,
+    MAX_DURATION_S,
+    Detector,
+    FieldPath,
+    Fraction,
+    Name,
+    PositiveSeconds,
+    Section,
+    Strategy,
+)
+
+# --- trust and breaker -----------------------------------------------------------------------
+
+
+class TrustWeights(Section):
+    """Weights of the five trust components; a convex combination keeps trust in [0, 1]."""
+
+    freshness: Fraction = 0.2
+    error_rate: Fraction = 0.3
+    latency: Fraction = 0.1
+    deviation: Fraction = 0.2
+    availability: Fraction = 0.2
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> TrustWeights:
+        total = math.fsum(
+            (self.freshness, self.error_rate, self.latency, self.deviation, self.availability)
+        )
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"weights must sum to 1 (got {total:.6g})")
+        return self
+
+
+class TrustPolicy(Section):
+    weights: TrustWeights = TrustWeights()
+    min_trust: Fraction = 0.2
+    """Below this a destination/source is skipped by trust-aware strategies."""
+    stale_after_s: PositiveSeconds = 60.0
+    latency_target_ms: PositiveSeconds = 250.0
+    ewma_alpha: float = Field(default=0.2, gt=0.0, le=1.0)
+    decay_half_life_s: PositiveSeconds = 60.0
+    floor: Fraction = 0.0
+    initial: Fraction = 0.5
+    deviation_z_max: PositiveSeconds = 3.5
+
+
+class BreakerPolicy(Section):
+    failure_threshold: int = Field(default=5, ge=1)
+    error_rate_threshold: float = Field(default=0.5, gt=0.0, le=1.0)
+    window_s: PositiveSeconds = 60.0
+    min_volume: int = Field(default=20, ge=1)
+    cooldown_s: PositiveSeconds = 30.0
+    max_cooldown_s: PositiveSeconds = 600.0
+    backoff_multiplier: float = Field(default=2.0, ge=1.0, allow_inf_nan=False)
+    half_open_probes: int = Field(default=1, ge=1)
+    probe_timeout_s: PositiveSeconds = 30.0
+
+    @model_validator(mode="after")
+    def _cooldowns_ordered(self) -> BreakerPolicy:
+        if self.max_cooldown_s < self.cooldown_s:
+            raise ValueError(
+                f"max_cooldown_s ({self.max_cooldown_s}) is below cooldown_s ({self.cooldown_s})"
+            )
+        return self
+
+
+class BreakerOverride(Section):
+    """A route's own breaker settings for its destinations; unset fields come from ``breaker``."""
+
+    failure_threshold: int | None = Field(default=None, ge=1)
+    error_rate_threshold: float | None = Field(default=None, gt=0.0, le=1.0)
+    window_s: PositiveSeconds | None = None
+    min_volume: int | None = Field(default=None, ge=1)
+    cooldown_s: PositiveSeconds | None = None
+    max_cooldown_s: PositiveSeconds | None = None
+    backoff_multiplier: float | None = Field(default=None, ge=1.0, allow_inf_nan=False)
+    half_open_probes: int | None = Field(default=None, ge=1)
+    probe_timeout_s: PositiveSeconds | None = None
+
+    def over(self, base: BreakerPolicy) -> BreakerPolicy:
+        """``base`` with this override's fields in place (not re-validated: cross_check does)."""
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+
+class Destination(Section):
+    capacity: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+    """In-flight signals it can take; ``least_loaded`` divides load by it."""
+    description: str | None = None
+
+
+# --- routes ----------------------------------------------------------------------------------
+
+
+class BanditParams(Section):
+    seed: int = 0
+    epsilon: Fraction = 0.1
+    ucb_c: float = Field(default=2.0, ge=0.0, allow_inf_nan=False)
+    prior_alpha: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
+    prior_beta: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
+    discount: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    """Weight an arm's earlier evidence keeps at each new outcome (1: stationary arms)."""
+
+
+class ConsensusParams(Section):
+    mad_k: float = Field(default=3.5, ge=0.6745, allow_inf_nan=False)
+    """Modified z-score above which a source is an outlier (below 0.6745 nothing is inlier)."""
+    max_dispersion: float = Field(default=0.05, ge=0.0, allow_inf_nan=False)
+    max_staleness_s: PositiveSeconds = 30.0
+    synthetic_max_age_s: float = Field(default=300.0, ge=0.0, le=MAX_DURATION_S,
+                                       allow_inf_nan=False)
+    min_sources: int = Field(default=1, ge=1)
+    default_trust: Fraction = 0.5
+
+
+class RetryParams(Section):
+    """When no destination is healthy: park and retry up to ``max_attempts`` times (0: DLQ)."""
+
+    max_attempts: int = Field(default=0, ge=0, le=100)
+    delay_ms: int = Field(default=1000, ge=0, le=86_400_000)  # doubles per attempt
+
+
+def _non_empty_tier(tier: list[str]) -> list[str]:
+    if not tier:
+        raise ValueError("empty tier")
+    return tier
+
+
+Tier = Annotated[list[Name], AfterValidator(_non_empty_tier)]
+
+
+class Route(Section):
+    """How one kind is routed. Give ``tiers`` (ordered fallbacks) or ``destinations`` (one tier)."""
+
+    strategy: Strategy
+    tiers: list[Tier] | None = Field(default=None, min_length=1)
+    destinations: list[Name] | None = Field(default=None, min_length=1)
+    bandit: BanditParams | None = None
+    consensus: ConsensusParams | None = None
+    breaker: BreakerOverride | None = None
+    """Breaker settings for this route's destinations (bandit routes have a default of their
+    own, see docs/policy.md)."""
+    retry: RetryParams = RetryParams()
+    dedupe: bool = True
+    on_duplicate: Literal["drop", "dlq"] = "drop"
+
+    def tier_list(self) -> list[list[str]]:
+        """The route as tiers: ``destinations`` is one tier."""
+        if self.tiers is not None:
+            return [list(tier) for tier in self.tiers]
+        return [list(self.destinations or [])]
+
+    def all_destinations(self) -> list[str]:
+        return [dest for tier in self.tier_list() for dest in tier]
+
+
+class Defaults(Section):
+    """What happens to signals the classifier or the routes do not cover.
+
+    ``unclassified``: no rule matched (and the signal has no ``kind``): ``dlq`` or a kind name to
+    route it as. ``unrouted``: the signal's kind has no route: ``dlq`` or a kind to route it as.
+    ``priority``: the priority of signals that neither carry one nor got one from a rule.
+    """
+
+    unclassified: Name = "dlq"
+    unrouted: Name = "dlq"
+    priority: int | None = Field(default=None, ge=0, le=9)
+
+
+class BucketLimit(Section):
+    """Token bucket: ``rate`` signals/s sustained, ``burst`` at once (default: max(rate, 1))."""
+
+    rate: float = Field(ge=0.0, allow_inf_nan=False)
+    burst: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+
+    @property
+    def effective_burst(self) -> float:
+        return self.burst if self.burst is not None else max(self.rate, 1.0)
+
+
+UNKNOWN_TENANT_OPTIONS = ("shared", "total", "max_buckets")
+
+
+class TenantLimit(BucketLimit):
+    """A tenant's bucket. The ``default`` entry (every tenant not named) also takes how those
+    tenants share: ``shared`` (one bucket between them all), ``total`` (a bucket they all draw
+    from as well) and ``max_buckets`` (own buckets remembered, least recently used forgotten)."""
+
+    shared: bool = False
+    total: BucketLimit | None = None
+    max_buckets: int = Field(default=100_000, ge=1, le=10_000_000)
+
+
+class RedactPolicy(Section):
+    """What is masked in what is persisted: whole fields by path, and PII found in text."""
+
+    fields: list[FieldPath] = Field(default_factory=list)
+    detectors: list[Detector] = Field(default_factory=lambda: list(DETECTORS))
+
