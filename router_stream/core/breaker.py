@@ -27,6 +27,11 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from router_stream.core.policy.fields import CONFIG_SECTION, Count
+from router_stream.core.policy.sections import BreakerPolicy
+
 
 class BreakerState(StrEnum):
     CLOSED = "closed"
@@ -63,38 +68,12 @@ class InvalidTransition(Exception):
         self.to_state = to_state
 
 
-@dataclass(frozen=True, slots=True)
-class BreakerConfig:
-    """Breaker thresholds. ``half_open_probes`` is both how many probes half_open admits at once
-    and how many must succeed to close. A probe whose outcome never arrives within
-    ``probe_timeout_s`` counts as failed, so a lost outcome cannot wedge the breaker half-open."""
+@pydantic_dataclass(frozen=True, slots=True, config=CONFIG_SECTION)
+class BreakerConfig(BreakerPolicy):
+    """The policy's breaker settings, and how finely the error-rate window is kept:
+    ``window_buckets`` time buckets over ``window_s``."""
 
-    failure_threshold: int = 5
-    error_rate_threshold: float = 0.5
-    window_s: float = 60.0
-    min_volume: int = 20
-    cooldown_s: float = 30.0
-    max_cooldown_s: float = 600.0
-    backoff_multiplier: float = 2.0
-    half_open_probes: int = 1
-    probe_timeout_s: float = 30.0
-    window_buckets: int = 12
-
-    def __post_init__(self) -> None:
-        if self.failure_threshold < 1:
-            raise ValueError("failure_threshold must be >= 1")
-        if not (0.0 < self.error_rate_threshold <= 1.0):
-            raise ValueError("error_rate_threshold must be in (0, 1]")
-        if self.min_volume < 1 or self.half_open_probes < 1 or self.window_buckets < 1:
-            raise ValueError("min_volume, half_open_probes and window_buckets must be >= 1")
-        for name in ("window_s", "cooldown_s", "max_cooldown_s", "probe_timeout_s"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0.0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value}")
-        if self.max_cooldown_s < self.cooldown_s:
-            raise ValueError("max_cooldown_s must be >= cooldown_s")
-        if not (math.isfinite(self.backoff_multiplier) and self.backoff_multiplier >= 1.0):
-            raise ValueError("backoff_multiplier must be a finite number >= 1")
+    window_buckets: Count = 12
 
 
 @dataclass(frozen=True, slots=True)

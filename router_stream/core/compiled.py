@@ -2,19 +2,20 @@
 
 The policy file (:mod:`router_stream.core.policy`) is a validated pydantic model, made for
 humans and error messages. Deciding a signal must not walk that model: :func:`compile_policy`
-maps it once onto the core's own parameter types (``TrustWeights``, ``BreakerConfig``,
-``ConsensusConfig`` …) and precompiled classification rules.
+turns it once into routes, precompiled classification rules and rate limits. The trust, breaker,
+bandit and consensus sections are slotted dataclasses the core reads as they are (the breaker
+and consensus configs extend them with settings the file does not have).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 from router_stream.core.breaker import BreakerConfig
 from router_stream.core.models import Signal
-from router_stream.core.policy import BreakerPolicy, Policy, TenantLimit
+from router_stream.core.policy import BreakerPolicy, ConsensusParams, Policy, TenantLimit
 from router_stream.core.ratelimit import NO_OPTIONS, RateLimit, UnknownTenants
 from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
 from router_stream.core.rollout import RolloutSpec
@@ -93,23 +94,15 @@ def compile_policy(
     from router_stream.core.classify import compile_rules
     from router_stream.core.policy import policy_version
 
-    t = policy.trust
     routes: dict[str, RouteSpec] = {}
     for kind, route in policy.routes.items():
-        bp = route.bandit
-        cp = route.consensus
         routes[kind] = RouteSpec(
             kind=kind,
             strategy=route.strategy,
             tiers=tuple(tuple(tier) for tier in route.tier_list()),
-            bandit=BanditConfig(epsilon=bp.epsilon, ucb_c=bp.ucb_c, prior_alpha=bp.prior_alpha,
-                                prior_beta=bp.prior_beta, discount=bp.discount)
-            if bp else BanditConfig(),
-            consensus=(ConsensusConfig(
-                mad_k=cp.mad_k, max_dispersion=cp.max_dispersion,
-                max_staleness_s=cp.max_staleness_s, synthetic_max_age_s=cp.synthetic_max_age_s,
-                min_sources=cp.min_sources, default_trust=cp.default_trust,
-            ) if cp else ConsensusConfig()) if route.strategy == "consensus" else None,
+            bandit=route.bandit or BanditConfig(),
+            consensus=ConsensusConfig(**asdict(route.consensus or ConsensusParams()))
+            if route.strategy == "consensus" else None,
             max_attempts=route.retry.max_attempts,
             retry_delay_s=route.retry.delay_ms / 1000.0,
             dedupe=route.dedupe,
@@ -137,16 +130,8 @@ def compile_policy(
         else policy.defaults.unclassified,
         destinations=tuple(policy.destinations),
         capacity={k: d.capacity for k, d in policy.destinations.items() if d.capacity},
-        trust_weights=TrustWeights(
-            freshness=t.weights.freshness, error_rate=t.weights.error_rate,
-            latency=t.weights.latency, deviation=t.weights.deviation,
-            availability=t.weights.availability,
-        ),
-        trust_params=TrustParams(
-            ewma_alpha=t.ewma_alpha, stale_after_s=t.stale_after_s,
-            latency_target_ms=t.latency_target_ms, decay_half_life_s=t.decay_half_life_s,
-            floor=t.floor, initial=t.initial, deviation_z_max=t.deviation_z_max,
-        ),
+        trust_weights=policy.trust.weights,
+        trust_params=policy.trust,
         breaker=_breaker_config(policy.breaker),
         destination_breakers=destination_breakers(policy),
         tenant_limits=limits,
@@ -179,10 +164,11 @@ def bandit_breaker(b: BreakerPolicy) -> BreakerPolicy:
     least :data:`BANDIT_DEAD_ERROR_RATE` over the window, or on a run of failures as long as
     ``min_volume`` (``failure_threshold`` raised to it) — not on the short runs that any arm
     succeeding half the time produces."""
-    return b.model_copy(update={
-        "failure_threshold": max(b.failure_threshold, b.min_volume),
-        "error_rate_threshold": max(b.error_rate_threshold, BANDIT_DEAD_ERROR_RATE),
-    })
+    return replace(
+        b,
+        failure_threshold=max(b.failure_threshold, b.min_volume),
+        error_rate_threshold=max(b.error_rate_threshold, BANDIT_DEAD_ERROR_RATE),
+    )
 
 
 def destination_breakers(policy: Policy) -> dict[str, BreakerConfig]:
@@ -204,12 +190,7 @@ def destination_breakers(policy: Policy) -> dict[str, BreakerConfig]:
 
 
 def _breaker_config(b: BreakerPolicy) -> BreakerConfig:
-    return BreakerConfig(
-        failure_threshold=b.failure_threshold, error_rate_threshold=b.error_rate_threshold,
-        window_s=b.window_s, min_volume=b.min_volume, cooldown_s=b.cooldown_s,
-        max_cooldown_s=b.max_cooldown_s, backoff_multiplier=b.backoff_multiplier,
-        half_open_probes=b.half_open_probes, probe_timeout_s=b.probe_timeout_s,
-    )
+    return BreakerConfig(**asdict(b))
 
 
 def _rollout(policy: Policy, read_candidate: Callable[[str], str] | None) -> RolloutSpec | None:

@@ -24,10 +24,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from router_stream.core.policy.sections import TrustPolicy
+from router_stream.core.policy.sections import TrustWeights as TrustWeights
+
 COMPONENTS: tuple[str, ...] = ("freshness", "error_rate", "latency", "deviation", "availability")
-
-_WEIGHT_SUM_TOLERANCE = 1e-6
-
 
 def _clamp01(x: float) -> float:
     return 0.0 if x < 0.0 else 1.0 if x > 1.0 else x
@@ -37,58 +37,8 @@ def _valid(x: float | None) -> bool:
     return x is not None and not math.isnan(x)
 
 
-@dataclass(frozen=True, slots=True)
-class TrustWeights:
-    """Policy weights of the five components; non-negative and summing to 1, so a score is a
-    convex combination and stays in [0, 1]."""
-
-    freshness: float = 0.2
-    error_rate: float = 0.3
-    latency: float = 0.1
-    deviation: float = 0.2
-    availability: float = 0.2
-
-    def __post_init__(self) -> None:
-        values = [getattr(self, name) for name in COMPONENTS]
-        for name, value in zip(COMPONENTS, values, strict=True):
-            if not math.isfinite(value) or value < 0.0:
-                raise ValueError(f"trust weight {name} must be a finite number >= 0, got {value}")
-        total = math.fsum(values)
-        if abs(total - 1.0) > _WEIGHT_SUM_TOLERANCE:
-            raise ValueError(f"trust weights must sum to 1, got {total}")
-
-
-@dataclass(frozen=True, slots=True)
-class TrustParams:
-    """How observations turn into components and how trust decays.
-
-    ``ewma_alpha`` is the weight of the newest sample. ``stale_after_s`` is both the age at which
-    data freshness reaches 0 and the silence after which the score starts decaying (half-life
-    ``decay_half_life_s``, toward ``floor``). ``initial`` is every component's value for a source
-    never observed: neutral, so unknown destinations are neither preferred nor starved.
-    ``deviation_z_max`` is the robust z-score at which the deviation sample reaches 0 (the
-    consensus outlier threshold ``mad_k`` is the natural choice).
-    """
-
-    ewma_alpha: float = 0.2
-    stale_after_s: float = 60.0
-    latency_target_ms: float = 250.0
-    decay_half_life_s: float = 60.0
-    floor: float = 0.0
-    initial: float = 0.5
-    deviation_z_max: float = 3.5
-
-    def __post_init__(self) -> None:
-        if not (0.0 < self.ewma_alpha <= 1.0):
-            raise ValueError(f"ewma_alpha must be in (0, 1], got {self.ewma_alpha}")
-        for name in ("stale_after_s", "latency_target_ms", "decay_half_life_s", "deviation_z_max"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0.0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value}")
-        for name in ("floor", "initial"):
-            value = getattr(self, name)
-            if not (0.0 <= value <= 1.0):
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
+TrustParams = TrustPolicy
+"""How observations turn into components and how trust decays: the policy's trust section."""
 
 
 @dataclass(frozen=True, slots=True)

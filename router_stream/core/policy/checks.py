@@ -8,6 +8,8 @@ import difflib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from router_stream.core.policy.fields import BANDIT_STRATEGIES, RESERVED_KIND
 from router_stream.core.policy.sections import UNKNOWN_TENANT_OPTIONS, BreakerOverride, Route
 
@@ -89,11 +91,11 @@ def _check_route_breakers(policy: Policy) -> Iterator[tuple[Loc, str]]:
     for kind, route in policy.routes.items():
         if route.breaker is None:
             continue
-        merged = route.breaker.over(policy.breaker)
-        if merged.max_cooldown_s < merged.cooldown_s:
-            yield ("routes", kind, "breaker"), (
-                f"max_cooldown_s ({merged.max_cooldown_s}) is below cooldown_s "
-                f"({merged.cooldown_s})")
+        try:
+            route.breaker.over(policy.breaker)
+        except ValidationError as exc:
+            for err in exc.errors():
+                yield ("routes", kind, "breaker"), err["msg"].removeprefix("Value error, ")
         for dest in route.all_destinations():
             first = owner.setdefault(dest, (kind, route.breaker))
             if first[1] != route.breaker:

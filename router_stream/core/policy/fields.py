@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 
 Strategy = Literal[
     "first_healthy", "fanout", "weighted", "least_loaded", "thompson", "ucb", "greedy", "consensus"
@@ -51,14 +51,24 @@ def _check_path(path: str) -> str:
 
 FieldPath = Annotated[str, AfterValidator(_check_path)]
 Name = Annotated[str, Field(pattern=_NAME)]
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Fraction = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
+Count = Annotated[int, Strict(), Field(ge=1)]
 # Durations are bounded so a typo (an extra few zeros) is refused at validate time rather than
 # pinning a breaker open or a parked signal for centuries.
 MAX_DURATION_S = 30 * 86_400.0
-PositiveSeconds = Annotated[float, Field(gt=0.0, le=MAX_DURATION_S, allow_inf_nan=False)]
+PositiveSeconds = Annotated[
+    float, Strict(), Field(gt=0.0, le=MAX_DURATION_S, allow_inf_nan=False)
+]
 
 
 class Section(BaseModel):
     """Every policy model: frozen, strict types, and unknown keys are errors (typo safety)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
+
+
+CONFIG_SECTION = ConfigDict(extra="forbid")
+"""The config of the sections the core reads on its hot path (trust, breaker, bandit, consensus):
+pydantic dataclasses (``frozen=True, slots=True``), so the core uses them as its own parameter
+types. Their fields are strict one by one (``Strict()``): a strict dataclass would refuse a
+mapping where a section is expected."""

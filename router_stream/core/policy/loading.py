@@ -120,7 +120,7 @@ def _reason(err: ErrorDetails, loc: Loc) -> str:
     kind, msg, ctx = err["type"], err["msg"], err.get("ctx") or {}
     if kind == "missing":
         return "required"
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
         return "unknown field"
     if kind == "literal_error":
         subject = "strategy" if loc and loc[-1] == "strategy" else "value"
@@ -129,7 +129,7 @@ def _reason(err: ErrorDetails, loc: Loc) -> str:
         return f"{err.get('input')!r} must be 1-200 characters of letters, digits, '.', '_', '-'"
     if kind == "value_error":
         return msg.removeprefix("Value error, ")
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
+    if kind in ("model_type", "model_attributes_type", "dict_type", "dataclass_type"):
         return f"must be a mapping, got {_yaml_type(err.get('input'))}"
     if kind == "list_type":
         return f"must be a list, got {_yaml_type(err.get('input'))}"

@@ -4,13 +4,17 @@ routes, defaults, tenants and redaction."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, Strict, model_validator
+from pydantic.dataclasses import dataclass
 
 from router_stream.core.policy.fields import (
+    CONFIG_SECTION,
     DETECTORS,
     MAX_DURATION_S,
+    Count,
     Detector,
     FieldPath,
     Fraction,
@@ -23,7 +27,8 @@ from router_stream.core.policy.fields import (
 # --- trust and breaker -----------------------------------------------------------------------
 
 
-class TrustWeights(Section):
+@dataclass(frozen=True, slots=True, config=CONFIG_SECTION)
+class TrustWeights:
     """Weights of the five trust components; a convex combination keeps trust in [0, 1]."""
 
     freshness: Fraction = 0.2
@@ -42,28 +47,44 @@ class TrustWeights(Section):
         return self
 
 
-class TrustPolicy(Section):
+@dataclass(frozen=True, slots=True, config=CONFIG_SECTION)
+class TrustPolicy:
+    """The trust section, which is also :mod:`~router_stream.core.trust`'s parameters.
+
+    ``ewma_alpha`` is the weight of the newest sample. ``stale_after_s`` is both the age at which
+    data freshness reaches 0 and the silence after which the score starts decaying (half-life
+    ``decay_half_life_s``, toward ``floor``). ``initial`` is every component's value for a source
+    never observed: neutral, so unknown destinations are neither preferred nor starved.
+    ``deviation_z_max`` is the robust z-score at which the deviation sample reaches 0 (the
+    consensus outlier threshold ``mad_k`` is the natural choice).
+    """
+
     weights: TrustWeights = TrustWeights()
     min_trust: Fraction = 0.2
     """Below this a destination/source is skipped by trust-aware strategies."""
     stale_after_s: PositiveSeconds = 60.0
     latency_target_ms: PositiveSeconds = 250.0
-    ewma_alpha: float = Field(default=0.2, gt=0.0, le=1.0)
+    ewma_alpha: Annotated[float, Strict(), Field(gt=0.0, le=1.0)] = 0.2
     decay_half_life_s: PositiveSeconds = 60.0
     floor: Fraction = 0.0
     initial: Fraction = 0.5
     deviation_z_max: PositiveSeconds = 3.5
 
 
-class BreakerPolicy(Section):
-    failure_threshold: int = Field(default=5, ge=1)
-    error_rate_threshold: float = Field(default=0.5, gt=0.0, le=1.0)
+@dataclass(frozen=True, slots=True, config=CONFIG_SECTION)
+class BreakerPolicy:
+    """Breaker thresholds. ``half_open_probes`` is both how many probes half_open admits at once
+    and how many must succeed to close. A probe whose outcome never arrives within
+    ``probe_timeout_s`` counts as failed, so a lost outcome cannot wedge the breaker half-open."""
+
+    failure_threshold: Count = 5
+    error_rate_threshold: Annotated[float, Strict(), Field(gt=0.0, le=1.0)] = 0.5
     window_s: PositiveSeconds = 60.0
-    min_volume: int = Field(default=20, ge=1)
+    min_volume: Count = 20
     cooldown_s: PositiveSeconds = 30.0
     max_cooldown_s: PositiveSeconds = 600.0
-    backoff_multiplier: float = Field(default=2.0, ge=1.0, allow_inf_nan=False)
-    half_open_probes: int = Field(default=1, ge=1)
+    backoff_multiplier: Annotated[float, Strict(), Field(ge=1.0, allow_inf_nan=False)] = 2.0
+    half_open_probes: Count = 1
     probe_timeout_s: PositiveSeconds = 30.0
 
     @model_validator(mode="after")
@@ -89,8 +110,9 @@ class BreakerOverride(Section):
     probe_timeout_s: PositiveSeconds | None = None
 
     def over(self, base: BreakerPolicy) -> BreakerPolicy:
-        """``base`` with this override's fields in place (not re-validated: cross_check does)."""
-        return base.model_copy(update=self.model_dump(exclude_none=True))
+        """``base`` with this override's fields in place; raises ``ValidationError`` when the
+        two together are not a valid breaker (cross_check reports that)."""
+        return replace(base, **self.model_dump(exclude_none=True))
 
 
 class Destination(Section):
@@ -102,24 +124,34 @@ class Destination(Section):
 # --- routes ----------------------------------------------------------------------------------
 
 
-class BanditParams(Section):
-    seed: int = 0
+@dataclass(frozen=True, slots=True, config=CONFIG_SECTION)
+class BanditParams:
+    """``epsilon``: exploration share of greedy; ``ucb_c``: exploration constant of UCB1
+    (``mean + sqrt(ucb_c·ln N / n)``, 2 is the textbook value); ``prior_alpha``/``prior_beta``:
+    the Beta prior of an arm never pulled; ``discount``: the weight each reward leaves on the
+    arm's earlier evidence (1: all of it, for ever)."""
+
+    seed: Annotated[int, Strict()] = 0
     epsilon: Fraction = 0.1
-    ucb_c: float = Field(default=2.0, ge=0.0, allow_inf_nan=False)
-    prior_alpha: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
-    prior_beta: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
-    discount: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
-    """Weight an arm's earlier evidence keeps at each new outcome (1: stationary arms)."""
+    ucb_c: Annotated[float, Strict(), Field(ge=0.0, allow_inf_nan=False)] = 2.0
+    prior_alpha: Annotated[float, Strict(), Field(gt=0.0, allow_inf_nan=False)] = 1.0
+    prior_beta: Annotated[float, Strict(), Field(gt=0.0, allow_inf_nan=False)] = 1.0
+    discount: Annotated[float, Strict(), Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 1.0
 
 
-class ConsensusParams(Section):
-    mad_k: float = Field(default=3.5, ge=0.6745, allow_inf_nan=False)
+@dataclass(frozen=True, slots=True, config=CONFIG_SECTION)
+class ConsensusParams:
+    """Consensus parameters (see :mod:`~router_stream.core.strategies.consensus` for what each
+    one decides)."""
+
+    mad_k: Annotated[float, Strict(), Field(ge=0.6745, allow_inf_nan=False)] = 3.5
     """Modified z-score above which a source is an outlier (below 0.6745 nothing is inlier)."""
-    max_dispersion: float = Field(default=0.05, ge=0.0, allow_inf_nan=False)
+    max_dispersion: Annotated[float, Strict(), Field(ge=0.0, allow_inf_nan=False)] = 0.05
     max_staleness_s: PositiveSeconds = 30.0
-    synthetic_max_age_s: float = Field(default=300.0, ge=0.0, le=MAX_DURATION_S,
-                                       allow_inf_nan=False)
-    min_sources: int = Field(default=1, ge=1)
+    synthetic_max_age_s: Annotated[
+        float, Strict(), Field(ge=0.0, le=MAX_DURATION_S, allow_inf_nan=False)
+    ] = 300.0
+    min_sources: Count = 1
     default_trust: Fraction = 0.5
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
+from router_stream.core.policy.fields import BANDIT_STRATEGIES
 from router_stream.core.strategies.bandits import BanditArm, BanditConfig, greedy, thompson, ucb
 from router_stream.core.strategies.base import Selection, Tiers
 from router_stream.core.strategies.consensus import (
@@ -49,8 +50,6 @@ SELECTION_STRATEGIES: Mapping[str, SelectionStrategy] = MappingProxyType(
 )
 
 STRATEGY_NAMES: frozenset[str] = frozenset(SELECTION_STRATEGIES) | {"consensus"}
-
-BANDIT_STRATEGIES: frozenset[str] = frozenset({"thompson", "ucb", "greedy"})
 
 
 def get_strategy(name: str) -> SelectionStrategy:

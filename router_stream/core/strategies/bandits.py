@@ -19,31 +19,11 @@ from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from router_stream.core.policy.sections import BanditParams
 from router_stream.core.strategies.base import Selection, Tiers, clamp01, first_usable_tier
 
-
-@dataclass(frozen=True, slots=True)
-class BanditConfig:
-    """``epsilon``: exploration share of greedy; ``ucb_c``: exploration constant of UCB1
-    (``mean + sqrt(ucb_c·ln N / n)``, 2 is the textbook value); ``prior_alpha``/``prior_beta``:
-    the Beta prior of an arm never pulled; ``discount``: the weight each reward leaves on the
-    arm's earlier evidence (1: all of it, for ever)."""
-
-    epsilon: float = 0.1
-    ucb_c: float = 2.0
-    prior_alpha: float = 1.0
-    prior_beta: float = 1.0
-    discount: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not (0.0 <= self.epsilon <= 1.0):
-            raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
-        if not (math.isfinite(self.ucb_c) and self.ucb_c >= 0.0):
-            raise ValueError(f"ucb_c must be a finite number >= 0, got {self.ucb_c}")
-        if not (self.prior_alpha > 0.0 and self.prior_beta > 0.0):
-            raise ValueError("prior_alpha and prior_beta must be > 0")
-        if not (0.0 < self.discount <= 1.0):
-            raise ValueError(f"discount must be in (0, 1], got {self.discount}")
+BanditConfig = BanditParams
+"""A bandit route's parameters: the policy's ``bandit`` section."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,13 @@ from __future__ import annotations
 import math
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
+
+from pydantic import Field, Strict
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from router_stream.core.policy.fields import CONFIG_SECTION
+from router_stream.core.policy.sections import ConsensusParams
 
 _MAD_TO_Z = 0.6745  # Φ⁻¹(0.75): makes MAD comparable to a standard deviation (Iglewicz–Hoaglin)
 
@@ -52,31 +58,12 @@ SINGLE = "single"
 SYNTHETIC = "synthetic"
 
 
-@dataclass(frozen=True, slots=True)
-class ConsensusConfig:
-    """Consensus parameters (see the module docstring for what each one decides)."""
+@pydantic_dataclass(frozen=True, slots=True, config=CONFIG_SECTION)
+class ConsensusConfig(ConsensusParams):
+    """The policy's ``consensus`` section (see the module docstring for what each field decides),
+    and the smallest spread the robust scale is taken to have."""
 
-    mad_k: float = 3.5
-    max_dispersion: float = 0.05
-    max_staleness_s: float = 30.0
-    synthetic_max_age_s: float = 300.0
-    min_sources: int = 1
-    default_trust: float = 0.5
-    scale_floor: float = 1e-9
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.mad_k) and self.mad_k >= _MAD_TO_Z):
-            # Below 0.6745 even values within one MAD of the median would be outliers, and the
-            # set of inliers could be empty.
-            raise ValueError(f"mad_k must be a finite number >= {_MAD_TO_Z}, got {self.mad_k}")
-        for name in ("max_dispersion", "max_staleness_s", "synthetic_max_age_s", "scale_floor"):
-            value = getattr(self, name)
-            if not (value >= 0.0):
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if self.min_sources < 1:
-            raise ValueError("min_sources must be >= 1")
-        if not (0.0 <= self.default_trust <= 1.0):
-            raise ValueError("default_trust must be in [0, 1]")
+    scale_floor: Annotated[float, Strict(), Field(ge=0.0, allow_inf_nan=False)] = 1e-9
 
 
 class Observation(NamedTuple):
