@@ -59,7 +59,7 @@ a second. With the engine's not-closed index (*-state-memory-58f6e6.json): 159 M
 247 MB peak, 22 % of a core idle, warm signals 4.2 s instead of 8.0 s. With the breaker
 window stored flat and the per-id families rendered directly (*-7dd299.json): 153 MB settled,
 190 MB peak, scrape 0.57 s; full windows (``--events-per-entry 12``, *-bcc673.json): 227 MB
-settled, 269 MB peak. With state checkpoints (worker/checkpoints.py), run with
+settled, 269 MB peak. With state checkpoints (adapters/checkpoint_store.py), run with
 ``ROUTER_CHECKPOINT_INTERVAL_S=5`` so the full worker writes one while measured
 (*-d16d03.json): 110k entries in 3 chunks, 1.2 MB, 0.57 s; 172 MB settled, 211 MB peak.
 """

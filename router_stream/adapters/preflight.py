@@ -71,7 +71,7 @@ async def active_policy(settings: Settings) -> CompiledPolicy | None:
 
 async def _active_policy_text(settings: Settings) -> str | None:
     from router_stream.adapters import postgres
-    from router_stream.adapters.heartbeats import not_migrated_as_user_error
+    from router_stream.adapters.heartbeat_store import not_migrated_as_user_error
 
     conn = await postgres.connect(settings)
     try:

@@ -338,7 +338,7 @@ _Status = tuple[str | None, list[WorkerHeartbeat], float, list[str]]
 
 async def _from_postgres(settings: Settings) -> _Status:
     from router_stream.adapters import postgres
-    from router_stream.adapters.heartbeats import (
+    from router_stream.adapters.heartbeat_store import (
         not_migrated_as_user_error,
         read_postgres_heartbeats,
     )
@@ -360,7 +360,7 @@ async def _from_postgres(settings: Settings) -> _Status:
 async def _from_kafka(settings: Settings) -> _Status:
     import time
 
-    from router_stream.adapters.heartbeats import read_kafka_heartbeats
+    from router_stream.adapters.heartbeat_store import read_kafka_heartbeats
 
     (active, notes), heartbeats = await asyncio.gather(
         _last_published_version(settings), read_kafka_heartbeats(settings))

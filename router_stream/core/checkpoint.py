@@ -6,7 +6,7 @@ Why: every worker builds trust, breakers, bandit statistics and overrides by rep
 a worker started after records were deleted would decide from different state than one that had
 been running all along. A checkpoint — this document plus the state topics' offsets it reflects
 — is the changelog that closes the gap: a worker restores it and replays only the records after
-those offsets (``router_stream.worker.checkpoints`` stores it on a compacted topic).
+those offsets (``router_stream.adapters.checkpoint_store`` stores it on a compacted topic).
 
 What is in it is exactly what the state topics build: trust (all five components), breakers,
 bandit arms and overrides. What one worker builds from *its own* signals is not: in-flight load,

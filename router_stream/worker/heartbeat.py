@@ -26,7 +26,7 @@ import time
 from typing import Any, Protocol
 
 from router_stream import __version__
-from router_stream.adapters.heartbeats import HeartbeatStore
+from router_stream.adapters.heartbeat_store import HeartbeatStore
 from router_stream.config import Settings
 from router_stream.core.heartbeat import WorkerHeartbeat, WorkerStatus, normalise_partitions
 from router_stream.errors import TransientError

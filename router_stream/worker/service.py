@@ -34,7 +34,17 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from router_stream.adapters import postgres as pg
-from router_stream.adapters.heartbeats import HeartbeatStore, KafkaHeartbeats, PostgresHeartbeats
+from router_stream.adapters.checkpoint_store import (
+    Checkpoint,
+    CheckpointWriter,
+    PolicyOrigin,
+    load_checkpoints,
+)
+from router_stream.adapters.heartbeat_store import (
+    HeartbeatStore,
+    KafkaHeartbeats,
+    PostgresHeartbeats,
+)
 from router_stream.config import EVENTS, SIGNALS, Settings
 from router_stream.core.breaker import BreakerTransition
 from router_stream.core.events import (
@@ -46,12 +56,6 @@ from router_stream.core.events import (
 )
 from router_stream.errors import BrokerUnavailable, RouterError, TransientError, UserError
 from router_stream.worker.backoff import Backoff
-from router_stream.worker.checkpoints import (
-    Checkpoint,
-    CheckpointWriter,
-    PolicyOrigin,
-    load_checkpoints,
-)
 from router_stream.worker.heartbeat import Heartbeat, default_worker_id
 from router_stream.worker.hotpath import SignalLoop
 from router_stream.worker.http import HealthServer

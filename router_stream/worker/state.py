@@ -31,6 +31,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from router_stream.adapters.checkpoint_store import Checkpoint, PolicyOrigin, new_checkpoint_id
 from router_stream.config import CONTROL, OUTCOMES, SOURCE_HEALTH, Settings
 from router_stream.core.breaker import BreakerTransition
 from router_stream.core.checkpoint import CheckpointRefused, capture, restore_state
@@ -40,7 +41,6 @@ from router_stream.core.models import OverrideSet, PolicyPublish, PolicyReload
 from router_stream.core.overrides import OverrideKind
 from router_stream.core.parsing import Rejection, parse_control, parse_health, parse_outcome
 from router_stream.errors import BrokerUnavailable, PolicyError
-from router_stream.worker.checkpoints import Checkpoint, PolicyOrigin, new_checkpoint_id
 from router_stream.worker.policy_source import compile_policy_text
 
 log = logging.getLogger("router_stream.worker.state")

@@ -17,10 +17,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
+from router_stream.adapters.checkpoint_store import load_checkpoints
 from router_stream.config import CONTROL, OUTCOMES, SIGNALS, SOURCE_HEALTH
 from router_stream.core.checkpoint import export_state, restore_state
 from router_stream.core.models import Outcome
-from router_stream.worker.checkpoints import load_checkpoints
 from router_stream.worker.policy_source import compile_policy_text
 
 from .test_worker import POLICY_V2, fetch, prepare, produce, signal, wait_for, worker

@@ -258,7 +258,7 @@ async def test_exit_codes_of_policy_show(settings, tmp_path):
 async def test_policy_show_lists_only_the_workers_of_its_own_topic_prefix(settings, tmp_path):
     """Two deployments (topic prefixes) sharing one database: each sees its own workers only."""
     from router_stream.adapters import postgres as pg
-    from router_stream.adapters.heartbeats import PostgresHeartbeats
+    from router_stream.adapters.heartbeat_store import PostgresHeartbeats
     from router_stream.core.heartbeat import WorkerHeartbeat
 
     await pg.migrate_database(settings)

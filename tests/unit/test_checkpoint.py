@@ -121,13 +121,13 @@ def test_a_bad_document_is_refused_and_changes_nothing(damage):
     assert shared(target) == before
 
 
-# --- the stored form (router_stream.worker.checkpoints) --------------------------------------
+# --- the stored form (router_stream.adapters.checkpoint_store) --------------------------------------
 
 
 def _checkpoint(state: dict):
     from aiokafka import TopicPartition
 
-    from router_stream.worker.checkpoints import Checkpoint, PolicyOrigin
+    from router_stream.adapters.checkpoint_store import Checkpoint, PolicyOrigin
 
     return Checkpoint(checkpoint_id="1-abc", offsets={TopicPartition("outcomes", 3): 17},
                       clock=NOW + 0.25, policy=PolicyOrigin("control", "version: 1\n", "policy v"),
@@ -137,7 +137,7 @@ def _checkpoint(state: dict):
 def test_a_checkpoint_survives_encoding_in_chunks_below_the_record_limit():
     import random
 
-    from router_stream.worker.checkpoints import CHUNK_BYTES, decode, encode
+    from router_stream.adapters.checkpoint_store import CHUNK_BYTES, decode, encode
 
     rng = random.Random(3)  # incompressible enough to need several chunks
     state = {"trust": {f"src-{i}": [rng.random() for _ in range(5)] + [NOW, i]
@@ -150,7 +150,7 @@ def test_a_checkpoint_survives_encoding_in_chunks_below_the_record_limit():
 
 
 def test_a_chunk_from_another_checkpoint_is_detected():
-    from router_stream.worker.checkpoints import decode, encode
+    from router_stream.adapters.checkpoint_store import decode, encode
 
     manifest, chunks = encode(_checkpoint({"trust": {"a": [0.5] * 5 + [None, 0]}}))
     _, other = encode(_checkpoint({"trust": {"b": [0.1] * 5 + [None, 0]}}))

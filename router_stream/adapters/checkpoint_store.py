@@ -43,7 +43,7 @@ from router_stream.config import STATE, Settings
 from router_stream.core.checkpoint import Captured, to_document
 from router_stream.errors import BrokerUnavailable
 
-log = logging.getLogger("router_stream.worker.checkpoints")
+log = logging.getLogger("router_stream.adapters.checkpoint_store")
 
 CHUNK_BYTES = 512 * 1024
 MANIFEST_KEY = b"manifest"
