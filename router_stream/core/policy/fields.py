@@ -53,6 +53,9 @@ FieldPath = Annotated[str, AfterValidator(_check_path)]
 Name = Annotated[str, Field(pattern=_NAME)]
 Fraction = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
 Count = Annotated[int, Strict(), Field(ge=1)]
+Share = Annotated[float, Strict(), Field(gt=0.0, le=1.0)]
+Positive = Annotated[float, Strict(), Field(gt=0.0, allow_inf_nan=False)]
+NonNegative = Annotated[float, Strict(), Field(ge=0.0, allow_inf_nan=False)]
 # Durations are bounded so a typo (an extra few zeros) is refused at validate time rather than
 # pinning a breaker open or a parked signal for centuries.
 MAX_DURATION_S = 30 * 86_400.0

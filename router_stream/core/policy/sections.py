@@ -19,8 +19,11 @@ from router_stream.core.policy.fields import (
     FieldPath,
     Fraction,
     Name,
+    NonNegative,
+    Positive,
     PositiveSeconds,
     Section,
+    Share,
     Strategy,
 )
 
@@ -64,7 +67,7 @@ class TrustPolicy:
     """Below this a destination/source is skipped by trust-aware strategies."""
     stale_after_s: PositiveSeconds = 60.0
     latency_target_ms: PositiveSeconds = 250.0
-    ewma_alpha: Annotated[float, Strict(), Field(gt=0.0, le=1.0)] = 0.2
+    ewma_alpha: Share = 0.2
     decay_half_life_s: PositiveSeconds = 60.0
     floor: Fraction = 0.0
     initial: Fraction = 0.5
@@ -78,7 +81,7 @@ class BreakerPolicy:
     ``probe_timeout_s`` counts as failed, so a lost outcome cannot wedge the breaker half-open."""
 
     failure_threshold: Count = 5
-    error_rate_threshold: Annotated[float, Strict(), Field(gt=0.0, le=1.0)] = 0.5
+    error_rate_threshold: Share = 0.5
     window_s: PositiveSeconds = 60.0
     min_volume: Count = 20
     cooldown_s: PositiveSeconds = 30.0
@@ -133,9 +136,9 @@ class BanditParams:
 
     seed: Annotated[int, Strict()] = 0
     epsilon: Fraction = 0.1
-    ucb_c: Annotated[float, Strict(), Field(ge=0.0, allow_inf_nan=False)] = 2.0
-    prior_alpha: Annotated[float, Strict(), Field(gt=0.0, allow_inf_nan=False)] = 1.0
-    prior_beta: Annotated[float, Strict(), Field(gt=0.0, allow_inf_nan=False)] = 1.0
+    ucb_c: NonNegative = 2.0
+    prior_alpha: Positive = 1.0
+    prior_beta: Positive = 1.0
     discount: Annotated[float, Strict(), Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 1.0
 
 
@@ -146,7 +149,7 @@ class ConsensusParams:
 
     mad_k: Annotated[float, Strict(), Field(ge=0.6745, allow_inf_nan=False)] = 3.5
     """Modified z-score above which a source is an outlier (below 0.6745 nothing is inlier)."""
-    max_dispersion: Annotated[float, Strict(), Field(ge=0.0, allow_inf_nan=False)] = 0.05
+    max_dispersion: NonNegative = 0.05
     max_staleness_s: PositiveSeconds = 30.0
     synthetic_max_age_s: Annotated[
         float, Strict(), Field(ge=0.0, le=MAX_DURATION_S, allow_inf_nan=False)

@@ -89,13 +89,8 @@ def _evidence(arm: BanditArm, cfg: BanditConfig) -> tuple[float, float]:
     return wins + max(0.0, arm.beta - cfg.prior_beta), wins
 
 
-def thompson(
-    tiers: Tiers,
-    unavailable: Container[str],
-    arms: Mapping[str, BanditArm],
-    rng: random.Random,
-    cfg: BanditConfig,
-) -> Selection | None:
+def thompson(tiers: Tiers, unavailable: Container[str], arms: Mapping[str, BanditArm],
+             rng: random.Random, cfg: BanditConfig) -> Selection | None:
     """Sample every candidate's posterior once; the highest sample wins."""
     usable = first_usable_tier(tiers, unavailable)
     if usable is None:
@@ -113,12 +108,8 @@ def thompson(
     return Selection((best,), index, best_arm.mean)
 
 
-def ucb(
-    tiers: Tiers,
-    unavailable: Container[str],
-    arms: Mapping[str, BanditArm],
-    cfg: BanditConfig,
-) -> Selection | None:
+def ucb(tiers: Tiers, unavailable: Container[str], arms: Mapping[str, BanditArm],
+        cfg: BanditConfig) -> Selection | None:
     """UCB1: an arm never pulled is tried first (tier order); otherwise the highest
     ``empirical mean + sqrt(ucb_c·ln(total pulls) / pulls)``. Deterministic."""
     usable = first_usable_tier(tiers, unavailable)
@@ -142,13 +133,8 @@ def ucb(
     return Selection((best,), index, best_arm.mean)
 
 
-def greedy(
-    tiers: Tiers,
-    unavailable: Container[str],
-    arms: Mapping[str, BanditArm],
-    rng: random.Random,
-    cfg: BanditConfig,
-) -> Selection | None:
+def greedy(tiers: Tiers, unavailable: Container[str], arms: Mapping[str, BanditArm],
+           rng: random.Random, cfg: BanditConfig) -> Selection | None:
     """Epsilon-greedy: with probability ``epsilon`` a uniform random candidate, otherwise the
     highest posterior mean (ties go to tier order)."""
     usable = first_usable_tier(tiers, unavailable)

@@ -43,12 +43,11 @@ from __future__ import annotations
 import math
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, NamedTuple
+from typing import Any, NamedTuple
 
-from pydantic import Field, Strict
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from router_stream.core.policy.fields import CONFIG_SECTION
+from router_stream.core.policy.fields import CONFIG_SECTION, NonNegative
 from router_stream.core.policy.sections import ConsensusParams
 
 _MAD_TO_Z = 0.6745  # Φ⁻¹(0.75): makes MAD comparable to a standard deviation (Iglewicz–Hoaglin)
@@ -63,7 +62,7 @@ class ConsensusConfig(ConsensusParams):
     """The policy's ``consensus`` section (see the module docstring for what each field decides),
     and the smallest spread the robust scale is taken to have."""
 
-    scale_floor: Annotated[float, Strict(), Field(ge=0.0, allow_inf_nan=False)] = 1e-9
+    scale_floor: NonNegative = 1e-9
 
 
 class Observation(NamedTuple):
@@ -170,9 +169,12 @@ def consensus(
     agreement = len(inliers) / len(usable)
     dispersion = (high - low) / max(abs(median), cfg.scale_floor)
     if len(inliers) >= 2 and dispersion <= cfg.max_dispersion:
-        return _blend(inliers, tuple(outliers), agreement, low, high, mad, trust, cfg,
-                      track_record)
-    return _single(inliers, tuple(outliers), agreement, median, dispersion, mad, trust, cfg)
+        value, total = _blend(inliers, low, high, trust, cfg.default_trust, track_record)
+        used = tuple([o.source_id for o in inliers])
+        return _result((value, BLEND, used, tuple(outliers), agreement * total / len(inliers), mad))
+    chosen, trusted, penalty = _single(inliers, median, dispersion, trust, cfg)
+    confidence = agreement * trusted * penalty
+    return _result((chosen.value, SINGLE, (chosen.source_id,), tuple(outliers), confidence, mad))
 
 
 def _usable(
@@ -196,17 +198,10 @@ def _usable(
 
 
 def _blend(
-    inliers: list[Observation],
-    outliers: tuple[str, ...],
-    agreement: float,
-    low: float,
-    high: float,
-    mad: float,
-    trust: Mapping[str, float],
-    cfg: ConsensusConfig,
-    track_record: Mapping[str, float],
-) -> ConsensusResult:
-    default = cfg.default_trust
+    inliers: list[Observation], low: float, high: float, trust: Mapping[str, float],
+    default: float, track_record: Mapping[str, float],
+) -> tuple[float, float]:
+    """The trust × track-record weighted mean of the inliers, and the sum of their trust."""
     total = weight_sum = weighted_sum = 0.0
     for o in inliers:
         t = trust.get(o.source_id, default)
@@ -221,29 +216,22 @@ def _blend(
              else sum([o.value for o in inliers]) / len(inliers))
     if not low <= value <= high:  # a convex combination; clamp away rounding (and overflow)
         value = min(high, max(low, value)) if not math.isnan(value) else low / 2.0 + high / 2.0
-    confidence = agreement * total / len(inliers)
-    used = tuple([o.source_id for o in inliers])
-    return _result((value, BLEND, used, outliers, confidence, mad))
+    return value, total
 
 
 def _single(
-    inliers: list[Observation],
-    outliers: tuple[str, ...],
-    agreement: float,
-    median: float,
-    dispersion: float,
-    mad: float,
-    trust: Mapping[str, float],
+    inliers: list[Observation], median: float, dispersion: float, trust: Mapping[str, float],
     cfg: ConsensusConfig,
-) -> ConsensusResult:
+) -> tuple[Observation, float, float]:
+    """The most trusted inlier (closest to the median on a tie), its trust, and the confidence
+    penalty for a dispersion over ``max_dispersion``."""
     def rank(o: Observation) -> tuple[float, float, str]:
         trusted = _trust_of(trust, o.source_id, cfg.default_trust)
         return (-trusted, abs(o.value - median), o.source_id)
 
     chosen = min(inliers, key=rank)
     penalty = 1.0 if dispersion <= cfg.max_dispersion else cfg.max_dispersion / dispersion
-    confidence = agreement * _trust_of(trust, chosen.source_id, cfg.default_trust) * penalty
-    return _result((chosen.value, SINGLE, (chosen.source_id,), outliers, confidence, mad))
+    return chosen, _trust_of(trust, chosen.source_id, cfg.default_trust), penalty
 
 
 def synthetic(
