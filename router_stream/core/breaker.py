@@ -110,8 +110,8 @@ class BreakerTransition:
 class Breaker:
     """The state of one breaker. ``buckets`` holds the error-rate window's counts, oldest first,
     **flat**: ``(index, ok, failed, index, ok, failed, ...)`` — :meth:`window` gives them as
-    triples. Flat because a worker holds one breaker per source and destination: with 110k ids
-    and full windows, a tuple per bucket cost ~770 bytes a breaker (bench/state_memory.py).
+    triples. Flat because a worker holds one breaker per source and destination (memory:
+    docs/performance.md).
     ``cooldown_s`` is the current cooldown (grows on re-open); ``None`` means the configured
     base."""
 

@@ -13,8 +13,8 @@ bandit arms and overrides. What one worker builds from *its own* signals is not:
 rate-limit buckets, the dedupe window, consensus observations and a rollout's monitor.
 
 Entities are encoded positionally (a list per entity, in the dataclass's field order) because a
-checkpoint holds one entry per source and destination — 110k of them in the state-memory bench —
-and the field names are written once, in ``fields``. A document whose field names differ from
+checkpoint holds one entry per source and destination, and the field names are written once,
+in ``fields``. A document whose field names differ from
 this code's (an upgrade changed a dataclass) is refused rather than guessed at.
 """
 
@@ -50,8 +50,7 @@ class CheckpointRefused(ValueError):
 class Captured:
     """Shallow copies of the engine's state tables. The entities in them are frozen
     dataclasses, so the copies stay consistent while the engine moves on: the worker captures
-    on its event loop (milliseconds) and builds the document in a thread (``to_document``
-    takes ~0.4 s at 110k ids)."""
+    on its event loop and builds the document in a thread."""
 
     trust: dict[str, TrustState]
     breakers: dict[str, Breaker]

@@ -88,8 +88,7 @@ def _touch(state: TrustState, now: float, **components: float) -> TrustState:
     last_ts = state.last_ts
     if math.isfinite(now) and (last_ts is None or now > last_ts):
         last_ts = now
-    # Built positionally rather than with dataclasses.replace (~3x slower): a consensus
-    # observation touches its source's state once per signal.
+    # Positional, not dataclasses.replace: this runs once per consensus observation.
     get = components.get
     return TrustState(
         get("freshness", state.freshness), get("error_rate", state.error_rate),

@@ -1,9 +1,9 @@
 """``first_healthy``: ordered tiers, first available destination of the first usable tier wins.
 
-This is the hot path of most routes (≥ 1M selections/s). Building a ``Selection`` costs more than
-the whole loop, and the same few (destination, tier) pairs are chosen over and over, so results
-are memoised. The memo holds immutable values only, so the function stays pure; it is cleared when
-it grows past ``_MEMO_LIMIT`` so that memory stays bounded whatever the policies name.
+This is the hot path of most routes. Building a ``Selection`` costs more than the whole loop, and
+the same few (destination, tier) pairs are chosen over and over, so results are memoised. The memo
+holds immutable values only, so the function stays pure; it is cleared when it grows past
+``_MEMO_LIMIT`` so that memory stays bounded whatever the policies name.
 """
 
 from __future__ import annotations
