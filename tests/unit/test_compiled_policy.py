@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import orjson
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 from router_stream.cli import _register, cli
 from router_stream.core.compiled import load_compiled
 from router_stream.core.engine import RouterEngine
+from router_stream.core.policy import load_policy
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "policy.yaml"
 NOW = 1_800_000_000.0
@@ -44,6 +46,22 @@ def test_example_policy_compiles_and_routes_each_kind():
                      "o1": ("observation", "consensus")}
     assert result.decisions[0].destinations == ["pagerduty"]
     assert result.decisions[0].policy_version == compiled.version
+
+
+def test_the_core_reads_the_policy_sections_themselves():
+    """One definition: trust and bandit settings are the sections; breaker and consensus
+    configs carry every field of theirs, plus the core's own settings at their defaults."""
+    text = EXAMPLE.read_text()
+    compiled = load_compiled(text, str(EXAMPLE))
+    policy = load_policy(text, str(EXAMPLE))
+    assert compiled.trust_params == policy.trust
+    assert compiled.trust_weights == policy.trust.weights
+    assert compiled.routes["notification"].bandit == policy.routes["notification"].bandit
+    assert asdict(compiled.breaker) == {**asdict(policy.breaker), "window_buckets": 12}
+    consensus = compiled.routes["observation"].consensus
+    section = policy.routes["observation"].consensus
+    assert consensus is not None and section is not None
+    assert asdict(consensus) == {**asdict(section), "scale_floor": 1e-9}
 
 
 def test_policy_cli_validate_exit_codes(tmp_path: Path):
