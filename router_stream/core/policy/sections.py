@@ -52,43 +52,47 @@ class TrustWeights:
 
 @dataclass(frozen=True, slots=True, config=CONFIG_SECTION)
 class TrustPolicy:
-    """The trust section, which is also :mod:`~router_stream.core.trust`'s parameters.
-
-    ``ewma_alpha`` is the weight of the newest sample. ``stale_after_s`` is both the age at which
-    data freshness reaches 0 and the silence after which the score starts decaying (half-life
-    ``decay_half_life_s``, toward ``floor``). ``initial`` is every component's value for a source
-    never observed: neutral, so unknown destinations are neither preferred nor starved.
-    ``deviation_z_max`` is the robust z-score at which the deviation sample reaches 0 (the
-    consensus outlier threshold ``mad_k`` is the natural choice).
-    """
+    """The trust section, which is also :mod:`~router_stream.core.trust`'s parameters."""
 
     weights: TrustWeights = TrustWeights()
     min_trust: Fraction = 0.2
     """Below this a destination/source is skipped by trust-aware strategies."""
     stale_after_s: PositiveSeconds = 60.0
+    """The age at which data freshness reaches 0, and the silence after which the score starts
+    decaying (half-life ``decay_half_life_s``, toward ``floor``)."""
     latency_target_ms: PositiveSeconds = 250.0
     ewma_alpha: Share = 0.2
+    """The weight of the newest sample."""
     decay_half_life_s: PositiveSeconds = 60.0
     floor: Fraction = 0.0
     initial: Fraction = 0.5
+    """Every component's value for a source never observed: neutral, so unknown destinations are
+    neither preferred nor starved."""
     deviation_z_max: PositiveSeconds = 3.5
+    """The robust z-score at which the deviation sample reaches 0 (the consensus outlier
+    threshold ``mad_k`` is the natural choice)."""
 
 
 @dataclass(frozen=True, slots=True, config=CONFIG_SECTION)
 class BreakerPolicy:
-    """Breaker thresholds. ``half_open_probes`` is both how many probes half_open admits at once
-    and how many must succeed to close. A probe whose outcome never arrives within
-    ``probe_timeout_s`` counts as failed, so a lost outcome cannot wedge the breaker half-open."""
+    """Breaker thresholds (the state machine: :mod:`~router_stream.core.breaker`)."""
 
     failure_threshold: Count = 5
+    """Consecutive failures that open the breaker."""
     error_rate_threshold: Share = 0.5
+    """... or this error rate over ``window_s``, once the window saw ``min_volume`` outcomes."""
     window_s: PositiveSeconds = 60.0
     min_volume: Count = 20
     cooldown_s: PositiveSeconds = 30.0
+    """open -> half_open after this long; it grows by ``backoff_multiplier`` on every re-open,
+    up to ``max_cooldown_s``."""
     max_cooldown_s: PositiveSeconds = 600.0
     backoff_multiplier: Annotated[float, Strict(), Field(ge=1.0, allow_inf_nan=False)] = 2.0
     half_open_probes: Count = 1
+    """How many probes half_open admits at once, and how many must succeed to close."""
     probe_timeout_s: PositiveSeconds = 30.0
+    """A probe whose outcome never arrives within this counts as failed, so a lost outcome
+    cannot wedge the breaker half-open."""
 
     @model_validator(mode="after")
     def _cooldowns_ordered(self) -> BreakerPolicy:
