@@ -29,6 +29,7 @@ from router_stream.core.policy.sections import TrustWeights as TrustWeights
 
 COMPONENTS: tuple[str, ...] = ("freshness", "error_rate", "latency", "deviation", "availability")
 
+
 def _clamp01(x: float) -> float:
     return 0.0 if x < 0.0 else 1.0 if x > 1.0 else x
 
