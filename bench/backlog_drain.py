@@ -7,7 +7,7 @@ with Postgres on — the worker with the projection (`router-stream persist`) as
 as deployed. ``--old PATH`` adds the worker of another checkout (PYTHONPATH=PATH), e.g. the
 previous main in a temporary worktree, whose worker still wrote Postgres itself.
 
-    python -m bench.backlog_drain [--signals 100000] [--old /tmp/old-checkout]
+    python -m bench.backlog_drain [--signals 100000] [--old /tmp/old-checkout] [--processes 1 2]
 """
 
 from __future__ import annotations
@@ -107,16 +107,19 @@ async def drain(c: Contender, n: int, database_url: str, env: dict[str, str],
         await c.cleanup(database_url)
 
 
-async def run(n: int, old: str | None) -> list[dict[str, Any]]:
+async def run(n: int, old: str | None, processes: list[int]) -> list[dict[str, Any]]:
     bootstrap = os.environ.get("ROUTER_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
     database_url = os.environ.get("ROUTER_DATABASE_URL",
                                   "postgresql://router@127.0.0.1:15432/router")
     run_id = uuid.uuid4().hex[:6]
     plan: list[tuple[Contender, dict[str, str]]] = [
         (RawPassthrough("raw", "raw aiokafka passthrough", run_id, bootstrap), {}),
-        (RouterStream("router_pg", "router-stream + persist process", run_id, bootstrap,
-                      persist=True), {}),
     ]
+    for count in processes:  # `worker --processes N` through its setting
+        key, label = ("router_pg", "") if count == 1 else (f"router_pg{count}", f", {count} procs")
+        plan.append((RouterStream(key, f"router-stream{label} + persist process", run_id,
+                                  bootstrap, persist=True),
+                     {"ROUTER_WORKER_PROCESSES": str(count)}))
     if old:
         plan.append((OldWorker("router_old", f"router-stream at {old} (Postgres in the worker)",
                                run_id, bootstrap, persist=True), {"PYTHONPATH": old}))
@@ -133,8 +136,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--signals", type=int, default=100_000)
     ap.add_argument("--old", default=None)
+    ap.add_argument("--processes", type=int, nargs="+", default=[1], metavar="N",
+                    help="one router-stream contender per count (`worker --processes N`)")
     args = ap.parse_args()
-    results = asyncio.run(run(args.signals, args.old))
+    results = asyncio.run(run(args.signals, args.old, args.processes))
     raw = results[0]["rate"]
     for r in results[1:]:
         if r["rate"] and raw:

@@ -37,7 +37,8 @@ from prometheus_client import (
 )
 
 from router_stream.config import Settings
-from router_stream.errors import CannotListen, ConfigError
+from router_stream.errors import ConfigError
+from router_stream.worker.http import listen
 
 log = logging.getLogger("router_stream.worker.supervisor")
 
@@ -215,14 +216,16 @@ class _Child:
 class Supervisor:
     def __init__(self, settings: Settings, processes: int, *, exit_when_idle: float | None = None,
                  policy: RestartPolicy | None = None,
-                 environ: Mapping[str, str] | None = None) -> None:
+                 environ: Mapping[str, str] | None = None,
+                 command: Sequence[str] | None = None) -> None:
+        """``command`` replaces ``router-stream worker`` as the child (tests)."""
         from router_stream.worker.heartbeat import default_worker_id
 
         self.settings = settings
         self.metrics = SupervisorMetrics(processes)
         self._policy = policy or RestartPolicy()
         self._environ = dict(os.environ if environ is None else environ)
-        self._command = child_command(exit_when_idle)
+        self._command = list(command or child_command(exit_when_idle))
         base = settings.worker_id or default_worker_id()
         self._children = [_Child(i, child_worker_id(base, i), port)
                           for i, port in enumerate(child_ports(settings.http_port, processes), 1)]
@@ -341,19 +344,7 @@ class Supervisor:
         app.router.add_get("/livez", self._livez)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics_view)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, s.http_host, s.http_port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._close_http()
-            raise CannotListen(
-                f"cannot listen on {s.http_host}:{s.http_port} for /livez /readyz /metrics: "
-                f"{exc.strerror or exc} (choose another with --http-port or ROUTER_HTTP_PORT; "
-                "0 picks a free one)") from exc
-        sockets = getattr(site._server, "sockets", None) or []  # no public accessor in aiohttp
-        self.port = sockets[0].getsockname()[1] if sockets else s.http_port
+        self._runner, self.port = await listen(app, s.http_host, s.http_port)
         log.info("http listening", extra={"host": s.http_host, "port": self.port,
                                           "processes": len(self._children),
                                           "child_ports": [c.port for c in self._children]})

@@ -3,20 +3,24 @@ liveness of the whole, what each child is told."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import socket
 import sys
 
+import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from router_stream.config import Settings
-from router_stream.errors import ConfigError
+from router_stream.errors import CannotListen, ConfigError
 from router_stream.worker.supervisor import (
     ChildHealth,
     GiveUp,
     Restart,
     RestartPolicy,
+    Supervisor,
     child_command,
     child_environment,
     child_ports,
@@ -125,3 +129,96 @@ def test_without_persist_no_child_runs_the_projection():
 def test_the_child_command_is_the_worker_command_with_burst_mode_passed_on():
     assert child_command(None) == [sys.executable, "-m", "router_stream.cli", "worker"]
     assert child_command(2.5)[-2:] == ["--exit-when-idle", "2.5"]
+
+
+# --- the supervisor with small child programs (no broker) ------------------------------------
+
+def child(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+DRAINS_ON_SIGTERM = child(
+    "import os, signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+    "open(os.environ['MARKS'] + '/' + os.environ['ROUTER_WORKER_ID'], 'a').write('started\\n')\n"
+    "time.sleep(120)\n")
+
+
+async def until_marks(marks, count: int) -> None:
+    for _ in range(600):
+        if sum(len(p.read_text().splitlines()) for p in marks.iterdir()) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"fewer than {count} children started")
+
+
+async def test_sigterm_drains_every_child_and_the_supervisor_exits_0(tmp_path):
+    supervisor = Supervisor(Settings(http_port=0, worker_id="pod"), 2,
+                            environ={"MARKS": str(tmp_path)}, command=DRAINS_ON_SIGTERM)
+    run = asyncio.create_task(supervisor.run())
+    await until_marks(tmp_path, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pod-1", "pod-2"]
+    supervisor.request_stop()
+    assert await asyncio.wait_for(run, 30) == 0
+    assert supervisor.metrics.running._value.get() == 0
+
+
+async def test_a_child_crashing_in_a_loop_is_given_up_and_the_supervisor_exits_2(caplog):
+    policy = RestartPolicy(max_restarts=2, window_s=60, first_delay_s=0.01)
+    supervisor = Supervisor(Settings(http_port=0), 1, policy=policy,
+                            command=child("import sys; sys.exit(3)"))
+    assert await asyncio.wait_for(supervisor.run(), 60) == 2
+    registry = supervisor.metrics.registry
+    assert registry.get_sample_value("router_worker_child_restarts_total", {"child": "1"}) == 2
+    assert registry.get_sample_value("router_worker_child_gave_up", {"child": "1"}) == 1
+    crashed = [r for r in caplog.records if r.getMessage() == "worker process crashed, restarting"]
+    assert [(r.exit, r.restarts) for r in crashed] == [("exit code 3", 1), ("exit code 3", 2)]
+    assert any("crashed 3 times within 60 s (limit 2)" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_child_refusing_its_settings_is_not_restarted_and_stops_the_rest(tmp_path):
+    refuses_if_second = child(
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+        "sys.exit(1) if os.environ['ROUTER_WORKER_ID'].endswith('-2') else time.sleep(120)\n")
+    supervisor = Supervisor(Settings(http_port=0), 2, command=refuses_if_second)
+    assert await asyncio.wait_for(supervisor.run(), 30) == 1
+    assert supervisor.metrics.registry.get_sample_value(
+        "router_worker_child_restarts_total", {"child": "2"}) in (None, 0)
+
+
+async def test_burst_children_that_finish_are_not_restarted():
+    supervisor = Supervisor(Settings(http_port=0), 2, command=child("pass"))
+    assert await asyncio.wait_for(supervisor.run(), 30) == 0
+
+
+async def test_readyz_is_503_while_children_do_not_answer_and_lists_them(tmp_path):
+    supervisor = Supervisor(Settings(http_port=0, worker_id="pod"), 2,
+                            environ={"MARKS": str(tmp_path)}, command=DRAINS_ON_SIGTERM)
+    run = asyncio.create_task(supervisor.run())
+    try:
+        await until_marks(tmp_path, 2)
+        async with aiohttp.ClientSession() as session:
+            base = f"http://127.0.0.1:{supervisor.port}"
+            async with session.get(f"{base}/readyz") as response:
+                body = await response.json()
+                assert response.status == 503 and body["ready"] is False
+            async with session.get(f"{base}/livez") as response:
+                assert response.status == 200  # children starting are alive
+            async with session.get(f"{base}/metrics") as response:
+                assert "router_worker_children_running 2.0" in await response.text()
+        assert [c["worker_id"] for c in body["children"]] == ["pod-1", "pod-2"]
+        assert all(c["pid"] and c["ready"] is None for c in body["children"])
+    finally:
+        supervisor.request_stop()
+        await asyncio.wait_for(run, 30)
+
+
+async def test_a_port_in_use_is_one_line_not_a_started_child():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        supervisor = Supervisor(Settings(http_port=port), 2, command=child("raise SystemExit(9)"))
+        with pytest.raises(CannotListen, match=f"cannot listen on 127.0.0.1:{port}"):
+            await supervisor.run()
