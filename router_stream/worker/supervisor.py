@@ -57,6 +57,10 @@ CHILD_PROBE_TIMEOUT_S = 1.0
 EXIT_OK = 0
 EXIT_USER_ERROR = 1
 EXIT_RUNTIME_FAILURE = 2
+STOPPED_CLEANLY = frozenset({EXIT_OK, -signal.SIGTERM, -signal.SIGINT})
+"""Return codes of a child after a stop request that are a clean stop: drained (0), or ended by
+the signal itself while it was still starting, before its drain handlers existed (nothing was
+consumed yet)."""
 
 
 # --- pure parts ---------------------------------------------------------------------------------
@@ -250,6 +254,7 @@ class Supervisor:
             forward.cancel()
             for task in keepers:
                 task.cancel()
+            self._signal_all(signal.SIGTERM)  # only if the supervisor itself failed: they drain
             await self._close_http()
         log.info("supervisor stopped", extra={"exit_code": self._exit_code})
         return self._exit_code
@@ -270,7 +275,7 @@ class Supervisor:
         while not self._stopping.is_set():
             returncode = await self._run_once(child)
             if self._stopping.is_set() or returncode == EXIT_OK:
-                if returncode != EXIT_OK:
+                if returncode not in STOPPED_CLEANLY:
                     log.error("worker process did not drain cleanly",
                               extra=self._describe(child, returncode))
                     self._exit_code = max(self._exit_code, EXIT_RUNTIME_FAILURE)

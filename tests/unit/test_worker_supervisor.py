@@ -222,3 +222,30 @@ async def test_a_port_in_use_is_one_line_not_a_started_child():
         supervisor = Supervisor(Settings(http_port=port), 2, command=child("raise SystemExit(9)"))
         with pytest.raises(CannotListen, match=f"cannot listen on 127.0.0.1:{port}"):
             await supervisor.run()
+
+
+async def test_a_child_ended_by_sigterm_before_its_handlers_exist_counts_as_stopped(tmp_path):
+    still_starting = child(
+        "import os, time\n"
+        "open(os.environ['MARKS'] + '/' + os.environ['ROUTER_WORKER_ID'], 'a').write('x\\n')\n"
+        "time.sleep(120)\n")
+    supervisor = Supervisor(Settings(http_port=0), 1, environ={"MARKS": str(tmp_path)},
+                            command=still_starting)
+    run = asyncio.create_task(supervisor.run())
+    await until_marks(tmp_path, 1)
+    supervisor.request_stop()
+    assert await asyncio.wait_for(run, 30) == 0
+
+
+async def test_a_child_that_fails_its_drain_makes_the_supervisor_exit_2(tmp_path):
+    fails_drain = child(
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(2))\n"
+        "open(os.environ['MARKS'] + '/' + os.environ['ROUTER_WORKER_ID'], 'a').write('x\\n')\n"
+        "time.sleep(120)\n")
+    supervisor = Supervisor(Settings(http_port=0), 2, environ={"MARKS": str(tmp_path)},
+                            command=fails_drain)
+    run = asyncio.create_task(supervisor.run())
+    await until_marks(tmp_path, 2)
+    supervisor.request_stop()
+    assert await asyncio.wait_for(run, 30) == 2
