@@ -137,11 +137,15 @@ def child(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-DRAINS_ON_SIGTERM = child(
-    "import os, signal, sys, time\n"
-    "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
-    "open(os.environ['MARKS'] + '/' + os.environ['ROUTER_WORKER_ID'], 'a').write('started\\n')\n"
-    "time.sleep(120)\n")
+def sleeper(sigterm_exit: int | None) -> list[str]:
+    """A child that marks its start in $MARKS/<worker id>, then sleeps; on SIGTERM it exits with
+    ``sigterm_exit`` (None: no handler, as a worker still starting)."""
+    handler = ("" if sigterm_exit is None else
+               f"signal.signal(signal.SIGTERM, lambda *_: sys.exit({sigterm_exit}))\n")
+    return child("import os, signal, sys, time\n" + handler +
+                 "open(os.environ['MARKS'] + '/' + os.environ['ROUTER_WORKER_ID'], 'a')"
+                 ".write('started\\n')\n"
+                 "time.sleep(120)\n")
 
 
 async def until_marks(marks, count: int) -> None:
@@ -152,15 +156,20 @@ async def until_marks(marks, count: int) -> None:
     raise AssertionError(f"fewer than {count} children started")
 
 
+async def stopped_once_started(supervisor: Supervisor, marks, children: int) -> int:
+    """Run the supervisor, request a stop once every child started; its exit code."""
+    run = asyncio.create_task(supervisor.run())
+    await until_marks(marks, children)
+    supervisor.request_stop()
+    return await asyncio.wait_for(run, 30)
+
+
 async def test_sigterm_drains_every_child_and_the_supervisor_exits_0(tmp_path):
     supervisor = Supervisor(Settings(http_port=0, worker_id="pod"), 2,
-                            environ={"MARKS": str(tmp_path)}, command=DRAINS_ON_SIGTERM)
-    run = asyncio.create_task(supervisor.run())
-    await until_marks(tmp_path, 2)
+                            environ={"MARKS": str(tmp_path)}, command=sleeper(0))
+    assert await stopped_once_started(supervisor, tmp_path, 2) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pod-1", "pod-2"]
-    supervisor.request_stop()
-    assert await asyncio.wait_for(run, 30) == 0
-    assert supervisor.metrics.running._value.get() == 0
+    assert supervisor.metrics.registry.get_sample_value("router_worker_children_running") == 0
 
 
 async def test_a_child_crashing_in_a_loop_is_given_up_and_the_supervisor_exits_2(caplog):
@@ -194,7 +203,7 @@ async def test_burst_children_that_finish_are_not_restarted():
 
 async def test_readyz_is_503_while_children_do_not_answer_and_lists_them(tmp_path):
     supervisor = Supervisor(Settings(http_port=0, worker_id="pod"), 2,
-                            environ={"MARKS": str(tmp_path)}, command=DRAINS_ON_SIGTERM)
+                            environ={"MARKS": str(tmp_path)}, command=sleeper(0))
     run = asyncio.create_task(supervisor.run())
     try:
         await until_marks(tmp_path, 2)
@@ -225,27 +234,12 @@ async def test_a_port_in_use_is_one_line_not_a_started_child():
 
 
 async def test_a_child_ended_by_sigterm_before_its_handlers_exist_counts_as_stopped(tmp_path):
-    still_starting = child(
-        "import os, time\n"
-        "open(os.environ['MARKS'] + '/' + os.environ['ROUTER_WORKER_ID'], 'a').write('x\\n')\n"
-        "time.sleep(120)\n")
     supervisor = Supervisor(Settings(http_port=0), 1, environ={"MARKS": str(tmp_path)},
-                            command=still_starting)
-    run = asyncio.create_task(supervisor.run())
-    await until_marks(tmp_path, 1)
-    supervisor.request_stop()
-    assert await asyncio.wait_for(run, 30) == 0
+                            command=sleeper(None))
+    assert await stopped_once_started(supervisor, tmp_path, 1) == 0
 
 
 async def test_a_child_that_fails_its_drain_makes_the_supervisor_exit_2(tmp_path):
-    fails_drain = child(
-        "import os, signal, sys, time\n"
-        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(2))\n"
-        "open(os.environ['MARKS'] + '/' + os.environ['ROUTER_WORKER_ID'], 'a').write('x\\n')\n"
-        "time.sleep(120)\n")
     supervisor = Supervisor(Settings(http_port=0), 2, environ={"MARKS": str(tmp_path)},
-                            command=fails_drain)
-    run = asyncio.create_task(supervisor.run())
-    await until_marks(tmp_path, 2)
-    supervisor.request_stop()
-    assert await asyncio.wait_for(run, 30) == 2
+                            command=sleeper(2))
+    assert await stopped_once_started(supervisor, tmp_path, 2) == 2
