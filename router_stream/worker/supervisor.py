@@ -24,7 +24,7 @@ import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 from aiohttp import web
@@ -52,7 +52,9 @@ MAX_RESTART_DELAY_S = 30.0
 DRAIN_TIMEOUT_S = 40.0
 """How long the supervisor waits for its children after SIGTERM (each drains in < 30 s) before
 it kills the rest and exits 2."""
-CHILD_PROBE_TIMEOUT_S = 1.0
+CHILD_PROBE_TIMEOUT_S = 2.0
+"""How long /livez and /readyz wait for a child's answer: below the 3 s timeout of the probes in
+deploy/k8s, so the supervisor answers before the kubelet gives up on it."""
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 1
@@ -136,8 +138,9 @@ def whole_readiness(children: Sequence[ChildHealth], *, draining: bool) -> bool:
 
 
 def whole_liveness(children: Sequence[ChildHealth], *, gave_up: bool) -> bool:
-    """Alive unless a child was given up or a running child says it is not alive; a child being
-    (re)started is alive: restarting it is the supervisor's job, not the orchestrator's."""
+    """Alive unless a child was given up, or a running child says it is not alive or stopped
+    answering; a child being (re)started is alive: restarting it is the supervisor's job, not
+    the orchestrator's."""
     return not gave_up and not any(c.alive is False for c in children)
 
 
@@ -215,6 +218,7 @@ class _Child:
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     returncode: int | None = None
+    answered: bool = False  # its HTTP endpoint answered since it was (re)started
 
 
 class Supervisor:
@@ -303,6 +307,7 @@ class Supervisor:
     async def _run_once(self, child: _Child) -> int:
         env = child_environment(self.settings, self._environ, child=child.index,
                                 worker_id=child.worker_id, port=child.port)
+        child.answered = False
         child.process = await asyncio.create_subprocess_exec(*self._command, env=env)
         self._count_running()
         if self._stopping.is_set():  # the stop request came while it was being started
@@ -359,38 +364,42 @@ class Supervisor:
             await self._runner.cleanup()
             self._runner = None
 
-    async def children_health(self) -> list[ChildHealth]:
+    async def children_health(self, path: str) -> list[ChildHealth]:
+        """Every child's answer to ``path`` (``/readyz`` or ``/livez``), all asked at once."""
         timeout = aiohttp.ClientTimeout(total=CHILD_PROBE_TIMEOUT_S)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            return list(await asyncio.gather(*(self._probe(session, c) for c in self._children)))
+            return list(await asyncio.gather(
+                *(self._probe(session, child, path) for child in self._children)))
 
-    async def _probe(self, session: aiohttp.ClientSession, child: _Child) -> ChildHealth:
+    async def _probe(self, session: aiohttp.ClientSession, child: _Child,
+                     path: str) -> ChildHealth:
         process = child.process
         health = ChildHealth(child.index, child.worker_id, child.port,
                              process.pid if process is not None else None, child.restarts)
         if process is None:
             return health
-        base = f"http://{_probe_host(self.settings.http_host)}:{child.port}"
+        url = f"http://{_probe_host(self.settings.http_host)}:{child.port}{path}"
         try:
-            async with session.get(f"{base}/readyz") as response:
+            async with session.get(url) as response:
                 body = await response.json()
-            async with session.get(f"{base}/livez") as response:
-                alive = response.status == 200
         except (aiohttp.ClientError, TimeoutError, ValueError):
-            return health
-        return ChildHealth(child.index, child.worker_id, child.port, process.pid, child.restarts,
-                           ready=bool(body.get("ready")), alive=alive,
-                           checks=body.get("checks") or {})
+            # silent after it answered once: hung or gone (draining children close their port)
+            hung = child.answered and not self._stopping.is_set()
+            return replace(health, alive=False) if hung and path == "/livez" else health
+        child.answered = True
+        if path == "/livez":
+            return replace(health, alive=response.status == 200)
+        return replace(health, ready=bool(body.get("ready")), checks=body.get("checks") or {})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        children = await self.children_health()
+        children = await self.children_health("/readyz")
         ready = whole_readiness(children, draining=self._stopping.is_set())
         self.metrics.ready.set(1 if ready else 0)
         return web.json_response({"ready": ready, "children": [c.as_json() for c in children]},
                                  status=200 if ready else 503)
 
     async def _livez(self, request: web.Request) -> web.Response:
-        children = await self.children_health()
+        children = await self.children_health("/livez")
         alive = whole_liveness(children, gave_up=self._gave_up)
         return web.json_response({"alive": alive, "children": [c.as_json() for c in children]},
                                  status=200 if alive else 503)

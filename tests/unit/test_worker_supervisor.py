@@ -243,3 +243,41 @@ async def test_a_child_that_fails_its_drain_makes_the_supervisor_exit_2(tmp_path
     supervisor = Supervisor(Settings(http_port=0), 2, environ={"MARKS": str(tmp_path)},
                             command=sleeper(2))
     assert await stopped_once_started(supervisor, tmp_path, 2) == 2
+
+
+async def test_a_child_that_answered_and_then_went_silent_is_not_alive():
+    answers_once = child(
+        "import http.server, os, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+        "class Alive(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200)\n"
+        "        self.send_header('Content-Type', 'application/json')\n"
+        "        self.end_headers()\n"
+        "        self.wfile.write(b'{\"alive\": true}')\n"
+        "server = http.server.HTTPServer(('127.0.0.1', int(os.environ['ROUTER_HTTP_PORT'])), Alive)\n"
+        "server.handle_request()\n"
+        "server.server_close()\n"
+        "time.sleep(120)\n")
+    supervisor = Supervisor(Settings(http_port=0), 1, command=answers_once)
+    run = asyncio.create_task(supervisor.run())
+    try:
+        async with aiohttp.ClientSession() as session:
+            async def livez() -> tuple[int, dict]:
+                async with session.get(f"http://127.0.0.1:{supervisor.port}/livez") as response:
+                    return response.status, await response.json()
+
+            for _ in range(300):  # starting: alive, not yet answering
+                if supervisor.port is not None:
+                    status, body = await livez()
+                    assert status == 200, body
+                    if body["children"][0]["alive"]:
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the child never answered")
+            status, body = await livez()  # its one answer was given: now silent
+            assert status == 503 and body["children"][0]["alive"] is False
+    finally:
+        supervisor.request_stop()
+        await asyncio.wait_for(run, 30)
