@@ -18,7 +18,8 @@ from router_stream.cli import cli
               help="Policy file at start-up (default ROUTER_POLICY_FILE).")
 @click.option("--persist", is_flag=True, default=None,
               help="Also run the Postgres projection (`router-stream persist`) in this process: "
-                   "the one-process set-up (default ROUTER_WORKER_PERSIST).")
+                   "the one-process set-up (default ROUTER_WORKER_PERSIST); with --processes N, "
+                   "in child 1 only.")
 @click.option("--processes", type=click.IntRange(1, 64), default=None, metavar="N",
               help="Run N workers (group members) under one supervisor process (default "
                    "ROUTER_WORKER_PROCESSES, 1: no supervisor). Child i (1..N) is worker "
