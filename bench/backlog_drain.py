@@ -8,6 +8,7 @@ as deployed. ``--old PATH`` adds the worker of another checkout (PYTHONPATH=PATH
 previous main in a temporary worktree, whose worker still wrote Postgres itself.
 
     python -m bench.backlog_drain [--signals 100000] [--old /tmp/old-checkout]
+                                  [--processes 1 2] [--no-postgres]
 """
 
 from __future__ import annotations
@@ -107,16 +108,21 @@ async def drain(c: Contender, n: int, database_url: str, env: dict[str, str],
         await c.cleanup(database_url)
 
 
-async def run(n: int, old: str | None) -> list[dict[str, Any]]:
+async def run(n: int, old: str | None, processes: list[int],
+              postgres: bool = True) -> list[dict[str, Any]]:
     bootstrap = os.environ.get("ROUTER_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
     database_url = os.environ.get("ROUTER_DATABASE_URL",
                                   "postgresql://router@127.0.0.1:15432/router")
     run_id = uuid.uuid4().hex[:6]
     plan: list[tuple[Contender, dict[str, str]]] = [
         (RawPassthrough("raw", "raw aiokafka passthrough", run_id, bootstrap), {}),
-        (RouterStream("router_pg", "router-stream + persist process", run_id, bootstrap,
-                      persist=True), {}),
     ]
+    for count in processes:  # `worker --processes N` through its setting
+        key = ("router_pg" if postgres else "router") + (f"{count}" if count > 1 else "")
+        label = (f"router-stream{f', {count} procs' if count > 1 else ''}"
+                 f"{' + persist process' if postgres else ', no Postgres'}")
+        plan.append((RouterStream(key, label, run_id, bootstrap, persist=postgres),
+                     {"ROUTER_WORKER_PROCESSES": str(count)}))
     if old:
         plan.append((OldWorker("router_old", f"router-stream at {old} (Postgres in the worker)",
                                run_id, bootstrap, persist=True), {"PYTHONPATH": old}))
@@ -133,8 +139,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--signals", type=int, default=100_000)
     ap.add_argument("--old", default=None)
+    ap.add_argument("--processes", type=int, nargs="+", default=[1], metavar="N",
+                    help="one router-stream contender per count (`worker --processes N`)")
+    ap.add_argument("--no-postgres", action="store_true",
+                    help="router-stream without Postgres and projection (ROUTER_PERSIST=false)")
     args = ap.parse_args()
-    results = asyncio.run(run(args.signals, args.old))
+    results = asyncio.run(run(args.signals, args.old, args.processes, not args.no_postgres))
     raw = results[0]["rate"]
     for r in results[1:]:
         if r["rate"] and raw:

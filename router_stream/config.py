@@ -93,6 +93,11 @@ class Settings(BaseSettings):
         description="run the Postgres projection (`router-stream persist`) inside the worker "
         "process, beside routing and never in its way: the one-process set-up "
         "(`router-stream worker --persist`); ignored with persist=false (no Postgres)")
+    worker_processes: int = Field(
+        1, ge=1, le=64,
+        description="worker processes (consumer group members) `router-stream worker` runs "
+        "under one supervisor process (`worker --processes N`, docs/worker.md); 1: the worker "
+        "itself, no supervisor")
     projection_group: str | None = Field(
         None, min_length=1,
         description="consumer group of `router-stream persist`; default <group_id>.projection")

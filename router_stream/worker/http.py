@@ -36,20 +36,7 @@ class HealthServer:
         app.router.add_get("/livez", self._livez)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics_view)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self.stop()
-            raise CannotListen(
-                f"cannot listen on {host}:{port} for /livez /readyz /metrics: "
-                f"{exc.strerror or exc} (choose another with --http-port or ROUTER_HTTP_PORT; "
-                "0 picks a free one)") from exc
-        server = site._server  # aiohttp exposes no public accessor for the bound socket
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        self._runner, self.port = await listen(app, host, port)
         return self.port
 
     async def stop(self) -> None:
@@ -70,3 +57,22 @@ class HealthServer:
     async def _metrics_view(self, request: web.Request) -> web.Response:
         return web.Response(body=await self._metrics.exposition_off_loop(),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def listen(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on host:port; returns its runner and the bound port (port 0: a free one).
+    A port that cannot be bound is :class:`CannotListen`, one line naming how to choose another."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise CannotListen(
+            f"cannot listen on {host}:{port} for /livez /readyz /metrics: "
+            f"{exc.strerror or exc} (choose another with --http-port or ROUTER_HTTP_PORT; "
+            "0 picks a free one)") from exc
+    server = site._server  # aiohttp exposes no public accessor for the bound socket
+    sockets = getattr(server, "sockets", None) or []
+    return runner, sockets[0].getsockname()[1] if sockets else port
