@@ -265,6 +265,8 @@ def test_fast_path_gives_what_the_checked_path_gives(data: dict[str, Any]) -> No
         b'{"sender\u005fid": "s"}',
         b'{"sender_id": "a", "sender_id": "b", "payload": {"k": 1, "k": 2.0}}',
         b'{"sender_id": "s", "payload": {"deep": ' + b"[" * 1020 + b"]" * 1020 + b"}}",
+        b'{"sender_id": "s", "payload": {"deep": ' + b"[" * 900 + b"1" + b"]" * 900 + b"}}",
+        b'{"sender_id": "s", "signal_id": "x", "payload": {"d": ' + b"[" * 200 + b"]" * 200 + b"}}",
         b'{"sender_id": "s", "unknown": NaN}',
         b'{"sender_id": "s", "signal_id": ""}',
     ],
