@@ -7,11 +7,12 @@ overflow a double are all rejected); ``invalid_signal`` means JSON of the wrong 
 
 Signals take two paths. The fast one: ``msgspec`` decodes the bytes straight into a typed
 :class:`_WireSignal` whose constraints are the signal's rules for the usual shapes (ids, ``ts``
-as epoch milliseconds), and the :class:`Signal` is built from it positionally. Anything that
-path refuses, or might read differently from orjson (``ts`` as a float, an integer in the payload
-beyond 64 bits, nesting deeper than msgspec's limit), takes the checked path: ``orjson`` and a
-plain-Python check per field, which names the failing field in the DLQ error. The checked path
-defines what a signal is; the unit tests hold the fast path to it (same signal or a fall back).
+as integer epoch milliseconds or text), and the :class:`Signal` is built from it positionally.
+Anything that path refuses, or might read differently from orjson (``ts`` as a float, an
+integer in the payload beyond 64 bits, nesting deeper than msgspec's limit), takes the checked
+path: ``orjson`` and a plain-Python check per field, which names the failing field in the DLQ
+error. The checked path defines what a signal is; the unit tests hold the fast path to it (same
+signal or a fall back).
 Measured side by side in docs/performance.md.
 """
 
