@@ -1,18 +1,15 @@
 """The messages router-stream reads and writes (SPEC §2, §3): one type per topic value.
 
-Inbound messages (:class:`Signal`, :class:`HealthEvent`, :class:`Outcome`, :class:`ControlCommand`)
-and the DLQ record (:class:`DlqEntry`) are frozen pydantic models: they are validated at the edge,
-and a validated value is never changed afterwards.
+Inbound messages other than signals (:class:`HealthEvent`, :class:`Outcome`,
+:class:`ControlCommand`) and the DLQ record (:class:`DlqEntry`) are frozen pydantic models: they
+are validated at the edge, and a validated value is never changed afterwards.
 
-Two types are built on the hot path, once per signal, and are shaped for speed (measured on this
-machine with pydantic 2.13, see ``bench/core_parse_bench.py``):
+The two types built once per signal are shaped for speed (measured on this machine, see
+``bench/core_parse_bench.py`` and docs/performance.md):
 
-* ``Signal`` is validated by hand in :mod:`router_stream.core.parsing` (the checks are needed there
-  anyway to name the failing field in the DLQ error) and then built with :meth:`Signal.trusted`,
-  which fills the model's ``__dict__`` directly (~1.3M/s) instead of ``model_construct`` (~250k/s,
-  slower than validating!) or full validation (~430k/s without our custom validators). Normal
-  construction (``Signal(...)``, ``Signal.model_validate``) still validates everything, and a unit
-  test checks both paths agree.
+* :class:`Signal` is a frozen ``msgspec.Struct``, not a model: the parser
+  (:mod:`router_stream.core.parsing`) is the one place that validates signals, and builds it
+  positionally in ~0.3 µs (a pydantic ``Signal`` filled without validation took ~1.3 µs).
 * :class:`Decision` is a ``@dataclass(slots=True)``: ~700k constructions/s against ~250k/s for
   ``model_construct``, and orjson serialises dataclasses natively, so ``router.decisions`` values
   cost one ``orjson.dumps`` call. Its inputs were validated upstream, so it needs no validation.
@@ -31,6 +28,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Protocol, Self, cast
 
+import msgspec
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
@@ -155,74 +153,27 @@ _FROZEN = ConfigDict(frozen=True, extra="ignore", strict=True)
 NonEmptyId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LEN)]
 
 
-class Signal(BaseModel):
-    """A signal to route (topic ``signals``).
+class Signal(msgspec.Struct, frozen=True, gc=False):
+    """A signal to route (topic ``signals``), as :func:`router_stream.core.parsing.parse_signal`
+    validated it: ``ts`` in epoch seconds, ``tenant`` and ``signal_id`` filled in.
 
-    Unknown top-level fields are ignored (forward compatibility); the routed copy of a signal is
-    built from the original bytes, so nothing a producer sent is lost.
+    Unknown top-level fields are not kept (forward compatibility); the routed copy of a signal
+    is built from the original bytes, so nothing a producer sent is lost. Constructing one
+    directly does not validate: only the parser makes signals from untrusted input.
+    ``gc=False``: a signal holds JSON data only, so it can never be part of a reference cycle.
     """
 
-    model_config = _FROZEN
-
-    signal_id: NonEmptyId
-    tenant: NonEmptyId = "default"
-    sender_id: NonEmptyId
+    signal_id: str
+    sender_id: str
     ts: float
-    kind: NonEmptyId | None = None
-    priority: int | None = Field(default=None, ge=0, le=9, strict=True)
-    ttl_ms: int | None = Field(default=None, gt=0, strict=True)
-    payload: dict[str, Any] = Field(default_factory=dict)
-    metric: NonEmptyId | None = None
-    source_id: NonEmptyId | None = None
-    value: float | None = Field(default=None, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _derive_id(cls, data: Any) -> Any:
-        """Fill ``signal_id`` from sender, time and payload when the producer sent none."""
-        if not isinstance(data, dict) or data.get("signal_id") is not None:
-            return data
-        sender, payload = data.get("sender_id"), data.get("payload", {})
-        try:
-            ts = to_epoch_seconds(data.get("ts"))
-        except ValueError:
-            return data  # the field validator reports the bad ts
-        if isinstance(sender, str) and sender and isinstance(payload, dict):
-            try:
-                derived = deterministic_signal_id(sender, ts, payload)
-            except TypeError as exc:  # e.g. an int beyond 64 bits: not JSON we can canonicalise
-                raise ValueError(f"cannot derive signal_id: {exc}") from None
-            return {**data, "signal_id": derived}
-        return data
-
-    @field_validator("ts", mode="before")
-    @classmethod
-    def _normalise_ts(cls, value: object) -> float:
-        return to_epoch_seconds(value)
-
-    @field_validator("value", mode="before")
-    @classmethod
-    def _no_bool_value(cls, value: object) -> object:
-        if isinstance(value, bool):
-            raise ValueError("must be a number, not a boolean")
-        return value
-
-    @classmethod
-    def trusted(cls, values: dict[str, Any]) -> Self:
-        """Build a Signal from a dict of already-validated values for every field, no copy.
-
-        Only :mod:`router_stream.core.parsing` should call this (see the module docstring for
-        why). It does what ``model_construct`` does minus default handling, at ~5x the speed;
-        ``values`` must hold exactly the model's fields and is owned by the model afterwards.
-        """
-        model = _new_object(cls)
-        _set_attribute(model, "__dict__", values)
-        # BaseModel's own slots, written through their descriptors: ~0.35 µs less per signal
-        # than four ``object.__setattr__`` calls.
-        _set_fields_set(model, _SIGNAL_FIELD_SET.copy())
-        _set_extra(model, None)
-        _set_private(model, None)
-        return model
+    tenant: str = "default"
+    kind: str | None = None
+    priority: int | None = None
+    ttl_ms: int | None = None
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    metric: str | None = None
+    source_id: str | None = None
+    value: float | None = None
 
     @property
     def expires_at(self) -> float | None:
@@ -232,15 +183,6 @@ class Signal(BaseModel):
     def is_expired(self, now: float) -> bool:
         expires = self.expires_at
         return expires is not None and now > expires
-
-
-_SIGNAL_FIELDS = tuple(Signal.model_fields)
-_SIGNAL_FIELD_SET = set(_SIGNAL_FIELDS)
-_new_object = object.__new__
-_set_attribute = object.__setattr__
-_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
-_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
-_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
 class HealthEvent(BaseModel):

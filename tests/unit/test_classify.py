@@ -16,7 +16,8 @@ from router_stream.core.policy import FieldMatch, Policy, Rule, load_policy
 
 
 def signal(payload: dict[str, Any] | None = None, **fields: Any) -> Signal:
-    return Signal(sender_id=fields.pop("sender_id", "s1"), ts=0, payload=payload or {}, **fields)
+    return Signal(fields.pop("signal_id", "sig-1"), fields.pop("sender_id", "s1"), 0.0,
+                  payload=payload or {}, **fields)
 
 
 def matches(condition: str, sig: Signal) -> bool:
