@@ -25,7 +25,8 @@ from typing import Literal
 
 from router_stream.core.engine import dead_letter, origin_key
 from router_stream.core.models import DlqReason, InboundRecord
-from router_stream.core.outputs import (
+from router_stream.core.outputs import BatchResult, DlqRecord
+from router_stream.core.wire import (
     DLQ_HEADERS,
     H_ERROR,
     H_OFFSET,
@@ -34,8 +35,6 @@ from router_stream.core.outputs import (
     H_REFERENCE,
     H_SUPERSEDES,
     H_TOPIC,
-    BatchResult,
-    DlqRecord,
 )
 
 OutputKind = Literal["routed", "decision", "dlq", "retry"]

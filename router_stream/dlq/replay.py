@@ -3,7 +3,7 @@
 What is sent for an entry: its **original bytes and key** to its **original topic**, with its
 original headers (minus any router headers of an earlier trip), its original record timestamp
 when known, and the headers that let the worker's engine treat it as a re-fed record
-(``core.engine._origin``):
+(``core.wire.origin_of``):
 
 =============================  ==============================================================
 ``x-dlq-id``                   the entry's id in ``dlq_entries``
@@ -79,7 +79,8 @@ from router_stream.adapters.kafka_io import (
     read_at,
 )
 from router_stream.config import Settings
-from router_stream.core.outputs import (
+from router_stream.core.refusals import is_reference
+from router_stream.core.wire import (
     DLQ_HEADERS,
     H_ATTEMPTS,
     H_DLQ_ID,
@@ -89,7 +90,6 @@ from router_stream.core.outputs import (
     H_SIGNAL_ID,
     H_TOPIC,
 )
-from router_stream.core.refusals import is_reference
 from router_stream.dlq import store
 from router_stream.dlq.filters import DlqFilter
 from router_stream.dlq.order import Blocked, KeyGate, KeyId, Position

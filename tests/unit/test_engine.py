@@ -11,11 +11,12 @@ from hypothesis import strategies as st
 
 from router_stream.core.breaker import BreakerConfig
 from router_stream.core.compiled import CompiledPolicy, RouteSpec
-from router_stream.core.engine import RouterEngine, decision_id_for
+from router_stream.core.engine import RouterEngine
 from router_stream.core.models import HealthEvent, Outcome
 from router_stream.core.ratelimit import RateLimit
 from router_stream.core.strategies import ConsensusConfig
 from router_stream.core.trust import TrustParams, TrustWeights
+from router_stream.core.wire import decision_id_for, routed_head
 
 NOW = 1_800_000_000.0
 
@@ -271,11 +272,9 @@ def test_trust_and_breaker_state_is_a_deterministic_fold():
 
 @pytest.mark.parametrize("raw", [b'{"a":1}', b' {"a":1} \n', b"{}"])
 def test_route_splice_handles_whitespace_and_empty_objects(raw):
-    from router_stream.core.engine import _open_object
-
-    body, sep = _open_object(raw)
-    out = orjson.loads(body + sep + b'"route":' + orjson.dumps({"x": 1}) + b"}")
-    assert out["route"] == {"x": 1}
+    head = routed_head(raw, "dec-1", "s1")
+    out = orjson.loads(head + b',"x":1}}')
+    assert out["route"] == {"decision_id": "dec-1", "signal_id": "s1", "x": 1}
 
 
 def test_workers_polling_at_different_moments_record_the_same_transition():

@@ -140,14 +140,14 @@ def test_a_strategy_that_raises_dead_letters_and_the_batch_goes_on(monkeypatch):
 
 
 def test_a_fault_while_encoding_takes_back_the_half_built_decision(monkeypatch):
-    real = engine_mod._open_object
+    real = engine_mod.routed_head
 
-    def broken(value):
-        if value is not None and b'"s2"' in value:
+    def broken(value, decision_id, signal_id):
+        if signal_id == "s2":
             raise MemoryError("no room to splice")
-        return real(value)
+        return real(value, decision_id, signal_id)
 
-    monkeypatch.setattr(engine_mod, "_open_object", broken)
+    monkeypatch.setattr(engine_mod, "routed_head", broken)
     engine = RouterEngine(policy())
     result = engine.decide_batch([Rec(sig(i), offset=i) for i in range(4)], NOW)
     assert outcomes(result) == {0: "decision", 1: "decision", 2: "processing_error",
