@@ -69,3 +69,21 @@ class BatchResult:
     dropped_duplicates: int = 0
     shadow: list[ShadowOutcome] = field(default_factory=list)
     rollout_events: list[RolloutEvent] = field(default_factory=list)
+
+    def mark(self) -> tuple[int, int, int, int, int, int]:
+        """How much of the result exists now (a plain tuple: taken once per signal), so a
+        record that fails half-way can leave nothing of itself behind (:meth:`take_back`)."""
+        return (len(self.routed), len(self.decisions), len(self.dlq), len(self.retries),
+                self.dropped_duplicates, len(self.shadow))
+
+    def take_back(self, mark: tuple[int, int, int, int, int, int]) -> list[RoutedRecord]:
+        """Remove everything added since ``mark``; returns the routed records removed."""
+        routed, decisions, dlq, retries, duplicates, shadow = mark
+        taken = self.routed[routed:]
+        del self.routed[routed:]
+        del self.decisions[decisions:]
+        del self.dlq[dlq:]
+        del self.retries[retries:]
+        del self.shadow[shadow:]
+        self.dropped_duplicates = duplicates
+        return taken

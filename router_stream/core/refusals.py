@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from router_stream.core.engine import dead_letter, origin_key
+from router_stream.core.deadletter import dead_letter
 from router_stream.core.models import DlqReason, InboundRecord
 from router_stream.core.outputs import BatchResult, DlqRecord
 from router_stream.core.wire import (
@@ -35,6 +35,7 @@ from router_stream.core.wire import (
     H_REFERENCE,
     H_SUPERSEDES,
     H_TOPIC,
+    origin_key,
 )
 
 OutputKind = Literal["routed", "decision", "dlq", "retry"]

@@ -153,6 +153,12 @@ def origin_of(record: InboundRecord) -> Origin:
     return Origin.own(record)
 
 
+def origin_key(record: InboundRecord) -> str:
+    """``topic/partition/offset`` where ``record`` was first read: its decision's ``input_*``
+    fields and its DLQ entry's ``dlq_key`` say the same."""
+    return origin_of(record).key
+
+
 # --- DLQ and retry headers ---------------------------------------------------------------------
 
 

@@ -57,7 +57,7 @@ from aiokafka.structs import OffsetAndMetadata
 from router_stream import tracing
 from router_stream.adapters.kafka_io import group_committed_to_end
 from router_stream.config import OUTCOMES, SIGNALS, Settings
-from router_stream.core.engine import dead_letter
+from router_stream.core.deadletter import dead_letter
 from router_stream.core.models import DlqReason, InboundRecord
 from router_stream.core.outputs import BatchResult, DlqRecord
 from router_stream.core.redaction import Redactor

@@ -23,10 +23,12 @@ import orjson
 import yaml
 
 from router_stream.core.compiled import load_compiled
-from router_stream.core.engine import RouterEngine, dead_letter, origin_key
+from router_stream.core.deadletter import dead_letter
+from router_stream.core.engine import RouterEngine
 from router_stream.core.models import DlqReason
 from router_stream.core.outputs import BatchResult
 from router_stream.core.parsing import Rejection, parse_control, parse_health, parse_outcome
+from router_stream.core.wire import origin_key
 
 STACKTRACE = "x-dlq-stacktrace"
 SEED = 20_261_206

@@ -274,7 +274,7 @@ def test_a_reference_entry_is_not_replayed_and_says_where_its_original_is() -> N
     assert problem == ("entry 17 not replayed: it is a reference (its record was too large for"
                        " the DLQ topic); the original is on signals partition 2 offset 40")
     # the marker the check goes by is the one as_reference writes
-    from router_stream.core.engine import dead_letter
+    from router_stream.core.deadletter import dead_letter
     from router_stream.core.models import DlqReason
 
     @dataclass

@@ -331,7 +331,7 @@ def test_dlq_entries_carry_tenant_and_kind_when_known():
                           st.sampled_from(["closed", "open", "half_open", "del"])), max_size=60))
 def test_breaker_table_knows_exactly_which_breakers_are_not_closed(ops):
     from router_stream.core.breaker import Breaker, BreakerState
-    from router_stream.core.engine import BreakerTable
+    from router_stream.core.state import BreakerTable
 
     table = BreakerTable()
     for target, what in ops:
@@ -357,7 +357,7 @@ def test_tick_moves_an_open_breaker_among_many_closed_ones():
     for i in range(10):
         engine.apply_outcome(Outcome(signal_id=f"f{i}", destination="pager", ok=False,
                                      ts=ms(NOW + 1)), NOW + 1)
-    assert engine._breakers.not_closed == {"pager"}
+    assert engine.state.breakers.not_closed == {"pager"}
     moves = engine.tick(NOW + 3600)
     assert [(m.target_id, m.to_state) for m in moves] == [("pager", BreakerState.HALF_OPEN)]
 
