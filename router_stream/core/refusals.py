@@ -35,6 +35,7 @@ from router_stream.core.wire import (
     H_REFERENCE,
     H_SUPERSEDES,
     H_TOPIC,
+    header_text,
     origin_key,
 )
 
@@ -94,7 +95,7 @@ def as_reference(q: DlqRecord, error: str) -> DlqRecord:
     # the record's own router headers (context, supersedes, ...), none of its original ones
     headers += [(k, v) for k, v in q.headers
                 if k in DLQ_HEADERS and k not in (H_ERROR, H_REFERENCE, H_ORIGINAL_SIZE)]
-    headers.append((H_ERROR, entry.error.encode("utf-8", "backslashreplace")))
+    headers.append((H_ERROR, header_text(entry.error)))
     return DlqRecord(entry, headers)
 
 

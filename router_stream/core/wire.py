@@ -239,6 +239,19 @@ def retry_headers(headers: Sequence[tuple[str, bytes | None]] | None, origin: Or
             (H_RETRY_NOT_BEFORE, repr(not_before).encode()), (H_SIGNAL_ID, header_text(signal_id))]
 
 
+def replay_headers(headers: Sequence[tuple[str, bytes | None]] | None, dlq_id: int,
+                   origin: Origin, first_failed_at: float, signal_id: bytes | None) -> Headers:
+    """The headers of a DLQ entry replayed to its original topic: its own, the entry's id, its
+    origin and failures so far (``origin.attempts``), so the engine decides it as a re-fed
+    record (:func:`origin_of`) and a second failure lands on the same entry."""
+    out = [*without_router_headers(headers), (H_DLQ_ID, str(dlq_id).encode()),
+           *origin_headers(origin.topic, origin.partition, origin.offset, origin.attempts,
+                           first_failed_at)]
+    if signal_id is not None:
+        out.append((H_SIGNAL_ID, signal_id))
+    return out
+
+
 # --- decisions and routed records --------------------------------------------------------------
 
 # Copying an empty hash object is cheaper than constructing one (docs/performance.md); the

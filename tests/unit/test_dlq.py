@@ -124,8 +124,9 @@ def test_replay_record_is_the_original_plus_origin_headers() -> None:
     assert record.timestamp_ms is None
     assert record.headers == [
         ("traceparent", b"abc"), ("n", None),  # originals kept in order, stale x-dlq-* dropped
-        ("x-dlq-id", b"17"), ("x-dlq-attempts", b"2"), ("x-dlq-original-topic", b"signals"),
+        ("x-dlq-id", b"17"), ("x-dlq-original-topic", b"signals"),
         ("x-dlq-original-partition", b"2"), ("x-dlq-original-offset", b"40"),
+        ("x-dlq-attempts", b"2"),  # in the order DLQ and retry records carry them (core.wire)
         ("x-dlq-first-failed-at", repr(NOW.timestamp()).encode()), ("x-signal-id", b"sig-1"),
     ]
 
