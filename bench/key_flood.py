@@ -98,7 +98,7 @@ def run_case(case: str, signals: int, max_buckets: int) -> dict[str, Any]:
         "rss_before_mb": before["VmRSS"] / 1024, "rss_after_mb": after["VmRSS"] / 1024,
         "peak_mb": after["VmHWM"] / 1024,
         "grew_mb": (after["VmRSS"] - before["VmRSS"]) / 1024,
-        "buckets": len(engine._buckets), "dedupe_entries": len(engine._dedupe),
+        "buckets": len(engine.state.buckets), "dedupe_entries": len(engine.state.dedupe),
         "max_buckets": max_buckets,
     }
 

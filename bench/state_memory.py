@@ -690,8 +690,8 @@ def profile_in_process(spec: Spec, top: int = 12) -> dict[str, Any]:
         if not tracing:
             tracemalloc.stop()
     return {
-        "entries": {"trust": len(engine._trust), "breakers": len(engine._breakers),
-                    "bandit_arms": len(engine._arms), "load": len(engine._load)},
+        "entries": {"trust": len(engine.state.trust), "breakers": len(engine.state.breakers),
+                    "bandit_arms": len(engine.state.arms), "load": len(engine.state.load)},
         "engine_state": engine_state, "prometheus_gauges": gauge_state,
         "exposition": {"bytes": exposition_len, "peak_extra_bytes": exposition_peak},
         "seconds": {k: round(v, 2) for k, v in seconds.items()},

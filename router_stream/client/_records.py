@@ -18,7 +18,7 @@ from typing import Any, Final
 import orjson
 
 from router_stream.core.models import Decision, DlqEntry, DlqReason
-from router_stream.core.outputs import (
+from router_stream.core.wire import (
     DLQ_HEADERS,
     H_ATTEMPTS,
     H_ERROR,

@@ -59,8 +59,8 @@ class Captured:
 
 
 def capture(engine: RouterEngine) -> Captured:
-    return Captured(dict(engine._trust), dict(engine._breakers), dict(engine._arms),
-                    list(engine._overrides.values()))
+    return Captured(dict(engine.state.trust), dict(engine.state.breakers), dict(engine.state.arms),
+                    list(engine.state.overrides.values()))
 
 
 def to_document(state: Captured) -> dict[str, Any]:
@@ -95,12 +95,12 @@ def restore_state(engine: RouterEngine, doc: dict[str, Any]) -> None:
         overrides = [Override.from_dict(o) for o in doc.get("overrides", [])]
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointRefused(f"checkpoint has a bad entry: {exc}") from exc
-    engine._trust = trust
-    engine._breakers.clear()
+    engine.state.trust = trust
+    engine.state.breakers.clear()
     for target, breaker in breakers.items():
-        engine._breakers[target] = breaker  # BreakerTable keeps its not-closed index
-    engine._arms = arms
-    engine._overrides = {o.override_id: o for o in overrides}
+        engine.state.breakers[target] = breaker  # BreakerTable keeps its not-closed index
+    engine.state.arms = arms
+    engine.state.overrides = {o.override_id: o for o in overrides}
 
 
 def _row(obj: object, names: tuple[str, ...]) -> list[Any]:

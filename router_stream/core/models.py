@@ -398,30 +398,12 @@ class DlqEntry(BaseModel):
         """Headers and log lines want one line; keep the first 1000 characters of it."""
         return " ".join(value.split())[:1000]
 
-    def dlq_headers(self) -> list[tuple[str, bytes]]:
-        """The ``x-dlq-*`` headers of SPEC §2 describing this entry."""
-        headers = [
-            ("x-dlq-reason", self.reason.value.encode()),
-            ("x-dlq-error", self.error.encode("utf-8", "replace")),
-            ("x-dlq-original-topic", self.original_topic.encode()),
-            ("x-dlq-original-partition", str(self.original_partition).encode()),
-            ("x-dlq-original-offset", str(self.original_offset).encode()),
-            ("x-dlq-attempts", str(self.attempts).encode()),
-            ("x-dlq-first-failed-at", repr(self.first_failed_at).encode()),
-        ]
-        if self.signal_id is not None:
-            headers.append(("x-signal-id", self.signal_id.encode("utf-8", "replace")))
-        if self.tenant is not None:
-            headers.append(("x-dlq-tenant", self.tenant.encode("utf-8", "replace")))
-        if self.kind is not None:
-            headers.append(("x-dlq-kind", self.kind.encode("utf-8", "replace")))
-        return headers
-
     def kafka_headers(self) -> list[tuple[str, bytes | None]]:
-        """Original headers (minus stale ``x-dlq-*`` from an earlier trip) plus ours."""
-        kept = [
-            (k, v)
-            for k, v in self.original_headers
-            if not k.startswith("x-dlq-") and k != "x-signal-id"
-        ]
-        return kept + self.dlq_headers()
+        """The headers this entry travels with (:func:`router_stream.core.wire.dlq_headers`)."""
+        from router_stream.core.wire import dlq_headers
+
+        return dlq_headers(self.original_headers, reason=self.reason, error=self.error,
+                           topic=self.original_topic, partition=self.original_partition,
+                           offset=self.original_offset, attempts=self.attempts,
+                           first_failed_at=self.first_failed_at, signal_id=self.signal_id,
+                           tenant=self.tenant, kind=self.kind)

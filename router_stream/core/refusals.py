@@ -23,9 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from router_stream.core.engine import dead_letter, origin_key
+from router_stream.core.deadletter import dead_letter
 from router_stream.core.models import DlqReason, InboundRecord
-from router_stream.core.outputs import (
+from router_stream.core.outputs import BatchResult, DlqRecord
+from router_stream.core.wire import (
     DLQ_HEADERS,
     H_ERROR,
     H_OFFSET,
@@ -34,8 +35,8 @@ from router_stream.core.outputs import (
     H_REFERENCE,
     H_SUPERSEDES,
     H_TOPIC,
-    BatchResult,
-    DlqRecord,
+    header_text,
+    origin_key,
 )
 
 OutputKind = Literal["routed", "decision", "dlq", "retry"]
@@ -94,7 +95,7 @@ def as_reference(q: DlqRecord, error: str) -> DlqRecord:
     # the record's own router headers (context, supersedes, ...), none of its original ones
     headers += [(k, v) for k, v in q.headers
                 if k in DLQ_HEADERS and k not in (H_ERROR, H_REFERENCE, H_ORIGINAL_SIZE)]
-    headers.append((H_ERROR, entry.error.encode("utf-8", "backslashreplace")))
+    headers.append((H_ERROR, header_text(entry.error)))
     return DlqRecord(entry, headers)
 
 

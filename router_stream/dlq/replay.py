@@ -3,7 +3,7 @@
 What is sent for an entry: its **original bytes and key** to its **original topic**, with its
 original headers (minus any router headers of an earlier trip), its original record timestamp
 when known, and the headers that let the worker's engine treat it as a re-fed record
-(``core.engine._origin``):
+(``core.wire.origin_of``):
 
 =============================  ==============================================================
 ``x-dlq-id``                   the entry's id in ``dlq_entries``
@@ -79,17 +79,15 @@ from router_stream.adapters.kafka_io import (
     read_at,
 )
 from router_stream.config import Settings
-from router_stream.core.outputs import (
-    DLQ_HEADERS,
-    H_ATTEMPTS,
-    H_DLQ_ID,
-    H_FIRST_FAILED,
+from router_stream.core.refusals import is_reference
+from router_stream.core.wire import (
     H_OFFSET,
     H_PARTITION,
     H_SIGNAL_ID,
     H_TOPIC,
+    Origin,
+    replay_headers,
 )
-from router_stream.core.refusals import is_reference
 from router_stream.dlq import store
 from router_stream.dlq.filters import DlqFilter
 from router_stream.dlq.order import Blocked, KeyGate, KeyId, Position
@@ -144,17 +142,9 @@ def replay_record(row: DlqRow, original: ConsumedRecord | None = None, *,
             raise ValueError(f"DLQ entry {row.id} is masked: replay needs its router.dlq record")
         key, value, kept = original.key, original.value, list(original.headers)
         signal_id = next((v for k, v in original.headers if k == H_SIGNAL_ID), None)
-    headers: list[tuple[str, bytes | None]] = [(k, v) for k, v in kept if k not in DLQ_HEADERS]
-    headers += [
-        (H_DLQ_ID, str(row.id).encode()),
-        (H_ATTEMPTS, str(row.attempts).encode()),
-        (H_TOPIC, row.original_topic.encode()),
-        (H_PARTITION, str(row.original_partition).encode()),
-        (H_OFFSET, str(row.original_offset).encode()),
-        (H_FIRST_FAILED, repr(row.first_failed_at.timestamp()).encode()),
-    ]
-    if signal_id is not None:
-        headers.append((H_SIGNAL_ID, signal_id))
+    origin = Origin(row.original_topic, row.original_partition, row.original_offset,
+                    row.attempts, None)
+    headers = replay_headers(kept, row.id, origin, row.first_failed_at.timestamp(), signal_id)
     timestamp_ms = (None if row.original_timestamp is None
                     else int(row.original_timestamp.timestamp() * 1000))
     return OutRecord(topic=row.original_topic, value=value, key=key, headers=headers,

@@ -29,7 +29,8 @@ from router_stream.core.events import (
     TrustSnapshotEvent,
 )
 from router_stream.core.models import Decision, DlqReason, InboundRecord
-from router_stream.core.outputs import (
+from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
+from router_stream.core.wire import (
     DLQ_HEADERS,
     H_ATTEMPTS,
     H_ERROR,
@@ -43,7 +44,6 @@ from router_stream.core.outputs import (
     H_TENANT,
     H_TOPIC,
 )
-from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
 
 __all__ = ["decision_from_json", "decision_row", "dlq_row_from_record",
            "escape_nul", "input_key", "shadow_row", "transition_row", "trust_rows"]

@@ -57,9 +57,9 @@ from aiokafka.structs import OffsetAndMetadata
 from router_stream import tracing
 from router_stream.adapters.kafka_io import group_committed_to_end
 from router_stream.config import OUTCOMES, SIGNALS, Settings
-from router_stream.core.engine import dead_letter
+from router_stream.core.deadletter import dead_letter
 from router_stream.core.models import DlqReason, InboundRecord
-from router_stream.core.outputs import H_RETRY_NOT_BEFORE, BatchResult, DlqRecord
+from router_stream.core.outputs import BatchResult, DlqRecord
 from router_stream.core.redaction import Redactor
 from router_stream.core.refusals import (
     OutputKind,
@@ -68,6 +68,7 @@ from router_stream.core.refusals import (
     output_at,
     settle_refusals,
 )
+from router_stream.core.wire import H_RETRY_NOT_BEFORE
 from router_stream.errors import BrokerUnavailable
 from router_stream.worker.backoff import Backoff, retry_transient
 from router_stream.worker.crashguard import CrashGuard

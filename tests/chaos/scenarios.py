@@ -510,7 +510,7 @@ async def _door_refusals(run: Run) -> list[str]:
 
 async def _check_poison_dlq(run: Run, poison_of: dict[int, Any]) -> list[str]:
     """Each poison record: exactly one DLQ record on the topic, byte-exact, right headers."""
-    from router_stream.core.outputs import DLQ_HEADERS
+    from router_stream.core.wire import DLQ_HEADERS
     from tests.chaos.verify import INDEX_HEADER, each_record
 
     seen: dict[int, list[Any]] = {}

@@ -16,15 +16,15 @@ import yaml
 from router_stream.adapters import postgres as pg
 from router_stream.core.compiled import load_compiled
 from router_stream.core.engine import RouterEngine
-from router_stream.core.outputs import (
+from router_stream.core.outputs import BatchResult
+from router_stream.core.redaction import DEFAULT_REDACTOR
+from router_stream.core.wire import (
     H_ATTEMPTS,
     H_DLQ_ID,
     H_OFFSET,
     H_PARTITION,
     H_TOPIC,
-    BatchResult,
 )
-from router_stream.core.redaction import DEFAULT_REDACTOR
 from router_stream.projection.rows import decision_from_json, dlq_row_from_record
 from router_stream.projection.writer import ProjectionBatch, write_batch
 

@@ -119,7 +119,7 @@ async def test_state_outlives_the_state_topics_retention_through_a_checkpoint(se
     assert _shared(second.engine) == _shared(expected)
     assert second.engine.policy_version == v2
     assert second.engine.snapshot().breakers["pager"] == "open"
-    assert second.engine._arms["desk-a"].pulls == 11
+    assert second.engine.state.arms["desk-a"].pulls == 11
     rows = await fetch(s, "SELECT policy_version, destinations FROM routing_decisions")
     assert {(r["policy_version"], tuple(r["destinations"])) for r in rows} == {(v2, ("email",))}
 

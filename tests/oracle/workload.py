@@ -23,10 +23,12 @@ import orjson
 import yaml
 
 from router_stream.core.compiled import load_compiled
-from router_stream.core.engine import RouterEngine, dead_letter, origin_key
+from router_stream.core.deadletter import dead_letter
+from router_stream.core.engine import RouterEngine
 from router_stream.core.models import DlqReason
 from router_stream.core.outputs import BatchResult
 from router_stream.core.parsing import Rejection, parse_control, parse_health, parse_outcome
+from router_stream.core.wire import origin_key
 
 STACKTRACE = "x-dlq-stacktrace"
 SEED = 20_261_206
@@ -230,19 +232,19 @@ class _Run:
         return result
 
     def health(self, step: str, now: float, events: list[dict[str, Any]]) -> None:
-        moves = []
-        for body in events:
-            event = parse_health(orjson.dumps(body), record_ts_ms=int(now * 1000))
-            assert not isinstance(event, Rejection), event
-            moves += self.engine.apply_health(event, now)
-        self._log(step, now, breaker_transitions=_plain(moves))
+        self._fold(step, now, events, parse_health, self.engine.apply_health)
 
     def outcomes(self, step: str, now: float, events: list[dict[str, Any]]) -> None:
+        self._fold(step, now, events, parse_outcome, self.engine.apply_outcome)
+
+    def _fold(self, step: str, now: float, events: list[dict[str, Any]], parse: Any,
+              apply: Any) -> None:
+        """State-topic events, parsed from their JSON as the worker reads them, then folded."""
         moves = []
         for body in events:
-            outcome = parse_outcome(orjson.dumps(body), record_ts_ms=int(now * 1000))
-            assert not isinstance(outcome, Rejection), outcome
-            moves += self.engine.apply_outcome(outcome, now)
+            event = parse(orjson.dumps(body), record_ts_ms=int(now * 1000))
+            assert not isinstance(event, Rejection), event
+            moves += apply(event, now)
         self._log(step, now, breaker_transitions=_plain(moves))
 
     def control(self, step: str, now: float, body: dict[str, Any], publish: str | None = None
@@ -254,6 +256,15 @@ class _Run:
         self._log(step, now, control={"accepted": res.accepted, "message": res.message,
                                       "policy_changed": res.policy_changed,
                                       "transitions": _plain(res.transitions)})
+
+    def publish(self, step: str, now: float, mode: dict[str, Any], margin: float,
+                min_signals: int) -> None:
+        """Publish the policy with :func:`_candidate` rolled out as ``mode`` says."""
+        rollout = {"candidate": _candidate(), **mode,
+                   "rollback": {"max_dlq_rate_delta": margin, "max_no_healthy_delta": margin,
+                                "window_s": 60, "min_signals": min_signals}}
+        self.control(step, now, {"type": "policy_publish", "version": f"{mode['mode']}-1",
+                                 "policy_yaml": "x"}, publish=_policy_text(rollout))
 
     def tick(self, step: str, now: float) -> None:
         self._log(step, now, breaker_transitions=_plain(self.engine.tick(now)))
@@ -458,12 +469,8 @@ def _steps(run: _Run) -> Iterator[None]:
                 {"type": "override_clear", "override_id": "acme-sms"})
     yield
     t += 5.0
-    canary = {"candidate": _candidate(), "mode": "canary", "share": 0.5,
-              "rollback": {"max_dlq_rate_delta": 0.05, "max_no_healthy_delta": 0.05,
-                           "window_s": 60, "min_signals": 6}}
-    run.control("control: publish a canary rollout", t,
-                {"type": "policy_publish", "version": "canary-1", "policy_yaml": "x"},
-                publish=_policy_text(canary))
+    run.publish("control: publish a canary rollout", t,
+                {"mode": "canary", "share": 0.5}, margin=0.05, min_signals=6)
     yield
     rollout = [run.feed.record(_signal(f"c{i}", t, tenant="acme",
                                        payload={"severity": "high"} if i % 3 else
@@ -476,12 +483,8 @@ def _steps(run: _Run) -> Iterator[None]:
     run.batch("batch: the canary is worse and rolls back", t + 1.0, rollout)
     yield
     t += 5.0
-    shadow = {"candidate": _candidate(), "mode": "shadow", "sample": 0.6,
-              "rollback": {"max_dlq_rate_delta": 0.5, "max_no_healthy_delta": 0.5,
-                           "window_s": 60, "min_signals": 1000}}
-    run.control("control: publish a shadow rollout", t,
-                {"type": "policy_publish", "version": "shadow-1", "policy_yaml": "x"},
-                publish=_policy_text(shadow))
+    run.publish("control: publish a shadow rollout", t,
+                {"mode": "shadow", "sample": 0.6}, margin=0.5, min_signals=1000)
     yield
     records = [run.feed.record(_signal(f"s{i}", t, payload=[{"severity": "high"},
                                                              {"channel": "c"}, {"spread": 1},

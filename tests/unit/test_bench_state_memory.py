@@ -73,13 +73,13 @@ def test_every_event_is_accepted_and_each_id_becomes_one_entry_of_the_state():
     assert sum(k.startswith("src-") for k in snap.trust) == SMALL.sources
     assert sum(k.startswith("dst-") for k in snap.trust) == SMALL.destinations
     assert len(snap.breakers) == SMALL.entries
-    assert len(engine._arms) == len(engine._load) == SMALL.destinations
+    assert len(engine.state.arms) == len(engine.state.load) == SMALL.destinations
 
 
 def test_events_per_entry_fill_one_breaker_bucket_each():
     spec = Spec(sources=10, destinations=2, events_per_entry=BREAKER_BUCKETS)
     engine = folded(spec)
-    assert {len(b.window()) for b in engine._breakers.values()} == {BREAKER_BUCKETS}
+    assert {len(b.window()) for b in engine.state.breakers.values()} == {BREAKER_BUCKETS}
 
 
 def test_warm_signals_reach_every_strategy_of_the_policy():

@@ -68,8 +68,8 @@ def test_restore_then_fold_the_rest_equals_folding_everything(evs, cut):
     assert shared(restored) == shared(full)
     assert restored.snapshot(NOW + 700) == full.snapshot(NOW + 700)
     # The not-closed index the hot path and tick rely on is rebuilt, not just the dict.
-    assert (sorted(t for t, _ in restored._breakers.not_closed_items())
-            == sorted(t for t, _ in full._breakers.not_closed_items()))
+    assert (sorted(t for t, _ in restored.state.breakers.not_closed_items())
+            == sorted(t for t, _ in full.state.breakers.not_closed_items()))
     assert restored.tick(NOW + 2000) == full.tick(NOW + 2000)
 
 
@@ -88,7 +88,7 @@ def test_a_restored_engine_decides_like_the_original():
     b = restored.decide_batch(records, NOW + 5)
     assert [d.destinations for d in a.decisions][:5] == [["slack"]] * 5
     assert [orjson.dumps(d) for d in a.decisions] == [orjson.dumps(d) for d in b.decisions]
-    assert restored._arms == writer._arms
+    assert restored.state.arms == writer.state.arms
 
 
 def test_signal_path_state_is_not_in_a_checkpoint():

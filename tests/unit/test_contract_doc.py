@@ -17,8 +17,8 @@ from referencing import Registry, Resource
 from router_stream.adapters.topics import load_declarations
 from router_stream.config import ROUTED_PREFIX
 from router_stream.core.models import CONTROL_ADAPTER, DlqReason
-from router_stream.core.outputs import DLQ_HEADERS
 from router_stream.core.parsing import Rejection, parse_health, parse_outcome, parse_signal
+from router_stream.core.wire import DLQ_HEADERS
 from router_stream.worker.metrics import WorkerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -124,8 +124,9 @@ def test_replay_record_is_the_original_plus_origin_headers() -> None:
     assert record.timestamp_ms is None
     assert record.headers == [
         ("traceparent", b"abc"), ("n", None),  # originals kept in order, stale x-dlq-* dropped
-        ("x-dlq-id", b"17"), ("x-dlq-attempts", b"2"), ("x-dlq-original-topic", b"signals"),
+        ("x-dlq-id", b"17"), ("x-dlq-original-topic", b"signals"),
         ("x-dlq-original-partition", b"2"), ("x-dlq-original-offset", b"40"),
+        ("x-dlq-attempts", b"2"),  # in the order DLQ and retry records carry them (core.wire)
         ("x-dlq-first-failed-at", repr(NOW.timestamp()).encode()), ("x-signal-id", b"sig-1"),
     ]
 
@@ -274,7 +275,7 @@ def test_a_reference_entry_is_not_replayed_and_says_where_its_original_is() -> N
     assert problem == ("entry 17 not replayed: it is a reference (its record was too large for"
                        " the DLQ topic); the original is on signals partition 2 offset 40")
     # the marker the check goes by is the one as_reference writes
-    from router_stream.core.engine import dead_letter
+    from router_stream.core.deadletter import dead_letter
     from router_stream.core.models import DlqReason
 
     @dataclass

@@ -15,15 +15,15 @@ from router_stream.core.breaker import BreakerConfig
 from router_stream.core.compiled import CompiledPolicy
 from router_stream.core.engine import RouterEngine
 from router_stream.core.models import DlqReason
-from router_stream.core.outputs import (
+from router_stream.core.outputs import DlqRecord
+from router_stream.core.trust import TrustParams, TrustWeights
+from router_stream.core.wire import (
     DLQ_HEADERS,
     H_ATTEMPTS,
     H_FIRST_FAILED,
     H_REASON,
-    DlqRecord,
     dlq_headers,
 )
-from router_stream.core.trust import TrustParams, TrustWeights
 from router_stream.dlq.replay import replay_record
 from router_stream.dlq.store import DlqRow
 

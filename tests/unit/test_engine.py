@@ -11,11 +11,12 @@ from hypothesis import strategies as st
 
 from router_stream.core.breaker import BreakerConfig
 from router_stream.core.compiled import CompiledPolicy, RouteSpec
-from router_stream.core.engine import RouterEngine, decision_id_for
+from router_stream.core.engine import RouterEngine
 from router_stream.core.models import HealthEvent, Outcome
 from router_stream.core.ratelimit import RateLimit
 from router_stream.core.strategies import ConsensusConfig
 from router_stream.core.trust import TrustParams, TrustWeights
+from router_stream.core.wire import decision_id_for, routed_head
 
 NOW = 1_800_000_000.0
 
@@ -271,11 +272,9 @@ def test_trust_and_breaker_state_is_a_deterministic_fold():
 
 @pytest.mark.parametrize("raw", [b'{"a":1}', b' {"a":1} \n', b"{}"])
 def test_route_splice_handles_whitespace_and_empty_objects(raw):
-    from router_stream.core.engine import _open_object
-
-    body, sep = _open_object(raw)
-    out = orjson.loads(body + sep + b'"route":' + orjson.dumps({"x": 1}) + b"}")
-    assert out["route"] == {"x": 1}
+    head = routed_head(raw, "dec-1", "s1")
+    out = orjson.loads(head + b',"x":1}}')
+    assert out["route"] == {"decision_id": "dec-1", "signal_id": "s1", "x": 1}
 
 
 def test_workers_polling_at_different_moments_record_the_same_transition():
@@ -332,7 +331,7 @@ def test_dlq_entries_carry_tenant_and_kind_when_known():
                           st.sampled_from(["closed", "open", "half_open", "del"])), max_size=60))
 def test_breaker_table_knows_exactly_which_breakers_are_not_closed(ops):
     from router_stream.core.breaker import Breaker, BreakerState
-    from router_stream.core.engine import BreakerTable
+    from router_stream.core.state import BreakerTable
 
     table = BreakerTable()
     for target, what in ops:
@@ -358,7 +357,7 @@ def test_tick_moves_an_open_breaker_among_many_closed_ones():
     for i in range(10):
         engine.apply_outcome(Outcome(signal_id=f"f{i}", destination="pager", ok=False,
                                      ts=ms(NOW + 1)), NOW + 1)
-    assert engine._breakers.not_closed == {"pager"}
+    assert engine.state.breakers.not_closed == {"pager"}
     moves = engine.tick(NOW + 3600)
     assert [(m.target_id, m.to_state) for m in moves] == [("pager", BreakerState.HALF_OPEN)]
 

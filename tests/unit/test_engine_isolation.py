@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 import orjson
 import pytest
 
-from router_stream.core import engine as engine_mod
+from router_stream.core import decide as decide_mod
 from router_stream.core.breaker import BreakerConfig
 from router_stream.core.compiled import CompiledPolicy, RouteSpec
 from router_stream.core.engine import RouterEngine
@@ -130,7 +130,7 @@ def test_a_strategy_that_raises_dead_letters_and_the_batch_goes_on(monkeypatch):
             raise ZeroDivisionError("division by zero")
         return real(tiers, ctx)
 
-    monkeypatch.setattr(engine_mod, "SELECTION_STRATEGIES",
+    monkeypatch.setattr(decide_mod, "SELECTION_STRATEGIES",
                         {**SELECTION_STRATEGIES, "first_healthy": flaky})
     records = [Rec(sig(i), offset=i) for i in range(4)]
     result = RouterEngine(policy()).decide_batch(records, NOW)
@@ -140,21 +140,21 @@ def test_a_strategy_that_raises_dead_letters_and_the_batch_goes_on(monkeypatch):
 
 
 def test_a_fault_while_encoding_takes_back_the_half_built_decision(monkeypatch):
-    real = engine_mod._open_object
+    real = decide_mod.routed_head
 
-    def broken(value):
-        if value is not None and b'"s2"' in value:
+    def broken(value, decision_id, signal_id):
+        if signal_id == "s2":
             raise MemoryError("no room to splice")
-        return real(value)
+        return real(value, decision_id, signal_id)
 
-    monkeypatch.setattr(engine_mod, "_open_object", broken)
+    monkeypatch.setattr(decide_mod, "routed_head", broken)
     engine = RouterEngine(policy())
     result = engine.decide_batch([Rec(sig(i), offset=i) for i in range(4)], NOW)
     assert outcomes(result) == {0: "decision", 1: "decision", 2: "processing_error",
                                 3: "decision"}
     assert [r.signal_id for r in result.routed] == ["s0", "s1", "s3"]
     # the load counter saw three routed signals, not four
-    assert engine._load["pager"].routed == 3
+    assert engine.state.load["pager"].routed == 3
 
 
 def test_router_headers_with_null_or_impossible_values_do_not_fail_the_record():

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from router_stream.core.engine import RouterEngine
-from router_stream.core.outputs import DLQ_HEADERS
+from router_stream.core.wire import DLQ_HEADERS
 from router_stream.worker.policy_source import compile_policy_text
 
 EXAMPLES = int(os.environ.get("ROUTER_FUZZ_EXAMPLES", "150"))

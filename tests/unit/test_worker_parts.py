@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router_stream.config import Settings
-from router_stream.core.outputs import H_RETRY_NOT_BEFORE
+from router_stream.core.wire import H_RETRY_NOT_BEFORE
 from router_stream.errors import DatabaseUnavailable, RouterError
 from router_stream.worker.backoff import Backoff, retry_transient
 from router_stream.worker.hotpath import SignalLoop
