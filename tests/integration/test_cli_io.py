@@ -114,10 +114,8 @@ async def test_produce_and_tail_errors_are_one_line_with_exit_1(settings: Settin
 # (Here because this file is the CLI's Kafka+Postgres test module; move to test_override.py if
 # one is created.)
 
-import asyncpg  # noqa: E402
 
 import router_stream.cli.override  # noqa: E402, F401  (registers `override`)
-from router_stream.adapters import postgres as pg  # noqa: E402
 from router_stream.config import CONTROL  # noqa: E402
 from router_stream.core.compiled import load_compiled  # noqa: E402
 from router_stream.core.engine import RouterEngine  # noqa: E402
@@ -138,16 +136,8 @@ async def control_commands(settings: Settings) -> list[object]:
     return [CONTROL_ADAPTER.validate_json(r.value) for r in records]
 
 
-@pytest.fixture
-async def migrated(settings: Settings) -> asyncpg.Connection:
-    conn = await pg.connect(settings)
-    await pg.migrate(conn)
-    yield conn
-    await conn.close()
-
-
 async def test_override_set_list_clear_through_control_and_table(
-    settings: Settings, topic_factory, migrated
+    settings: Settings, topic_factory, db
 ):
     await topic_factory(CONTROL)
     await topic_factory("routed.slack")  # a forced destination's topic must exist
@@ -172,13 +162,13 @@ async def test_override_set_list_clear_through_control_and_table(
     engine.tick(command.expires_at + 1)
     assert engine.snapshot(command.expires_at + 1).overrides == []  # expires on its own
 
-    row = await migrated.fetchrow("SELECT * FROM routing_overrides WHERE id = $1",
+    row = await db.fetchrow("SELECT * FROM routing_overrides WHERE id = $1",
                                   sent.override_id)
     assert row["override_kind"] == "force_destination" and row["target"] == "slack"
     assert row["selector"] == {"kind": "alert", "tenant": "acme"}
     assert row["expires_at"].timestamp() == pytest.approx(sent.expires_at, abs=1e-3)
     # an expired one, recorded earlier, is not listed by default
-    await migrated.execute(
+    await db.execute(
         "INSERT INTO routing_overrides (id, override_kind, target, expires_at)"
         " VALUES ('old', 'force_destination', 'email', now() - interval '1 minute')")
 
@@ -195,7 +185,7 @@ async def test_override_set_list_clear_through_control_and_table(
     commands = await control_commands(settings)
     assert isinstance(commands[-1], OverrideClear)
     assert commands[-1].override_id == sent.override_id
-    assert await migrated.fetchval("SELECT cleared_at IS NOT NULL FROM routing_overrides"
+    assert await db.fetchval("SELECT cleared_at IS NOT NULL FROM routing_overrides"
                                    " WHERE id = $1", sent.override_id)
     listed = await asyncio.to_thread(_invoke_db, settings, "override", "list", "--json")
     assert json.loads(listed.stdout) == []
@@ -206,7 +196,7 @@ async def test_override_set_list_clear_through_control_and_table(
 
 
 async def test_override_user_errors_exit_1_and_send_nothing(
-    settings: Settings, topic_factory, migrated
+    settings: Settings, topic_factory, db
 ):
     await topic_factory(CONTROL)
     cases = [
@@ -226,7 +216,7 @@ async def test_override_user_errors_exit_1_and_send_nothing(
 
 
 async def test_override_drain_and_exclude_source_reach_the_engine(
-    settings: Settings, topic_factory, migrated
+    settings: Settings, topic_factory, db
 ):
     await topic_factory(CONTROL)
     drained = await asyncio.to_thread(
@@ -246,6 +236,6 @@ async def test_override_drain_and_exclude_source_reach_the_engine(
         assert engine.apply_control(c, now=c.issued_at).accepted
     kinds = {o["kind"]: o["target"] for o in engine.snapshot(commands[-1].issued_at).overrides}
     assert kinds == {"drain": "pagerduty", "exclude_source": "probe-7"}
-    rows = {r["override_kind"]: r["target"] for r in await migrated.fetch(
+    rows = {r["override_kind"]: r["target"] for r in await db.fetch(
         "SELECT override_kind, target FROM routing_overrides")}
     assert rows == {"drain": "pagerduty", "exclude_source": "probe-7"}

@@ -15,8 +15,8 @@ from router_stream.adapters.topics import apply_topics, policy_destinations
 from router_stream.cli import _register, cli
 from router_stream.config import CONTROL
 from router_stream.core.models import CONTROL_ADAPTER, PolicyPublish
-
-from .test_worker import read_all
+from tests.support.policies import edited
+from tests.support.worker import read_all
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ async def test_publish_then_rollback_returns_every_worker_to_the_previous_versio
     await apply_topics(settings, policy_destinations(EXAMPLE))
     await pg.migrate_database(settings)
     v2 = tmp_path / "v2.yaml"
-    v2.write_text(EXAMPLE.read_text().replace("strategy: thompson", "strategy: ucb"))
+    v2.write_text(edited(EXAMPLE.read_text(), {"routes.notification.strategy": "ucb"}))
 
     for path in (EXAMPLE, v2):
         published = await asyncio.to_thread(_invoke, settings, "policy", "publish", str(path))
