@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from router_stream.cli import _register, cli
 from router_stream.core.compiled import load_compiled
 from router_stream.core.engine import RouterEngine
+from tests.support.policies import edited
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "policy.yaml"
 NOW = 1_800_000_000.0
@@ -53,7 +54,7 @@ def test_policy_cli_validate_exit_codes(tmp_path: Path):
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.output)["valid"] is True
     bad = tmp_path / "bad.yaml"
-    bad.write_text(EXAMPLE.read_text().replace("strategy: thompson", "strategy: telepathy"))
+    bad.write_text(edited(EXAMPLE.read_text(), {"routes.notification.strategy": "telepathy"}))
     res = runner.invoke(cli, ["policy", "validate", str(bad), "--json"])
     assert res.exit_code == 1
     issues = json.loads(res.output)["issues"]
@@ -65,7 +66,7 @@ def test_policy_cli_validate_exit_codes(tmp_path: Path):
 def test_policy_cli_diff_names_the_change(tmp_path: Path):
     _register()
     changed = tmp_path / "new.yaml"
-    changed.write_text(EXAMPLE.read_text().replace("strategy: thompson", "strategy: ucb"))
+    changed.write_text(edited(EXAMPLE.read_text(), {"routes.notification.strategy": "ucb"}))
     res = CliRunner().invoke(cli, ["policy", "diff", str(EXAMPLE), str(changed)])
     assert res.exit_code == 0, res.output
     assert "~ routes.notification.strategy: thompson -> ucb" in res.output
