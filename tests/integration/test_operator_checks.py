@@ -11,12 +11,11 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from click.testing import CliRunner
 
 from router_stream.adapters import postgres as pg
 from router_stream.adapters.topics import apply_topics
-from router_stream.cli import _register, cli
 from router_stream.config import CONTROL, SIGNALS
+from tests.support.cli import invoke
 from tests.support.policies import edited
 from tests.support.worker import (
     DESTINATIONS,
@@ -32,16 +31,8 @@ from tests.support.worker import (
 pytestmark = pytest.mark.integration
 
 
-def _invoke(settings, *args: str):
-    _register()
-    env = {"ROUTER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-           "ROUTER_DATABASE_URL": settings.database_url.get_secret_value(),
-           "ROUTER_TOPIC_PREFIX": settings.topic_prefix}
-    return CliRunner().invoke(cli, list(args), env=env)
-
-
 async def _cli(settings, *args: str):
-    return await asyncio.to_thread(_invoke, settings, *args)
+    return await asyncio.to_thread(invoke, settings, *args)
 
 
 def _one_line_error(result) -> str:

@@ -7,29 +7,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
-from click.testing import CliRunner, Result
 
 import router_stream.cli.override  # noqa: F401  (registers `override`)
 from router_stream.adapters.kafka_io import read_records
-from router_stream.cli import cli
 from router_stream.config import CONTROL, Settings
+from tests.support.cli import run_cli
 
 pytestmark = pytest.mark.integration
-
-
-def _invoke(settings: Settings, *args: str) -> Result:
-    env = {"ROUTER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-           "ROUTER_DATABASE_URL": settings.database_url.get_secret_value(),
-           "ROUTER_TOPIC_PREFIX": settings.topic_prefix}
-    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
-
-
-async def run_cli(settings: Settings, *args: str) -> Result:
-    return await asyncio.to_thread(_invoke, settings, *args)
 
 
 @pytest.mark.parametrize("ttl", ["99999999d", "366d", "53w", "1e9s", "99999999999999999999w"])
