@@ -11,17 +11,10 @@ from click.testing import CliRunner
 from router_stream.cli import _register, cli
 from router_stream.core.compiled import load_compiled
 from router_stream.core.engine import RouterEngine
+from tests.support.engine import NOW, Rec
 from tests.support.policies import edited
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "policy.yaml"
-NOW = 1_800_000_000.0
-
-
-class Rec:
-    def __init__(self, value: bytes, offset: int = 0) -> None:
-        self.value, self.offset, self.key = value, offset, b"k"
-        self.topic, self.partition, self.timestamp = "signals", 0, int(NOW * 1000)
-        self.headers: list[tuple[str, bytes]] = []
 
 
 def test_example_policy_compiles_and_routes_each_kind():
