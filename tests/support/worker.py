@@ -59,8 +59,7 @@ tenants:
 """
 DESTINATIONS = ["pager", "slack", "email", "webhook", "desk-a", "desk-b"]
 FAST = Backoff(base_s=0.05, cap_s=0.5, attempt_timeout_s=10)
-
-
+# the alert route's tiers become [[email]]: a published v2 is visible in every alert's destination
 POLICY_V2 = edited(POLICY, {"routes.alert.tiers": [["email"]]})
 
 
@@ -189,6 +188,8 @@ async def wait_for(predicate: Any, timeout: float, what: str) -> float:
 
 
 def start_worker(s: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``router-stream worker ARGS`` as a process in its own session, its output appended to
+    ``log``."""
     env = os.environ | {
         "ROUTER_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
         "ROUTER_DATABASE_URL": s.database_url.get_secret_value(),
