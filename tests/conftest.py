@@ -25,7 +25,7 @@ import pytest
 
 from router_stream.config import Settings
 
-pytest_plugins = ["tests.projection_support"]
+pytest_plugins = ["tests.support.projection", "tests.support.database"]
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from router_stream.adapters.kafka_io import ConsumedRecord, read_records
 from router_stream.cli import cli
 from router_stream.cli.io import produce_lines, tail_topic
 from router_stream.config import Settings
+from tests.support import cli as support_cli
 
 pytestmark = pytest.mark.integration
 
@@ -114,10 +115,8 @@ async def test_produce_and_tail_errors_are_one_line_with_exit_1(settings: Settin
 # (Here because this file is the CLI's Kafka+Postgres test module; move to test_override.py if
 # one is created.)
 
-import asyncpg  # noqa: E402
 
 import router_stream.cli.override  # noqa: E402, F401  (registers `override`)
-from router_stream.adapters import postgres as pg  # noqa: E402
 from router_stream.config import CONTROL  # noqa: E402
 from router_stream.core.compiled import load_compiled  # noqa: E402
 from router_stream.core.engine import RouterEngine  # noqa: E402
@@ -126,34 +125,19 @@ from router_stream.core.models import CONTROL_ADAPTER, OverrideClear, OverrideSe
 EXAMPLE_POLICY = Path(__file__).resolve().parents[2] / "examples" / "policy.yaml"
 
 
-def _invoke_db(settings: Settings, *args: str) -> Result:
-    env = {"ROUTER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-           "ROUTER_DATABASE_URL": settings.database_url.get_secret_value(),
-           "ROUTER_TOPIC_PREFIX": settings.topic_prefix}
-    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
-
-
 async def control_commands(settings: Settings) -> list[object]:
     records = [r async for r in read_records(settings, settings.topic(CONTROL), until_end=True)]
     return [CONTROL_ADAPTER.validate_json(r.value) for r in records]
 
 
-@pytest.fixture
-async def migrated(settings: Settings) -> asyncpg.Connection:
-    conn = await pg.connect(settings)
-    await pg.migrate(conn)
-    yield conn
-    await conn.close()
-
-
 async def test_override_set_list_clear_through_control_and_table(
-    settings: Settings, topic_factory, migrated
+    settings: Settings, topic_factory, db
 ):
     await topic_factory(CONTROL)
     await topic_factory("routed.slack")  # a forced destination's topic must exist
     before = asyncio.get_running_loop().time()
-    result = await asyncio.to_thread(
-        _invoke_db, settings, "override", "set", "--kind", "alert", "--tenant", "acme",
+    result = await support_cli.run_cli(
+        settings, "override", "set", "--kind", "alert", "--tenant", "acme",
         "--destination", "slack", "--ttl", "30m", "--reason", "pager down", "--json")
     assert result.exit_code == 0, result.output
     sent = OverrideSet.model_validate_json(result.stdout)
@@ -172,41 +156,41 @@ async def test_override_set_list_clear_through_control_and_table(
     engine.tick(command.expires_at + 1)
     assert engine.snapshot(command.expires_at + 1).overrides == []  # expires on its own
 
-    row = await migrated.fetchrow("SELECT * FROM routing_overrides WHERE id = $1",
+    row = await db.fetchrow("SELECT * FROM routing_overrides WHERE id = $1",
                                   sent.override_id)
     assert row["override_kind"] == "force_destination" and row["target"] == "slack"
     assert row["selector"] == {"kind": "alert", "tenant": "acme"}
     assert row["expires_at"].timestamp() == pytest.approx(sent.expires_at, abs=1e-3)
     # an expired one, recorded earlier, is not listed by default
-    await migrated.execute(
+    await db.execute(
         "INSERT INTO routing_overrides (id, override_kind, target, expires_at)"
         " VALUES ('old', 'force_destination', 'email', now() - interval '1 minute')")
 
-    listed = await asyncio.to_thread(_invoke_db, settings, "override", "list", "--json")
+    listed = await support_cli.run_cli(settings, "override", "list", "--json")
     assert [o["id"] for o in json.loads(listed.stdout)] == [sent.override_id]
-    everything = json.loads((await asyncio.to_thread(
-        _invoke_db, settings, "override", "list", "--all", "--json")).stdout)
+    everything = json.loads((await support_cli.run_cli(
+        settings, "override", "list", "--all", "--json")).stdout)
     assert {o["id"]: o["state"] for o in everything} == {sent.override_id: "active",
                                                           "old": "expired"}
 
-    cleared = await asyncio.to_thread(_invoke_db, settings, "override", "clear",
+    cleared = await support_cli.run_cli(settings, "override", "clear",
                                       sent.override_id)
     assert cleared.exit_code == 0 and "cleared" in cleared.output
     commands = await control_commands(settings)
     assert isinstance(commands[-1], OverrideClear)
     assert commands[-1].override_id == sent.override_id
-    assert await migrated.fetchval("SELECT cleared_at IS NOT NULL FROM routing_overrides"
+    assert await db.fetchval("SELECT cleared_at IS NOT NULL FROM routing_overrides"
                                    " WHERE id = $1", sent.override_id)
-    listed = await asyncio.to_thread(_invoke_db, settings, "override", "list", "--json")
+    listed = await support_cli.run_cli(settings, "override", "list", "--json")
     assert json.loads(listed.stdout) == []
-    again = await asyncio.to_thread(_invoke_db, settings, "override", "clear", sent.override_id)
+    again = await support_cli.run_cli(settings, "override", "clear", sent.override_id)
     assert again.exit_code == 0 and "already cleared" in again.output
     assert len(await control_commands(settings)) == 2  # nothing sent the second time
     assert asyncio.get_running_loop().time() - before < 60
 
 
 async def test_override_user_errors_exit_1_and_send_nothing(
-    settings: Settings, topic_factory, migrated
+    settings: Settings, topic_factory, db
 ):
     await topic_factory(CONTROL)
     cases = [
@@ -217,24 +201,24 @@ async def test_override_user_errors_exit_1_and_send_nothing(
         (["--destination", "a"], "needs --reason"),
     ]
     for args, message in cases:
-        result = await asyncio.to_thread(_invoke_db, settings, "override", "set", *args)
+        result = await support_cli.run_cli(settings, "override", "set", *args)
         assert result.exit_code == 1, (args, result.output)
         assert message in result.output and result.output.count("\n") == 1, result.output
-    unknown = await asyncio.to_thread(_invoke_db, settings, "override", "clear", "nope")
+    unknown = await support_cli.run_cli(settings, "override", "clear", "nope")
     assert unknown.exit_code == 1 and "no override with id 'nope'" in unknown.output
     assert await control_commands(settings) == []
 
 
 async def test_override_drain_and_exclude_source_reach_the_engine(
-    settings: Settings, topic_factory, migrated
+    settings: Settings, topic_factory, db
 ):
     await topic_factory(CONTROL)
-    drained = await asyncio.to_thread(
-        _invoke_db, settings, "override", "set", "--drain", "pagerduty", "--ttl", "10m",
+    drained = await support_cli.run_cli(
+        settings, "override", "set", "--drain", "pagerduty", "--ttl", "10m",
         "--reason", "vendor maintenance", "--json")
     assert drained.exit_code == 0, drained.output
-    excluded = await asyncio.to_thread(
-        _invoke_db, settings, "override", "set", "--exclude-source", "probe-7", "--ttl", "1h",
+    excluded = await support_cli.run_cli(
+        settings, "override", "set", "--exclude-source", "probe-7", "--ttl", "1h",
         "--json")
     assert excluded.exit_code == 0, excluded.output
 
@@ -246,6 +230,6 @@ async def test_override_drain_and_exclude_source_reach_the_engine(
         assert engine.apply_control(c, now=c.issued_at).accepted
     kinds = {o["kind"]: o["target"] for o in engine.snapshot(commands[-1].issued_at).overrides}
     assert kinds == {"drain": "pagerduty", "exclude_source": "probe-7"}
-    rows = {r["override_kind"]: r["target"] for r in await migrated.fetch(
+    rows = {r["override_kind"]: r["target"] for r in await db.fetch(
         "SELECT override_kind, target FROM routing_overrides")}
     assert rows == {"drain": "pagerduty", "exclude_source": "probe-7"}

@@ -12,39 +12,26 @@ import random
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-from click.testing import CliRunner, Result
 
-import router_stream.cli.dlq  # noqa: F401  (registers `dlq` on the root group)
 from router_stream.adapters import postgres as pg
 from router_stream.adapters.kafka_io import ConsumedRecord, OutRecord, RecordWriter, read_records
-from router_stream.cli import cli
 from router_stream.config import DLQ, Settings
 from router_stream.core.models import DlqEntry, DlqReason
 from router_stream.dlq.filters import DlqFilter
 from router_stream.dlq.replay import replay_dlq
 from router_stream.errors import BrokerUnavailable, UserError
+from tests.support.cli import run_cli
 
 pytestmark = pytest.mark.integration
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 EXAMPLE_POLICY = Path(__file__).resolve().parents[2] / "examples" / "policy.yaml"
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    conn = await pg.connect(settings)
-    await pg.migrate(conn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 def signal_bytes(n: int, **extra: Any) -> bytes:
@@ -80,18 +67,6 @@ async def status_of(conn: asyncpg.Connection) -> dict[int, str]:
 
 async def read_all(settings: Settings, topic: str) -> list[ConsumedRecord]:
     return [r async for r in read_records(settings, topic, from_beginning=True, until_end=True)]
-
-
-def _invoke(settings: Settings, *args: str, policy_file: str = "") -> Result:
-    env = {"ROUTER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-           "ROUTER_DATABASE_URL": settings.database_url.get_secret_value(),
-           "ROUTER_TOPIC_PREFIX": settings.topic_prefix, "ROUTER_POLICY_FILE": policy_file}
-    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
-
-
-async def run_cli(settings: Settings, *args: str, policy_file: str = "") -> Result:
-    # the command runs its own event loop (asyncio.run): call it off this test's loop
-    return await asyncio.to_thread(_invoke, settings, *args, policy_file=policy_file)
 
 
 # --- list / show / discard ---------------------------------------------------------------------

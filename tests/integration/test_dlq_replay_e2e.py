@@ -19,8 +19,7 @@ from router_stream.config import DLQ, SIGNALS, Settings
 from router_stream.core.models import BreakerForce, BreakerReset
 from router_stream.dlq.filters import DlqFilter
 from router_stream.dlq.replay import replay_dlq
-
-from .test_worker import fetch, prepare, produce, read_all, signal, worker
+from tests.support.worker import fetch, prepare, produce, read_all, signal, worker
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,7 @@ from click.testing import CliRunner
 from router_stream.adapters import postgres as pg
 from router_stream.adapters.topics import apply_topics, policy_destinations
 from router_stream.cli import _register, cli
-
-from .test_worker import fetch, wait_for, worker
+from tests.support.worker import fetch, wait_for, worker
 
 pytestmark = pytest.mark.integration
 

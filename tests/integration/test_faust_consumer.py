@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ from router_stream.adapters.topics import apply_topics
 from router_stream.config import OUTCOMES, SIGNALS
 from router_stream.core.parsing import parse_outcome
 from router_stream.worker import RouterWorker
+from tests.support.processes import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -31,20 +30,6 @@ routes:
   note: {strategy: first_healthy, tiers: [[slack]]}
 defaults: {unclassified: dlq, unrouted: dlq}
 """
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> str:
-    """Stop the faust worker; returns the tail of its output."""
-    if proc.stdout is None or proc.stdout.closed:
-        return ""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        out, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-    return out.decode(errors="replace")[-3000:]
 
 
 async def _outcomes(bootstrap: str, topic: str, want: int, proc: subprocess.Popen[bytes],
@@ -92,7 +77,7 @@ async def test_faust_example_consumes_routed_slack_and_reports_outcomes(settings
         finally:
             await producer.stop()
         records = await _outcomes(s.kafka_bootstrap, s.topic(OUTCOMES), 10, faust_worker)
-        log = "" if len(records) == 10 else _stop(faust_worker)
+        log = "" if len(records) == 10 else stop_process(faust_worker)
         assert len(records) == 10, log
         # The router folds them: outcomes are the only thing that gives slack a trust state.
         deadline = time.monotonic() + 20
@@ -100,7 +85,7 @@ async def test_faust_example_consumes_routed_slack_and_reports_outcomes(settings
             assert time.monotonic() < deadline, "the router never folded the outcomes"
             await asyncio.sleep(0.05)
     finally:
-        log = _stop(faust_worker)
+        log = stop_process(faust_worker)
         worker.request_stop()
         await runner
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from tests.support.processes import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -63,23 +63,8 @@ async def _wait_ready(
     deadline = asyncio.get_running_loop().time() + timeout
     while not (workdir / "ready").exists():
         if worker.poll() is not None or asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"faust worker not ready: {_stop(worker)}")
+            raise AssertionError(f"faust worker not ready: {stop_process(worker)}")
         await asyncio.sleep(0.1)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> str:
-    """Stop the worker and return its output's tail; "" when it was already stopped and read
-    (``_wait_ready`` stops it to report, then the test's ``finally`` comes here again)."""
-    if proc.stdout is None or proc.stdout.closed:
-        return ""
-    with contextlib.suppress(ProcessLookupError):  # it may have exited on its own
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        out, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-    return out.decode(errors="replace")[-3000:]
 
 
 async def test_table_recovers_from_changelog_after_restart(
@@ -101,7 +86,7 @@ async def test_table_recovers_from_changelog_after_restart(
         await _produce(servers.kafka_bootstrap, src, keys)
         first = await _read_counts(servers.kafka_bootstrap, out, len(keys), worker)
     finally:
-        log1 = _stop(worker)
+        log1 = stop_process(worker)
     assert len(first) == len(keys), log1
     assert {k: max(v for kk, v in first if kk == k) for k in "abc"} == {"a": 10, "b": 7, "c": 3}
 
@@ -113,6 +98,6 @@ async def test_table_recovers_from_changelog_after_restart(
         await _produce(servers.kafka_bootstrap, src, ["a", "b", "c", "d"])
         both = await _read_counts(servers.kafka_bootstrap, out, len(keys) + 4, worker)
     finally:
-        log2 = _stop(worker)
+        log2 = stop_process(worker)
     assert len(both) == len(keys) + 4, log2
     assert dict(both[len(keys):]) == {"a": 11, "b": 8, "c": 4, "d": 1}

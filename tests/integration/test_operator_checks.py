@@ -11,28 +11,28 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from click.testing import CliRunner
 
 from router_stream.adapters import postgres as pg
 from router_stream.adapters.topics import apply_topics
-from router_stream.cli import _register, cli
 from router_stream.config import CONTROL, SIGNALS
-
-from .test_worker import DESTINATIONS, POLICY, fetch, prepare, produce, signal, wait_for, worker
+from tests.support.cli import invoke
+from tests.support.policies import edited
+from tests.support.worker import (
+    DESTINATIONS,
+    POLICY,
+    fetch,
+    prepare,
+    produce,
+    signal,
+    wait_for,
+    worker,
+)
 
 pytestmark = pytest.mark.integration
 
 
-def _invoke(settings, *args: str):
-    _register()
-    env = {"ROUTER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-           "ROUTER_DATABASE_URL": settings.database_url.get_secret_value(),
-           "ROUTER_TOPIC_PREFIX": settings.topic_prefix}
-    return CliRunner().invoke(cli, list(args), env=env)
-
-
 async def _cli(settings, *args: str):
-    return await asyncio.to_thread(_invoke, settings, *args)
+    return await asyncio.to_thread(invoke, settings, *args)
 
 
 def _one_line_error(result) -> str:
@@ -114,8 +114,8 @@ async def test_worker_refuses_control_naming_unknown_destination_or_missing_topi
         no_topic = {"type": "override_set", "override_id": "o-no-topic", "action":
                     "force_destination", "kind": "alert", "destinations": ["webhook"],
                     "expires_at": expires}
-        new_dest = POLICY.replace("  desk-b: {}\n", "  desk-b: {}\n  desk-c: {}\n").replace(
-            "destinations: [desk-a, desk-b]", "destinations: [desk-a, desk-b, desk-c]")
+        new_dest = edited(POLICY, {"routes.ticket.destinations": ["desk-a", "desk-b", "desk-c"]},
+                          add={"destinations.desk-c": {}})
         publish = {"type": "policy_publish", "version": "v2", "policy_yaml": new_dest,
                    "issued_by": "test"}
         await produce(s, CONTROL, [(None, orjson.dumps(c)) for c in (unknown, no_topic, publish)])

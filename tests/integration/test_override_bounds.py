@@ -7,44 +7,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
-import asyncpg
 import pytest
-from click.testing import CliRunner, Result
 
 import router_stream.cli.override  # noqa: F401  (registers `override`)
-from router_stream.adapters import postgres as pg
 from router_stream.adapters.kafka_io import read_records
-from router_stream.cli import cli
 from router_stream.config import CONTROL, Settings
+from tests.support.cli import run_cli
 
 pytestmark = pytest.mark.integration
 
 
-def _invoke(settings: Settings, *args: str) -> Result:
-    env = {"ROUTER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-           "ROUTER_DATABASE_URL": settings.database_url.get_secret_value(),
-           "ROUTER_TOPIC_PREFIX": settings.topic_prefix}
-    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
-
-
-async def run_cli(settings: Settings, *args: str) -> Result:
-    return await asyncio.to_thread(_invoke, settings, *args)
-
-
-@pytest.fixture
-async def migrated(settings: Settings) -> asyncpg.Connection:
-    conn = await pg.connect(settings)
-    await pg.migrate(conn)
-    yield conn
-    await conn.close()
-
-
 @pytest.mark.parametrize("ttl", ["99999999d", "366d", "53w", "1e9s", "99999999999999999999w"])
 async def test_a_ttl_beyond_365d_is_refused_in_one_line_and_nothing_is_sent(
-    settings: Settings, topic_factory, migrated, ttl: str
+    settings: Settings, topic_factory, db, ttl: str
 ):
     await topic_factory(CONTROL)
     result = await run_cli(settings, "override", "set", "--kind", "alert", "--destination",
@@ -53,21 +30,21 @@ async def test_a_ttl_beyond_365d_is_refused_in_one_line_and_nothing_is_sent(
     assert result.output.count("\n") == 1, result.output
     assert "at most 365d" in result.output or "not a duration" in result.output
     assert [r async for r in read_records(settings, settings.topic(CONTROL), until_end=True)] == []
-    assert await migrated.fetchval("SELECT count(*) FROM routing_overrides") == 0
+    assert await db.fetchval("SELECT count(*) FROM routing_overrides") == 0
 
 
-async def test_365d_is_accepted(settings: Settings, topic_factory, migrated):
+async def test_365d_is_accepted(settings: Settings, topic_factory, db):
     await topic_factory(CONTROL)
     result = await run_cli(settings, "override", "set", "--drain", "pagerduty", "--ttl", "365d")
     assert result.exit_code == 0, result.output
 
 
 async def test_stored_out_of_range_expiries_are_listed_not_crashed_on(
-    settings: Settings, topic_factory, migrated
+    settings: Settings, topic_factory, db
 ):
     await topic_factory(CONTROL)
     # what the unbounded --ttl wrote, and what a hand-made row can hold
-    await migrated.execute(
+    await db.execute(
         "INSERT INTO routing_overrides (id, override_kind, target, expires_at) VALUES"
         " ('far', 'drain', 'email', now() + interval '99999999 days'),"
         " ('forever', 'drain', 'sms', 'infinity'),"

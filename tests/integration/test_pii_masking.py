@@ -35,9 +35,8 @@ from router_stream.config import DLQ, SIGNALS, Settings
 from router_stream.dlq.filters import DlqFilter
 from router_stream.dlq.replay import replay_dlq
 from router_stream.worker.logs import JsonFormatter
-
-from .test_dlq import run_cli
-from .test_worker import fetch, prepare, produce, read_all, worker
+from tests.support.cli import run_cli
+from tests.support.worker import fetch, prepare, produce, read_all, worker
 
 pytestmark = pytest.mark.integration
 

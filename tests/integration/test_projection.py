@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from router_stream.config import DECISIONS, DLQ, EVENTS, SIGNALS
 from router_stream.core.events import PolicyVersionEvent, TrustSnapshotEvent, encode_event
-from tests.integration.test_worker import POLICY, fetch, prepare, produce, signal, worker
+from tests.support.worker import POLICY, fetch, prepare, produce, signal, worker
 
 pytestmark = pytest.mark.integration
 

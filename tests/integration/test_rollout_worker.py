@@ -11,8 +11,7 @@ import pytest
 import yaml
 
 from router_stream.config import CONTROL, SIGNALS, SOURCE_HEALTH
-
-from .test_worker import POLICY, fetch, prepare, produce, read_all, signal, wait_for, worker
+from tests.support.worker import POLICY, fetch, prepare, produce, read_all, signal, wait_for, worker
 
 pytestmark = pytest.mark.integration
 

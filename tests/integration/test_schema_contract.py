@@ -9,17 +9,12 @@ operator commands published the way the CLI publishes them, a worker with ROUTER
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
 
 from router_stream.adapters.control import send_control
 from router_stream.adapters.topics import apply_topics
@@ -33,7 +28,6 @@ from router_stream.config import (
     SIGNALS,
     SOURCE_HEALTH,
     WORKERS,
-    Settings,
 )
 from router_stream.core.models import (
     BreakerForce,
@@ -43,10 +37,11 @@ from router_stream.core.models import (
     PolicyReload,
 )
 from router_stream.worker import RouterWorker
+from tests.support.schemas import SCHEMAS, schema_errors
+from tests.support.worker import produce, read_all
 
 pytestmark = pytest.mark.integration
 
-SCHEMAS = Path(__file__).resolve().parents[2] / "topics" / "schemas"
 DESTINATIONS = ["pager", "slack", "email", "a", "b", "metrics"]
 POLICY = """
 name: contract
@@ -61,23 +56,6 @@ routes:
   observation: {strategy: consensus, destinations: [metrics]}
 defaults: {unclassified: dlq, unrouted: dlq}
 """
-
-
-def _registry() -> Registry:
-    resources = []
-    for path in SCHEMAS.glob("*.schema.json"):
-        schema = json.loads(path.read_text())
-        resources.append((schema["$id"], Resource.from_contents(schema)))
-    return Registry().with_resources(resources)
-
-
-REGISTRY = _registry()
-
-
-def errors(schema_file: str, instance: Any) -> list[str]:
-    schema = json.loads((SCHEMAS / schema_file).read_text())
-    return [e.message for e in Draft202012Validator(schema, registry=REGISTRY)
-            .iter_errors(instance)]
 
 
 def signals(now_ms: int) -> list[bytes]:
@@ -106,36 +84,6 @@ def commands() -> list[Any]:
         BreakerForce(target="b", state="closed", reason="contract test"),
         BreakerReset(target="b"),
     ]
-
-
-async def produce(s: Settings, logical: str, records: list[tuple[bytes | None, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap)
-    await producer.start()
-    try:
-        for key, value in records:
-            await producer.send_and_wait(s.topic(logical), value, key=key)
-    finally:
-        await producer.stop()
-
-
-async def read_all(s: Settings, topic: str) -> list[Any]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out: list[Any] = []
-        deadline = time.monotonic() + 30
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            assert time.monotonic() < deadline, f"reading {topic} timed out"
-            for rs in (await consumer.getmany(timeout_ms=200)).values():
-                out.extend(r for r in rs if r.offset < ends[TopicPartition(r.topic, r.partition)])
-        return out
-    finally:
-        await consumer.stop()
 
 
 async def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
@@ -194,7 +142,7 @@ async def test_every_record_of_a_worker_run_validates_against_its_schema(setting
     checked: Counter[str] = Counter()
 
     def check(schema: str, instance: Any) -> None:
-        assert errors(schema, instance) == [], (schema, instance)
+        assert schema_errors(schema, instance) == [], (schema, instance)
         checked[schema] += 1
 
     for r in await read_all(s, s.topic(SIGNALS)):

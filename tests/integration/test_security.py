@@ -271,11 +271,6 @@ def test_postgres_with_an_untrusted_certificate_fails_with_one_line(secure_stack
 # --- the worker -----------------------------------------------------------------------------
 
 
-def _worker_available() -> bool:
-    return (REPO / "router_stream" / "cli" / "worker.py").exists()
-
-
-@pytest.mark.skipif(not _worker_available(), reason="router-stream worker does not exist yet")
 def test_worker_connects_serves_metrics_and_exits_when_idle(secure_stack: SecureStack, prefix):
     assert secure_stack.run("topics", "apply", "--policy", str(POLICY), env=prefix).returncode == 0
     assert secure_stack.run("db", "migrate", env=prefix).returncode == 0
@@ -323,7 +318,6 @@ def _read_until_started(proc: subprocess.Popen[str], deadline: float) -> tuple[s
         return response.read().decode(), lines
 
 
-@pytest.mark.skipif(not _worker_available(), reason="router-stream worker does not exist yet")
 def test_worker_with_a_wrong_password_stops_with_one_error_line(secure_stack: SecureStack, prefix):
     result = secure_stack.run("worker", "--exit-when-idle", "1", "--http-port", "0", env=prefix | {
         "ROUTER_KAFKA_SASL_PASSWORD": WRONG, "ROUTER_POLICY_FILE": str(POLICY)})

@@ -13,7 +13,7 @@ from router_stream import tracing
 from router_stream.config import SIGNALS
 from router_stream.dlq.filters import DlqFilter
 from router_stream.dlq.replay import replay_dlq
-from tests.integration.test_worker import prepare, produce, signal, worker
+from tests.support.worker import prepare, produce, signal, worker
 
 pytestmark = pytest.mark.integration
 

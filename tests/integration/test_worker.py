@@ -9,158 +9,35 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from router_stream.adapters import postgres as pg
 from router_stream.adapters.topics import apply_topics
-from router_stream.config import CONTROL, DLQ, SIGNALS, SOURCE_HEALTH, Settings
-from router_stream.worker import Backoff, RouterWorker
+from router_stream.config import CONTROL, DLQ, SIGNALS, SOURCE_HEALTH
+from router_stream.worker import RouterWorker
 from router_stream.worker.hotpath import PIPELINE_DEPTH
+from tests.support.policies import edited
+from tests.support.worker import (
+    DESTINATIONS,
+    POLICY,
+    POLICY_V2,
+    SimulatedCrash,
+    counts,
+    crash_after,
+    fetch,
+    mixed_signals,
+    prepare,
+    produce,
+    read_all,
+    signal,
+    wait_for,
+    worker,
+)
 
 pytestmark = pytest.mark.integration
-
-POLICY = """
-name: worker-test
-breaker: {failure_threshold: 3, cooldown_s: 600, max_cooldown_s: 600}
-destinations:
-  pager: {}
-  slack: {}
-  email: {}
-  webhook: {}
-  desk-a: {}
-  desk-b: {}
-classify:
-  - name: alerts
-    when: {field: payload.severity, in: [critical, high]}
-    kind: alert
-  - name: notifications
-    when: {field: payload.channel_hint, exists: true}
-    kind: notification
-  - name: tickets
-    when: {field: payload.type, equals: ticket}
-    kind: ticket
-routes:
-  alert:
-    strategy: first_healthy
-    tiers: [[pager], [slack], [email]]
-  notification:
-    strategy: fanout
-    destinations: [email, webhook]
-  ticket:
-    strategy: weighted
-    destinations: [desk-a, desk-b]
-defaults: {unclassified: dlq, unrouted: dlq}
-tenants:
-  default: {rate: 100000, burst: 100000}
-  tiny: {rate: 1, burst: 5}
-"""
-DESTINATIONS = ["pager", "slack", "email", "webhook", "desk-a", "desk-b"]
-FAST = Backoff(base_s=0.05, cap_s=0.5, attempt_timeout_s=10)
-
-
-# --- helpers (imported by the other worker test modules) ---------------------------------------
-
-
-async def prepare(settings: Settings, tmp_path: Path, policy: str = POLICY) -> Settings:
-    """Policy file, topics (as topics.yaml declares them) and a migrated database."""
-    path = tmp_path / "policy.yaml"
-    path.write_text(policy)
-    s = settings.model_copy(update={"policy_file": str(path)})
-    await apply_topics(s, DESTINATIONS)
-    await pg.migrate_database(s)
-    return s
-
-
-async def produce(settings: Settings, logical: str, values: list[tuple[bytes | None, bytes]],
-                  headers: list[tuple[str, bytes]] | None = None) -> list[tuple[int, int]]:
-    """Produce (key, value) pairs; returns each record's (partition, offset)."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5,
-                                max_batch_size=256 * 1024)
-    await producer.start()
-    try:
-        futs = [await producer.send(settings.topic(logical), v, key=k, headers=headers)
-                for k, v in values]
-        metas = await asyncio.gather(*futs)
-    finally:
-        await producer.stop()
-    return [(m.partition, m.offset) for m in metas]
-
-
-async def read_all(settings: Settings, topic: str) -> list[Any]:
-    """Every record currently in a topic (all partitions, up to the end offsets)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out: list[Any] = []
-        deadline = time.monotonic() + 30
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            assert time.monotonic() < deadline, f"reading {topic} timed out"
-            for rs in (await consumer.getmany(timeout_ms=200)).values():
-                out.extend(r for r in rs if r.offset < ends[TopicPartition(r.topic, r.partition)])
-        return out
-    finally:
-        await consumer.stop()
-
-
-async def fetch(settings: Settings, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(settings.database_url.get_secret_value())
-    try:
-        return await conn.fetch(sql, *args)
-    finally:
-        await conn.close()
-
-
-def worker(settings: Settings, **kwargs: Any) -> RouterWorker:
-    kwargs.setdefault("backoff", FAST)
-    return RouterWorker(settings, **kwargs)
-
-
-def signal(i: int, **fields: Any) -> bytes:
-    body = {"signal_id": f"s-{i}", "sender_id": f"svc-{i % 7}", **fields}
-    return orjson.dumps(body)
-
-
-def mixed_signals(n: int) -> list[tuple[bytes, bytes, str]]:
-    """(key, value, expected) — expected is a kind or a DLQ reason (or "tiny": either)."""
-    now_ms = int(time.time() * 1000)
-    out: list[tuple[bytes, bytes, str]] = []
-    for i in range(n):
-        key = f"svc-{i % 7}".encode()
-        match i % 10:
-            case 0 | 1 | 2:
-                out.append((key, signal(i, payload={"severity": "critical"}), "alert"))
-            case 3 | 4:
-                out.append((key, signal(i, payload={"channel_hint": "x", "tags": ["user"]}),
-                            "notification"))
-            case 5:
-                out.append((key, signal(i, payload={"type": "ticket"}), "ticket"))
-            case 6:
-                out.append((key, b'{"signal_id": "s-%d", "sender_id": ' % i, "invalid_json"))
-            case 7:
-                out.append((key, orjson.dumps({"signal_id": f"s-{i}", "payload": {}}),
-                            "invalid_signal"))
-            case 8:
-                out.append((key, signal(i, payload={"something": "else"}), "unclassified"))
-            case _ if (i // 10) % 2 == 0:
-                out.append((key, signal(i, payload={"severity": "high"}, ts=now_ms - 3_600_000,
-                                        ttl_ms=1000), "expired"))
-            case _:
-                out.append((key, signal(i, tenant="tiny", payload={"severity": "high"}), "tiny"))
-    return out
-
-
-# --- tests -------------------------------------------------------------------------------------
 
 
 async def test_ten_thousand_mixed_signals_each_decided_or_dead_lettered_once(settings, tmp_path):
@@ -244,24 +121,6 @@ def coord_index(inputs: list[tuple[bytes, bytes, str]], value: bytes) -> int:
     return int(orjson.loads(value)["signal_id"].split("-")[1])
 
 
-class SimulatedCrash(RuntimeError):
-    """Raised from a commit-step hook: the worker dies there, as on a kill."""
-
-
-def crash_after(step: str):
-    async def hook(current: str, result: Any) -> None:
-        if current == step:
-            raise SimulatedCrash(f"crash after {step}")
-    return hook
-
-
-async def counts(s: Settings) -> tuple[int, int, int]:
-    rows = await fetch(s, "SELECT (SELECT count(*) FROM routing_decisions) AS d,"
-                          " (SELECT count(DISTINCT signal_id) FROM routing_decisions) AS u,"
-                          " (SELECT count(*) FROM dlq_entries) AS q")
-    return rows[0]["d"], rows[0]["u"], rows[0]["q"]
-
-
 @pytest.mark.parametrize("step", ["decided", "produced"])
 async def test_crash_between_commit_steps_reprocesses_without_loss_or_duplicate_rows(
     settings, tmp_path, step, project_to_idle
@@ -330,19 +189,6 @@ async def test_a_postgres_outage_pauses_the_projection_never_routing(
     assert retries == len(failures)
 
 
-async def wait_for(predicate: Any, timeout: float, what: str) -> float:
-    """Poll ``predicate`` (sync or async) every 20 ms; returns the seconds it took."""
-    started = time.monotonic()
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return time.monotonic() - started
-        assert time.monotonic() - started < timeout, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 async def test_breaker_opens_on_failing_health_and_traffic_moves_to_next_tier(settings, tmp_path):
     s = await prepare(settings, tmp_path)
     w = worker(s)
@@ -379,9 +225,6 @@ async def test_breaker_opens_on_failing_health_and_traffic_moves_to_next_tier(se
     assert [tuple(t) for t in transitions] == [("pager", "closed", "open")]
 
 
-POLICY_V2 = POLICY.replace("tiers: [[pager], [slack], [email]]", "tiers: [[email]]")
-
-
 async def test_policy_publish_switches_both_workers_and_a_bad_policy_is_rejected(
     settings, tmp_path
 ):
@@ -402,7 +245,7 @@ async def test_policy_publish_switches_both_workers_and_a_bad_policy_is_rejected
                        "both workers on the new policy")
 
         bad = {"type": "policy_publish", "version": "v3", "issued_by": "test",
-               "policy_yaml": POLICY_V2.replace("strategy: fanout", "strategy: nonsense")}
+               "policy_yaml": edited(POLICY_V2, {"routes.notification.strategy": "nonsense"})}
         await produce(s, CONTROL, [(None, orjson.dumps(bad))])
         await asyncio.sleep(0.5)
         assert all(w.engine.policy_version == new for w in workers)

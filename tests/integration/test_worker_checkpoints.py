@@ -22,8 +22,7 @@ from router_stream.config import CONTROL, OUTCOMES, SIGNALS, SOURCE_HEALTH
 from router_stream.core.checkpoint import export_state, restore_state
 from router_stream.core.models import Outcome
 from router_stream.worker.policy_source import compile_policy_text
-
-from .test_worker import POLICY_V2, fetch, prepare, produce, signal, wait_for, worker
+from tests.support.worker import POLICY_V2, fetch, prepare, produce, signal, wait_for, worker
 
 pytestmark = pytest.mark.integration
 

@@ -28,22 +28,23 @@ from click.testing import CliRunner, Result
 from router_stream.cli import _register, cli
 from router_stream.config import SIGNALS, Settings
 from router_stream.worker import RouterWorker
-from tests.integration.test_worker import (
+from tests.support.policies import edited
+from tests.support.worker import (
     POLICY,
     counts,
     mixed_signals,
     prepare,
     produce,
+    start_worker,
+    wait_exit,
     wait_for,
     worker,
 )
-from tests.integration.test_worker_process import start_worker, wait_exit
 
 pytestmark = pytest.mark.integration
 
 INTERVAL_S = 1.0
-POLICY_V2 = POLICY.replace("name: worker-test", "name: worker-test-v2").replace(
-    "failure_threshold: 3", "failure_threshold: 4")
+POLICY_V2 = edited(POLICY, {"name": "worker-test-v2", "breaker.failure_threshold": 4})
 
 
 def cli_env(s: Settings, **extra: str) -> dict[str, str]:

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from router_stream.config import SIGNALS
-from tests.integration.test_worker import (
+from tests.support.policies import edited
+from tests.support.worker import (
     POLICY,
     counts,
     prepare,
@@ -25,17 +26,14 @@ from tests.integration.test_worker import (
 
 pytestmark = pytest.mark.integration
 
-EVIL_RULE = """classify:
-  - name: evil
-    when: {field: payload.text, regex: "^(a+)+$"}
-    kind: alert
-"""
+EVIL_RULE = {"name": "evil", "when": {"field": "payload.text", "regex": "^(a+)+$"},
+             "kind": "alert"}
 
 
 async def test_a_catastrophic_pattern_is_decided_while_livez_keeps_answering(settings, tmp_path):
     import aiohttp
 
-    s = await prepare(settings, tmp_path, POLICY.replace("classify:\n", EVIL_RULE, 1))
+    s = await prepare(settings, tmp_path, edited(POLICY, add={"classify[0]": EVIL_RULE}))
     lengths = [*range(24, 41, 2), 10_000]
     crafted = [(b"k", signal(i, payload={"text": "a" * n + "!"})) for i, n in enumerate(lengths)]
     matching = [(b"k", signal(100 + i, payload={"text": "a" * n}))

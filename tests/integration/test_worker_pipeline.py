@@ -19,9 +19,9 @@ import pytest
 from router_stream.adapters.topics import apply_topics
 from router_stream.config import DLQ, SIGNALS, Settings
 from router_stream.worker import RouterWorker
-from tests.integration.test_worker import (
+from router_stream.worker.hotpath import PIPELINE_DEPTH
+from tests.support.worker import (
     DESTINATIONS,
-    PIPELINE_DEPTH,
     POLICY,
     SimulatedCrash,
     counts,

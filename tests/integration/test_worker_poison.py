@@ -16,8 +16,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from router_stream.adapters.topics import load_declarations
 from router_stream.config import DECISIONS, DLQ, SIGNALS, Settings
-
-from .test_worker import fetch, prepare, produce, read_all, signal, wait_for, worker
+from tests.support.worker import fetch, prepare, produce, read_all, signal, wait_for, worker
 
 pytestmark = pytest.mark.integration
 

@@ -7,49 +7,25 @@ drain cannot hide a loss — it only makes the end state deterministic.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from router_stream.config import SIGNALS, Settings
-from tests.integration.test_worker import counts, mixed_signals, prepare, produce, wait_for, worker
+from tests.support.worker import (
+    counts,
+    mixed_signals,
+    prepare,
+    produce,
+    start_worker,
+    wait_exit,
+    wait_for,
+    worker,
+)
 
 pytestmark = pytest.mark.integration
-
-
-def start_worker(s: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    env = os.environ | {
-        "ROUTER_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
-        "ROUTER_DATABASE_URL": s.database_url.get_secret_value(),
-        "ROUTER_TOPIC_PREFIX": s.topic_prefix,
-        "ROUTER_GROUP_ID": s.group_id,
-        "ROUTER_POLICY_FILE": str(s.policy_file),
-        "ROUTER_HTTP_PORT": "0",
-        "ROUTER_BATCH_MAX": "200",
-        "ROUTER_WORKER_PERSIST": str(s.worker_persist).lower(),  # rows to watch
-    }
-    return subprocess.Popen(
-        [sys.executable, "-c", "from router_stream.cli import main; main()", "worker", *args],
-        env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-async def wait_exit(
-    proc: subprocess.Popen[bytes], timeout: float, log: Path | None = None
-) -> int:
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None:
-        if time.monotonic() > deadline:
-            proc.kill()
-            tail = log.read_text()[-6000:] if log is not None else ""
-            raise AssertionError(f"worker {proc.pid} did not exit within {timeout}s\n{tail}")
-        await asyncio.sleep(0.05)
-    return proc.returncode
 
 
 def inputs_without_rate_limits(n: int) -> list[tuple[bytes, bytes, str]]:

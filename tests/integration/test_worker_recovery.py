@@ -11,19 +11,23 @@ import orjson
 import pytest
 
 from router_stream.config import SIGNALS, SOURCE_HEALTH
-
-from .test_worker import POLICY, fetch, prepare, produce, signal, wait_for, worker
+from tests.support.policies import edited
+from tests.support.worker import (
+    POLICY,
+    POLICY_V2,
+    fetch,
+    prepare,
+    produce,
+    signal,
+    wait_for,
+    worker,
+)
 
 pytestmark = pytest.mark.integration
 
 
-def _policy(cooldown_s: float, retry: str) -> str:
-    return (POLICY
-            .replace("breaker: {failure_threshold: 3, cooldown_s: 600, max_cooldown_s: 600}",
-                     f"breaker: {{failure_threshold: 3, cooldown_s: {cooldown_s}, "
-                     "max_cooldown_s: 600}")
-            .replace("    tiers: [[pager], [slack], [email]]",
-                     f"    tiers: [[pager], [slack], [email]]\n    retry: {retry}"))
+def _policy(cooldown_s: float, retry: dict[str, int]) -> str:
+    return edited(POLICY, {"breaker.cooldown_s": cooldown_s}, add={"routes.alert.retry": retry})
 
 
 def _health(dest: str, ok: bool, i: int = 0) -> tuple[bytes, bytes]:
@@ -36,7 +40,7 @@ async def _fail(s, dests: list[str]) -> None:
 
 
 async def test_breaker_returns_to_the_primary_after_cooldown_and_a_healthy_probe(settings, tmp_path):
-    s = await prepare(settings, tmp_path, _policy(1, "{max_attempts: 0}"))
+    s = await prepare(settings, tmp_path, _policy(1, {"max_attempts": 0}))
     w = worker(s)
     await w.start()
     runner = asyncio.create_task(w.run())
@@ -68,7 +72,7 @@ async def test_breaker_returns_to_the_primary_after_cooldown_and_a_healthy_probe
 
 
 async def test_parked_signals_are_dlqd_as_retries_exhausted_with_their_origin(settings, tmp_path):
-    s = await prepare(settings, tmp_path, _policy(600, "{max_attempts: 2, delay_ms: 200}"))
+    s = await prepare(settings, tmp_path, _policy(600, {"max_attempts": 2, "delay_ms": 200}))
     w = worker(s)
     await w.start()
     runner = asyncio.create_task(w.run())
@@ -98,7 +102,7 @@ async def test_parked_signals_are_dlqd_as_retries_exhausted_with_their_origin(se
 
 
 async def test_parked_signals_are_routed_once_a_destination_recovers(settings, tmp_path):
-    s = await prepare(settings, tmp_path, _policy(1, "{max_attempts: 5, delay_ms: 1500}"))
+    s = await prepare(settings, tmp_path, _policy(1, {"max_attempts": 5, "delay_ms": 1500}))
     w = worker(s)
     await w.start()
     runner = asyncio.create_task(w.run())
@@ -136,8 +140,6 @@ async def test_policy_publish_in_history_is_replayed_with_info_logging(settings,
     from router_stream.config import CONTROL
     from router_stream.worker.logs import configure_json_logging
     from router_stream.worker.policy_source import compile_policy_text
-
-    from .test_worker import POLICY_V2
 
     s = await prepare(settings, tmp_path)
     publish = {"type": "policy_publish", "version": "v2", "policy_yaml": POLICY_V2,

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from router_stream.core.checkpoint import CheckpointRefused, export_state, restore_state
 from router_stream.core.engine import RouterEngine
 from router_stream.core.models import BreakerForce, HealthEvent, Outcome, OverrideSet
-from tests.unit.test_engine import NOW, Rec, ms, policy, sig
+from tests.support.engine import NOW, Rec, ms, policy, sig
 
 TARGETS = ["pager", "slack", "email", "a", "b", "c", "src-1", "src-2"]
 

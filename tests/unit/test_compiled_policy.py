@@ -13,16 +13,26 @@ from router_stream.cli import _register, cli
 from router_stream.core.compiled import load_compiled
 from router_stream.core.engine import RouterEngine
 from router_stream.core.policy import load_policy
+from tests.support.engine import NOW, Rec
+from tests.support.policies import edited
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "policy.yaml"
-NOW = 1_800_000_000.0
 
 
-class Rec:
-    def __init__(self, value: bytes, offset: int = 0) -> None:
-        self.value, self.offset, self.key = value, offset, b"k"
-        self.topic, self.partition, self.timestamp = "signals", 0, int(NOW * 1000)
-        self.headers: list[tuple[str, bytes]] = []
+def test_the_core_reads_the_policy_sections_themselves():
+    """One definition: trust and bandit settings are the sections; breaker and consensus
+    configs carry every field of theirs, plus the core's own settings at their defaults."""
+    text = EXAMPLE.read_text()
+    compiled = load_compiled(text, str(EXAMPLE))
+    policy = load_policy(text, str(EXAMPLE))
+    assert compiled.trust_params == policy.trust
+    assert compiled.trust_weights == policy.trust.weights
+    assert compiled.routes["notification"].bandit == policy.routes["notification"].bandit
+    assert asdict(compiled.breaker) == {**asdict(policy.breaker), "window_buckets": 12}
+    consensus = compiled.routes["observation"].consensus
+    section = policy.routes["observation"].consensus
+    assert consensus is not None and section is not None
+    assert asdict(consensus) == {**asdict(section), "scale_floor": 1e-9}
 
 
 def test_example_policy_compiles_and_routes_each_kind():
@@ -48,22 +58,6 @@ def test_example_policy_compiles_and_routes_each_kind():
     assert result.decisions[0].policy_version == compiled.version
 
 
-def test_the_core_reads_the_policy_sections_themselves():
-    """One definition: trust and bandit settings are the sections; breaker and consensus
-    configs carry every field of theirs, plus the core's own settings at their defaults."""
-    text = EXAMPLE.read_text()
-    compiled = load_compiled(text, str(EXAMPLE))
-    policy = load_policy(text, str(EXAMPLE))
-    assert compiled.trust_params == policy.trust
-    assert compiled.trust_weights == policy.trust.weights
-    assert compiled.routes["notification"].bandit == policy.routes["notification"].bandit
-    assert asdict(compiled.breaker) == {**asdict(policy.breaker), "window_buckets": 12}
-    consensus = compiled.routes["observation"].consensus
-    section = policy.routes["observation"].consensus
-    assert consensus is not None and section is not None
-    assert asdict(consensus) == {**asdict(section), "scale_floor": 1e-9}
-
-
 def test_policy_cli_validate_exit_codes(tmp_path: Path):
     _register()
     runner = CliRunner()
@@ -71,7 +65,7 @@ def test_policy_cli_validate_exit_codes(tmp_path: Path):
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.output)["valid"] is True
     bad = tmp_path / "bad.yaml"
-    bad.write_text(EXAMPLE.read_text().replace("strategy: thompson", "strategy: telepathy"))
+    bad.write_text(edited(EXAMPLE.read_text(), {"routes.notification.strategy": "telepathy"}))
     res = runner.invoke(cli, ["policy", "validate", str(bad), "--json"])
     assert res.exit_code == 1
     issues = json.loads(res.output)["issues"]
@@ -83,7 +77,7 @@ def test_policy_cli_validate_exit_codes(tmp_path: Path):
 def test_policy_cli_diff_names_the_change(tmp_path: Path):
     _register()
     changed = tmp_path / "new.yaml"
-    changed.write_text(EXAMPLE.read_text().replace("strategy: thompson", "strategy: ucb"))
+    changed.write_text(edited(EXAMPLE.read_text(), {"routes.notification.strategy": "ucb"}))
     res = CliRunner().invoke(cli, ["policy", "diff", str(EXAMPLE), str(changed)])
     assert res.exit_code == 0, res.output
     assert "~ routes.notification.strategy: thompson -> ucb" in res.output

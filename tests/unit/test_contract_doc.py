@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
 
 from router_stream.adapters.topics import load_declarations
 from router_stream.config import ROUTED_PREFIX
@@ -20,28 +18,11 @@ from router_stream.core.models import CONTROL_ADAPTER, DlqReason
 from router_stream.core.parsing import Rejection, parse_health, parse_outcome, parse_signal
 from router_stream.core.wire import DLQ_HEADERS
 from router_stream.worker.metrics import WorkerMetrics
+from tests.support.schemas import SCHEMAS, schema_errors
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = (ROOT / "docs" / "contract.md").read_text()
-SCHEMAS = ROOT / "topics" / "schemas"
 NOW_MS = 1_765_000_000_000
-
-
-def _registry() -> Registry:
-    resources = []
-    for path in SCHEMAS.glob("*.schema.json"):
-        schema = json.loads(path.read_text())
-        resources.append((schema["$id"], Resource.from_contents(schema)))
-    return Registry().with_resources(resources)
-
-
-REGISTRY = _registry()
-
-
-def _errors(schema_file: str, instance: Any) -> list[str]:
-    schema = json.loads((SCHEMAS / schema_file).read_text())
-    validator = Draft202012Validator(schema, registry=REGISTRY)
-    return [e.message for e in validator.iter_errors(instance)]
 
 
 EXAMPLES = re.findall(r"<!-- schema: ([\w.-]+) -->\n```json\n(.*?)\n```", CONTRACT, re.S)
@@ -67,7 +48,7 @@ def test_there_is_an_example_of_every_message_and_control_command() -> None:
 
 @pytest.mark.parametrize(("schema", "body"), EXAMPLES, ids=[s for s, _ in EXAMPLES])
 def test_each_example_is_valid_against_its_schema(schema: str, body: str) -> None:
-    assert _errors(schema, json.loads(body)) == []
+    assert schema_errors(schema, json.loads(body)) == []
 
 
 # decision, routed and heartbeat messages are written by the router: the schema is their check
@@ -92,7 +73,7 @@ def test_each_input_example_is_accepted_by_the_router(schema: str, body: str) ->
 
 def test_a_wrong_message_fails_the_schema() -> None:
     """The validation above can fail: a signal without sender_id does."""
-    assert _errors("signal.schema.json", {"signal_id": "x"}) != []
+    assert schema_errors("signal.schema.json", {"signal_id": "x"}) != []
 
 
 EXAMPLE_FILES = {"signals.jsonl": ("signal.schema.json", parse_signal),
@@ -106,7 +87,7 @@ def test_example_files_hold_valid_messages(name: str) -> None:
     lines = (ROOT / "examples" / name).read_text().splitlines()
     assert len(lines) >= 3
     for line in lines:
-        assert _errors(schema, json.loads(line)) == [], line
+        assert schema_errors(schema, json.loads(line)) == [], line
         kwargs: dict[str, Any] = {"now": NOW_MS / 1000} if parse is parse_signal else {}
         assert not isinstance(parse(line.encode(), record_ts_ms=NOW_MS, **kwargs), Rejection)
 

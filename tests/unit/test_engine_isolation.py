@@ -3,7 +3,7 @@ to the DLQ as ``processing_error`` and every other record of the batch is decide
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -15,22 +15,11 @@ from router_stream.core.engine import RouterEngine
 from router_stream.core.models import DlqEntry
 from router_stream.core.strategies import SELECTION_STRATEGIES
 from router_stream.core.trust import TrustParams, TrustWeights
+from tests.support.engine import NOW, Rec
 
-NOW = 1_800_000_000.0
 NUL_SIGNAL = (b'{"signal_id":"a\\u0000b","sender_id":"s","ts":1800000000000,'
               b'"payload":{"text":"refund"}}')
 NULL_HEADERS = [("x-trace", b"t1"), ("x-null", None)]
-
-
-@dataclass
-class Rec:
-    value: bytes | None
-    offset: int = 0
-    key: bytes | None = b"k"
-    topic: str = "signals"
-    partition: int = 0
-    timestamp: int = int(NOW * 1000)
-    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
 
 
 def _classify(signal):

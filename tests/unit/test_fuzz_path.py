@@ -12,7 +12,6 @@ routed value and decision serialises to JSON. ``make test`` runs a bounded numbe
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 import orjson
 import pytest
@@ -22,9 +21,9 @@ from hypothesis import strategies as st
 from router_stream.core.engine import RouterEngine
 from router_stream.core.wire import DLQ_HEADERS
 from router_stream.worker.policy_source import compile_policy_text
+from tests.support.engine import NOW, Rec
 
 EXAMPLES = int(os.environ.get("ROUTER_FUZZ_EXAMPLES", "150"))
-NOW = 1_800_000_000.0
 
 POLICY = """
 name: fuzz
@@ -50,17 +49,6 @@ defaults: {unclassified: dlq, unrouted: dlq}
 tenants:
   default: {rate: 1000000, burst: 1000000}
 """
-
-
-@dataclass
-class Rec:
-    value: bytes | None
-    offset: int
-    key: bytes | None = b"k"
-    topic: str = "signals"
-    partition: int = 0
-    timestamp: int = int(NOW * 1000)
-    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
 
 
 tried = {"examples": 0, "records": 0}

@@ -21,6 +21,7 @@ from router_stream.core.policy import (
     policy_version,
 )
 from router_stream.errors import PolicyError, UserError
+from tests.support.policies import replaced
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "policy.yaml"
 
@@ -121,7 +122,7 @@ def test_inline_candidate_rollout() -> None:
 
 
 def test_unrouted_default_allows_rule_kinds_without_routes() -> None:
-    load_policy(BASE.replace("kind: alert", "kind: page") + "defaults: {unrouted: alert}\n")
+    load_policy(replaced(BASE, ("kind: alert", "kind: page")) + "defaults: {unrouted: alert}\n")
 
 
 def test_policy_error_is_a_user_error() -> None:
@@ -242,10 +243,10 @@ def test_section_errors_name_path_reason_and_line(text: str, expected: str) -> N
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (BASE.replace("[slack, email]", "[slack, emial]"),
+        (replaced(BASE, ("[slack, email]", "[slack, emial]")),
          "routes.alert.tiers[1][1]: undeclared destination 'emial' (did you mean 'email'?)"
          " (line 14)"),
-        (BASE.replace("[slack, email]", "[slack, slack]"),
+        (replaced(BASE, ("[slack, email]", "[slack, slack]")),
          "routes.alert.tiers[1][1]: destination 'slack' appears more than once in this route"
          " (line 14)"),
         (BASE + "  other:\n    strategy: fanout\n",
@@ -258,10 +259,10 @@ def test_section_errors_name_path_reason_and_line(text: str, expected: str) -> N
          "routes.other.bandit: bandit parameters do not apply to strategy fanout (line 18)"),
         (BASE + "  other:\n    strategy: ucb\n    destinations: [pager]\n    consensus: {}\n",
          "routes.other.consensus: consensus parameters do not apply to strategy ucb (line 18)"),
-        (BASE.replace("kind: alert", "kind: page"),
+        (replaced(BASE, ("kind: alert", "kind: page")),
          "classify[0].kind: rule 'crit' produces kind 'page', which has no route (add"
          " routes.page or set defaults.unrouted) (line 8)"),
-        (BASE.replace("kind: alert", "kind: dlq"), "classify[0].kind: kind 'dlq' is reserved"
+        (replaced(BASE, ("kind: alert", "kind: dlq")), "classify[0].kind: kind 'dlq' is reserved"
          " (line 8)"),
         (BASE + "defaults:\n  unclassified: misc\n",
          "defaults.unclassified: kind 'misc' has no route (line 16)"),
@@ -280,8 +281,8 @@ def test_cross_section_errors_name_path_reason_and_line(text: str, expected: str
 
 
 def test_duplicate_rule_names() -> None:
-    text = BASE.replace("routes:", "  - name: crit\n    when: {field: kind, exists: true}\n"
-                                   "    kind: alert\nroutes:")
+    text = replaced(BASE, ("routes:", "  - name: crit\n    when: {field: kind, exists: true}\n"
+                                      "    kind: alert\nroutes:"))
     assert one_issue(text) == (
         "classify[1].name: duplicate rule name 'crit' (first used by classify[0]) (line 9)"
     )
@@ -330,7 +331,7 @@ def test_a_yaml_mistake_is_reported_at_its_own_line_not_where_the_parser_noticed
 
 
 def test_direct_construction_runs_the_cross_checks_too() -> None:
-    data = yaml.safe_load(BASE.replace("[slack, email]", "[slack, ghost]"))
+    data = yaml.safe_load(replaced(BASE, ("[slack, email]", "[slack, ghost]")))
     with pytest.raises(ValidationError, match="undeclared destination 'ghost'"):
         Policy.model_validate(data)
 
@@ -349,7 +350,7 @@ def test_version_format_and_sensitivity() -> None:
     version = policy_version(base)
     assert version.startswith("p-") and len(version) == 14
     assert policy_version(load_policy(BASE)) == version
-    changed = load_policy(BASE.replace("[slack, email]", "[email, slack]"))
+    changed = load_policy(replaced(BASE, ("[slack, email]", "[email, slack]")))
     assert policy_version(changed) != version  # tier order is behaviour
 
 
@@ -389,8 +390,8 @@ def test_version_is_stable_under_key_reordering(text: str) -> None:
 
 def test_diff_lines() -> None:
     a = load_policy(BASE + "tenants: {acme: {rate: 5}}\n")
-    text = (BASE.replace("first_healthy", "fanout").replace("capacity: 10", "capacity: 20")
-            .replace("  email: {capacity: 20}", "  email: {capacity: 20}\n  sms: {}"))
+    text = replaced(BASE, ("first_healthy", "fanout"), ("capacity: 10", "capacity: 20"),
+                    ("  email: {capacity: 20}", "  email: {capacity: 20}\n  sms: {}"))
     b = load_policy(text + "tenants: {beta: {rate: 1}}\n")
     lines = diff_policies(a, b)
     assert "~ routes.alert.strategy: first_healthy -> fanout" in lines
@@ -402,8 +403,8 @@ def test_diff_lines() -> None:
 
 
 def test_diff_matches_rules_by_name() -> None:
-    two = BASE.replace("routes:", "  - name: other\n    when: {field: kind, exists: true}\n"
-                                  "    kind: alert\nroutes:")
+    two = replaced(BASE, ("routes:", "  - name: other\n    when: {field: kind, exists: true}\n"
+                                     "    kind: alert\nroutes:"))
     a = load_policy(two)
     data = yaml.safe_load(two)
     data["classify"].reverse()

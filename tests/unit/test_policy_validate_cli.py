@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from router_stream.cli import _register, cli
+from tests.support.policies import replaced
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "policy.yaml"
 
@@ -53,9 +54,8 @@ def test_a_broken_policy_is_rejected_with_its_path(tmp_path: Path, mistake: str,
                                                    new: str, path: str) -> None:
     _register()
     text = EXAMPLE.read_text()
-    assert text.count(old) == 1, f"fixture drifted from examples/policy.yaml: {old!r}"
     broken = tmp_path / "broken.yaml"
-    broken.write_text(text.replace(old, new))
+    broken.write_text(replaced(text, (old, new)))
     runner = CliRunner()
 
     human = runner.invoke(cli, ["policy", "validate", str(broken)])

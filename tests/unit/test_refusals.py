@@ -3,7 +3,7 @@ as decided, and a DLQ record too large for router.dlq becomes a reference."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import orjson
 from aiokafka.errors import (
@@ -24,19 +24,7 @@ from router_stream.core.models import BreakerForce
 from router_stream.core.refusals import Refused, as_reference, output_at, settle_refusals
 from router_stream.core.trust import TrustParams, TrustWeights
 from router_stream.worker.produce_errors import TopicMissing, is_refusal
-
-NOW = 1_800_000_000.0
-
-
-@dataclass
-class Rec:
-    value: bytes | None
-    offset: int = 0
-    key: bytes | None = b"k"
-    topic: str = "signals"
-    partition: int = 0
-    timestamp: int = int(NOW * 1000)
-    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+from tests.support.engine import NOW, Rec
 
 
 def _policy() -> CompiledPolicy:

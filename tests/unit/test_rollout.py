@@ -15,16 +15,9 @@ from router_stream.core.compiled import load_compiled
 from router_stream.core.engine import RouterEngine
 from router_stream.core.models import HealthEvent, RolloutRollback
 from router_stream.core.rollout import RolloutMonitor, RolloutSpec, in_share
+from tests.support.engine import NOW, Rec
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "policy.yaml"
-NOW = 1_800_000_000.0
-
-
-class Rec:
-    def __init__(self, value: bytes, offset: int, key: bytes) -> None:
-        self.value, self.offset, self.key = value, offset, key
-        self.topic, self.partition, self.timestamp = "signals", 0, int(NOW * 1000)
-        self.headers: list[tuple[str, bytes]] = []
 
 
 def _policy_text(mode: str, fraction: float, alert_tiers: list[list[str]],
