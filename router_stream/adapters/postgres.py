@@ -34,6 +34,7 @@ import ssl
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -55,6 +56,7 @@ __all__ = [
     "MigrationError",
     "MigrationState",
     "connect",
+    "copy_decisions",
     "create_pool",
     "database_status",
     "decode_headers",
@@ -526,6 +528,26 @@ result (``value``, ``method``, ``sources_used``, ``outliers``) or None.
 async def insert_decisions(conn: asyncpg.Connection, rows: Sequence[Any]) -> int:
     """Write decision rows; a signal_id already present is skipped. Returns rows inserted."""
     return await _write(conn, _DECISIONS, rows)
+
+
+async def copy_decisions(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Write decision rows given as tuples of the columns' own types (``DECISION_COLUMNS``
+    order, timestamps as ``datetime``): COPY straight into ``routing_decisions``, and only when
+    a row is already there (a re-processed batch) through :func:`insert_decisions`. Same result,
+    without the staging table on the common path. Returns rows inserted."""
+    if not rows:
+        return 0
+    # In signal_id order, as insert_decisions: concurrent writers take the keys' locks in the
+    # same order, so one waits for the other instead of deadlocking.
+    ordered = sorted(rows, key=itemgetter(1))
+    with _unavailable_as_router_error("writing routing_decisions"):
+        try:
+            async with conn.transaction():
+                await conn.copy_records_to_table(
+                    _DECISIONS.name, records=ordered, columns=_DECISIONS.column_names)
+            return len(ordered)
+        except asyncpg.exceptions.UniqueViolationError:
+            return await insert_decisions(conn, ordered)
 
 
 def _headers_json(headers: Any) -> str | None:

@@ -59,6 +59,10 @@ def decision_from_json(value: bytes | None) -> Decision:
     if not isinstance(data, dict):
         raise ValueError("a decision record's value is not a JSON object")
     try:
+        return Decision(**data)
+    except TypeError:
+        pass  # a field this version does not know, or one missing
+    try:
         return Decision(**{k: v for k, v in data.items() if k in _DECISION_FIELDS})
     except TypeError as exc:
         raise ValueError(f"not a decision: {exc}") from exc
@@ -71,9 +75,10 @@ def input_key(d: Decision) -> str:
 
 def decision_row(d: Decision, redactor: Redactor = DEFAULT_REDACTOR,
                  tenants: dict[str, str] | None = None) -> tuple[Any, ...]:
-    """A decision in ``DECISION_COLUMNS`` order, its signal-supplied ids (``signal_id``,
-    ``tenant``) masked; ``tenants`` caches tenant masks. Everything else in a decision comes
-    from the policy or the router's state."""
+    """A decision in ``DECISION_COLUMNS`` order and the columns' own types (what
+    :func:`~router_stream.adapters.postgres.copy_decisions` copies as is), its signal-supplied
+    ids (``signal_id``, ``tenant``) masked; ``tenants`` caches tenant masks. Everything else in
+    a decision comes from the policy or the router's state."""
     state: dict[str, Any] = {"trust": d.trust, "breakers": d.breakers}
     for name in ("priority", "rule", "override_id"):
         value = getattr(d, name)
@@ -90,10 +95,9 @@ def decision_row(d: Decision, redactor: Redactor = DEFAULT_REDACTOR,
         if tenants is not None:
             tenants[d.tenant] = tenant
     return (d.decision_id, redactor.identifier(d.signal_id, "signal_id"), tenant, d.kind,
-            d.destinations, d.strategy,
-            None if d.tier is None else str(d.tier), d.policy_version, d.confidence, state,
-            consensus, d.input_topic, d.input_partition, d.input_offset, d.signal_ts,
-            d.decided_at)
+            d.destinations, d.strategy, d.tier, d.policy_version, float(d.confidence), state,
+            consensus, d.input_topic, d.input_partition, d.input_offset,
+            None if d.signal_ts is None else _epoch(d.signal_ts), _epoch(d.decided_at))
 
 
 def _epoch(value: float) -> datetime:

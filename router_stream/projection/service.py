@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -216,8 +217,8 @@ class Projection:
             kind = self._topics.get(record.topic)
             try:
                 if kind == "decisions":
-                    batch.decisions.append(
-                        (decision_from_json(record.value), position(record), record.timestamp))
+                    batch.add_decision(decision_from_json(record.value), position(record),
+                                       record.timestamp, self.redactor)
                 elif kind == "dlq":
                     row = dlq_row_from_record(record, self.redactor)
                     if row is None:
@@ -273,8 +274,8 @@ class Projection:
 
     def _account(self, records: Sequence[Any], report: WriteReport) -> None:
         self.projected += len(records)
-        for r in records:
-            self.metrics.records.labels(r.topic).inc()
+        for topic, n in Counter(r.topic for r in records).items():
+            self.metrics.records.labels(topic).inc(n)
         for table, n in report.written.items():
             self.metrics.rows.labels(table).inc(n)
         for s in report.skipped:

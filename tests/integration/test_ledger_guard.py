@@ -66,7 +66,7 @@ def _batch(records) -> ProjectionBatch:
     for r in records:
         at = f"{r.topic}/{r.partition}/{r.offset}"
         if r.topic.endswith("router.decisions"):
-            batch.decisions.append((decision_from_json(r.value), at, r.timestamp))
+            batch.add_decision(decision_from_json(r.value), at, r.timestamp, DEFAULT_REDACTOR)
         elif r.topic.endswith("router.dlq"):
             batch.dlq.append((dlq_row_from_record(r), at, r.timestamp))
     return batch

@@ -55,7 +55,7 @@ def test_a_decision_record_holds_every_column(kafka_log) -> None:
     back = decision_from_json(rec.value)
     assert back == d
     row = dict(zip(DECISION_COLUMNS, decision_row(back), strict=True))
-    assert row["signal_id"] == "s-1" and row["tier"] == "0"
+    assert row["signal_id"] == "s-1" and row["tier"] == 0
     assert row["state"] == {"trust": {"pager": 0.8}, "breakers": {"pager": "closed"},
                             "rule": "r1", "extra": {"replay_of": "x"}}
     assert row["consensus"]["method"] == "blend"
