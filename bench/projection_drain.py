@@ -88,6 +88,8 @@ async def run(records: int) -> dict[str, float]:
         started = time.monotonic()
         first: float | None = None
         await projection.start()
+        backends = await _backend_pids(admin_url, database)
+        cpu_before, pg_before = time.process_time(), _cpu_seconds(backends)
         while True:
             n = await projection.step()
             if n and first is None:
@@ -95,14 +97,43 @@ async def run(records: int) -> dict[str, float]:
             if not n and projection.projected >= records and await projection.caught_up():
                 break
         done = time.monotonic()
+        cpu, pg_cpu = time.process_time() - cpu_before, _cpu_seconds(backends) - pg_before
         await projection.stop()
         rows = sum(v for v in _rows(projection).values())
         assert first is not None
         return {"records": records, "rows": rows, "drain_s": done - first,
-                "rows_per_s": rows / (done - first), "with_startup_s": done - started}
+                "rows_per_s": rows / (done - first), "with_startup_s": done - started,
+                "projection_cpu_s": cpu, "postgres_cpu_s": pg_cpu,
+                # each side has a core of its own on an idle 2-core machine: the busier one
+                # bounds the drain (NaN when the server's processes cannot be read here)
+                "rows_per_cpu_bound_s": rows / max(cpu, pg_cpu)}
     finally:
         await delete_topics_with_prefix(bootstrap, s.topic_prefix)
         await _admin_sql(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+async def _backend_pids(admin_url: str, database: str) -> list[int]:
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", database)
+    finally:
+        await conn.close()
+    return [r["pid"] for r in rows]
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of the server processes ``pids`` (a local server); NaN if unreadable."""
+    ticks = 0
+    try:
+        for pid in pids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _rows(projection: Projection) -> dict[str, float]:
@@ -120,6 +151,9 @@ def main() -> None:
     result = asyncio.run(asyncio.wait_for(run(ap.parse_args().records), 110))
     print(f"projection drain: {result['rows']:,.0f} rows in {result['drain_s']:.2f}s = "
           f"{result['rows_per_s']:,.0f} rows/s ({result['with_startup_s']:.2f}s with start-up)")
+    print(f"CPU: projection {result['projection_cpu_s']:.2f}s, Postgres backends "
+          f"{result['postgres_cpu_s']:.2f}s -> {result['rows_per_cpu_bound_s']:,.0f} rows/s "
+          f"when each has a core; load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
