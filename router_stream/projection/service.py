@@ -32,12 +32,12 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from router_stream import tracing
 from router_stream.adapters import postgres as pg
 from router_stream.adapters.kafka_io import group_committed_to_end
+from router_stream.adapters.postgres.rows import decision_from_json, dlq_row_from_record
 from router_stream.config import DECISIONS, DLQ, EVENTS, Settings
 from router_stream.core.events import PolicyVersionEvent, decode_event
 from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
 from router_stream.errors import BrokerUnavailable, PolicyError, RouterError, TransientError
 from router_stream.projection.metrics import ProjectionMetrics
-from router_stream.projection.rows import decision_from_json, dlq_row_from_record
 from router_stream.projection.writer import ProjectionBatch, WriteReport, write_batch
 from router_stream.worker.backoff import Backoff, retry_transient
 
@@ -275,7 +275,7 @@ class Projection:
 
     async def _write(self, batch: ProjectionBatch) -> WriteReport:
         assert self.pool is not None
-        with pg._unavailable_as_router_error("writing a projection batch to Postgres"):
+        with pg.unavailable_as_router_error("writing a projection batch to Postgres"):
             async with self.pool.acquire() as conn:
                 return await write_batch(conn, batch, self.redactor)
 
@@ -324,7 +324,7 @@ class Projection:
             return
         self._last_backlog = now
         try:
-            with pg._unavailable_as_router_error("counting the DLQ backlog"):
+            with pg.unavailable_as_router_error("counting the DLQ backlog"):
                 async with self.pool.acquire() as conn:
                     n = await conn.fetchval(
                         "SELECT count(*) FROM dlq_entries WHERE status = 'pending'")

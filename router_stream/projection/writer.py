@@ -22,6 +22,16 @@ from typing import Any
 import asyncpg
 
 from router_stream.adapters import postgres as pg
+from router_stream.adapters.postgres.rows import (
+    decision_row,
+    escape_nul,
+    input_key,
+    policy_status_args,
+    policy_version_args,
+    shadow_row,
+    transition_row,
+    trust_rows,
+)
 from router_stream.core.events import (
     BreakerTransitionEvent,
     PolicyStatusEvent,
@@ -32,16 +42,6 @@ from router_stream.core.events import (
 )
 from router_stream.core.models import Decision
 from router_stream.core.redaction import Redactor
-from router_stream.projection.rows import (
-    decision_row,
-    escape_nul,
-    input_key,
-    policy_status_args,
-    policy_version_args,
-    shadow_row,
-    transition_row,
-    trust_rows,
-)
 
 log = logging.getLogger("router_stream.projection")
 
@@ -115,7 +115,7 @@ async def write_batch(conn: asyncpg.Connection, batch: ProjectionBatch,
     """Write ``batch`` in one transaction; rows refused for their content are isolated
     (module docstring) and listed in the report."""
     report = WriteReport()
-    with pg._unavailable_as_router_error("writing a projection batch to Postgres"):
+    with pg.unavailable_as_router_error("writing a projection batch to Postgres"):
         async with conn.transaction():
             decisions, dlq = await first_outcomes(conn, batch)
             await _rows(conn, "routing_decisions", pg.copy_decisions, decisions, report)

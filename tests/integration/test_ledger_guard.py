@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from router_stream.adapters import postgres as pg
+from router_stream.adapters.postgres.rows import decision_from_json, dlq_row_from_record
 from router_stream.core.compiled import load_compiled
 from router_stream.core.engine import RouterEngine
 from router_stream.core.outputs import (
@@ -25,7 +26,6 @@ from router_stream.core.outputs import (
     BatchResult,
 )
 from router_stream.core.redaction import DEFAULT_REDACTOR
-from router_stream.projection.rows import decision_from_json, dlq_row_from_record
 from router_stream.projection.writer import ProjectionBatch, write_batch
 
 pytestmark = pytest.mark.integration

@@ -13,14 +13,7 @@ from router_stream.adapters.postgres import (
     SHADOW_COLUMNS,
     TRUST_SNAPSHOT_COLUMNS,
 )
-from router_stream.core.breaker import BreakerState, BreakerTransition
-from router_stream.core.events import BreakerTransitionEvent, ShadowEvent, TrustSnapshotEvent
-from router_stream.core.models import Decision, DlqEntry, DlqReason
-from router_stream.core.outputs import BatchResult, DlqRecord
-from router_stream.core.policy import RedactPolicy
-from router_stream.core.redaction import Redactor
-from router_stream.core.rollout import ShadowOutcome
-from router_stream.projection.rows import (
+from router_stream.adapters.postgres.rows import (
     decision_from_json,
     decision_row,
     dlq_row_from_record,
@@ -29,6 +22,13 @@ from router_stream.projection.rows import (
     transition_row,
     trust_rows,
 )
+from router_stream.core.breaker import BreakerState, BreakerTransition
+from router_stream.core.events import BreakerTransitionEvent, ShadowEvent, TrustSnapshotEvent
+from router_stream.core.models import Decision, DlqEntry, DlqReason
+from router_stream.core.outputs import BatchResult, DlqRecord
+from router_stream.core.policy import RedactPolicy
+from router_stream.core.redaction import Redactor
+from router_stream.core.rollout import ShadowOutcome
 
 
 def _decision(**kw: Any) -> Decision:

@@ -5,15 +5,15 @@ Everything that talks to Postgres goes through this package; its modules each ow
 - :mod:`.connections` — connections and pools, connection errors as ``DatabaseUnavailable``;
 - :mod:`.migrations` — ``migrations/NNN_*.sql``, applied once each, checksummed;
 - :mod:`.tables` — the tables' columns and natural keys, Python values -> column values;
+- :mod:`.rows` — Kafka records -> the tables' rows, masked (the one definition of each row);
 - :mod:`.writes` — idempotent batch writes (COPY) and the ledger's lookups;
 - :mod:`.policy_versions` — published policies and their status.
 """
 
 from router_stream.adapters.postgres.connections import (
-    _unavailable_as_router_error,
-    _unreachable,
     connect,
     create_pool,
+    unavailable_as_router_error,
 )
 from router_stream.adapters.postgres.migrations import (
     MigrationChecksumMismatch,
@@ -37,10 +37,10 @@ from router_stream.adapters.postgres.tables import (
     DLQ_COLUMNS,
     SHADOW_COLUMNS,
     TRUST_SNAPSHOT_COLUMNS,
-    _json,
     decode_headers,
     dlq_key,
     encode_headers,
+    json_text,
 )
 from router_stream.adapters.postgres.writes import (
     copy_decisions,
@@ -64,9 +64,8 @@ __all__ = [
     "MigrationError",
     "MigrationFile",
     "MigrationState",
-    "_json",
-    "_unavailable_as_router_error",
-    "_unreachable",
+    "json_text",
+    "unavailable_as_router_error",
     "connect",
     "copy_decisions",
     "create_pool",

@@ -35,7 +35,7 @@ _UNAVAILABLE = (
 
 
 @contextlib.contextmanager
-def _unavailable_as_router_error(what: str) -> Iterator[None]:
+def unavailable_as_router_error(what: str) -> Iterator[None]:
     """Translate a lost/unreachable database into DatabaseUnavailable (retriable)."""
     try:
         yield

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from router_stream.adapters import data_path
-from router_stream.adapters.postgres.connections import _unavailable_as_router_error, connect
+from router_stream.adapters.postgres.connections import connect, unavailable_as_router_error
 from router_stream.config import Settings
 from router_stream.errors import RouterError, UserError
 
@@ -133,7 +133,7 @@ async def migrate(
 ) -> list[str]:
     """Apply every pending migration; returns the filenames applied now (empty: up to date)."""
     files = load_migrations(migrations_dir or default_migrations_dir())
-    with _unavailable_as_router_error("migrating the database"):
+    with unavailable_as_router_error("migrating the database"):
         try:
             await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY, timeout=lock_timeout)
         except TimeoutError as exc:
@@ -175,7 +175,7 @@ async def migration_status(
 ) -> list[MigrationState]:
     """Every migration on disk or in the database with its state; read-only."""
     files = load_migrations(migrations_dir or default_migrations_dir())
-    with _unavailable_as_router_error("reading migration status"):
+    with unavailable_as_router_error("reading migration status"):
         applied = await _applied(conn)
     states: list[MigrationState] = []
     for f in files:

@@ -7,8 +7,8 @@ from typing import Any
 
 import asyncpg
 
-from router_stream.adapters.postgres.connections import _unavailable_as_router_error
-from router_stream.adapters.postgres.tables import _json, _ts
+from router_stream.adapters.postgres.connections import unavailable_as_router_error
+from router_stream.adapters.postgres.tables import _ts, json_text
 
 _POLICY_STATUSES = ("candidate", "active", "superseded", "rejected", "rolled_back")
 
@@ -31,9 +31,9 @@ async def record_policy_version(
     """
     if status not in _POLICY_STATUSES:
         raise ValueError(f"status must be one of {', '.join(_POLICY_STATUSES)}")
-    with _unavailable_as_router_error("recording a policy version"):
+    with unavailable_as_router_error("recording a policy version"):
         await _record_policy_version(conn, version, policy, status, published_by,
-                                     _ts(published_at), _json(policy_json), status_reason)
+                                     _ts(published_at), json_text(policy_json), status_reason)
 
 
 async def _record_policy_version(
@@ -69,7 +69,7 @@ async def mark_policy_status(
     candidate that was never recorded on its own gets a row that points at its parent."""
     if status not in _POLICY_STATUSES or status == "active":
         raise ValueError(f"status must be one of {', '.join(_POLICY_STATUSES)} except active")
-    with _unavailable_as_router_error("updating a policy version"):
+    with unavailable_as_router_error("updating a policy version"):
         await conn.execute(
             """
             INSERT INTO policy_versions (version, policy, status, status_reason, published_at)

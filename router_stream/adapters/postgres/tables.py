@@ -30,7 +30,7 @@ def _ts(value: Any) -> datetime | None:
     raise TypeError(f"not a timestamp: {value!r}")
 
 
-def _json(value: Any) -> str | None:
+def json_text(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return orjson.dumps(value).decode()
@@ -132,7 +132,7 @@ def _records(table: _Table, rows: Sequence[Any]) -> list[list[Any]]:
 def _jsonb(name: str, default: str | None = None) -> _Column:
     """A jsonb column, staged as JSON text."""
     select = f"{name}::jsonb" if default is None else f"COALESCE({name}::jsonb, '{default}')"
-    return _Column(name, "text", _json, required=False, select=select)
+    return _Column(name, "text", json_text, required=False, select=select)
 
 
 _DECISIONS = _Table("routing_decisions", (
@@ -164,7 +164,7 @@ result (``value``, ``method``, ``sources_used``, ``outliers``) or None.
 
 
 def _headers_json(headers: Any) -> str | None:
-    return _json(headers if isinstance(headers, str) else encode_headers(headers))
+    return json_text(headers if isinstance(headers, str) else encode_headers(headers))
 
 
 _DLQ = _Table("dlq_entries", (

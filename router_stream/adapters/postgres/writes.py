@@ -2,12 +2,13 @@
 
 ``insert_*`` take a sequence of rows, each either a tuple in the documented column order
 (``DECISION_COLUMNS`` etc.) or a mapping with those keys (missing optional keys are NULL /
-the column default), and return how many rows were new. Rows are inserted with
-``INSERT ... SELECT FROM unnest($1::type[], ...) ON CONFLICT DO NOTHING``: one statement and
-one round trip per batch, which measured fastest for 500-row batches (see
-``bench/bench_pg_insert.py``), and idempotent on each table's natural key.
+the column default), and return how many rows were new. A batch is COPYed into a session
+staging table and moved with one ``INSERT ... SELECT ... ON CONFLICT``, idempotent on each
+table's natural key; :func:`copy_decisions` COPYs decision rows straight into their table and
+takes that path only for a batch that meets a row already there. The staging table is per
+session: fine with asyncpg pools, not with a transaction-mode pgbouncer (which does not keep
+temp tables). Measurements: docs/performance.md, "Postgres writes".
 """
-
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from router_stream.adapters.postgres.connections import _unavailable_as_router_error
+from router_stream.adapters.postgres.connections import unavailable_as_router_error
 from router_stream.adapters.postgres.tables import (
     _BREAKER_TRANSITIONS,
     _DECISIONS,
@@ -31,21 +32,11 @@ from router_stream.adapters.postgres.tables import (
 
 
 async def _write(conn: asyncpg.Connection, table: _Table, rows: Sequence[Any]) -> int:
-    """COPY the batch into a session temp table, then INSERT ... SELECT ... ON CONFLICT DO NOTHING.
-
-    Measured on 500-row decision batches (local Postgres 15, shared 2-core host; medians of 120
-    interleaved batches, six runs): COPY+staging 16.5-22 ms, one ``INSERT ... SELECT FROM
-    unnest($1::text[], ...)`` 17-22.5 ms, ``executemany`` 21-31.5 ms; a batch of only
-    duplicates 7-13 / 8.5-14 / 14-20.5 ms. COPY and unnest are within noise of each other;
-    COPY was ahead in five runs of six and carries ``text[]`` columns natively (unnest cannot
-    take a ragged ``text[][]``, so destinations would need a JSON detour). Python-side row
-    conversion adds ~1 ms per 500 rows. The staging table is per session: fine with asyncpg
-    pools, not with a transaction-mode pgbouncer (which does not keep temp tables).
-    """
+    """COPY the batch into the session's staging table, then INSERT ... SELECT ... ON CONFLICT."""
     if not rows:
         return 0
     records = _records(table, rows)
-    with _unavailable_as_router_error(f"writing {table.name}"):
+    with unavailable_as_router_error(f"writing {table.name}"):
         outer = conn.is_in_transaction()
         async with conn.transaction():
             await conn.execute(table.staging_ddl())
@@ -73,7 +64,7 @@ async def copy_decisions(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...
     # In signal_id order, as insert_decisions: concurrent writers take the keys' locks in the
     # same order, so one waits for the other instead of deadlocking.
     ordered = sorted(rows, key=itemgetter(1))
-    with _unavailable_as_router_error("writing routing_decisions"):
+    with unavailable_as_router_error("writing routing_decisions"):
         try:
             async with conn.transaction():
                 await conn.copy_records_to_table(

@@ -9,7 +9,7 @@ original bytes and its own position, an event row in the ``router.events`` value
 Postgres cannot store U+0000 in ``text`` or ``jsonb``. A row it refuses for that is stored with
 every U+0000 in its strings replaced by the six characters ``\\u0000`` (:func:`escape_nul`);
 the Kafka record keeps the original. Tuples follow the column order of
-:mod:`router_stream.adapters.postgres` (``DECISION_COLUMNS``, ``DLQ_COLUMNS`` ...).
+:mod:`.tables` (``DECISION_COLUMNS``, ``DLQ_COLUMNS`` ...).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from router_stream.adapters import postgres as pg
+from router_stream.adapters.postgres.tables import dlq_key
 from router_stream.core.events import (
     BreakerTransitionEvent,
     PolicyStatusEvent,
@@ -70,7 +70,7 @@ def decision_from_json(value: bytes | None) -> Decision:
 
 def input_key(d: Decision) -> str:
     """The decided record's position, as ``dlq_key`` writes a DLQ entry's original position."""
-    return pg.dlq_key(d.input_topic, d.input_partition, d.input_offset)
+    return dlq_key(d.input_topic, d.input_partition, d.input_offset)
 
 
 def decision_row(d: Decision, redactor: Redactor = DEFAULT_REDACTOR,
@@ -150,7 +150,7 @@ def dlq_row_from_record(record: InboundRecord, redactor: Redactor = DEFAULT_REDA
         value=record.value,
         headers=[(k, v) for k, v in record.headers or () if k not in DLQ_HEADERS])
     return {
-        "dlq_key": pg.dlq_key(topic, partition, offset), "reason": reason,
+        "dlq_key": dlq_key(topic, partition, offset), "reason": reason,
         "error": m.error, "signal_id": m.signal_id, "tenant": m.tenant, "kind": m.kind,
         "attempts": attempts, "original_topic": topic,
         "original_partition": partition, "original_offset": offset,
