@@ -69,9 +69,7 @@ async def _produce(s: Settings, n: int) -> None:
         await producer.stop()
 
 
-async def run(records: int) -> dict[str, float]:
-    bootstrap = os.environ.get("ROUTER_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
-    admin_url = os.environ.get("ROUTER_DATABASE_URL", "postgresql://router@127.0.0.1:15432/router")
+async def run(records: int, bootstrap: str, admin_url: str) -> dict[str, float]:
     run_id = uuid.uuid4().hex[:8]
     database = f"bench_projection_{run_id}"
     s = Settings(kafka_bootstrap=bootstrap, topic_prefix=f"bench-{run_id}.projection.",
@@ -148,7 +146,9 @@ def _rows(projection: Projection) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--records", type=int, default=100_000)
-    result = asyncio.run(asyncio.wait_for(run(ap.parse_args().records), 110))
+    bootstrap = os.environ.get("ROUTER_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+    admin_url = os.environ.get("ROUTER_DATABASE_URL", "postgresql://router@127.0.0.1:15432/router")
+    result = asyncio.run(asyncio.wait_for(run(ap.parse_args().records, bootstrap, admin_url), 110))
     print(f"projection drain: {result['rows']:,.0f} rows in {result['drain_s']:.2f}s = "
           f"{result['rows_per_s']:,.0f} rows/s ({result['with_startup_s']:.2f}s with start-up)")
     print(f"CPU: projection {result['projection_cpu_s']:.2f}s, Postgres backends "
