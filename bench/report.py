@@ -384,6 +384,12 @@ partition count, the same generator and the same measuring consumer:
   "off" needs `ROUTER_PERSIST=false`.
 - **core alone** (`bench/core_bench.py`, no I/O): decisions/s per strategy, mixed by the
   workload's shares.
+- **projection** (`bench/projection_drain.py`, after the contenders): a backlog of decision
+  records (one DLQ record in 20) written to a fresh database by one `router-stream persist`;
+  rows/s from its first fetch to the last commit, and the CPU of the projection and of its
+  Postgres backends. For router_pg, every latency window also times its signals' decision rows
+  (`bench/row_visibility.py`): scheduled send time -> the row's transaction committed (a
+  bench-only trigger NOTIFYs at commit). Signals dead-lettered have no decision row.
 
 - **Open loop, no coordinated omission.** The generator (its own process) sends on a schedule;
   every signal carries its *scheduled* send time (`{"bench_t":...` at the start of the JSON,

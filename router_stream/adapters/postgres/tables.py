@@ -153,8 +153,6 @@ _DECISIONS = _Table("routing_decisions", (
     _Column("signal_ts", "timestamptz", _ts, required=False),
     _Column("decided_at", "timestamptz", _ts),
 ), conflict="signal_id")
-
-
 DECISION_COLUMNS: tuple[str, ...] = _DECISIONS.column_names
 """Column order for tuple rows of :func:`insert_decisions`.
 
@@ -205,8 +203,6 @@ _DLQ = _Table("dlq_entries", (
                " dlq_topic = EXCLUDED.dlq_topic, dlq_partition = EXCLUDED.dlq_partition,"
                " dlq_offset = EXCLUDED.dlq_offset"
                " WHERE dlq_entries.attempts < EXCLUDED.attempts")
-
-
 DLQ_COLUMNS: tuple[str, ...] = _DLQ.column_names
 """Column order for tuple rows of :func:`insert_dlq_entries`.
 
@@ -238,8 +234,6 @@ _BREAKER_TRANSITIONS = _Table("breaker_transitions", (
     _jsonb("details", "{}"),
     _Column("at", "timestamptz", _ts),
 ), conflict="target, at, from_state, to_state")
-
-
 BREAKER_TRANSITION_COLUMNS: tuple[str, ...] = _BREAKER_TRANSITIONS.column_names
 """Column order for :func:`insert_breaker_transitions`; states are closed | open | half_open."""
 
@@ -250,8 +244,6 @@ _TRUST_SNAPSHOTS = _Table("trust_snapshots", (
     _jsonb("components", "{}"),
     _Column("at", "timestamptz", _ts),
 ), conflict="source_id, at")
-
-
 TRUST_SNAPSHOT_COLUMNS: tuple[str, ...] = _TRUST_SNAPSHOTS.column_names
 """Column order for :func:`insert_trust_snapshots`; components maps name -> [0, 1]."""
 
@@ -264,8 +256,6 @@ _SHADOW = _Table("shadow_decisions", (
     _Column("agree", "bool"),
     _Column("decided_at", "timestamptz", _ts),
 ), conflict="signal_id, candidate_version")
-
-
 SHADOW_COLUMNS: tuple[str, ...] = _SHADOW.column_names
 """Column order for :func:`insert_shadow_decisions`; baseline/candidate are a list of
 destinations or a DLQ reason."""
