@@ -32,7 +32,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from router_stream import tracing
 from router_stream.adapters import postgres as pg
 from router_stream.adapters.kafka_io import group_committed_to_end
-from router_stream.adapters.postgres.rows import decision_from_json, dlq_row_from_record
+from router_stream.adapters.postgres.rows import decision_fields, dlq_row_from_record
 from router_stream.config import DECISIONS, DLQ, EVENTS, Settings
 from router_stream.core.events import PolicyVersionEvent, decode_event
 from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
@@ -245,7 +245,7 @@ class Projection:
             kind = self._topics.get(record.topic)
             try:
                 if kind == "decisions":
-                    batch.add_decision(decision_from_json(record.value), position(record),
+                    batch.add_decision(decision_fields(record.value), position(record),
                                        record.timestamp, self.redactor)
                 elif kind == "dlq":
                     row = dlq_row_from_record(record, self.redactor)

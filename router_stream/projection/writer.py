@@ -40,7 +40,6 @@ from router_stream.core.events import (
     ShadowEvent,
     TrustSnapshotEvent,
 )
-from router_stream.core.models import Decision
 from router_stream.core.redaction import Redactor
 
 log = logging.getLogger("router_stream.projection")
@@ -81,15 +80,17 @@ class ProjectionBatch:
     def __len__(self) -> int:
         return len(self.decisions) + len(self.dlq) + len(self.events)
 
-    def add_decision(self, d: Decision, at: str, ts: int, redactor: Redactor) -> None:
-        """Add ``d``'s row masked by ``redactor``; ``ValueError`` when a value cannot be one
-        (a timestamp out of range)."""
+    def add_decision(self, d: dict[str, Any], at: str, ts: int, redactor: Redactor) -> None:
+        """Add the row of ``d`` (a decision record's :func:`~.rows.decision_fields`) masked by
+        ``redactor``; ``ValueError`` when it is not a decision row (a field missing, a
+        timestamp out of range)."""
         try:
             row = decision_row(d, redactor, self._tenants)
-        except (OverflowError, OSError, TypeError) as exc:
-            raise ValueError(f"not a decision row: {exc}") from exc
-        self.decisions.append(
-            DecisionRow(row, input_key(d), bool(d.extra.get("replay_of")), at, ts))
+            extra = d.get("extra")
+            replay = isinstance(extra, dict) and bool(extra.get("replay_of"))
+            self.decisions.append(DecisionRow(row, input_key(d), replay, at, ts))
+        except (KeyError, OverflowError, OSError, TypeError) as exc:
+            raise ValueError(f"not a decision row: {exc!r}") from exc
 
 
 @dataclass

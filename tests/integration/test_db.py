@@ -387,7 +387,7 @@ async def test_core_decision_and_dlq_entry_round_trip(migrated, kafka_log):
     (record,) = kafka_log().of(BatchResult(dlq=[DlqRecord(entry, entry.kafka_headers())]),
                                int(epoch * 1000))
 
-    assert await pg.insert_decisions(migrated, [decision_row(core_decision)]) == 1
+    assert await pg.insert_decisions(migrated, [decision_row(json.loads(core_decision.to_json()))]) == 1
     assert await pg.insert_dlq_entries(migrated, [dlq_row_from_record(record)]) == 1
     assert await pg.insert_dlq_entries(migrated, [dlq_row_from_record(record)]) == 0
 

@@ -14,7 +14,7 @@ the Kafka record keeps the original. Tuples follow the column order of
 
 from __future__ import annotations
 
-from dataclasses import fields
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +28,7 @@ from router_stream.core.events import (
     ShadowEvent,
     TrustSnapshotEvent,
 )
-from router_stream.core.models import Decision, DlqReason, InboundRecord
+from router_stream.core.models import DlqReason, InboundRecord
 from router_stream.core.outputs import (
     DLQ_HEADERS,
     H_ATTEMPTS,
@@ -45,59 +45,58 @@ from router_stream.core.outputs import (
 )
 from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
 
-__all__ = ["decision_from_json", "decision_row", "dlq_row_from_record",
+__all__ = ["decision_fields", "decision_row", "dlq_row_from_record",
            "escape_nul", "input_key", "shadow_row", "transition_row", "trust_rows"]
 
 NUL_ESCAPE = "\\u0000"
 _REASONS = frozenset(r.value for r in DlqReason)
-_DECISION_FIELDS = frozenset(f.name for f in fields(Decision))
 
 
-def decision_from_json(value: bytes | None) -> Decision:
-    """The decision of a ``router.decisions`` value; ``ValueError`` when it is not one."""
+def decision_fields(value: bytes | None) -> dict[str, Any]:
+    """The fields of a ``router.decisions`` value (``Decision.to_json``: an object keyed by
+    ``Decision``'s field names); ``ValueError`` when it is not a JSON object."""
     data = orjson.loads(value or b"null")
     if not isinstance(data, dict):
         raise ValueError("a decision record's value is not a JSON object")
-    try:
-        return Decision(**data)
-    except TypeError:
-        pass  # a field this version does not know, or one missing
-    try:
-        return Decision(**{k: v for k, v in data.items() if k in _DECISION_FIELDS})
-    except TypeError as exc:
-        raise ValueError(f"not a decision: {exc}") from exc
+    return data
 
 
-def input_key(d: Decision) -> str:
+def input_key(d: Mapping[str, Any]) -> str:
     """The decided record's position, as ``dlq_key`` writes a DLQ entry's original position."""
-    return dlq_key(d.input_topic, d.input_partition, d.input_offset)
+    return dlq_key(d["input_topic"], d["input_partition"], d["input_offset"])
 
 
-def decision_row(d: Decision, redactor: Redactor = DEFAULT_REDACTOR,
+def decision_row(d: Mapping[str, Any], redactor: Redactor = DEFAULT_REDACTOR,
                  tenants: dict[str, str] | None = None) -> tuple[Any, ...]:
-    """A decision in ``DECISION_COLUMNS`` order and the columns' own types (what
-    :func:`~router_stream.adapters.postgres.copy_decisions` copies as is), its signal-supplied
-    ids (``signal_id``, ``tenant``) masked; ``tenants`` caches tenant masks. Everything else in
-    a decision comes from the policy or the router's state."""
-    state: dict[str, Any] = {"trust": d.trust, "breakers": d.breakers}
+    """A decision (its :func:`decision_fields`) in ``DECISION_COLUMNS`` order and the columns'
+    own types (what :func:`~router_stream.adapters.postgres.copy_decisions` copies as is), its
+    signal-supplied ids (``signal_id``, ``tenant``) masked; ``tenants`` caches tenant masks.
+    Everything else in a decision comes from the policy or the router's state. ``KeyError``
+    when a field is missing; read from the JSON object, not through ``Decision``, which
+    would cost as much as the rest of the row."""
+    state: dict[str, Any] = {"trust": d["trust"], "breakers": d["breakers"]}
     for name in ("priority", "rule", "override_id"):
-        value = getattr(d, name)
+        value = d.get(name)
         if value is not None:
             state[name] = value
-    if d.extra:
-        state["extra"] = d.extra
-    consensus = None if d.method is None else {
-        "value": d.value, "method": d.method, "sources_used": d.sources_used,
-        "outliers": d.outliers}
-    tenant = None if tenants is None else tenants.get(d.tenant)
+    if d.get("extra"):
+        state["extra"] = d["extra"]
+    method = d.get("method")
+    consensus = None if method is None else {
+        "value": d.get("value"), "method": method, "sources_used": d.get("sources_used"),
+        "outliers": d.get("outliers")}
+    tenant_id = d["tenant"]
+    tenant = None if tenants is None else tenants.get(tenant_id)
     if tenant is None:
-        tenant = redactor.identifier(d.tenant, "tenant")
+        tenant = redactor.identifier(tenant_id, "tenant")
         if tenants is not None:
-            tenants[d.tenant] = tenant
-    return (d.decision_id, redactor.identifier(d.signal_id, "signal_id"), tenant, d.kind,
-            d.destinations, d.strategy, d.tier, d.policy_version, float(d.confidence), state,
-            consensus, d.input_topic, d.input_partition, d.input_offset,
-            None if d.signal_ts is None else _epoch(d.signal_ts), _epoch(d.decided_at))
+            tenants[tenant_id] = tenant
+    signal_ts = d["signal_ts"]
+    return (d["decision_id"], redactor.identifier(d["signal_id"], "signal_id"), tenant,
+            d["kind"], d["destinations"], d["strategy"], d["tier"], d["policy_version"],
+            float(d["confidence"]), state, consensus, d["input_topic"], d["input_partition"],
+            d["input_offset"], None if signal_ts is None else _epoch(signal_ts),
+            _epoch(d["decided_at"]))
 
 
 def _epoch(value: float) -> datetime:
