@@ -219,6 +219,9 @@ class RouterStream(Contender):
             await _admin_sql(database_url, f'CREATE DATABASE "{self.database}"')
             self.database_url = _with_database(database_url, self.database)
             await migrate_database(Settings(database_url=self.database_url))  # type: ignore[arg-type]
+            from bench.row_visibility import install
+
+            await install(self.database_url)
 
     def command(self) -> list[str]:
         worker = [_router_stream_exe(), "worker", "--policy", str(POLICY_FILE), "--http-port", "0"]

@@ -14,8 +14,12 @@ Per I/O contender (bench/contenders.py)::
                 (stats.lag_bounded) and the generator really offered the rate
     confirm     (full run) the found rate held for ``confirm_window_s`` (30 s, the issue's
                 window); on failure 10 % lower, once
-    latency     at 50 % and 90 % of the sustainable rate
+    latency     at 50 % and 90 % of the sustainable rate; for router_pg also when each
+                window's decision rows became visible in Postgres (bench/row_visibility.py)
     stop        SIGTERM (drain), peak RSS; topics (and database) deleted
+
+After the contenders, the projection drain (bench/projection_drain.py): a backlog of decision
+and DLQ records written to Postgres by one ``router-stream persist``.
 
 Between phases the generator pauses and the harness waits until the output caught up, so a phase
 never inherits the previous one's backlog. Everything is bounded: each phase checks the run's
@@ -43,8 +47,9 @@ import psutil
 from rich.console import Console
 
 from bench import stats
-from bench.contenders import BENCH_DIR, PARTITIONS, Contender, io_contenders
+from bench.contenders import BENCH_DIR, PARTITIONS, Contender, RouterStream, io_contenders
 from bench.drivers import Shared, run_generator, run_measurer, spawn_context
+from bench.row_visibility import RowVisibility
 from bench.workload import WorkloadSpec
 
 
@@ -61,14 +66,18 @@ class Profile:
     core_signals: int
     drain_timeout_s: float
     stop_timeout_s: float
+    projection_records: int    # backlog of the projection drain (bench/projection_drain.py)
+    projection_budget_s: float  # kept from the contenders' share for that drain
 
 
 QUICK = Profile("quick", budget_s=110, warmup_timeout_s=25, latency_window_s=1.5,
                 step_window_s=2.0, confirm_window_s=0, search_steps=2, burst=6_000,
-                core_signals=20_000, drain_timeout_s=3, stop_timeout_s=8)
+                core_signals=20_000, drain_timeout_s=3, stop_timeout_s=8,
+                projection_records=20_000, projection_budget_s=25)
 FULL = Profile("full", budget_s=570, warmup_timeout_s=60, latency_window_s=8.0,
                step_window_s=6.0, confirm_window_s=30.0, search_steps=5, burst=60_000,
-               core_signals=100_000, drain_timeout_s=12, stop_timeout_s=25)
+               core_signals=100_000, drain_timeout_s=12, stop_timeout_s=25,
+               projection_records=100_000, projection_budget_s=60)
 
 LATENCY_RATE = 1_000.0
 SAMPLE_EVERY_S = 0.25
@@ -138,6 +147,7 @@ class Session:
         self.name, self.shared, self.conn, self.proc = name, shared, conn, proc
         self.monitor, self.profile, self.deadline = monitor, profile, deadline
         self.console, self.status = console, status
+        self.rows: RowVisibility | None = None  # decision rows' visibility in Postgres
 
     def lag(self) -> int:
         return self.shared.sent.value - self.shared.received.value
@@ -197,9 +207,13 @@ class Session:
         summary = stats.summarize_latencies([*latencies, *[math.inf] * missing])
         cpu = self.cpu_seconds() - cpu0
         out = self.shared.received.value - recv0
+        visible = None
+        if self.rows is not None:
+            self.status.update(f"[bold]{self.name}[/]: waiting for the window's decision rows")
+            visible = await self.rows.latencies(start * 1e6, (start + window) * 1e6)
         return {"label": label, "rate": rate, **summary, "missing": missing, "drained": drained,
                 "cpu_s_per_10k": cpu / out * 1e4 if out and self.monitor else None,
-                "cdf": stats.cdf_points(latencies)}
+                "cdf": stats.cdf_points(latencies), "row_visible": visible}
 
     async def take(self) -> list[float]:
         self.conn.send("take")
@@ -261,6 +275,7 @@ async def run_io_contender(c: Contender, profile: Profile, database_url: str, de
     procs: list[Any] = []
     proc: subprocess.Popen[bytes] | None = None
     monitor: ProcessMonitor | None = None
+    rows: RowVisibility | None = None
     log_path = log_dir / f"{c.key}.log"
     try:
         status.update(f"[bold]{c.key}[/]: creating topics")
@@ -283,6 +298,9 @@ async def run_io_contender(c: Contender, profile: Profile, database_url: str, de
             CHILDREN.append(proc)
         session = Session(c.key, shared, parent, proc, ProcessMonitor(proc.pid) if proc else None,
                           profile, deadline, console, status)
+        if isinstance(c, RouterStream) and c.database_url:
+            session.rows = rows = RowVisibility(c.database_url)
+            await rows.start()
         await _wait_event(shared.gen_ready, 30, "load generator")
         await _wait_event(shared.meas_ready, 30, "measuring consumer")
         if proc is None:  # the harness floor: generator -> broker -> measurer, nothing between
@@ -301,6 +319,9 @@ async def run_io_contender(c: Contender, profile: Profile, database_url: str, de
         result["log_tail"] = _tail(log_path)
     finally:
         shared.stop.value = 1
+        if rows is not None:
+            with contextlib.suppress(Exception):
+                await rows.stop()
         if monitor is not None:
             with contextlib.suppress(psutil.Error):
                 result["peak_rss_mb"] = monitor.peak_rss() / 2**20
@@ -326,7 +347,7 @@ async def _phases(s: Session, result: dict[str, Any], profile: Profile, console:
     say(f"drain probe: {result['drain_rate']:,.0f}/s")
     lat = result.setdefault("latency", {})
     lat["1k"] = await s.latency("1k/s", LATENCY_RATE)
-    say(f"latency at 1k/s: {_lat_line(lat['1k'])}")
+    say(f"latency at 1k/s: {_lat_line(lat['1k'])}{_row_line(lat['1k'])}")
     search = stats.RateSearch(start=max(500.0, 0.7 * result["drain_rate"]), growth=1.3,
                               max_steps=profile.search_steps)
     result["steps"] = steps = []
@@ -354,7 +375,8 @@ async def _phases(s: Session, result: dict[str, Any], profile: Profile, console:
     if sustainable:
         for label, share in (("50%", 0.5), ("90%", 0.9)):
             lat[label] = await s.latency(label, share * sustainable)
-            say(f"latency at {label} ({share * sustainable:,.0f}/s): {_lat_line(lat[label])}")
+            say(f"latency at {label} ({share * sustainable:,.0f}/s): {_lat_line(lat[label])}"
+                f"{_row_line(lat[label])}")
 
 
 def _settle_rate(result: dict[str, Any], rate: float | None, by_generator: bool) -> None:
@@ -369,6 +391,14 @@ def _lat_line(x: dict[str, Any]) -> str:
     missing = f", {x['missing']} missing" if x["missing"] else ""
     return (f"p50 {_ms(x['p50_ms'])}, p99 {_ms(x['p99_ms'])}, p99.9 {_ms(x['p999_ms'])} "
             f"({x['count']:,} samples{missing})")
+
+
+def _row_line(x: dict[str, Any]) -> str:
+    v = x.get("row_visible")
+    if not v:
+        return ""
+    return (f"; decision row visible p50 {_ms(v['p50_ms'])} / p99 {_ms(v['p99_ms'])} "
+            f"({v['count']:,} rows{'' if v['complete'] else ', incomplete'})")
 
 
 def _ms(v: float | None) -> str:
@@ -440,6 +470,30 @@ async def run_core(profile: Profile, status: Any) -> dict[str, Any]:
             "peak_rss_mb": monitor.max_rss / 2**20, "latency": {}}
 
 
+async def run_projection_drain(profile: Profile, bootstrap: str, database_url: str,
+                               deadline: float, status: Any) -> dict[str, Any]:
+    """bench/projection_drain.py in this process: a backlog of decision and DLQ records written
+    by one ``router-stream persist``, with its CPU and the Postgres backends'."""
+    from bench import projection_drain
+
+    records = profile.projection_records
+    status.update(f"[bold]projection[/]: draining {records:,} records into Postgres")
+    try:
+        return {"status": "ok", **await asyncio.wait_for(
+            projection_drain.run(records, bootstrap, database_url),
+            max(1.0, deadline - time.monotonic()))}
+    except Exception as exc:  # noqa: BLE001 - reported, the run goes on
+        return {"status": "failed", "records": records, "reason": f"{type(exc).__name__}: {exc}"}
+
+
+def _drain_line(x: dict[str, Any]) -> str:
+    if x["status"] != "ok":
+        return f"{x['status']}: {x.get('reason', '')}"
+    return (f"{x['rows']:,.0f} rows in {x['drain_s']:.1f}s = {x['rows_per_s']:,.0f} rows/s; CPU "
+            f"projection {x['projection_cpu_s']:.1f}s, Postgres {x['postgres_cpu_s']:.1f}s -> "
+            f"{x['rows_per_cpu_bound_s']:,.0f} rows/s with a core each")
+
+
 def mixed_rate(per_kind: dict[str, float], spec: WorkloadSpec) -> float:
     """Decisions/s of the workload's mix: time per signal is the share-weighted mean."""
     shares = {"alert": spec.alert, "notification": spec.notification,
@@ -469,6 +523,8 @@ async def run_bench(profile: Profile, bootstrap: str, database_url: str, out_dir
     log_dir = out_dir / "logs" / run_id
     log_dir.mkdir(parents=True, exist_ok=True)
     contenders = [c for c in io_contenders(run_id, bootstrap) if not only or c.key in only]
+    projection = not only or "projection" in only
+    io_deadline = deadline - (profile.projection_budget_s if projection else 0.0)
     with console.status("starting") as status:
         try:
             if not only or "core" in only:
@@ -486,13 +542,17 @@ async def run_bench(profile: Profile, bootstrap: str, database_url: str, out_dir
             weights = [{"floor": 0.4, "router_pg": 1.4, "router_nopg": 1.4}.get(c.key, 1.0)
                        for c in runnable]
             for i, c in enumerate(runnable):
-                share = (deadline - time.monotonic()) * weights[i] / sum(weights[i:])
+                share = (io_deadline - time.monotonic()) * weights[i] / sum(weights[i:])
                 console.print(f"[bold]{c.label}[/] ({c.key}), up to {share:.0f}s")
                 # stopping the contender and deleting its topics come after its deadline
                 reserve = min(profile.stop_timeout_s, 0.2 * share)
                 result["contenders"].append(await run_io_contender(
                     c, profile, database_url, time.monotonic() + share - reserve, console,
                     status, log_dir))
+            if projection:
+                result["projection"] = await run_projection_drain(
+                    profile, bootstrap, database_url, deadline, status)
+                console.print(f"[bold]projection drain[/]: {_drain_line(result['projection'])}")
         finally:
             from bench.contenders import delete_topics_with_prefix
 

@@ -3,8 +3,9 @@
 A backlog of decision records (the bench policy's shape: first_healthy over three tiers, trust
 and breaker state of three destinations) plus one DLQ record in 20 is produced to fresh topics,
 then one projection (in this process, as ``router-stream persist`` runs it) drains it into a
-fresh database. Reported: rows/s from the first fetched batch until every row is committed
-(start-up excluded), and the same including start-up.
+fresh database. Reported: rows/s from the fetch of the first batch until every row is committed
+(start-up excluded), the same including start-up, and the CPU seconds of the projection and of
+its Postgres backends.
 
     python -m bench.projection_drain [--records 100000]   (ROUTER_KAFKA_BOOTSTRAP/DATABASE_URL)
 """
@@ -69,9 +70,7 @@ async def _produce(s: Settings, n: int) -> None:
         await producer.stop()
 
 
-async def run(records: int) -> dict[str, float]:
-    bootstrap = os.environ.get("ROUTER_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
-    admin_url = os.environ.get("ROUTER_DATABASE_URL", "postgresql://router@127.0.0.1:15432/router")
+async def run(records: int, bootstrap: str, admin_url: str) -> dict[str, float]:
     run_id = uuid.uuid4().hex[:8]
     database = f"bench_projection_{run_id}"
     s = Settings(kafka_bootstrap=bootstrap, topic_prefix=f"bench-{run_id}.projection.",
@@ -88,21 +87,57 @@ async def run(records: int) -> dict[str, float]:
         started = time.monotonic()
         first: float | None = None
         await projection.start()
+        backends = await _backend_pids(admin_url, database)
+        cpu_before, pg_before = time.process_time(), _cpu_seconds(backends)
+        assert projection.consumer is not None
+        async with asyncio.timeout(30):  # the group join is start-up, not drain
+            while not projection.consumer.assignment():
+                await asyncio.sleep(0.05)
         while True:
+            before = time.monotonic()
             n = await projection.step()
             if n and first is None:
-                first = time.monotonic()
+                first = before  # the step that fetched the first records: its batch counts
             if not n and projection.projected >= records and await projection.caught_up():
                 break
         done = time.monotonic()
+        cpu, pg_cpu = time.process_time() - cpu_before, _cpu_seconds(backends) - pg_before
         await projection.stop()
         rows = sum(v for v in _rows(projection).values())
         assert first is not None
         return {"records": records, "rows": rows, "drain_s": done - first,
-                "rows_per_s": rows / (done - first), "with_startup_s": done - started}
+                "rows_per_s": rows / (done - first), "with_startup_s": done - started,
+                "projection_cpu_s": cpu, "postgres_cpu_s": pg_cpu,
+                # each side has a core of its own on an idle 2-core machine: the busier one
+                # bounds the drain (NaN when the server's processes cannot be read here)
+                "rows_per_cpu_bound_s": rows / max(cpu, pg_cpu)}
     finally:
         await delete_topics_with_prefix(bootstrap, s.topic_prefix)
         await _admin_sql(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+async def _backend_pids(admin_url: str, database: str) -> list[int]:
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", database)
+    finally:
+        await conn.close()
+    return [r["pid"] for r in rows]
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of the server processes ``pids`` (a local server); NaN if unreadable."""
+    ticks = 0
+    try:
+        for pid in pids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _rows(projection: Projection) -> dict[str, float]:
@@ -117,9 +152,14 @@ def _rows(projection: Projection) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--records", type=int, default=100_000)
-    result = asyncio.run(asyncio.wait_for(run(ap.parse_args().records), 110))
+    bootstrap = os.environ.get("ROUTER_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+    admin_url = os.environ.get("ROUTER_DATABASE_URL", "postgresql://router@127.0.0.1:15432/router")
+    result = asyncio.run(asyncio.wait_for(run(ap.parse_args().records, bootstrap, admin_url), 110))
     print(f"projection drain: {result['rows']:,.0f} rows in {result['drain_s']:.2f}s = "
           f"{result['rows_per_s']:,.0f} rows/s ({result['with_startup_s']:.2f}s with start-up)")
+    print(f"CPU: projection {result['projection_cpu_s']:.2f}s, Postgres backends "
+          f"{result['postgres_cpu_s']:.2f}s -> {result['rows_per_cpu_bound_s']:,.0f} rows/s "
+          f"when each has a core; load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-GOALS = {"vs_raw": 0.5, "vs_faust": 5.0, "p50_1k_ms": 5.0, "p99_1k_ms": 25.0, "p99_50_ms": 100.0}
+GOALS = {"vs_raw": 0.5, "vs_faust": 5.0, "p50_1k_ms": 5.0, "p99_1k_ms": 25.0, "p99_50_ms": 100.0,
+         "projection_rows_s": 20_000, "row_visible_p99_ms": 1_000.0}
 LOST = "lost"  # a latency sample that never arrived (inf in memory, "lost" in JSON)
 ORDER = ("floor", "raw", "faust", "router_pg", "router_nopg", "core")
 
@@ -105,6 +106,8 @@ def print_table(result: dict[str, Any], console: Console) -> None:
     for c in result["contenders"]:
         if c["status"] != "ok":
             console.print(f"  [yellow]{c['key']}: {c['status']}[/] — {c.get('reason', '')}")
+    for line in projection_lines(result):
+        console.print(f"  {line}")
 
 
 # --- plots --------------------------------------------------------------------------------------
@@ -221,6 +224,8 @@ def render_markdown(result: dict[str, Any], json_path: str, plots: list[str]) ->
         *_ratio_caveat(result),
         *_goal_lines(c),
         "",
+        *[f"- {line}" for line in projection_lines(result)],
+        "",
         "Where the time goes and what limits these figures (profiles and a latency breakdown, "
         "measured separately): [performance.md](performance.md).",
         "",
@@ -252,6 +257,34 @@ def render_markdown(result: dict[str, Any], json_path: str, plots: list[str]) ->
         METHOD,
     ]
     return "\n".join(lines) + "\n"
+
+
+def projection_lines(result: dict[str, Any]) -> list[str]:
+    """The projection's goals: drain rows/s, and decision rows visible in Postgres (signal's
+    scheduled send time -> its row committed) at 1k/s and at 50 % of router_pg's sustainable
+    rate."""
+    out = []
+    drain = result.get("projection")
+    if drain is not None and drain["status"] != "ok":
+        out.append(f"Projection drain: {drain['status']} — {drain.get('reason', '')}")
+    elif drain is not None:
+        out.append(
+            f"Projection drain ({drain['records']:,} records): {fmt_rate(drain['rows_per_s'])} "
+            f"rows/s (goal >= {GOALS['projection_rows_s']:,}/s); CPU per "
+            f"{drain['rows']:,.0f} rows: projection {drain['projection_cpu_s']:.2f} s, Postgres "
+            f"backends {drain['postgres_cpu_s']:.2f} s -> "
+            f"{fmt_rate(drain['rows_per_cpu_bound_s'])} rows/s with a core each.")
+    lat = by_key(result).get("router_pg", {}).get("latency", {})
+    for label in ("1k", "50%"):
+        v = (lat.get(label) or {}).get("row_visible")
+        if v:
+            goal = (f" (goal p99 <= {GOALS['row_visible_p99_ms']:,.0f} ms)"
+                    if label == "50%" else "")
+            out.append(f"Decision row visible in Postgres at {lat[label]['rate']:,.0f}/s "
+                       f"({label}): p50 {fmt_ms(v['p50_ms'])} ms, p99 {fmt_ms(v['p99_ms'])} ms, "
+                       f"{v['count']:,} rows{'' if v['complete'] else ' (window incomplete)'}"
+                       f"{goal}.")
+    return out
 
 
 def _x(v: float | None) -> str:
@@ -351,6 +384,12 @@ partition count, the same generator and the same measuring consumer:
   "off" needs `ROUTER_PERSIST=false`.
 - **core alone** (`bench/core_bench.py`, no I/O): decisions/s per strategy, mixed by the
   workload's shares.
+- **projection** (`bench/projection_drain.py`, after the contenders): a backlog of decision
+  records (one DLQ record in 20) written to a fresh database by one `router-stream persist`;
+  rows/s from its first fetch to the last commit, and the CPU of the projection and of its
+  Postgres backends. For router_pg, every latency window also times its signals' decision rows
+  (`bench/row_visibility.py`): scheduled send time -> the row's transaction committed (a
+  bench-only trigger NOTIFYs at commit). Signals dead-lettered have no decision row.
 
 - **Open loop, no coordinated omission.** The generator (its own process) sends on a schedule;
   every signal carries its *scheduled* send time (`{"bench_t":...` at the start of the JSON,

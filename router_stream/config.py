@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     projection_group: str | None = Field(
         None, min_length=1,
         description="consumer group of `router-stream persist`; default <group_id>.projection")
-    projection_batch_max: int = Field(5000, ge=1, le=100_000)
+    projection_batch_max: int = Field(10_000, ge=1, le=100_000)
     projection_http_port: int = Field(
         6067, ge=0, le=65535, description="/metrics /livez /readyz of `router-stream persist`")
     http_host: str = "127.0.0.1"

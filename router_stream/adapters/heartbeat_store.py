@@ -88,7 +88,7 @@ class PostgresHeartbeats:
         self._pruned = False
 
     async def write(self, hb: WorkerHeartbeat) -> None:
-        with pg._unavailable_as_router_error("recording the heartbeat"), \
+        with pg.unavailable_as_router_error("recording the heartbeat"), \
                 not_migrated_as_user_error():
             async with self._pool.acquire(timeout=self._acquire_timeout_s) as conn:
                 await conn.execute(
@@ -107,7 +107,7 @@ async def read_postgres_heartbeats(conn: asyncpg.Connection, topic_prefix: str |
                                    ) -> tuple[list[WorkerHeartbeat], float]:
     """Every row (only those of workers routing under ``topic_prefix`` when given: deployments
     sharing a database are told apart), and the database's clock to judge them by."""
-    with pg._unavailable_as_router_error("reading worker_heartbeats"), \
+    with pg.unavailable_as_router_error("reading worker_heartbeats"), \
             not_migrated_as_user_error():
         if topic_prefix is None:
             rows = await conn.fetch(_SELECT)

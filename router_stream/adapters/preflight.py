@@ -75,7 +75,7 @@ async def _active_policy_text(settings: Settings) -> str | None:
 
     conn = await postgres.connect(settings)
     try:
-        with postgres._unavailable_as_router_error("reading policy_versions"), \
+        with postgres.unavailable_as_router_error("reading policy_versions"), \
                 not_migrated_as_user_error():
             text: Any = await conn.fetchval(
                 "SELECT policy FROM policy_versions WHERE status = 'active'")

@@ -1,4 +1,4 @@
-"""``router-stream db migrate|status``: the Postgres schema (work lives in adapters/postgres.py)."""
+"""``router-stream db migrate|status``: the Postgres schema (adapters/postgres/migrations.py)."""
 
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ async def _in_db(settings: Settings, work: Any) -> Any:
 
     conn = await pg.connect(settings)
     try:
-        with pg._unavailable_as_router_error("routing_overrides"):
+        with pg.unavailable_as_router_error("routing_overrides"):
             return await work(conn)
     finally:
         await conn.close()

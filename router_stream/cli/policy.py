@@ -345,7 +345,7 @@ async def _from_postgres(settings: Settings) -> _Status:
 
     conn = await postgres.connect(settings)
     try:
-        with postgres._unavailable_as_router_error("reading policy_versions"), \
+        with postgres.unavailable_as_router_error("reading policy_versions"), \
                 not_migrated_as_user_error():
             active = await conn.fetchval(
                 "SELECT version FROM policy_versions WHERE status = 'active'")

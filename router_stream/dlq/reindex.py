@@ -2,7 +2,7 @@
 
 The topic is read from the beginning up to the end offsets it had when the rebuild started
 (records arriving meanwhile are the worker's to index). Each DLQ record becomes a row from its
-SPEC §2 headers, built as the projection builds it (:mod:`router_stream.projection.rows`);
+SPEC §2 headers, built as the projection builds it (:mod:`router_stream.adapters.postgres.rows`);
 rows are upserted on ``dlq_key`` by :func:`store.upsert_failures`, so entries that
 are still in the table — and their status, discard reason, replay count — are kept, and a record
 that failed again after a replay (more attempts) makes its entry ``pending`` again.
@@ -27,10 +27,10 @@ from typing import Any
 
 from router_stream.adapters import postgres as pg
 from router_stream.adapters.kafka_io import read_records
+from router_stream.adapters.postgres.rows import dlq_row_from_record
 from router_stream.config import DLQ, Settings
 from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
 from router_stream.dlq import store
-from router_stream.projection.rows import dlq_row_from_record
 
 __all__ = ["ReindexReport", "reindex_dlq", "row_from_record"]
 

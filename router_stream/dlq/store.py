@@ -111,7 +111,7 @@ class SummaryRow:
 
 @contextlib.contextmanager
 def _db(what: str) -> Iterator[None]:
-    with pg._unavailable_as_router_error(what):
+    with pg.unavailable_as_router_error(what):
         yield
 
 
@@ -367,7 +367,7 @@ async def upsert_failures(conn: asyncpg.Connection, rows: Sequence[Mapping[str, 
             latest[row["dlq_key"]] = row
     columns = [[row.get(c) for row in latest.values()] for c in pg.DLQ_COLUMNS]
     headers_at = pg.DLQ_COLUMNS.index("original_headers")
-    columns[headers_at] = [pg._json(pg.encode_headers(h or [])) for h in columns[headers_at]]
+    columns[headers_at] = [pg.json_text(pg.encode_headers(h or [])) for h in columns[headers_at]]
     with _db("rebuilding DLQ entries"):
         records = await conn.fetch(_UPSERT, *columns)
     inserted = sum(1 for r in records if r["inserted"])

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,12 +32,12 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from router_stream import tracing
 from router_stream.adapters import postgres as pg
 from router_stream.adapters.kafka_io import group_committed_to_end
+from router_stream.adapters.postgres.rows import decision_fields, dlq_row_from_record
 from router_stream.config import DECISIONS, DLQ, EVENTS, Settings
 from router_stream.core.events import PolicyVersionEvent, decode_event
 from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
 from router_stream.errors import BrokerUnavailable, PolicyError, RouterError, TransientError
 from router_stream.projection.metrics import ProjectionMetrics
-from router_stream.projection.rows import decision_from_json, dlq_row_from_record
 from router_stream.projection.writer import ProjectionBatch, WriteReport, write_batch
 from router_stream.worker.backoff import Backoff, retry_transient
 
@@ -70,6 +71,7 @@ class Projection:
         self.http: Any = None
         self.projected = 0
         self._in_hand = False  # a fetched batch not yet written and committed
+        self._ahead: asyncio.Future[tuple[list[Any], ProjectionBatch]] | None = None
         self.skipped: list[str] = []  # positions of rows and records skipped, newest last
         self._last_backlog = 0.0
 
@@ -123,6 +125,7 @@ class Projection:
 
     async def stop(self) -> None:
         self.request_stop()
+        await self._drop_read_ahead()
         if self.consumer is not None:
             consumer, self.consumer = self.consumer, None
             with contextlib.suppress(Exception):
@@ -169,12 +172,12 @@ class Projection:
         await self.run(exit_when_idle=idle_s)
 
     async def step(self) -> int:
-        """Fetch, write and commit one batch; returns the records it held."""
+        """Write and commit one batch, fetching and reading the next one while this one is
+        written; returns the records it held."""
         consumer = self.consumer
         assert consumer is not None, "start() first"
-        fetched = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS,
-                                         max_records=self.settings.projection_batch_max)
-        records = [r for rs in fetched.values() for r in rs]
+        ahead, self._ahead = self._ahead, None
+        records, batch = await (ahead or self._read(consumer))
         if not records:
             self.metrics.oldest_pending_ts = None
             await self._refresh_backlog()
@@ -183,10 +186,17 @@ class Projection:
         started = time.time()
         try:
             self.metrics.oldest_pending_ts = min(r.timestamp for r in records) / 1000.0
-            batch = self._batch(records)
-            report = await retry_transient(
+            write = asyncio.ensure_future(retry_transient(
                 "persist", lambda: self._write(batch), backoff=self._backoff,
-                give_up=self._past_deadline, on_retry=self._on_retry)
+                give_up=self._past_deadline, on_retry=self._on_retry))
+            # The next batch is read (Kafka fetch, rows built and masked) while Postgres
+            # writes this one; it is written only after this one is committed.
+            self._ahead = asyncio.ensure_future(self._read(consumer))
+            try:
+                report = await write
+            except BaseException:
+                await self._drop_read_ahead()  # this batch is not written: none after it is
+                raise
             self._pg_ok = True
             await self._commit(consumer, records)
         finally:
@@ -206,9 +216,28 @@ class Projection:
         consumer = self.consumer
         if consumer is None or self._in_hand or not consumer.assignment():
             return False
-        return await group_committed_to_end(consumer, self._topics)
+        ahead = self._ahead
+        if ahead is not None and (not ahead.done() or ahead.cancelled()
+                                  or ahead.exception() is not None or ahead.result()[0]):
+            return False  # records read ahead, not written yet
+        return await group_committed_to_end(consumer, list(self._topics))
 
     # --- one batch ---------------------------------------------------------------------------
+
+    async def _drop_read_ahead(self) -> None:
+        """Forget the batch read ahead: not written, so not committed; whoever consumes the
+        partitions next reads it again."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead.cancel()
+            with contextlib.suppress(BaseException):
+                await ahead
+
+    async def _read(self, consumer: AIOKafkaConsumer) -> tuple[list[Any], ProjectionBatch]:
+        fetched = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS,
+                                         max_records=self.settings.projection_batch_max)
+        records = [r for rs in fetched.values() for r in rs]
+        return records, self._batch(records)
 
     def _batch(self, records: Sequence[Any]) -> ProjectionBatch:
         batch = ProjectionBatch()
@@ -216,8 +245,8 @@ class Projection:
             kind = self._topics.get(record.topic)
             try:
                 if kind == "decisions":
-                    batch.decisions.append(
-                        (decision_from_json(record.value), position(record), record.timestamp))
+                    batch.add_decision(decision_fields(record.value), position(record),
+                                       record.timestamp, self.redactor)
                 elif kind == "dlq":
                     row = dlq_row_from_record(record, self.redactor)
                     if row is None:
@@ -246,7 +275,7 @@ class Projection:
 
     async def _write(self, batch: ProjectionBatch) -> WriteReport:
         assert self.pool is not None
-        with pg._unavailable_as_router_error("writing a projection batch to Postgres"):
+        with pg.unavailable_as_router_error("writing a projection batch to Postgres"):
             async with self.pool.acquire() as conn:
                 return await write_batch(conn, batch, self.redactor)
 
@@ -273,8 +302,8 @@ class Projection:
 
     def _account(self, records: Sequence[Any], report: WriteReport) -> None:
         self.projected += len(records)
-        for r in records:
-            self.metrics.records.labels(r.topic).inc()
+        for topic, n in Counter(r.topic for r in records).items():
+            self.metrics.records.labels(topic).inc(n)
         for table, n in report.written.items():
             self.metrics.rows.labels(table).inc(n)
         for s in report.skipped:
@@ -295,7 +324,7 @@ class Projection:
             return
         self._last_backlog = now
         try:
-            with pg._unavailable_as_router_error("counting the DLQ backlog"):
+            with pg.unavailable_as_router_error("counting the DLQ backlog"):
                 async with self.pool.acquire() as conn:
                     n = await conn.fetchval(
                         "SELECT count(*) FROM dlq_entries WHERE status = 'pending'")

@@ -22,17 +22,7 @@ from typing import Any
 import asyncpg
 
 from router_stream.adapters import postgres as pg
-from router_stream.core.events import (
-    BreakerTransitionEvent,
-    PolicyStatusEvent,
-    PolicyVersionEvent,
-    RouterEvent,
-    ShadowEvent,
-    TrustSnapshotEvent,
-)
-from router_stream.core.models import Decision
-from router_stream.core.redaction import Redactor
-from router_stream.projection.rows import (
+from router_stream.adapters.postgres.rows import (
     decision_row,
     escape_nul,
     input_key,
@@ -42,6 +32,15 @@ from router_stream.projection.rows import (
     transition_row,
     trust_rows,
 )
+from router_stream.core.events import (
+    BreakerTransitionEvent,
+    PolicyStatusEvent,
+    PolicyVersionEvent,
+    RouterEvent,
+    ShadowEvent,
+    TrustSnapshotEvent,
+)
+from router_stream.core.redaction import Redactor
 
 log = logging.getLogger("router_stream.projection")
 
@@ -57,17 +56,41 @@ class Skipped:
     error: str
 
 
+@dataclass(frozen=True, slots=True)
+class DecisionRow:
+    """A decision's row (``DECISION_COLUMNS``, masked) and what "first outcome wins" needs."""
+
+    row: tuple[Any, ...]
+    input_key: str  # the decided record's position, as a DLQ entry's dlq_key
+    replay: bool  # an operator's replay of a DLQ entry
+    at: str
+    ts: int
+
+
 @dataclass
 class ProjectionBatch:
     """The rows of one fetch, each with the position of its record (``topic/partition/offset``)
     and, for decisions and DLQ rows, the record's timestamp (ms) for "first outcome wins"."""
 
-    decisions: list[tuple[Decision, str, int]] = field(default_factory=list)
+    decisions: list[DecisionRow] = field(default_factory=list)
     dlq: list[tuple[dict[str, Any], str, int]] = field(default_factory=list)
     events: list[tuple[RouterEvent, str]] = field(default_factory=list)
+    _tenants: dict[str, str] = field(default_factory=dict)  # tenant -> its mask
 
     def __len__(self) -> int:
         return len(self.decisions) + len(self.dlq) + len(self.events)
+
+    def add_decision(self, d: dict[str, Any], at: str, ts: int, redactor: Redactor) -> None:
+        """Add the row of ``d`` (a decision record's :func:`~.rows.decision_fields`) masked by
+        ``redactor``; ``ValueError`` when it is not a decision row (a field missing, a
+        timestamp out of range)."""
+        try:
+            row = decision_row(d, redactor, self._tenants)
+            extra = d.get("extra")
+            replay = isinstance(extra, dict) and bool(extra.get("replay_of"))
+            self.decisions.append(DecisionRow(row, input_key(d), replay, at, ts))
+        except (KeyError, OverflowError, OSError, TypeError) as exc:
+            raise ValueError(f"not a decision row: {exc!r}") from exc
 
 
 @dataclass
@@ -93,19 +116,18 @@ async def write_batch(conn: asyncpg.Connection, batch: ProjectionBatch,
     """Write ``batch`` in one transaction; rows refused for their content are isolated
     (module docstring) and listed in the report."""
     report = WriteReport()
-    with pg._unavailable_as_router_error("writing a projection batch to Postgres"):
+    with pg.unavailable_as_router_error("writing a projection batch to Postgres"):
         async with conn.transaction():
             decisions, dlq = await first_outcomes(conn, batch)
-            tenants: dict[str, str] = {}
-            await _rows(conn, "routing_decisions", pg.insert_decisions,
-                        [(decision_row(d, redactor, tenants), at) for d, at in decisions], report)
+            await _rows(conn, "routing_decisions", pg.copy_decisions, decisions, report)
             await _rows(conn, "dlq_entries", pg.insert_dlq_entries, dlq, report)
             await _events(conn, batch.events, redactor, report)
     return report
 
 
 async def first_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
-                         ) -> tuple[list[tuple[Decision, str]], list[tuple[dict[str, Any], str]]]:
+                         ) -> tuple[list[tuple[tuple[Any, ...], str]],
+                                    list[tuple[dict[str, Any], str]]]:
     """Keep the ledger at exactly one outcome per input record across re-processing.
 
     Re-deciding a record after a worker crash is not always deterministic (rate-limit buckets
@@ -119,8 +141,8 @@ async def first_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
     The exception: a DLQ entry marked ``x-dlq-supersedes-decision`` (the broker refused an
     output of the input after its decision record was written, and the worker dead-lettered
     the input instead) wins over a decision, earlier or not: the decision row is deleted."""
-    replays = {input_key(d) for d, _, _ in batch.decisions if d.extra.get("replay_of")}
-    fresh = {input_key(d): ts for d, _, ts in batch.decisions if input_key(d) not in replays}
+    replays = {d.input_key for d in batch.decisions if d.replay}
+    fresh = {d.input_key: d.ts for d in batch.decisions if d.input_key not in replays}
     dlq_first: dict[str, int] = {}
     latest: dict[str, tuple[dict[str, Any], str]] = {}
     for row, at, ts in batch.dlq:
@@ -133,9 +155,9 @@ async def first_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
     pending = await pg.pending_dlq_keys(conn, list(fresh))
     await pg.delete_decisions_of_inputs(conn, list(superseding))
     decided = await pg.decided_inputs(conn, list(latest))
-    decisions = [(d, at) for d, at, ts in batch.decisions
-                 if (k := input_key(d)) in replays
-                 or (k not in pending and k not in superseding and dlq_first.get(k, ts) >= ts)]
+    decisions = [(d.row, d.at) for d in batch.decisions
+                 if (k := d.input_key) in replays
+                 or (k not in pending and k not in superseding and dlq_first.get(k, d.ts) >= d.ts)]
     dlq = [(row, at) for key, (row, at) in latest.items()
            if key in superseding
            or (key not in decided and not (key in fresh and fresh[key] <= dlq_first[key]))]

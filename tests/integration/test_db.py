@@ -15,12 +15,12 @@ from click.testing import CliRunner
 
 import router_stream.cli.db  # noqa: F401  (registers `db` on the root group)
 from router_stream.adapters import postgres as pg
+from router_stream.adapters.postgres.rows import transition_row
 from router_stream.cli import cli
 from router_stream.config import Settings
 from router_stream.core.breaker import BreakerState, BreakerTransition
 from router_stream.core.events import BreakerTransitionEvent
 from router_stream.errors import DatabaseUnavailable
-from router_stream.projection.rows import transition_row
 
 pytestmark = pytest.mark.integration
 
@@ -366,9 +366,9 @@ def test_cli_db_migrate_edited_file_exits_1(settings: Settings, migrations_copy:
 
 
 async def test_core_decision_and_dlq_entry_round_trip(migrated, kafka_log):
+    from router_stream.adapters.postgres.rows import decision_row, dlq_row_from_record
     from router_stream.core.models import Decision, DlqEntry, DlqReason
     from router_stream.core.outputs import BatchResult, DlqRecord
-    from router_stream.projection.rows import decision_row, dlq_row_from_record
 
     epoch = T0.timestamp()
     core_decision = Decision(
@@ -387,7 +387,7 @@ async def test_core_decision_and_dlq_entry_round_trip(migrated, kafka_log):
     (record,) = kafka_log().of(BatchResult(dlq=[DlqRecord(entry, entry.kafka_headers())]),
                                int(epoch * 1000))
 
-    assert await pg.insert_decisions(migrated, [decision_row(core_decision)]) == 1
+    assert await pg.insert_decisions(migrated, [decision_row(json.loads(core_decision.to_json()))]) == 1
     assert await pg.insert_dlq_entries(migrated, [dlq_row_from_record(record)]) == 1
     assert await pg.insert_dlq_entries(migrated, [dlq_row_from_record(record)]) == 0
 

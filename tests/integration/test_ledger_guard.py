@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from router_stream.adapters import postgres as pg
+from router_stream.adapters.postgres.rows import decision_fields, dlq_row_from_record
 from router_stream.core.compiled import load_compiled
 from router_stream.core.engine import RouterEngine
 from router_stream.core.outputs import BatchResult
@@ -25,7 +26,6 @@ from router_stream.core.wire import (
     H_PARTITION,
     H_TOPIC,
 )
-from router_stream.projection.rows import decision_from_json, dlq_row_from_record
 from router_stream.projection.writer import ProjectionBatch, write_batch
 
 pytestmark = pytest.mark.integration
@@ -66,7 +66,7 @@ def _batch(records) -> ProjectionBatch:
     for r in records:
         at = f"{r.topic}/{r.partition}/{r.offset}"
         if r.topic.endswith("router.decisions"):
-            batch.decisions.append((decision_from_json(r.value), at, r.timestamp))
+            batch.add_decision(decision_fields(r.value), at, r.timestamp, DEFAULT_REDACTOR)
         elif r.topic.endswith("router.dlq"):
             batch.dlq.append((dlq_row_from_record(r), at, r.timestamp))
     return batch

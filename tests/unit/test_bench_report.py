@@ -35,3 +35,17 @@ def test_a_contender_that_failed_says_so_in_its_row_instead_of_a_bare_dash() -> 
     rates = {row[0]: row[1] for row in report.rows(
         {"mode": "quick", "contenders": [crashed, partial, never]})}
     assert rates == {"faust": "FAILED", "raw": "1,000 (PARTIAL)", "router_pg": "FAILED"}
+
+
+def test_the_projection_goals_are_reported_with_their_figures() -> None:
+    drain = {"status": "ok", "records": 100_000, "rows": 100_000.0, "rows_per_s": 21_000.0,
+             "projection_cpu_s": 3.5, "postgres_cpu_s": 1.8, "rows_per_cpu_bound_s": 28_571.0}
+    visible = {"count": 900, "p50_ms": 310.0, "p99_ms": 840.0, "complete": True}
+    pg = {"key": "router_pg", "label": "pg", "status": "ok",
+          "latency": {"50%": {"rate": 1_500.0, "row_visible": visible}}}
+    lines = report.projection_lines({"contenders": [pg], "projection": drain})
+    assert "21,000 rows/s (goal >= 20,000/s)" in lines[0] and "28,571" in lines[0]
+    assert "1,500/s (50%): p50 310 ms, p99 840 ms, 900 rows (goal p99 <= 1,000 ms)" in lines[1]
+    failed = {"status": "failed", "records": 20_000, "reason": "TimeoutError: "}
+    assert report.projection_lines({"contenders": [], "projection": failed}) == [
+        "Projection drain: failed — TimeoutError: "]

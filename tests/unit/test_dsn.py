@@ -86,7 +86,7 @@ def test_usable_dsns_are_accepted(dsn: str) -> None:
 
 def test_a_driver_message_quoting_the_password_is_scrubbed() -> None:
     settings = Settings(database_url=f"postgresql://router:{PW}%2Fx@db:5432/router")  # type: ignore[arg-type]
-    err = postgres._unreachable(settings, ValueError(f"bad DSN postgresql://router:{PW}/x@db"))
+    err = postgres.connections._unreachable(settings, ValueError(f"bad DSN postgresql://router:{PW}/x@db"))
     assert PW not in str(err)
     assert str(err).startswith("cannot connect to Postgres at db:5432/router: ")
     assert scrub(f"password {PW}", f"host=db password={PW}") == "password ***"

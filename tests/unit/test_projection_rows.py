@@ -1,4 +1,4 @@
-"""Kafka records -> Postgres rows (projection/rows.py): everything a row needs is in its record."""
+"""Kafka records -> Postgres rows (adapters/postgres/rows.py): everything a row needs is in its record."""
 
 from __future__ import annotations
 
@@ -13,15 +13,8 @@ from router_stream.adapters.postgres import (
     SHADOW_COLUMNS,
     TRUST_SNAPSHOT_COLUMNS,
 )
-from router_stream.core.breaker import BreakerState, BreakerTransition
-from router_stream.core.events import BreakerTransitionEvent, ShadowEvent, TrustSnapshotEvent
-from router_stream.core.models import Decision, DlqEntry, DlqReason
-from router_stream.core.outputs import BatchResult, DlqRecord
-from router_stream.core.policy import RedactPolicy
-from router_stream.core.redaction import Redactor
-from router_stream.core.rollout import ShadowOutcome
-from router_stream.projection.rows import (
-    decision_from_json,
+from router_stream.adapters.postgres.rows import (
+    decision_fields,
     decision_row,
     dlq_row_from_record,
     escape_nul,
@@ -29,6 +22,14 @@ from router_stream.projection.rows import (
     transition_row,
     trust_rows,
 )
+from router_stream.core.breaker import BreakerState, BreakerTransition
+from router_stream.core.events import BreakerTransitionEvent, ShadowEvent, TrustSnapshotEvent
+from router_stream.core.models import Decision, DlqEntry, DlqReason
+from router_stream.core.outputs import BatchResult, DlqRecord
+from router_stream.core.policy import RedactPolicy
+from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
+from router_stream.core.rollout import ShadowOutcome
+from router_stream.projection.writer import ProjectionBatch
 
 
 def _decision(**kw: Any) -> Decision:
@@ -38,6 +39,10 @@ def _decision(**kw: Any) -> Decision:
                 input_topic="signals", input_partition=1, input_offset=7, decided_at=2e9,
                 signal_ts=2e9 - 1)
     return Decision(**(base | kw))
+
+
+def _fields(d: Decision) -> dict[str, Any]:
+    return orjson.loads(d.to_json())
 
 
 def _entry(**kw: Any) -> DlqEntry:
@@ -52,10 +57,10 @@ def test_a_decision_record_holds_every_column(kafka_log) -> None:
     d = _decision(method="blend", value=1.5, sources_used=["a", "b"], outliers=["c"],
                   extra={"replay_of": "x"}, rule="r1")
     (rec,) = kafka_log().of(BatchResult(decisions=[d]), 1000)
-    back = decision_from_json(rec.value)
-    assert back == d
+    back = decision_fields(rec.value)
+    assert Decision(**back) == d
     row = dict(zip(DECISION_COLUMNS, decision_row(back), strict=True))
-    assert row["signal_id"] == "s-1" and row["tier"] == "0"
+    assert row["signal_id"] == "s-1" and row["tier"] == 0
     assert row["state"] == {"trust": {"pager": 0.8}, "breakers": {"pager": "closed"},
                             "rule": "r1", "extra": {"replay_of": "x"}}
     assert row["consensus"]["method"] == "blend"
@@ -65,7 +70,7 @@ def test_a_decision_record_holds_every_column(kafka_log) -> None:
 @pytest.mark.parametrize("value", [b"[]", b"{}", b'{"signal_id": "s"}', b"nope", None])
 def test_what_is_not_a_decision_is_a_value_error(value) -> None:
     with pytest.raises(ValueError):
-        decision_from_json(value)
+        ProjectionBatch().add_decision(decision_fields(value), "t/0/0", 0, DEFAULT_REDACTOR)
 
 
 def test_a_dlq_record_holds_every_column_and_where_it_is(kafka_log) -> None:
@@ -88,8 +93,8 @@ def test_a_dlq_row_is_masked_by_the_policy_and_knows_its_record(kafka_log) -> No
     assert row is not None and row["masked"] is True
     assert (row["original_key"], row["original_value"]) == (b"[PHONE]", b'{"ssn":"[SSN]"}')
     assert row["tenant"].startswith("[REDACTED]~h")
-    named = dict(zip(DECISION_COLUMNS, decision_row(
-        _decision(signal_id="s-bob@example.com", tenant="acme"), redactor), strict=True))
+    named = dict(zip(DECISION_COLUMNS, decision_row(_fields(
+        _decision(signal_id="s-bob@example.com", tenant="acme")), redactor), strict=True))
     assert named["signal_id"].startswith("***@example.com~h")
     assert named["tenant"] == row["tenant"]  # one tenant masks to one id everywhere
 

@@ -137,7 +137,7 @@ def test_kafka_failure_without_a_logged_reason_keeps_the_generic_message(
 
 
 def test_postgres_errors_name_host_port_db_never_user_or_password(secret_settings: Settings):
-    err = postgres._unreachable(secret_settings, OSError("password authentication failed"))
+    err = postgres.connections._unreachable(secret_settings, OSError("password authentication failed"))
     assert str(err).startswith("cannot connect to Postgres at 127.0.0.1:5432/router:")
     assert _leaks(str(err)) == [] and "router:" not in str(err).split(" at ")[1][:20]
 

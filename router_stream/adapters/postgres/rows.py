@@ -9,18 +9,18 @@ original bytes and its own position, an event row in the ``router.events`` value
 Postgres cannot store U+0000 in ``text`` or ``jsonb``. A row it refuses for that is stored with
 every U+0000 in its strings replaced by the six characters ``\\u0000`` (:func:`escape_nul`);
 the Kafka record keeps the original. Tuples follow the column order of
-:mod:`router_stream.adapters.postgres` (``DECISION_COLUMNS``, ``DLQ_COLUMNS`` ...).
+:mod:`.tables` (``DECISION_COLUMNS``, ``DLQ_COLUMNS`` ...).
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from router_stream.adapters import postgres as pg
+from router_stream.adapters.postgres.tables import dlq_key
 from router_stream.core.events import (
     BreakerTransitionEvent,
     PolicyStatusEvent,
@@ -28,7 +28,7 @@ from router_stream.core.events import (
     ShadowEvent,
     TrustSnapshotEvent,
 )
-from router_stream.core.models import Decision, DlqReason, InboundRecord
+from router_stream.core.models import DlqReason, InboundRecord
 from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
 from router_stream.core.wire import (
     DLQ_HEADERS,
@@ -45,55 +45,58 @@ from router_stream.core.wire import (
     H_TOPIC,
 )
 
-__all__ = ["decision_from_json", "decision_row", "dlq_row_from_record",
+__all__ = ["decision_fields", "decision_row", "dlq_row_from_record",
            "escape_nul", "input_key", "shadow_row", "transition_row", "trust_rows"]
 
 NUL_ESCAPE = "\\u0000"
 _REASONS = frozenset(r.value for r in DlqReason)
-_DECISION_FIELDS = frozenset(f.name for f in fields(Decision))
 
 
-def decision_from_json(value: bytes | None) -> Decision:
-    """The decision of a ``router.decisions`` value; ``ValueError`` when it is not one."""
+def decision_fields(value: bytes | None) -> dict[str, Any]:
+    """The fields of a ``router.decisions`` value (``Decision.to_json``: an object keyed by
+    ``Decision``'s field names); ``ValueError`` when it is not a JSON object."""
     data = orjson.loads(value or b"null")
     if not isinstance(data, dict):
         raise ValueError("a decision record's value is not a JSON object")
-    try:
-        return Decision(**{k: v for k, v in data.items() if k in _DECISION_FIELDS})
-    except TypeError as exc:
-        raise ValueError(f"not a decision: {exc}") from exc
+    return data
 
 
-def input_key(d: Decision) -> str:
+def input_key(d: Mapping[str, Any]) -> str:
     """The decided record's position, as ``dlq_key`` writes a DLQ entry's original position."""
-    return pg.dlq_key(d.input_topic, d.input_partition, d.input_offset)
+    return dlq_key(d["input_topic"], d["input_partition"], d["input_offset"])
 
 
-def decision_row(d: Decision, redactor: Redactor = DEFAULT_REDACTOR,
+def decision_row(d: Mapping[str, Any], redactor: Redactor = DEFAULT_REDACTOR,
                  tenants: dict[str, str] | None = None) -> tuple[Any, ...]:
-    """A decision in ``DECISION_COLUMNS`` order, its signal-supplied ids (``signal_id``,
-    ``tenant``) masked; ``tenants`` caches tenant masks. Everything else in a decision comes
-    from the policy or the router's state."""
-    state: dict[str, Any] = {"trust": d.trust, "breakers": d.breakers}
+    """A decision (its :func:`decision_fields`) in ``DECISION_COLUMNS`` order and the columns'
+    own types (what :func:`~router_stream.adapters.postgres.copy_decisions` copies as is), its
+    signal-supplied ids (``signal_id``, ``tenant``) masked; ``tenants`` caches tenant masks.
+    Everything else in a decision comes from the policy or the router's state. ``KeyError``
+    when a field is missing; read from the JSON object, not through ``Decision``, which
+    would cost as much as the rest of the row."""
+    state: dict[str, Any] = {"trust": d["trust"], "breakers": d["breakers"]}
     for name in ("priority", "rule", "override_id"):
-        value = getattr(d, name)
+        value = d.get(name)
         if value is not None:
             state[name] = value
-    if d.extra:
-        state["extra"] = d.extra
-    consensus = None if d.method is None else {
-        "value": d.value, "method": d.method, "sources_used": d.sources_used,
-        "outliers": d.outliers}
-    tenant = None if tenants is None else tenants.get(d.tenant)
+    if d.get("extra"):
+        state["extra"] = d["extra"]
+    method = d.get("method")
+    consensus = None if method is None else {
+        "value": d.get("value"), "method": method, "sources_used": d.get("sources_used"),
+        "outliers": d.get("outliers")}
+    tenant_id = d["tenant"]
+    tenant = None if tenants is None else tenants.get(tenant_id)
     if tenant is None:
-        tenant = redactor.identifier(d.tenant, "tenant")
+        tenant = redactor.identifier(tenant_id, "tenant")
         if tenants is not None:
-            tenants[d.tenant] = tenant
-    return (d.decision_id, redactor.identifier(d.signal_id, "signal_id"), tenant, d.kind,
-            d.destinations, d.strategy,
-            None if d.tier is None else str(d.tier), d.policy_version, d.confidence, state,
-            consensus, d.input_topic, d.input_partition, d.input_offset, d.signal_ts,
-            d.decided_at)
+            tenants[tenant_id] = tenant
+    signal_ts = d["signal_ts"]
+    return (d["decision_id"], redactor.identifier(d["signal_id"], "signal_id"), tenant,
+            d["kind"], d["destinations"], d["strategy"], d["tier"], d["policy_version"],
+            float(d["confidence"]), state, consensus, d["input_topic"], d["input_partition"],
+            d["input_offset"], None if signal_ts is None else _epoch(signal_ts),
+            _epoch(d["decided_at"]))
 
 
 def _epoch(value: float) -> datetime:
@@ -146,7 +149,7 @@ def dlq_row_from_record(record: InboundRecord, redactor: Redactor = DEFAULT_REDA
         value=record.value,
         headers=[(k, v) for k, v in record.headers or () if k not in DLQ_HEADERS])
     return {
-        "dlq_key": pg.dlq_key(topic, partition, offset), "reason": reason,
+        "dlq_key": dlq_key(topic, partition, offset), "reason": reason,
         "error": m.error, "signal_id": m.signal_id, "tenant": m.tenant, "kind": m.kind,
         "attempts": attempts, "original_topic": topic,
         "original_partition": partition, "original_offset": offset,
