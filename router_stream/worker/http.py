@@ -1,26 +1,29 @@
-"""``/livez``, ``/readyz`` and ``/metrics`` on a small aiohttp server.
-
-Why not faust's web server: it only exists inside a running faust worker, so in-process tests and
-the bounded (``--exit-when-idle``) mode would lack the endpoints; readiness is ours (state
-replayed, group joined, Postgres reachable) not faust's; and tests need port 0 with the bound
-port read back. aiohttp is a runtime dependency of its own (faust is only an optional extra).
-"""
+"""``/livez``, ``/readyz`` and ``/metrics`` on a small aiohttp server (port 0 binds a free
+port and reports it), for the worker and the projection."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge
 
 from router_stream.errors import CannotListen
-from router_stream.worker.metrics import WorkerMetrics
+
+
+class ServedMetrics(Protocol):
+    """What the server needs of a process's metrics: the readiness gauge and the exposition."""
+
+    ready: Gauge
+
+    async def exposition_off_loop(self) -> bytes: ...
 
 
 class HealthServer:
     def __init__(
         self,
-        metrics: WorkerMetrics,
+        metrics: ServedMetrics,
         *,
         alive: Callable[[], bool],
         readiness: Callable[[], dict[str, bool]],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -64,7 +65,7 @@ class RetriedByAiokafka(logging.Filter):
         return True
 
 
-def trace_id_of(headers: Any) -> str | None:
+def trace_id_of(headers: Iterable[tuple[str, bytes | None]] | None) -> str | None:
     """The trace id a producer sent: W3C ``traceparent`` (its trace-id field) or ``x-trace-id``."""
     for name, value in headers or ():
         if value is None:

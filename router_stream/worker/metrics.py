@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections.abc import Callable, Iterable, Mapping
+from typing import cast
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -38,7 +39,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.utils import floatToGoString
+from prometheus_client.utils import floatToGoString as _untyped_go_float
 
 LATENCY_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0)
 CONFIDENCE_BUCKETS = (.1, .2, .3, .4, .5, .6, .7, .8, .9, .95, 1.0)
@@ -46,6 +47,10 @@ BREAKER_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 
 StateSource = Callable[[], tuple[Mapping[str, float], Mapping[str, str]]]
 """Returns (trust score by source, breaker state by destination) as they are now."""
+
+
+_go_float = cast("Callable[[float], str]", _untyped_go_float)
+"""A float as Prometheus' text format writes it (``+Inf``, ``1.0``)."""
 
 
 class _StateCollector:
@@ -75,11 +80,11 @@ class _StateCollector:
         out += (b"# HELP trust_score Current trust score\n"
                 b"# TYPE trust_score gauge\n")
         for source, score in self._shown_trust(trust):
-            out += f'trust_score{{source="{_label(source)}"}} {floatToGoString(score)}\n'.encode()
+            out += f'trust_score{{source="{_label(source)}"}} {_go_float(score)}\n'.encode()
         out += (b"# HELP breaker_state 0 closed, 1 half_open, 2 open\n"
                 b"# TYPE breaker_state gauge\n")
         for dest, state in self._shown_breakers(breakers):
-            value = floatToGoString(BREAKER_STATE_VALUE.get(state, 0))
+            value = _go_float(BREAKER_STATE_VALUE.get(state, 0))
             out += f'breaker_state{{destination="{_label(dest)}"}} {value}\n'.encode()
         return bytes(out)
 
