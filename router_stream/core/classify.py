@@ -124,23 +124,23 @@ def compile_condition(condition: Condition) -> Predicate:
 
 
 def _all(predicates: list[Predicate]) -> Predicate:
-    if len(predicates) == 1:
-        return predicates[0]
-    if len(predicates) == 2:
-        first, second = predicates
-        return lambda signal: first(signal) and second(signal)
-    preds = tuple(predicates)
-    return lambda signal: all(p(signal) for p in preds)
+    return _joined(predicates, all, lambda a, b: lambda signal: a(signal) and b(signal))
 
 
 def _any(predicates: list[Predicate]) -> Predicate:
+    return _joined(predicates, any, lambda a, b: lambda signal: a(signal) or b(signal))
+
+
+def _joined(predicates: list[Predicate], fold: Callable[[Iterable[bool]], bool],
+            pair: Callable[[Predicate, Predicate], Predicate]) -> Predicate:
+    """One predicate of several: itself for one, a plain ``and``/``or`` of two (no generator on
+    the per-signal path), ``all``/``any`` over the rest."""
     if len(predicates) == 1:
         return predicates[0]
     if len(predicates) == 2:
-        first, second = predicates
-        return lambda signal: first(signal) or second(signal)
+        return pair(predicates[0], predicates[1])
     preds = tuple(predicates)
-    return lambda signal: any(p(signal) for p in preds)
+    return lambda signal: fold(p(signal) for p in preds)
 
 
 # --- leaves: a getter and a test -------------------------------------------------------------
