@@ -34,8 +34,8 @@ class DedupeWindow:
         self._seen: OrderedDict[str, float] = OrderedDict()
         self._clock = -math.inf
         # The clock at which expiry last ran with the front entry untouched since (NaN: never).
-        # Entries are added at the clock, so at an unchanged clock there is nothing new to
-        # expire; a batch shares one ``now`` and skips ~0.2 µs a signal.
+        # Entries are added at the clock, so at an unchanged clock (a batch shares one ``now``)
+        # there is nothing new to expire.
         self._expired_at = math.nan
 
     def __len__(self) -> int:

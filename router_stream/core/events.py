@@ -1,7 +1,7 @@
 """The ``router.events`` record: the low-volume state events the Postgres projection records.
 
-The worker never writes Postgres; what used to go straight from it to the database is published
-here, and ``router-stream persist`` turns each event into rows (docs/worker.md)::
+The worker never writes Postgres; the state changes the tables record are published here,
+and ``router-stream persist`` turns each event into rows (docs/worker.md)::
 
     type                 table                     published
     breaker_transition   breaker_transitions       with the batch that caused it, or when the

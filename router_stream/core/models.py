@@ -4,15 +4,10 @@ Inbound messages other than signals (:class:`HealthEvent`, :class:`Outcome`,
 :class:`ControlCommand`) and the DLQ record (:class:`DlqEntry`) are frozen pydantic models: they
 are validated at the edge, and a validated value is never changed afterwards.
 
-The two types built once per signal are shaped for speed (measured on this machine, see
-``bench/core_parse_bench.py`` and docs/performance.md):
-
-* :class:`Signal` is a frozen ``msgspec.Struct``, not a model: the parser
-  (:mod:`router_stream.core.parsing`) is the one place that validates signals, and builds it
-  positionally in ~0.3 µs (a pydantic ``Signal`` filled without validation took ~1.3 µs).
-* :class:`Decision` is a ``@dataclass(slots=True)``: ~700k constructions/s against ~250k/s for
-  ``model_construct``, and orjson serialises dataclasses natively, so ``router.decisions`` values
-  cost one ``orjson.dumps`` call. Its inputs were validated upstream, so it needs no validation.
+The two types built once per signal are plain, unvalidated structures (their costs:
+docs/performance.md): :class:`Signal` is a frozen ``msgspec.Struct`` that only the parser
+(:mod:`router_stream.core.parsing`) builds, after validating; :class:`Decision` is a slotted
+dataclass built from validated values and serialised by one ``orjson.dumps``.
 
 Timestamps are epoch seconds (``float``) everywhere inside the core; :func:`to_epoch_seconds`
 normalises the two wire forms (RFC 3339 text, epoch milliseconds).
@@ -331,10 +326,8 @@ CONTROL_ADAPTER: TypeAdapter[ControlCommand] = TypeAdapter(ControlCommand)
 class Decision:
     """One routing decision (SPEC §3), published to ``router.decisions`` and Postgres.
 
-    Not ``frozen``: a frozen dataclass's ``__init__`` stores each of the 24 fields through
-    ``object.__setattr__``, ~3.5 µs per signal against ~1.3 µs for plain slot writes — a fifth
-    of a whole first_healthy decision. Nothing mutates a decision after the engine built it;
-    it is serialised as it is.
+    Not ``frozen`` (a frozen ``__init__`` costs per field on the hot path), but nothing mutates
+    a decision after the engine built it.
 
     A slotted dataclass rather than a pydantic model: built once per signal on the hot path
     from already-validated values (see the module docstring for the measurements), serialised

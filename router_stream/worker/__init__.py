@@ -3,12 +3,9 @@
 
 Design (docs/worker.md has the long form):
 
-* **Hot path outside faust's per-event machinery.** faust's stream/agent machinery costs ~4.5k
-  msgs/s per process on the reference machine, raw aiokafka ~200k/s. Signals are consumed by an
-  aiokafka consumer in the consumer group (``settings.group_id``) with
-  ``getmany(max_records=batch_max)``, decided a batch at a time by the pure engine, and made
-  durable in the commit order of :mod:`.hotpath` (produce + await every ack -> commit
-  offsets); nothing on that path waits for Postgres.
+* **Hot path** (:mod:`.hotpath`): signals are consumed in the consumer group
+  (``settings.group_id``) a batch at a time, decided by the pure engine, and made durable in the
+  commit order written in :mod:`.pipeline`; nothing on that path waits for Postgres.
 * **Shared state by replay** (:mod:`.state`): every worker reads ``source-health``, ``outcomes``
   and ``router.control`` in full and folds them into its engine, so trust, breakers, overrides
   and the policy are a deterministic replay of those topics, equal on every worker within ~100
@@ -18,8 +15,8 @@ Design (docs/worker.md has the long form):
   signal_id.
 * **Lifecycle** (:mod:`.service`): SIGTERM drains (stop fetching, finish the batch, flush,
   commit, exit in < 30 s); a bounded "burst" mode exits once the input lag stayed 0 for N s.
-* **Hosting** (:mod:`.app`): a plain asyncio loop with SIGTERM/SIGINT handlers that drain
-  (not a faust App; see docs/worker.md).
+* **Hosting** (:mod:`.app`): a plain asyncio loop with SIGTERM/SIGINT handlers that drain;
+  :mod:`.supervisor` runs N of them (``--processes``).
 """
 
 from router_stream.worker.backoff import Backoff

@@ -2,8 +2,7 @@
 
 ``run_hosted`` runs :class:`~router_stream.worker.service.RouterWorker` on an asyncio loop with
 SIGTERM/SIGINT handlers that drain, after pinning glibc's mmap threshold
-(:func:`~router_stream.worker.memory.pin_mmap_threshold`, which keeps the RSS flat). (See
-docs/worker.md, "Why the hot path is not a faust agent".)
+(:func:`~router_stream.worker.memory.pin_mmap_threshold`, which keeps the RSS flat).
 """
 
 from __future__ import annotations

@@ -15,8 +15,7 @@ Lifecycle::
 Routing never waits for Postgres: the worker's only connection to it is the heartbeat (a pool
 that connects lazily); every row is written by the projection (``router-stream persist``) from
 the records the worker produced. The worker is a plain asyncio object so tests drive it
-in-process; :mod:`.app` hosts it in a plain asyncio loop with SIGTERM/SIGINT handlers (not a
-faust App: docs/worker.md).
+in-process; :mod:`.app` hosts it with SIGTERM/SIGINT handlers.
 """
 
 from __future__ import annotations

@@ -1,12 +1,10 @@
 """Which trust scores a periodic snapshot writes to ``trust_snapshots``.
 
-Every worker used to write every score every :data:`~router_stream.worker.service.
-TRUST_SNAPSHOT_EVERY_S` (10 s). With 100k sources and 10k destinations in state that was 110k
-rows every 10 s (~950M a day) and most of an idle worker's CPU (bench/state_memory.py: 64 % of
-a core). A score that did not move says nothing new, so a snapshot now writes a score when it
-moved by at least :data:`MIN_CHANGE` since the row last written for it, when it is new, and at
-least every :data:`REFRESH_EVERY_S` anyway — so every id in state has a row no older than that,
-and a reader never has to tell "unchanged" from "gone". Every worker folds the same events, so
+Every :data:`~router_stream.worker.service.TRUST_SNAPSHOT_EVERY_S` a snapshot writes a score
+when it moved by at least :data:`MIN_CHANGE` since the row last written for it, when it is new,
+and at least every :data:`REFRESH_EVERY_S` anyway — so every id in state has a row no older than
+that, and a reader never has to tell "unchanged" from "gone" (the rows this saves:
+docs/performance.md). Every worker folds the same events, so
 workers still pick the same ids and UNIQUE(source_id, at) still keeps one row per id and period.
 """
 
