@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -14,6 +13,12 @@ import click
 from pydantic import ValidationError
 
 from router_stream.cli import EXIT_RUNTIME_FAILURE, EXIT_USER_ERROR, cli
+from router_stream.cli.dlq_output import (
+    json_out,
+    print_detail,
+    print_entries,
+    print_summary,
+)
 from router_stream.config import Settings
 from router_stream.dlq import store
 from router_stream.dlq.filters import REASONS, STATUSES, DlqFilter
@@ -105,22 +110,6 @@ def _say_if_projection_lags(settings: Settings) -> None:
         click.secho(f"note: {lag.describe(settings.topic(DLQ))}", fg="yellow", err=True)
 
 
-def _json_out(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=str))
-
-
-def _console() -> Any:
-    """A rich console; piped output gets a wide fixed width so rows are not wrapped for grep."""
-    from rich.console import Console
-
-    console = Console()
-    return console if console.is_terminal else Console(width=200)
-
-
-def _short(value: datetime | None) -> str:
-    return "" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
 @cli.group()
 def dlq() -> None:
     """Inspect, discard, replay and rebuild the dead-letter queue (Postgres dlq_entries).
@@ -161,44 +150,10 @@ def list_(limit: int, summary: bool, as_json: bool, **filters: Any) -> None:
     _say_if_projection_lags(settings)
     if summary:
         rows = _run(_with_conn(settings, lambda c: store.summary(c, where)))
-        _print_summary(rows, as_json)
+        print_summary(rows, as_json)
         return
     entries = _run(_with_conn(settings, lambda c: store.list_entries(c, where, limit=limit)))
-    _print_entries(entries, as_json)
-
-
-def _print_summary(rows: list[store.SummaryRow], as_json: bool) -> None:
-    if as_json:
-        _json_out({"total": sum(r.count for r in rows),
-                   "groups": [{"reason": r.reason, "status": r.status, "count": r.count,
-                               "oldest": r.oldest.isoformat(), "newest": r.newest.isoformat()}
-                              for r in rows]})
-        return
-    from rich.table import Table
-
-    table = Table("reason", "status", "count", "oldest failure", "newest failure")
-    for r in rows:
-        table.add_row(r.reason, r.status, str(r.count), _short(r.oldest), _short(r.newest))
-    table.caption = f"{sum(r.count for r in rows)} entries"
-    _console().print(table)
-
-
-def _print_entries(entries: list[store.DlqRow], as_json: bool) -> None:
-    from router_stream.dlq.view import entry_summary
-
-    if as_json:
-        _json_out([entry_summary(e) for e in entries])
-        return
-    from rich.table import Table
-
-    table = Table("id", "reason", "status", "att", "origin", "signal_id", "last failure",
-                  "error")
-    for e in entries:
-        origin = f"{e.original_topic}/{e.original_partition}/{e.original_offset}"
-        table.add_row(str(e.id), e.reason, e.status, str(e.attempts), origin, e.signal_id or "",
-                      _short(e.last_failed_at), e.error[:60])
-    table.caption = f"{len(entries)} entries"
-    _console().print(table)
+    print_entries(entries, as_json)
 
 
 # --- show ----------------------------------------------------------------------------------
@@ -230,9 +185,9 @@ def show(entry_id: int, policy_file: Path | None, as_json: bool) -> None:
     row = _run(_with_conn(settings, lambda c: store.get_entry(c, entry_id)))
     detail = entry_detail(row, redact)
     if as_json:
-        _json_out(detail)
+        json_out(detail)
         return
-    _print_detail(detail)
+    print_detail(detail)
 
 
 def _redact_policy(path: Path | None) -> Any:
@@ -253,45 +208,6 @@ def _redactor(path: Path | None) -> Any:
 
     text, _ = read_policy(path)  # a bad file: the same lines as `policy validate`
     return compile_policy_text(text, str(path)).redactor
-
-
-def _print_detail(d: dict[str, Any]) -> None:
-    for name in ("id", "status", "reason", "attempts", "error", "signal_id", "tenant", "kind",
-                 "dlq_key", "first_failed_at", "last_failed_at", "replayed_at", "replay_count",
-                 "discarded_at", "discard_reason"):
-        if d.get(name) not in (None, ""):
-            click.echo(f"{name:<16}{d[name]}")
-    click.echo(f"{'key':<16}{_bytes_line(d['key'])}")
-    click.echo(f"{'headers':<16}{'' if d['headers'] else '(none)'}")
-    for name, value in d["headers"]:
-        click.echo(f"  {name}: {value if value is not None else '(null)'}")
-    click.echo(f"value ({d['value']['encoding']}, {d['value']['size']} bytes)"
-               + _masking_note(d))
-    value = d["value"]
-    if value["encoding"] == "json":
-        click.echo(json.dumps(value["json"], indent=2, ensure_ascii=False))
-    elif value["encoding"] == "text":
-        click.echo(value["text"])
-    elif value["encoding"] == "base64":
-        click.echo(f"  hex: {value['hex_preview']}{' ...' if value['size'] > 32 else ''}")
-        click.echo(f"  base64: {value['base64']}")
-
-
-def _masking_note(d: dict[str, Any]) -> str:
-    if d["masked_at_rest"]:
-        at = d["dlq_record"]
-        return (" — masked at rest; the original is on "
-                f"{at['topic']} partition {at['partition']} offset {at['offset']}")
-    return "" if d["masked"] else " — not masked: no policy given"
-
-
-def _bytes_line(described: dict[str, Any]) -> str:
-    enc = described["encoding"]
-    if enc == "null":
-        return "(none)"
-    if enc == "json":
-        return json.dumps(described["json"], ensure_ascii=False)
-    return str(described.get("text") or "base64:" + described["base64"])
 
 
 # --- discard -------------------------------------------------------------------------------
@@ -329,7 +245,7 @@ def discard(id_args: tuple[int, ...], discard_reason: str, limit: int | None, al
 
     discarded = _run(_with_conn(_settings(), work))
     if as_json:
-        _json_out({"discarded": discarded})
+        json_out({"discarded": discarded})
     else:
         click.echo(f"discarded {len(discarded)} entries"
                    + (f": {', '.join(map(str, discarded[:20]))}" if discarded else ""))
@@ -463,7 +379,7 @@ def _print_replay(report: Any, as_json: bool, preview: _Preview | None) -> None:
                                              "keys": report.held_keys, "why": report.held}}
         if preview is not None:
             out["records"] = preview.records
-        _json_out(out)
+        json_out(out)
     elif report.dry_run:
         click.echo(f"dry run: {report.would_send} entries would be replayed")
     else:
@@ -529,7 +445,7 @@ def reindex(topic: str | None, policy_file: Path | None, as_json: bool) -> None:
         redactor = DEFAULT_REDACTOR
     report = _run(reindex_dlq(settings, topic=topic, redactor=redactor))
     if as_json:
-        _json_out(vars(report))
+        json_out(vars(report))
     else:
         click.echo(f"read {report.read} records: {report.inserted} entries added, "
                    f"{report.updated} updated, {report.skipped} skipped (not DLQ records); "
