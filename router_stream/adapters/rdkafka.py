@@ -1,0 +1,92 @@
+"""librdkafka (confluent-kafka) clients from asyncio: one thread per client, connecting with a
+one-line reason when it cannot, and cluster metadata that lists the topics asked for.
+
+A confluent-kafka client's calls block and the client is not safe to call from two threads at
+once (a consumer's ``consume`` and ``close``), so :class:`ClientThread` runs every blocking call
+of one client, in order, on its own thread; the event loop awaits them. Producing is the
+exception: ``Producer.produce`` is thread-safe and does not block, so it is called inline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin._metadata import ClusterMetadata
+
+from router_stream.adapters.kafka_failures import RdkafkaLog, describe_rdkafka, rdkafka_error
+from router_stream.config import Settings
+from router_stream.errors import BrokerUnavailable, UserError
+
+__all__ = ["ClientThread", "client_config", "cluster_with", "connect"]
+
+T = TypeVar("T")
+
+METADATA_WAIT_S = 5.0
+_CONNECT_STEP_S = 0.25
+
+
+class ClientThread:
+    """Runs one client's blocking calls in order on one thread: ``await thread.run(f, *args)``."""
+
+    def __init__(self, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def close(self) -> None:
+        """Lets the thread end after the call it runs (a bounded one: every call has a timeout)."""
+        self._pool.shutdown(wait=False)
+
+
+def client_config(settings: Settings, log: RdkafkaLog, **role: object) -> dict[str, Any]:
+    """``Settings.librdkafka_config`` plus the client's role keys and ``log`` as its logger."""
+    return {**settings.librdkafka_config, **role, **log.config()}
+
+
+async def connect(thread: ClientThread, client: Any, log: RdkafkaLog, settings: Settings,
+                  *, timeout_s: float = 10.0) -> ClusterMetadata:
+    """The cluster's metadata once ``client`` reached a broker; :class:`BrokerUnavailable`
+    with the reason in one line once every broker failed (refused, TLS, credentials) or after
+    ``timeout_s``. ``client`` is a Producer, Consumer or AdminClient: all have ``poll``, which
+    delivers the reasons to ``log``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await thread.run(client.list_topics, None, _CONNECT_STEP_S)
+        except KafkaException as exc:
+            await thread.run(client.poll, 0)
+            if log.gave_up or time.monotonic() >= deadline:
+                raise BrokerUnavailable(describe_rdkafka(settings, log, str(exc))) from exc
+
+
+async def cluster_with(thread: ClientThread, client: Any, settings: Settings,
+                       topics: Sequence[str]) -> ClusterMetadata:
+    """Cluster metadata that lists ``topics``; a user error for a topic that does not exist.
+
+    A topic created a moment ago may not be in the broker's metadata yet (seconds on a loaded
+    machine), so a missing one is looked up again for ``METADATA_WAIT_S`` before it is
+    reported (auto-create is off).
+    """
+    deadline = time.monotonic() + METADATA_WAIT_S
+    while True:
+        try:
+            metadata: ClusterMetadata = await thread.run(client.list_topics, None, 10.0)
+        except KafkaException as exc:
+            raise rdkafka_error(settings, "cannot read cluster metadata", exc) from exc
+        missing = sorted(t for t in topics if t not in metadata.topics
+                         or metadata.topics[t].error is not None)
+        if not missing:
+            return metadata
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.25)
+    raise UserError(
+        f"topic {', '.join(missing)} does not exist on {settings.kafka_bootstrap}"
+        " (run `router-stream topics apply`, or check ROUTER_TOPIC_PREFIX)"
+    )
