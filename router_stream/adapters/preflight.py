@@ -29,7 +29,7 @@ async def cluster_topics(settings: Settings, timeout: float = CLUSTER_TIMEOUT_S)
     from router_stream.adapters.topics import _admin
 
     async with _admin(settings, timeout) as admin:
-        return set(await admin.list_topics())
+        return set((await admin.metadata()).topics)
 
 
 def missing_topics_error(missing: list[str], *, fix: str) -> UserError:
