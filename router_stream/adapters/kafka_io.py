@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -44,12 +43,18 @@ from confluent_kafka import (
 )
 
 from router_stream.adapters.kafka_failures import RdkafkaLog, rdkafka_error
-from router_stream.adapters.rdkafka import ClientThread, client_config, cluster_with, connect
+from router_stream.adapters.rdkafka import (
+    ClientThread,
+    client_config,
+    cluster_with,
+    connect,
+    reader,
+)
 from router_stream.config import Settings
 from router_stream.errors import OperationTimeout, RouterError, UserError
 
 __all__ = ["MAX_MESSAGE_BYTES", "ConsumedRecord", "OutRecord", "RateLimiter", "RecordWriter",
-           "group_committed_to_end", "read_at", "read_records"]
+           "consumed_record", "group_committed_to_end", "read_at", "read_records"]
 
 
 async def group_committed_to_end(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> bool:
@@ -235,18 +240,8 @@ async def _acked_only(acked: asyncio.Future[tuple[int, int]]) -> None:
     await acked
 
 
-def _reader(settings: Settings, log: RdkafkaLog, *, from_beginning: bool) -> Consumer:
-    """A consumer that is only ever assigned partitions: its group id is required by
-    librdkafka but never joined, and nothing is committed."""
-    return Consumer(client_config(
-        settings, log, **{
-            "group.id": f"router-stream-reader-{uuid.uuid4().hex}",
-            "enable.auto.commit": False, "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest" if from_beginning else "latest",
-        }))
-
-
-def _consumed(msg: Message) -> ConsumedRecord:
+def consumed_record(msg: Message) -> ConsumedRecord:
+    """A librdkafka message (one without an error) as a :class:`ConsumedRecord`."""
     headers: Any = msg.headers() or []  # a list of (str, bytes | None) pairs as read
     return ConsumedRecord(str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0),
                           msg.key(), msg.value(), msg.timestamp()[1], list(headers))
@@ -279,7 +274,7 @@ async def read_records(
     after that long without a new record. With none of them it follows the topic forever.
     """
     log = RdkafkaLog()
-    consumer = _reader(settings, log, from_beginning=from_beginning)
+    consumer = reader(settings, log, from_beginning=from_beginning)
     thread = ClientThread("record-reader")
     try:
         await connect(thread, consumer, log, settings)
@@ -329,7 +324,7 @@ async def _fetch(
                 return
             seen += 1
             last = time.monotonic()
-            yield _consumed(msg)
+            yield consumed_record(msg)
 
 
 async def _reached(thread: ClientThread, consumer: Consumer, topic: str,
@@ -361,7 +356,7 @@ async def read_at(
     if not wanted:
         return found
     log = RdkafkaLog()
-    consumer = _reader(settings, log, from_beginning=True)
+    consumer = reader(settings, log, from_beginning=True)
     thread = ClientThread("record-reader")
     try:
         await connect(thread, consumer, log, settings)
@@ -397,7 +392,7 @@ async def _read_offsets(thread: ClientThread, consumer: Consumer, tp: TopicParti
                 raise OperationTimeout(f"reading {tp.topic}[{tp.partition}] at offset {offset}:"
                                        f" timed out talking to {settings.kafka_bootstrap}")
             for msg in await _messages(thread, consumer, settings, tp.topic, 0.5):
-                record = _consumed(msg)
+                record = consumed_record(msg)
                 if record.offset in wanted:
                     found[(record.partition, record.offset)] = record
             [now] = await thread.run(consumer.position, [tp])

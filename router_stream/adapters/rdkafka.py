@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaException
 from confluent_kafka.admin._metadata import ClusterMetadata
 
 from router_stream.adapters.kafka_failures import RdkafkaLog, describe_rdkafka, rdkafka_error
 from router_stream.config import Settings
 from router_stream.errors import BrokerUnavailable, UserError
 
-__all__ = ["ClientThread", "client_config", "cluster_with", "connect"]
+__all__ = ["ClientThread", "client_config", "cluster_with", "connect", "reader"]
 
 T = TypeVar("T")
 
@@ -47,6 +48,19 @@ class ClientThread:
 def client_config(settings: Settings, log: RdkafkaLog, **role: object) -> dict[str, Any]:
     """``Settings.librdkafka_config`` plus the client's role keys and ``log`` as its logger."""
     return {**settings.librdkafka_config, **role, **log.config()}
+
+
+def reader(settings: Settings, log: RdkafkaLog, *, from_beginning: bool = True,
+           client_id: str = "router-stream-reader") -> Consumer:
+    """A consumer that is only ever assigned partitions: librdkafka requires a group id, but
+    this one is never joined and nothing is committed."""
+    return Consumer(client_config(
+        settings, log, **{
+            "group.id": f"router-stream-reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False, "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest" if from_beginning else "latest",
+            "client.id": client_id,
+        }))
 
 
 async def connect(thread: ClientThread, client: Any, log: RdkafkaLog, settings: Settings,
