@@ -126,6 +126,7 @@ def _explain(settings: Settings, reason: BaseException) -> str | None:
 RDKAFKA_LOGGER = "router_stream.librdkafka"
 _THREAD_PREFIX = re.compile(r"^(?:\[thrd:[^\]]*\]: )?(?:\S+/(?:bootstrap|\d+): )?")
 _ATTEMPT_SUFFIX = re.compile(r"\s*\(after \d+ms in state [A-Z_]+(?:, .*)?\)$")
+_FAILURE_FACILITIES = ("FAIL", "ERROR")
 _GAVE_UP = {"_ALL_BROKERS_DOWN", "_AUTHENTICATION", "_SSL", "_RESOLVE"}
 _TIMEOUTS = {"_TIMED_OUT", "_MSG_TIMED_OUT", "REQUEST_TIMED_OUT", "_TIMED_OUT_QUEUE"}
 _UNREACHABLE = {"_TRANSPORT", "_ALL_BROKERS_DOWN", "_RESOLVE", "_AUTHENTICATION", "_SSL",
@@ -155,18 +156,27 @@ class RdkafkaLog:
         return {"logger": self, "error_cb": self.error}
 
     def log(self, level: int, fmt: str, *args: object) -> None:
-        """What confluent-kafka calls as ``logger.log(level, "%s [%s] %s", fac, name, text)``."""
-        line = rdkafka_reason(str(args[-1])) if args else fmt
+        """What confluent-kafka calls as ``logger.log(level, "%s [%s] %s", fac, name, text)``;
+        a FAIL or ERROR line is a connection's failure and its reason."""
+        text = str(args[-1]) if args else fmt
+        if args and args[0] in _FAILURE_FACILITIES:
+            self._keep(text)
+        self._pass_on(level, text)
+
+    def error(self, err: KafkaError) -> None:
+        if err.name() != "_ALL_BROKERS_DOWN":  # "1/1 brokers are down" says no why
+            self._keep(err.str())
+        self.gave_up = self.gave_up or err.name() in _GAVE_UP or err.fatal()
+        self._pass_on(logging.WARNING, err.str())
+
+    def _keep(self, text: str) -> None:
+        self.reasons.append(_THREAD_PREFIX.sub("", " ".join(text.split())))
+
+    def _pass_on(self, level: int, text: str) -> None:
+        line = rdkafka_reason(text)
         if line not in self._seen:
             self._seen.add(line)
             self._logger.log(level, "%s", line)
-
-    def error(self, err: KafkaError) -> None:
-        reason = rdkafka_reason(err.str())
-        if err.name() != "_ALL_BROKERS_DOWN":  # "1/1 brokers are down" says no why
-            self.reasons.append(reason)
-        self.gave_up = self.gave_up or err.name() in _GAVE_UP or err.fatal()
-        self.log(logging.WARNING, "%s", reason)
 
 
 def describe_rdkafka(settings: Settings, log: RdkafkaLog, fallback: str) -> str:
@@ -176,15 +186,17 @@ def describe_rdkafka(settings: Settings, log: RdkafkaLog, fallback: str) -> str:
         explained = _explain_rdkafka(settings, reason)
         if explained:
             return explained
-    reason = log.reasons[-1] if log.reasons else fallback
+    reason = rdkafka_reason(log.reasons[-1]) if log.reasons else fallback
     return f"cannot reach Kafka at {settings.kafka_bootstrap}: {reason}"
 
 
-def _explain_rdkafka(settings: Settings, reason: str) -> str | None:
+def _explain_rdkafka(settings: Settings, raw: str) -> str | None:
+    """``raw`` keeps its "(after 0ms in state X)": the state tells a TLS mismatch apart."""
     where = f"Kafka at {settings.kafka_bootstrap}"
     protocol = settings.kafka_security_protocol
     mechanism = settings.kafka_sasl_mechanism or "PLAIN"
-    lowered = reason.lower()
+    reason = rdkafka_reason(raw)
+    lowered = raw.lower()
     if "invalid credentials" in lowered or "authentication failed" in lowered:
         return (
             f"{where} rejected the credentials of user {settings.kafka_sasl_username!r} "
@@ -211,8 +223,8 @@ def _explain_rdkafka(settings: Settings, reason: str) -> str | None:
             f"{where} does not speak TLS on this listener: check "
             f"ROUTER_KAFKA_SECURITY_PROTOCOL (now {protocol})"
         )
-    if protocol in ("PLAINTEXT", "SASL_PLAINTEXT") and (
-            "ssl listener" in lowered or "disconnected while requesting apiversion" in lowered):
+    if protocol in ("PLAINTEXT", "SASL_PLAINTEXT") and "disconnected" in lowered and (
+            "ssl listener" in lowered or "apiversion" in lowered):
         return (
             f"{where} closed the connection during the handshake; its listener probably "
             f"expects TLS: check ROUTER_KAFKA_SECURITY_PROTOCOL (now {protocol}) and "

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka.admin._metadata import ClusterMetadata
 
 from router_stream.adapters.kafka_failures import RdkafkaLog, describe_rdkafka, rdkafka_error
@@ -76,7 +76,12 @@ async def connect(thread: ClientThread, client: Any, log: RdkafkaLog, settings: 
         except KafkaException as exc:
             await thread.run(client.poll, 0)
             if log.gave_up or time.monotonic() >= deadline:
-                raise BrokerUnavailable(describe_rdkafka(settings, log, str(exc))) from exc
+                raise BrokerUnavailable(describe_rdkafka(settings, log, _text(exc))) from exc
+
+
+def _text(exc: KafkaException) -> str:
+    err = exc.args[0] if exc.args else None
+    return err.str() if isinstance(err, KafkaError) else str(exc)
 
 
 async def cluster_with(thread: ClientThread, client: Any, settings: Settings,

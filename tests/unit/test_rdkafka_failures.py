@@ -59,7 +59,21 @@ def test_errors_keep_their_reason_and_all_brokers_down_means_gave_up():
     assert not log.gave_up
     log.error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
     assert log.gave_up
-    assert log.reasons == ["Connect to ipv4#127.0.0.1:9 failed: Connection refused"]
+    assert [rdkafka_reason(r) for r in log.reasons] == [
+        "Connect to ipv4#127.0.0.1:9 failed: Connection refused"]
+
+
+def test_a_failure_logged_only_as_a_line_is_a_reason_too(monkeypatch: pytest.MonkeyPatch):
+    # a plaintext client at a TLS listener: librdkafka says so only in a FAIL log line
+    monkeypatch.setenv("ROUTER_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+    log = RdkafkaLog()
+    log.log(logging.INFO, "%s [%s] %s", "FAIL", "rdkafka#producer-1",
+            "[thrd:h:9/bootstrap]: h:9/bootstrap: Disconnected: connection reset by peer"
+            " (after 0ms in state APIVERSION_QUERY)")
+    log.log(logging.DEBUG, "%s [%s] %s", "BROKER", "rdkafka#producer-1", "h:9: Added")
+    assert len(log.reasons) == 1
+    message = describe_rdkafka(Settings(), log, "")
+    assert "expects TLS" in message and "ROUTER_KAFKA_SECURITY_PROTOCOL" in message
 
 
 def test_rejected_credentials_name_the_settings_not_the_password(sasl_settings: Settings):
