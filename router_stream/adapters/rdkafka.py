@@ -16,14 +16,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin._metadata import ClusterMetadata
 
 from router_stream.adapters.kafka_failures import RdkafkaLog, describe_rdkafka, rdkafka_error
 from router_stream.config import Settings
 from router_stream.errors import BrokerUnavailable, UserError
 
-__all__ = ["ClientThread", "client_config", "cluster_with", "connect", "reader"]
+__all__ = ["ClientThread", "client_config", "cluster_with", "connect",
+           "group_committed_to_end", "reader"]
 
 T = TypeVar("T")
 
@@ -109,3 +110,27 @@ async def cluster_with(thread: ClientThread, client: Any, settings: Settings,
         f"topic {', '.join(missing)} does not exist on {settings.kafka_bootstrap}"
         " (run `router-stream topics apply`, or check ROUTER_TOPIC_PREFIX)"
     )
+
+
+async def group_committed_to_end(thread: ClientThread, consumer: Consumer,
+                                 topics: Sequence[str]) -> bool:
+    """True when the consumer's GROUP committed up to the end of every partition of ``topics``
+    (a member's own positions are not enough: one that died keeps its partitions until its
+    session times out). Remote calls, made in one turn of the client's thread (not one turn
+    each, behind the consumer's fetches); False when the broker cannot say."""
+    try:
+        return await thread.run(_committed_to_end, consumer, topics)
+    except KafkaException:
+        return False
+
+
+def _committed_to_end(consumer: Consumer, topics: Sequence[str]) -> bool:
+    listed = consumer.list_topics(None, 10.0).topics
+    tps = [TopicPartition(t, p) for t in topics if t in listed
+           for p in sorted(listed[t].partitions)]
+    committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(tps, 10.0)}
+    for tp in tps:
+        start, end = consumer.get_watermark_offsets(tp, 10.0)
+        if end > start and committed[(tp.topic, tp.partition)] < end:  # none: a negative offset
+            return False
+    return True
