@@ -20,7 +20,6 @@ a missing ``topics apply``); an unreachable broker is
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -38,12 +37,12 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Message,
-    Producer,
     TopicPartition,
 )
 
 from router_stream.adapters.kafka_failures import RdkafkaLog, rdkafka_error
 from router_stream.adapters.rdkafka import (
+    AckingProducer,
     ClientThread,
     client_config,
     cluster_with,
@@ -118,7 +117,6 @@ class RateLimiter:
 
 _RECORD_OVERHEAD = 128  # a record's framing and its batch's header, generously
 MAX_MESSAGE_BYTES = 1_048_576  # the producer's limit on one record (librdkafka message.max.bytes)
-_POLL_S = 0.1
 
 
 class RecordWriter:
@@ -126,25 +124,22 @@ class RecordWriter:
 
     :meth:`send` returns once the record is queued, with a future resolving to its
     ``(partition, offset)`` when the broker acknowledged it; :meth:`send_and_wait` does both.
-    Acknowledgements are served by a thread that polls the producer; they settle the futures
-    on the event loop.
     """
 
     def __init__(self, settings: Settings, *, timeout_s: float = 30.0, linger_ms: int = 5) -> None:
         self._settings = settings
         self._timeout_s = timeout_s
         self._log = RdkafkaLog()
-        self._producer = Producer(client_config(
+        self._thread = ClientThread("record-writer")
+        self._acking = AckingProducer(client_config(
             settings, self._log, **{
                 "enable.idempotence": True, "acks": "all", "linger.ms": linger_ms,
                 "request.timeout.ms": int(timeout_s * 1000),
                 "message.timeout.ms": int(timeout_s * 1000),
                 "message.max.bytes": MAX_MESSAGE_BYTES,
-            }))
-        self._thread = ClientThread("record-writer")
+            }), self._thread)
+        self._producer = self._acking.producer
         self._checked: set[str] = set()
-        self._polling = threading.Event()
-        self._poller: threading.Thread | None = None
 
     async def __aenter__(self) -> RecordWriter:
         try:
@@ -152,22 +147,13 @@ class RecordWriter:
         except BaseException:
             self._thread.close()
             raise
-        self._polling.set()
-        self._poller = threading.Thread(target=self._poll, name="record-writer-acks", daemon=True)
-        self._poller.start()
+        self._acking.start()
         return self
-
-    def _poll(self) -> None:
-        while self._polling.is_set():
-            self._producer.poll(_POLL_S)
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        self._polling.clear()
         try:
-            if self._poller is not None:
-                await self._thread.run(self._poller.join)
-            await self._thread.run(self._producer.flush, self._timeout_s)
+            await self._acking.stop(self._timeout_s)
         finally:
             self._thread.close()
 
@@ -184,36 +170,21 @@ class RecordWriter:
         return await self._produce(record)
 
     async def _produce(self, record: OutRecord) -> asyncio.Future[tuple[int, int]]:
-        loop = asyncio.get_running_loop()
-        acked: asyncio.Future[tuple[int, int]] = loop.create_future()
+        try:
+            acked = await self._acking.produce(
+                record.topic, record.value, key=record.key, headers=record.headers,
+                timestamp_ms=record.timestamp_ms)
+        except KafkaException as exc:
+            raise rdkafka_error(self._settings, f"cannot produce to {record.topic}",
+                                exc) from exc
+        return asyncio.ensure_future(self._position(record.topic, acked))
 
-        def delivered(err: KafkaError | None, msg: Message) -> None:  # on the poller's thread
-            loop.call_soon_threadsafe(self._settle, acked, record.topic, err, msg)
-
-        options: dict[str, Any] = {"key": record.key, "on_delivery": delivered}
-        if record.headers:
-            options["headers"] = record.headers
-        if record.timestamp_ms is not None:
-            options["timestamp"] = record.timestamp_ms
-        while True:
-            try:
-                self._producer.produce(record.topic, record.value, **options)
-                return acked
-            except BufferError:  # the local queue is full: wait for acks to drain it
-                await asyncio.sleep(_POLL_S / 10)
-            except KafkaException as exc:
-                raise rdkafka_error(self._settings, f"cannot produce to {record.topic}",
-                                    exc) from exc
-
-    def _settle(self, acked: asyncio.Future[tuple[int, int]], topic: str,
-                err: KafkaError | None, msg: Message) -> None:
-        if acked.done():
-            return
-        if err is not None:
-            acked.set_exception(rdkafka_error(self._settings, f"producing to {topic} failed",
-                                              err))
-        else:
-            acked.set_result((int(msg.partition() or 0), int(msg.offset() or 0)))
+    async def _position(self, topic: str, acked: asyncio.Future[Message]) -> tuple[int, int]:
+        try:
+            msg = await acked
+        except KafkaException as exc:
+            raise rdkafka_error(self._settings, f"producing to {topic} failed", exc) from exc
+        return int(msg.partition() or 0), int(msg.offset() or 0)
 
     async def send_and_wait(self, record: OutRecord) -> tuple[int, int]:
         return await (await self.send(record))

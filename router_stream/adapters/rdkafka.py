@@ -10,26 +10,35 @@ exception: ``Producer.produce`` is thread-safe and does not block, so it is call
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin._metadata import ClusterMetadata
 
 from router_stream.adapters.kafka_failures import RdkafkaLog, describe_rdkafka, rdkafka_error
 from router_stream.config import Settings
 from router_stream.errors import BrokerUnavailable, UserError
 
-__all__ = ["ClientThread", "client_config", "cluster_with", "connect",
+__all__ = ["AckingProducer", "ClientThread", "client_config", "cluster_with", "connect",
            "group_committed_to_end", "reader"]
 
 T = TypeVar("T")
 
 METADATA_WAIT_S = 5.0
 _CONNECT_STEP_S = 0.25
+_POLL_S = 0.1
 
 
 class ClientThread:
@@ -44,6 +53,67 @@ class ClientThread:
     def close(self) -> None:
         """Lets the thread end after the call it runs (a bounded one: every call has a timeout)."""
         self._pool.shutdown(wait=False)
+
+
+class AckingProducer:
+    """A librdkafka Producer whose acknowledgements settle asyncio futures: a thread polls it
+    for them (``start``), ``stop`` ends that thread and flushes."""
+
+    def __init__(self, config: dict[str, Any], thread: ClientThread) -> None:
+        self.producer = Producer(config)
+        self._thread = thread
+        self._polling = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._polling.set()
+        self._poller = threading.Thread(target=self._poll, name="producer-acks", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while self._polling.is_set():
+            self.producer.poll(_POLL_S)
+
+    async def stop(self, timeout_s: float) -> int:
+        """Stop polling and flush; returns how many records were left unacknowledged."""
+        self._polling.clear()
+        if self._poller is not None:
+            await self._thread.run(self._poller.join)
+            self._poller = None
+        return await self._thread.run(self.producer.flush, timeout_s)
+
+    async def produce(self, topic: str, value: bytes | None, *, key: bytes | None = None,
+                      headers: list[tuple[str, bytes | None]] | None = None,
+                      timestamp_ms: int | None = None) -> asyncio.Future[Message]:
+        """Queue one record (waiting while librdkafka's queue is full); the future resolves to
+        the acknowledged message or fails with its :class:`KafkaException`. Raises what
+        ``produce`` raises at once (an unknown topic, a record too large)."""
+        loop = asyncio.get_running_loop()
+        acked: asyncio.Future[Message] = loop.create_future()
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:  # on the poller's thread
+            loop.call_soon_threadsafe(_settle, acked, err, msg)
+
+        options: dict[str, Any] = {"key": key, "on_delivery": delivered}
+        if headers:
+            options["headers"] = headers
+        if timestamp_ms is not None:
+            options["timestamp"] = timestamp_ms
+        while True:
+            try:
+                self.producer.produce(topic, value, **options)
+                return acked
+            except BufferError:  # the local queue is full: acknowledgements drain it
+                await asyncio.sleep(_POLL_S / 10)
+
+
+def _settle(acked: asyncio.Future[Message], err: KafkaError | None, msg: Message) -> None:
+    if acked.done():
+        return
+    if err is not None:
+        acked.set_exception(KafkaException(err))
+    else:
+        acked.set_result(msg)
 
 
 def client_config(settings: Settings, log: RdkafkaLog, **role: object) -> dict[str, Any]:
