@@ -23,8 +23,8 @@ from confluent_kafka import KafkaError, KafkaException
 from router_stream.config import Settings
 from router_stream.errors import BrokerUnavailable, OperationTimeout, RouterError
 
-__all__ = ["RDKAFKA_LOGGER", "ConnectFailures", "RdkafkaLog", "describe_rdkafka",
-           "rdkafka_error", "rdkafka_reason"]
+__all__ = ["RDKAFKA_LOGGER", "ConnectFailures", "RdkafkaLog", "commit_rebalanced",
+           "describe_rdkafka", "rdkafka_error", "rdkafka_reason"]
 
 _LOGGER = "aiokafka"  # aiokafka/client.py logs bootstrap failures here, not on aiokafka.client
 _UNABLE = "Unable connect to"
@@ -231,6 +231,18 @@ def _explain_rdkafka(settings: Settings, raw: str) -> str | None:
             "ROUTER_KAFKA_SSL_CAFILE"
         )
     return None
+
+
+# a commit refused with these was rebalanced away: the partitions' next owner reads again from
+# the group's last commit
+_REBALANCED = {"ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "REBALANCE_IN_PROGRESS",
+               "FENCED_INSTANCE_ID", "_ASSIGNMENT_LOST", "_STATE"}
+
+
+def commit_rebalanced(exc: KafkaException) -> bool:
+    """Whether a librdkafka commit failed because the consumer lost its partitions."""
+    err = exc.args[0] if exc.args else None
+    return isinstance(err, KafkaError) and err.name() in _REBALANCED
 
 
 def rdkafka_error(settings: Settings, what: str, exc: KafkaException | KafkaError

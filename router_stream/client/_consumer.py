@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from router_stream.adapters.kafka_failures import RdkafkaLog, commit_rebalanced
+from router_stream.adapters.rdkafka import ClientThread
 from router_stream.client._records import InvalidRecord, RoutedSignal, parse_routed
-from router_stream.client._reporter import OutcomeReporter
+from router_stream.client._reporter import OutcomeReporter, reach
 from router_stream.config import ROUTED_PREFIX
 from router_stream.core.dedupe import DedupeWindow
 from router_stream.errors import BrokerUnavailable
@@ -69,8 +70,9 @@ class DestinationConsumer:
     """Reads ``<topic_prefix>routed.<destination>`` in consumer group ``group_id``.
 
     ``await consumer.run(handler)`` until :meth:`request_stop`. Outcomes go through ``reporter``
-    (one is created and closed with the consumer when not given). ``kafka_options`` are passed to
-    the aiokafka clients (security settings and the like).
+    (one is created and closed with the consumer when not given). ``kafka_options`` are
+    librdkafka settings added to both clients' (``security.protocol``, ``ssl.ca.location``,
+    ``sasl.*``, ...).
     """
 
     def __init__(self, destination: str, *, bootstrap_servers: str, group_id: str,
@@ -88,10 +90,12 @@ class DestinationConsumer:
         self._owns_reporter = reporter is None
         self._reporter = reporter or OutcomeReporter(
             bootstrap_servers, topic_prefix=topic_prefix, kafka_options=options)
-        self._consumer = AIOKafkaConsumer(
-            self.topic, bootstrap_servers=bootstrap_servers, group_id=group_id,
-            enable_auto_commit=False, auto_offset_reset="earliest", **options,
-        )
+        self._log = RdkafkaLog()
+        self._thread = ClientThread("destination-consumer")
+        self._consumer = Consumer({
+            "bootstrap.servers": bootstrap_servers, "group.id": group_id,
+            "enable.auto.commit": False, "auto.offset.reset": "earliest",
+            **options, **self._log.config()})
         self._stop = asyncio.Event()
 
     @property
@@ -102,15 +106,17 @@ class DestinationConsumer:
         if self._owns_reporter:
             await self._reporter.start()
         try:
-            await self._consumer.start()
-        except Exception as exc:
+            await reach(self._thread, self._consumer, self._log, f"consumer of {self.topic}")
+            await self._thread.run(self._consumer.subscribe, [self.topic])
+        except (BrokerUnavailable, KafkaException) as exc:
             if self._owns_reporter:
                 await self._reporter.close()
-            raise BrokerUnavailable(f"consumer of {self.topic} cannot reach Kafka: {exc}") from exc
+            raise BrokerUnavailable(f"consumer of {self.topic}: {exc}") from exc
 
     async def stop(self) -> None:
         try:
-            await self._consumer.stop()
+            await self._thread.run(self._consumer.close)  # leaves the group
+            self._thread.close()
         finally:
             if self._owns_reporter:
                 await self._reporter.close()
@@ -131,14 +137,26 @@ class DestinationConsumer:
         """Handle batches until :meth:`request_stop`; raises :class:`BrokerUnavailable` (without
         committing the batch) when its outcomes cannot be written."""
         while not self._stop.is_set():
-            batch = await self._consumer.getmany(timeout_ms=200, max_records=self._batch_max)
+            batch = await self._fetch()
             if not batch:
                 continue
-            for records in batch.values():
-                for record in records:
-                    await self._handle(handler, record.value, record.key)
+            for record in batch:
+                await self._handle(handler, record.value(), record.key())
             await self._reporter.flush()
-            await self._commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+            await self._commit({(str(r.topic()), int(r.partition() or 0)): int(r.offset() or 0) + 1
+                                for r in batch})
+
+    async def _fetch(self) -> list[Message]:
+        """Up to ``batch_max`` records; a partition's error is logged (the client retries)."""
+        messages = await self._thread.run(self._consumer.consume, self._batch_max, 0.2)
+        records = []
+        for msg in messages:
+            err = msg.error()
+            if err is None:
+                records.append(msg)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                log.warning("reading %s failed: %s", self.topic, err.str())
+        return records
 
     async def _handle(self, handler: Handler, value: bytes | None, key: bytes | None) -> None:
         try:
@@ -180,13 +198,22 @@ class DestinationConsumer:
             result = Delivery()
         return _Timed(result.ok, result.reward, result.cost, elapsed_ms)
 
-    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+    async def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+
+        def commit() -> None:
+            self._consumer.commit(offsets=positions, asynchronous=False)
+
         try:
-            await self._consumer.commit(offsets)
+            await self._thread.run(commit)
             self.stats.commits += 1
-        except (CommitFailedError, IllegalStateError) as exc:
+        except KafkaException as exc:
+            if not commit_rebalanced(exc):
+                raise BrokerUnavailable(f"commit on {self.topic} failed: {exc.args[0].str()}"
+                                        ) from exc
             # A rebalance took the partitions away; their new owner redelivers (at least once).
-            log.warning("commit on %s failed after a rebalance: %s", self.topic, exc)
+            log.warning("commit on %s failed after a rebalance: %s", self.topic,
+                        exc.args[0].str())
 
 
 @dataclass(slots=True, frozen=True)

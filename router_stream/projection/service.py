@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from router_stream import tracing
 from router_stream.adapters import postgres as pg
-from router_stream.adapters.kafka_failures import RdkafkaLog, rdkafka_error
+from router_stream.adapters.kafka_failures import RdkafkaLog, commit_rebalanced, rdkafka_error
 from router_stream.adapters.kafka_io import ConsumedRecord, consumed_record
 from router_stream.adapters.rdkafka import (
     ClientThread,
@@ -49,9 +49,6 @@ from router_stream.worker.backoff import Backoff, retry_transient
 log = logging.getLogger("router_stream.projection")
 
 FETCH_TIMEOUT_MS = 200
-# a commit these refuse was rebalanced away: the next owner re-writes from our last commit
-_REBALANCED = {"ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "REBALANCE_IN_PROGRESS",
-               "FENCED_INSTANCE_ID", "_ASSIGNMENT_LOST", "_STATE"}
 DLQ_BACKLOG_EVERY_S = 10.0
 
 
@@ -289,7 +286,7 @@ class Projection:
             try:
                 await self._thread.run(commit_now)
             except KafkaException as exc:
-                if exc.args and exc.args[0].name() in _REBALANCED:
+                if commit_rebalanced(exc):  # the next owner re-writes from our last commit
                     log.warning("projection commit refused after a rebalance",
                                 extra={"error": exc.args[0].str()})
                     return
