@@ -20,6 +20,7 @@ a missing ``topics apply``); an unreachable broker is
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ from router_stream.config import Settings
 from router_stream.errors import OperationTimeout, RouterError, UserError
 
 __all__ = ["MAX_MESSAGE_BYTES", "ConsumedRecord", "OutRecord", "RateLimiter", "RecordWriter",
-           "consumed_record", "group_committed_to_end", "read_at", "read_records"]
+           "consumed_record", "fetch", "group_committed_to_end", "read_at", "read_records"]
 
 
 async def group_committed_to_end(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> bool:
@@ -216,6 +217,20 @@ def consumed_record(msg: Message) -> ConsumedRecord:
     headers: Any = msg.headers() or []  # a list of (str, bytes | None) pairs as read
     return ConsumedRecord(str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0),
                           msg.key(), msg.value(), msg.timestamp()[1], list(headers))
+
+
+async def fetch(thread: ClientThread, consumer: Consumer, max_records: int, timeout_s: float,
+                log: logging.Logger) -> list[ConsumedRecord]:
+    """One fetch of a long-running consumer. A partition's error is logged on ``log``, not
+    raised: librdkafka retries on its own, and the other partitions go on."""
+    records = []
+    for msg in await thread.run(consumer.consume, max_records, timeout_s):
+        err = msg.error()
+        if err is None:
+            records.append(consumed_record(msg))
+        elif err.code() != KafkaError._PARTITION_EOF:
+            log.warning("reading %s[%s] failed: %s", msg.topic(), msg.partition(), err.str())
+    return records
 
 
 async def _messages(thread: ClientThread, consumer: Consumer, settings: Settings, topic: str,

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from router_stream.adapters.kafka_failures import RdkafkaLog, commit_rebalanced
+from router_stream.adapters.kafka_io import fetch
 from router_stream.adapters.rdkafka import ClientThread
 from router_stream.client._records import InvalidRecord, RoutedSignal, parse_routed
 from router_stream.client._reporter import OutcomeReporter, reach
@@ -137,26 +138,13 @@ class DestinationConsumer:
         """Handle batches until :meth:`request_stop`; raises :class:`BrokerUnavailable` (without
         committing the batch) when its outcomes cannot be written."""
         while not self._stop.is_set():
-            batch = await self._fetch()
+            batch = await fetch(self._thread, self._consumer, self._batch_max, 0.2, log)
             if not batch:
                 continue
             for record in batch:
-                await self._handle(handler, record.value(), record.key())
+                await self._handle(handler, record.value, record.key)
             await self._reporter.flush()
-            await self._commit({(str(r.topic()), int(r.partition() or 0)): int(r.offset() or 0) + 1
-                                for r in batch})
-
-    async def _fetch(self) -> list[Message]:
-        """Up to ``batch_max`` records; a partition's error is logged (the client retries)."""
-        messages = await self._thread.run(self._consumer.consume, self._batch_max, 0.2)
-        records = []
-        for msg in messages:
-            err = msg.error()
-            if err is None:
-                records.append(msg)
-            elif err.code() != KafkaError._PARTITION_EOF:
-                log.warning("reading %s failed: %s", self.topic, err.str())
-        return records
+            await self._commit({(r.topic, r.partition): r.offset + 1 for r in batch})
 
     async def _handle(self, handler: Handler, value: bytes | None, key: bytes | None) -> None:
         try:

@@ -25,12 +25,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from router_stream import tracing
 from router_stream.adapters import postgres as pg
 from router_stream.adapters.kafka_failures import RdkafkaLog, commit_rebalanced, rdkafka_error
-from router_stream.adapters.kafka_io import ConsumedRecord, consumed_record
+from router_stream.adapters.kafka_io import fetch
 from router_stream.adapters.rdkafka import (
     ClientThread,
     client_config,
@@ -181,7 +181,8 @@ class Projection:
         """Fetch, write and commit one batch; returns the records it held."""
         consumer = self.consumer
         assert consumer is not None, "start() first"
-        records = await self._fetch(consumer)
+        records = await fetch(self._thread, consumer, self.settings.projection_batch_max,
+                              FETCH_TIMEOUT_MS / 1000, log)
         if not records:
             self.metrics.oldest_pending_ts = None
             await self._refresh_backlog()
@@ -214,21 +215,6 @@ class Projection:
         if consumer is None or self._in_hand or not await self._thread.run(consumer.assignment):
             return False
         return await group_committed_to_end(self._thread, consumer, list(self._topics))
-
-    async def _fetch(self, consumer: Consumer) -> list[ConsumedRecord]:
-        """One fetch. A partition's error is logged, not raised: the client retries on its
-        own, and the other partitions go on."""
-        messages = await self._thread.run(consumer.consume, self.settings.projection_batch_max,
-                                          FETCH_TIMEOUT_MS / 1000)
-        records = []
-        for msg in messages:
-            err = msg.error()
-            if err is None:
-                records.append(consumed_record(msg))
-            elif err.code() != KafkaError._PARTITION_EOF:
-                log.warning("reading a projected topic failed", extra={
-                    "topic": msg.topic(), "partition": msg.partition(), "error": err.str()})
-        return records
 
     # --- one batch ---------------------------------------------------------------------------
 

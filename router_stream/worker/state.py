@@ -28,10 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from router_stream.adapters.kafka_failures import RdkafkaLog, rdkafka_error
-from router_stream.adapters.kafka_io import ConsumedRecord, consumed_record
+from router_stream.adapters.kafka_io import fetch
 from router_stream.adapters.rdkafka import ClientThread, connect, reader
 from router_stream.config import CONTROL, OUTCOMES, SOURCE_HEALTH, Settings
 from router_stream.core.breaker import BreakerTransition
@@ -229,7 +229,7 @@ class StateFollower:
         """Fold records as they come; tick the engine's clock every ~100 ms once caught up."""
         assert self._consumer is not None, "start() first"
         while True:
-            records = await self._fetch(self._consumer)
+            records = await fetch(self._thread, self._consumer, 5000, TICK_INTERVAL_S, log)
             records.sort(key=lambda r: (r.timestamp, r.topic, r.partition, r.offset))
             if self.caught_up.is_set() and any(r.topic == self._topics[2] for r in records):
                 self._cluster_topics = await self._read_cluster_topics()
@@ -239,20 +239,6 @@ class StateFollower:
                 await self._check_caught_up()
             if self.caught_up.is_set():
                 self._emit(self._engine.tick(time.time()))
-
-    async def _fetch(self, consumer: Consumer) -> list[ConsumedRecord]:
-        """One fetch of up to 5000 records. A partition's error is logged, not raised: the
-        client retries on its own, and the state must keep folding what does arrive."""
-        messages = await self._thread.run(consumer.consume, 5000, TICK_INTERVAL_S)
-        records = []
-        for msg in messages:
-            err = msg.error()
-            if err is None:
-                records.append(consumed_record(msg))
-            elif err.code() != KafkaError._PARTITION_EOF:
-                log.warning("reading a state topic failed", extra={
-                    "topic": msg.topic(), "partition": msg.partition(), "error": err.str()})
-        return records
 
     async def _read_cluster_topics(self) -> frozenset[str] | None:
         """Every topic the cluster has (a metadata request for all topics creates none)."""
