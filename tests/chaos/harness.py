@@ -35,10 +35,13 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from confluent_kafka.admin import AdminClient
 
+from router_stream.adapters.kafka_failures import RdkafkaLog
+from router_stream.adapters.rdkafka import AckingProducer, ClientThread
 from router_stream.config import OUTCOMES, SIGNALS, SOURCE_HEALTH, Settings
 
 INDEX_HEADER = "x-chaos-index"
@@ -260,15 +263,13 @@ class Run:
             with contextlib.suppress(Exception):
                 await _admin_sql(self.servers.database_url,
                                  f'DROP DATABASE IF EXISTS "{self._database}" WITH (FORCE)')
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.servers.kafka_bootstrap)
+        admin = AdminClient({"bootstrap.servers": self.servers.kafka_bootstrap})
         with contextlib.suppress(Exception):
-            await admin.start()
-            names = [t for t in await admin.list_topics()
-                     if t.startswith(self.settings.topic_prefix)]
+            listed = await asyncio.to_thread(admin.list_topics, None, 30.0)
+            names = [t for t in listed.topics if t.startswith(self.settings.topic_prefix)]
             if names:
-                await admin.delete_topics(names)
-        with contextlib.suppress(Exception):
-            await admin.close()
+                futures = admin.delete_topics(names, operation_timeout=30.0)
+                await asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values()))
 
 
 async def alter_topic(settings: Settings, topic: str, configs: dict[str, str | None]) -> None:
@@ -544,11 +545,13 @@ class StreamProducer:
         self._held_s = 0.0  # the schedule moves on by the time spent on hold
 
     async def run(self) -> None:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.ctx.settings.kafka_bootstrap, enable_idempotence=True,
-            acks="all", linger_ms=5, request_timeout_ms=120_000, max_batch_size=256 * 1024,
-            max_request_size=16 * 1024 * 1024)
-        await producer.start()
+        thread = ClientThread("chaos-stream")
+        producer = AckingProducer({
+            **self.ctx.settings.librdkafka_config, "enable.idempotence": True, "acks": "all",
+            "linger.ms": 5, "request.timeout.ms": 120_000, "message.timeout.ms": 120_000,
+            "batch.size": 256 * 1024, "message.max.bytes": 16 * 1024 * 1024,
+            **RdkafkaLog().config()}, thread)
+        producer.start()
         futs: list[tuple[int, asyncio.Future[Any]]] = []
         state_futs: list[asyncio.Future[Any]] = []
         try:
@@ -565,7 +568,7 @@ class StreamProducer:
                     delay = due - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                futs.append((item.index, await producer.send(
+                futs.append((item.index, await producer.produce(
                     self.ctx.topic(SIGNALS), item.value, key=item.key,
                     headers=item.kafka_headers(), timestamp_ms=item.timestamp_ms)))
                 self.sent = pos + 1
@@ -583,17 +586,18 @@ class StreamProducer:
                     self.failed.append((index, repr(res)))
             await asyncio.gather(*state_futs)
         finally:
-            await producer.stop()
+            await producer.stop(120.0)
+            thread.close()
             self.finished_at = time.time()
             self._progress.set()
 
-    async def _send_state(self, producer: AIOKafkaProducer) -> asyncio.Future[Any]:
+    async def _send_state(self, producer: AckingProducer) -> asyncio.Future[Any]:
         ev = self.state_events[self.state_sent]
         now_ms = int(time.time() * 1000)
         self.state_sent += 1
-        fut = await producer.send(self.ctx.topic(ev.logical), orjson.dumps({**ev.body,
-                                                                             "ts": now_ms}),
-                                  key=ev.key, timestamp_ms=now_ms)
+        fut = await producer.produce(self.ctx.topic(ev.logical),
+                                     orjson.dumps({**ev.body, "ts": now_ms}),
+                                     key=ev.key, timestamp_ms=now_ms)
         if self.state_sent == len(self.state_events):
             fut.add_done_callback(lambda _: setattr(self, "state_done_at", time.time()))
         return fut
