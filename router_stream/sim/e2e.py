@@ -141,7 +141,9 @@ async def _drive(scenario: RoutingScenario, strategy: str, seed: int, s: Setting
 async def _delete_topics(s: Settings) -> None:
     from confluent_kafka.admin import AdminClient
 
-    conf: dict[str, Any] = dict(s.librdkafka_config)
+    from router_stream.adapters.kafka_failures import RdkafkaLog
+
+    conf: dict[str, Any] = {**s.librdkafka_config, **RdkafkaLog().config()}
     admin = AdminClient(conf)
     listed = await asyncio.to_thread(admin.list_topics, None, 30.0)
     doomed = [t for t in listed.topics if t.startswith(s.topic_prefix)]

@@ -35,10 +35,17 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
+
+# confluent_kafka.admin re-exports these without an __all__, which mypy does not follow
+from confluent_kafka.admin._config import (
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ConfigSource,
+)
+from confluent_kafka.admin._resource import ResourceType
 
 from router_stream.adapters.kafka_failures import RdkafkaLog
 from router_stream.adapters.rdkafka import AckingProducer, ClientThread
@@ -273,37 +280,23 @@ class Run:
 
 
 async def alter_topic(settings: Settings, topic: str, configs: dict[str, str | None]) -> None:
-    """Set (or, with None, remove) topic configs, keeping the topic's other dynamic configs:
-    AlterConfigs replaces the whole set, and the worker verifies the declared ones."""
-    current = await topic_configs(settings, topic, dynamic_only=True)
-    merged = {k: v for k, v in (current | configs).items() if v is not None}
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, merged)])
-    finally:
-        await admin.close()
-
-
-_DYNAMIC_TOPIC_CONFIG = 1  # DescribeConfigs config_source
+    """Set (or, with None, remove) topic configs, keeping the topic's other dynamic configs
+    (an incremental alter: the worker verifies the declared ones)."""
+    entries = [ConfigEntry(k, v or "", incremental_operation=AlterConfigOpType.DELETE
+                           if v is None else AlterConfigOpType.SET) for k, v in configs.items()]
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    futures = admin.incremental_alter_configs(
+        [ConfigResource(ResourceType.TOPIC, topic, incremental_configs=entries)])
+    await asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values()))
 
 
 async def topic_configs(settings: Settings, topic: str, *,
                         dynamic_only: bool = False) -> dict[str, str | None]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        res = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-        out: dict[str, str | None] = {}
-        for response in res:
-            for resource in response.resources:
-                for entry in resource[4]:
-                    name, value, source = entry[0], entry[1], entry[3]
-                    if not dynamic_only or source == _DYNAMIC_TOPIC_CONFIG:
-                        out[name] = value
-        return out
-    finally:
-        await admin.close()
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    entries = await asyncio.wrap_future(admin.describe_configs([resource])[resource])
+    return {name: entry.value for name, entry in entries.items()
+            if not dynamic_only or entry.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value}
 
 
 # --- worker processes ---------------------------------------------------------------------------
@@ -647,17 +640,11 @@ class CommitMonitor:
                 await self._task
 
     async def _loop(self) -> None:
-        admin: AIOKafkaAdminClient | None = None
+        admin = AdminClient({"bootstrap.servers": self.run.settings.kafka_bootstrap})
         while True:
             try:
-                if admin is None:
-                    admin = AIOKafkaAdminClient(
-                        bootstrap_servers=self.run.settings.kafka_bootstrap,
-                        request_timeout_ms=3000)
-                    await admin.start()
-                offsets = await admin.list_consumer_group_offsets(self.run.settings.group_id)
+                current = await _group_offsets(admin, self.run.settings.group_id, 3.0)
                 now = time.time()
-                current = {tp: m.offset for tp, m in offsets.items() if m.offset >= 0}
                 for tp, off in current.items():
                     prev = self._last.get(tp)
                     if prev is not None and off < prev:
@@ -665,11 +652,8 @@ class CommitMonitor:
                                                 f"at {now:.3f}")
                 self._last.update(current)
                 self.samples.append((now, current))
-            except Exception:  # noqa: BLE001 - the broker may be down on purpose
-                if admin is not None:
-                    with contextlib.suppress(Exception):
-                        await admin.close()
-                admin = None
+            except Exception:  # noqa: BLE001,S110 - the broker may be down on purpose
+                pass
             await asyncio.sleep(self.every)
 
     def at(self, t: float) -> dict[TopicPartition, int]:
@@ -682,32 +666,40 @@ class CommitMonitor:
         return best
 
 
+async def _group_offsets(admin: AdminClient, group: str, timeout_s: float
+                         ) -> dict[TopicPartition, int]:
+    request = [ConsumerGroupTopicPartitions(group)]
+    futures = admin.list_consumer_group_offsets(request, request_timeout=timeout_s)
+    answer = await asyncio.wait_for(asyncio.wrap_future(futures[group]), timeout_s + 1)
+    return {TopicPartition(tp.topic, tp.partition): tp.offset
+            for tp in answer.topic_partitions or () if tp.offset >= 0}
+
+
 async def committed_offsets(run: Run) -> dict[TopicPartition, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=run.settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(run.settings.group_id)
-        return {tp: m.offset for tp, m in offsets.items() if m.offset >= 0}
-    finally:
-        await admin.close()
+    admin = AdminClient({"bootstrap.servers": run.settings.kafka_bootstrap})
+    return await _group_offsets(admin, run.settings.group_id, 30.0)
 
 
 async def group_lag(run: Run) -> int:
     """Records of the signals and router.retry topics past the group's committed offsets."""
-    from aiokafka import AIOKafkaConsumer
-
     committed = await committed_offsets(run)
-    consumer = AIOKafkaConsumer(bootstrap_servers=run.settings.kafka_bootstrap)
-    await consumer.start()
-    try:
-        meta = await consumer._client.fetch_all_metadata()
+    consumer = Consumer({"bootstrap.servers": run.settings.kafka_bootstrap,
+                         "group.id": f"chaos-lag-{uuid.uuid4().hex}"})  # never joined
+
+    def lag() -> int:
+        listed = consumer.list_topics(None, 30.0).topics
         tps = [TopicPartition(t, p) for t in (run.topic(SIGNALS), run.topic("router.retry"))
-               for p in sorted(meta.partitions_for_topic(t) or ())]
-        starts = await consumer.beginning_offsets(tps)
-        ends = await consumer.end_offsets(tps)
-        return sum(max(0, ends[tp] - committed.get(tp, starts[tp])) for tp in tps)
+               if t in listed for p in sorted(listed[t].partitions)]
+        total = 0
+        for tp in tps:
+            start, end = consumer.get_watermark_offsets(tp, 30.0)
+            total += max(0, end - committed.get(tp, start))
+        return total
+
+    try:
+        return await asyncio.to_thread(lag)
     finally:
-        await consumer.stop()
+        await asyncio.to_thread(consumer.close)
 
 
 class RssSampler:
