@@ -1,14 +1,17 @@
 """Why a Kafka client could not connect, in one line that names the setting to fix; and a
 librdkafka request's error as the project's error.
 
-aiokafka does not raise the reason a bootstrap failed: it logs it per host (``Unable connect to
-"h:p": <reason>``, on the ``aiokafka`` logger) and raises a bare ``Unable to bootstrap from
-[...]``. A wrong password, an untrusted certificate and a listener that expects TLS all look the
-same from the exception. :class:`ConnectFailures` keeps those reasons while a client starts, and
-:meth:`ConnectFailures.describe` turns the last one into a sentence.
+Neither client raises the reason a connection failed. librdkafka (confluent-kafka) reports it to
+the client's ``logger`` and ``error_cb`` and retries forever: :class:`RdkafkaLog` is both,
+:func:`describe_rdkafka` makes the sentence, :func:`rdkafka_error` maps a request's error onto
+the error tree. aiokafka (still under the worker's signal path) logs the reason per host
+(``Unable connect to "h:p": <reason>``, on the ``aiokafka`` logger) and raises a bare ``Unable to
+bootstrap from [...]``: a wrong password, an untrusted certificate and a listener that expects
+TLS all look the same from the exception. :class:`ConnectFailures` keeps those reasons while a
+client starts, and :meth:`ConnectFailures.describe` turns the last one into a sentence.
 
-The sentence never holds a credential: aiokafka's reasons carry none (the broker answers "invalid
-credentials"), and we add only the user name and the mechanism.
+The sentence never holds a credential: the clients' reasons carry none (the broker answers
+"invalid credentials"), and we add only the user name and the mechanism.
 """
 
 from __future__ import annotations
