@@ -91,6 +91,8 @@ async def connected_admin(settings: Settings, timeout: float) -> AsyncIterator[T
 
 @dataclass(frozen=True)
 class ObservedTopic:
+    """A topic as the cluster has it: what its declaration is compared with."""
+
     partitions: int
     replication_factor: int
     leaders_ready: bool
