@@ -41,13 +41,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 from pydantic import SecretStr
 
 from router_stream.adapters import postgres as pg
 from router_stream.adapters.control import send_control
-from router_stream.adapters.kafka_io import ConsumedRecord, read_records
+from router_stream.adapters.kafka_io import ConsumedRecord, OutRecord, RecordWriter, read_records
 from router_stream.adapters.topics import apply_topics
 from router_stream.config import SIGNALS, Settings
 from router_stream.core.models import BreakerForce, BreakerReset
@@ -115,15 +115,12 @@ class Sandbox:
 
     async def __aexit__(self, *exc: object) -> None:
         await _admin_sql(self.root_url, f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
-        await admin.start()
-        try:
-            names = [t for t in await admin.list_topics()
-                     if t.startswith(self.settings.topic_prefix)]
-            if names:
-                await admin.delete_topics(names)
-        finally:
-            await admin.close()
+        admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap})
+        listed = await asyncio.to_thread(admin.list_topics, None, 30.0)
+        names = [t for t in listed.topics if t.startswith(self.settings.topic_prefix)]
+        if names:
+            futures = admin.delete_topics(names, operation_timeout=30.0)
+            await asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values()))
 
     def env(self, **extra: str) -> dict[str, str]:
         s = self.settings
@@ -179,12 +176,10 @@ def _children(pid: int) -> list[int]:
 
 async def create_topic(settings: Settings, logical: str, partitions: int) -> str:
     name = settings.topic(logical)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, partitions, 1)])
-    finally:
-        await admin.close()
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    futures = admin.create_topics([NewTopic(name, num_partitions=partitions,
+                                            replication_factor=1)], request_timeout=30.0)
+    await asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values()))
     return name
 
 
@@ -276,14 +271,9 @@ async def scale(entries: int, keys: int) -> dict[str, Any]:
 
 
 async def produce(settings: Settings, values: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5,
-                                max_batch_size=256 * 1024, enable_idempotence=True)
-    await producer.start()
-    try:
-        futures = [await producer.send(settings.topic(SIGNALS), v, key=k) for k, v in values]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    async with RecordWriter(settings) as writer:
+        await asyncio.gather(*await writer.send_many(
+            [OutRecord(settings.topic(SIGNALS), v, key=k) for k, v in values]))
 
 
 async def acceptance(signals: int, keys: int, kill: bool, kill_delay: float

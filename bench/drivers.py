@@ -18,8 +18,6 @@ scheduled time falls inside the latency window, keeps ``receipt - scheduled`` in
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 import multiprocessing as mp
 import time
@@ -27,7 +25,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-CHUNK = 2_000  # most signals sent between two yields to the event loop
+CHUNK = 2_000  # most signals sent between two looks at the shared counters
 
 
 @dataclass
@@ -66,30 +64,35 @@ class Shared:
 
 # --- generator --------------------------------------------------------------------------------
 
+# Both are librdkafka (confluent-kafka) clients driven by a plain loop: no event loop of their own
+# to share the process with, and a per-record cost well below the contenders'.
 
-def _quiet() -> None:
-    # aiokafka logs every retriable produce/fetch error; the harness reports what matters.
-    import logging
 
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+def _quiet() -> dict[str, object]:
+    """librdkafka settings that keep its connection chatter out of the run's output (the
+    harness reports what matters)."""
+    return {"log_level": 2}
 
 
 def run_generator(shared: Shared, bootstrap: str, signals_topic: str, health_topic: str,
                   id_prefix: str, seed: int) -> None:
-    _quiet()
-    asyncio.run(_generate(shared, bootstrap, signals_topic, health_topic, id_prefix.encode(), seed))
-
-
-async def _generate(shared: Shared, bootstrap: str, signals_topic: str, health_topic: str,
-                    id_prefix: bytes, seed: int) -> None:
-    from aiokafka import AIOKafkaProducer
+    from confluent_kafka import Producer
 
     from bench.workload import Workload, WorkloadSpec
 
     wl = Workload(WorkloadSpec(seed=seed))
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=1,
-                                max_batch_size=256 * 1024, client_id="bench-loadgen")
-    await producer.start()
+    prefix = id_prefix.encode()
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": 1, "linger.ms": 1,
+                         "batch.size": 256 * 1024, "client.id": "bench-loadgen", **_quiet()})
+
+    def send(topic: str, value: bytes, key: bytes) -> None:
+        while True:
+            try:
+                producer.produce(topic, value, key=key)
+                return
+            except BufferError:  # librdkafka's queue is full: let deliveries drain it
+                producer.poll(0.005)
+
     shared.gen_ready.set()
     i = health = 0
     epoch = -1
@@ -97,11 +100,12 @@ async def _generate(shared: Shared, bootstrap: str, signals_topic: str, health_t
     win = shared.window
     try:
         while not shared.stop.value:
+            producer.poll(0)  # serve delivery reports
             if shared.epoch.value != epoch:
                 epoch, rate = shared.epoch.value, shared.rate.value
                 anchor_t, anchor_i = time.time(), i
             if rate <= 0 or (math.isinf(rate) and shared.burst.value <= 0):
-                await asyncio.sleep(0.005)
+                time.sleep(0.005)
                 continue
             now = time.time()
             if math.isinf(rate):
@@ -110,77 +114,72 @@ async def _generate(shared: Shared, bootstrap: str, signals_topic: str, health_t
             else:
                 due = min(CHUNK, anchor_i + int((now - anchor_t) * rate) + 1 - i)
                 if due <= 0:
-                    await asyncio.sleep(0.0005)
+                    time.sleep(0.0005)
                     continue
             w0, w1 = win[0], win[1]
             in_window = 0
             for _ in range(due):
                 sched = now if math.isinf(rate) else anchor_t + (i - anchor_i) / rate
                 sched_us = int(sched * 1e6)
-                key, value = wl.signal(i, sched_us, id_prefix)
-                await producer.send(signals_topic, value, key=key)
+                key, value = wl.signal(i, sched_us, prefix)
+                send(signals_topic, value, key)
                 if w0 <= sched_us < w1:
                     in_window += 1
                 if wl.is_health_turn(i):
                     hkey, hvalue = wl.health(health, sched_us // 1000)
-                    await producer.send(health_topic, hvalue, key=hkey)
+                    send(health_topic, hvalue, hkey)
                     health += 1
                 i += 1
             shared.window_sent.value += in_window
             shared.sent.value = i
             shared.behind_s.value = 0.0 if math.isinf(rate) else max(0.0, time.time() - sched)
-            await asyncio.sleep(0)
     finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(producer.stop(), 10)
+        producer.flush(10)
 
 
 # --- measurer ---------------------------------------------------------------------------------
 
 
 def run_measurer(shared: Shared, conn: Connection, bootstrap: str, topics: list[str]) -> None:
-    _quiet()
-    asyncio.run(_measure(shared, conn, bootstrap, topics))
+    import uuid
 
-
-async def _measure(shared: Shared, conn: Connection, bootstrap: str, topics: list[str]) -> None:
-    from aiokafka import AIOKafkaConsumer
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     from bench.workload import sched_us_of
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest",
-                                fetch_max_wait_ms=20, client_id="bench-measurer")
-    await consumer.start()
-    consumer.subscribe(topics)
+    # Assigned every partition from the beginning, never joining its (unique) group: the
+    # contender created the topics before the measurer starts.
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 20,
+                         "client.id": "bench-measurer", **_quiet()})
+    listed = consumer.list_topics(None, 30.0).topics
+    consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in topics if t in listed
+                     for p in sorted(listed[t].partitions)])
+    shared.meas_ready.set()
     latencies: list[float] = []
     received = 0
     win = shared.window
-    ready = False
     try:
         while not shared.stop.value:
-            batches = await consumer.getmany(timeout_ms=20, max_records=20_000)
-            if not ready and consumer.assignment():
-                shared.meas_ready.set()
-                ready = True
+            messages = consumer.consume(20_000, 0.02)
             now_us = time.time() * 1e6
             w0, w1 = win[0], win[1]
-            for records in batches.values():
-                received += len(records)
+            for msg in messages:
+                if msg.error() is not None:
+                    continue
+                received += 1
                 if w1 <= 0:
                     continue
-                for r in records:
-                    s = sched_us_of(r.value)
-                    if s is not None and w0 <= s < w1:
-                        latencies.append((now_us - s) / 1000.0)
+                s = sched_us_of(msg.value())
+                if s is not None and w0 <= s < w1:
+                    latencies.append((now_us - s) / 1000.0)
             shared.received.value = received
             while conn.poll():
                 if conn.recv() == "take":
                     conn.send(latencies)
                     latencies = []
     finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(consumer.stop(), 10)
+        consumer.close()
 
 
 def spawn_context() -> Any:

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
+from confluent_kafka.admin import AdminClient
 
+from router_stream.adapters.kafka_io import OutRecord, RecordWriter
 from router_stream.adapters.topics import apply_topics
 from router_stream.client import DestinationConsumer, RoutedSignal
 from router_stream.config import SIGNALS, Settings
@@ -116,11 +116,9 @@ async def _run(s: Settings, signals: int, wave: int, tail: int, success: Sequenc
     worker = RouterWorker(s, http=False)
     await worker.start()
     runner = asyncio.create_task(worker.run())
-    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, linger_ms=5)
     started = time.monotonic()
     async with contextlib.AsyncExitStack() as stack:
-        await producer.start()
-        stack.push_async_callback(producer.stop)
+        producer = await stack.enter_async_context(RecordWriter(s))
         tasks = []
         for i, (c, p) in enumerate(zip(consumers, success, strict=True)):
             await stack.enter_async_context(c)
@@ -128,9 +126,9 @@ async def _run(s: Settings, signals: int, wave: int, tail: int, success: Sequenc
         try:
             for first in range(0, signals, wave):
                 n = min(wave, signals - first)
-                sends = [await producer.send(s.topic(SIGNALS), _signal(i), key=b"k%d" % (i % 12))
-                         for i in range(first, first + n)]
-                await asyncio.gather(*sends)
+                await asyncio.gather(*await producer.send_many(
+                    [OutRecord(s.topic(SIGNALS), _signal(i), key=b"k%d" % (i % 12))
+                     for i in range(first, first + n)]))
                 await _wait(lambda total=first + n: len(seen) >= total, 60,
                             f"deliveries of signals < {first + n}", runner)
         finally:
@@ -146,14 +144,12 @@ async def _run(s: Settings, signals: int, wave: int, tail: int, success: Sequenc
 
 
 async def _delete_prefix(bootstrap: str, prefix: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        doomed = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if doomed:
-            await admin.delete_topics(doomed)
-    finally:
-        await admin.close()
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    listed = await asyncio.to_thread(admin.list_topics, None, 30.0)
+    doomed = [t for t in listed.topics if t.startswith(prefix)]
+    if doomed:
+        futures = admin.delete_topics(doomed, operation_timeout=30.0)
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values()))
 
 
 async def _main(args: argparse.Namespace) -> int:

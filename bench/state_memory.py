@@ -81,6 +81,7 @@ import tempfile
 import time
 import tracemalloc
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -429,50 +430,49 @@ class Run:
 
     async def produce(self, logical: str, records: Iterator[tuple[bytes, bytes, int | None]]
                       ) -> int:
-        from aiokafka import AIOKafkaProducer
+        from router_stream.adapters.kafka_io import OutRecord, RecordWriter
 
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=20,
-                                    max_batch_size=512 * 1024, acks="all")
         topic = self.settings().topic(logical)
-        await producer.start()
         n = 0
-        try:
-            pending = []
+        async with RecordWriter(self.settings(), linger_ms=20) as producer:
+            chunk: list[OutRecord] = []
             for key, value, ts in records:
-                pending.append(await producer.send(topic, value, key=key, timestamp_ms=ts))
+                chunk.append(OutRecord(topic, value, key=key, timestamp_ms=ts))
                 n += 1
-                if len(pending) >= 20_000:
-                    await asyncio.gather(*pending)
-                    pending.clear()
-            await asyncio.gather(*pending)
-        finally:
-            await producer.stop()
+                if len(chunk) >= 20_000:
+                    await asyncio.gather(*await producer.send_many(chunk))
+                    chunk.clear()
+            await asyncio.gather(*await producer.send_many(chunk))
         return n
 
     async def _end_offsets(self, logical: str) -> int:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from confluent_kafka import Consumer, TopicPartition
 
         topic = self.settings().topic(logical)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
-        await consumer.start()
+        consumer = Consumer({"bootstrap.servers": self.bootstrap,
+                             "group.id": f"state-memory-{uuid.uuid4().hex}"})  # never joined
+
+        def total() -> int:
+            parts = consumer.list_topics(topic, 30.0).topics[topic].partitions
+            return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), 30.0)[1]
+                       for p in parts)
+
         try:
-            parts = (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic)
-            ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts or ()])
-            return sum(ends.values())
+            return await asyncio.to_thread(total)
         finally:
-            await consumer.stop()
+            await asyncio.to_thread(consumer.close)
 
     async def _committed(self, group: str) -> int:
-        from aiokafka.admin import AIOKafkaAdminClient
+        from confluent_kafka import ConsumerGroupTopicPartitions
+        from confluent_kafka.admin import AdminClient
 
         topic = self.settings().topic("signals")
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=30_000)
-        await admin.start()
-        try:
-            offsets = await admin.list_consumer_group_offsets(group)
-            return sum(m.offset for tp, m in offsets.items() if tp.topic == topic and m.offset > 0)
-        finally:
-            await admin.close()
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
+                                                    request_timeout=30.0)
+        answer = await asyncio.wrap_future(futures[group])
+        return sum(tp.offset for tp in answer.topic_partitions or ()
+                   if tp.topic == topic and tp.offset > 0)
 
     async def _trust_snapshot_ids(self, since: float) -> dict[str, int]:
         import asyncpg

@@ -20,6 +20,7 @@ recovery is visible within the demo (the only change, printed at the start).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -33,9 +34,9 @@ from pathlib import Path
 
 import orjson
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from router_stream.adapters import data_path
+from router_stream.adapters.kafka_io import OutRecord, RecordWriter, read_records
 from router_stream.config import DECISIONS, SIGNALS, SOURCE_HEALTH, Settings
 
 Say = Callable[[str], None]
@@ -83,14 +84,11 @@ BAD_SIGNALS: list[bytes] = [
 
 async def _produce(settings: Settings, topic: str, values: list[bytes],
                    keys: list[bytes | None] | None = None) -> None:
-    producer = AIOKafkaProducer(**settings.kafka_client_options, enable_idempotence=True)
-    await producer.start()
-    try:
-        futures = [await producer.send(settings.topic(topic), v, key=(keys[i] if keys else None))
-                   for i, v in enumerate(values)]
+    async with RecordWriter(settings) as writer:
+        futures = await writer.send_many([
+            OutRecord(settings.topic(topic), v, key=(keys[i] if keys else None))
+            for i, v in enumerate(values)])
         await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
 
 
 def _health(source: str, ok: bool) -> bytes:
@@ -137,18 +135,12 @@ async def _traffic(settings: Settings, say: Say, run_id: str) -> int:
 
 
 async def _read_decisions(settings: Settings, expected: int, timeout: float) -> list[dict]:
-    consumer = AIOKafkaConsumer(settings.topic(DECISIONS), auto_offset_reset="earliest",
-                                **settings.kafka_client_options)
-    await consumer.start()
     out: list[dict] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(out) < expected and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for records in batch.values():
-                out.extend(orjson.loads(r.value) for r in records)
-    finally:
-        await consumer.stop()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            async for record in read_records(settings, settings.topic(DECISIONS),
+                                             max_records=expected):
+                out.append(orjson.loads(record.value or b"null"))
     return out
 
 

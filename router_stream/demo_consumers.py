@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
+from router_stream.adapters.kafka_io import OutRecord, RecordWriter
 from router_stream.client import DestinationConsumer, RoutedSignal
 from router_stream.config import SIGNALS, Settings
 
@@ -60,23 +60,19 @@ def _note(stage: str, i: int, run_id: str) -> bytes:
 
 
 async def _notifications(settings: Settings, services: _Services, run_id: str, say: Say) -> int:
-    producer = AIOKafkaProducer(**settings.kafka_client_options, enable_idempotence=True)
-    await producer.start()
     sent = 0
-    try:
+    async with RecordWriter(settings) as writer:
         for stage, waves in STAGES:
             services.failing = stage == "slack_failing"
             say(f"consumers: {FAILING} {'FAILS' if services.failing else 'delivers'} — "
                 f"{waves * WAVE} notifications in waves of {WAVE} ({stage})")
             for _ in range(waves):
-                futures = [await producer.send(settings.topic(SIGNALS), _note(stage, sent + j,
-                                                                                run_id),
-                                               key=b"app-billing") for j in range(WAVE)]
+                futures = await writer.send_many([
+                    OutRecord(settings.topic(SIGNALS), _note(stage, sent + j, run_id),
+                              key=b"app-billing") for j in range(WAVE)])
                 await asyncio.gather(*futures)
                 sent += WAVE
                 await asyncio.sleep(WAVE_GAP_S)
-    finally:
-        await producer.stop()
     return sent
 
 
@@ -111,7 +107,7 @@ async def close_the_loop(settings: Settings, destinations: Sequence[str], run_id
 
 
 def _options(settings: Settings) -> dict[str, object]:
-    return {k: v for k, v in settings.kafka_client_options.items() if k != "bootstrap_servers"}
+    return {k: v for k, v in settings.librdkafka_config.items() if k != "bootstrap.servers"}
 
 
 async def _settle(services: _Services, quiet_s: float = 1.5, timeout_s: float = 15.0) -> None:

@@ -157,16 +157,14 @@ async def delete_topics_with_prefix(bootstrap: str, prefix: str) -> None:
     Tests must not leave their topics behind: a development broker that ran the suite a few
     dozen times held ~20k partitions, ran its 512 MiB heap out of memory and then could not
     start again (one file descriptor per partition directory, over the 20k limit)."""
-    from aiokafka.admin import AIOKafkaAdminClient
+    from confluent_kafka.admin import AdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
-    await admin.start()
-    try:
-        doomed = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if doomed:
-            await admin.delete_topics(doomed)
-    finally:
-        await admin.close()
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    listed = await asyncio.to_thread(admin.list_topics, None, 30.0)
+    doomed = [t for t in listed.topics if t.startswith(prefix)]
+    if doomed:
+        futures = admin.delete_topics(doomed, operation_timeout=30.0, request_timeout=30.0)
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values()))
 
 
 @pytest.fixture
@@ -191,16 +189,13 @@ def settings(servers: Servers, database_url: str, test_id: str) -> Iterator[Sett
 
 async def create_topics(bootstrap: str, names: list[str], partitions: int = 1) -> None:
     """Create topics explicitly (the broker's auto-create is off, as in production)."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names]
-        )
-    finally:
-        await admin.close()
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics(
+        [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names],
+        request_timeout=30.0)
+    await asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values()))
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ from pathlib import Path
 # CLI), Python's last-resort handler would print aiokafka's line too; a NullHandler keeps it to
 # our one line. Where logging is configured (the worker), records still reach its handlers.
 logging.getLogger("aiokafka").addHandler(logging.NullHandler())
+# The same for librdkafka's lines, which adapters/kafka_failures.py passes on once each.
+logging.getLogger("router_stream.librdkafka").addHandler(logging.NullHandler())
 
 
 def data_path(name: str) -> Path:

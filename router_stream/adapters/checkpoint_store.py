@@ -32,10 +32,10 @@ import time
 import uuid
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from router_stream.adapters.kafka_io import read_records
@@ -64,6 +64,14 @@ class PolicyOrigin:
     source: str
 
 
+class StatePartition(NamedTuple):
+    """A partition of a state topic, as checkpoint offsets and the follower's positions key
+    it (a plain pair: no Kafka client's type)."""
+
+    topic: str
+    partition: int
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """``state`` is the document (:func:`router_stream.core.checkpoint.to_document`) when
@@ -71,7 +79,7 @@ class Checkpoint:
     off the event loop)."""
 
     checkpoint_id: str
-    offsets: dict[TopicPartition, int]
+    offsets: dict[StatePartition, int]
     clock: float
     policy: PolicyOrigin
     policy_version: str
@@ -122,7 +130,7 @@ def decode(manifest: dict[str, Any], chunks: list[bytes]) -> Checkpoint:
     policy = manifest["policy"]
     return Checkpoint(
         checkpoint_id=str(manifest["checkpoint_id"]),
-        offsets={TopicPartition(str(t), int(p)): int(o) for t, p, o in manifest["offsets"]},
+        offsets={StatePartition(str(t), int(p)): int(o) for t, p, o in manifest["offsets"]},
         clock=float(manifest["clock"]),
         policy=PolicyOrigin(str(policy["origin"]), str(policy["text"]), str(policy["source"])),
         policy_version=str(manifest["policy_version"]),
@@ -179,7 +187,7 @@ class CheckpointWriter:
 
     def __init__(self, settings: Settings, producer: Any, *, writer: str,
                  stale_keys: list[bytes] | None = None,
-                 last_offsets: dict[TopicPartition, int] | None = None) -> None:
+                 last_offsets: dict[StatePartition, int] | None = None) -> None:
         self._topic = settings.topic(STATE)
         self._producer = producer
         self.writer = writer

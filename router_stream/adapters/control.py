@@ -9,11 +9,9 @@ from __future__ import annotations
 import time
 import uuid
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from pydantic import BaseModel
 
-from router_stream.adapters.kafka_failures import ConnectFailures
+from router_stream.adapters.kafka_io import OutRecord, RecordWriter
 from router_stream.config import CONTROL, Settings
 from router_stream.errors import BrokerUnavailable
 
@@ -23,19 +21,10 @@ async def send_control(settings: Settings, command: BaseModel, timeout_s: float 
     if getattr(command, "command_id", None) is None:
         command = command.model_copy(update={"command_id": uuid.uuid4().hex,
                                              "issued_at": time.time()})
-    producer = AIOKafkaProducer(
-        **settings.kafka_client_options, enable_idempotence=True, acks="all",
-        request_timeout_ms=int(timeout_s * 1000),
-    )
-    failures = ConnectFailures()
+    topic = settings.topic(CONTROL)
     try:
-        with failures:
-            await producer.start()
-        await producer.send_and_wait(settings.topic(CONTROL), command.model_dump_json().encode())
-    except KafkaError as exc:
-        raise BrokerUnavailable(
-            f"cannot publish to {settings.topic(CONTROL)}: {failures.describe(settings, exc)}"
-        ) from exc
-    finally:
-        await producer.stop()
+        async with RecordWriter(settings, timeout_s=timeout_s, linger_ms=0) as writer:
+            await writer.send_and_wait(OutRecord(topic, command.model_dump_json().encode()))
+    except BrokerUnavailable as exc:
+        raise BrokerUnavailable(f"cannot publish to {topic}: {exc}") from exc
     return str(command.command_id)  # type: ignore[attr-defined]

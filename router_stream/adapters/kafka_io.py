@@ -1,7 +1,8 @@
 """Producing and reading plain Kafka records for operator commands (produce, tail, DLQ replay,
 DLQ reindex).
 
-Two seams, both translating aiokafka's errors into the project's error tree:
+Seams on confluent-kafka (librdkafka) clients, translating its errors into the project's error
+tree (:mod:`router_stream.adapters.kafka_failures`):
 
 * :class:`RecordWriter` — an idempotent producer with ``acks=all``: a record counts as sent only
   once the broker acknowledged it (what ``dlq replay`` needs before it marks an entry replayed).
@@ -19,30 +20,48 @@ a missing ``topics apply``); an unreachable broker is
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import IllegalStateError, KafkaError, KafkaTimeoutError
+from aiokafka import AIOKafkaConsumer
+from aiokafka import TopicPartition as AIOKafkaTopicPartition
+from aiokafka.errors import IllegalStateError
+from aiokafka.errors import KafkaError as AIOKafkaError
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
-from router_stream.adapters.kafka_failures import ConnectFailures
+from router_stream.adapters.kafka_failures import RdkafkaLog, rdkafka_error
+from router_stream.adapters.rdkafka import (
+    AckingProducer,
+    ClientThread,
+    client_config,
+    cluster_with,
+    connect,
+    reader,
+)
 from router_stream.config import Settings
-from router_stream.errors import BrokerUnavailable, OperationTimeout, RouterError, UserError
+from router_stream.errors import OperationTimeout, RouterError, UserError
 
-__all__ = ["ConsumedRecord", "OutRecord", "RateLimiter", "RecordWriter",
-           "group_committed_to_end", "read_at", "read_records"]
-
-_METADATA_WAIT_S = 5.0
+__all__ = ["MAX_MESSAGE_BYTES", "ConsumedRecord", "OutRecord", "RateLimiter", "RecordWriter",
+           "consumed_record", "fetch", "group_committed_to_end", "read_at", "read_records"]
 
 
 async def group_committed_to_end(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> bool:
     """True when the consumer's GROUP committed up to the end of every partition of ``topics``
     (a member's own positions are not enough: one that died keeps its partitions until its
     session times out). A remote call per partition; False when the broker cannot say."""
-    tps = [TopicPartition(t, p) for t in topics
+    tps = [AIOKafkaTopicPartition(t, p) for t in topics
            for p in sorted(consumer.partitions_for_topic(t) or ())]
     try:
         starts = await consumer.beginning_offsets(tps)
@@ -50,7 +69,7 @@ async def group_committed_to_end(consumer: AIOKafkaConsumer, topics: Sequence[st
         for tp in tps:
             if ends[tp] > starts[tp] and (await consumer.committed(tp) or 0) < ends[tp]:
                 return False
-    except (KafkaError, IllegalStateError):
+    except (AIOKafkaError, IllegalStateError):
         return False
     return True
 
@@ -79,36 +98,6 @@ class ConsumedRecord:
     headers: list[tuple[str, bytes]]  # a null header value arrives as None despite the hint
 
 
-def _broker_error(settings: Settings, what: str, exc: BaseException) -> RouterError:
-    if isinstance(exc, KafkaTimeoutError | asyncio.TimeoutError):
-        return OperationTimeout(f"{what}: timed out talking to {settings.kafka_bootstrap}")
-    if getattr(exc, "retriable", True):  # connection errors, leader moves: worth a retry
-        return BrokerUnavailable(f"{what} at {settings.kafka_bootstrap}: {exc!r}")
-    return RouterError(f"{what}: the broker refused it: {exc!r}")  # e.g. a record too large
-
-
-async def _cluster_with(client: Any, settings: Settings, topics: Sequence[str]) -> Any:
-    """Cluster metadata that lists ``topics``; a user error for a topic that does not exist.
-
-    A topic created a moment ago may not be in the broker's metadata yet (seconds on a loaded
-    machine), so a missing one is looked up again for ``_METADATA_WAIT_S`` before it is
-    reported (auto-create is off).
-    """
-    deadline = time.monotonic() + _METADATA_WAIT_S
-    while True:
-        metadata = await client.fetch_all_metadata()
-        missing = sorted(set(topics) - set(metadata.topics()))
-        if not missing:
-            return metadata
-        if time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(0.25)
-    raise UserError(
-        f"topic {', '.join(missing)} does not exist on {settings.kafka_bootstrap}"
-        " (run `router-stream topics apply`, or check ROUTER_TOPIC_PREFIX)"
-    )
-
-
 class RateLimiter:
     """Paces calls to at most ``rate`` per second (None: unlimited), without bursts."""
 
@@ -128,6 +117,7 @@ class RateLimiter:
 
 
 _RECORD_OVERHEAD = 128  # a record's framing and its batch's header, generously
+MAX_MESSAGE_BYTES = 1_048_576  # the producer's limit on one record (librdkafka message.max.bytes)
 
 
 class RecordWriter:
@@ -139,54 +129,63 @@ class RecordWriter:
 
     def __init__(self, settings: Settings, *, timeout_s: float = 30.0, linger_ms: int = 5) -> None:
         self._settings = settings
-        self._producer = AIOKafkaProducer(
-            **settings.kafka_client_options, enable_idempotence=True, acks="all",
-            request_timeout_ms=int(timeout_s * 1000), linger_ms=linger_ms,
-        )
+        self._timeout_s = timeout_s
+        self._log = RdkafkaLog()
+        self._thread = ClientThread("record-writer")
+        self._acking = AckingProducer(client_config(
+            settings, self._log, **{
+                "enable.idempotence": True, "acks": "all", "linger.ms": linger_ms,
+                "request.timeout.ms": int(timeout_s * 1000),
+                "message.timeout.ms": int(timeout_s * 1000),
+                "message.max.bytes": MAX_MESSAGE_BYTES,
+            }), self._thread)
+        self._producer = self._acking.producer
         self._checked: set[str] = set()
 
     async def __aenter__(self) -> RecordWriter:
-        failures = ConnectFailures()
         try:
-            with failures:
-                await self._producer.start()
-        except KafkaError as exc:
-            await self._producer.stop()
-            raise BrokerUnavailable(failures.describe(self._settings, exc)) from exc
+            await connect(self._thread, self._producer, self._log, self._settings)
+        except BaseException:
+            self._thread.close()
+            raise
+        self._acking.start()
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        await self._producer.stop()
+        try:
+            await self._acking.stop(self._timeout_s)
+        finally:
+            self._thread.close()
 
     async def ensure_topics(self, topics: Sequence[str]) -> None:
         unknown = [t for t in topics if t not in self._checked]
         if not unknown:
             return
-        try:
-            await _cluster_with(self._producer.client, self._settings, unknown)
-        except KafkaError as exc:
-            raise _broker_error(self._settings, "cannot read cluster metadata", exc) from exc
+        await cluster_with(self._thread, self._producer, self._settings, unknown)
         self._checked.update(unknown)
 
     async def send(self, record: OutRecord) -> asyncio.Future[tuple[int, int]]:
         """Queue one record; the returned future resolves to (partition, offset) on ack."""
         await self.ensure_topics([record.topic])
-        try:
-            fut = await self._producer.send(
-                record.topic, record.value, key=record.key, headers=record.headers or None,
-                timestamp_ms=record.timestamp_ms,
-            )
-        except KafkaError as exc:
-            raise _broker_error(self._settings, f"cannot produce to {record.topic}", exc) from exc
-        return asyncio.ensure_future(self._acked(record.topic, fut))
+        return await self._produce(record)
 
-    async def _acked(self, topic: str, fut: Any) -> tuple[int, int]:
+    async def _produce(self, record: OutRecord) -> asyncio.Future[tuple[int, int]]:
         try:
-            meta = await fut
-        except KafkaError as exc:
-            raise _broker_error(self._settings, f"producing to {topic} failed", exc) from exc
-        return int(meta.partition), int(meta.offset)
+            acked = await self._acking.produce(
+                record.topic, record.value, key=record.key, headers=record.headers,
+                timestamp_ms=record.timestamp_ms)
+        except KafkaException as exc:
+            raise rdkafka_error(self._settings, f"cannot produce to {record.topic}",
+                                exc) from exc
+        return asyncio.ensure_future(self._position(record.topic, acked))
+
+    async def _position(self, topic: str, acked: asyncio.Future[Message]) -> tuple[int, int]:
+        try:
+            msg = await acked
+        except KafkaException as exc:
+            raise rdkafka_error(self._settings, f"producing to {topic} failed", exc) from exc
+        return int(msg.partition() or 0), int(msg.offset() or 0)
 
     async def send_and_wait(self, record: OutRecord) -> tuple[int, int]:
         return await (await self.send(record))
@@ -196,63 +195,53 @@ class RecordWriter:
         size = len(record.key or b"") + len(record.value or b"") + _RECORD_OVERHEAD
         for name, value in record.headers:
             size += len(name) + (len(value) if value else 0)
-        limit = self._producer._max_request_size
-        if size <= limit:
+        if size <= MAX_MESSAGE_BYTES:
             return None
         return RouterError(f"cannot produce to {record.topic}: the record is about {size} bytes,"
-                           f" over the {limit}-byte request limit")
+                           f" over the {MAX_MESSAGE_BYTES}-byte request limit")
 
     async def send_many(self, records: Sequence[OutRecord]) -> list[asyncio.Future[None]]:
-        """Queue ``records`` in as few batches as they fit in, in order within each partition
-        (partitioned by key as :meth:`send` does, at a fraction of its per-record cost); returns
-        for each record the future of its batch, resolving when the broker acknowledged it.
-        Check :meth:`refusal` first: a record too large fails its whole batch."""
-        producer = self._producer
-        topics = sorted({r.topic for r in records})
-        await self.ensure_topics(topics)
-        try:
-            for topic in topics:
-                await producer.partitions_for(topic)  # the partitioner needs them known
-        except KafkaError as exc:
-            raise _broker_error(self._settings, "cannot read cluster metadata", exc) from exc
-        open_batches: dict[tuple[str, int], tuple[Any, list[int]]] = {}
-        sent: dict[int, asyncio.Future[None]] = {}
+        """Queue ``records`` in order (librdkafka batches them, partitioned by key as
+        :meth:`send` does); returns each record's future, resolving when the broker
+        acknowledged it. Check :meth:`refusal` first."""
+        await self.ensure_topics(sorted({r.topic for r in records}))
+        return [asyncio.ensure_future(_acked_only(await self._produce(r))) for r in records]
 
-        async def submit(where: tuple[str, int]) -> None:
-            batch, members = open_batches.pop(where)
-            future = await self._send_batch(batch, *where)
-            for i in members:
-                sent[i] = future
 
-        for i, record in enumerate(records):
-            where = (record.topic, producer._partition(record.topic, None, record.key,
-                                                       record.value, record.key, record.value))
-            while True:
-                if where not in open_batches:
-                    open_batches[where] = (producer.create_batch(), [])
-                batch, members = open_batches[where]
-                if batch.append(timestamp=record.timestamp_ms, key=record.key,
-                                value=record.value, headers=record.headers or []) is not None:
-                    members.append(i)
-                    break
-                await submit(where)  # full: send it, the record opens the next one
-        for where in list(open_batches):
-            await submit(where)
-        return [sent[i] for i in range(len(records))]
+async def _acked_only(acked: asyncio.Future[tuple[int, int]]) -> None:
+    await acked
 
-    async def _send_batch(self, batch: Any, topic: str, partition: int
-                          ) -> asyncio.Future[None]:
-        try:
-            fut = await self._producer.send_batch(batch, topic, partition=partition)
-        except KafkaError as exc:
-            raise _broker_error(self._settings, f"cannot produce to {topic}", exc) from exc
-        return asyncio.ensure_future(self._batch_acked(topic, fut))
 
-    async def _batch_acked(self, topic: str, fut: Any) -> None:
-        try:
-            await fut
-        except KafkaError as exc:
-            raise _broker_error(self._settings, f"producing to {topic} failed", exc) from exc
+def consumed_record(msg: Message) -> ConsumedRecord:
+    """A librdkafka message (one without an error) as a :class:`ConsumedRecord`."""
+    headers: Any = msg.headers() or []  # a list of (str, bytes | None) pairs as read
+    return ConsumedRecord(str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0),
+                          msg.key(), msg.value(), msg.timestamp()[1], list(headers))
+
+
+async def fetch(thread: ClientThread, consumer: Consumer, max_records: int, timeout_s: float,
+                log: logging.Logger) -> list[ConsumedRecord]:
+    """One fetch of a long-running consumer. A partition's error is logged on ``log``, not
+    raised: librdkafka retries on its own, and the other partitions go on."""
+    records = []
+    for msg in await thread.run(consumer.consume, max_records, timeout_s):
+        err = msg.error()
+        if err is None:
+            records.append(consumed_record(msg))
+        elif err.code() != KafkaError._PARTITION_EOF:
+            log.warning("reading %s[%s] failed: %s", msg.topic(), msg.partition(), err.str())
+    return records
+
+
+async def _messages(thread: ClientThread, consumer: Consumer, settings: Settings, topic: str,
+                    timeout_s: float) -> list[Message]:
+    """One fetch's records; a partition's error (a topic deleted, ...) is raised translated."""
+    batch = await thread.run(consumer.consume, 500, timeout_s)
+    for msg in batch:
+        err = msg.error()
+        if err is not None and err.code() != KafkaError._PARTITION_EOF:
+            raise rdkafka_error(settings, f"cannot read {topic}", err)
+    return [m for m in batch if m.error() is None]
 
 
 async def read_records(
@@ -270,61 +259,69 @@ async def read_records(
     it had when reading started (a bounded read of what is there now); with ``idle_timeout_s``
     after that long without a new record. With none of them it follows the topic forever.
     """
-    consumer = AIOKafkaConsumer(
-        **settings.kafka_client_options, group_id=None, enable_auto_commit=False,
-        auto_offset_reset="earliest" if from_beginning else "latest",
-    )
-    failures = ConnectFailures()
+    log = RdkafkaLog()
+    consumer = reader(settings, log, from_beginning=from_beginning)
+    thread = ClientThread("record-reader")
     try:
-        try:
-            with failures:
-                await consumer.start()
-        except KafkaError as exc:
-            raise BrokerUnavailable(failures.describe(settings, exc)) from exc
-        # One metadata fetch answers both "does it exist" and "which partitions" (the public
-        # consumer.topics() returns names only and leaves the client's metadata unchanged).
-        metadata = await _cluster_with(consumer._client, settings, [topic])
-        partitions = [TopicPartition(topic, p)
-                      for p in sorted(metadata.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        if from_beginning:
-            await consumer.seek_to_beginning(*partitions)
-        else:
-            await consumer.seek_to_end(*partitions)
-        ends = await consumer.end_offsets(partitions) if until_end else {}
-        async for record in _fetch(consumer, partitions, ends, until_end, max_records,
-                                   idle_timeout_s):
+        await connect(thread, consumer, log, settings)
+        metadata = await cluster_with(thread, consumer, settings, [topic])
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        partitions = [TopicPartition(topic, p, start)
+                      for p in sorted(metadata.topics[topic].partitions)]
+        ends: dict[int, int] = {}
+        if until_end:
+            for tp in partitions:
+                _, ends[tp.partition] = await thread.run(
+                    consumer.get_watermark_offsets, tp, 10.0)
+        await thread.run(consumer.assign, partitions)
+        async for record in _fetch(thread, consumer, settings, topic, ends, until_end,
+                                   max_records, idle_timeout_s):
             yield record
-    except KafkaError as exc:
-        raise _broker_error(settings, f"cannot read {topic}", exc) from exc
+    except KafkaException as exc:
+        raise rdkafka_error(settings, f"cannot read {topic}", exc) from exc
     finally:
-        await consumer.stop()
+        await _close(thread, consumer)
+
+
+async def _close(thread: ClientThread, consumer: Consumer) -> None:
+    try:
+        await asyncio.shield(thread.run(consumer.close))
+    finally:
+        thread.close()
 
 
 async def _fetch(
-    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], ends: dict[TopicPartition, int],
-    until_end: bool, max_records: int | None, idle_timeout_s: float | None,
+    thread: ClientThread, consumer: Consumer, settings: Settings, topic: str,
+    ends: dict[int, int], until_end: bool, max_records: int | None, idle_timeout_s: float | None,
 ) -> AsyncIterator[ConsumedRecord]:
     seen = 0
     last = time.monotonic()
     while True:
-        if until_end and all([await consumer.position(tp) >= ends[tp] for tp in partitions]):
+        if until_end and await _reached(thread, consumer, topic, ends):
             return
         if max_records is not None and seen >= max_records:
             return
         if idle_timeout_s is not None and time.monotonic() - last >= idle_timeout_s:
             return
-        batches = await consumer.getmany(timeout_ms=200, max_records=500)
-        for tp_records in batches.values():
-            for r in tp_records:
-                if until_end and r.offset >= ends[TopicPartition(r.topic, r.partition)]:
-                    continue
-                if max_records is not None and seen >= max_records:
-                    return
-                seen += 1
-                last = time.monotonic()
-                yield ConsumedRecord(r.topic, r.partition, r.offset, r.key, r.value,
-                                     r.timestamp, list(r.headers or ()))
+        for msg in await _messages(thread, consumer, settings, topic, 0.2):
+            if until_end and int(msg.offset() or 0) >= ends[int(msg.partition() or 0)]:
+                continue
+            if max_records is not None and seen >= max_records:
+                return
+            seen += 1
+            last = time.monotonic()
+            yield consumed_record(msg)
+
+
+async def _reached(thread: ClientThread, consumer: Consumer, topic: str,
+                   ends: dict[int, int]) -> bool:
+    """Every partition's fetch position is at its end offset of the start (an empty partition
+    is there from the start; a position not known yet means not yet)."""
+    waiting = [TopicPartition(topic, p) for p, end in ends.items() if end > 0]
+    if not waiting:
+        return True
+    positions = await thread.run(consumer.position, waiting)
+    return all(tp.offset >= ends[tp.partition] for tp in positions)
 
 
 async def read_at(
@@ -344,50 +341,45 @@ async def read_at(
     found: dict[tuple[int, int], ConsumedRecord] = {}
     if not wanted:
         return found
-    consumer = AIOKafkaConsumer(
-        **settings.kafka_client_options, group_id=None, enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    failures = ConnectFailures()
+    log = RdkafkaLog()
+    consumer = reader(settings, log, from_beginning=True)
+    thread = ClientThread("record-reader")
     try:
-        try:
-            with failures:
-                await consumer.start()
-        except KafkaError as exc:
-            raise BrokerUnavailable(failures.describe(settings, exc)) from exc
-        metadata = await _cluster_with(consumer._client, settings, [topic])
-        existing = metadata.partitions_for_topic(topic) or set()
+        await connect(thread, consumer, log, settings)
+        metadata = await cluster_with(thread, consumer, settings, [topic])
+        existing = metadata.topics[topic].partitions
         deadline = time.monotonic() + timeout_s
         for partition in sorted(p for p in wanted if p in existing):
-            tp = TopicPartition(topic, partition)
-            consumer.assign([tp])
-            first = (await consumer.beginning_offsets([tp]))[tp]
-            end = (await consumer.end_offsets([tp]))[tp]
+            first, end = await thread.run(consumer.get_watermark_offsets,
+                                          TopicPartition(topic, partition), 10.0)
             offsets = sorted(o for o in wanted[partition] if first <= o < end)
-            await _read_offsets(consumer, tp, offsets, end, found, deadline, settings)
-    except KafkaError as exc:
-        raise _broker_error(settings, f"cannot read {topic}", exc) from exc
+            await _read_offsets(thread, consumer, TopicPartition(topic, partition), offsets,
+                                end, found, deadline, settings)
+    except KafkaException as exc:
+        raise rdkafka_error(settings, f"cannot read {topic}", exc) from exc
     finally:
-        await consumer.stop()
+        await _close(thread, consumer)
     return found
 
 
-async def _read_offsets(consumer: AIOKafkaConsumer, tp: TopicPartition, offsets: list[int],
-                        end: int, found: dict[tuple[int, int], ConsumedRecord], deadline: float,
-                        settings: Settings) -> None:
-    """Seek to each wanted offset not yet seen and read until the fetch passes it."""
+async def _read_offsets(thread: ClientThread, consumer: Consumer, tp: TopicPartition,
+                        offsets: list[int], end: int, found: dict[tuple[int, int], ConsumedRecord],
+                        deadline: float, settings: Settings) -> None:
+    """Assign the partition at each wanted offset not yet seen and read until the fetch passes
+    it (a compacted-away offset is passed without a record)."""
     wanted = set(offsets)
     for offset in offsets:
         if (tp.partition, offset) in found:
             continue
-        consumer.seek(tp, offset)
-        while await consumer.position(tp) <= offset < end:
+        await thread.run(consumer.assign, [TopicPartition(tp.topic, tp.partition, offset)])
+        position = offset
+        while position <= offset < end:
             if time.monotonic() > deadline:
                 raise OperationTimeout(f"reading {tp.topic}[{tp.partition}] at offset {offset}:"
                                        f" timed out talking to {settings.kafka_bootstrap}")
-            batch = await consumer.getmany(tp, timeout_ms=500, max_records=500)
-            for r in batch.get(tp, ()):
-                if r.offset in wanted:
-                    found[(r.partition, r.offset)] = ConsumedRecord(
-                        r.topic, r.partition, r.offset, r.key, r.value, r.timestamp,
-                        list(r.headers or ()))
+            for msg in await _messages(thread, consumer, settings, tp.topic, 0.5):
+                record = consumed_record(msg)
+                if record.offset in wanted:
+                    found[(record.partition, record.offset)] = record
+            [now] = await thread.run(consumer.position, [tp])
+            position = max(position, now.offset)

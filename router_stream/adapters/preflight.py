@@ -26,10 +26,10 @@ CLUSTER_TIMEOUT_S = 10.0
 
 async def cluster_topics(settings: Settings, timeout: float = CLUSTER_TIMEOUT_S) -> set[str]:
     """Every topic name the cluster has (BrokerUnavailable/OperationTimeout when unreachable)."""
-    from router_stream.adapters.topics import _admin
+    from router_stream.adapters.topic_admin import connected_admin
 
-    async with _admin(settings, timeout) as admin:
-        return set(await admin.list_topics())
+    async with connected_admin(settings, timeout) as admin:
+        return set((await admin.metadata()).topics)
 
 
 def missing_topics_error(missing: list[str], *, fix: str) -> UserError:

@@ -13,30 +13,33 @@ Rules (the header of topics.yaml explains why):
   problem, more is a warning;
 * every config a declaration lists must match exactly (string comparison, as Kafka reports it).
 
-aiokafka's and the OS's errors are translated at this seam into
-:class:`~router_stream.errors.BrokerUnavailable` / ``OperationTimeout`` (``raise ... from exc``).
+The cluster is reached through :mod:`router_stream.adapters.topic_admin` (confluent-kafka's
+AdminClient), which translates its errors into :class:`~router_stream.errors.BrokerUnavailable` /
+``OperationTimeout`` (``raise ... from exc``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError
 
 from router_stream.adapters import data_path
-from router_stream.adapters.kafka_failures import ConnectFailures
+from router_stream.adapters.topic_admin import (
+    ObservedTopic,
+    TopicCreationFailed,
+    connected_admin,
+    create_topics,
+    describe,
+    wait_until_ready,
+    wait_until_serving,
+)
 from router_stream.config import ROUTED_PREFIX, Settings
-from router_stream.errors import BrokerUnavailable, OperationTimeout, RouterError, UserError
+from router_stream.errors import RouterError, UserError
 
 __all__ = [
     "TopicCreationFailed",
@@ -56,9 +59,6 @@ __all__ = [
 
 _TOPIC_SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
 _MIN_ISR = "min.insync.replicas"
-_TOPIC_ALREADY_EXISTS = 36  # Kafka error code: another `apply` created it first
-
-
 # --- declarations ---------------------------------------------------------------------------
 
 
@@ -235,10 +235,6 @@ class TopicMismatch(RouterError):
         super().__init__("\n".join(lines))
 
 
-class TopicCreationFailed(RouterError):
-    """The broker refused to create a topic (invalid config, policy violation, ...)."""
-
-
 @dataclass(frozen=True)
 class TopicInfo:
     """A topic as the cluster has it (``exists`` False: declared but missing)."""
@@ -251,74 +247,8 @@ class TopicInfo:
     configs: Mapping[str, str] = field(default_factory=dict)
 
 
-# --- the admin seam -------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def _admin(settings: Settings, timeout: float) -> AsyncIterator[AIOKafkaAdminClient]:
-    """A started admin client; Kafka/OS errors leave as BrokerUnavailable/OperationTimeout."""
-    client = AIOKafkaAdminClient(
-        **settings.kafka_client_options, request_timeout_ms=int(timeout * 1000)
-    )
-    failures = ConnectFailures()
-    try:
-        try:
-            with failures:
-                await asyncio.wait_for(client.start(), timeout)
-            yield client
-        finally:
-            await client.close()
-    except TimeoutError as exc:
-        raise OperationTimeout(
-            f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout:.0f}s"
-        ) from exc
-    except (KafkaError, OSError) as exc:
-        raise BrokerUnavailable(failures.describe(settings, exc)) from exc
-
-
-@dataclass(frozen=True)
-class _Observed:
-    partitions: int
-    replication_factor: int
-    leaders_ready: bool
-    configs: Mapping[str, str]
-
-
-async def _describe(admin: AIOKafkaAdminClient, names: Sequence[str]) -> dict[str, _Observed]:
-    """What the cluster has for ``names``; absent names are missing topics.
-
-    Only names the cluster lists are described: a metadata request for a missing topic makes a
-    broker with ``auto.create.topics.enable=true`` (Kafka's default) create it with default
-    settings, which would turn "missing" into a wrong topic.
-    """
-    existing = set(await admin.list_topics())
-    names = [n for n in names if n in existing]
-    if not names:
-        return {}
-    described = await admin.describe_topics(names)
-    shapes = {
-        t["topic"]: t["partitions"] for t in described if t["error_code"] == 0 and t["partitions"]
-    }
-    if not shapes:
-        return {}
-    configs: dict[str, dict[str, str]] = {}
-    resources = [ConfigResource(ConfigResourceType.TOPIC, n) for n in shapes]
-    for response in await admin.describe_configs(resources):
-        for _err, _msg, _type, name, entries, *_ in response.resources:
-            configs[name] = {entry[0]: entry[1] for entry in entries}
-    return {
-        name: _Observed(
-            partitions=len(parts),
-            replication_factor=min(len(p["replicas"]) for p in parts),
-            leaders_ready=all(p["leader"] is not None and p["leader"] >= 0 for p in parts),
-            configs=configs.get(name, {}),
-        )
-        for name, parts in shapes.items()
-    }
-
-
 def _compare(
-    name: str, declared: TopicSpec, effective: TopicSpec, seen: _Observed, report: TopicsReport
+    name: str, declared: TopicSpec, effective: TopicSpec, seen: ObservedTopic, report: TopicsReport
 ) -> None:
     problems: list[TopicProblem] = []
     if seen.partitions < declared.partitions:
@@ -341,45 +271,6 @@ def _compare(
         report.verified.append(name)
 
 
-async def _wait_until_ready(
-    admin: AIOKafkaAdminClient, names: Sequence[str], timeout: float
-) -> None:
-    """Creation is acknowledged before every broker has the metadata: wait for leaders."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    pending = list(names)
-    while pending:
-        seen = await _describe(admin, pending)
-        pending = [n for n in pending if n not in seen or not seen[n].leaders_ready]
-        if not pending:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise OperationTimeout(
-                f"created topics have no partition leaders after {timeout:.0f}s: "
-                + ", ".join(pending)
-            )
-        await asyncio.sleep(0.1)
-
-
-async def _wait_until_serving(settings: Settings, partitions: Mapping[str, int],
-                              timeout: float) -> None:
-    """A leader in the metadata is not yet a leader that answers: for a moment after creation
-    a broker refuses offset requests with NotLeaderForPartition, which a worker started right
-    away (the demo, `topics apply && worker`) logs at ERROR before aiokafka retries. Asking for
-    the end offsets here retries that silently, so created topics are returned serving."""
-    consumer = AIOKafkaConsumer(**settings.kafka_client_options, enable_auto_commit=False)
-    tps = [TopicPartition(name, p) for name, n in partitions.items() for p in range(n)]
-    try:
-        await asyncio.wait_for(consumer.start(), timeout)
-        await asyncio.wait_for(consumer.end_offsets(tps), timeout)
-    except TimeoutError as exc:
-        raise OperationTimeout(
-            f"created topics do not answer offset requests after {timeout:.0f}s") from exc
-    except KafkaError as exc:
-        raise BrokerUnavailable(f"created topics do not answer offset requests: {exc!r}") from exc
-    finally:
-        await consumer.stop()
-
-
 def _clamp_warnings(expected: Sequence[TopicSpec], brokers: int) -> list[str]:
     clamped = sorted({t.replication_factor for t in expected if t.replication_factor > brokers})
     if not clamped:
@@ -388,28 +279,6 @@ def _clamp_warnings(expected: Sequence[TopicSpec], brokers: int) -> list[str]:
         f"the cluster has {brokers} broker(s): replication factor {', '.join(map(str, clamped))} "
         f"clamped to {brokers} (and {_MIN_ISR} with it); fine for development only"
     ]
-
-
-async def _create(
-    admin: AIOKafkaAdminClient, specs: Mapping[str, TopicSpec], timeout: float
-) -> tuple[list[str], list[str]]:
-    """Create ``specs`` (physical name -> effective spec); returns (created, created_by_others)."""
-    new = [
-        NewTopic(name, s.partitions, s.replication_factor, topic_configs=dict(s.configs))
-        for name, s in specs.items()
-    ]
-    response = await admin.create_topics(new, timeout_ms=int(timeout * 1000))
-    created, raced, failed = [], [], []
-    for name, code, message, *_ in response.topic_errors:
-        if code == 0:
-            created.append(name)
-        elif code == _TOPIC_ALREADY_EXISTS:
-            raced.append(name)
-        else:
-            failed.append(f"{name}: {message or f'error code {code}'}")
-    if failed:
-        raise TopicCreationFailed("the broker refused to create topics:\n  " + "\n  ".join(failed))
-    return sorted(created), sorted(raced)
 
 
 async def _reconcile(
@@ -423,16 +292,16 @@ async def _reconcile(
     decl = declarations or load_declarations()
     expected = {settings.topic(s.logical): s for s in decl.expected(destinations)}
     report = TopicsReport()
-    async with _admin(settings, timeout) as admin:
-        brokers = len((await admin.describe_cluster())["brokers"])
+    async with connected_admin(settings, timeout) as admin:
+        brokers = len((await admin.metadata()).brokers)
         effective = {name: s.for_cluster(brokers) for name, s in expected.items()}
         report.warnings.extend(_clamp_warnings(list(expected.values()), brokers))
-        seen = await _describe(admin, list(expected))
+        seen = await describe(admin, list(expected))
         missing = {name: effective[name] for name in expected if name not in seen}
         if create and missing:
-            report.created, raced = await _create(admin, missing, timeout)
-            await _wait_until_ready(admin, [*report.created, *raced], timeout)
-            seen.update(await _describe(admin, raced))
+            report.created, raced = await create_topics(admin, missing)
+            await wait_until_ready(admin, [*report.created, *raced])
+            seen.update(await describe(admin, raced))
         for name, spec in expected.items():
             if name in report.created:
                 continue
@@ -440,9 +309,9 @@ async def _reconcile(
                 report.problems.append(TopicProblem(name, "missing", "exists", "missing"))
             else:
                 _compare(name, spec, effective[name], seen[name], report)
-    if report.created:
-        await _wait_until_serving(settings, {n: effective[n].partitions for n in report.created},
-                                  timeout)
+        if report.created:
+            await wait_until_serving(admin, {n: effective[n].partitions
+                                              for n in report.created})
     return report
 
 
@@ -492,11 +361,11 @@ async def list_topics(
     decl = declarations or load_declarations()
     prefix = settings.topic_prefix
     wanted = {settings.topic(s.logical): s.logical for s in decl.expected(destinations)}
-    async with _admin(settings, timeout) as admin:
-        for name in await admin.list_topics():
+    async with connected_admin(settings, timeout) as admin:
+        for name in (await admin.metadata()).topics:
             if name.startswith(prefix) and decl.declares(name[len(prefix):]):
                 wanted.setdefault(name, name[len(prefix):])
-        seen = await _describe(admin, sorted(wanted))
+        seen = await describe(admin, sorted(wanted))
     return [
         TopicInfo(name, logical, True, seen[name].partitions, seen[name].replication_factor,
                   dict(seen[name].configs))

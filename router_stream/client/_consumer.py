@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from router_stream.adapters.kafka_failures import RdkafkaLog, commit_rebalanced
+from router_stream.adapters.kafka_io import fetch
+from router_stream.adapters.rdkafka import ClientThread
 from router_stream.client._records import InvalidRecord, RoutedSignal, parse_routed
-from router_stream.client._reporter import OutcomeReporter
+from router_stream.client._reporter import OutcomeReporter, reach
 from router_stream.config import ROUTED_PREFIX
 from router_stream.core.dedupe import DedupeWindow
 from router_stream.errors import BrokerUnavailable
@@ -69,8 +71,9 @@ class DestinationConsumer:
     """Reads ``<topic_prefix>routed.<destination>`` in consumer group ``group_id``.
 
     ``await consumer.run(handler)`` until :meth:`request_stop`. Outcomes go through ``reporter``
-    (one is created and closed with the consumer when not given). ``kafka_options`` are passed to
-    the aiokafka clients (security settings and the like).
+    (one is created and closed with the consumer when not given). ``kafka_options`` are
+    librdkafka settings added to both clients' (``security.protocol``, ``ssl.ca.location``,
+    ``sasl.*``, ...).
     """
 
     def __init__(self, destination: str, *, bootstrap_servers: str, group_id: str,
@@ -88,10 +91,12 @@ class DestinationConsumer:
         self._owns_reporter = reporter is None
         self._reporter = reporter or OutcomeReporter(
             bootstrap_servers, topic_prefix=topic_prefix, kafka_options=options)
-        self._consumer = AIOKafkaConsumer(
-            self.topic, bootstrap_servers=bootstrap_servers, group_id=group_id,
-            enable_auto_commit=False, auto_offset_reset="earliest", **options,
-        )
+        self._log = RdkafkaLog()
+        self._thread = ClientThread("destination-consumer")
+        self._consumer = Consumer({
+            "bootstrap.servers": bootstrap_servers, "group.id": group_id,
+            "enable.auto.commit": False, "auto.offset.reset": "earliest",
+            **options, **self._log.config()})
         self._stop = asyncio.Event()
 
     @property
@@ -102,15 +107,17 @@ class DestinationConsumer:
         if self._owns_reporter:
             await self._reporter.start()
         try:
-            await self._consumer.start()
-        except Exception as exc:
+            await reach(self._thread, self._consumer, self._log, f"consumer of {self.topic}")
+            await self._thread.run(self._consumer.subscribe, [self.topic])
+        except (BrokerUnavailable, KafkaException) as exc:
             if self._owns_reporter:
                 await self._reporter.close()
-            raise BrokerUnavailable(f"consumer of {self.topic} cannot reach Kafka: {exc}") from exc
+            raise BrokerUnavailable(f"consumer of {self.topic}: {exc}") from exc
 
     async def stop(self) -> None:
         try:
-            await self._consumer.stop()
+            await self._thread.run(self._consumer.close)  # leaves the group
+            self._thread.close()
         finally:
             if self._owns_reporter:
                 await self._reporter.close()
@@ -131,14 +138,13 @@ class DestinationConsumer:
         """Handle batches until :meth:`request_stop`; raises :class:`BrokerUnavailable` (without
         committing the batch) when its outcomes cannot be written."""
         while not self._stop.is_set():
-            batch = await self._consumer.getmany(timeout_ms=200, max_records=self._batch_max)
+            batch = await fetch(self._thread, self._consumer, self._batch_max, 0.2, log)
             if not batch:
                 continue
-            for records in batch.values():
-                for record in records:
-                    await self._handle(handler, record.value, record.key)
+            for record in batch:
+                await self._handle(handler, record.value, record.key)
             await self._reporter.flush()
-            await self._commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+            await self._commit({(r.topic, r.partition): r.offset + 1 for r in batch})
 
     async def _handle(self, handler: Handler, value: bytes | None, key: bytes | None) -> None:
         try:
@@ -180,13 +186,22 @@ class DestinationConsumer:
             result = Delivery()
         return _Timed(result.ok, result.reward, result.cost, elapsed_ms)
 
-    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+    async def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+
+        def commit() -> None:
+            self._consumer.commit(offsets=positions, asynchronous=False)
+
         try:
-            await self._consumer.commit(offsets)
+            await self._thread.run(commit)
             self.stats.commits += 1
-        except (CommitFailedError, IllegalStateError) as exc:
+        except KafkaException as exc:
+            if not commit_rebalanced(exc):
+                raise BrokerUnavailable(f"commit on {self.topic} failed: {exc.args[0].str()}"
+                                        ) from exc
             # A rebalance took the partitions away; their new owner redelivers (at least once).
-            log.warning("commit on %s failed after a rebalance: %s", self.topic, exc)
+            log.warning("commit on %s failed after a rebalance: %s", self.topic,
+                        exc.args[0].str())
 
 
 @dataclass(slots=True, frozen=True)

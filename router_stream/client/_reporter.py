@@ -2,8 +2,9 @@
 
 ``report`` never blocks and never raises for a full buffer: it encodes the outcome, appends it to a
 bounded buffer and returns ``False`` (counting a drop) when the buffer is full. A background task
-sends the buffer in batches through one aiokafka producer (``acks=all``). ``flush`` waits until
-everything reported so far is acknowledged and raises if any of it failed; ``close`` flushes.
+sends the buffer in batches through one librdkafka (confluent-kafka) producer (``acks=all``).
+``flush`` waits until everything reported so far is acknowledged and raises if any of it failed;
+``close`` flushes.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from confluent_kafka import KafkaException
 
+from router_stream.adapters.kafka_failures import RdkafkaLog, rdkafka_reason
+from router_stream.adapters.rdkafka import AckingProducer, ClientThread
 from router_stream.client._outcomes import encode_outcome, outcome_for
 from router_stream.client._records import RoutedSignal
 from router_stream.config import OUTCOMES
@@ -39,7 +42,8 @@ class ReporterStats:
 class OutcomeReporter:
     """Sends outcomes to ``<topic_prefix>outcomes`` (key = destination).
 
-    ``kafka_options`` are passed to ``AIOKafkaProducer`` (security settings and the like).
+    ``kafka_options`` are librdkafka settings added to the producer's (``security.protocol``,
+    ``ssl.ca.location``, ``sasl.*``, ``message.timeout.ms``, ...).
     Use as ``async with OutcomeReporter(...) as reporter:`` or call ``start``/``close``.
     """
 
@@ -57,18 +61,17 @@ class OutcomeReporter:
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5,
-            **dict(kafka_options or {}),
-        )
+        self._log = RdkafkaLog()
+        self._thread = ClientThread("outcome-reporter")
+        self._acking = AckingProducer({
+            "bootstrap.servers": bootstrap_servers, "acks": "all", "linger.ms": 5,
+            **dict(kafka_options or {}), **self._log.config()}, self._thread)
         self._sender: asyncio.Task[None] | None = None
         self._closed = False
 
     async def start(self) -> None:
-        try:
-            await self._producer.start()
-        except Exception as exc:
-            raise BrokerUnavailable(f"outcome reporter cannot reach Kafka: {exc}") from exc
+        await reach(self._thread, self._acking.producer, self._log, "outcome reporter")
+        self._acking.start()
         self._sender = asyncio.create_task(self._send_loop(), name="outcome-reporter")
 
     async def __aenter__(self) -> OutcomeReporter:
@@ -124,7 +127,8 @@ class OutcomeReporter:
                 self._sender.cancel()
                 await asyncio.gather(self._sender, return_exceptions=True)
                 self._sender = None
-            await self._producer.stop()
+            await self._acking.stop(timeout_s)
+            self._thread.close()
 
     async def _send_loop(self) -> None:
         while True:
@@ -140,8 +144,8 @@ class OutcomeReporter:
         futures = []
         try:
             for key, value in batch:
-                futures.append(await self._producer.send(self.topic, value, key=key))
-        except Exception as exc:  # the producer refused the rest of the batch outright
+                futures.append(await self._acking.produce(self.topic, value, key=key))
+        except KafkaException as exc:  # the producer refused the rest of the batch outright
             self._fail(len(batch) - len(futures), exc)
         results = await asyncio.gather(*futures, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -153,3 +157,15 @@ class OutcomeReporter:
         self.stats.failed += count
         self._failed_since_flush += count
         log.warning("%d outcome(s) not written to %s: %s", count, self.topic, exc)
+
+
+async def reach(thread: ClientThread, client: Any, log: RdkafkaLog, who: str,
+                timeout_s: float = 10.0) -> None:
+    """Return once ``client`` reached a broker; BrokerUnavailable with the reason when it
+    cannot within ``timeout_s``."""
+    try:
+        await thread.run(client.list_topics, None, timeout_s)
+    except KafkaException as exc:
+        await thread.run(client.poll, 0)  # delivers the reasons to ``log``
+        reason = rdkafka_reason(log.reasons[-1]) if log.reasons else exc.args[0].str()
+        raise BrokerUnavailable(f"{who} cannot reach Kafka: {reason}") from exc

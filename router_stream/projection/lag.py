@@ -8,10 +8,11 @@ import contextlib
 import time
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from router_stream.adapters.kafka_failures import RdkafkaLog
 from router_stream.adapters.kafka_io import read_at
+from router_stream.adapters.rdkafka import ClientThread, client_config, cluster_with, connect
 from router_stream.config import Settings
 from router_stream.errors import RouterError
 
@@ -31,7 +32,7 @@ async def projection_lag(settings: Settings, topic: str,
                          timeout_s: float = 5.0) -> ProjectionLag | None:
     """The projection group's lag on ``topic``; None when it is caught up or cannot be asked
     (the broker unreachable, no such topic) — a hint, never an error."""
-    with contextlib.suppress(KafkaError, RouterError, OSError, TimeoutError):
+    with contextlib.suppress(KafkaException, RouterError, OSError, TimeoutError):
         async with asyncio.timeout(timeout_s):
             behind = await _behind(settings, topic)
             if not behind:
@@ -47,25 +48,25 @@ async def projection_lag(settings: Settings, topic: str,
 
 
 async def _behind(settings: Settings, topic: str) -> dict[int, tuple[int, int]]:
-    """partition -> (the group's committed offset, the end offset), where it lags."""
-    consumer = AIOKafkaConsumer(group_id=settings.projection_group_id, enable_auto_commit=False,
-                                **settings.kafka_client_options)
-    await consumer.start()
+    """partition -> (the group's committed offset, the end offset), where it lags. The
+    consumer carries the projection's group id only to ask for its offsets: it never joins."""
+    log = RdkafkaLog()
+    consumer = Consumer(client_config(settings, log, **{
+        "group.id": settings.projection_group_id, "enable.auto.commit": False}))
+    thread = ClientThread("projection-lag")
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic)
-                                                        or await _partitions(consumer, topic))]
-        starts = await consumer.beginning_offsets(tps)
-        ends = await consumer.end_offsets(tps)
+        await connect(thread, consumer, log, settings)
+        metadata = await cluster_with(thread, consumer, settings, [topic])
+        tps = [TopicPartition(topic, p) for p in sorted(metadata.topics[topic].partitions)]
+        committed = {tp.partition: tp.offset
+                     for tp in await thread.run(consumer.committed, tps, 10.0)}
         behind: dict[int, tuple[int, int]] = {}
         for tp in tps:
-            committed = max(await consumer.committed(tp) or 0, starts[tp])
-            if committed < ends[tp]:
-                behind[tp.partition] = (committed, ends[tp])
+            start, end = await thread.run(consumer.get_watermark_offsets, tp, 10.0)
+            at = max(committed.get(tp.partition, 0), start)  # none committed: a negative offset
+            if at < end:
+                behind[tp.partition] = (at, end)
         return behind
     finally:
-        await consumer.stop()
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    metadata = await consumer._client.fetch_all_metadata()
-    return set(metadata.partitions_for_topic(topic) or ())
+        await asyncio.shield(thread.run(consumer.close))
+        thread.close()

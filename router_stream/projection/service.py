@@ -26,13 +26,19 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from router_stream import tracing
 from router_stream.adapters import postgres as pg
-from router_stream.adapters.kafka_io import group_committed_to_end
+from router_stream.adapters.kafka_failures import RdkafkaLog, commit_rebalanced, rdkafka_error
+from router_stream.adapters.kafka_io import fetch
 from router_stream.adapters.postgres.rows import decision_fields, dlq_row_from_record
+from router_stream.adapters.rdkafka import (
+    ClientThread,
+    client_config,
+    connect,
+    group_committed_to_end,
+)
 from router_stream.config import DECISIONS, DLQ, EVENTS, Settings
 from router_stream.core.events import PolicyVersionEvent, decode_event
 from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
@@ -67,7 +73,8 @@ class Projection:
         self._pg_ok = False
         self.redactor: Redactor = DEFAULT_REDACTOR
         self.pool: asyncpg.Pool | None = None
-        self.consumer: AIOKafkaConsumer | None = None
+        self.consumer: Consumer | None = None
+        self._thread = ClientThread("projection")
         self.http: Any = None
         self.projected = 0
         self._in_hand = False  # a fetched batch not yet written and committed
@@ -91,16 +98,17 @@ class Projection:
             backoff=self._backoff, give_up=self._stopping.is_set)
         self._pg_ok = True
         self.redactor = await self._initial_redactor()
-        consumer = AIOKafkaConsumer(
-            group_id=s.projection_group_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", client_id="router-stream-persist",
-            max_poll_interval_ms=600_000, fetch_max_wait_ms=50,
-            **s.kafka_client_options)
+        kafka_log = RdkafkaLog()
+        consumer = Consumer(client_config(s, kafka_log, **{
+            "group.id": s.projection_group_id, "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "client.id": "router-stream-persist",
+            "max.poll.interval.ms": 600_000, "fetch.wait.max.ms": 50}))
         try:
-            await consumer.start()
-        except KafkaError as exc:
-            raise BrokerUnavailable(f"starting the projection consumer: {exc!r}") from exc
-        consumer.subscribe(list(self._topics))
+            await connect(self._thread, consumer, kafka_log, s)
+            await self._thread.run(consumer.subscribe, list(self._topics))
+        except (BrokerUnavailable, KafkaException) as exc:
+            await self._thread.run(consumer.close)
+            raise BrokerUnavailable(f"starting the projection consumer: {exc}") from exc
         self.consumer = consumer
         log.info("projection started", extra={"group_id": s.projection_group_id,
                                                "topics": sorted(self._topics)})
@@ -129,7 +137,8 @@ class Projection:
         if self.consumer is not None:
             consumer, self.consumer = self.consumer, None
             with contextlib.suppress(Exception):
-                await consumer.stop()
+                await self._thread.run(consumer.close)  # leaves the group
+        self._thread.close()
         if self.pool is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
@@ -214,13 +223,13 @@ class Projection:
         topics: every record there is written. (Our own positions are not enough: a member
         that died keeps its partitions until its session times out.)"""
         consumer = self.consumer
-        if consumer is None or self._in_hand or not consumer.assignment():
+        if consumer is None or self._in_hand or not await self._thread.run(consumer.assignment):
             return False
         ahead = self._ahead
         if ahead is not None and (not ahead.done() or ahead.cancelled()
                                   or ahead.exception() is not None or ahead.result()[0]):
             return False  # records read ahead, not written yet
-        return await group_committed_to_end(consumer, list(self._topics))
+        return await group_committed_to_end(self._thread, consumer, list(self._topics))
 
     # --- one batch ---------------------------------------------------------------------------
 
@@ -233,10 +242,9 @@ class Projection:
             with contextlib.suppress(BaseException):
                 await ahead
 
-    async def _read(self, consumer: AIOKafkaConsumer) -> tuple[list[Any], ProjectionBatch]:
-        fetched = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS,
-                                         max_records=self.settings.projection_batch_max)
-        records = [r for rs in fetched.values() for r in rs]
+    async def _read(self, consumer: Consumer) -> tuple[list[Any], ProjectionBatch]:
+        records = await fetch(self._thread, consumer, self.settings.projection_batch_max,
+                              FETCH_TIMEOUT_MS / 1000, log)
         return records, self._batch(records)
 
     def _batch(self, records: Sequence[Any]) -> ProjectionBatch:
@@ -279,22 +287,26 @@ class Projection:
             async with self.pool.acquire() as conn:
                 return await write_batch(conn, batch, self.redactor)
 
-    async def _commit(self, consumer: AIOKafkaConsumer, records: Sequence[Any]) -> None:
-        last: dict[TopicPartition, int] = {}
+    async def _commit(self, consumer: Consumer, records: Sequence[Any]) -> None:
+        last: dict[tuple[str, int], int] = {}
         for r in records:
-            last[TopicPartition(r.topic, r.partition)] = r.offset + 1
-        owned = consumer.assignment()
-        offsets = {tp: off for tp, off in last.items() if tp in owned}
+            last[(r.topic, r.partition)] = r.offset + 1
+        owned = {(tp.topic, tp.partition) for tp in await self._thread.run(consumer.assignment)}
+        offsets = [TopicPartition(t, p, off) for (t, p), off in last.items() if (t, p) in owned]
+
+        def commit_now() -> None:
+            consumer.commit(offsets=offsets, asynchronous=False)
 
         async def commit() -> None:
             try:
-                await consumer.commit(offsets)
-            except (CommitFailedError, IllegalStateError) as exc:
-                # Rebalanced away: the next owner re-writes from our last commit (no-ops).
-                log.warning("projection commit refused after a rebalance",
-                            extra={"error": str(exc)})
-            except KafkaError as exc:
-                raise BrokerUnavailable(f"committing projection offsets: {exc!r}") from exc
+                await self._thread.run(commit_now)
+            except KafkaException as exc:
+                if commit_rebalanced(exc):  # the next owner re-writes from our last commit
+                    log.warning("projection commit refused after a rebalance",
+                                extra={"error": exc.args[0].str()})
+                    return
+                raise rdkafka_error(self.settings, "committing projection offsets",
+                                    exc) from exc
 
         if offsets:
             await retry_transient("commit", commit, backoff=self._backoff,

@@ -17,7 +17,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -25,6 +25,9 @@ from router_stream.config import DECISIONS, DLQ, OUTCOMES, SIGNALS, Settings
 from router_stream.errors import BrokerUnavailable, RouterError
 from router_stream.sim.routing_run import _choice_figures, _Choices, _instants
 from router_stream.sim.scenarios import RoutingScenario
+
+if TYPE_CHECKING:
+    from router_stream.adapters.kafka_io import ConsumedRecord, RecordWriter
 
 
 class E2eTimeout(RouterError):
@@ -35,11 +38,11 @@ async def run_routing_e2e(scenario: RoutingScenario, strategy: str, seed: int,
                           settings: Settings, slack_s: float = 30.0) -> dict[str, Any]:
     """Figures of ``strategy`` on ``scenario`` through a worker; raises :class:`E2eTimeout` when
     the signals are not all decided within the scenario's duration plus ``slack_s``."""
-    from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+    from confluent_kafka import KafkaException
 
     try:
         choices = await _run(scenario, strategy, seed, settings, slack_s)
-    except KafkaError as exc:
+    except KafkaException as exc:
         raise BrokerUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
     figures = _choice_figures(scenario, choices)
     figures["breaker"] = []
@@ -48,8 +51,7 @@ async def run_routing_e2e(scenario: RoutingScenario, strategy: str, seed: int,
 
 async def _run(scenario: RoutingScenario, strategy: str, seed: int, settings: Settings,
                slack_s: float) -> _Choices:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
-
+    from router_stream.adapters.kafka_io import RecordWriter
     from router_stream.adapters.topics import apply_topics
     from router_stream.worker import RouterWorker
 
@@ -65,18 +67,17 @@ async def _run(scenario: RoutingScenario, strategy: str, seed: int, settings: Se
             worker = RouterWorker(s, http=False)
             await worker.start()
             runner = asyncio.create_task(worker.run())
-            producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, linger_ms=2)
-            consumer = AIOKafkaConsumer(s.topic(DECISIONS), s.topic(DLQ),
-                                        bootstrap_servers=s.kafka_bootstrap,
-                                        auto_offset_reset="earliest", enable_auto_commit=False,
-                                        group_id=None)
-            await producer.start()
-            await consumer.start()
+            answers: asyncio.Queue[ConsumedRecord] = asyncio.Queue()
+            readers = [asyncio.create_task(_follow(s, topic, answers))
+                       for topic in (s.topic(DECISIONS), s.topic(DLQ))]
             try:
-                choices = await _drive(scenario, strategy, seed, s, producer, consumer, slack_s)
+                async with RecordWriter(s, linger_ms=2) as producer:
+                    choices = await _drive(scenario, strategy, seed, s, producer, answers,
+                                           slack_s)
             finally:
-                await consumer.stop()
-                await producer.stop()
+                for reader in readers:
+                    reader.cancel()
+                await asyncio.gather(*readers, return_exceptions=True)
                 worker.request_stop()
                 await runner
         finally:
@@ -84,40 +85,53 @@ async def _run(scenario: RoutingScenario, strategy: str, seed: int, settings: Se
     return choices
 
 
+async def _follow(s: Settings, topic: str, into: asyncio.Queue[ConsumedRecord]) -> None:
+    from router_stream.adapters.kafka_io import read_records
+
+    async for record in read_records(s, topic):
+        into.put_nowait(record)
+
+
 async def _drive(scenario: RoutingScenario, strategy: str, seed: int, s: Settings,
-                 producer: Any, consumer: Any, slack_s: float) -> _Choices:
+                 producer: RecordWriter, answers: asyncio.Queue[ConsumedRecord],
+                 slack_s: float) -> _Choices:
+    from router_stream.adapters.kafka_io import OutRecord
+
     instants = _instants(scenario, seed)
     dests = {d.name: d for d in scenario.destinations}
     delivery = random.Random(f"{seed}/delivery/{strategy}")
     choices = _Choices()
     start = time.monotonic()
     t0_ms = time.time() * 1000.0
+    acks: list[asyncio.Future[Any]] = []
 
     async def feed() -> None:
         for i, t in enumerate(instants):
             await asyncio.sleep(max(0.0, start + t - time.monotonic()))
             body = {"signal_id": f"sig-{i}", "sender_id": "sim", "ts": t0_ms + t * 1000.0}
-            await producer.send(s.topic(SIGNALS), orjson.dumps(body), key=b"sim")
+            acks.append(await producer.send(OutRecord(s.topic(SIGNALS), orjson.dumps(body),
+                                                      key=b"sim")))
 
     async def answer() -> None:
         while len(choices.chosen) < len(instants):
-            batches = await consumer.getmany(timeout_ms=100)
-            for record in (r for rs in batches.values() for r in rs):
-                t = time.monotonic() - start
-                if record.topic == s.topic(DLQ):
-                    choices.add(t, None, 0.0)
-                    continue
-                decision = orjson.loads(record.value)
-                name = decision["destinations"][0]
-                ok, latency = dests[name].deliver(t, delivery)
-                outcome = {"signal_id": decision["signal_id"], "destination": name, "ok": ok,
-                           "latency_ms": latency, "ts": time.time() * 1000.0}
-                await producer.send(s.topic(OUTCOMES), orjson.dumps(outcome), key=name.encode())
-                choices.add(t, name, dests[name].success(t))
+            record = await answers.get()
+            t = time.monotonic() - start
+            if record.topic == s.topic(DLQ):
+                choices.add(t, None, 0.0)
+                continue
+            decision = orjson.loads(record.value or b"null")
+            name = decision["destinations"][0]
+            ok, latency = dests[name].deliver(t, delivery)
+            outcome = {"signal_id": decision["signal_id"], "destination": name, "ok": ok,
+                       "latency_ms": latency, "ts": time.time() * 1000.0}
+            acks.append(await producer.send(OutRecord(
+                s.topic(OUTCOMES), orjson.dumps(outcome), key=name.encode())))
+            choices.add(t, name, dests[name].success(t))
 
     try:
         await asyncio.wait_for(asyncio.gather(feed(), answer()),
                                scenario.duration_s + slack_s)
+        await asyncio.gather(*acks)
     except TimeoutError:
         raise E2eTimeout(f"the worker decided {len(choices.chosen)} of {len(instants)} signals "
                          f"within {scenario.duration_s + slack_s:.0f} s") from None
@@ -125,16 +139,17 @@ async def _drive(scenario: RoutingScenario, strategy: str, seed: int, s: Setting
 
 
 async def _delete_topics(s: Settings) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
+    from confluent_kafka.admin import AdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, request_timeout_ms=30_000)
-    await admin.start()
-    try:
-        doomed = [t for t in await admin.list_topics() if t.startswith(s.topic_prefix)]
-        if doomed:
-            await admin.delete_topics(doomed)
-    finally:
-        await admin.close()
+    from router_stream.adapters.kafka_failures import RdkafkaLog
+
+    conf: dict[str, Any] = {**s.librdkafka_config, **RdkafkaLog().config()}
+    admin = AdminClient(conf)
+    listed = await asyncio.to_thread(admin.list_topics, None, 30.0)
+    doomed = [t for t in listed.topics if t.startswith(s.topic_prefix)]
+    if doomed:
+        futures = admin.delete_topics(doomed, operation_timeout=30.0)
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values()))
 
 
 E2E_FIGURES = ("delivery", "best_share_second_half", "dlq_share", "dead_share", "regret")

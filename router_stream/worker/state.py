@@ -28,10 +28,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from router_stream.adapters.checkpoint_store import Checkpoint, PolicyOrigin, new_checkpoint_id
+from router_stream.adapters.checkpoint_store import (
+    Checkpoint,
+    PolicyOrigin,
+    StatePartition,
+    new_checkpoint_id,
+)
+from router_stream.adapters.kafka_failures import RdkafkaLog, rdkafka_error
+from router_stream.adapters.kafka_io import fetch
+from router_stream.adapters.rdkafka import ClientThread, connect, reader
 from router_stream.config import CONTROL, OUTCOMES, SOURCE_HEALTH, Settings
 from router_stream.core.breaker import BreakerTransition
 from router_stream.core.checkpoint import CheckpointRefused, capture, restore_state
@@ -84,14 +91,15 @@ class StateFollower:
         self.policy = policy
         self._checkpoint = checkpoint
         self.restored: Checkpoint | None = None
-        self.positions: dict[TopicPartition, int] = {}
+        self.positions: dict[StatePartition, int] = {}
         self._engine = engine
         self._on_transitions = on_transitions
         self._on_policy = on_policy
         self._reload_policy = reload_policy
         self._topics = [settings.topic(t) for t in (SOURCE_HEALTH, OUTCOMES, CONTROL)]
-        self._consumer: AIOKafkaConsumer | None = None
-        self._end_at_start: dict[TopicPartition, int] = {}
+        self._consumer: Consumer | None = None
+        self._thread = ClientThread("state-follower")
+        self._end_at_start: dict[StatePartition, int] = {}
         self._clock = 0.0
         self.caught_up = asyncio.Event()
         self.applied = 0
@@ -102,28 +110,34 @@ class StateFollower:
 
     async def start(self) -> None:
         """Assign every partition of the three topics and remember where "now" ends."""
-        consumer = AIOKafkaConsumer(
-            group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-            client_id="router-stream-state", **self._settings.kafka_client_options,
-        )
+        log_ = RdkafkaLog()
+        consumer = reader(self._settings, log_, client_id="router-stream-state")
         try:
-            await consumer.start()
+            await connect(self._thread, consumer, log_, self._settings)
             tps = await self._partitions(consumer)
             if not tps:
                 raise BrokerUnavailable(f"no partitions found for {', '.join(self._topics)}")
-            consumer.assign(tps)
-            begin = await consumer.beginning_offsets(tps)
-            self._end_at_start = await consumer.end_offsets(tps)
+            begin: dict[StatePartition, int] = {}
+            for tp in tps:
+                begin[tp], self._end_at_start[tp] = await self._thread.run(
+                    consumer.get_watermark_offsets, TopicPartition(*tp), 10.0)
             self.positions = self._start_positions(begin)
-            for tp, offset in self.positions.items():
-                consumer.seek(tp, offset)
-        except KafkaError as exc:
-            await consumer.stop()
-            raise BrokerUnavailable(f"reading the state topics: {exc!r}") from exc
+            await self._thread.run(consumer.assign, [
+                TopicPartition(tp.topic, tp.partition, offset)
+                for tp, offset in self.positions.items()])
+        except KafkaException as exc:
+            await self._close(consumer)
+            raise rdkafka_error(self._settings, "reading the state topics", exc) from exc
+        except BaseException:
+            await self._close(consumer)
+            raise
         self._consumer = consumer
         await self._check_caught_up()
 
-    def _start_positions(self, begin: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+    async def _close(self, consumer: Consumer) -> None:
+        await asyncio.shield(self._thread.run(consumer.close))
+
+    def _start_positions(self, begin: dict[StatePartition, int]) -> dict[StatePartition, int]:
         """Where to start reading each partition: after the checkpoint when one can be
         restored, else the beginning. Restores the checkpoint into the engine."""
         ckpt = self._checkpoint
@@ -143,8 +157,8 @@ class StateFollower:
                         "older than their retention is not replayed", extra={"first": trimmed})
         return dict(begin)
 
-    def _restore(self, ckpt: Checkpoint, begin: dict[TopicPartition, int]
-                 ) -> dict[TopicPartition, int]:
+    def _restore(self, ckpt: Checkpoint, begin: dict[StatePartition, int]
+                 ) -> dict[StatePartition, int]:
         beyond = [f"{tp.topic}/{tp.partition}" for tp, off in ckpt.offsets.items()
                   if tp in self._end_at_start and off > self._end_at_start[tp]]
         if beyond:
@@ -167,7 +181,7 @@ class StateFollower:
                                         f"restored from checkpoint {ckpt.checkpoint_id}", "",
                                         live=False))
         self._clock = ckpt.clock
-        starts: dict[TopicPartition, int] = {}
+        starts: dict[StatePartition, int] = {}
         for tp, first in begin.items():
             at = ckpt.offsets.get(tp, 0)
             if at < first:
@@ -194,31 +208,28 @@ class StateFollower:
             policy=self.policy, policy_version=self._engine.policy_version,
             state=capture(self._engine), written_at=time.time(), writer=writer)
 
-    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+    async def _partitions(self, consumer: Consumer) -> list[StatePartition]:
         """Every partition of the three topics; a just-created topic may need a few metadata
         refreshes before its partitions have leaders."""
         deadline = time.monotonic() + 15.0
         while True:
-            # aiokafka has no public "partitions of a topic I do not subscribe to": its cluster
-            # view only tracks subscribed topics, so ask for full metadata (same client).
-            metadata = await consumer._client.fetch_all_metadata()
-            found = {t: metadata.partitions_for_topic(t) for t in self._topics}
+            topics = (await self._thread.run(consumer.list_topics, None, 10.0)).topics
+            found = {t: sorted(topics[t].partitions) if t in topics else [] for t in self._topics}
             if all(found.values()) or time.monotonic() > deadline:
-                return [TopicPartition(t, p) for t, ps in found.items() for p in sorted(ps or ())]
+                return [StatePartition(t, p) for t, ps in found.items() for p in ps]
             await asyncio.sleep(0.2)
 
     async def stop(self) -> None:
         if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+            consumer, self._consumer = self._consumer, None
+            await self._close(consumer)
+        self._thread.close()
 
     async def run(self) -> None:
         """Fold records as they come; tick the engine's clock every ~100 ms once caught up."""
         assert self._consumer is not None, "start() first"
         while True:
-            batches = await self._consumer.getmany(timeout_ms=int(TICK_INTERVAL_S * 1000),
-                                                   max_records=5000)
-            records = [r for rs in batches.values() for r in rs]
+            records = await fetch(self._thread, self._consumer, 5000, TICK_INTERVAL_S, log)
             records.sort(key=lambda r: (r.timestamp, r.topic, r.partition, r.offset))
             if self.caught_up.is_set() and any(r.topic == self._topics[2] for r in records):
                 self._cluster_topics = await self._read_cluster_topics()
@@ -233,13 +244,13 @@ class StateFollower:
         """Every topic the cluster has (a metadata request for all topics creates none)."""
         assert self._consumer is not None
         try:
-            metadata = await asyncio.wait_for(self._consumer._client.fetch_all_metadata(),
+            metadata = await self._thread.run(self._consumer.list_topics, None,
                                               CLUSTER_TOPICS_TIMEOUT_S)
-        except (KafkaError, TimeoutError) as exc:
+        except KafkaException as exc:
             log.warning("cannot list the cluster's topics: control commands are applied "
-                        "without checking their routed topics", extra={"error": repr(exc)})
+                        "without checking their routed topics", extra={"error": str(exc)})
             return None
-        return frozenset(metadata.topics())
+        return frozenset(metadata.topics)
 
     def _missing_topics(self, cmd: Any, compiled: Any) -> list[str]:
         """The routed topics a live command would send to that the cluster lacks. Only live
@@ -256,9 +267,17 @@ class StateFollower:
         return [t for t in map(self._settings.routed_topic, wanted) if t not in topics]
 
     async def _check_caught_up(self) -> None:
+        """Caught up once every partition's position reached its end offset at start: the
+        offset after the last record folded, or the fetch position when control records
+        (transaction markers) or compaction leave a gap before the end."""
         assert self._consumer is not None
-        for tp, end in self._end_at_start.items():
-            if await self._consumer.position(tp) < end:
+        behind = [tp for tp, end in self._end_at_start.items()
+                  if self.positions.get(tp, 0) < end]
+        if behind:
+            fetched = await self._thread.run(self._consumer.position,
+                                             [TopicPartition(*tp) for tp in behind])
+            if any(tp.offset < self._end_at_start[StatePartition(tp.topic, tp.partition)]
+                   for tp in fetched):
                 return
         if not self.caught_up.is_set():
             log.info("state topics replayed", extra={"records": self.applied,
@@ -282,7 +301,7 @@ class StateFollower:
         now = self._clock
         topic = record.topic
         self.applied += 1
-        self.positions[TopicPartition(topic, record.partition)] = record.offset + 1
+        self.positions[StatePartition(topic, record.partition)] = record.offset + 1
         if topic == self._topics[0]:
             event = parse_health(record.value, record_ts_ms=record.timestamp)
             if not isinstance(event, Rejection):

@@ -35,10 +35,20 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
 
+# confluent_kafka.admin re-exports these without an __all__, which mypy does not follow
+from confluent_kafka.admin._config import (
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ConfigSource,
+)
+from confluent_kafka.admin._resource import ResourceType
+
+from router_stream.adapters.kafka_failures import RdkafkaLog
+from router_stream.adapters.rdkafka import AckingProducer, ClientThread
 from router_stream.config import OUTCOMES, SIGNALS, SOURCE_HEALTH, Settings
 
 INDEX_HEADER = "x-chaos-index"
@@ -260,49 +270,33 @@ class Run:
             with contextlib.suppress(Exception):
                 await _admin_sql(self.servers.database_url,
                                  f'DROP DATABASE IF EXISTS "{self._database}" WITH (FORCE)')
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.servers.kafka_bootstrap)
+        admin = AdminClient({"bootstrap.servers": self.servers.kafka_bootstrap})
         with contextlib.suppress(Exception):
-            await admin.start()
-            names = [t for t in await admin.list_topics()
-                     if t.startswith(self.settings.topic_prefix)]
+            listed = await asyncio.to_thread(admin.list_topics, None, 30.0)
+            names = [t for t in listed.topics if t.startswith(self.settings.topic_prefix)]
             if names:
-                await admin.delete_topics(names)
-        with contextlib.suppress(Exception):
-            await admin.close()
+                futures = admin.delete_topics(names, operation_timeout=30.0)
+                await asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values()))
 
 
 async def alter_topic(settings: Settings, topic: str, configs: dict[str, str | None]) -> None:
-    """Set (or, with None, remove) topic configs, keeping the topic's other dynamic configs:
-    AlterConfigs replaces the whole set, and the worker verifies the declared ones."""
-    current = await topic_configs(settings, topic, dynamic_only=True)
-    merged = {k: v for k, v in (current | configs).items() if v is not None}
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, merged)])
-    finally:
-        await admin.close()
-
-
-_DYNAMIC_TOPIC_CONFIG = 1  # DescribeConfigs config_source
+    """Set (or, with None, remove) topic configs, keeping the topic's other dynamic configs
+    (an incremental alter: the worker verifies the declared ones)."""
+    entries = [ConfigEntry(k, v or "", incremental_operation=AlterConfigOpType.DELETE
+                           if v is None else AlterConfigOpType.SET) for k, v in configs.items()]
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    futures = admin.incremental_alter_configs(
+        [ConfigResource(ResourceType.TOPIC, topic, incremental_configs=entries)])
+    await asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values()))
 
 
 async def topic_configs(settings: Settings, topic: str, *,
                         dynamic_only: bool = False) -> dict[str, str | None]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        res = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-        out: dict[str, str | None] = {}
-        for response in res:
-            for resource in response.resources:
-                for entry in resource[4]:
-                    name, value, source = entry[0], entry[1], entry[3]
-                    if not dynamic_only or source == _DYNAMIC_TOPIC_CONFIG:
-                        out[name] = value
-        return out
-    finally:
-        await admin.close()
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    entries = await asyncio.wrap_future(admin.describe_configs([resource])[resource])
+    return {name: entry.value for name, entry in entries.items()
+            if not dynamic_only or entry.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value}
 
 
 # --- worker processes ---------------------------------------------------------------------------
@@ -544,11 +538,13 @@ class StreamProducer:
         self._held_s = 0.0  # the schedule moves on by the time spent on hold
 
     async def run(self) -> None:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.ctx.settings.kafka_bootstrap, enable_idempotence=True,
-            acks="all", linger_ms=5, request_timeout_ms=120_000, max_batch_size=256 * 1024,
-            max_request_size=16 * 1024 * 1024)
-        await producer.start()
+        thread = ClientThread("chaos-stream")
+        producer = AckingProducer({
+            **self.ctx.settings.librdkafka_config, "enable.idempotence": True, "acks": "all",
+            "linger.ms": 5, "request.timeout.ms": 120_000, "message.timeout.ms": 120_000,
+            "batch.size": 256 * 1024, "message.max.bytes": 16 * 1024 * 1024,
+            **RdkafkaLog().config()}, thread)
+        producer.start()
         futs: list[tuple[int, asyncio.Future[Any]]] = []
         state_futs: list[asyncio.Future[Any]] = []
         try:
@@ -565,7 +561,7 @@ class StreamProducer:
                     delay = due - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                futs.append((item.index, await producer.send(
+                futs.append((item.index, await producer.produce(
                     self.ctx.topic(SIGNALS), item.value, key=item.key,
                     headers=item.kafka_headers(), timestamp_ms=item.timestamp_ms)))
                 self.sent = pos + 1
@@ -583,17 +579,18 @@ class StreamProducer:
                     self.failed.append((index, repr(res)))
             await asyncio.gather(*state_futs)
         finally:
-            await producer.stop()
+            await producer.stop(120.0)
+            thread.close()
             self.finished_at = time.time()
             self._progress.set()
 
-    async def _send_state(self, producer: AIOKafkaProducer) -> asyncio.Future[Any]:
+    async def _send_state(self, producer: AckingProducer) -> asyncio.Future[Any]:
         ev = self.state_events[self.state_sent]
         now_ms = int(time.time() * 1000)
         self.state_sent += 1
-        fut = await producer.send(self.ctx.topic(ev.logical), orjson.dumps({**ev.body,
-                                                                             "ts": now_ms}),
-                                  key=ev.key, timestamp_ms=now_ms)
+        fut = await producer.produce(self.ctx.topic(ev.logical),
+                                     orjson.dumps({**ev.body, "ts": now_ms}),
+                                     key=ev.key, timestamp_ms=now_ms)
         if self.state_sent == len(self.state_events):
             fut.add_done_callback(lambda _: setattr(self, "state_done_at", time.time()))
         return fut
@@ -643,17 +640,11 @@ class CommitMonitor:
                 await self._task
 
     async def _loop(self) -> None:
-        admin: AIOKafkaAdminClient | None = None
+        admin = AdminClient({"bootstrap.servers": self.run.settings.kafka_bootstrap})
         while True:
             try:
-                if admin is None:
-                    admin = AIOKafkaAdminClient(
-                        bootstrap_servers=self.run.settings.kafka_bootstrap,
-                        request_timeout_ms=3000)
-                    await admin.start()
-                offsets = await admin.list_consumer_group_offsets(self.run.settings.group_id)
+                current = await _group_offsets(admin, self.run.settings.group_id, 3.0)
                 now = time.time()
-                current = {tp: m.offset for tp, m in offsets.items() if m.offset >= 0}
                 for tp, off in current.items():
                     prev = self._last.get(tp)
                     if prev is not None and off < prev:
@@ -661,11 +652,8 @@ class CommitMonitor:
                                                 f"at {now:.3f}")
                 self._last.update(current)
                 self.samples.append((now, current))
-            except Exception:  # noqa: BLE001 - the broker may be down on purpose
-                if admin is not None:
-                    with contextlib.suppress(Exception):
-                        await admin.close()
-                admin = None
+            except Exception:  # noqa: BLE001,S110 - the broker may be down on purpose
+                pass
             await asyncio.sleep(self.every)
 
     def at(self, t: float) -> dict[TopicPartition, int]:
@@ -678,32 +666,40 @@ class CommitMonitor:
         return best
 
 
+async def _group_offsets(admin: AdminClient, group: str, timeout_s: float
+                         ) -> dict[TopicPartition, int]:
+    request = [ConsumerGroupTopicPartitions(group)]
+    futures = admin.list_consumer_group_offsets(request, request_timeout=timeout_s)
+    answer = await asyncio.wait_for(asyncio.wrap_future(futures[group]), timeout_s + 1)
+    return {TopicPartition(tp.topic, tp.partition): tp.offset
+            for tp in answer.topic_partitions or () if tp.offset >= 0}
+
+
 async def committed_offsets(run: Run) -> dict[TopicPartition, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=run.settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(run.settings.group_id)
-        return {tp: m.offset for tp, m in offsets.items() if m.offset >= 0}
-    finally:
-        await admin.close()
+    admin = AdminClient({"bootstrap.servers": run.settings.kafka_bootstrap})
+    return await _group_offsets(admin, run.settings.group_id, 30.0)
 
 
 async def group_lag(run: Run) -> int:
     """Records of the signals and router.retry topics past the group's committed offsets."""
-    from aiokafka import AIOKafkaConsumer
-
     committed = await committed_offsets(run)
-    consumer = AIOKafkaConsumer(bootstrap_servers=run.settings.kafka_bootstrap)
-    await consumer.start()
-    try:
-        meta = await consumer._client.fetch_all_metadata()
+    consumer = Consumer({"bootstrap.servers": run.settings.kafka_bootstrap,
+                         "group.id": f"chaos-lag-{uuid.uuid4().hex}"})  # never joined
+
+    def lag() -> int:
+        listed = consumer.list_topics(None, 30.0).topics
         tps = [TopicPartition(t, p) for t in (run.topic(SIGNALS), run.topic("router.retry"))
-               for p in sorted(meta.partitions_for_topic(t) or ())]
-        starts = await consumer.beginning_offsets(tps)
-        ends = await consumer.end_offsets(tps)
-        return sum(max(0, ends[tp] - committed.get(tp, starts[tp])) for tp in tps)
+               if t in listed for p in sorted(listed[t].partitions)]
+        total = 0
+        for tp in tps:
+            start, end = consumer.get_watermark_offsets(tp, 30.0)
+            total += max(0, end - committed.get(tp, start))
+        return total
+
+    try:
+        return await asyncio.to_thread(lag)
     finally:
-        await consumer.stop()
+        await asyncio.to_thread(consumer.close)
 
 
 class RssSampler:

@@ -30,17 +30,18 @@ State
 
 from __future__ import annotations
 
+import asyncio
 import re
-import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from router_stream.adapters.kafka_io import read_records
 from router_stream.config import DLQ, OUTCOMES, SIGNALS, SOURCE_HEALTH
+from router_stream.errors import UserError
 from tests.chaos.harness import DECIDED_KINDS, DESTINATIONS, INDEX_HEADER, Item, Run
 
 SETTLE_S = 2.0
@@ -48,37 +49,19 @@ SETTLE_S = 2.0
 
 async def each_record(run: Run, topic: str, each: Any, timeout: float = 600) -> int:
     """Call ``each(record)`` for every record now in ``topic`` (all partitions, up to the end
-    offsets seen at start), without keeping them; returns how many there were."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=run.settings.kafka_bootstrap, enable_auto_commit=False,
-        max_partition_fetch_bytes=16 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
-    await consumer.start()
+    offsets seen at start), without keeping them; returns how many there were (0 for a topic
+    that does not exist)."""
     n = 0
     try:
-        parts = (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not tps:
-            return 0
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        deadline = time.monotonic() + timeout
-        pending = {tp for tp in tps if ends[tp] > 0}
-        while pending:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} timed out")
-            batch = await consumer.getmany(timeout_ms=500, max_records=20_000)
-            for tp, rs in batch.items():
-                for r in rs:
-                    if r.offset < ends[tp]:
-                        each(r)
-                        n += 1
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
-        return n
-    finally:
-        await consumer.stop()
+        async with asyncio.timeout(timeout):
+            async for record in read_records(run.settings, topic, until_end=True):
+                each(record)
+                n += 1
+    except UserError:  # no such topic
+        return 0
+    except TimeoutError:
+        raise TimeoutError(f"reading {topic} timed out") from None
+    return n
 
 
 async def read_topic(run: Run, topic: str) -> list[Any]:

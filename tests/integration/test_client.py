@@ -130,7 +130,7 @@ async def test_consumer_does_not_commit_when_outcomes_cannot_be_written(servers,
     topic = await topic_factory("routed.slack", partitions=1)
     await produce(bootstrap, topic, [routed(1)])
     reporter = OutcomeReporter(bootstrap, topic_prefix=f"t{test_id}.",
-                               kafka_options={"request_timeout_ms": 3000})
+                               kafka_options={"message.timeout.ms": 3000})
     consumer = DestinationConsumer("slack", bootstrap_servers=bootstrap,
                                    topic_prefix=f"t{test_id}.", group_id=f"g-{test_id}-slack",
                                    reporter=reporter)

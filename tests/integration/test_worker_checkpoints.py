@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
-from router_stream.adapters.checkpoint_store import load_checkpoints
+from router_stream.adapters.checkpoint_store import StatePartition, load_checkpoints
 from router_stream.config import CONTROL, OUTCOMES, SIGNALS, SOURCE_HEALTH
 from router_stream.core.checkpoint import export_state, restore_state
 from router_stream.core.models import Outcome
@@ -31,27 +32,28 @@ def _now_ms(i: int = 0) -> int:
     return int(time.time() * 1000) + i
 
 
-async def _ends(s, logical: list[str]) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap)
-    await consumer.start()
+async def _ends(s, logical: list[str]) -> dict[StatePartition, int]:
+    consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap,
+                         "group.id": f"ends-{uuid.uuid4().hex}"})  # never joined
+
+    def ends() -> dict[StatePartition, int]:
+        listed = consumer.list_topics(None, 10.0).topics
+        return {StatePartition(s.topic(n), p): consumer.get_watermark_offsets(
+                    TopicPartition(s.topic(n), p), 10.0)[1]
+                for n in logical for p in sorted(listed[s.topic(n)].partitions)}
+
     try:
-        meta = await consumer._client.fetch_all_metadata()
-        tps = [TopicPartition(s.topic(n), p) for n in logical
-               for p in meta.partitions_for_topic(s.topic(n)) or ()]
-        return await consumer.end_offsets(tps)
+        return await asyncio.to_thread(ends)
     finally:
-        await consumer.stop()
+        await asyncio.to_thread(consumer.close)
 
 
-async def _trim(s, ends: dict[TopicPartition, int]) -> None:
+async def _trim(s, ends: dict[StatePartition, int]) -> None:
     """What retention does to old records: the log starts at ``ends`` from now on."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_records({tp: RecordsToDelete(off) for tp, off in ends.items() if off},
-                                   timeout_ms=10_000)
-    finally:
-        await admin.close()
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+    futures = admin.delete_records([TopicPartition(*tp, off) for tp, off in ends.items() if off],
+                                   request_timeout=10.0)
+    await asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values()))
 
 
 def _shared(engine) -> bytes:

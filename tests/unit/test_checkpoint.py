@@ -125,11 +125,9 @@ def test_a_bad_document_is_refused_and_changes_nothing(damage):
 
 
 def _checkpoint(state: dict):
-    from aiokafka import TopicPartition
+    from router_stream.adapters.checkpoint_store import Checkpoint, PolicyOrigin, StatePartition
 
-    from router_stream.adapters.checkpoint_store import Checkpoint, PolicyOrigin
-
-    return Checkpoint(checkpoint_id="1-abc", offsets={TopicPartition("outcomes", 3): 17},
+    return Checkpoint(checkpoint_id="1-abc", offsets={StatePartition("outcomes", 3): 17},
                       clock=NOW + 0.25, policy=PolicyOrigin("control", "version: 1\n", "policy v"),
                       policy_version="v", state=state, written_at=NOW, writer="w-1")
 

@@ -1,0 +1,206 @@
+"""librdkafka (confluent-kafka) clients from asyncio: one thread per client, connecting with a
+one-line reason when it cannot, and cluster metadata that lists the topics asked for.
+
+A confluent-kafka client's calls block and the client is not safe to call from two threads at
+once (a consumer's ``consume`` and ``close``), so :class:`ClientThread` runs every blocking call
+of one client, in order, on its own thread; the event loop awaits them. Producing is the
+exception: ``Producer.produce`` is thread-safe and does not block, so it is called inline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin._metadata import ClusterMetadata
+
+from router_stream.adapters.kafka_failures import RdkafkaLog, describe_rdkafka, rdkafka_error
+from router_stream.config import Settings
+from router_stream.errors import BrokerUnavailable, UserError
+
+__all__ = ["AckingProducer", "ClientThread", "client_config", "cluster_with", "connect",
+           "group_committed_to_end", "reader"]
+
+T = TypeVar("T")
+
+METADATA_WAIT_S = 5.0
+_CONNECT_STEP_S = 0.25
+_POLL_S = 0.1
+
+
+class ClientThread:
+    """Runs one client's blocking calls in order on one thread: ``await thread.run(f, *args)``."""
+
+    def __init__(self, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def close(self) -> None:
+        """Lets the thread end after the call it runs (a bounded one: every call has a timeout)."""
+        self._pool.shutdown(wait=False)
+
+
+class AckingProducer:
+    """A librdkafka Producer whose acknowledgements settle asyncio futures: a thread polls it
+    for them (``start``), ``stop`` ends that thread and flushes."""
+
+    def __init__(self, config: dict[str, Any], thread: ClientThread) -> None:
+        self.producer = Producer(config)
+        self._thread = thread
+        self._polling = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._polling.set()
+        self._poller = threading.Thread(target=self._poll, name="producer-acks", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while self._polling.is_set():
+            self.producer.poll(_POLL_S)
+
+    async def stop(self, timeout_s: float) -> int:
+        """Stop polling and flush; returns how many records were left unacknowledged."""
+        self._polling.clear()
+        if self._poller is not None:
+            await self._thread.run(self._poller.join)
+            self._poller = None
+        return await self._thread.run(self.producer.flush, timeout_s)
+
+    async def produce(self, topic: str, value: bytes | None, *, key: bytes | None = None,
+                      headers: list[tuple[str, bytes | None]] | None = None,
+                      timestamp_ms: int | None = None) -> asyncio.Future[Message]:
+        """Queue one record (waiting while librdkafka's queue is full); the future resolves to
+        the acknowledged message or fails with its :class:`KafkaException`. Raises what
+        ``produce`` raises at once (an unknown topic, a record too large)."""
+        loop = asyncio.get_running_loop()
+        acked: asyncio.Future[Message] = loop.create_future()
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:  # on the poller's thread
+            loop.call_soon_threadsafe(_settle, acked, err, msg)
+
+        options: dict[str, Any] = {"key": key, "on_delivery": delivered}
+        if headers:
+            options["headers"] = headers
+        if timestamp_ms is not None:
+            options["timestamp"] = timestamp_ms
+        while True:
+            try:
+                self.producer.produce(topic, value, **options)
+                return acked
+            except BufferError:  # the local queue is full: acknowledgements drain it
+                await asyncio.sleep(_POLL_S / 10)
+
+
+def _settle(acked: asyncio.Future[Message], err: KafkaError | None, msg: Message) -> None:
+    if acked.done():
+        return
+    if err is not None:
+        acked.set_exception(KafkaException(err))
+    else:
+        acked.set_result(msg)
+
+
+def client_config(settings: Settings, log: RdkafkaLog, **role: object) -> dict[str, Any]:
+    """``Settings.librdkafka_config`` plus the client's role keys and ``log`` as its logger."""
+    return {**settings.librdkafka_config, **role, **log.config()}
+
+
+def reader(settings: Settings, log: RdkafkaLog, *, from_beginning: bool = True,
+           client_id: str = "router-stream-reader") -> Consumer:
+    """A consumer that is only ever assigned partitions: librdkafka requires a group id, but
+    this one is never joined and nothing is committed."""
+    return Consumer(client_config(
+        settings, log, **{
+            "group.id": f"router-stream-reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False, "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest" if from_beginning else "latest",
+            "client.id": client_id,
+        }))
+
+
+async def connect(thread: ClientThread, client: Any, log: RdkafkaLog, settings: Settings,
+                  *, timeout_s: float = 10.0) -> ClusterMetadata:
+    """The cluster's metadata once ``client`` reached a broker; :class:`BrokerUnavailable`
+    with the reason in one line once every broker failed (refused, TLS, credentials) or after
+    ``timeout_s``. ``client`` is a Producer, Consumer or AdminClient: all have ``poll``, which
+    delivers the reasons to ``log``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await thread.run(client.list_topics, None, _CONNECT_STEP_S)
+        except KafkaException as exc:
+            await thread.run(client.poll, 0)
+            if log.gave_up or time.monotonic() >= deadline:
+                raise BrokerUnavailable(describe_rdkafka(settings, log, _text(exc))) from exc
+
+
+def _text(exc: KafkaException) -> str:
+    err = exc.args[0] if exc.args else None
+    return err.str() if isinstance(err, KafkaError) else str(exc)
+
+
+async def cluster_with(thread: ClientThread, client: Any, settings: Settings,
+                       topics: Sequence[str]) -> ClusterMetadata:
+    """Cluster metadata that lists ``topics``; a user error for a topic that does not exist.
+
+    A topic created a moment ago may not be in the broker's metadata yet (seconds on a loaded
+    machine), so a missing one is looked up again for ``METADATA_WAIT_S`` before it is
+    reported (auto-create is off).
+    """
+    deadline = time.monotonic() + METADATA_WAIT_S
+    while True:
+        try:
+            metadata: ClusterMetadata = await thread.run(client.list_topics, None, 10.0)
+        except KafkaException as exc:
+            raise rdkafka_error(settings, "cannot read cluster metadata", exc) from exc
+        missing = sorted(t for t in topics if t not in metadata.topics
+                         or metadata.topics[t].error is not None)
+        if not missing:
+            return metadata
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.25)
+    raise UserError(
+        f"topic {', '.join(missing)} does not exist on {settings.kafka_bootstrap}"
+        " (run `router-stream topics apply`, or check ROUTER_TOPIC_PREFIX)"
+    )
+
+
+async def group_committed_to_end(thread: ClientThread, consumer: Consumer,
+                                 topics: Sequence[str]) -> bool:
+    """True when the consumer's GROUP committed up to the end of every partition of ``topics``
+    (a member's own positions are not enough: one that died keeps its partitions until its
+    session times out). Remote calls, made in one turn of the client's thread (not one turn
+    each, behind the consumer's fetches); False when the broker cannot say."""
+    try:
+        return await thread.run(_committed_to_end, consumer, topics)
+    except KafkaException:
+        return False
+
+
+def _committed_to_end(consumer: Consumer, topics: Sequence[str]) -> bool:
+    listed = consumer.list_topics(None, 10.0).topics
+    tps = [TopicPartition(t, p) for t in topics if t in listed
+           for p in sorted(listed[t].partitions)]
+    committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(tps, 10.0)}
+    for tp in tps:
+        start, end = consumer.get_watermark_offsets(tp, 10.0)
+        if end > start and committed[(tp.topic, tp.partition)] < end:  # none: a negative offset
+            return False
+    return True
