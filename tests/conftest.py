@@ -164,7 +164,19 @@ async def delete_topics_with_prefix(bootstrap: str, prefix: str) -> None:
     doomed = [t for t in listed.topics if t.startswith(prefix)]
     if doomed:
         futures = admin.delete_topics(doomed, operation_timeout=30.0, request_timeout=30.0)
-        await asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values()))
+        for outcome in await asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values()),
+                                            return_exceptions=True):
+            if isinstance(outcome, BaseException) and not _already_gone(outcome):
+                raise outcome
+
+
+def _already_gone(exc: BaseException) -> bool:
+    """A topic listed a moment ago that the broker no longer knows: deleted already."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    return (isinstance(exc, KafkaException) and bool(exc.args)
+            and isinstance(exc.args[0], KafkaError)
+            and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART)
 
 
 @pytest.fixture
