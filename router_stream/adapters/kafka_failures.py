@@ -1,4 +1,6 @@
-"""Why a Kafka client could not connect, in one line that names the setting to fix.
+"""Why a Kafka client failed, in the project's terms: for aiokafka, why it could not connect (one
+line that names the setting to fix); for librdkafka (confluent-kafka), which error codes are a
+record's fault, which mean "rebalanced away", and the connection error in one line.
 
 aiokafka does not raise the reason a bootstrap failed: it logs it per host (``Unable connect to
 "h:p": <reason>``, on the ``aiokafka`` logger) and raises a bare ``Unable to bootstrap from
@@ -16,10 +18,56 @@ import logging
 from types import TracebackType
 
 from aiokafka.errors import IllegalSaslStateError, UnsupportedSaslMechanismError
+from confluent_kafka import KafkaError as RdError
 
 from router_stream.config import Settings
 
-__all__ = ["ConnectFailures"]
+__all__ = ["ConnectFailures", "describe_rd_error", "is_rd_refusal", "is_rd_rebalanced_away"]
+
+# Produce errors retrying cannot fix (the broker refuses the same record the same way until an
+# operator changes the topic or the ACLs): the record is dead-lettered, the batch goes on.
+_RD_REFUSALS = frozenset({
+    RdError.MSG_SIZE_TOO_LARGE,  # also raised by produce() above message.max.bytes
+    RdError.RECORD_LIST_TOO_LARGE,
+    RdError.INVALID_MSG,
+    RdError.INVALID_RECORD,
+    RdError.TOPIC_EXCEPTION,  # invalid topic name
+    RdError.TOPIC_AUTHORIZATION_FAILED,
+})
+
+# Commit errors that mean the partitions are no longer ours: the next owner re-processes from
+# the last commit (at-least-once), nothing to retry.
+_RD_REBALANCED = frozenset({
+    RdError.REBALANCE_IN_PROGRESS, RdError.ILLEGAL_GENERATION, RdError.UNKNOWN_MEMBER_ID,
+    RdError._STATE, RdError.FENCED_INSTANCE_ID, RdError.STALE_MEMBER_EPOCH,
+    RdError.FENCED_MEMBER_EPOCH, RdError._ASSIGNMENT_LOST,
+})
+
+
+def is_rd_refusal(error: RdError) -> bool:
+    """True for a librdkafka produce error that will recur however often the record is sent."""
+    return error.code() in _RD_REFUSALS
+
+
+def is_rd_rebalanced_away(error: RdError) -> bool:
+    """True for a librdkafka commit error that says the group moved the partitions away."""
+    return error.code() in _RD_REBALANCED
+
+
+def describe_rd_error(settings: Settings, error: RdError) -> str:
+    """One line for a librdkafka connection error (from ``error_cb``), naming the setting."""
+    where = f"Kafka at {settings.kafka_bootstrap}"
+    code, text = error.code(), " ".join(str(error.str()).split())
+    protocol = settings.kafka_security_protocol
+    if code == RdError._AUTHENTICATION or code == RdError.SASL_AUTHENTICATION_FAILED:
+        mechanism = settings.kafka_sasl_mechanism or "PLAIN"
+        return (f"{where} rejected the credentials of user {settings.kafka_sasl_username!r} "
+                f"({mechanism}): check ROUTER_KAFKA_SASL_USERNAME and ROUTER_KAFKA_SASL_PASSWORD"
+                f" ({text})")
+    if code == RdError._SSL:
+        return (f"{where}: TLS handshake failed ({text}); check ROUTER_KAFKA_SSL_CAFILE and "
+                f"ROUTER_KAFKA_SECURITY_PROTOCOL (now {protocol})")
+    return f"cannot reach {where}: {text}"
 
 _LOGGER = "aiokafka"  # aiokafka/client.py logs bootstrap failures here, not on aiokafka.client
 _UNABLE = "Unable connect to"
