@@ -74,12 +74,19 @@ acknowledgements while the next is decided. Bounds memory and the re-processing 
 (and the Kafka duplicates it makes)."""
 
 
+SESSION_TIMEOUT_MS = 6_000
+"""How long the group waits for a member that stopped heartbeating (SIGKILL, a lost node) before
+its partitions go to the others: the broker's default minimum. Failover measurements and the
+choice against static membership alone and KIP-848: docs/architecture.md, "Kafka client"."""
+
+
 def consumer_config(settings: Settings) -> dict[str, Any]:
     """The signal consumer's own librdkafka settings (the connection's come from
-    ``Settings.librdkafka_config``)."""
+    ``Settings.librdkafka_config``). A dynamic member of the classic group protocol: it leaves
+    the group when it stops, so a drained worker's partitions move at once."""
     return {"group.id": settings.group_id, "auto.offset.reset": "earliest",
             "client.id": "router-stream-worker", "max.poll.interval.ms": 300_000,
-            "session.timeout.ms": 10_000, "heartbeat.interval.ms": 3_000}
+            "session.timeout.ms": SESSION_TIMEOUT_MS, "heartbeat.interval.ms": 2_000}
 
 
 class SignalLoop:
