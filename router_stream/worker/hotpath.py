@@ -344,8 +344,7 @@ class SignalLoop:
 
     async def refresh_lag(self) -> None:
         """``router_consumer_lag`` from the partitions' end offsets and the group's committed
-        offsets, whatever the batches are doing: a stuck partition shows its growing lag (after
-        a commit the gauge is also set, from the consumer's high watermark)."""
+        offsets, whatever the batches are doing: a stuck partition shows its growing lag."""
         consumer = self.consumer
         if consumer is None:
             return

@@ -197,8 +197,8 @@ class KafkaSink:
 
 
 class KafkaCommitter:
-    """Step 2: the consumer commits the batch's offsets with the crash-loop guard's metadata; the
-    lag gauge follows."""
+    """Step 2: the consumer commits the batch's offsets with the crash-loop guard's metadata (the
+    lag gauge follows from :meth:`~.hotpath.SignalLoop.refresh_lag`)."""
 
     def __init__(self, consumer: Callable[[], SignalConsumer | None], guard: CrashGuard,
                  metrics: WorkerMetrics) -> None:
@@ -222,8 +222,3 @@ class KafkaCommitter:
         marked = {tp: (off, self._guard.metadata(tp, off)) for tp, off in offsets.items()}
         with self._metrics.commit_seconds.time():
             await consumer.commit(marked)  # BrokerUnavailable: retried
-        lag = self._metrics.consumer_lag
-        for tp, off in offsets.items():
-            hw = consumer.highwater(tp)
-            if hw is not None:
-                lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - off))
