@@ -353,12 +353,12 @@ class SignalLoop:
             return
         try:
             marks = await consumer.watermarks(tps)
-            committed = await consumer.committed(tps)
+            committed = await consumer.group_offsets(tps)
         except BrokerUnavailable:
             return  # next time; the gauge keeps its last value
         for tp in tps:
             low, high = marks[tp]
-            done = committed[tp][0]
+            done = committed.get(tp)
             self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
                 max(0, high - (low if done is None else done)))
 
@@ -380,7 +380,7 @@ class SignalLoop:
             marks = await consumer.watermarks(tps)
             positions = await consumer.positions(tps)
             unread = [tp for tp in tps if positions[tp] is None]
-            committed = await consumer.committed(unread) if unread else {}
+            committed = await consumer.group_offsets(unread)
         except BrokerUnavailable:
             return None
         lag = 0
@@ -388,7 +388,7 @@ class SignalLoop:
             low, high = marks[tp]
             pos = positions[tp]
             if pos is None:
-                pos = committed[tp][0]
+                pos = committed.get(tp)
             lag += max(0, high - (low if pos is None else pos))
         return lag
 
@@ -404,10 +404,10 @@ class SignalLoop:
         try:
             tps = await consumer.partitions_of(self.input_topics)
             marks = await consumer.watermarks(tps)
-            committed = await consumer.committed(tps)
+            committed = await consumer.group_offsets(tps)
         except BrokerUnavailable:
             return False
-        return all(high <= low or (committed[tp][0] or 0) >= high
+        return all(high <= low or (committed.get(tp) or 0) >= high
                    for tp, (low, high) in marks.items())
 
 

@@ -30,7 +30,15 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, NamedTuple
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._listoffsets import OffsetSpec
 
@@ -125,6 +133,7 @@ class SignalConsumer:
         self._errors = ConnectErrors(settings)
         self._admin_conf: dict[str, str | int | float | bool] = {**settings.librdkafka_config}
         self._admin: AdminClient | None = None
+        self._group = str(conf["group.id"])
         self._consumer = Consumer({**settings.librdkafka_config, **conf,
                                    "error_cb": self._errors, "enable.auto.commit": False,
                                    "enable.auto.offset.store": False})
@@ -249,6 +258,32 @@ class SignalConsumer:
         return {Partition(t.topic, t.partition): (None if t.offset < 0 else t.offset,
                                                   t.metadata or "") for t in found}
 
+    async def group_offsets(self, tps: Sequence[Partition]) -> dict[Partition, int | None]:
+        """The group's committed offsets (None: none yet), through the admin client: for the
+        lag gauge and burst mode's checks. On the consumer, ``committed`` waits while the group
+        rebalances, holding the consumer thread — and so the rebalance itself — for its whole
+        timeout."""
+        if not tps:
+            return {}
+        admin = self._admin_client()
+        group = self._group
+
+        def ask() -> dict[Partition, int | None]:
+            request = ConsumerGroupTopicPartitions(group, _tps(tps))
+            (future,) = admin.list_consumer_group_offsets(
+                [request], request_timeout=CALL_TIMEOUT_S).values()
+            return {Partition(t.topic, t.partition): None if t.offset < 0 else t.offset
+                    for t in future.result().topic_partitions}
+        try:
+            return await self._loop.run_in_executor(None, ask)
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"reading committed offsets: {exc!r}") from exc
+
+    def _admin_client(self) -> AdminClient:
+        if self._admin is None:
+            self._admin = AdminClient(self._admin_conf)
+        return self._admin
+
     async def watermarks(self, tps: Sequence[Partition]) -> dict[Partition, tuple[int, int]]:
         """(low, high) offsets of each partition, asked of the broker in one request per kind.
 
@@ -257,9 +292,7 @@ class SignalConsumer:
         (up to ``fetch.wait.max.ms`` each; measured 0.4 s a partition)."""
         if not tps:
             return {}
-        if self._admin is None:
-            self._admin = AdminClient(self._admin_conf)
-        admin = self._admin
+        admin = self._admin_client()
 
         def ask(spec: OffsetSpec) -> dict[Partition, int]:
             found = admin.list_offsets({TopicPartition(tp.topic, tp.partition): spec
