@@ -2,7 +2,8 @@
 then each contender is started on it and timed until its consumer group has committed the whole
 backlog (signals/s from its first commit to the last, so start-up is left out).
 
-Contenders, one after the other in the same run: raw aiokafka passthrough, and router-stream
+Contenders, one after the other in the same run: raw aiokafka and raw confluent-kafka
+passthrough, and router-stream
 with Postgres on — the worker with the projection (`router-stream persist`) as its own process,
 as deployed. ``--old PATH`` adds the worker of another checkout (PYTHONPATH=PATH), e.g. the
 previous main in a temporary worktree, whose worker still wrote Postgres itself.
@@ -74,7 +75,7 @@ class OldWorker(RouterStream):
 
 
 def _group(c: Contender) -> str:
-    return f"bench-{c.run_id}-raw" if isinstance(c, RawPassthrough) else f"bench-{c.run_id}-{c.key}"
+    return f"bench-{c.run_id}-{c.key}"
 
 
 async def drain(c: Contender, n: int, database_url: str, env: dict[str, str],
@@ -116,6 +117,8 @@ async def run(n: int, old: str | None, processes: list[int],
     run_id = uuid.uuid4().hex[:6]
     plan: list[tuple[Contender, dict[str, str]]] = [
         (RawPassthrough("raw", "raw aiokafka passthrough", run_id, bootstrap), {}),
+        (RawPassthrough("raw_ck", "raw confluent-kafka passthrough", run_id, bootstrap,
+                        client="confluent"), {}),
     ]
     for count in processes:  # `worker --processes N` through its setting
         key = ("router_pg" if postgres else "router") + (f"{count}" if count > 1 else "")

@@ -2,7 +2,8 @@
 started as a subprocess, which topics carry its output, and how it is cleaned up.
 
     floor        nothing: the measurer reads signals (the harness's own latency)
-    raw          bench/raw_passthrough.py          signals -> out
+    raw          bench/raw_passthrough.py          signals -> out (aiokafka)
+    raw_ck       bench/raw_passthrough.py --client confluent   the same on librdkafka
     faust        bench/naive_faust_app.py worker   signals -> out
     router_pg    router-stream worker              signals -> routed.<d> / router.dlq, Postgres on
     router_nopg  router-stream worker              the same with Postgres persistence off
@@ -158,10 +159,14 @@ class HarnessFloor(Contender):
 
 
 class RawPassthrough(Contender):
+    def __init__(self, *args: Any, client: str = "aiokafka", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.client = client
+
     def command(self) -> list[str]:
-        return [sys.executable, str(BENCH_DIR / "raw_passthrough.py"), "--bootstrap",
-                self.bootstrap, "--input", self.signals_topic, "--output", self.output_topics[0],
-                "--group", f"bench-{self.run_id}-raw"]
+        return [sys.executable, str(BENCH_DIR / "raw_passthrough.py"), "--client", self.client,
+                "--bootstrap", self.bootstrap, "--input", self.signals_topic, "--output",
+                self.output_topics[0], "--group", f"bench-{self.run_id}-{self.key}"]
 
 
 class NaiveFaust(Contender):
@@ -259,6 +264,8 @@ def io_contenders(run_id: str, bootstrap: str) -> list[Contender]:
     return [
         HarnessFloor("floor", "harness floor (no contender)", run_id, bootstrap),
         RawPassthrough("raw", "raw aiokafka passthrough", run_id, bootstrap),
+        RawPassthrough("raw_ck", "raw confluent-kafka (librdkafka) passthrough", run_id,
+                       bootstrap, client="confluent"),
         NaiveFaust("faust", "naive faust agent", run_id, bootstrap),
         RouterStream("router_pg", "router-stream, Postgres on (projection as its own process)",
                      run_id, bootstrap, persist=True),

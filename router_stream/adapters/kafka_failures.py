@@ -27,7 +27,24 @@ from router_stream.config import Settings
 from router_stream.errors import BrokerUnavailable, OperationTimeout, RouterError
 
 __all__ = ["RDKAFKA_LOGGER", "ConnectFailures", "RdkafkaLog", "commit_rebalanced",
-           "describe_rdkafka", "rdkafka_error", "rdkafka_reason"]
+           "describe_rdkafka", "is_rd_rebalanced_away", "is_rd_refusal", "rdkafka_error",
+           "rdkafka_reason"]
+
+# Produce errors retrying cannot fix (the broker refuses the same record the same way until an
+# operator changes the topic or the ACLs): the record is dead-lettered, the batch goes on.
+_RD_REFUSALS = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE,  # also raised by produce() above message.max.bytes
+    KafkaError.RECORD_LIST_TOO_LARGE,
+    KafkaError.INVALID_MSG,
+    KafkaError.INVALID_RECORD,
+    KafkaError.TOPIC_EXCEPTION,  # invalid topic name
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+})
+
+
+def is_rd_refusal(error: KafkaError) -> bool:
+    """True for a librdkafka produce error that will recur however often the record is sent."""
+    return error.code() in _RD_REFUSALS
 
 _LOGGER = "aiokafka"  # aiokafka/client.py logs bootstrap failures here, not on aiokafka.client
 _UNABLE = "Unable connect to"
@@ -238,14 +255,22 @@ def _explain_rdkafka(settings: Settings, raw: str) -> str | None:
 
 # a commit refused with these was rebalanced away: the partitions' next owner reads again from
 # the group's last commit
+# Commit errors that mean the partitions are no longer ours: the next owner re-processes from
+# the last commit (at-least-once), nothing to retry.
 _REBALANCED = {"ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "REBALANCE_IN_PROGRESS",
-               "FENCED_INSTANCE_ID", "_ASSIGNMENT_LOST", "_STATE"}
+               "FENCED_INSTANCE_ID", "_ASSIGNMENT_LOST", "_STATE", "STALE_MEMBER_EPOCH",
+               "FENCED_MEMBER_EPOCH"}
+
+
+def is_rd_rebalanced_away(error: KafkaError) -> bool:
+    """True for a librdkafka commit error that says the group moved the partitions away."""
+    return error.name() in _REBALANCED
 
 
 def commit_rebalanced(exc: KafkaException) -> bool:
     """Whether a librdkafka commit failed because the consumer lost its partitions."""
     err = exc.args[0] if exc.args else None
-    return isinstance(err, KafkaError) and err.name() in _REBALANCED
+    return isinstance(err, KafkaError) and is_rd_rebalanced_away(err)
 
 
 def rdkafka_error(settings: Settings, what: str, exc: KafkaException | KafkaError

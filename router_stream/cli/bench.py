@@ -28,8 +28,8 @@ def _bench_root() -> Path:
               help="Regenerate this page from the run (default: docs/benchmarks.md on a full "
                    "run, nothing on --quick).")
 @click.option("--only", multiple=True,
-              type=click.Choice(["core", "floor", "raw", "faust", "router_pg", "router_nopg",
-                                 "projection"]),
+              type=click.Choice(["core", "floor", "raw", "raw_ck", "faust", "router_pg",
+                                 "router_nopg", "projection"]),
               help="Run only these contenders (repeatable).")
 @click.option("--report", "report", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Do not run: rebuild table, plots and --docs from a saved JSON.")

@@ -14,12 +14,8 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from aiokafka.structs import OffsetAndMetadata
-
 from router_stream.core.crashloop import GuardMark, Verdict
-from router_stream.errors import BrokerUnavailable
+from router_stream.worker.rdkafka import Partition, SignalConsumer
 
 log = logging.getLogger("router_stream.worker")
 
@@ -32,18 +28,18 @@ class CrashGuard:
     def __init__(self, max_restarts: int, retry: Retry) -> None:
         self._max_restarts = max_restarts
         self._retry = retry
-        self._unchecked: set[TopicPartition] = set()
-        self._careful: dict[TopicPartition, int] = {}  # partition -> careful up to this offset
+        self._unchecked: set[Partition] = set()
+        self._careful: dict[Partition, int] = {}  # partition -> careful up to this offset
 
-    def assigned(self, tps: set[TopicPartition]) -> None:
+    def assigned(self, tps: set[Partition]) -> None:
         self._unchecked |= tps
 
-    def revoked(self, tps: set[TopicPartition]) -> None:
+    def revoked(self, tps: set[Partition]) -> None:
         self._unchecked -= tps
         for tp in tps:
             self._careful.pop(tp, None)
 
-    def metadata(self, tp: TopicPartition, next_offset: int) -> str:
+    def metadata(self, tp: Partition, next_offset: int) -> str:
         """The metadata to commit ``next_offset`` with. Inside a careful span this worker
         decides the record at ``next_offset`` right after, alone: that is one attempt at it."""
         until = self._careful.get(tp)
@@ -51,27 +47,28 @@ class CrashGuard:
             return ""
         return GuardMark(1, until).to_metadata()
 
-    async def screen(self, consumer: AIOKafkaConsumer, records: list[Any]
+    async def screen(self, consumer: SignalConsumer, records: list[Any]
                      ) -> tuple[list[Any], list[Any]]:
         """The records to decide and the records to dead-letter unseen, in fetch order."""
-        by_tp: dict[TopicPartition, list[Any]] = {}
+        by_tp: dict[Partition, list[Any]] = {}
         for r in records:
-            by_tp.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
+            by_tp.setdefault(Partition(r.topic, r.partition), []).append(r)
         fresh = [tp for tp in by_tp if tp in self._unchecked]
         if not fresh and not self._careful:
             return records, []
         marks = await self._retry("guard", lambda: _committed(consumer, fresh)) if fresh else {}
-        keep: dict[TopicPartition, list[Any]] = {}
+        keep: dict[Partition, list[Any]] = {}
         poison: list[Any] = []
         for tp, rs in by_tp.items():
             if tp in marks:
                 self._unchecked.discard(tp)
-                rs = await self._first_batch(consumer, tp, rs, *marks[tp], poison)
+                committed, mark = marks[tp]
+                rs = await self._first_batch(consumer, tp, rs, committed, mark, poison)
             keep[tp] = self._careful_slice(consumer, tp, rs)
         kept = {id(r) for rs in keep.values() for r in rs}
         return [r for r in records if id(r) in kept], poison
 
-    async def _first_batch(self, consumer: AIOKafkaConsumer, tp: TopicPartition, rs: list[Any],
+    async def _first_batch(self, consumer: SignalConsumer, tp: Partition, rs: list[Any],
                            committed: int | None, mark: GuardMark, poison: list[Any]
                            ) -> list[Any]:
         first = rs[0]
@@ -98,7 +95,7 @@ class CrashGuard:
         await self._retry("guard", lambda: _commit(consumer, tp, first.offset, attempt))
         return rs
 
-    def _careful_slice(self, consumer: AIOKafkaConsumer, tp: TopicPartition, rs: list[Any]
+    def _careful_slice(self, consumer: SignalConsumer, tp: Partition, rs: list[Any]
                        ) -> list[Any]:
         until = self._careful.get(tp)
         if until is None or not rs:
@@ -111,34 +108,20 @@ class CrashGuard:
         return rs[:1]
 
 
-def _rewind(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+def _rewind(consumer: SignalConsumer, tp: Partition, offset: int) -> None:
     """Fetch ``tp`` again from ``offset`` (the records after it in this fetch are dropped)."""
     consumer.seek(tp, offset)
 
 
-async def _committed(consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition]
-                     ) -> dict[TopicPartition, tuple[int | None, GuardMark]]:
-    """Committed offset and guard mark of each partition. aiokafka's public ``committed()``
-    drops the metadata; its group coordinator's fetch keeps it."""
-    try:
-        found = await consumer._coordinator.fetch_committed_offsets(list(tps))
-    except KafkaError as exc:
-        raise BrokerUnavailable(f"reading committed offsets: {exc!r}") from exc
-    out: dict[TopicPartition, tuple[int | None, GuardMark]] = {}
-    for tp in tps:
-        meta = found.get(tp)
-        if meta is None or meta.offset < 0:
-            out[tp] = (None, GuardMark())
-        else:
-            out[tp] = (meta.offset, GuardMark.parse(meta.metadata))
-    return out
+async def _committed(consumer: SignalConsumer, tps: Sequence[Partition]
+                     ) -> dict[Partition, tuple[int | None, GuardMark]]:
+    """Committed offset and guard mark of each partition."""
+    found = await consumer.committed(tps)  # BrokerUnavailable: retried
+    return {tp: (offset, GuardMark.parse(meta) if offset is not None else GuardMark())
+            for tp, (offset, meta) in found.items()}
 
 
-async def _commit(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int,
+async def _commit(consumer: SignalConsumer, tp: Partition, offset: int,
                   mark: GuardMark) -> None:
-    try:
-        await consumer.commit({tp: OffsetAndMetadata(offset, mark.to_metadata())})
-    except (CommitFailedError, IllegalStateError) as exc:  # rebalanced away: not ours to count
-        log.warning("crash-loop guard commit refused after a rebalance", extra={"error": str(exc)})
-    except KafkaError as exc:
-        raise BrokerUnavailable(f"committing the crash-loop guard: {exc!r}") from exc
+    if not await consumer.commit({tp: (offset, mark.to_metadata())}):
+        log.warning("crash-loop guard commit refused after a rebalance")

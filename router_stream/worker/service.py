@@ -172,9 +172,8 @@ class RouterWorker:
         self._spawn(self.follower.run(), "state")
         await self._until_caught_up()  # decide only with the replayed state
         self.signals = SignalLoop(
-            s, self.engine, self.producer, self.metrics, backoff=self._backoff,
-            give_up=self._past_drain_deadline, on_step=self._on_step,
-            renew_producer=self._renew_producer)
+            s, self.engine, self.metrics, backoff=self._backoff,
+            give_up=self._past_drain_deadline, on_step=self._on_step)
         await self.signals.start()
         self.heartbeat = Heartbeat(self, self._heartbeat_store())
         self._spawn(self.heartbeat.run(), "heartbeat")
@@ -268,8 +267,8 @@ class RouterWorker:
         return KafkaHeartbeats(self.settings, lambda: self.producer)
 
     async def _renew_producer(self) -> AIOKafkaProducer:
-        """Start a producer (at start-up, and after the broker refused records: see
-        ``SignalLoop._produce``), stopping the previous one."""
+        """Start the producer of heartbeats, checkpoints and state events (the signal loop has
+        its own, :class:`~.kafka_sink.KafkaSink`), stopping the previous one."""
         old, self.producer = self.producer, None
         if old is not None:
             # In the background: a producer stops only once every record it holds is delivered

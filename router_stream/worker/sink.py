@@ -2,11 +2,13 @@
 
 :func:`send_outputs` hands every routed record, decision, DLQ record, retry record and state
 event (``router.events``: the batch's breaker transitions, shadow evaluations and rollbacks) to
-the (idempotent, ``acks=all``) producer; :func:`await_deliveries` waits until *every* delivery
-was acknowledged. Nothing here touches Postgres: it is a projection of these records, written by
+the (idempotent, ``acks=all``) producer; :func:`settle_deliveries` waits until *every* delivery
+was answered. Nothing here touches Postgres: it is a projection of these records, written by
 ``router-stream persist`` (:mod:`router_stream.projection`).
 
-aiokafka's errors are translated here into the project's tree (``raise ... from exc``).
+The producer is librdkafka's (:class:`~router_stream.worker.rdkafka.OutputProducer`); its errors
+are translated here into the project's tree (``raise ... from exc``). :class:`KeyHashCache` is
+the partitioner of the aiokafka producer the rest of the worker still uses.
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
+from confluent_kafka import KafkaException
 
 from router_stream.config import DECISIONS, DLQ, EVENTS, Settings
 from router_stream.core.events import (
@@ -31,7 +32,8 @@ from router_stream.core.events import (
 from router_stream.core.outputs import BatchResult
 from router_stream.core.refusals import OutputKind
 from router_stream.errors import BrokerUnavailable, RouterError
-from router_stream.worker.produce_errors import TopicMissing, is_refusal, topic_missing
+from router_stream.worker.produce_errors import TopicMissing, is_refusal
+from router_stream.worker.rdkafka import Delivered, OutputProducer
 
 RETRY = "router.retry"
 _default_partitioner = DefaultPartitioner()
@@ -72,31 +74,29 @@ class ProduceFailed(BrokerUnavailable):
 @dataclass
 class Deliveries:
     """One batch's records handed to the producer (:func:`send_outputs`): a delivery future per
-    record, or the error that stopped the hand-over. :func:`await_deliveries` completes step 1."""
+    record, or the error that stopped the hand-over. :func:`settle_deliveries` completes step 1."""
 
     sends: list[tuple[str | None, str, asyncio.Future[Any]]]
     error: RouterError | None = None
     dlq: list[asyncio.Future[Any]] = field(default_factory=list)  # the DLQ sends, in order
-    producer: AIOKafkaProducer | None = None  # to ask whether a topic still exists
+    producer: OutputProducer | None = None  # to ask whether a topic still exists
 
     def dlq_positions(self) -> list[tuple[str, int, int]]:
         """(topic, partition, offset) of each record sent to ``router.dlq``, in ``result.dlq``
-        order; only once :func:`await_deliveries` succeeded."""
-        metas = [f.result() for f in self.dlq]
-        return [(str(m.topic), int(m.partition), int(m.offset)) for m in metas]
+        order; only once :func:`settle_deliveries` succeeded."""
+        return [f.result() for f in self.dlq]
 
     def dlq_positions_by_index(self) -> dict[int, tuple[str, int, int]]:
         """As :meth:`dlq_positions`, by index in ``result.dlq``, for the records delivered."""
-        metas = {i: f.result() for i, f in enumerate(self.dlq) if f.exception() is None}
-        return {i: (str(m.topic), int(m.partition), int(m.offset)) for i, m in metas.items()}
+        return {i: f.result() for i, f in enumerate(self.dlq) if f.exception() is None}
 
 
 async def send_outputs(
-    producer: AIOKafkaProducer, topics: OutputTopics, result: BatchResult
+    producer: OutputProducer, topics: OutputTopics, result: BatchResult
 ) -> Deliveries:
     """The first half of step 1: hand every output record to the producer without waiting for a
     single acknowledgement, so the next batch can be decided while these are in flight. Never
-    raises a Kafka error: a failed hand-over is returned and raised by :func:`await_deliveries`."""
+    raises a Kafka error: a failed hand-over is returned and raised by :func:`settle_deliveries`."""
     sends: list[tuple[str | None, str, asyncio.Future[Any]]] = []
     dlq: list[asyncio.Future[Any]] = []
     send = _RefusingSend(producer)
@@ -118,10 +118,10 @@ async def send_outputs(
             sends.append((None, topics.retry, await send(topics.retry, t.value, t.key, t.headers)))
         for key, value in batch_events(result):
             sends.append((None, topics.events, await send(topics.events, value, key, None)))
-    except KafkaError as exc:
+    except KafkaException as exc:  # not a refusal: a full queue, the client failing
         for *_, fut in sends:
             fut.cancel()
-        return Deliveries([], _broker_error("sending", exc))
+        return Deliveries([], BrokerUnavailable(f"sending: {exc!r}"))
     return Deliveries(sends, dlq=dlq, producer=producer)
 
 
@@ -139,7 +139,7 @@ class _RefusingSend:
 
     __slots__ = ("_producer", "_send", "_topics")
 
-    def __init__(self, producer: AIOKafkaProducer) -> None:
+    def __init__(self, producer: OutputProducer) -> None:
         self._producer = producer
         self._send = producer.send
         self._topics: dict[str, bool] = {}  # topic -> exists, asked once per batch
@@ -148,14 +148,14 @@ class _RefusingSend:
                        headers: list[tuple[str, bytes | None]] | None) -> asyncio.Future[Any]:
         exists = self._topics.get(topic)
         if exists is None:
-            exists = self._topics[topic] = not await topic_missing(self._producer, topic)
+            exists = self._topics[topic] = not await self._producer.topic_missing(topic)
         try:
             if not exists:
                 raise TopicMissing(f"topic {topic} does not exist")
             if value is None and key is None:
                 value = b""  # a tombstone without a key: Kafka needs one of the two
-            return await self._send(topic, value, key=key, headers=headers)
-        except KafkaError as exc:
+            return self._send(topic, value, key, headers)
+        except (KafkaException, TopicMissing) as exc:
             if not exists or is_refusal(exc):
                 failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
                 failed.set_exception(exc)
@@ -163,10 +163,11 @@ class _RefusingSend:
             raise
 
 
-async def send_alone(producer: AIOKafkaProducer, topics: OutputTopics, result: BatchResult,
+async def send_alone(producer: OutputProducer, topics: OutputTopics, result: BatchResult,
                      kind: OutputKind, index: int) -> tuple[str, int, int]:
     """Send one output of ``result`` in a produce batch of its own and wait for it; returns
     where it landed. Raises the producer's error."""
+    value: bytes | None
     if kind == "routed":
         r = result.routed[index]
         topic, value, key, headers = topics.routed(r.destination), r.value, r.key, r.headers
@@ -182,8 +183,8 @@ async def send_alone(producer: AIOKafkaProducer, topics: OutputTopics, result: B
         t = result.retries[index]
         topic, value, key, headers = topics.retry, t.value, t.key, t.headers
     fut = await _RefusingSend(producer)(topic, value, key, headers)
-    meta = await fut
-    return str(meta.topic), int(meta.partition), int(meta.offset)
+    delivered: Delivered = await fut
+    return delivered.topic, delivered.partition, delivered.offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +249,7 @@ async def _outcomes(deliveries: Deliveries) -> list[Any]:
             if f not in pending or dest is None:
                 continue
             if topic not in checked:
-                checked[topic] = await topic_missing(producer, topic)
+                checked[topic] = await producer.topic_missing(topic, fresh=True)
             if checked[topic]:
                 gone[f] = TopicMissing(f"topic {topic} does not exist")
                 pending.discard(f)
@@ -260,39 +261,6 @@ def _outcome(f: asyncio.Future[Any]) -> Any:
     if f.cancelled():
         return asyncio.CancelledError()
     return f.exception() or f.result()
-
-
-async def await_deliveries(deliveries: Deliveries) -> int:
-    """The second half of step 1: wait until the broker acknowledged every record. Returns how
-    many were delivered; raises :class:`ProduceFailed` (transient) or the hand-over's error."""
-    if deliveries.error is not None:
-        raise deliveries.error
-    sends = deliveries.sends
-    outcomes = await asyncio.gather(*(f for *_, f in sends), return_exceptions=True)
-    failed: dict[str, int] = {}
-    refused: dict[str, str] = {}
-    first: BaseException | None = None
-    for (dest, topic, _), outcome in zip(sends, outcomes, strict=True):
-        if isinstance(outcome, BaseException):
-            first = first or outcome
-            if dest is not None:
-                failed[dest] = failed.get(dest, 0) + 1
-            if (isinstance(outcome, KafkaError) and not outcome.retriable
-                    and not isinstance(outcome, KafkaTimeoutError)):
-                refused.setdefault(topic, repr(outcome))
-    if first is not None:
-        raise ProduceFailed(f"{sum(isinstance(o, BaseException) for o in outcomes)} of "
-                            f"{len(sends)} deliveries failed: {first!r}", failed,
-                            refused) from first
-    return len(sends)
-
-
-async def produce_outputs(
-    producer: AIOKafkaProducer, topics: OutputTopics, result: BatchResult
-) -> int:
-    """Commit step 1: send every output record and wait until the broker acknowledged all of
-    them. Returns how many records were delivered. Raises :class:`ProduceFailed` (transient)."""
-    return await await_deliveries(await send_outputs(producer, topics, result))
 
 
 class KeyHashCache:
@@ -340,12 +308,6 @@ class KeyHashCache:
                 self._older, self._recent = self._recent, {}
             self._recent[key] = h
         return all_partitions[h % len(all_partitions)]
-
-
-def _broker_error(what: str, exc: KafkaError) -> RouterError:
-    if exc.retriable or isinstance(exc, KafkaTimeoutError):
-        return BrokerUnavailable(f"{what}: {exc!r}")
-    return RouterError(f"{what}: {exc!r}")
 
 
 def batch_events(result: BatchResult) -> list[tuple[bytes, bytes]]:

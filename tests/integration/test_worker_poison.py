@@ -121,7 +121,7 @@ async def test_a_record_too_large_for_its_routed_topic_and_the_dlq_goes_as_a_ref
     h = dict(ref.headers)
     assert h["x-dlq-reference"] == b"true" and h["x-dlq-reason"] == b"processing_error"
     assert int(h["x-dlq-original-size"]) >= len(big)
-    assert b"MessageSizeTooLarge" in h["x-dlq-error"] and not ref.value
+    assert b"MSG_SIZE_TOO_LARGE" in h["x-dlq-error"] and not ref.value
     rows = await fetch(s, "SELECT reason, signal_id, original_value FROM dlq_entries")
     assert [(r["reason"], r["signal_id"], r["original_value"]) for r in rows] == [
         ("processing_error", "s-10000", None)]

@@ -6,16 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import orjson
-from aiokafka.errors import (
-    KafkaConnectionError,
-    KafkaTimeoutError,
-    MessageSizeTooLargeError,
-    NotEnoughReplicasError,
-    NotLeaderForPartitionError,
-    OutOfOrderSequenceNumber,
-    TopicAuthorizationFailedError,
-    UnknownTopicOrPartitionError,
-)
+from confluent_kafka import KafkaError, KafkaException
 
 from router_stream.core.breaker import BreakerConfig
 from router_stream.core.compiled import CompiledPolicy, RouteSpec
@@ -48,13 +39,19 @@ def decided(values: list[bytes | None]):
     return records, RouterEngine(_policy()).decide_batch(records, NOW)
 
 
+def _rd(code: int) -> KafkaException:
+    return KafkaException(KafkaError(code))
+
+
 def test_produce_errors_are_classified_refusal_or_transient():
-    for refusal in (MessageSizeTooLargeError(), TopicAuthorizationFailedError(),
+    for refusal in (_rd(KafkaError.MSG_SIZE_TOO_LARGE), _rd(KafkaError.RECORD_LIST_TOO_LARGE),
+                    _rd(KafkaError.TOPIC_AUTHORIZATION_FAILED), _rd(KafkaError.INVALID_RECORD),
                     TopicMissing("gone")):
         assert is_refusal(refusal), refusal
-    for transient in (KafkaConnectionError(), KafkaTimeoutError(), NotEnoughReplicasError(),
-                      NotLeaderForPartitionError(), OutOfOrderSequenceNumber(),
-                      UnknownTopicOrPartitionError()):
+    for transient in (_rd(KafkaError._TRANSPORT), _rd(KafkaError._MSG_TIMED_OUT),
+                      _rd(KafkaError.NOT_ENOUGH_REPLICAS), _rd(KafkaError.NOT_LEADER_FOR_PARTITION),
+                      _rd(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER), _rd(KafkaError._QUEUE_FULL),
+                      _rd(KafkaError.UNKNOWN_TOPIC_OR_PART), RuntimeError("x")):
         assert not is_refusal(transient), transient
 
 

@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import orjson
 import pytest
-from aiokafka import TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,6 +22,7 @@ from router_stream.worker.backoff import Backoff, retry_transient
 from router_stream.worker.hotpath import SignalLoop
 from router_stream.worker.logs import JsonFormatter, trace_id_of
 from router_stream.worker.metrics import WorkerMetrics
+from router_stream.worker.rdkafka import IDLE_WAIT_S, Partition
 from router_stream.worker.sink import KeyHashCache
 
 NO_WAIT = Backoff(base_s=0.0, cap_s=0.0, attempt_timeout_s=1.0)
@@ -87,38 +88,37 @@ class Rec:
 
 class FakeConsumer:
     def __init__(self) -> None:
-        self.seeks: list[tuple[TopicPartition, int]] = []
-        self.paused: set[TopicPartition] = set()
+        self.seeks: list[tuple[Partition, int]] = []
+        self.paused: set[Partition] = set()
 
-    def seek(self, tp: TopicPartition, offset: int) -> None:
+    def seek(self, tp: Partition, offset: int) -> None:
         self.seeks.append((tp, offset))
 
-    def pause(self, *tps: TopicPartition) -> None:
+    def pause(self, tps: Iterable[Partition]) -> None:
         self.paused.update(tps)
 
-    def resume(self, *tps: TopicPartition) -> None:
+    def resume(self, tps: Iterable[Partition]) -> None:
         self.paused.difference_update(tps)
 
 
 def test_retry_records_wait_for_not_before_and_park_their_partition() -> None:
     s = Settings(topic_prefix="x.")
-    loop = SignalLoop(s, engine=None, producer=None, metrics=WorkerMetrics(),  # type: ignore[arg-type]
+    loop = SignalLoop(s, engine=None, metrics=WorkerMetrics(),  # type: ignore[arg-type]
                       backoff=NO_WAIT, give_up=lambda: False)
     consumer = FakeConsumer()
     loop.consumer = consumer  # type: ignore[assignment]
-    sig, rty = TopicPartition("x.signals", 0), TopicPartition("x.router.retry", 0)
+    rty = Partition("x.router.retry", 0)
     due = [(H_RETRY_NOT_BEFORE, b"99.0")]
     later = [(H_RETRY_NOT_BEFORE, b"200.0")]
-    fetched = {
-        sig: [Rec("x.signals", 0, 1), Rec("x.signals", 0, 2)],
-        rty: [Rec("x.router.retry", 0, 5, due), Rec("x.router.retry", 0, 6, later),
-              Rec("x.router.retry", 0, 7, due)],
-    }
+    fetched = [Rec("x.signals", 0, 1), Rec("x.router.retry", 0, 5, due),
+               Rec("x.router.retry", 0, 6, later), Rec("x.signals", 0, 2),
+               Rec("x.router.retry", 0, 7, due)]
     records = loop._due_records(fetched, now=100.0)
     assert [(r.topic, r.offset) for r in records] == [
-        ("x.signals", 1), ("x.signals", 2), ("x.router.retry", 5)]
+        ("x.signals", 1), ("x.router.retry", 5), ("x.signals", 2)]
     assert consumer.seeks == [(rty, 6)] and consumer.paused == {rty}
     assert loop.retry_paused == {rty: 200.0}
+    assert 0 < loop._wait_s() <= IDLE_WAIT_S
 
 
 def test_json_log_lines_carry_context() -> None:

@@ -1,0 +1,448 @@
+"""The worker's signal consumer and output producer on librdkafka (confluent-kafka), bridged to
+asyncio. The client's types stay in here: the hot path sees :class:`Partition` keys,
+:class:`~router_stream.adapters.kafka_io.ConsumedRecord` records and asyncio futures.
+
+Threads, and why:
+
+- **consumer thread** (one, running a queue of calls): every call into the consumer runs there,
+  because confluent-kafka serialises them — a call from another thread waits until a ``poll`` in
+  progress returns, and until a rebalance callback returns (measured: ``assignment`` 3.7 s behind
+  a 4 s poll; during a callback ``assignment``, ``commit``, ``committed`` and ``pause`` alike).
+  ``poll`` blocks for the first record (up to :data:`IDLE_WAIT_S`, in C, without the GIL) and
+  ``consume(n, 0)`` takes what is buffered after it; commits, offset reads, pause, resume and
+  seek queue behind it.
+- **rebalance**: librdkafka runs the callbacks inside ``poll``, on the consumer thread.
+  ``on_revoke`` hands the drain to the event loop and, while it waits for it, runs the calls the
+  drain queues (its commits) itself. The assignment is tracked here from the callbacks, never
+  asked of librdkafka.
+- **delivery thread** (:class:`OutputProducer`): serves the producer's delivery reports and
+  resolves one asyncio future per record with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, NamedTuple
+
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._listoffsets import OffsetSpec
+
+from router_stream.adapters.kafka_failures import (
+    RdkafkaLog,
+    describe_rdkafka,
+    is_rd_rebalanced_away,
+)
+from router_stream.adapters.kafka_io import ConsumedRecord
+from router_stream.config import Settings
+from router_stream.errors import BrokerUnavailable
+
+log = logging.getLogger("router_stream.worker")
+
+IDLE_WAIT_S = 0.1
+"""How long one ``poll`` blocks for a first record. Not a latency floor (a record arriving wakes
+it at once); it bounds how long a commit or an offset read waits behind an idle poll (ten
+wake-ups a second of an idle worker cost next to no CPU)."""
+LINGER_MS = 2
+"""The producer's wait for more records before a request: a batch's records are handed over in
+one go, so a long linger only delays every batch; a short one still merges concurrent batches."""
+MAX_RECORD_BYTES = 64 * 1024 * 1024
+"""The producer's own cap on one record; above it the brokers' per-topic limits decide. A signal
+the topic accepted must still be routable or dead-lettered byte-exact."""
+DELIVERY_TIMEOUT_MS = 30_000
+CALL_TIMEOUT_S = 10.0
+REVOKE_DRAIN_S = 120.0
+"""At most this long ``on_revoke`` waits for the batches in flight; past it the partitions go
+without our last commit (the next owner re-processes: at-least-once)."""
+_EARLIEST: OffsetSpec = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+_LATEST: OffsetSpec = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+
+
+class Partition(NamedTuple):
+    topic: str
+    partition: int
+
+
+class Delivered(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+
+
+class ConnectErrors:
+    """librdkafka reports connection trouble through ``error_cb`` and its log; the last reason
+    explains a start-up that could not reach the broker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.log = RdkafkaLog()
+
+    def config(self) -> dict[str, object]:
+        return self.log.config()
+
+    def unavailable(self, what: str, exc: BaseException) -> BrokerUnavailable:
+        return BrokerUnavailable(f"{what}: {describe_rdkafka(self._settings, self.log, repr(exc))}")
+
+
+def _record(m: Message) -> ConsumedRecord:
+    # a consumed message always has its position; headers come as a list of pairs
+    return ConsumedRecord(m.topic(), m.partition(), m.offset(),  # type: ignore[arg-type]
+                          m.key(), m.value(), m.timestamp()[1],
+                          m.headers() or [])  # type: ignore[arg-type]
+
+
+def _take(consumer: Consumer, max_records: int, timeout_s: float) -> list[ConsumedRecord]:
+    """Up to ``max_records``, waiting for the first one only: librdkafka's ``consume(n, t)``
+    waits all of ``t`` unless ``n`` arrive."""
+    first = consumer.poll(timeout_s)
+    if first is None:
+        return []
+    msgs = [first, *consumer.consume(max_records - 1, 0)] if max_records > 1 else [first]
+    out = []
+    for m in msgs:
+        error = m.error()
+        if error is None:
+            out.append(_record(m))
+        elif error.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer error", extra={"error": str(error)})
+    return out
+
+
+Job = tuple[Callable[[], Any], "concurrent.futures.Future[Any]"]
+Revoked = Callable[[set[Partition]], Coroutine[Any, Any, None]]
+Assigned = Callable[[set[Partition]], None]
+
+
+class SignalConsumer:
+    """The worker's consumer group member on ``signals`` and ``router.retry``."""
+
+    def __init__(self, settings: Settings, conf: dict[str, Any]) -> None:
+        self._errors = ConnectErrors(settings)
+        self._admin_conf: dict[str, str | int | float | bool] = {**settings.librdkafka_config}
+        self._admin: AdminClient | None = None
+        self._group = str(conf["group.id"])
+        self._consumer = Consumer({**settings.librdkafka_config, **conf,
+                                   **self._errors.config(), "enable.auto.commit": False,
+                                   "enable.auto.offset.store": False})
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
+        self._owned: frozenset[Partition] = frozenset()
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="router-consume", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            _run_into(*job)
+
+    async def check_connection(self) -> None:
+        """Raise :class:`BrokerUnavailable` (why, in one line) unless a broker answers."""
+        try:
+            await self._call(lambda: self._consumer.list_topics(timeout=CALL_TIMEOUT_S))
+        except KafkaException as exc:
+            raise self._errors.unavailable("starting the signals consumer", exc) from exc
+
+    def subscribe(self, topics: list[str], *, on_assigned: Assigned,
+                  on_revoked: Revoked) -> None:
+        loop = self._loop
+
+        def assign(_: Consumer, tps: list[TopicPartition]) -> None:
+            parts = _parts(tps)
+            self._owned = self._owned | parts
+            loop.call_soon_threadsafe(on_assigned, parts)
+
+        def revoke(_: Consumer, tps: list[TopicPartition]) -> None:
+            parts = _parts(tps)
+            drain = asyncio.run_coroutine_threadsafe(on_revoked(parts), loop)
+            try:
+                self._serve_until(drain, REVOKE_DRAIN_S)
+                drain.result(0)
+            except Exception as exc:  # noqa: BLE001 - the revoke goes on; at-least-once
+                log.warning("partitions revoked before the batches in flight were committed",
+                            extra={"error": repr(exc)})
+            self._owned = self._owned - parts
+
+        self._consumer.subscribe(topics, on_assign=assign, on_revoke=revoke, on_lost=revoke)
+
+    def _serve_until(self, done: concurrent.futures.Future[Any], timeout_s: float) -> None:
+        """On the consumer thread, inside a rebalance callback: run the queued calls until
+        ``done`` (or ``timeout_s``). A stop request met here is put back for :meth:`_serve`."""
+        deadline = time.monotonic() + timeout_s
+        stop = False
+        while not done.done() and time.monotonic() < deadline:
+            try:
+                job = self._jobs.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if job is None:
+                stop = True
+                continue
+            _run_into(*job)
+        if stop:
+            self._jobs.put(None)
+
+    async def _call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the consumer thread and wait for its result."""
+        if self._closed:
+            raise BrokerUnavailable("the signals consumer is closed")
+        result: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._jobs.put((fn, result))
+        try:
+            return await asyncio.wrap_future(result)
+        except RuntimeError as exc:  # "Consumer closed": a call queued behind close()
+            raise BrokerUnavailable(f"the signals consumer: {exc}") from exc
+
+    def _queue(self, fn: Callable[[], Any]) -> None:
+        """A call whose result nobody waits for (pause, resume, seek), in order with the
+        others."""
+        if not self._closed:
+            self._jobs.put((fn, concurrent.futures.Future()))
+
+    async def take(self, max_records: int, timeout_s: float) -> list[ConsumedRecord]:
+        consumer, wait = self._consumer, max(timeout_s, 0.001)
+        taken: list[ConsumedRecord] = await self._call(lambda: _take(consumer, max_records, wait))
+        return taken
+
+    def assignment(self) -> set[Partition]:
+        """The partitions this member owns (until a revoke callback finished its drain)."""
+        return set() if self._closed else set(self._owned)
+
+    def pause(self, tps: Iterable[Partition]) -> None:
+        if parts := _tps(tps):
+            self._queue(lambda: self._consumer.pause(parts))
+
+    def resume(self, tps: Iterable[Partition]) -> None:
+        if parts := _tps(tps):
+            self._queue(lambda: self._consumer.resume(parts))
+
+    def seek(self, tp: Partition, offset: int) -> None:
+        target = TopicPartition(tp.topic, tp.partition, offset)
+        self._queue(lambda: self._consumer.seek(target))
+
+    async def commit(self, offsets: dict[Partition, tuple[int, str]]) -> bool:
+        """Commit ``offset`` (with its metadata) per partition and wait for the broker. False
+        when the group moved them away (the next owner re-processes from the last commit);
+        :class:`BrokerUnavailable` for anything else."""
+        tps = [TopicPartition(tp.topic, tp.partition, off, metadata=meta)
+               for tp, (off, meta) in offsets.items()]
+        try:
+            done = await self._call(lambda: self._consumer.commit(offsets=tps,
+                                                                     asynchronous=False))
+        except KafkaException as exc:
+            return _commit_refused(exc.args[0], "committing offsets")
+        for tp in done or ():
+            if tp.error is not None:
+                return _commit_refused(tp.error, "committing offsets")
+        return True
+
+    async def committed(self, tps: Sequence[Partition]) -> dict[Partition, tuple[int | None, str]]:
+        """The group's committed offset (None: none yet) and its metadata, per partition."""
+        try:
+            found = await self._call(lambda: self._consumer.committed(
+                _tps(tps), timeout=CALL_TIMEOUT_S))
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"reading committed offsets: {exc!r}") from exc
+        return {Partition(t.topic, t.partition): (None if t.offset < 0 else t.offset,
+                                                  t.metadata or "") for t in found}
+
+    async def group_offsets(self, tps: Sequence[Partition]) -> dict[Partition, int | None]:
+        """The group's committed offsets (None: none yet), through the admin client: for the
+        lag gauge and burst mode's checks. On the consumer, ``committed`` waits while the group
+        rebalances, holding the consumer thread — and so the rebalance itself — for its whole
+        timeout."""
+        if not tps:
+            return {}
+        admin = self._admin_client()
+        group = self._group
+
+        def ask() -> dict[Partition, int | None]:
+            request = ConsumerGroupTopicPartitions(group, _tps(tps))
+            (future,) = admin.list_consumer_group_offsets(
+                [request], request_timeout=CALL_TIMEOUT_S).values()
+            return {Partition(t.topic, t.partition): None if t.offset < 0 else t.offset
+                    for t in future.result().topic_partitions}
+        try:
+            return await self._loop.run_in_executor(None, ask)
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"reading committed offsets: {exc!r}") from exc
+
+    def _admin_client(self) -> AdminClient:
+        if self._admin is None:
+            self._admin = AdminClient(self._admin_conf)
+        return self._admin
+
+    async def watermarks(self, tps: Sequence[Partition]) -> dict[Partition, tuple[int, int]]:
+        """(low, high) offsets of each partition, asked of the broker in one request per kind.
+
+        Through an admin client of its own, not the consumer: a broker answers the requests
+        of one connection in order, so on the consumer's they wait behind its long-poll fetch
+        (up to ``fetch.wait.max.ms`` each; measured 0.4 s a partition)."""
+        if not tps:
+            return {}
+        admin = self._admin_client()
+
+        def ask(spec: OffsetSpec) -> dict[Partition, int]:
+            found = admin.list_offsets({TopicPartition(tp.topic, tp.partition): spec
+                                        for tp in tps}, request_timeout=CALL_TIMEOUT_S)
+            return {Partition(t.topic, t.partition): int(f.result().offset)
+                    for t, f in found.items()}
+        try:
+            low = await self._loop.run_in_executor(None, ask, _EARLIEST)
+            high = await self._loop.run_in_executor(None, ask, _LATEST)
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"reading end offsets: {exc!r}") from exc
+        return {tp: (low[tp], high[tp]) for tp in tps}
+
+    async def positions(self, tps: Sequence[Partition]) -> dict[Partition, int | None]:
+        found = await self._call(lambda: self._consumer.position(_tps(tps)))
+        return {Partition(t.topic, t.partition): None if t.offset < 0 else t.offset
+                for t in found}
+
+    async def partitions_of(self, topics: Sequence[str]) -> list[Partition]:
+        meta = await self._call(lambda: self._consumer.list_topics(timeout=CALL_TIMEOUT_S))
+        return [Partition(t, p) for t in topics if t in meta.topics
+                for p in sorted(meta.topics[t].partitions)]
+
+    async def close(self) -> None:
+        """Leave the group (``on_revoke`` runs, draining) and stop the consumer thread."""
+        if self._closed:
+            return
+        try:
+            await self._call(self._consumer.close)
+        finally:
+            self._closed = True
+            self._jobs.put(None)
+
+
+
+def _run_into(fn: Callable[[], Any], result: concurrent.futures.Future[Any]) -> None:
+    """Run a queued call unless its caller gave up on it (a cancelled await) before it ran."""
+    if not result.set_running_or_notify_cancel():
+        return
+    try:
+        result.set_result(fn())
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+        result.set_exception(exc)
+
+
+def _commit_refused(error: KafkaError, what: str) -> bool:
+    if is_rd_rebalanced_away(error):
+        log.warning("offset commit refused after a rebalance", extra={"error": str(error)})
+        return False
+    if error.code() == KafkaError._NO_OFFSET:
+        return True
+    raise BrokerUnavailable(f"{what}: {error.str()}")
+
+
+def _parts(tps: Iterable[TopicPartition]) -> set[Partition]:
+    return {Partition(tp.topic, tp.partition) for tp in tps}
+
+
+def _tps(parts: Iterable[Partition]) -> list[TopicPartition]:
+    return [TopicPartition(p.topic, p.partition) for p in parts]
+
+
+class OutputProducer:
+    """The idempotent (acks=all) producer of a batch's outputs; :meth:`send` returns a future
+    resolved with :class:`Delivered` or the delivery's :class:`KafkaException`."""
+
+    def __init__(self, settings: Settings, client_id: str) -> None:
+        self._errors = ConnectErrors(settings)
+        self._producer = Producer({
+            **settings.librdkafka_config, **self._errors.config(), "client.id": client_id,
+            "enable.idempotence": True, "acks": "all", "linger.ms": LINGER_MS,
+            "batch.size": 512 * 1024, "message.max.bytes": MAX_RECORD_BYTES,
+            "compression.type": settings.compression_type,
+            "partitioner": "murmur2_random",  # the Java client's (and aiokafka's) partitions
+            "allow.auto.create.topics": False, "delivery.timeout.ms": DELIVERY_TIMEOUT_MS,
+            "queue.buffering.max.messages": 1_000_000})
+        self._loop = asyncio.get_running_loop()
+        self._known: set[str] = set()  # topics seen in broker metadata
+        self._serving = True
+        self._server = threading.Thread(target=self._serve, name="router-deliveries",
+                                        daemon=True)
+        self._server.start()
+
+    def _serve(self) -> None:
+        while self._serving:
+            self._producer.poll(IDLE_WAIT_S)
+
+    async def check_connection(self) -> None:
+        try:
+            await self._loop.run_in_executor(
+                None, lambda: self._producer.list_topics(timeout=CALL_TIMEOUT_S))
+        except KafkaException as exc:
+            raise self._errors.unavailable("starting the producer", exc) from exc
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None,
+             headers: Sequence[tuple[str, bytes | None]] | None = None
+             ) -> asyncio.Future[Delivered]:
+        """Hand one record over; raises :class:`KafkaException` when librdkafka refuses it at
+        once (too large, queue full)."""
+        fut: asyncio.Future[Delivered] = self._loop.create_future()
+        loop = self._loop
+
+        def report(error: KafkaError | None, msg: Message) -> None:
+            if error is None:
+                loop.call_soon_threadsafe(_resolve, fut, Delivered(
+                    msg.topic(), msg.partition(), msg.offset()), None)  # type: ignore[arg-type]
+            else:
+                loop.call_soon_threadsafe(_resolve, fut, None, KafkaException(error))
+
+        try:
+            self._producer.produce(topic, value, key, headers=list(headers or ()),
+                                   on_delivery=report)
+        except BufferError as exc:
+            raise KafkaException(KafkaError(KafkaError._QUEUE_FULL, str(exc))) from exc
+        return fut
+
+    async def topic_missing(self, topic: str, *, fresh: bool = False,
+                            bound_s: float = 2.0) -> bool:
+        """True only when a broker answered that ``topic`` does not exist; no answer within
+        ``bound_s`` means "cannot tell" (False: an unreachable broker is transient)."""
+        if topic in self._known and not fresh:
+            return False
+        try:
+            meta = await self._loop.run_in_executor(
+                None, lambda: self._producer.list_topics(topic, timeout=bound_s))
+        except KafkaException:
+            return False
+        found = meta.topics.get(topic)
+        if found is None or found.error is None:
+            self._known.add(topic)
+            return False
+        if found.error.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+            self._known.discard(topic)
+            return True
+        return False
+
+    async def close(self, timeout_s: float) -> None:
+        """Deliver what is queued (up to ``timeout_s``), then stop serving reports."""
+        await self._loop.run_in_executor(None, self._producer.flush, timeout_s)
+        self._serving = False
+        await self._loop.run_in_executor(None, self._server.join, IDLE_WAIT_S * 4)
+
+
+def _resolve(fut: asyncio.Future[Delivered], value: Delivered | None,
+             error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        assert value is not None
+        fut.set_result(value)
