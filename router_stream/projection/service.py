@@ -23,7 +23,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -284,7 +284,8 @@ class Projection:
     async def _write(self, batch: ProjectionBatch) -> WriteReport:
         assert self.pool is not None
         with pg.unavailable_as_router_error("writing a projection batch to Postgres"):
-            async with self.pool.acquire() as conn:
+            async with self.pool.acquire() as proxy:
+                conn = cast(asyncpg.Connection, proxy)  # the pool's proxy forwards every call
                 return await write_batch(conn, batch, self.redactor)
 
     async def _commit(self, consumer: Consumer, records: Sequence[Any]) -> None:

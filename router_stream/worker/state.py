@@ -260,7 +260,7 @@ class StateFollower:
             return []
         if isinstance(cmd, PolicyPublish) and compiled is not None:
             wanted = routable_destinations(compiled)
-        elif isinstance(cmd, OverrideSet) and cmd.action == OverrideKind.FORCE_DESTINATION:
+        elif isinstance(cmd, OverrideSet) and cmd.action == OverrideKind.FORCE_DESTINATION.value:
             wanted = tuple(cmd.destinations)
         else:
             return []
