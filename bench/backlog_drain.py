@@ -44,7 +44,7 @@ async def _produce_backlog(bootstrap: str, topic: str, n: int) -> None:
     try:
         pending = []
         for i in range(n):
-            key, value = workload.signal(i, 0, b"d")
+            key, value = workload.signal(i, int(time.time() * 1e6), b"d")
             pending.append(await producer.send(topic, value, key=key))
             if len(pending) >= 5000:
                 await asyncio.gather(*pending)
