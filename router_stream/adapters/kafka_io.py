@@ -219,12 +219,21 @@ def consumed_record(msg: Message) -> ConsumedRecord:
                           msg.key(), msg.value(), msg.timestamp()[1], list(headers))
 
 
+def _first_then_ready(consumer: Consumer, max_records: int, timeout_s: float) -> list[Message]:
+    """Up to ``max_records``, waiting for the first one only (``consume(n, t)`` waits all of
+    ``t`` unless ``n`` records arrive): a part-filled batch returns at once."""
+    first = consumer.poll(timeout_s)
+    if first is None:
+        return []
+    return [first, *consumer.consume(max_records - 1, 0)] if max_records > 1 else [first]
+
+
 async def fetch(thread: ClientThread, consumer: Consumer, max_records: int, timeout_s: float,
                 log: logging.Logger) -> list[ConsumedRecord]:
     """One fetch of a long-running consumer. A partition's error is logged on ``log``, not
     raised: librdkafka retries on its own, and the other partitions go on."""
     records = []
-    for msg in await thread.run(consumer.consume, max_records, timeout_s):
+    for msg in await thread.run(_first_then_ready, consumer, max_records, timeout_s):
         err = msg.error()
         if err is None:
             records.append(consumed_record(msg))
@@ -236,7 +245,7 @@ async def fetch(thread: ClientThread, consumer: Consumer, max_records: int, time
 async def _messages(thread: ClientThread, consumer: Consumer, settings: Settings, topic: str,
                     timeout_s: float) -> list[Message]:
     """One fetch's records; a partition's error (a topic deleted, ...) is raised translated."""
-    batch = await thread.run(consumer.consume, 500, timeout_s)
+    batch = await thread.run(_first_then_ready, consumer, 500, timeout_s)
     for msg in batch:
         err = msg.error()
         if err is not None and err.code() != KafkaError._PARTITION_EOF:
