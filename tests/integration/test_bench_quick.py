@@ -17,7 +17,7 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.bench]
 
-CONTENDERS = {"core", "floor", "raw", "faust", "router_pg", "router_nopg"}
+CONTENDERS = {"core", "floor", "raw", "raw_ck", "faust", "router_pg", "router_nopg"}
 
 
 def test_bench_quick_runs_every_contender_and_prints_its_figures(servers, tmp_path, capsys):
