@@ -66,10 +66,12 @@ class ClientThread:
 
 class AckingProducer:
     """A librdkafka Producer whose acknowledgements settle asyncio futures: a thread polls it
-    for them (``start``), ``stop`` ends that thread and flushes."""
+    for them (``start``), ``stop`` ends that thread and flushes. Keyed records are partitioned
+    with Kafka's murmur2 (``murmur2_random``), as the Java client and the worker's producer do,
+    not with librdkafka's own default (CRC32)."""
 
     def __init__(self, config: dict[str, Any], thread: ClientThread) -> None:
-        self.producer = Producer(config)
+        self.producer = Producer({"partitioner": "murmur2_random", **config})
         self._thread = thread
         self._polling = threading.Event()
         self._poller: threading.Thread | None = None
