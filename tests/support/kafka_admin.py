@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec, ResourceType
 
 TIMEOUT_S = 30.0
 
@@ -47,6 +47,22 @@ class Admin:
             [ConfigResource(ResourceType.TOPIC, name)], request_timeout=TIMEOUT_S))).values()
         return {"partitions": len(partitions), "replicas": len(partitions[0].replicas),
                 **{k: e.value for k, e in entries.items()}}
+
+    async def alter_configs(self, topic: str, configs: dict[str, str]) -> None:
+        """Set the topic's configs to ``configs`` (what is not named returns to its default)."""
+        await _all(self._client.alter_configs(
+            [ConfigResource(ResourceType.TOPIC, topic, set_config=configs)],
+            request_timeout=TIMEOUT_S))
+
+    async def committed_to_end(self, group: str, topic: str) -> bool:
+        """The group's committed offset is the end offset of every partition of ``topic``."""
+        meta = await asyncio.to_thread(self._client.list_topics, topic, TIMEOUT_S)
+        tps = [TopicPartition(topic, p) for p in sorted(meta.topics[topic].partitions)]
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        ends = await _all(self._client.list_offsets({tp: latest for tp in tps},
+                                                    request_timeout=TIMEOUT_S))
+        committed = [await self.committed(group, topic, tp.partition) or 0 for tp in tps]
+        return committed == [ends[tp].offset for tp in tps]
 
     async def brokers(self) -> int:
         cluster = await asyncio.wrap_future(
