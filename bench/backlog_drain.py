@@ -23,7 +23,8 @@ import time
 import uuid
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from bench.contenders import (
     PARTITIONS,
@@ -33,38 +34,22 @@ from bench.contenders import (
     RouterStream,
     _router_stream_exe,
 )
+from bench.drivers import produce_all
 from bench.workload import Workload
 
 
 async def _produce_backlog(bootstrap: str, topic: str, n: int) -> None:
     workload = Workload()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks="all",
-                                max_batch_size=1024 * 1024)
-    await producer.start()
-    try:
-        pending = []
-        for i in range(n):
-            key, value = workload.signal(i, int(time.time() * 1e6), b"d")
-            pending.append(await producer.send(topic, value, key=key))
-            if len(pending) >= 5000:
-                await asyncio.gather(*pending)
-                pending = []
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
+    records = ((topic, *workload.signal(i, int(time.time() * 1e6), b"d"), None) for i in range(n))
+    await asyncio.to_thread(produce_all, bootstrap, records)
 
 
 async def _committed(bootstrap: str, group: str, topic: str) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        total = 0
-        for p in range(PARTITIONS):
-            total += await consumer.committed(TopicPartition(topic, p)) or 0
-        return total
-    finally:
-        await consumer.stop()
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    [future] = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(
+        group, [TopicPartition(topic, p) for p in range(PARTITIONS)])]).values()
+    answer = await asyncio.wrap_future(future)
+    return sum(max(tp.offset, 0) for tp in answer.topic_partitions)
 
 
 class OldWorker(RouterStream):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -72,6 +73,39 @@ def _quiet() -> dict[str, object]:
     """librdkafka settings that keep its connection chatter out of the run's output (the
     harness reports what matters)."""
     return {"log_level": 2}
+
+
+def produce_all(bootstrap: str,
+                records: Iterable[tuple[str, bytes, bytes, list[tuple[str, bytes]] | None]]
+                ) -> int:
+    """Produce ``(topic, key, value, headers)`` records with acks=all, as fast as librdkafka
+    takes them, and wait until every one is acknowledged; raises if any was not. Returns how
+    many were produced. Keys are partitioned with Kafka's murmur2, like the Java client."""
+    from confluent_kafka import KafkaException, Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 20,
+                         "batch.size": 1024 * 1024, "partitioner": "murmur2_random",
+                         "client.id": "bench-feed", **_quiet()})
+    failed: list[Any] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed.append(err)
+
+    n = 0
+    for topic, key, value, headers in records:
+        while True:
+            try:
+                producer.produce(topic, value, key=key, headers=headers or [],
+                                 on_delivery=delivered)
+                break
+            except BufferError:  # librdkafka's queue is full: let deliveries drain it
+                producer.poll(0.05)
+        n += 1
+    left = producer.flush(120.0)
+    if left or failed:
+        raise KafkaException(failed[0] if failed else f"{left} records not acknowledged")
+    return n
 
 
 def run_generator(shared: Shared, bootstrap: str, signals_topic: str, health_topic: str,

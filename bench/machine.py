@@ -59,6 +59,7 @@ def describe(bootstrap: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "kafka": kafka_version(bootstrap),
         "aiokafka": _version("aiokafka"),
+        "confluent_kafka": _version("confluent-kafka"),
         "faust_streaming": _version("faust-streaming"),
         "router_stream": _version("router-stream"),
     }

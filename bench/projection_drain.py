@@ -17,10 +17,10 @@ import asyncio
 import os
 import time
 import uuid
-
-from aiokafka import AIOKafkaProducer
+from collections.abc import Iterator
 
 from bench.contenders import _admin_sql, _with_database, create_topics, delete_topics_with_prefix
+from bench.drivers import produce_all
 from router_stream.adapters.postgres import migrate_database
 from router_stream.config import DECISIONS, DLQ, EVENTS, Settings
 from router_stream.core.models import Decision, DlqEntry, DlqReason
@@ -48,26 +48,18 @@ def _dead_letter(i: int) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
 
 
 async def _produce(s: Settings, n: int) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, linger_ms=20,
-                                max_batch_size=1024 * 1024, acks="all")
-    await producer.start()
-    try:
-        pending = []
-        for i in range(n):
-            if i % 20 == 19:
-                key, value, headers = _dead_letter(i)
-                pending.append(await producer.send(s.topic(DLQ), value, key=key,
-                                                   headers=headers))
-            else:
-                d = _decision(i)
-                pending.append(await producer.send(s.topic(DECISIONS), d.to_json(),
-                                                   key=d.signal_id.encode()))
-            if len(pending) >= 5000:
-                await asyncio.gather(*pending)
-                pending = []
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
+    await asyncio.to_thread(produce_all, s.kafka_bootstrap, _records(s, n))
+
+
+def _records(s: Settings, n: int) -> Iterator[tuple[str, bytes, bytes,
+                                                 list[tuple[str, bytes]] | None]]:
+    for i in range(n):
+        if i % 20 == 19:
+            key, value, headers = _dead_letter(i)
+            yield s.topic(DLQ), key, value, headers
+        else:
+            d = _decision(i)
+            yield s.topic(DECISIONS), d.signal_id.encode(), d.to_json(), None
 
 
 async def run(records: int, bootstrap: str, admin_url: str) -> dict[str, float]:

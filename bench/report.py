@@ -238,8 +238,9 @@ def render_markdown(result: dict[str, Any], json_path: str, plots: list[str]) ->
         f"({m.get('physical_cores') or '?'} physical), RAM {m['ram_gb']} GB, {m['os']}",
         f"- Load average at start / end: {m['load_avg_at_start']} / "
         f"{m.get('load_avg_at_end', '-')} (other processes share the machine)",
-        f"- Kafka {m['kafka']} (one broker, KRaft), Python {m['python']}, aiokafka "
-        f"{m['aiokafka']}, faust-streaming {m['faust_streaming']}, router-stream "
+        f"- Kafka {m['kafka']} (one broker, KRaft), Python {m['python']}, confluent-kafka "
+        f"{m.get('confluent_kafka', '?')} (router-stream's client), aiokafka {m['aiokafka']} "
+        f"(the raw aiokafka contender), faust-streaming {m['faust_streaming']}, router-stream "
         f"{m['router_stream']}",
         "",
         "## Workload",

@@ -73,8 +73,8 @@ class Settings(BaseSettings):
         "lz4",
         description="how the worker's producer compresses routed, decision, DLQ and retry "
         "records: a signal the broker accepted compressed on `signals` must fit compressed "
-        "on routed.<d> too. lz4 costs the least CPU (docs/worker.md); lz4/zstd/snappy use "
-        "cramjam (a dependency), gzip the standard library")
+        "on routed.<d> too. lz4 costs the least CPU (docs/worker.md); all four codecs are "
+        "built into librdkafka")
     poison_restarts: int = Field(
         3, ge=1, le=1000,
         description="how often workers may start on the same offset of a partition without "
@@ -160,20 +160,6 @@ class Settings(BaseSettings):
             raise ValueError(f"no such file: {value}")
         return value
 
-    @field_validator("compression_type")
-    @classmethod
-    def _codec_installed(cls, value: str) -> str:
-        from aiokafka import codec
-
-        if value != "none" and not getattr(codec, f"has_{value}")():
-            raise ValueError(f"{value} needs its compression library installed")
-        return value
-
-    @property
-    def producer_compression(self) -> str | None:
-        """``compression_type`` as aiokafka's producer takes it."""
-        return None if self.compression_type == "none" else self.compression_type
-
     @model_validator(mode="after")
     def _sasl_has_credentials(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL") and not (
@@ -214,29 +200,6 @@ class Settings(BaseSettings):
 
     def routed_topic(self, destination: str) -> str:
         return self.topic(f"{ROUTED_PREFIX}{destination}")
-
-    @cached_property
-    def kafka_client_options(self) -> dict[str, object]:
-        """Keyword arguments for aiokafka clients (TLS / SASL included)."""
-        opts: dict[str, object] = {
-            "bootstrap_servers": self.kafka_bootstrap,
-            "security_protocol": self.kafka_security_protocol,
-        }
-        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            opts["ssl_context"] = create_ssl_context(
-                cafile=self.kafka_ssl_cafile,
-                certfile=self.kafka_ssl_certfile,
-                keyfile=self.kafka_ssl_keyfile,
-            )
-        if self.kafka_security_protocol.startswith("SASL"):
-            opts["sasl_mechanism"] = self.kafka_sasl_mechanism or "PLAIN"
-            opts["sasl_plain_username"] = self.kafka_sasl_username
-            opts["sasl_plain_password"] = (
-                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
-            )
-        return opts
 
     @cached_property
     def librdkafka_config(self) -> dict[str, str]:

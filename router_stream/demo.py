@@ -177,9 +177,9 @@ def run_demo(say: Say = print, policy_file: Path = EXAMPLE_POLICY) -> int:
     from router_stream.demo_consumers import close_the_loop
     from router_stream.stack import manager
 
-    # A fresh topic's leader is elected a moment after creation; the producer retries, and its
-    # warnings about it would only be noise here.
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    # A fresh topic's leader is elected a moment after creation; the producer retries, and
+    # librdkafka's warnings about it would only be noise here.
+    logging.getLogger("router_stream.librdkafka").setLevel(logging.ERROR)
     started = time.time()
     cfg = manager.make_config()
     if all(row.running for row in manager.status(cfg)):

@@ -8,12 +8,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-# aiokafka logs why a connection failed and then raises a vaguer error, which the adapters turn
-# into one line that says why (adapters/kafka_failures.py). Where no logging is configured (the
-# CLI), Python's last-resort handler would print aiokafka's line too; a NullHandler keeps it to
+# librdkafka reports why a connection failed to its logger, whose lines adapters/kafka_failures.py
+# passes on once each and turns into one line that says why. Where no logging is configured (the
+# CLI), Python's last-resort handler would print librdkafka's lines too; a NullHandler keeps it to
 # our one line. Where logging is configured (the worker), records still reach its handlers.
-logging.getLogger("aiokafka").addHandler(logging.NullHandler())
-# The same for librdkafka's lines, which adapters/kafka_failures.py passes on once each.
 logging.getLogger("router_stream.librdkafka").addHandler(logging.NullHandler())
 
 

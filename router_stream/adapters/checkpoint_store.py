@@ -31,14 +31,15 @@ import logging
 import time
 import uuid
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import orjson
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from confluent_kafka import KafkaException
 
 from router_stream.adapters.kafka_io import read_records
+from router_stream.adapters.rdkafka import RecordSender
 from router_stream.config import STATE, Settings
 from router_stream.core.checkpoint import Captured, to_document
 from router_stream.errors import BrokerUnavailable
@@ -185,7 +186,8 @@ async def load_checkpoints(settings: Settings) -> LoadedCheckpoints:
 class CheckpointWriter:
     """Writes checkpoints with the worker's producer (renewed over time, hence a callable)."""
 
-    def __init__(self, settings: Settings, producer: Any, *, writer: str,
+    def __init__(self, settings: Settings, producer: Callable[[], RecordSender | None], *,
+                 writer: str,
                  stale_keys: list[bytes] | None = None,
                  last_offsets: dict[StatePartition, int] | None = None) -> None:
         self._topic = settings.topic(STATE)
@@ -200,25 +202,23 @@ class CheckpointWriter:
     async def write(self, ckpt: Checkpoint) -> tuple[int, int]:
         """Send one checkpoint (chunks, manifest, then tombstones); returns (chunks, bytes)."""
         manifest, chunks = await asyncio.to_thread(encode, ckpt)
-        producer: AIOKafkaProducer | None = self._producer()
+        producer: RecordSender | None = self._producer()
         if producer is None:
             raise BrokerUnavailable("writing a checkpoint: the worker has no producer")
         keys = [_chunk_key(ckpt.checkpoint_id, i) for i in range(len(chunks))]
         try:
-            sent = [await producer.send(self._topic, chunk, key=key)
-                    for key, chunk in zip(keys, chunks, strict=True)]
-            await asyncio.gather(*sent)
-            await (await producer.send(self._topic, orjson.dumps(manifest), key=MANIFEST_KEY))
-        except KafkaError as exc:
+            await asyncio.gather(*[producer.send(self._topic, chunk, key)
+                                   for key, chunk in zip(keys, chunks, strict=True)])
+            await producer.send(self._topic, orjson.dumps(manifest), MANIFEST_KEY)
+        except KafkaException as exc:
             self._to_delete.extend(keys)  # whatever arrived is named by no manifest
             raise BrokerUnavailable(f"writing a checkpoint to {self._topic}: {exc!r}") from exc
         # Only now are the older chunks unreferenced by the newest manifest; this one's go
         # after the next manifest.
         old, self._to_delete = self._to_delete, keys
         try:
-            tombstones = [await producer.send(self._topic, None, key=k) for k in old]
-            await asyncio.gather(*tombstones)
-        except KafkaError as exc:
+            await asyncio.gather(*[producer.send(self._topic, None, k) for k in old])
+        except KafkaException as exc:
             self._to_delete = old + keys
             raise BrokerUnavailable(f"deleting old checkpoint chunks: {exc!r}") from exc
         self.written += 1

@@ -26,11 +26,11 @@ from typing import Protocol
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from confluent_kafka import KafkaException
 
 from router_stream.adapters import postgres as pg
 from router_stream.adapters.kafka_io import read_records
+from router_stream.adapters.rdkafka import RecordSender
 from router_stream.config import WORKERS, Settings
 from router_stream.core.heartbeat import WorkerHeartbeat, with_clock
 from router_stream.errors import BrokerUnavailable, UserError
@@ -139,8 +139,7 @@ class KafkaHeartbeats:
     """Sends beats to ``router.workers`` (key: worker id) with the worker's own producer, which
     may be renewed while the worker runs, hence a callable."""
 
-    def __init__(self, settings: Settings, producer: Callable[[], AIOKafkaProducer | None]
-                 ) -> None:
+    def __init__(self, settings: Settings, producer: Callable[[], RecordSender | None]) -> None:
         self._topic = settings.topic(WORKERS)
         self._producer = producer
 
@@ -149,10 +148,8 @@ class KafkaHeartbeats:
         if producer is None:
             raise BrokerUnavailable("recording the heartbeat: the worker has no producer")
         try:
-            delivery = await producer.send(self._topic, orjson.dumps(hb.as_json()),
-                                           key=hb.worker_id.encode())
-            await delivery
-        except KafkaError as exc:
+            await producer.send(self._topic, orjson.dumps(hb.as_json()), hb.worker_id.encode())
+        except KafkaException as exc:
             raise BrokerUnavailable(f"recording the heartbeat on {self._topic}: {exc!r}") from exc
 
 

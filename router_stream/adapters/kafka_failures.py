@@ -1,16 +1,12 @@
 """Why a Kafka client could not connect, in one line that names the setting to fix; and a
 librdkafka request's error as the project's error.
 
-Neither client raises the reason a connection failed. librdkafka (confluent-kafka) reports it to
-the client's ``logger`` and ``error_cb`` and retries forever: :class:`RdkafkaLog` is both,
+librdkafka (confluent-kafka) does not raise the reason a connection failed: it reports it to the
+client's ``logger`` and ``error_cb`` and retries forever. :class:`RdkafkaLog` is both,
 :func:`describe_rdkafka` makes the sentence, :func:`rdkafka_error` maps a request's error onto
-the error tree. aiokafka (still under the worker's signal path) logs the reason per host
-(``Unable connect to "h:p": <reason>``, on the ``aiokafka`` logger) and raises a bare ``Unable to
-bootstrap from [...]``: a wrong password, an untrusted certificate and a listener that expects
-TLS all look the same from the exception. :class:`ConnectFailures` keeps those reasons while a
-client starts, and :meth:`ConnectFailures.describe` turns the last one into a sentence.
+the error tree.
 
-The sentence never holds a credential: the clients' reasons carry none (the broker answers
+The sentence never holds a credential: the client's reasons carry none (the broker answers
 "invalid credentials"), and we add only the user name and the mechanism.
 """
 
@@ -18,15 +14,13 @@ from __future__ import annotations
 
 import logging
 import re
-from types import TracebackType
 
-from aiokafka.errors import IllegalSaslStateError, UnsupportedSaslMechanismError
 from confluent_kafka import KafkaError, KafkaException
 
 from router_stream.config import Settings
 from router_stream.errors import BrokerUnavailable, OperationTimeout, RouterError
 
-__all__ = ["RDKAFKA_LOGGER", "ConnectFailures", "RdkafkaLog", "commit_rebalanced",
+__all__ = ["RDKAFKA_LOGGER", "RdkafkaLog", "commit_rebalanced",
            "describe_rdkafka", "is_rd_rebalanced_away", "is_rd_refusal", "rdkafka_error",
            "rdkafka_reason"]
 
@@ -45,95 +39,6 @@ _RD_REFUSALS = frozenset({
 def is_rd_refusal(error: KafkaError) -> bool:
     """True for a librdkafka produce error that will recur however often the record is sent."""
     return error.code() in _RD_REFUSALS
-
-_LOGGER = "aiokafka"  # aiokafka/client.py logs bootstrap failures here, not on aiokafka.client
-_UNABLE = "Unable connect to"
-
-
-class ConnectFailures(logging.Filter):
-    """``with ConnectFailures() as failures: await client.start()``; then ``describe``.
-
-    A logging filter on aiokafka's logger that records each connection failure's reason and
-    lets the record through (the worker's logs keep it).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reasons: list[BaseException] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and record.msg.startswith(_UNABLE) and record.args:
-            reason = record.args[-1] if isinstance(record.args, tuple) else None
-            if isinstance(reason, BaseException):
-                self.reasons.append(reason)
-        return True
-
-    def __enter__(self) -> ConnectFailures:
-        logging.getLogger(_LOGGER).addFilter(self)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        logging.getLogger(_LOGGER).removeFilter(self)
-
-    def describe(self, settings: Settings, exc: BaseException) -> str:
-        """One line: the most likely cause and what to set; else the old generic message."""
-        if self.reasons:
-            explained = _explain(settings, self.reasons[-1])
-            if explained:
-                return explained
-        reason = self.reasons[-1] if self.reasons else exc
-        return f"cannot reach Kafka at {settings.kafka_bootstrap}: {_text(reason)}"
-
-
-def _text(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _explain(settings: Settings, reason: BaseException) -> str | None:
-    where = f"Kafka at {settings.kafka_bootstrap}"
-    protocol = settings.kafka_security_protocol
-    mechanism = settings.kafka_sasl_mechanism or "PLAIN"
-    text = _text(reason)
-    if "SaslAuthenticationFailed" in text or "Authentication failed" in text:
-        return (
-            f"{where} rejected the credentials of user {settings.kafka_sasl_username!r} "
-            f"({mechanism}): check ROUTER_KAFKA_SASL_USERNAME and ROUTER_KAFKA_SASL_PASSWORD"
-        )
-    if isinstance(reason, UnsupportedSaslMechanismError):
-        return (
-            f"{where} does not enable SASL mechanism {mechanism}: "
-            f"set ROUTER_KAFKA_SASL_MECHANISM to one it does ({text})"
-        )
-    if "CERTIFICATE_VERIFY_FAILED" in text:
-        return (
-            f"{where}: its TLS certificate is not trusted ({text}); set "
-            "ROUTER_KAFKA_SSL_CAFILE to the CA that signed it"
-        )
-    if isinstance(reason, IllegalSaslStateError):
-        return (
-            f"{where} does not expect SASL on this listener: check "
-            f"ROUTER_KAFKA_SECURITY_PROTOCOL (now {protocol})"
-        )
-    if "WRONG_VERSION_NUMBER" in text or (
-        protocol in ("SSL", "SASL_SSL") and isinstance(reason, ConnectionResetError)
-    ):
-        return (
-            f"{where} does not speak TLS on this listener: check "
-            f"ROUTER_KAFKA_SECURITY_PROTOCOL (now {protocol})"
-        )
-    if protocol in ("PLAINTEXT", "SASL_PLAINTEXT") and "closed" in text:
-        return (
-            f"{where} closed the connection during the handshake; its listener probably "
-            f"expects TLS: check ROUTER_KAFKA_SECURITY_PROTOCOL (now {protocol}) and "
-            "ROUTER_KAFKA_SSL_CAFILE"
-        )
-    return None
-
 
 # --- librdkafka (confluent-kafka) ---------------------------------------------------------------
 #

@@ -27,10 +27,6 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka import TopicPartition as AIOKafkaTopicPartition
-from aiokafka.errors import IllegalStateError
-from aiokafka.errors import KafkaError as AIOKafkaError
 from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
@@ -54,24 +50,7 @@ from router_stream.config import Settings
 from router_stream.errors import OperationTimeout, RouterError, UserError
 
 __all__ = ["MAX_MESSAGE_BYTES", "ConsumedRecord", "OutRecord", "RateLimiter", "RecordWriter",
-           "consumed_record", "fetch", "group_committed_to_end", "read_at", "read_records"]
-
-
-async def group_committed_to_end(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> bool:
-    """True when the consumer's GROUP committed up to the end of every partition of ``topics``
-    (a member's own positions are not enough: one that died keeps its partitions until its
-    session times out). A remote call per partition; False when the broker cannot say."""
-    tps = [AIOKafkaTopicPartition(t, p) for t in topics
-           for p in sorted(consumer.partitions_for_topic(t) or ())]
-    try:
-        starts = await consumer.beginning_offsets(tps)
-        ends = await consumer.end_offsets(tps)
-        for tp in tps:
-            if ends[tp] > starts[tp] and (await consumer.committed(tp) or 0) < ends[tp]:
-                return False
-    except (AIOKafkaError, IllegalStateError):
-        return False
-    return True
+           "consumed_record", "fetch", "read_at", "read_records"]
 
 
 @dataclass(frozen=True, slots=True)

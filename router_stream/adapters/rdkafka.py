@@ -13,9 +13,9 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import (
     Consumer,
@@ -31,14 +31,23 @@ from router_stream.adapters.kafka_failures import RdkafkaLog, describe_rdkafka, 
 from router_stream.config import Settings
 from router_stream.errors import BrokerUnavailable, UserError
 
-__all__ = ["AckingProducer", "ClientThread", "client_config", "cluster_with", "connect",
-           "group_committed_to_end", "reader"]
+__all__ = ["AckingProducer", "ClientThread", "RecordSender", "client_config", "cluster_with",
+           "connect", "group_committed_to_end", "reader"]
 
 T = TypeVar("T")
 
 METADATA_WAIT_S = 5.0
 _CONNECT_STEP_S = 0.25
 _POLL_S = 0.1
+
+
+class RecordSender(Protocol):
+    """A producer that hands one record over at once and returns what resolves on its
+    acknowledgement; both raise :class:`KafkaException` (the worker's
+    :class:`~router_stream.worker.rdkafka.OutputProducer`)."""
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None) -> Awaitable[Any]:
+        ...
 
 
 class ClientThread:
@@ -57,10 +66,12 @@ class ClientThread:
 
 class AckingProducer:
     """A librdkafka Producer whose acknowledgements settle asyncio futures: a thread polls it
-    for them (``start``), ``stop`` ends that thread and flushes."""
+    for them (``start``), ``stop`` ends that thread and flushes. Keyed records are partitioned
+    with Kafka's murmur2 (``murmur2_random``), as the Java client and the worker's producer do,
+    not with librdkafka's own default (CRC32)."""
 
     def __init__(self, config: dict[str, Any], thread: ClientThread) -> None:
-        self.producer = Producer(config)
+        self.producer = Producer({"partitioner": "murmur2_random", **config})
         self._thread = thread
         self._polling = threading.Event()
         self._poller: threading.Thread | None = None

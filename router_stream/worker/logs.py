@@ -44,25 +44,10 @@ def configure_json_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("aiokafka", "faust", "mode", "aiohttp.access"):
+    # router_stream.librdkafka: librdkafka's own lines, each distinct one once
+    # (adapters/kafka_failures.py); its warnings and errors stay, its chatter goes.
+    for noisy in ("router_stream.librdkafka", "faust", "mode", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
-    handler.addFilter(RetriedByAiokafka())
-
-
-class RetriedByAiokafka(logging.Filter):
-    """aiokafka logs a failed group-coordinator lookup at ERROR and then retries it when the
-    error is retriable — on a broker that has just started, before ``__consumer_offsets`` has a
-    leader, every new consumer group does. Such a line is a warning: nothing failed yet, and a
-    lookup that never succeeds surfaces as the worker's own start-up error."""
-
-    TEMPLATES = frozenset({"Group Coordinator Request failed: %s"})
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if (record.levelno == logging.ERROR and record.msg in self.TEMPLATES
-                and isinstance(record.args, tuple) and record.args
-                and getattr(record.args[0], "retriable", False)):
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
 
 
 def trace_id_of(headers: Iterable[tuple[str, bytes | None]] | None) -> str | None:

@@ -14,7 +14,7 @@ later batch before its commit, and the first error is kept in :attr:`failure` (r
 :meth:`raise_failure`). At most ``depth`` batches are uncommitted.
 
 The three collaborators are small Protocols so the order is unit-tested with fakes
-(tests/unit/test_commit_pipeline.py); :mod:`.hotpath` wires them to aiokafka.
+(tests/unit/test_commit_pipeline.py); :mod:`.hotpath` wires them to librdkafka.
 """
 
 from __future__ import annotations

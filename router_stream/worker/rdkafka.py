@@ -367,7 +367,7 @@ class OutputProducer:
             "enable.idempotence": True, "acks": "all", "linger.ms": LINGER_MS,
             "batch.size": 512 * 1024, "message.max.bytes": MAX_RECORD_BYTES,
             "compression.type": settings.compression_type,
-            "partitioner": "murmur2_random",  # the Java client's (and aiokafka's) partitions
+            "partitioner": "murmur2_random",  # the Java client's partitions for a key
             "allow.auto.create.topics": False, "delivery.timeout.ms": DELIVERY_TIMEOUT_MS,
             "queue.buffering.max.messages": 1_000_000})
         self._loop = asyncio.get_running_loop()

@@ -29,8 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from confluent_kafka import KafkaException
 
 from router_stream.adapters import postgres as pg
 from router_stream.adapters.checkpoint_store import (
@@ -61,7 +60,7 @@ from router_stream.worker.http import HealthServer
 from router_stream.worker.metrics import WorkerMetrics
 from router_stream.worker.pipeline import StepHook
 from router_stream.worker.policy_source import build_engine, read_policy_file
-from router_stream.worker.sink import KeyHashCache
+from router_stream.worker.rdkafka import OutputProducer, Partition
 from router_stream.worker.state import PolicyEvent, StateFollower
 from router_stream.worker.trust_snapshots import SnapshotSelector
 
@@ -73,23 +72,11 @@ log = logging.getLogger("router_stream.worker")
 TRUST_SNAPSHOT_EVERY_S = 10.0
 SIDE_WRITE_EVERY_S = 1.0
 SNAPSHOT_CHUNK = 5000  # scores per router.events record (~200 kB)
-# The producer's own cap on one record. aiokafka's default (1 MiB) is below what a topic may be
-# configured to accept (max.message.bytes), and a signal the topic accepted must still be
-# routable or dead-lettered byte-exact: with the default, a 5 MB signal made every send of its
-# batch fail as non-retriable and the worker stopped on it at every restart (a stuck
-# partition). Above this size the brokers' per-topic limits decide; a refusal there is retried
-# and logged (the DLQ-unwritable case), never dropped.
-MAX_RECORD_BYTES = 64 * 1024 * 1024
 LAG_REFRESH_S = 5.0
 """How often the lag gauge is computed from end offsets and committed offsets (two requests)."""
 PRODUCER_CLOSE_S = 5.0
-"""How long stopping waits for the producer: every batch was acknowledged or dead-lettered by
-then, so what it still holds are records given up on (a topic deleted under them)."""
-
-
-async def _close_producer(producer: AIOKafkaProducer) -> None:
-    with contextlib.suppress(Exception):
-        await producer.stop()
+"""How long stopping waits for the side producer to deliver what it still holds (records the
+writers gave up on: a topic deleted under them)."""
 
 
 class StartupRefused(RouterError):
@@ -114,7 +101,6 @@ class RouterWorker:
         self._on_step = on_step
         self._backoff = backoff or Backoff()
         self._drain_timeout_s = drain_timeout_s
-        self._closing: set[asyncio.Task[None]] = set()
         self._http_enabled = http
         self._verify = verify
         self._stopping = asyncio.Event()
@@ -126,7 +112,7 @@ class RouterWorker:
         self._topics_ok = not verify
         self._crashed: BaseException | None = None
         self.pool: asyncpg.Pool | None = None
-        self.producer: AIOKafkaProducer | None = None
+        self.producer: OutputProducer | None = None
         self.follower: StateFollower | None = None
         self.signals: SignalLoop | None = None
         self.http: HealthServer | None = None
@@ -161,7 +147,7 @@ class RouterWorker:
         else:
             log.info("no Postgres (ROUTER_PERSIST=false): heartbeats go to router.workers; "
                      "`router-stream dlq reindex` rebuilds dlq_entries from router.dlq")
-        await self._renew_producer()
+        await self._start_producer()
         checkpoint = await self._load_checkpoint()
         self.follower = StateFollower(
             s, self.engine, on_transitions=self._on_transitions, on_policy=self._on_policy,
@@ -233,7 +219,7 @@ class RouterWorker:
         consumer = self.signals.consumer if self.signals is not None else None
         if consumer is None:
             return False
-        return TopicPartition(self.settings.topic(SIGNALS), 0) in consumer.assignment()
+        return Partition(self.settings.topic(SIGNALS), 0) in consumer.assignment()
 
     async def _write_checkpoints(self, every_s: float) -> None:
         """Every ``every_s``: a checkpoint, when this worker is the writer and the state topics
@@ -266,28 +252,18 @@ class RouterWorker:
             return PostgresHeartbeats(self.pool)
         return KafkaHeartbeats(self.settings, lambda: self.producer)
 
-    async def _renew_producer(self) -> AIOKafkaProducer:
-        """Start the producer of heartbeats, checkpoints and state events (the signal loop has
-        its own, :class:`~.kafka_sink.KafkaSink`), stopping the previous one."""
-        old, self.producer = self.producer, None
-        if old is not None:
-            # In the background: a producer stops only once every record it holds is delivered
-            # or expired, and records for a deleted topic take its whole request timeout.
-            task = asyncio.create_task(_close_producer(old), name="router-old-producer")
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-        producer = AIOKafkaProducer(
-            # linger 0: a batch's records are all handed over in one go without yielding, so
-            # they leave in one request anyway; a linger only added its 5 ms to every batch.
-            # (One request in flight per broker: records sent meanwhile wait and batch up.)
-            enable_idempotence=True, acks="all", linger_ms=0, max_batch_size=512 * 1024,
-            max_request_size=MAX_RECORD_BYTES, partitioner=KeyHashCache(),
-            request_timeout_ms=30_000, client_id="router-stream-worker",
-            compression_type=self.settings.producer_compression,
-            **self.settings.kafka_client_options)
-        await _kafka_call("starting the producer", producer.start())
+    async def _start_producer(self) -> None:
+        """Start the producer of heartbeats, checkpoints and state events: the same kind as the
+        signal loop's (:class:`~.kafka_sink.KafkaSink`), but its own instance, because it
+        outlives the signal loop when stopping (the last heartbeat is sent after the loop's
+        producer is closed)."""
+        producer = OutputProducer(self.settings, "router-stream-worker-side")
+        try:
+            await producer.check_connection()  # BrokerUnavailable: why, in one line
+        except BaseException:
+            await producer.close(0)
+            raise
         self.producer = producer
-        return producer
 
     async def _wait_for_topics(self) -> None:
         """Verify the declared topics; while some are missing or wrong, wait up to
@@ -433,12 +409,9 @@ class RouterWorker:
         if self.follower is not None:
             await self.follower.stop()
         if self.producer is not None:
+            producer, self.producer = self.producer, None
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(PRODUCER_CLOSE_S):
-                    # records the batches gave up on (a deleted topic) are not waited for
-                    await self.producer.stop()
-        for task in list(self._closing):
-            task.cancel()
+                await producer.close(PRODUCER_CLOSE_S)
         if self.pool is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
@@ -513,10 +486,9 @@ class RouterWorker:
             return
         topic = self.settings.topic(EVENTS)
         try:
-            sent = [await producer.send(topic, value, key=key)
-                    for key, value in map(encode_event, events)]
-            await asyncio.gather(*sent)
-        except KafkaError as exc:
+            await asyncio.gather(*[producer.send(topic, value, key)
+                                   for key, value in map(encode_event, events)])
+        except KafkaException as exc:
             raise BrokerUnavailable(f"publishing state events: {exc!r}") from exc
 
     async def _snapshot_trust(self, now: float) -> None:
@@ -592,13 +564,6 @@ async def _cancel_all(tasks: list[asyncio.Task[Any]], timeout_s: float = CANCEL_
     if pending:
         log.error("background tasks did not stop when cancelled; going on stopping",
                   extra={"tasks": sorted(t.get_name() for t in pending)})
-
-
-async def _kafka_call(what: str, awaitable: Any) -> Any:
-    try:
-        return await awaitable
-    except KafkaError as exc:
-        raise BrokerUnavailable(f"{what}: {exc!r}") from exc
 
 
 def install_signal_handlers(worker: RouterWorker, loop: asyncio.AbstractEventLoop) -> None:

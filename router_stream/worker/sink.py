@@ -7,8 +7,7 @@ was answered. Nothing here touches Postgres: it is a projection of these records
 ``router-stream persist`` (:mod:`router_stream.projection`).
 
 The producer is librdkafka's (:class:`~router_stream.worker.rdkafka.OutputProducer`); its errors
-are translated here into the project's tree (``raise ... from exc``). :class:`KeyHashCache` is
-the partitioner of the aiokafka producer the rest of the worker still uses.
+are translated here into the project's tree (``raise ... from exc``).
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka.partitioner import DefaultPartitioner, murmur2
 from confluent_kafka import KafkaException
 
 from router_stream.config import DECISIONS, DLQ, EVENTS, Settings
@@ -36,7 +34,6 @@ from router_stream.worker.produce_errors import TopicMissing, is_refusal
 from router_stream.worker.rdkafka import Delivered, OutputProducer
 
 RETRY = "router.retry"
-_default_partitioner = DefaultPartitioner()
 
 
 @dataclass(frozen=True)
@@ -261,53 +258,6 @@ def _outcome(f: asyncio.Future[Any]) -> Any:
     if f.cancelled():
         return asyncio.CancelledError()
     return f.exception() or f.result()
-
-
-class KeyHashCache:
-    """aiokafka's default partitioner (murmur2 of the key, Java-compatible) with the hashes of
-    recently seen keys remembered: murmur2 is pure Python (~3 µs a key) and routed and DLQ
-    records repeat their signal's key (sender, metric), so hashing took ~3 % of the worker's CPU.
-    Same partition for the same key as every other client.
-
-    Small and in two generations, because most keys are *not* repeated: every decision record
-    is keyed by its signal_id. The first version kept up to 100 000 keys and cleared them when
-    full; at the soak's ~1 000 decisions/s it filled in ~100 s, held 12.6 MiB of live key bytes
-    and hash ints when full (tracemalloc: ``signal_id.encode()`` in :func:`send_outputs` and the
-    hash line here were the only Python allocations growing in a 5-minute soak), and the
-    fill/clear cycle was the ~10 MiB RSS sawtooth that failed the soak's < 10 % growth
-    criterion (docs/reliability.md, "Soak RSS"). Caching a unique key only costs (a miss with
-    the insert is ~4.5 µs against 3.1 µs for murmur2 alone).
-
-    Now a key is looked up in ``recent`` then ``older``; a miss is hashed and put in
-    ``recent``; when ``recent`` holds ``max_keys`` it becomes ``older`` and the previous
-    ``older`` is dropped. A key seen again within ``max_keys`` misses stays cached for good;
-    at most ``2 * max_keys`` keys are held (~1 MiB with the default)."""
-
-    __slots__ = ("_recent", "_older", "_max_keys")
-
-    def __init__(self, max_keys: int = 4096) -> None:
-        if max_keys < 1:
-            raise ValueError("max_keys must be >= 1")
-        self._recent: dict[bytes, int] = {}
-        self._older: dict[bytes, int] = {}
-        self._max_keys = max_keys
-
-    def __len__(self) -> int:
-        return len(self._recent) + len(self._older)
-
-    def __call__(self, key: bytes | None, all_partitions: list[int],
-                 available: list[int]) -> int:
-        if key is None:
-            return _default_partitioner(key, all_partitions, available)  # type: ignore[no-any-return]
-        h = self._recent.get(key)
-        if h is None:
-            h = self._older.get(key)
-            if h is None:
-                h = murmur2(key) & 0x7FFFFFFF
-            if len(self._recent) >= self._max_keys:
-                self._older, self._recent = self._recent, {}
-            self._recent[key] = h
-        return all_partitions[h % len(all_partitions)]
 
 
 def batch_events(result: BatchResult) -> list[tuple[bytes, bytes]]:

@@ -277,8 +277,8 @@ async def sigstop_zombie(servers: Servers, workdir: Path, quick: bool = False) -
                                    and ln.get("partitions") and len(ln["partitions"]) >= 24))
 
         took = await wait_for(b_took_over, 60, "worker b to be assigned every partition")
-        row.notes.append(f"b owned all partitions {took:.1f}s after SIGSTOP (aiokafka's default "
-                         "session.timeout.ms=10000; the worker does not expose it)")
+        row.notes.append(f"b owned all partitions {took:.1f}s after SIGSTOP (the worker's "
+                         "session.timeout.ms=6000, worker/hotpath.py)")
         await asyncio.sleep(2)
         resumed = a.send(signal.SIGCONT)
         await task
@@ -488,23 +488,27 @@ async def _rows_at_least(run: Run, n: int) -> bool:
 
 
 async def _door_refusals(run: Run) -> list[str]:
-    from aiokafka import AIOKafkaProducer
-
+    from router_stream.adapters.kafka_failures import RdkafkaLog
+    from router_stream.adapters.rdkafka import AckingProducer, ClientThread
     from tests.chaos.corpus import door_refusals
 
     out = []
-    producer = AIOKafkaProducer(bootstrap_servers=run.settings.kafka_bootstrap,
-                                max_request_size=16 * MiB, request_timeout_ms=10_000)
-    await producer.start()
+    thread = ClientThread("chaos-door")
+    producer = AckingProducer({
+        **run.settings.librdkafka_config, "message.max.bytes": 16 * MiB,
+        "request.timeout.ms": 10_000, "message.timeout.ms": 10_000,
+        **RdkafkaLog().config()}, thread)
+    producer.start()
     try:
         for label, value, ts in door_refusals():
             try:
-                await producer.send_and_wait(run.topic(SIGNALS), value, key=b"door",
-                                             timestamp_ms=ts)
+                await (await producer.produce(run.topic(SIGNALS), value, key=b"door",
+                                              timestamp_ms=ts))
             except Exception as exc:  # noqa: BLE001 - the refusal is the expected outcome
                 out.append(f"{label} ({type(exc).__name__})")
     finally:
-        await producer.stop()
+        await producer.stop(10.0)
+        thread.close()
     return out
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
+from typing import NamedTuple
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from router_stream.client import (
     Delivery,
@@ -19,6 +21,7 @@ from router_stream.client import (
 )
 from router_stream.core.parsing import parse_outcome
 from router_stream.errors import BrokerUnavailable, OperationTimeout
+from tests.support.kafka_admin import Admin
 
 pytestmark = pytest.mark.integration
 
@@ -33,31 +36,44 @@ def routed(i: int, decision: str | None = None) -> bytes:
     })
 
 
+def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for v in values:
+        producer.produce(topic, v, b"k")
+    assert producer.flush(20.0) == 0
+
+
 async def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    try:
-        for v in values:
-            await producer.send_and_wait(topic, v, key=b"k")
-    finally:
-        await producer.stop()
+    await asyncio.to_thread(_produce, bootstrap, topic, values)
 
 
-async def read_topic(bootstrap: str, topic: str, want: int, timeout_s: float = 20.0) -> list:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    out: list = []
+class Record(NamedTuple):
+    key: bytes | None
+    value: bytes | None
+
+
+def _read_topic(bootstrap: str, topic: str, want: int, timeout_s: float) -> list[Record]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4()}",
+                         "enable.auto.commit": False})
+    out: list[Record] = []
     try:
+        partitions = consumer.list_topics(topic, 10.0).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         deadline = time.monotonic() + timeout_s
         while len(out) < want and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                out.extend(records)
+            out.extend(Record(m.key(), m.value()) for m in consumer.consume(want, 0.2)
+                       if m.error() is None)
         # Anything beyond ``want`` that is already there (an extra outcome would be a bug).
-        for records in (await consumer.getmany(timeout_ms=500)).values():
-            out.extend(records)
+        out.extend(Record(m.key(), m.value()) for m in consumer.consume(want, 0.5)
+                   if m.error() is None)
     finally:
-        await consumer.stop()
+        consumer.close()
     return out
+
+
+async def read_topic(bootstrap: str, topic: str, want: int,
+                     timeout_s: float = 20.0) -> list[Record]:
+    return await asyncio.to_thread(_read_topic, bootstrap, topic, want, timeout_s)
 
 
 async def wait_until(predicate, timeout_s: float, what: str) -> None:
@@ -113,13 +129,7 @@ async def test_consumer_reports_one_outcome_per_decision_and_commits(servers, te
                for s, o in read.items())
 
     # Everything read was committed: the group resumes after the last record.
-    check = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=f"g-{test_id}-slack",
-                             enable_auto_commit=False)
-    await check.start()
-    try:
-        assert await check.committed(TopicPartition(topic, 0)) == len(values)
-    finally:
-        await check.stop()
+    assert await Admin(bootstrap).committed(f"g-{test_id}-slack", topic, 0) == len(values)
 
 
 async def test_consumer_does_not_commit_when_outcomes_cannot_be_written(servers, test_id,

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from router_stream.adapters import postgres as pg
 from router_stream.adapters.topics import apply_topics
 from router_stream.config import CONTROL, SIGNALS
 from tests.support.cli import invoke
+from tests.support.kafka_admin import Admin
 from tests.support.policies import edited
 from tests.support.worker import (
     DESTINATIONS,
@@ -43,16 +43,7 @@ def _one_line_error(result) -> str:
 
 
 async def _delete_topic(settings, name: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics([name])
-        deadline = time.monotonic() + 15
-        while name in await admin.list_topics():
-            assert time.monotonic() < deadline, f"{name} still listed"
-            await asyncio.sleep(0.1)
-    finally:
-        await admin.close()
+    await Admin(settings.kafka_bootstrap).delete_topics([name])
 
 
 async def test_publish_before_topics_apply_names_what_is_missing_at_once(settings, tmp_path):

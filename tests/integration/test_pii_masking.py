@@ -28,14 +28,13 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from router_stream.config import DLQ, SIGNALS, Settings
 from router_stream.dlq.filters import DlqFilter
 from router_stream.dlq.replay import replay_dlq
 from router_stream.worker.logs import JsonFormatter
 from tests.support.cli import run_cli
+from tests.support.kafka_admin import Admin
 from tests.support.worker import fetch, prepare, produce, read_all, worker
 
 pytestmark = pytest.mark.integration
@@ -189,12 +188,7 @@ class Lines(logging.Handler):
 
 async def delete_before(s: Settings, topic: str, partition: int, offset: int) -> None:
     """What retention does to old records: the partition now starts at ``offset``."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_records({TopicPartition(topic, partition): RecordsToDelete(offset)})
-    finally:
-        await admin.close()
+    await Admin(s.kafka_bootstrap).delete_records(topic, partition, offset)
 
 
 # --- the test ------------------------------------------------------------------------------------

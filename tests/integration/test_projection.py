@@ -8,10 +8,10 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from router_stream.config import DECISIONS, DLQ, EVENTS, SIGNALS
 from router_stream.core.events import PolicyVersionEvent, TrustSnapshotEvent, encode_event
+from tests.support.kafka_admin import Admin
 from tests.support.worker import POLICY, fetch, prepare, produce, signal, worker
 
 pytestmark = pytest.mark.integration
@@ -27,13 +27,8 @@ def _decision(i: int, **fields: Any) -> bytes:
 
 
 async def _committed(settings, topic: str, partition: int) -> int | None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
-                                group_id=settings.projection_group_id, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return await consumer.committed(TopicPartition(topic, partition))
-    finally:
-        await consumer.stop()
+    return await Admin(settings.kafka_bootstrap).committed(
+        settings.projection_group_id, topic, partition)
 
 
 async def test_rows_from_records_with_bad_content_isolated_and_offsets_committed(

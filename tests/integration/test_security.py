@@ -338,28 +338,66 @@ def _listening_ports(*pids: int) -> set[int]:
             if c.status == psutil.CONN_LISTEN}
 
 
-async def _describe_broker_config(port: int, **auth: object) -> object:
-    """DescribeConfigs of broker 1 sent straight to ``port`` (no Metadata bootstrap, so the
-    KRaft controller listener answers it too): what `kafka-configs --bootstrap-controller`
-    does before an alter."""
-    from aiokafka.conn import create_conn
-    from aiokafka.protocol.admin import DescribeConfigsRequest
+def _describe_configs_request(correlation_id: int) -> bytes:
+    """DescribeConfigs v1 of broker 1's message.max.bytes, framed (request header v1)."""
+    def string(text: str) -> bytes:
+        return len(text).to_bytes(2, "big") + text.encode()
 
-    conn = await asyncio.wait_for(
-        create_conn("127.0.0.1", port, request_timeout_ms=5000, **auth), 10)  # type: ignore[arg-type]
+    body = (
+        (32).to_bytes(2, "big") + (1).to_bytes(2, "big")  # api key DescribeConfigs, version 1
+        + correlation_id.to_bytes(4, "big") + string("rs-probe")
+        + (1).to_bytes(4, "big") + (4).to_bytes(1, "big") + string("1")  # 1 resource: BROKER 1
+        + (1).to_bytes(4, "big") + string("message.max.bytes")
+        + b"\x00"  # include_synonyms: false
+    )
+    return len(body).to_bytes(4, "big") + body
+
+
+def _answered(port: int, tls_ca: str | None = None) -> bool:
+    """True when ``port`` answers DescribeConfigs of broker 1 without credentials, sent straight
+    to it (no Metadata bootstrap, so the KRaft controller listener answers it too): what
+    `kafka-configs --bootstrap-controller` does before an alter. The Kafka protocol by hand:
+    every client library bootstraps through Metadata first, which a controller does not serve."""
+    import ssl
+
     try:
-        return await asyncio.wait_for(
-            conn.send(DescribeConfigsRequest([(4, "1", ["message.max.bytes"])])), 10)
-    finally:
-        conn.close()
-
-
-def _answered(port: int, **auth: object) -> bool:
-    try:
-        response = asyncio.run(_describe_broker_config(port, **auth))
-    except Exception:  # refused, closed, timed out, handshake failed: not answered
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.settimeout(10)
+            conn: socket.socket = raw
+            if tls_ca is not None:
+                conn = ssl.create_default_context(cafile=tls_ca).wrap_socket(
+                    raw, server_hostname="127.0.0.1")
+            conn.sendall(_describe_configs_request(7))
+            head = _read_exactly(conn, 4)
+            answer = _read_exactly(conn, int.from_bytes(head, "big"))
+    except (OSError, ValueError):  # refused, closed, timed out, handshake failed
         return False
-    return all(r[0] == 0 for r in response.resources)  # type: ignore[attr-defined]
+    # correlation id, throttle ms, result count, then the first result's error code
+    return (answer[:4] == (7).to_bytes(4, "big") and int.from_bytes(answer[8:12], "big") == 1
+            and answer[12:14] == b"\x00\x00")
+
+
+def _read_exactly(conn: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise ValueError("connection closed")
+        data += chunk
+    return data
+
+
+def _answered_with_credentials(port: int, ca: str, password: str) -> bool:
+    """The same call through librdkafka with the client's credentials (SASL_SSL)."""
+    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+    admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}",
+                         "security.protocol": "SASL_SSL", "ssl.ca.location": ca,
+                         "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "router",
+                         "sasl.password": password})
+    [future] = admin.describe_configs([ConfigResource(ResourceType.BROKER, "1")],
+                                      request_timeout=10).values()
+    return "message.max.bytes" in future.result(timeout=20)
 
 
 def _postgres_admits(port: int, user: str, ssl: object) -> bool:
@@ -377,11 +415,15 @@ def _postgres_admits(port: int, user: str, ssl: object) -> bool:
     return True
 
 
+def test_the_probe_is_answered_by_an_open_broker(servers):
+    """The hand-made request is valid: the shared test broker (PLAINTEXT, no ACLs) answers it,
+    so a refusal below is the secure stack's doing."""
+    assert _answered(int(servers.kafka_bootstrap.rsplit(":", 1)[1]))
+
+
 def test_no_port_of_the_secure_stack_answers_an_unauthenticated_admin_call(
     secure_stack: SecureStack,
 ):
-    from aiokafka.helpers import create_ssl_context
-
     from router_stream.stack import kafka, manager, postgres
 
     cfg = manager.make_config(secure_stack.state_dir)
@@ -391,15 +433,12 @@ def test_no_port_of_the_secure_stack_answers_an_unauthenticated_admin_call(
     # the broker's client listener, its KRaft controller listener and Postgres: nothing else
     assert ports == {cfg.kafka.port, cfg.kafka.controller_port, cfg.postgres.port}, ports
 
-    ca = create_ssl_context(cafile=secure_stack.env["ROUTER_KAFKA_SSL_CAFILE"])
-    # the probe works: with the client's credentials the client listener answers it
-    assert _answered(cfg.kafka.port, security_protocol="SASL_SSL", ssl_context=ca,
-                     sasl_mechanism="SCRAM-SHA-512", sasl_plain_username="router",
-                     sasl_plain_password=secure_stack.kafka_password)
+    ca = secure_stack.env["ROUTER_KAFKA_SSL_CAFILE"]
+    # the call is one the client listener answers, with the client's credentials
+    assert _answered_with_credentials(cfg.kafka.port, ca, secure_stack.kafka_password)
     for port in sorted(ports):
         assert not _answered(port), f"port {port} answered without TLS or credentials"
-        assert not _answered(port, security_protocol="SSL", ssl_context=ca), (
-            f"port {port} answered over TLS without credentials")
+        assert not _answered(port, tls_ca=ca), f"port {port} answered over TLS without credentials"
         for user in ("router", "postgres"):
             for ssl in ("require", False):
                 assert not _postgres_admits(port, user, ssl), f"port {port} admitted {user}"

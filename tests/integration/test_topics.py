@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 import yaml
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from click.testing import CliRunner
+from confluent_kafka.admin import NewTopic
 
 import router_stream.cli.topics  # noqa: F401  (registers `topics` on the root group)
 from router_stream.adapters import topics as tp
 from router_stream.cli import cli
 from router_stream.config import Settings
 from router_stream.errors import BrokerUnavailable, OperationTimeout
+from tests.support.kafka_admin import Admin
 
 pytestmark = pytest.mark.integration
 
@@ -32,28 +32,16 @@ def declared() -> dict[str, Any]:
 
 
 @pytest.fixture
-async def admin(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
+async def admin(settings: Settings) -> AsyncIterator[Admin]:
     """A raw admin client; deletes this test's topics afterwards."""
-    client = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await client.start()
-    try:
-        yield client
-    finally:
-        mine = [t for t in await client.list_topics() if t.startswith(settings.topic_prefix)]
-        if mine:
-            await client.delete_topics(mine)
-        await client.close()
+    client = Admin(settings.kafka_bootstrap)
+    yield client
+    mine = [t for t in await client.list_topics() if t.startswith(settings.topic_prefix)]
+    if mine:
+        await client.delete_topics(mine)
 
 
-async def observed(admin: AIOKafkaAdminClient, name: str) -> dict[str, Any]:
-    [meta] = await admin.describe_topics([name])
-    [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
-    configs = {e[0]: e[1] for e in response.resources[0][4]}
-    return {"partitions": len(meta["partitions"]),
-            "replicas": len(meta["partitions"][0]["replicas"]), **configs}
-
-
-async def prefixed_topics(admin: AIOKafkaAdminClient, settings: Settings) -> set[str]:
+async def prefixed_topics(admin: Admin, settings: Settings) -> set[str]:
     return {t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)}
 
 
@@ -66,9 +54,9 @@ async def test_apply_creates_every_topic_as_declared(settings: Settings, admin):
     assert sorted(report.created) == sorted(expected)
     assert report.problems == [] and report.verified == []
     assert await prefixed_topics(admin, settings) == set(expected)
-    brokers = len((await admin.describe_cluster())["brokers"])
+    brokers = await admin.brokers()
     for name, spec in expected.items():
-        seen = await observed(admin, name)
+        seen = await admin.describe(name)
         assert seen["partitions"] == spec["partitions"], name
         assert seen["replicas"] == min(3, brokers), name
         for key, value in spec["configs"].items():
@@ -80,7 +68,7 @@ async def test_apply_creates_every_topic_as_declared(settings: Settings, admin):
 
 async def test_router_control_is_one_partition_kept_forever(settings: Settings, admin):
     await tp.apply_topics(settings)
-    seen = await observed(admin, settings.topic("router.control"))
+    seen = await admin.describe(settings.topic("router.control"))
     assert (seen["partitions"], seen["cleanup.policy"], seen["retention.ms"]) == (1, "delete", "-1")
 
 
@@ -99,8 +87,8 @@ async def test_mismatched_topics_are_reported_and_missing_ones_still_created(
 ):
     signals, dlq = settings.topic("signals"), settings.topic("router.dlq")
     await admin.create_topics([
-        NewTopic(signals, 2, 1, topic_configs={"cleanup.policy": "compact"}),
-        NewTopic(dlq, 6, 1, topic_configs={"retention.ms": "1000"}),
+        NewTopic(signals, 2, 1, config={"cleanup.policy": "compact"}),
+        NewTopic(dlq, 6, 1, config={"retention.ms": "1000"}),
     ])
 
     with pytest.raises(tp.TopicMismatch) as info:
@@ -119,13 +107,13 @@ async def test_mismatched_topics_are_reported_and_missing_ones_still_created(
     assert sorted(info.value.report.created) == sorted(
         settings.topic(n) for n in FIXED if n not in ("signals", "router.dlq")
     )
-    assert (await observed(admin, signals))["partitions"] == 2
+    assert (await admin.describe(signals))["partitions"] == 2
 
 
 async def test_more_partitions_than_declared_is_only_a_warning(settings: Settings, admin):
     dlq = settings.topic("router.dlq")
     await admin.create_topics([
-        NewTopic(dlq, 8, 1, topic_configs={"retention.ms": "2592000000"})
+        NewTopic(dlq, 8, 1, config={"retention.ms": "2592000000"})
     ])
     report = await tp.apply_topics(settings)
     assert dlq in report.verified

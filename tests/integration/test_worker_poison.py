@@ -10,12 +10,11 @@ import os
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from confluent_kafka import Producer
 
 from router_stream.adapters.topics import load_declarations
 from router_stream.config import DECISIONS, DLQ, SIGNALS, Settings
+from tests.support.kafka_admin import Admin
 from tests.support.worker import fetch, prepare, produce, read_all, signal, wait_for, worker
 
 pytestmark = pytest.mark.integration
@@ -31,33 +30,12 @@ async def limit_record_size(s: Settings, logical: str, limit: int) -> None:
             if logical.startswith("routed.") else
             next(t for t in declarations.topics if t.logical == logical))
     configs = {**spec.for_cluster(1).configs, "max.message.bytes": str(limit)}  # one broker
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, s.topic(logical),
-                                                  configs=configs)])
-    finally:
-        await admin.close()
+    await Admin(s.kafka_bootstrap).alter_configs(s.topic(logical), configs)
 
 
 async def committed_everywhere(s: Settings) -> bool:
     """The group's committed offset is the end offset of every partition of ``signals``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=s.group_id,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        topic = s.topic(SIGNALS)
-        parts = (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        ends = await consumer.end_offsets(tps)
-        committed = [await consumer.committed(tp) or 0 for tp in tps]
-        return committed == [ends[tp] for tp in tps]
-    finally:
-        await consumer.stop()
-
-
-async def _gone(admin: AIOKafkaAdminClient, topic: str) -> bool:
-    return topic not in await admin.list_topics()
+    return await Admin(s.kafka_bootstrap).committed_to_end(s.group_id, s.topic(SIGNALS))
 
 
 def alert(i: int) -> bytes:
@@ -141,13 +119,7 @@ async def test_a_routed_topic_deleted_at_run_time_fails_over_and_nothing_stalls(
     try:
         await produce(s, SIGNALS, [(b"k", alert(i)) for i in range(10)])
         await wait_for(lambda: w.signals.processed >= 10, 30, "first alerts")
-        admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics([s.routed_topic("pager")])
-            await wait_for(lambda: _gone(admin, s.routed_topic("pager")), 30, "topic deleted")
-        finally:
-            await admin.close()
+        await Admin(s.kafka_bootstrap).delete_topics([s.routed_topic("pager")], wait_s=30)
         notes = [(b"n", signal(i, payload={"channel_hint": "x"})) for i in range(100, 110)]
         await produce(s, SIGNALS, [(b"k", alert(i)) for i in range(10, 30)] + notes)
         await wait_for(lambda: w.signals.processed >= 40, 90, "signals after the delete")
@@ -252,6 +224,14 @@ async def test_a_stall_shows_in_readiness_and_lag_and_clears_when_healed(setting
     assert [r["reason"] for r in rows] == ["invalid_json"]
 
 
+def _produce_gzipped(bootstrap: str, topic: str, value: bytes) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "compression.type": "gzip",
+                         "message.max.bytes": 4 * 1024 * 1024})
+    errors: list[object] = []
+    producer.produce(topic, value, b"k", on_delivery=lambda err, _m: errors.append(err))
+    assert producer.flush(30.0) == 0 and errors == [None], errors
+
+
 async def test_a_signal_accepted_compressed_is_routed_compressed(settings, tmp_path):
     """Issue 21: a 1M-element array (2 MB of JSON) fits `signals` gzip-compressed; the worker
     compresses its outputs (ROUTER_COMPRESSION_TYPE, default lz4), so it fits `routed.pager`
@@ -261,13 +241,7 @@ async def test_a_signal_accepted_compressed_is_routed_compressed(settings, tmp_p
     big = orjson.dumps({"signal_id": "s-big", "sender_id": "svc",
                         "payload": {"severity": "critical", "values": [0] * 1_000_000}})
     assert len(big) > 2_000_000
-    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, compression_type="gzip",
-                                max_request_size=4 * 1024 * 1024)
-    await producer.start()
-    try:
-        await producer.send_and_wait(s.topic(SIGNALS), big, key=b"k")
-    finally:
-        await producer.stop()
+    await asyncio.to_thread(_produce_gzipped, s.kafka_bootstrap, s.topic(SIGNALS), big)
     await produce(s, SIGNALS, [(b"k", alert(i)) for i in range(5)])
     await asyncio.wait_for(worker(s, http=False).run_until_idle(1.0), 120)
     routed = await read_all(s, s.routed_topic("pager"))

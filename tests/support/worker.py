@@ -14,9 +14,10 @@ from typing import Any
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from router_stream.adapters import postgres as pg
+from router_stream.adapters.kafka_io import ConsumedRecord, consumed_record
 from router_stream.adapters.topics import apply_topics
 from router_stream.config import Settings
 from router_stream.worker import Backoff, RouterWorker
@@ -76,37 +77,63 @@ async def prepare(settings: Settings, tmp_path: Path, policy: str = POLICY) -> S
 async def produce(settings: Settings, logical: str, values: list[tuple[bytes | None, bytes]],
                   headers: list[tuple[str, bytes]] | None = None) -> list[tuple[int, int]]:
     """Produce (key, value) pairs; returns each record's (partition, offset)."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5,
-                                max_batch_size=256 * 1024)
-    await producer.start()
-    try:
-        futs = [await producer.send(settings.topic(logical), v, key=k, headers=headers)
-                for k, v in values]
-        metas = await asyncio.gather(*futs)
-    finally:
-        await producer.stop()
-    return [(m.partition, m.offset) for m in metas]
+    return await asyncio.to_thread(_produce, settings.kafka_bootstrap, settings.topic(logical),
+                                   values, headers or [])
 
 
-async def read_all(settings: Settings, topic: str) -> list[Any]:
+def _produce(bootstrap: str, topic: str, values: list[tuple[bytes | None, bytes]],
+             headers: list[tuple[str, bytes]]) -> list[tuple[int, int]]:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
+                         "batch.size": 256 * 1024, "message.max.bytes": 16 * 1024 * 1024,
+                         "partitioner": "murmur2_random"})  # Java's partitions for a key
+    acked: list[tuple[int, int] | BaseException | None] = [None] * len(values)
+
+    def report(i: int) -> Any:
+        def delivered(err: Any, msg: Any) -> None:
+            acked[i] = KafkaException(err) if err is not None else (msg.partition(),
+                                                                     msg.offset())
+        return delivered
+
+    for i, (k, v) in enumerate(values):
+        producer.produce(topic, v, k, headers=headers, on_delivery=report(i))
+        producer.poll(0)
+    assert producer.flush(30.0) == 0, f"producing to {topic} timed out"
+    for a in acked:
+        if isinstance(a, BaseException):
+            raise a
+    return [a for a in acked if isinstance(a, tuple)]
+
+
+async def read_all(settings: Settings, topic: str) -> list[ConsumedRecord]:
     """Every record currently in a topic (all partitions, up to the end offsets)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
+    return await asyncio.to_thread(_read_all, settings.kafka_bootstrap, topic)
+
+
+def _read_all(bootstrap: str, topic: str) -> list[ConsumedRecord]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "read-all",
+                         "enable.auto.commit": False})
     try:
-        parts = (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out: list[Any] = []
+        listed = consumer.list_topics(topic, 10.0).topics[topic]
+        marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), 10.0)
+                 for p in listed.partitions}
+        ends = {p: end for p, (_, end) in marks.items()}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        out: list[ConsumedRecord] = []
+        left = {p for p, (start, end) in marks.items() if end > start}
         deadline = time.monotonic() + 30
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+        while left:
             assert time.monotonic() < deadline, f"reading {topic} timed out"
-            for rs in (await consumer.getmany(timeout_ms=200)).values():
-                out.extend(r for r in rs if r.offset < ends[TopicPartition(r.topic, r.partition)])
+            for m in consumer.consume(500, 0.2):
+                if m.error() is None and m.partition() in left and m.offset() < ends[
+                        m.partition()]:
+                    out.append(consumed_record(m))
+            # the position, not the last record: compaction and markers leave gaps at the end
+            for tp in consumer.position([TopicPartition(topic, p) for p in left]):
+                if tp.offset >= ends[tp.partition]:
+                    left.discard(tp.partition)
         return out
     finally:
-        await consumer.stop()
+        consumer.close()
 
 
 async def fetch(settings: Settings, sql: str, *args: Any) -> list[asyncpg.Record]:

@@ -10,7 +10,6 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
-from aiokafka import TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,6 +26,7 @@ from router_stream.core.heartbeat import (
 )
 from router_stream.errors import DatabaseUnavailable
 from router_stream.worker.heartbeat import Heartbeat
+from router_stream.worker.rdkafka import Partition
 
 NOW = 1_800_000_000.0
 
@@ -164,8 +164,8 @@ class _Store:
 
 
 def _worker(**settings):
-    consumer = SimpleNamespace(assignment=lambda: {TopicPartition("signals", 2),
-                                                   TopicPartition("signals", 0)})
+    consumer = SimpleNamespace(assignment=lambda: {Partition("signals", 2),
+                                                   Partition("signals", 0)})
     engine = SimpleNamespace(policy_version="p-1", rollout=SimpleNamespace(
         mode="shadow", fraction=0.5, candidate=SimpleNamespace(version="p-2")))
     return SimpleNamespace(settings=Settings(worker_id="w-1", group_id="grp", **settings),
@@ -258,7 +258,7 @@ async def test_the_loop_beats_every_interval_and_at_once_when_woken():
 async def test_a_rebalance_or_policy_switch_is_told_without_waiting_for_the_interval():
     store = _Store()
     worker = _worker(heartbeat_interval_s=60)
-    assigned = {TopicPartition("signals", 0), TopicPartition("signals", 2)}
+    assigned = {Partition("signals", 0), Partition("signals", 2)}
     worker.signals.consumer.assignment = lambda: assigned
     beat = Heartbeat(worker, store)
     task = asyncio.create_task(beat.run())
@@ -268,7 +268,7 @@ async def test_a_rebalance_or_policy_switch_is_told_without_waiting_for_the_inte
         worker.signals.processed += 100
         await asyncio.sleep(0.6)
         assert len(store.written) == 1
-        assigned.add(TopicPartition("signals", 4))  # the other worker left: more partitions
+        assigned.add(Partition("signals", 4))  # the other worker left: more partitions
         await _until(lambda: len(store.written) == 2, timeout=2)
         assert store.written[-1].partitions == (("signals", 0), ("signals", 2), ("signals", 4))
         worker.engine.policy_version = "p-9"

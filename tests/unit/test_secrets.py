@@ -12,11 +12,10 @@ from pathlib import Path
 
 import click
 import pytest
-from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed
 from click.testing import CliRunner
 
 from router_stream.adapters import postgres
-from router_stream.adapters.kafka_failures import ConnectFailures
+from router_stream.adapters.kafka_failures import RdkafkaLog, describe_rdkafka
 from router_stream.cli import _register, cli
 from router_stream.config import Settings
 from router_stream.errors import ConfigError
@@ -119,11 +118,12 @@ def test_no_help_output_shows_a_secret_from_the_environment():
 
 
 def test_kafka_auth_failure_is_one_line_without_the_password(secret_settings: Settings):
-    failures = ConnectFailures()
-    failures.reasons.append(SaslAuthenticationFailed(
-        "Authentication failed during authentication due to invalid credentials with SASL "
-        "mechanism SCRAM-SHA-512"))
-    message = failures.describe(secret_settings, KafkaConnectionError("Unable to bootstrap"))
+    log = RdkafkaLog()
+    log.log(40, "%s [%s] %s", "FAIL", "rdkafka#producer-1",
+            "sasl_ssl://127.0.0.1:19092/bootstrap: SASL authentication error: Authentication "
+            "failed during authentication due to invalid credentials with SASL mechanism "
+            "SCRAM-SHA-512 (after 12ms in state AUTH_REQ)")
+    message = describe_rdkafka(secret_settings, log, "Unable to bootstrap")
     assert "rejected the credentials of user 'router' (SCRAM-SHA-512)" in message
     assert "ROUTER_KAFKA_SASL_PASSWORD" in message and "\n" not in message
     assert _leaks(message) == []
@@ -132,7 +132,7 @@ def test_kafka_auth_failure_is_one_line_without_the_password(secret_settings: Se
 def test_kafka_failure_without_a_logged_reason_keeps_the_generic_message(
     secret_settings: Settings,
 ):
-    message = ConnectFailures().describe(secret_settings, OSError("Connect call failed"))
+    message = describe_rdkafka(secret_settings, RdkafkaLog(), "Connect call failed")
     assert message == "cannot reach Kafka at 127.0.0.1:19092: Connect call failed"
 
 

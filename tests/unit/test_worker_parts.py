@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import orjson
 import pytest
-from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +22,6 @@ from router_stream.worker.hotpath import SignalLoop
 from router_stream.worker.logs import JsonFormatter, trace_id_of
 from router_stream.worker.metrics import WorkerMetrics
 from router_stream.worker.rdkafka import IDLE_WAIT_S, Partition
-from router_stream.worker.sink import KeyHashCache
 
 NO_WAIT = Backoff(base_s=0.0, cap_s=0.0, attempt_timeout_s=1.0)
 
@@ -179,61 +177,6 @@ def test_metrics_use_the_spec_names() -> None:
                  'breaker_state{destination="slack"} 1.0', "decision_confidence_count 1.0",
                  'router_consumer_lag{partition="0",topic="signals"} 4.0'):
         assert name in body, name
-
-
-# --- the producer's partitioner -----------------------------------------------------------------
-
-
-def test_key_hash_cache_partitions_like_aiokafka() -> None:
-    default = DefaultPartitioner()
-    cache = KeyHashCache(max_keys=8)
-    rng = random.Random(3)
-    keys = [None, b"", b"svc-1", "sender-é".encode(), *(rng.randbytes(rng.randrange(1, 40))
-                                                       for _ in range(200))]
-    for n in (1, 3, 12, 24):
-        parts = list(range(n))
-        for key in keys * 2:  # twice: from the cache too (and across its rotations)
-            got = cache(key, parts, parts)
-            if key is not None:
-                assert got == default(key, parts, parts), (key, n)
-
-
-def test_key_hash_cache_stays_bounded_under_unique_keys() -> None:
-    """Decision records are keyed by their (unique) signal_id: the cache must not grow with
-    them. The old 100 000-key cache held 12.6 MiB of such keys when full (the soak's RSS
-    sawtooth, docs/reliability.md)."""
-    import sys
-
-    parts = list(range(24))
-    cache = KeyHashCache()
-    for i in range(60_000):
-        cache(f"s8r1a2b3c4-{i}".encode(), parts, parts)
-        assert len(cache) <= 2 * 4096
-    held = sum(sys.getsizeof(d) + sum(sys.getsizeof(k) + sys.getsizeof(h) for k, h in d.items())
-               for d in (cache._recent, cache._older))
-    assert held < 2 * 1024 * 1024, f"{held / 2**20:.1f} MiB held after 60 000 unique keys"
-
-
-def test_key_hash_cache_keeps_a_repeated_key_among_unique_ones(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from router_stream.worker import sink
-
-    hashed: list[bytes] = []
-    real = sink.murmur2
-
-    def counting(key: bytes) -> int:
-        hashed.append(key)
-        return real(key)  # type: ignore[no-any-return]
-
-    monkeypatch.setattr(sink, "murmur2", counting)
-    cache = KeyHashCache(max_keys=100)
-    parts = list(range(12))
-    for i in range(10_000):  # a sender's key between ~70 unique signal ids, for 140 rotations
-        cache(f"sig-{i}".encode(), parts, parts)
-        if i % 70 == 0:
-            cache(b"svc-7", parts, parts)
-    assert hashed.count(b"svc-7") == 1
-    assert len(cache) <= 200
 
 
 # --- stop(): background tasks end even when a cancellation is lost -------------------------------
