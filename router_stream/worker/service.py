@@ -1,5 +1,9 @@
 """One router worker: wiring the engine to Kafka and the health/metrics endpoints.
 
+Longer than the ~500 lines a module is kept to: start, run, stop and the side tasks they own
+(state events, checkpoints, heartbeat, gauges) share the worker's fields and are read in order
+here; each step's work lives in its own module (hotpath, state, heartbeat, trust_snapshots).
+
 Lifecycle::
 
     start()   policy file -> engine; verify topics (refuse to start otherwise); idempotent
