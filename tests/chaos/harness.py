@@ -132,8 +132,9 @@ class OwnStack:
     """A second local Kafka + Postgres (``router_stream.stack``) that the suite may kill.
 
     State in ``ROUTER_CHAOS_STACK_DIR`` (default ``/var/tmp/router-stream-chaos``), ports
-    ``ROUTER_CHAOS_KAFKA_PORT`` / ``ROUTER_CHAOS_PG_PORT`` (49092 / 45432); Kafka's jars from
-    ``ROUTER_STACK_CACHE`` like the main stack.
+    ``ROUTER_CHAOS_KAFKA_PORT`` / ``ROUTER_CHAOS_PG_PORT`` (29092 / 25432: below the kernel's
+    ephemeral range, so a client reconnecting to a stopped broker cannot self-connect on its port
+    and keep it from restarting); Kafka's jars from ``ROUTER_STACK_CACHE`` like the main stack.
     """
 
     def __init__(self) -> None:
@@ -142,8 +143,8 @@ class OwnStack:
         state = Path(os.environ.get("ROUTER_CHAOS_STACK_DIR", "/var/tmp/router-stream-chaos"))
         self.cfg = manager.make_config(
             state, manager.default_cache_dir(),
-            int(os.environ.get("ROUTER_CHAOS_KAFKA_PORT", "49092")),
-            int(os.environ.get("ROUTER_CHAOS_PG_PORT", "45432")), secure=False)
+            int(os.environ.get("ROUTER_CHAOS_KAFKA_PORT", "29092")),
+            int(os.environ.get("ROUTER_CHAOS_PG_PORT", "25432")), secure=False)
 
     @property
     def servers(self) -> Servers:

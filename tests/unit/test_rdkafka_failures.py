@@ -113,6 +113,8 @@ def test_without_a_reason_the_line_is_the_generic_one(monkeypatch: pytest.Monkey
     (KafkaError._MSG_TIMED_OUT, OperationTimeout, True),
     (KafkaError._TRANSPORT, BrokerUnavailable, True),
     (KafkaError.NOT_LEADER_FOR_PARTITION, BrokerUnavailable, True),
+    # a restarted broker's group coordinator answers commits with this while it loads
+    (KafkaError.COORDINATOR_LOAD_IN_PROGRESS, BrokerUnavailable, True),
     (KafkaError.MSG_SIZE_TOO_LARGE, RouterError, False),
 ])
 def test_request_errors_map_onto_the_error_tree(code: int, kind: type[RouterError],
