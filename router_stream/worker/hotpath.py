@@ -27,8 +27,9 @@ is fetched, decided and handed to the producer while batch N waits for its ackno
 its commit. Each batch's acknowledgements are awaited on their own; its step 2 starts only after
 the previous batch's step 2, so offsets are committed strictly in batch order and only for fully
 durable batches. A batch that fails stops every later one before step 2 (the error is raised by
-``step()``); at most ``PIPELINE_DEPTH`` batches are uncommitted, which bounds what a crash
-re-processes.
+``step()``); at most ``PIPELINE_DEPTH`` full batches' worth of records are uncommitted, which
+bounds what a crash re-processes, in up to ``MAX_BATCHES_IN_FLIGHT`` batches (at a low rate
+batches are small, and each waits for its slowest acknowledgement).
 
 Rebalance: librdkafka calls ``on_revoke`` inside the consumer's poll, on the consumer thread
 (:mod:`.rdkafka`); it hands :meth:`SignalLoop._on_revoked` to the event loop and blocks until it
@@ -70,9 +71,14 @@ from router_stream.worker.sink import RETRY, OutputTopics
 log = logging.getLogger("router_stream.worker")
 
 PIPELINE_DEPTH = 3
-"""Batches decided but not yet committed, at most: one committing, two awaiting their
-acknowledgements while the next is decided. Bounds memory and the re-processing after a crash
-(and the Kafka duplicates it makes)."""
+"""Records decided but not yet committed, at most, in full batches (``batch_max`` each): one
+committing, two awaiting their acknowledgements while the next is decided. Bounds memory and the
+re-processing after a crash (and the Kafka duplicates it makes)."""
+MAX_BATCHES_IN_FLIGHT = 32
+"""Batches decided but not yet committed, at most. At a low rate a fetch returns a few records,
+and a batch waits for the slowest acknowledgement of its outputs (tens of ms when the broker
+appends to hundreds of partitions): with only three such batches in flight the fetches would
+wait for them."""
 
 
 SESSION_TIMEOUT_MS = 6_000
@@ -124,7 +130,8 @@ class SignalLoop:
         self.stalled_since: float | None = None
         self._pipeline = CommitPipeline(
             engine, self._sink, KafkaCommitter(lambda: self.consumer, self.crash_guard, metrics),
-            depth=pipeline_depth, retry=self._retry, on_step=on_step,
+            depth=MAX_BATCHES_IN_FLIGHT, max_records=pipeline_depth * settings.batch_max,
+            retry=self._retry, on_step=on_step,
             on_committed=self._committed, on_drained=self._resume_after_retry,
             on_undecided=self._dead_letter_poison)
 
@@ -153,6 +160,12 @@ class SignalLoop:
     async def _on_revoked(self, revoked: set[Partition]) -> None:
         async with self.batch_lock:  # no batch launches meanwhile, and every batch in
             await self.wait_in_flight()  # flight finishes both steps first
+            if self.consumer is not None:
+                try:  # the last commits sent must have landed before the partitions move
+                    await self.consumer.settle_commits(revoked)
+                except BrokerUnavailable as exc:
+                    log.warning("the last offset commit before a revoke failed; the next owner "
+                                "re-processes from the one before", extra={"error": repr(exc)})
             for tp in revoked:
                 self.retry_paused.pop(tp, None)
                 self._paused_for_retry.discard(tp)
@@ -179,7 +192,7 @@ class SignalLoop:
         consumer = self.consumer
         assert consumer is not None, "start() first"
         self.raise_failure()
-        await self._pipeline.wait_for_room()
+        await self._pipeline.wait_for_room(self._settings.batch_max)
         self._resume_due_retries()
         fetched = await consumer.take(self._settings.batch_max, self._wait_s())
         if not fetched:

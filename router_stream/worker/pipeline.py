@@ -9,9 +9,13 @@ Per batch::
 Batches overlap: batch N+1 is decided and handed over while batch N awaits its
 acknowledgements, but a batch commits only after the batch before it committed, so offsets are
 committed strictly in batch order and only for batches whose every output was acknowledged.
-A batch that fails (a non-transient error, or a transient one past ``give_up``) fails every
-later batch before its commit, and the first error is kept in :attr:`failure` (raised by
-:meth:`raise_failure`). At most ``depth`` batches are uncommitted.
+Batches that became durable while an earlier one was committing are committed together, in one
+commit (its offsets are the later batch's): commits never queue up behind each other. A batch
+that fails (a non-transient error, or a transient one past ``give_up``) fails every later batch
+before its commit, and the first error is kept in :attr:`failure` (raised by
+:meth:`raise_failure`). At most ``depth`` batches and ``max_records`` records are uncommitted:
+many small batches may overlap (their acknowledgements are awaited side by side), while what a
+crash re-processes stays bounded by records.
 
 The three collaborators are small Protocols so the order is unit-tested with fakes
 (tests/unit/test_commit_pipeline.py); :mod:`.hotpath` wires them to librdkafka.
@@ -85,6 +89,7 @@ class Batch:
     handover: Handover | None
     prev: Batch | None
     task: asyncio.Task[None] = field(init=False)
+    durable: bool = False  # every output acknowledged (step 1 done)
     committed: asyncio.Event = field(default_factory=asyncio.Event)
     failed: bool = False
 
@@ -113,6 +118,7 @@ class CommitPipeline:
         committer: Committer,
         *,
         depth: int,
+        max_records: int | None = None,
         retry: Retry = _no_retry,
         on_step: StepHook | None = None,
         on_committed: Callable[[Batch], Awaitable[None]] | None = None,
@@ -125,6 +131,7 @@ class CommitPipeline:
         self._sink = sink
         self._committer = committer
         self._depth = depth
+        self._max_records = max_records
         self._retry = retry
         self._on_step = on_step
         self._on_committed = on_committed
@@ -152,11 +159,23 @@ class CommitPipeline:
         while self._in_flight:
             await asyncio.wait([b.task for b in self._in_flight])
 
-    async def wait_for_room(self) -> None:
-        """Until fewer than ``depth`` batches are in flight; raises a failure."""
-        while len(self._in_flight) >= self._depth:
+    @property
+    def records_in_flight(self) -> int:
+        return sum(len(b.records) for b in self._in_flight)
+
+    async def wait_for_room(self, records: int = 0) -> None:
+        """Until a batch of up to ``records`` more fits: fewer than ``depth`` batches and (one
+        batch always fits) at most ``max_records`` records in flight with it. Raises a
+        failure."""
+        while self._in_flight and not self._has_room(records):
             await asyncio.wait([self._in_flight[0].task])
         self.raise_failure()
+
+    def _has_room(self, records: int) -> bool:
+        if len(self._in_flight) >= self._depth:
+            return False
+        return self._max_records is None or (
+            self.records_in_flight + records <= self._max_records)
 
     async def launch(self, records: list[InboundRecord], fetch_time: float | None = None,
                      now: float | None = None,
@@ -189,10 +208,15 @@ class CommitPipeline:
         try:
             await self._retry("produce", lambda: self._confirm(batch))
             await self._hook("produced", result)
+            batch.durable = True
             await _after_commit_of(batch.prev)
-            await self._retry("commit", lambda: self._committer.commit(batch.records))
+            if not batch.committed.is_set():  # else an earlier batch's commit covered it
+                run = self._durable_run(batch)
+                records = [r for b in run for r in b.records]
+                await self._retry("commit", lambda: self._committer.commit(records))
+                for b in run:
+                    b.committed.set()
             await self._hook("committed", result)
-            batch.committed.set()
             if self._on_committed is not None:
                 await self._on_committed(batch)
         except BaseException as exc:  # noqa: BLE001 - kept and raised in batch order
@@ -205,6 +229,16 @@ class CommitPipeline:
             self._in_flight.remove(batch)
             if not self._in_flight and self._on_drained is not None:
                 self._on_drained()
+
+    def _durable_run(self, batch: Batch) -> list[Batch]:
+        """``batch`` and the durable batches right after it: committed in one go."""
+        at = self._in_flight.index(batch)
+        run = [batch]
+        for later in self._in_flight[at + 1:]:
+            if not later.durable or later.committed.is_set():
+                break
+            run.append(later)
+        return run
 
     async def _confirm(self, batch: Batch) -> None:
         """The first attempt waits for the hand-over made at launch; a retry sends again."""

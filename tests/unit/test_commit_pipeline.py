@@ -111,8 +111,48 @@ async def test_batches_overlap_but_commit_in_order_and_only_after_their_acks() -
     assert committer.committed == []  # ... but nothing commits before batch 0
     sink.acks[0].set_result(None)
     await pipe.wait_in_flight()
-    assert committer.committed == [2, 4, 6]
+    assert committer.committed == [6]  # batches 1 and 2 were durable: one commit for all three
     assert pipe.failure is None and pipe.in_flight == 0
+
+
+async def test_a_batch_acknowledged_during_a_commit_is_committed_after_it() -> None:
+    log: list[str] = []
+    pipe, sink, committer = _pipeline(log)
+    release = asyncio.Event()
+    commit = committer.commit
+
+    async def slow_commit(records: Sequence[Any]) -> None:
+        await release.wait()
+        await commit(records)
+
+    committer.commit = slow_commit  # type: ignore[method-assign]
+    for first in (0, 2, 4):
+        await pipe.launch(_records(first))
+    sink.acks[0].set_result(None)
+    await _settle()  # batch 0's commit is under way ...
+    sink.acks[2].set_result(None)  # ... when batches 2 and 1 become durable
+    sink.acks[1].set_result(None)
+    await _settle()
+    release.set()
+    await pipe.wait_in_flight()
+    assert committer.committed == [2, 6]
+    assert pipe.failure is None
+
+
+async def test_a_failed_joint_commit_fails_every_batch_it_covered() -> None:
+    log: list[str] = []
+    pipe, sink, committer = _pipeline(log)
+
+    async def refuse(records: Sequence[Any]) -> None:
+        raise BrokerUnavailable("coordinator gone")
+
+    committer.commit = refuse  # type: ignore[method-assign]
+    batches = [await pipe.launch(_records(first)) for first in (0, 2)]
+    sink.acks[1].set_result(None)
+    sink.acks[0].set_result(None)
+    await pipe.wait_in_flight()
+    assert [b.failed for b in batches] == [True, True]
+    assert isinstance(pipe.failure, BrokerUnavailable)
 
 
 @pytest.mark.parametrize("step", ["decided", "produced", "committed"])
@@ -205,6 +245,31 @@ async def test_at_most_depth_batches_are_uncommitted() -> None:
         fut.set_result(None)
     await pipe.wait_in_flight()
     assert drained == [True]
+
+
+async def test_small_batches_overlap_up_to_the_record_budget() -> None:
+    log: list[str] = []
+    sink, committer = FakeSink(log), FakeCommitter(log)
+    pipe = CommitPipeline(FakeEngine(), sink, committer, depth=8, max_records=6)
+    for i in range(3):
+        await pipe.launch(_records(2 * i))  # 2 records each: 6 in flight
+    await asyncio.wait_for(pipe.wait_for_room(0), 1)  # an empty fetch always fits ...
+    room = asyncio.create_task(pipe.wait_for_room(2))  # ... two more records do not
+    await _settle()
+    assert not room.done()
+    sink.acks[0].set_result(None)
+    await asyncio.wait_for(room, 1)
+    assert pipe.in_flight == 2 and pipe.records_in_flight == 4
+    for fut in sink.acks[1:]:
+        fut.set_result(None)
+    await pipe.wait_in_flight()
+
+
+async def test_one_batch_always_fits_even_above_the_record_budget() -> None:
+    log: list[str] = []
+    pipe = CommitPipeline(FakeEngine(), FakeSink(log), FakeCommitter(log), depth=8,
+                          max_records=1)
+    await asyncio.wait_for(pipe.wait_for_room(500), 1)
 
 
 def test_depth_must_be_positive() -> None:
