@@ -198,7 +198,9 @@ class KafkaSink:
 
 class KafkaCommitter:
     """Step 2: the consumer commits the batch's offsets with the crash-loop guard's metadata (the
-    lag gauge follows from :meth:`~.hotpath.SignalLoop.refresh_lag`)."""
+    lag gauge follows from :meth:`~.hotpath.SignalLoop.refresh_lag`). The commit is sent, not
+    waited for: a lost one is covered by the next, and a revoke waits for the last
+    (:meth:`~.rdkafka.SignalConsumer.settle_commits`)."""
 
     def __init__(self, consumer: Callable[[], SignalConsumer | None], guard: CrashGuard,
                  metrics: WorkerMetrics) -> None:
@@ -220,5 +222,5 @@ class KafkaCommitter:
         if not offsets:
             return
         marked = {tp: (off, self._guard.metadata(tp, off)) for tp, off in offsets.items()}
-        with self._metrics.commit_seconds.time():
-            await consumer.commit(marked)  # BrokerUnavailable: retried
+        consumer.on_commit_answered = self._metrics.commit_seconds.observe
+        await consumer.commit(marked, wait=False)

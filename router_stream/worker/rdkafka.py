@@ -10,7 +10,12 @@ Threads, and why:
   a 4 s poll; during a callback ``assignment``, ``commit``, ``committed`` and ``pause`` alike).
   ``poll`` blocks for the first record (up to :data:`IDLE_WAIT_S`, in C, without the GIL) and
   ``consume(n, 0)`` takes what is buffered after it; commits, offset reads, pause, resume and
-  seek queue behind it.
+  seek queue behind it. A batch's offsets are committed without waiting for the coordinator (a
+  synchronous commit held the thread, and so every fetch, for a round trip per batch): one
+  commit is out at a time (librdkafka answers them one after the other anyway), the offsets of
+  the batches that become durable meanwhile are merged and sent when its answer comes to
+  ``on_commit`` (inside a ``poll``), and :meth:`SignalConsumer.settle_commits` commits and waits
+  for the last offsets before partitions are given up.
 - **rebalance**: librdkafka runs the callbacks inside ``poll``, on the consumer thread.
   ``on_revoke`` hands the drain to the event loop and, while it waits for it, runs the calls the
   drain queues (its commits) itself. The assignment is tracked here from the callbacks, never
@@ -137,7 +142,14 @@ class SignalConsumer:
         self._group = str(conf["group.id"])
         self._consumer = Consumer({**settings.librdkafka_config, **conf,
                                    **self._errors.config(), "enable.auto.commit": False,
-                                   "enable.auto.offset.store": False})
+                                   "enable.auto.offset.store": False,
+                                   "on_commit": self._on_commit})
+        # the commits sent without waiting, touched on the consumer thread only
+        self._last: dict[Partition, TopicPartition] = {}  # the newest offset, per partition
+        self._unsent: dict[Partition, TopicPartition] = {}  # newer than the commit that is out
+        self._out: tuple[tuple[tuple[str, int, int], ...], float] | None = None  # (key, sent at)
+        self.on_commit_answered: Callable[[float], None] | None = None
+        """Called (on the consumer thread) with the seconds a sent commit took to be answered."""
         self._loop = asyncio.get_running_loop()
         self._closed = False
         self._owned: frozenset[Partition] = frozenset()
@@ -233,12 +245,20 @@ class SignalConsumer:
         target = TopicPartition(tp.topic, tp.partition, offset)
         self._queue(lambda: self._consumer.seek(target))
 
-    async def commit(self, offsets: dict[Partition, tuple[int, str]]) -> bool:
+    async def commit(self, offsets: dict[Partition, tuple[int, str]], *, wait: bool = True
+                     ) -> bool:
         """Commit ``offset`` (with its metadata) per partition and wait for the broker. False
         when the group moved them away (the next owner re-processes from the last commit);
-        :class:`BrokerUnavailable` for anything else."""
+        :class:`BrokerUnavailable` for anything else.
+
+        ``wait=False`` returns True at once: the offsets go out with the next commit sent, a
+        failure is logged by ``on_commit`` and covered by the next commit, and
+        :meth:`settle_commits` confirms the last. Commits reach the coordinator in order."""
         tps = [TopicPartition(tp.topic, tp.partition, off, metadata=meta)
                for tp, (off, meta) in offsets.items()]
+        if not wait:
+            await self._call(lambda: self._commit_later(tps))
+            return True
         try:
             done = await self._call(lambda: self._consumer.commit(offsets=tps,
                                                                      asynchronous=False))
@@ -248,6 +268,47 @@ class SignalConsumer:
             if tp.error is not None:
                 return _commit_refused(tp.error, "committing offsets")
         return True
+
+    def _commit_later(self, tps: list[TopicPartition]) -> None:
+        """On the consumer thread: send now, or with the next commit if one is out."""
+        for tp in tps:
+            part = Partition(tp.topic, tp.partition)
+            self._last[part] = self._unsent[part] = tp
+        if self._out is None:
+            self._send_unsent()
+
+    def _send_unsent(self) -> None:
+        tps, self._unsent = list(self._unsent.values()), {}
+        if tps:
+            self._out = (_commit_key(tps), time.monotonic())
+            self._consumer.commit(offsets=tps, asynchronous=True)
+
+    def _on_commit(self, error: KafkaError | None, tps: list[TopicPartition]) -> None:
+        """librdkafka's answer to a commit, inside ``poll`` on the consumer thread."""
+        out = self._out
+        if out is not None and out[0] == _commit_key(tps):  # else a synchronous commit's
+            self._out = None
+            if self.on_commit_answered is not None:
+                self.on_commit_answered(time.monotonic() - out[1])
+            self._send_unsent()
+        errors = [error] if error is not None else [tp.error for tp in tps if tp.error]
+        for e in errors:
+            if e.code() != KafkaError._NO_OFFSET:
+                log.warning("an offset commit failed; the next commit covers it",
+                            extra={"error": e.str(), "rebalanced": is_rd_rebalanced_away(e)})
+
+    async def settle_commits(self, parts: Iterable[Partition]) -> bool:
+        """Commit the newest offsets of ``parts`` and wait for the answer: once it comes, every
+        commit sent before it was answered too (one coordinator, answering in order)."""
+        parts = set(parts)
+
+        def take_last() -> dict[Partition, tuple[int, str]]:
+            for tp in parts:
+                self._unsent.pop(tp, None)
+            return {tp: (t.offset, t.metadata or "") for tp in parts
+                    if (t := self._last.pop(tp, None)) is not None}
+        last = await self._call(take_last)
+        return await self.commit(last) if last else True
 
     async def committed(self, tps: Sequence[Partition]) -> dict[Partition, tuple[int | None, str]]:
         """The group's committed offset (None: none yet) and its metadata, per partition."""
@@ -346,6 +407,10 @@ def _commit_refused(error: KafkaError, what: str) -> bool:
     if error.code() == KafkaError._NO_OFFSET:
         return True
     raise BrokerUnavailable(f"{what}: {error.str()}")
+
+
+def _commit_key(tps: Iterable[TopicPartition]) -> tuple[tuple[str, int, int], ...]:
+    return tuple(sorted((tp.topic, tp.partition, tp.offset) for tp in tps))
 
 
 def _parts(tps: Iterable[TopicPartition]) -> set[Partition]:
