@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaException
@@ -31,7 +32,7 @@ from router_stream.core.outputs import BatchResult
 from router_stream.core.refusals import OutputKind
 from router_stream.errors import BrokerUnavailable, RouterError
 from router_stream.worker.produce_errors import TopicMissing, is_refusal
-from router_stream.worker.rdkafka import Delivered, OutputProducer
+from router_stream.worker.rdkafka import Delivered, DeliveryReports, OutputProducer
 
 RETRY = "router.retry"
 
@@ -70,22 +71,14 @@ class ProduceFailed(BrokerUnavailable):
 
 @dataclass
 class Deliveries:
-    """One batch's records handed to the producer (:func:`send_outputs`): a delivery future per
-    record, or the error that stopped the hand-over. :func:`settle_deliveries` completes step 1."""
+    """One batch's records handed to the producer (:func:`send_outputs`): where each went
+    (``sends``: destination or None, topic) and the broker's answers (``reports``), or the error
+    that stopped the hand-over. :func:`settle_deliveries` completes step 1."""
 
-    sends: list[tuple[str | None, str, asyncio.Future[Any]]]
+    sends: list[tuple[str | None, str]]
+    reports: DeliveryReports | None = None
     error: RouterError | None = None
-    dlq: list[asyncio.Future[Any]] = field(default_factory=list)  # the DLQ sends, in order
     producer: OutputProducer | None = None  # to ask whether a topic still exists
-
-    def dlq_positions(self) -> list[tuple[str, int, int]]:
-        """(topic, partition, offset) of each record sent to ``router.dlq``, in ``result.dlq``
-        order; only once :func:`settle_deliveries` succeeded."""
-        return [f.result() for f in self.dlq]
-
-    def dlq_positions_by_index(self) -> dict[int, tuple[str, int, int]]:
-        """As :meth:`dlq_positions`, by index in ``result.dlq``, for the records delivered."""
-        return {i: f.result() for i, f in enumerate(self.dlq) if f.exception() is None}
 
 
 async def send_outputs(
@@ -93,71 +86,66 @@ async def send_outputs(
 ) -> Deliveries:
     """The first half of step 1: hand every output record to the producer without waiting for a
     single acknowledgement, so the next batch can be decided while these are in flight. Never
-    raises a Kafka error: a failed hand-over is returned and raised by :func:`settle_deliveries`."""
-    sends: list[tuple[str | None, str, asyncio.Future[Any]]] = []
-    dlq: list[asyncio.Future[Any]] = []
-    send = _RefusingSend(producer)
+    raises a Kafka error: a failed hand-over is returned and raised by :func:`settle_deliveries`.
+
+    A record the broker can never accept (:func:`~.produce_errors.is_refusal`: too large,
+    invalid, not authorised) or whose topic does not exist is answered with its error at once
+    instead of stopping the hand-over, so :func:`settle_deliveries` can dead-letter that one."""
+    outputs = list(_outputs(topics, result))
+    missing = await _missing_topics(producer, {topic for _, topic, *_ in outputs})
+    reports = producer.reports(len(outputs))
+    hand_over = producer.hand_over
     try:
-        routed = topics.routed
-        for r in result.routed:
-            topic = routed(r.destination)
-            sends.append((r.destination, topic, await send(topic, r.value, r.key, r.headers)))
-        decisions = topics.decisions
-        traces = decision_traces(result)
-        for d in result.decisions:
-            sends.append((None, decisions, await send(decisions, d.to_json(), d.signal_id.encode(),
-                                                      traces.get(d.signal_id))))
-        for q in result.dlq:
-            dlq.append(await send(topics.dlq, q.entry.original_value, q.entry.original_key,
-                                  q.headers))
-            sends.append((None, topics.dlq, dlq[-1]))
-        for t in result.retries:
-            sends.append((None, topics.retry, await send(topics.retry, t.value, t.key, t.headers)))
-        for key, value in batch_events(result):
-            sends.append((None, topics.events, await send(topics.events, value, key, None)))
+        for i, (_, topic, value, key, headers) in enumerate(outputs):
+            if topic in missing:
+                reports.answer(i, TopicMissing(f"topic {topic} does not exist"))
+                continue
+            if value is None and key is None:
+                value = b""  # a tombstone without a key: Kafka needs one of the two
+            try:
+                hand_over(reports, i, topic, value, key, headers)
+            except KafkaException as exc:
+                if not is_refusal(exc):
+                    raise
+                reports.answer(i, exc)
     except KafkaException as exc:  # not a refusal: a full queue, the client failing
-        for *_, fut in sends:
-            fut.cancel()
-        return Deliveries([], BrokerUnavailable(f"sending: {exc!r}"))
-    return Deliveries(sends, dlq=dlq, producer=producer)
+        return Deliveries([], error=BrokerUnavailable(f"sending: {exc!r}"))
+    return Deliveries([(dest, topic) for dest, topic, *_ in outputs], reports,
+                      producer=producer)
+
+
+Output = tuple[str | None, str, bytes | None, bytes | None, list[tuple[str, bytes | None]] | None]
+"""(routed destination or None, topic, value, key, headers) of one record to send."""
+
+
+def _outputs(topics: OutputTopics, result: BatchResult) -> Iterator[Output]:
+    """Every record of ``result`` in the order of ``core.refusals.output_at``: routed,
+    decisions, DLQ, retries, then ``router.events``."""
+    routed = topics.routed
+    for r in result.routed:
+        yield r.destination, routed(r.destination), r.value, r.key, r.headers
+    decisions = topics.decisions
+    traces = decision_traces(result)
+    for d in result.decisions:
+        yield None, decisions, d.to_json(), d.signal_id.encode(), traces.get(d.signal_id)
+    for q in result.dlq:
+        yield None, topics.dlq, q.entry.original_value, q.entry.original_key, q.headers
+    for t in result.retries:
+        yield None, topics.retry, t.value, t.key, t.headers
+    for key, value in batch_events(result):
+        yield None, topics.events, value, key, None
+
+
+async def _missing_topics(producer: OutputProducer, names: set[str]) -> set[str]:
+    """The topics a broker answered do not exist (asked once per batch, from cached
+    metadata)."""
+    return {topic for topic in names if await producer.topic_missing(topic)}
 
 
 def decision_traces(result: BatchResult) -> dict[str, list[tuple[str, bytes | None]]]:
     """The trace-context headers of each decided signal, by signal id, from its routed records
     (the decision record carries the same context as the signal's routed copies)."""
     return {r.signal_id: r.headers for r in result.routed if r.headers}
-
-
-class _RefusingSend:
-    """``producer.send`` for one batch, except that a record the broker can never accept
-    (:func:`~router_stream.worker.produce_errors.is_refusal`: too large, invalid, not
-    authorised) or whose topic does not exist gets a failed delivery instead of stopping the
-    hand-over, so :func:`settle_deliveries` can dead-letter that one record."""
-
-    __slots__ = ("_producer", "_send", "_topics")
-
-    def __init__(self, producer: OutputProducer) -> None:
-        self._producer = producer
-        self._send = producer.send
-        self._topics: dict[str, bool] = {}  # topic -> exists, asked once per batch
-
-    async def __call__(self, topic: str, value: bytes | None, key: bytes | None,
-                       headers: list[tuple[str, bytes | None]] | None) -> asyncio.Future[Any]:
-        exists = self._topics.get(topic)
-        if exists is None:
-            exists = self._topics[topic] = not await self._producer.topic_missing(topic)
-        try:
-            if not exists:
-                raise TopicMissing(f"topic {topic} does not exist")
-            if value is None and key is None:
-                value = b""  # a tombstone without a key: Kafka needs one of the two
-            return self._send(topic, value, key, headers)
-        except (KafkaException, TopicMissing) as exc:
-            if not exists or is_refusal(exc):
-                failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-                failed.set_exception(exc)
-                return failed
-            raise
 
 
 async def send_alone(producer: OutputProducer, topics: OutputTopics, result: BatchResult,
@@ -179,8 +167,11 @@ async def send_alone(producer: OutputProducer, topics: OutputTopics, result: Bat
     else:
         t = result.retries[index]
         topic, value, key, headers = topics.retry, t.value, t.key, t.headers
-    fut = await _RefusingSend(producer)(topic, value, key, headers)
-    delivered: Delivered = await fut
+    if await producer.topic_missing(topic):
+        raise TopicMissing(f"topic {topic} does not exist")
+    if value is None and key is None:
+        value = b""  # a tombstone without a key: Kafka needs one of the two
+    delivered: Delivered = await producer.send(topic, value, key, headers)
     return delivered.topic, delivered.partition, delivered.offset
 
 
@@ -205,7 +196,7 @@ async def settle_deliveries(deliveries: Deliveries) -> list[Refusal]:
     refusals: list[Refusal] = []
     failed: dict[str, int] = {}
     first: BaseException | None = None
-    for i, ((dest, topic, _), outcome) in enumerate(zip(sends, outcomes, strict=True)):
+    for i, ((dest, topic), outcome) in enumerate(zip(sends, outcomes, strict=True)):
         if not isinstance(outcome, BaseException):
             continue
         if is_refusal(outcome):
@@ -228,36 +219,31 @@ back every partition that long."""
 
 
 async def _outcomes(deliveries: Deliveries) -> list[Any]:
-    """Each send's metadata or exception. A routed record still outstanding after
+    """Each send's delivered message or exception. A routed record still unanswered after
     :data:`STUCK_CHECK_S` whose topic is gone from fresh metadata fails with
     :class:`TopicMissing` at once (the producer may still deliver it if the topic comes back:
     at-least-once, as a retried batch would be)."""
-    futures = [f for *_, f in deliveries.sends]
+    reports = deliveries.reports
+    assert reports is not None
     producer = deliveries.producer
-    pending: set[asyncio.Future[Any]] = set(futures)
-    gone: dict[asyncio.Future[Any], TopicMissing] = {}
-    checked: dict[str, bool] = {}
-    while pending:
-        _, pending = await asyncio.wait(pending, timeout=None if producer is None
-                                        else STUCK_CHECK_S)
-        if not pending or producer is None:
+    gone: dict[int, TopicMissing] = {}
+    while not reports.done.done():
+        await asyncio.wait([reports.done], timeout=None if producer is None else STUCK_CHECK_S)
+        if reports.done.done() or producer is None:
             break
-        for dest, topic, f in deliveries.sends:
-            if f not in pending or dest is None:
+        pending = [i for i in reports.unanswered if i not in gone]
+        checked: dict[str, bool] = {}
+        for i in pending:
+            dest, topic = deliveries.sends[i]
+            if dest is None:
                 continue
             if topic not in checked:
                 checked[topic] = await producer.topic_missing(topic, fresh=True)
             if checked[topic]:
-                gone[f] = TopicMissing(f"topic {topic} does not exist")
-                pending.discard(f)
-        checked.clear()
-    return [gone[f] if f in gone else _outcome(f) for f in futures]
-
-
-def _outcome(f: asyncio.Future[Any]) -> Any:
-    if f.cancelled():
-        return asyncio.CancelledError()
-    return f.exception() or f.result()
+                gone[i] = TopicMissing(f"topic {topic} does not exist")
+        if all(i in gone for i in pending):
+            break
+    return [gone.get(i) or r for i, r in enumerate(reports.results)]
 
 
 def batch_events(result: BatchResult) -> list[tuple[bytes, bytes]]:
