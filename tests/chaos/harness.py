@@ -203,6 +203,20 @@ def _wait_dead(pid: int, timeout: float = 10) -> None:
     raise RuntimeError(f"process {pid} did not die")
 
 
+_ADMINS: dict[str, AdminClient] = {}
+
+
+def admin_client(bootstrap: str) -> AdminClient:
+    """One AdminClient per broker address for the life of the process, never released.
+    confluent-kafka completes admin futures on librdkafka's background thread; a client whose
+    last reference goes in a garbage collection that thread happens to run is destroyed from
+    its own thread, and librdkafka aborts the process (confluent-kafka-python #2129, #2131)."""
+    client = _ADMINS.get(bootstrap)
+    if client is None:
+        client = _ADMINS[bootstrap] = AdminClient({"bootstrap.servers": bootstrap})
+    return client
+
+
 # --- one scenario's isolated world ----------------------------------------------------------
 
 
@@ -271,7 +285,7 @@ class Run:
             with contextlib.suppress(Exception):
                 await _admin_sql(self.servers.database_url,
                                  f'DROP DATABASE IF EXISTS "{self._database}" WITH (FORCE)')
-        admin = AdminClient({"bootstrap.servers": self.servers.kafka_bootstrap})
+        admin = admin_client(self.servers.kafka_bootstrap)
         with contextlib.suppress(Exception):
             listed = await asyncio.to_thread(admin.list_topics, None, 30.0)
             names = [t for t in listed.topics if t.startswith(self.settings.topic_prefix)]
@@ -285,7 +299,7 @@ async def alter_topic(settings: Settings, topic: str, configs: dict[str, str | N
     (an incremental alter: the worker verifies the declared ones)."""
     entries = [ConfigEntry(k, v or "", incremental_operation=AlterConfigOpType.DELETE
                            if v is None else AlterConfigOpType.SET) for k, v in configs.items()]
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = admin_client(settings.kafka_bootstrap)
     futures = admin.incremental_alter_configs(
         [ConfigResource(ResourceType.TOPIC, topic, incremental_configs=entries)])
     await asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values()))
@@ -293,7 +307,7 @@ async def alter_topic(settings: Settings, topic: str, configs: dict[str, str | N
 
 async def topic_configs(settings: Settings, topic: str, *,
                         dynamic_only: bool = False) -> dict[str, str | None]:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = admin_client(settings.kafka_bootstrap)
     resource = ConfigResource(ResourceType.TOPIC, topic)
     entries = await asyncio.wrap_future(admin.describe_configs([resource])[resource])
     return {name: entry.value for name, entry in entries.items()
@@ -641,7 +655,7 @@ class CommitMonitor:
                 await self._task
 
     async def _loop(self) -> None:
-        admin = AdminClient({"bootstrap.servers": self.run.settings.kafka_bootstrap})
+        admin = admin_client(self.run.settings.kafka_bootstrap)
         while True:
             try:
                 current = await _group_offsets(admin, self.run.settings.group_id, 3.0)
@@ -677,7 +691,7 @@ async def _group_offsets(admin: AdminClient, group: str, timeout_s: float
 
 
 async def committed_offsets(run: Run) -> dict[TopicPartition, int]:
-    admin = AdminClient({"bootstrap.servers": run.settings.kafka_bootstrap})
+    admin = admin_client(run.settings.kafka_bootstrap)
     return await _group_offsets(admin, run.settings.group_id, 30.0)
 
 
