@@ -31,8 +31,8 @@ from router_stream.adapters.kafka_failures import RdkafkaLog, describe_rdkafka, 
 from router_stream.config import Settings
 from router_stream.errors import BrokerUnavailable, UserError
 
-__all__ = ["AckingProducer", "ClientThread", "RecordSender", "client_config", "cluster_with",
-           "connect", "group_committed_to_end", "reader"]
+__all__ = ["AckingProducer", "ClientThread", "Offsets", "RecordSender", "client_config",
+           "cluster_with", "connect", "end_offsets", "group_committed_to_end", "reader"]
 
 T = TypeVar("T")
 
@@ -193,25 +193,50 @@ async def cluster_with(thread: ClientThread, client: Any, settings: Settings,
     )
 
 
+Offsets = dict[tuple[str, int], int]
+"""An offset per (topic, partition)."""
+
+
 async def group_committed_to_end(thread: ClientThread, consumer: Consumer,
-                                 topics: Sequence[str]) -> bool:
+                                 topics: Sequence[str], until: Offsets | None = None) -> bool:
     """True when the consumer's GROUP committed up to the end of every partition of ``topics``
     (a member's own positions are not enough: one that died keeps its partitions until its
-    session times out). Remote calls, made in one turn of the client's thread (not one turn
+    session times out) — or, given ``until``, up to those offsets (a fixed target while others
+    keep producing). Remote calls, made in one turn of the client's thread (not one turn
     each, behind the consumer's fetches); False when the broker cannot say."""
     try:
-        return await thread.run(_committed_to_end, consumer, topics)
+        return await thread.run(_committed_to_end, consumer, topics, until)
     except KafkaException:
         return False
 
 
-def _committed_to_end(consumer: Consumer, topics: Sequence[str]) -> bool:
+async def end_offsets(thread: ClientThread, consumer: Consumer,
+                      topics: Sequence[str]) -> Offsets | None:
+    """The end offset of every partition of ``topics`` now; None when the broker cannot say."""
+    try:
+        return await thread.run(_end_offsets, consumer, topics)
+    except KafkaException:
+        return None
+
+
+def _partitions(consumer: Consumer, topics: Sequence[str]) -> list[TopicPartition]:
     listed = consumer.list_topics(None, 10.0).topics
-    tps = [TopicPartition(t, p) for t in topics if t in listed
-           for p in sorted(listed[t].partitions)]
+    return [TopicPartition(t, p) for t in topics if t in listed
+            for p in sorted(listed[t].partitions)]
+
+
+def _end_offsets(consumer: Consumer, topics: Sequence[str]) -> Offsets:
+    return {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, 10.0)[1]
+            for tp in _partitions(consumer, topics)}
+
+
+def _committed_to_end(consumer: Consumer, topics: Sequence[str], until: Offsets | None) -> bool:
+    tps = _partitions(consumer, topics)
     committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(tps, 10.0)}
     for tp in tps:
+        key = (tp.topic, tp.partition)
         start, end = consumer.get_watermark_offsets(tp, 10.0)
-        if end > start and committed[(tp.topic, tp.partition)] < end:  # none: a negative offset
+        target = end if until is None else min(end, until.get(key, start))
+        if target > start and committed[key] < target:  # none: a negative offset
             return False
     return True

@@ -35,8 +35,10 @@ from router_stream.adapters.kafka_io import fetch
 from router_stream.adapters.postgres.rows import decision_fields, dlq_row_from_record
 from router_stream.adapters.rdkafka import (
     ClientThread,
+    Offsets,
     client_config,
     connect,
+    end_offsets,
     group_committed_to_end,
 )
 from router_stream.config import DECISIONS, DLQ, EVENTS, Settings
@@ -46,6 +48,7 @@ from router_stream.errors import BrokerUnavailable, PolicyError, RouterError, Tr
 from router_stream.projection.metrics import ProjectionMetrics
 from router_stream.projection.writer import ProjectionBatch, WriteReport, write_batch
 from router_stream.worker.backoff import Backoff, retry_transient
+from router_stream.worker.hotpath import SESSION_TIMEOUT_MS
 
 log = logging.getLogger("router_stream.projection")
 
@@ -102,7 +105,10 @@ class Projection:
         consumer = Consumer(client_config(s, kafka_log, **{
             "group.id": s.projection_group_id, "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "client.id": "router-stream-persist",
-            "max.poll.interval.ms": 600_000, "fetch.wait.max.ms": 50}))
+            "max.poll.interval.ms": 600_000, "fetch.wait.max.ms": 50,
+            # the worker's: a member that died with its worker (`worker --persist`) holds the
+            # group's rebalance, and every row, only that long (librdkafka's default is 45 s)
+            "session.timeout.ms": SESSION_TIMEOUT_MS, "heartbeat.interval.ms": 2_000}))
         try:
             await connect(self._thread, consumer, kafka_log, s)
             await self._thread.run(consumer.subscribe, list(self._topics))
@@ -230,6 +236,19 @@ class Projection:
                                   or ahead.exception() is not None or ahead.result()[0]):
             return False  # records read ahead, not written yet
         return await group_committed_to_end(self._thread, consumer, list(self._topics))
+
+    async def end_offsets(self) -> Offsets | None:
+        """Where our topics end now (None before the consumer is up or when the broker cannot
+        say): a fixed target for :meth:`written_through` while others keep producing."""
+        consumer = self.consumer
+        return None if consumer is None else await end_offsets(
+            self._thread, consumer, list(self._topics))
+
+    async def written_through(self, ends: Offsets) -> bool:
+        """True when the GROUP committed every record before ``ends``: all of them written."""
+        consumer = self.consumer
+        return consumer is not None and await group_committed_to_end(
+            self._thread, consumer, list(self._topics), until=ends)
 
     # --- one batch ---------------------------------------------------------------------------
 

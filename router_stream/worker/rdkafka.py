@@ -343,9 +343,14 @@ class SignalConsumer:
         try:
             return await self._loop.run_in_executor(None, ask)
         except KafkaException as exc:
+            self._admin = None
             raise BrokerUnavailable(f"reading committed offsets: {exc!r}") from exc
 
     def _admin_client(self) -> AdminClient:
+        """Made again after a failed call: after a broker restart, librdkafka's admin client
+        failed every ``list_offsets`` with FENCED_LEADER_EPOCH (its cached leader epochs) for
+        minutes — burst mode never saw its lag again, the lag gauge froze — where a new client
+        answers at once."""
         if self._admin is None:
             self._admin = AdminClient(self._admin_conf)
         return self._admin
@@ -369,6 +374,7 @@ class SignalConsumer:
             low = await self._loop.run_in_executor(None, ask, _EARLIEST)
             high = await self._loop.run_in_executor(None, ask, _LATEST)
         except KafkaException as exc:
+            self._admin = None
             raise BrokerUnavailable(f"reading end offsets: {exc!r}") from exc
         return {tp: (low[tp], high[tp]) for tp in tps}
 

@@ -358,11 +358,15 @@ class RouterWorker:
     async def _drain_projection(self) -> None:
         """``worker --persist``: let the projection write what this worker produced, within
         the drain deadline; what is left is written by the next projection run (nothing is
-        lost either way: it is on Kafka, and offsets were committed only for what was written)."""
+        lost either way: it is on Kafka, and offsets were committed only for what was written).
+        The target is where the topics end now, after our last output: under load the other
+        workers keep producing, and a moving end would hold the drain to its deadline."""
         assert self._projection_task is not None and self.projection is not None
         deadline = (self._drain_deadline or time.monotonic()) - 3.0  # room for the rest of stop()
+        ends = None
         while not self._projection_task.done() and time.monotonic() < deadline:
-            if await self.projection.caught_up():
+            ends = ends or await self.projection.end_offsets()
+            if ends is not None and await self.projection.written_through(ends):
                 return
             await asyncio.sleep(0.05)
 

@@ -35,7 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 # confluent_kafka.admin re-exports these without an __all__, which mypy does not follow
@@ -203,6 +203,20 @@ def _wait_dead(pid: int, timeout: float = 10) -> None:
     raise RuntimeError(f"process {pid} did not die")
 
 
+_ADMINS: dict[str, AdminClient] = {}
+
+
+def admin_client(bootstrap: str) -> AdminClient:
+    """One AdminClient per broker address for the life of the process, never released.
+    confluent-kafka completes admin futures on librdkafka's background thread; a client whose
+    last reference goes in a garbage collection that thread happens to run is destroyed from
+    its own thread, and librdkafka aborts the process (confluent-kafka-python #2129, #2131)."""
+    client = _ADMINS.get(bootstrap)
+    if client is None:
+        client = _ADMINS[bootstrap] = AdminClient({"bootstrap.servers": bootstrap})
+    return client
+
+
 # --- one scenario's isolated world ----------------------------------------------------------
 
 
@@ -271,7 +285,7 @@ class Run:
             with contextlib.suppress(Exception):
                 await _admin_sql(self.servers.database_url,
                                  f'DROP DATABASE IF EXISTS "{self._database}" WITH (FORCE)')
-        admin = AdminClient({"bootstrap.servers": self.servers.kafka_bootstrap})
+        admin = admin_client(self.servers.kafka_bootstrap)
         with contextlib.suppress(Exception):
             listed = await asyncio.to_thread(admin.list_topics, None, 30.0)
             names = [t for t in listed.topics if t.startswith(self.settings.topic_prefix)]
@@ -285,7 +299,7 @@ async def alter_topic(settings: Settings, topic: str, configs: dict[str, str | N
     (an incremental alter: the worker verifies the declared ones)."""
     entries = [ConfigEntry(k, v or "", incremental_operation=AlterConfigOpType.DELETE
                            if v is None else AlterConfigOpType.SET) for k, v in configs.items()]
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = admin_client(settings.kafka_bootstrap)
     futures = admin.incremental_alter_configs(
         [ConfigResource(ResourceType.TOPIC, topic, incremental_configs=entries)])
     await asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values()))
@@ -293,7 +307,7 @@ async def alter_topic(settings: Settings, topic: str, configs: dict[str, str | N
 
 async def topic_configs(settings: Settings, topic: str, *,
                         dynamic_only: bool = False) -> dict[str, str | None]:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = admin_client(settings.kafka_bootstrap)
     resource = ConfigResource(ResourceType.TOPIC, topic)
     entries = await asyncio.wrap_future(admin.describe_configs([resource])[resource])
     return {name: entry.value for name, entry in entries.items()
@@ -641,21 +655,24 @@ class CommitMonitor:
                 await self._task
 
     async def _loop(self) -> None:
-        admin = AdminClient({"bootstrap.servers": self.run.settings.kafka_bootstrap})
-        while True:
-            try:
-                current = await _group_offsets(admin, self.run.settings.group_id, 3.0)
-                now = time.time()
-                for tp, off in current.items():
-                    prev = self._last.get(tp)
-                    if prev is not None and off < prev:
-                        self.regressions.append(f"{tp.topic}[{tp.partition}] {prev} -> {off} "
-                                                f"at {now:.3f}")
-                self._last.update(current)
-                self.samples.append((now, current))
-            except Exception:  # noqa: BLE001,S110 - the broker may be down on purpose
-                pass
-            await asyncio.sleep(self.every)
+        offsets = GroupOffsets(self.run)
+        try:
+            while True:
+                try:
+                    current = await offsets.read(3.0)
+                    now = time.time()
+                    for tp, off in current.items():
+                        prev = self._last.get(tp)
+                        if prev is not None and off < prev:
+                            self.regressions.append(f"{tp.topic}[{tp.partition}] {prev} -> "
+                                                    f"{off} at {now:.3f}")
+                    self._last.update(current)
+                    self.samples.append((now, current))
+                except Exception:  # noqa: BLE001,S110 - the broker may be down on purpose
+                    pass
+                await asyncio.sleep(self.every)
+        finally:
+            await offsets.close()
 
     def at(self, t: float) -> dict[TopicPartition, int]:
         """The last sample taken at or before ``t``."""
@@ -667,18 +684,44 @@ class CommitMonitor:
         return best
 
 
-async def _group_offsets(admin: AdminClient, group: str, timeout_s: float
-                         ) -> dict[TopicPartition, int]:
-    request = [ConsumerGroupTopicPartitions(group)]
-    futures = admin.list_consumer_group_offsets(request, request_timeout=timeout_s)
-    answer = await asyncio.wait_for(asyncio.wrap_future(futures[group]), timeout_s + 1)
-    return {TopicPartition(tp.topic, tp.partition): tp.offset
-            for tp in answer.topic_partitions or () if tp.offset >= 0}
+class GroupOffsets:
+    """The run's group's committed offsets on its input topics, read by a consumer that carries
+    the group's id but never joins it (an OffsetFetch, nothing else). Not through the admin
+    client's ListConsumerGroupOffsets: with the broker SIGKILLed (scenario 2) librdkafka 2.16
+    aborted this process in it (``rd_kafka_enq_once_del_source_return: Assertion
+    `eonce->refcnt > 0' failed``)."""
+
+    def __init__(self, run: Run) -> None:
+        self._topics = [run.topic(SIGNALS), run.topic("router.retry")]
+        self._consumer = Consumer({"bootstrap.servers": run.settings.kafka_bootstrap,
+                                   "group.id": run.settings.group_id,
+                                   "enable.auto.commit": False})
+        self._tps: list[TopicPartition] | None = None
+        self._thread = ClientThread("chaos-offsets")
+
+    async def read(self, timeout_s: float) -> dict[TopicPartition, int]:
+        return await self._thread.run(self._read, timeout_s)
+
+    def _read(self, timeout_s: float) -> dict[TopicPartition, int]:
+        if self._tps is None:
+            listed = self._consumer.list_topics(None, timeout_s).topics
+            self._tps = [TopicPartition(t, p) for t in self._topics if t in listed
+                         for p in sorted(listed[t].partitions)]
+        found = self._consumer.committed(self._tps, timeout_s)
+        return {TopicPartition(tp.topic, tp.partition): tp.offset for tp in found
+                if tp.offset >= 0}
+
+    async def close(self) -> None:
+        await self._thread.run(self._consumer.close)
+        self._thread.close()
 
 
 async def committed_offsets(run: Run) -> dict[TopicPartition, int]:
-    admin = AdminClient({"bootstrap.servers": run.settings.kafka_bootstrap})
-    return await _group_offsets(admin, run.settings.group_id, 30.0)
+    offsets = GroupOffsets(run)
+    try:
+        return await offsets.read(30.0)
+    finally:
+        await offsets.close()
 
 
 async def group_lag(run: Run) -> int:

@@ -598,6 +598,8 @@ async def sigterm_under_load(servers: Servers, workdir: Path, quick: bool = Fals
         for victim, at_rows in ((a, backlog // 4), (b, backlog // 2 + paced // 3)):
             await wait_for(lambda n=at_rows: _rows_at_least(run, n), 120, f"{at_rows} rows")
             sent = victim.send(signal.SIGTERM)
+            row.check(not task.done(), f"{victim.name} was stopped after the stream ended, not "
+                                       "under load")
             rc = await victim.wait(40)
             took = time.time() - sent
             terms.append(sent)

@@ -106,7 +106,9 @@ class Verdict:
     state_equal: bool | None = None
     state_detail: str = ""
     tail_decisions_checked: int = 0
-    rows_by_partition: dict[int, list[float]] = field(default_factory=dict)  # created_at epochs
+    # per input partition, when each of its records was decided (a decision's decided_at, a
+    # DLQ entry's first failure): the workers' progress, not the projection's
+    decided_by_partition: dict[int, list[float]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -133,9 +135,11 @@ class Verdict:
         return out
 
     def recovery_after(self, t: float) -> float | None:
-        """Longest time any input partition waited after ``t`` for its next persisted row."""
+        """Longest time any input partition waited after ``t`` for its next record to be
+        decided (routed or dead-lettered) — until every partition, the dead worker's included,
+        made progress again. Partitions without a record after ``t`` do not count."""
         waits = []
-        for stamps in self.rows_by_partition.values():
+        for stamps in self.decided_by_partition.values():
             after = [s for s in stamps if s > t]
             if after:
                 waits.append(min(after) - t)
@@ -163,22 +167,22 @@ async def verify(run: Run, items: list[Item], *, check_state: bool = True,
     v.sent = len(coords)
 
     decisions = await fetch(run, "SELECT signal_id, kind, destinations, input_topic,"
-                                 " input_partition, input_offset, created_at"
+                                 " input_partition, input_offset, decided_at"
                                  " FROM routing_decisions")
     dlq_rows = await fetch(run, "SELECT reason, original_topic, original_partition,"
-                                " original_offset, signal_id, created_at FROM dlq_entries")
+                                " original_offset, signal_id, first_failed_at FROM dlq_entries")
     v.decisions, v.dlq = len(decisions), len(dlq_rows)
     at: dict[tuple[int, int], list[str]] = defaultdict(list)
     by_partition: dict[int, list[float]] = defaultdict(list)
     for d in decisions:
         if d["input_topic"] == signals_topic:
             at[(d["input_partition"], d["input_offset"])].append(d["kind"])
-            by_partition[d["input_partition"]].append(d["created_at"].timestamp())
+            by_partition[d["input_partition"]].append(d["decided_at"].timestamp())
     for q in dlq_rows:
         if q["original_topic"] == signals_topic:
             at[(q["original_partition"], q["original_offset"])].append(q["reason"])
-            by_partition[q["original_partition"]].append(q["created_at"].timestamp())
-    v.rows_by_partition = {p: sorted(s) for p, s in by_partition.items()}
+            by_partition[q["original_partition"]].append(q["first_failed_at"].timestamp())
+    v.decided_by_partition = {p: sorted(s) for p, s in by_partition.items()}
 
     known: set[tuple[int, int]] = set()
     for idx, cs in coords.items():

@@ -145,3 +145,36 @@ async def test_a_dlq_entry_for_a_refused_output_replaces_the_decision_of_its_inp
     dead = {r["original_offset"] for r in await fetch(s, "SELECT original_offset FROM dlq_entries")}
     assert decided == {2}  # an ordinary late DLQ record still loses to the earlier decision
     assert dead == {1, 3}
+
+
+async def test_written_through_a_fixed_target_while_others_keep_producing(settings, tmp_path):
+    """A draining worker waits for the projection to write what was on the topics when it
+    stopped routing, not for an end that other workers keep moving."""
+    from router_stream.projection import Projection
+
+    s = await prepare(settings, tmp_path)
+    await produce(s, DECISIONS, [(b"k", _decision(i)) for i in range(5)])
+    projection = Projection(s, http=False)
+    await projection.start()
+    ends = await projection.end_offsets()
+    assert ends is not None and sum(ends.values()) == 5
+    assert not await projection.written_through(ends)  # nothing written yet
+
+    async def others_keep_producing() -> None:
+        i = 5
+        while True:
+            await produce(s, DECISIONS, [(b"k", _decision(i))])
+            i += 1
+
+    more = asyncio.create_task(others_keep_producing())
+    running = asyncio.create_task(projection.run())
+    try:
+        async with asyncio.timeout(30):
+            while not await projection.written_through(ends):
+                await asyncio.sleep(0.05)
+    finally:
+        more.cancel()
+        projection.request_stop()
+        await running
+    ids = {r["signal_id"] for r in await fetch(s, "SELECT signal_id FROM routing_decisions")}
+    assert {f"s-{i}" for i in range(5)} <= ids
