@@ -41,7 +41,6 @@ from typing import Any, NamedTuple
 
 from confluent_kafka import (
     Consumer,
-    ConsumerGroupTopicPartitions,
     KafkaError,
     KafkaException,
     Message,
@@ -143,6 +142,9 @@ class SignalConsumer:
         self._errors = ConnectErrors(settings)
         self._admin_conf: dict[str, str | int | float | bool] = {**settings.librdkafka_config}
         self._admin: AdminClient | None = None
+        self._reader: Consumer | None = None  # reads the group's offsets, never joins
+        self._reader_thread = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="router-offsets")
         self._group = str(conf["group.id"])
         self._consumer = Consumer({**settings.librdkafka_config, **conf,
                                    **self._errors.config(), "enable.auto.commit": False,
@@ -325,26 +327,30 @@ class SignalConsumer:
                                                   t.metadata or "") for t in found}
 
     async def group_offsets(self, tps: Sequence[Partition]) -> dict[Partition, int | None]:
-        """The group's committed offsets (None: none yet), through the admin client: for the
-        lag gauge and burst mode's checks. On the consumer, ``committed`` waits while the group
+        """The group's committed offsets (None: none yet), for the lag gauge and burst mode's
+        checks: an OffsetFetch by a second consumer that carries the group's id but never
+        joins, on a thread of its own. On the member itself, ``committed`` waits while the group
         rebalances, holding the consumer thread — and so the rebalance itself — for its whole
-        timeout."""
+        timeout; and the admin client's ListConsumerGroupOffsets aborted a process inside
+        librdkafka 2.16 while the broker was down (``rd_kafka_enq_once_del_source_return``
+        assertion, chaos scenario 2)."""
         if not tps:
             return {}
-        admin = self._admin_client()
-        group = self._group
-
-        def ask() -> dict[Partition, int | None]:
-            request = ConsumerGroupTopicPartitions(group, _tps(tps))
-            (future,) = admin.list_consumer_group_offsets(
-                [request], request_timeout=CALL_TIMEOUT_S).values()
-            return {Partition(t.topic, t.partition): None if t.offset < 0 else t.offset
-                    for t in future.result().topic_partitions}
+        reader = self._offset_reader()
         try:
-            return await self._loop.run_in_executor(None, ask)
+            found = await self._loop.run_in_executor(
+                self._reader_thread, lambda: reader.committed(_tps(tps), timeout=CALL_TIMEOUT_S))
         except KafkaException as exc:
-            self._admin = None
             raise BrokerUnavailable(f"reading committed offsets: {exc!r}") from exc
+        return {Partition(t.topic, t.partition): None if t.offset < 0 else t.offset
+                for t in found}
+
+    def _offset_reader(self) -> Consumer:
+        if self._reader is None:
+            self._reader = Consumer({**self._admin_conf, "group.id": self._group,
+                                     "enable.auto.commit": False,
+                                     "client.id": "router-stream-offsets"})
+        return self._reader
 
     def _admin_client(self) -> AdminClient:
         """Made again after a failed call: after a broker restart, librdkafka's admin client
@@ -397,6 +403,10 @@ class SignalConsumer:
         finally:
             self._closed = True
             self._jobs.put(None)
+            reader, self._reader = self._reader, None
+            if reader is not None:
+                await self._loop.run_in_executor(self._reader_thread, reader.close)
+            self._reader_thread.shutdown(wait=False)
 
 
 
