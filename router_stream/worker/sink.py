@@ -13,13 +13,15 @@ are translated here into the project's tree (``raise ... from exc``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from confluent_kafka import KafkaException
 
-from router_stream.config import DECISIONS, DLQ, EVENTS, Settings
+from router_stream.config import DECISIONS, DLQ, EVENTS, OUTCOMES, Settings
 from router_stream.core.events import (
     BreakerTransitionEvent,
     PolicyStatusEvent,
@@ -32,6 +34,8 @@ from router_stream.core.refusals import OutputKind
 from router_stream.errors import BrokerUnavailable, RouterError
 from router_stream.worker.produce_errors import TopicMissing, is_refusal
 from router_stream.worker.rdkafka import Delivered, OutputProducer
+
+log = logging.getLogger("router_stream.worker")
 
 RETRY = "router.retry"
 
@@ -201,7 +205,7 @@ async def settle_deliveries(deliveries: Deliveries) -> list[Refusal]:
     if deliveries.error is not None:
         raise deliveries.error
     sends = deliveries.sends
-    outcomes = await _outcomes(deliveries)
+    outcomes = await delivery_outcomes(deliveries)
     refusals: list[Refusal] = []
     failed: dict[str, int] = {}
     first: BaseException | None = None
@@ -227,7 +231,7 @@ producer retries a topic deleted under it until its request timeout (30 s), and 
 back every partition that long."""
 
 
-async def _outcomes(deliveries: Deliveries) -> list[Any]:
+async def delivery_outcomes(deliveries: Deliveries) -> list[Any]:
     """Each send's metadata or exception. A routed record still outstanding after
     :data:`STUCK_CHECK_S` whose topic is gone from fresh metadata fails with
     :class:`TopicMissing` at once (the producer may still deliver it if the topic comes back:
@@ -258,6 +262,21 @@ def _outcome(f: asyncio.Future[Any]) -> Any:
     if f.cancelled():
         return asyncio.CancelledError()
     return f.exception() or f.result()
+
+
+def report_failed_routes(producer: OutputProducer, settings: Settings,
+                         routes: list[tuple[str, str]], now: float) -> None:
+    """A refused route is a failed delivery to that destination: reported on ``outcomes``
+    like any other, so every worker's breaker for it sees the failure (the state stays a
+    fold of the state topics). Best effort: the DLQ entry is what must not be lost."""
+    topic = settings.topic(OUTCOMES)
+    for dest, signal_id in routes:
+        value = orjson.dumps({"signal_id": signal_id, "destination": dest, "ok": False,
+                              "ts": int(now * 1000)})
+        try:
+            producer.send(topic, value, dest.encode())
+        except KafkaException as exc:
+            log.warning("could not report a refused route", extra={"error": repr(exc)})
 
 
 def batch_events(result: BatchResult) -> list[tuple[bytes, bytes]]:
