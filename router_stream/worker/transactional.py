@@ -275,7 +275,9 @@ class TransactionalOutputs:
             raise self._error("committing the transaction", exc) from exc
         if error.retriable() and not error.txn_requires_abort():
             raise BrokerUnavailable(f"committing the transaction: {error.str()}") from exc
-        if is_rd_rebalanced_away(error):
+        # (not _STATE: that is the producer's own state.) The partitions' next owner, or this
+        # member after the eager rebalance, starts again from the committed offset.
+        if is_rd_rebalanced_away(error) and error.name() != "_STATE":
             await self._drop(f"the group moved the partitions away ({error.name()})")
             return
         await self._abort()
