@@ -11,6 +11,9 @@ Commit order, per batch (a crash at any point re-processes the batch; it never l
       ▼
     2. commit    the batch's input offsets (last offset + 1 per partition)
 
+``exactly_once`` mode: steps 1 and 2 are one Kafka transaction per batch, one batch at a time
+(:mod:`.transactional`); the rest of this docstring describes the default, at-least-once.
+
 Nothing on this path waits for Postgres: it is a projection of router.decisions, router.dlq and
 router.events written by its own consumer group (``router-stream persist``,
 :mod:`router_stream.projection`), so a database outage delays the audit, never a routed signal.
