@@ -539,7 +539,8 @@ async def run_bench(profile: Profile, bootstrap: str, database_url: str, out_dir
                 else:
                     runnable.append(c)
             # the floor only needs one latency window; the worker needs ~10 s to start
-            weights = [{"floor": 0.4, "router_pg": 1.4, "router_nopg": 1.4}.get(c.key, 1.0)
+            weights = [{"floor": 0.4, "router_pg": 1.4, "router_nopg": 1.4,
+                        "router_eos": 1.4}.get(c.key, 1.0)
                        for c in runnable]
             for i, c in enumerate(runnable):
                 share = (io_deadline - time.monotonic()) * weights[i] / sum(weights[i:])
