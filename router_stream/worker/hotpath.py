@@ -431,9 +431,13 @@ class SignalLoop:
             tps = await consumer.partitions_of(self.input_topics)
             marks = await consumer.watermarks(tps)
             committed = await consumer.group_offsets(tps)
+            # ours, with nothing in flight: the position passes a transaction's commit marker
+            # (router.retry in exactly_once), which a committed offset never does
+            owned = [tp for tp in tps if tp in consumer.assignment()] if not self.in_flight else []
+            positions = await consumer.positions(owned) if owned else {}
         except BrokerUnavailable:
             return False
-        return all(high <= low or (committed.get(tp) or 0) >= high
+        return all(high <= low or max(committed.get(tp) or 0, positions.get(tp) or 0) >= high
                    for tp, (low, high) in marks.items())
 
 
