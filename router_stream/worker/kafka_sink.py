@@ -19,7 +19,6 @@ from router_stream.core.refusals import (
     Refused,
     as_reference,
     output_at,
-    settle_refusals,
 )
 from router_stream.errors import BrokerUnavailable
 from router_stream.worker.crashguard import CrashGuard
@@ -31,6 +30,7 @@ from router_stream.worker.sink import (
     Deliveries,
     OutputTopics,
     Refusal,
+    dead_letter_refused,
     report_failed_routes,
     send_alone,
     send_outputs,
@@ -134,12 +134,7 @@ class KafkaSink:
             refused.append(Refused(kind, index, r.topic, repr(error)))
         if not refused:
             return
-        log.error("the broker refused records for good; their signals go to the DLQ",
-                  extra={"refused": {r.topic: r.error for r in refused}})
-        repair = settle_refusals(result, batch.records, refused, batch.now,
-                                 self._settings.group_id)
-        for dest, _ in repair.failed_routes:
-            self._metrics.routing_errors.labels(dest).inc()
+        repair = dead_letter_refused(batch, refused, self._settings, self._metrics)
         await self._send_repair(repair.dlq)
         if repair.dlq:  # some may have become references on the way
             result.dlq[-len(repair.dlq):] = repair.dlq

@@ -30,8 +30,10 @@ from router_stream.core.events import (
     encode_event,
 )
 from router_stream.core.outputs import BatchResult
-from router_stream.core.refusals import OutputKind
+from router_stream.core.refusals import OutputKind, Refused, Repair, settle_refusals
 from router_stream.errors import BrokerUnavailable, RouterError
+from router_stream.worker.metrics import WorkerMetrics
+from router_stream.worker.pipeline import Batch
 from router_stream.worker.produce_errors import TopicMissing, is_refusal
 from router_stream.worker.rdkafka import Delivered, OutputProducer
 
@@ -262,6 +264,19 @@ def _outcome(f: asyncio.Future[Any]) -> Any:
     if f.cancelled():
         return asyncio.CancelledError()
     return f.exception() or f.result()
+
+
+def dead_letter_refused(batch: Batch, refused: list[Refused], settings: Settings,
+                        metrics: WorkerMetrics) -> Repair:
+    """Rewrite the batch so the outputs the broker refused for good are out of it and their
+    inputs dead-lettered (:func:`~router_stream.core.refusals.settle_refusals`); a refused
+    route counts as a routing error of its destination."""
+    log.error("the broker refused records for good; their signals go to the DLQ",
+              extra={"refused": {r.topic: r.error for r in refused}})
+    repair = settle_refusals(batch.result, batch.records, refused, batch.now, settings.group_id)
+    for dest, _ in repair.failed_routes:
+        metrics.routing_errors.labels(dest).inc()
+    return repair
 
 
 def report_failed_routes(producer: OutputProducer, settings: Settings,

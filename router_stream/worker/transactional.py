@@ -46,7 +46,7 @@ from router_stream.adapters.kafka_failures import is_rd_rebalanced_away
 from router_stream.config import Settings
 from router_stream.core.models import InboundRecord
 from router_stream.core.outputs import BatchResult
-from router_stream.core.refusals import Refused, output_at, settle_refusals
+from router_stream.core.refusals import Refused, output_at
 from router_stream.errors import BrokerUnavailable, ProducerFenced, RouterError
 from router_stream.worker.crashguard import CrashGuard
 from router_stream.worker.metrics import WorkerMetrics
@@ -57,6 +57,7 @@ from router_stream.worker.sink import (
     Deliveries,
     OutputTopics,
     Refusal,
+    dead_letter_refused,
     delivery_outcomes,
     report_failed_routes,
     send_alone,
@@ -214,12 +215,7 @@ class TransactionalOutputs:
             _drop_events(result, events)
         if not refused:
             return
-        log.error("the broker refused records for good; their signals go to the DLQ",
-                  extra={"refused": {r.topic: r.error for r in refused}})
-        repair = settle_refusals(result, batch.records, refused, batch.now,
-                                 self._settings.group_id)
-        for dest, _ in repair.failed_routes:
-            self._metrics.routing_errors.labels(dest).inc()
+        repair = dead_letter_refused(batch, refused, self._settings, self._metrics)
         side = self._side_producer()
         if side is not None:
             report_failed_routes(side, self._settings, repair.failed_routes, batch.now)
