@@ -229,7 +229,8 @@ class Projection:
         if ahead is not None and (not ahead.done() or ahead.cancelled()
                                   or ahead.exception() is not None or ahead.result()[0]):
             return False  # records read ahead, not written yet
-        return await group_committed_to_end(self._thread, consumer, list(self._topics))
+        return await group_committed_to_end(self._thread, consumer, list(self._topics),
+                                            self.settings)
 
     # --- one batch ---------------------------------------------------------------------------
 

@@ -106,3 +106,23 @@ async def test_a_zombie_fenced_by_a_newer_instance_never_becomes_visible(setting
     await worker(s.model_copy(update={"worker_id": "eos-b"}), http=False).run_until_idle(1.0)
     per_input, routed = await outputs(s)
     assert_exactly_once(per_input, routed, coords)
+
+
+async def test_only_transaction_markers_past_a_committed_offset_count_as_caught_up(
+        settings, topic_factory, test_id):
+    from router_stream.adapters.rdkafka import only_markers_between
+
+    topic = await topic_factory("txn-out")
+
+    def write_one_transaction() -> None:
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap,
+                             "transactional.id": f"tx-{test_id}"})
+        producer.init_transactions(30)
+        producer.begin_transaction()
+        for i in range(5):
+            producer.produce(topic, f"r{i}".encode())
+        producer.commit_transaction(30)  # records at offsets 0-4, the commit marker at 5
+
+    await asyncio.to_thread(write_one_transaction)
+    assert await asyncio.to_thread(only_markers_between, settings, {(topic, 0): (5, 6)})
+    assert not await asyncio.to_thread(only_markers_between, settings, {(topic, 0): (4, 6)})
