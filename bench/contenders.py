@@ -7,7 +7,8 @@ started as a subprocess, which topics carry its output, and how it is cleaned up
     faust        bench/naive_faust_app.py worker   signals -> out
     router_pg    router-stream worker              signals -> routed.<d> / router.dlq, Postgres on
     router_nopg  router-stream worker              the same with Postgres persistence off
-    router_eos   router-stream worker              Postgres off, ROUTER_PROCESSING_GUARANTEE=
+    router_eos   router-stream worker              (full runs, or --only) Postgres off,
+                                                   ROUTER_PROCESSING_GUARANTEE=
                                                    exactly_once (measured by a read_committed
                                                    consumer: a batch counts once committed)
 
