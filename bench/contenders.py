@@ -7,6 +7,10 @@ started as a subprocess, which topics carry its output, and how it is cleaned up
     faust        bench/naive_faust_app.py worker   signals -> out
     router_pg    router-stream worker              signals -> routed.<d> / router.dlq, Postgres on
     router_nopg  router-stream worker              the same with Postgres persistence off
+    router_eos   router-stream worker              (full runs, or --only) Postgres off,
+                                                   ROUTER_PROCESSING_GUARANTEE=
+                                                   exactly_once (measured by a read_committed
+                                                   consumer: a batch counts once committed)
 
 Every contender gets its own topic prefix ``bench-<run>.<key>.`` and consumer group; the input
 topics have PARTITIONS partitions (the count topics/topics.yaml declares for ``signals``, which
@@ -185,9 +189,11 @@ class RouterStream(Contender):
     """``router-stream worker`` with bench/bench_policy.yaml; with Postgres on, the projection
     (``router-stream persist``) runs as its own process beside it, as deployed."""
 
-    def __init__(self, *args: Any, persist: bool, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, persist: bool, exactly_once: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.persist = persist
+        self.exactly_once = exactly_once
         self.database = f"bench_{self.run_id}_{self.key}"
         self.database_url = ""
 
@@ -245,6 +251,8 @@ class RouterStream(Contender):
             env["ROUTER_DATABASE_URL"] = self.database_url
         if not self.persist:
             env[f"ROUTER_{PERSIST_SETTING.upper()}"] = "false"
+        if self.exactly_once:
+            env["ROUTER_PROCESSING_GUARANTEE"] = "exactly_once"
         return env
 
     async def cleanup(self, database_url: str) -> None:
@@ -271,4 +279,6 @@ def io_contenders(run_id: str, bootstrap: str) -> list[Contender]:
                      run_id, bootstrap, persist=True),
         RouterStream("router_nopg", "router-stream, Postgres off", run_id, bootstrap,
                      persist=False),
+        RouterStream("router_eos", "router-stream, Postgres off, exactly_once", run_id,
+                     bootstrap, persist=False, exactly_once=True),
     ]

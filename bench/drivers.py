@@ -185,6 +185,7 @@ def run_measurer(shared: Shared, conn: Connection, bootstrap: str, topics: list[
     # contender created the topics before the measurer starts.
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}",
                          "enable.auto.commit": False, "fetch.wait.max.ms": 20,
+                         "isolation.level": "read_committed",  # router_eos: committed batches
                          "client.id": "bench-measurer", **_quiet()})
     listed = consumer.list_topics(None, 30.0).topics
     consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in topics if t in listed

@@ -70,6 +70,9 @@ class Profile:
     projection_budget_s: float  # kept from the contenders' share for that drain
 
 
+FULL_ONLY = frozenset({"router_eos"})
+"""Contenders a quick run leaves out unless named with ``--only``: its 110 s are shared by the
+contenders, and another worker's share is taken from the rows the ratios need."""
 QUICK = Profile("quick", budget_s=110, warmup_timeout_s=25, latency_window_s=1.5,
                 step_window_s=2.0, confirm_window_s=0, search_steps=2, burst=6_000,
                 core_signals=20_000, drain_timeout_s=3, stop_timeout_s=8,
@@ -522,7 +525,8 @@ async def run_bench(profile: Profile, bootstrap: str, database_url: str, out_dir
         "contenders": []}
     log_dir = out_dir / "logs" / run_id
     log_dir.mkdir(parents=True, exist_ok=True)
-    contenders = [c for c in io_contenders(run_id, bootstrap) if not only or c.key in only]
+    contenders = [c for c in io_contenders(run_id, bootstrap)
+                  if c.key in only or not only and not (profile is QUICK and c.key in FULL_ONLY)]
     projection = not only or "projection" in only
     io_deadline = deadline - (profile.projection_budget_s if projection else 0.0)
     with console.status("starting") as status:
@@ -539,7 +543,8 @@ async def run_bench(profile: Profile, bootstrap: str, database_url: str, out_dir
                 else:
                     runnable.append(c)
             # the floor only needs one latency window; the worker needs ~10 s to start
-            weights = [{"floor": 0.4, "router_pg": 1.4, "router_nopg": 1.4}.get(c.key, 1.0)
+            weights = [{"floor": 0.4, "router_pg": 1.4, "router_nopg": 1.4,
+                        "router_eos": 1.4}.get(c.key, 1.0)
                        for c in runnable]
             for i, c in enumerate(runnable):
                 share = (io_deadline - time.monotonic()) * weights[i] / sum(weights[i:])

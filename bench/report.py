@@ -17,7 +17,7 @@ from rich.table import Table
 GOALS = {"vs_raw": 0.5, "vs_faust": 5.0, "p50_1k_ms": 5.0, "p99_1k_ms": 25.0, "p99_50_ms": 100.0,
          "projection_rows_s": 20_000, "row_visible_p99_ms": 1_000.0}
 LOST = "lost"  # a latency sample that never arrived (inf in memory, "lost" in JSON)
-ORDER = ("floor", "raw", "raw_ck", "faust", "router_pg", "router_nopg", "core")
+ORDER = ("floor", "raw", "raw_ck", "faust", "router_pg", "router_nopg", "router_eos", "core")
 
 
 def _num(v: Any) -> float | None:

@@ -106,7 +106,12 @@ class Settings(BaseSettings):
         6067, ge=0, le=65535, description="/metrics /livez /readyz of `router-stream persist`")
     http_host: str = "127.0.0.1"
     http_port: int = Field(6066, ge=0, le=65535)
-    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="exactly_once: each batch's outputs and input offsets in one Kafka "
+        "transaction, no duplicates for read_committed consumers (docs/worker.md, "
+        "\"Exactly-once mode\"); needs a worker_id (or host name) stable across restarts and "
+        "unique among live workers")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     state_dir: str = ".router-stream"
     worker_id: str | None = Field(

@@ -16,6 +16,7 @@ Hierarchy::
     │   ├── ConfigError              bad settings / environment
     │   └── PolicyError              bad policy file; carries [(path, reason), ...]
     ├── CannotListen                 the worker's HTTP port cannot be bound: exit code 2
+    ├── ProducerFenced               exactly_once: another worker holds the transactional.id
     ├── TransientError               retriable=True: CLI exit code 2, worker retries
     │   ├── BrokerUnavailable
     │   ├── DatabaseUnavailable
@@ -126,6 +127,11 @@ _LINE_SUFFIX = re.compile(r" \(line (\d+)\)$")
 
 class CannotListen(RouterError):
     """The worker's HTTP endpoint cannot bind its port (in use, not permitted): exit code 2."""
+
+
+class ProducerFenced(RouterError):
+    """exactly_once: the worker's transactional producer was fenced (a newer instance took its
+    transactional.id) or failed fatally; the worker stops without committing (exit code 2)."""
 
 
 # --- the world's fault, expected to pass -----------------------------------------------------

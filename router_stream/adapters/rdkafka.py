@@ -32,7 +32,8 @@ from router_stream.config import Settings
 from router_stream.errors import BrokerUnavailable, UserError
 
 __all__ = ["AckingProducer", "ClientThread", "Offsets", "RecordSender", "client_config",
-           "cluster_with", "connect", "end_offsets", "group_committed_to_end", "reader"]
+           "cluster_with", "connect", "end_offsets", "group_committed_to_end",
+           "only_markers_between", "reader"]
 
 T = TypeVar("T")
 
@@ -198,14 +199,21 @@ Offsets = dict[tuple[str, int], int]
 
 
 async def group_committed_to_end(thread: ClientThread, consumer: Consumer,
-                                 topics: Sequence[str], until: Offsets | None = None) -> bool:
+                                 topics: Sequence[str], until: Offsets | None = None,
+                                 settings: Settings | None = None) -> bool:
     """True when the consumer's GROUP committed up to the end of every partition of ``topics``
     (a member's own positions are not enough: one that died keeps its partitions until its
     session times out) — or, given ``until``, up to those offsets (a fixed target while others
     keep producing). Remote calls, made in one turn of the client's thread (not one turn
-    each, behind the consumer's fetches); False when the broker cannot say."""
+    each, behind the consumer's fetches); False when the broker cannot say.
+
+    With ``settings``, a partition committed short of its target still counts as done when
+    nothing but transaction markers lies between (:func:`only_markers_between`)."""
     try:
-        return await thread.run(_committed_to_end, consumer, topics, until)
+        behind = await thread.run(_behind, consumer, topics, until)
+        if not behind or settings is None:
+            return not behind
+        return await thread.run(only_markers_between, settings, behind)
     except KafkaException:
         return False
 
@@ -219,6 +227,10 @@ async def end_offsets(thread: ClientThread, consumer: Consumer,
         return None
 
 
+Ranges = dict[tuple[str, int], tuple[int, int]]
+"""(topic, partition) -> [from, to) offsets."""
+
+
 def _partitions(consumer: Consumer, topics: Sequence[str]) -> list[TopicPartition]:
     listed = consumer.list_topics(None, 10.0).topics
     return [TopicPartition(t, p) for t in topics if t in listed
@@ -230,13 +242,42 @@ def _end_offsets(consumer: Consumer, topics: Sequence[str]) -> Offsets:
             for tp in _partitions(consumer, topics)}
 
 
-def _committed_to_end(consumer: Consumer, topics: Sequence[str], until: Offsets | None) -> bool:
+def _behind(consumer: Consumer, topics: Sequence[str], until: Offsets | None) -> Ranges:
+    """The partitions of ``topics`` whose group offset is short of their target (their end, or
+    ``until``): [committed, target)."""
     tps = _partitions(consumer, topics)
     committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(tps, 10.0)}
+    behind: Ranges = {}
     for tp in tps:
         key = (tp.topic, tp.partition)
         start, end = consumer.get_watermark_offsets(tp, 10.0)
         target = end if until is None else min(end, until.get(key, start))
         if target > start and committed[key] < target:  # none: a negative offset
-            return False
-    return True
+            behind[key] = (max(start, committed[key]), target)
+    return behind
+
+
+def only_markers_between(settings: Settings, ranges: Ranges, timeout_s: float = 10.0) -> bool:
+    """True when a read_committed consumer finds no record in any of ``ranges``: what lies there
+    are the commit markers (and aborted records) of transactions — an exactly_once worker's
+    outputs end with one, one offset past the last record a consumer commits. Blocking; False
+    when the reading takes longer than ``timeout_s``."""
+    probe = Consumer(client_config(settings, RdkafkaLog(), **{
+        "group.id": f"router-stream-probe-{uuid.uuid4().hex}", "enable.auto.commit": False,
+        "enable.auto.offset.store": False, "isolation.level": "read_committed",
+        "enable.partition.eof": True}))
+    try:
+        probe.assign([TopicPartition(t, p, first) for (t, p), (first, _) in ranges.items()])
+        left = set(ranges)
+        deadline = time.monotonic() + timeout_s
+        while left and time.monotonic() < deadline:
+            m = probe.poll(_POLL_S)
+            if m is not None and m.error() is None and m.offset() < ranges[  # type: ignore[operator]
+                    (m.topic(), m.partition())][1]:  # type: ignore[index]
+                return False  # a record
+            for tp in probe.position([TopicPartition(t, p) for t, p in left]):
+                if tp.offset >= ranges[(tp.topic, tp.partition)][1]:
+                    left.discard((tp.topic, tp.partition))
+        return not left
+    finally:
+        probe.close()

@@ -29,7 +29,7 @@ def _bench_root() -> Path:
                    "run, nothing on --quick).")
 @click.option("--only", multiple=True,
               type=click.Choice(["core", "floor", "raw", "raw_ck", "faust", "router_pg",
-                                 "router_nopg", "projection"]),
+                                 "router_nopg", "router_eos", "projection"]),
               help="Run only these contenders (repeatable).")
 @click.option("--report", "report", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Do not run: rebuild table, plots and --docs from a saved JSON.")

@@ -235,7 +235,8 @@ class Projection:
         if ahead is not None and (not ahead.done() or ahead.cancelled()
                                   or ahead.exception() is not None or ahead.result()[0]):
             return False  # records read ahead, not written yet
-        return await group_committed_to_end(self._thread, consumer, list(self._topics))
+        return await group_committed_to_end(self._thread, consumer, list(self._topics),
+                                            settings=self.settings)
 
     async def end_offsets(self) -> Offsets | None:
         """Where our topics end now (None before the consumer is up or when the broker cannot
@@ -248,7 +249,7 @@ class Projection:
         """True when the GROUP committed every record before ``ends``: all of them written."""
         consumer = self.consumer
         return consumer is not None and await group_committed_to_end(
-            self._thread, consumer, list(self._topics), until=ends)
+            self._thread, consumer, list(self._topics), until=ends, settings=self.settings)
 
     # --- one batch ---------------------------------------------------------------------------
 

@@ -11,6 +11,9 @@ Commit order, per batch (a crash at any point re-processes the batch; it never l
       ▼
     2. commit    the batch's input offsets (last offset + 1 per partition)
 
+``exactly_once`` mode: steps 1 and 2 are one Kafka transaction per batch, one batch at a time
+(:mod:`.transactional`); the rest of this docstring describes the default, at-least-once.
+
 Nothing on this path waits for Postgres: it is a projection of router.decisions, router.dlq and
 router.events written by its own consumer group (``router-stream persist``,
 :mod:`router_stream.projection`), so a database outage delays the audit, never a routed signal.
@@ -52,7 +55,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from router_stream import tracing
+from router_stream.adapters.rdkafka import only_markers_between
 from router_stream.config import SIGNALS, Settings
 from router_stream.core.deadletter import dead_letter
 from router_stream.core.models import DlqReason, InboundRecord
@@ -64,9 +70,10 @@ from router_stream.worker.batch_report import observe, trace
 from router_stream.worker.crashguard import CrashGuard
 from router_stream.worker.kafka_sink import KafkaCommitter, KafkaSink
 from router_stream.worker.metrics import WorkerMetrics
-from router_stream.worker.pipeline import Batch, CommitPipeline, Engine, StepHook
-from router_stream.worker.rdkafka import IDLE_WAIT_S, Partition, SignalConsumer
+from router_stream.worker.pipeline import Batch, CommitPipeline, Committer, Engine, StepHook
+from router_stream.worker.rdkafka import IDLE_WAIT_S, OutputProducer, Partition, SignalConsumer
 from router_stream.worker.sink import RETRY, OutputTopics
+from router_stream.worker.transactional import TransactionalOutputs
 
 log = logging.getLogger("router_stream.worker")
 
@@ -91,9 +98,17 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
     """The signal consumer's own librdkafka settings (the connection's come from
     ``Settings.librdkafka_config``). A dynamic member of the classic group protocol: it leaves
     the group when it stops, so a drained worker's partitions move at once."""
-    return {"group.id": settings.group_id, "auto.offset.reset": "earliest",
-            "client.id": "router-stream-worker", "max.poll.interval.ms": 300_000,
-            "session.timeout.ms": SESSION_TIMEOUT_MS, "heartbeat.interval.ms": 2_000}
+    conf: dict[str, Any] = {
+        "group.id": settings.group_id, "auto.offset.reset": "earliest",
+        "client.id": "router-stream-worker", "max.poll.interval.ms": 300_000,
+        "session.timeout.ms": SESSION_TIMEOUT_MS, "heartbeat.interval.ms": 2_000}
+    if exactly_once(settings):  # router.retry is written in transactions: only committed ones
+        conf["isolation.level"] = "read_committed"
+    return conf
+
+
+def exactly_once(settings: Settings) -> bool:
+    return settings.processing_guarantee == "exactly_once"
 
 
 class SignalLoop:
@@ -109,13 +124,13 @@ class SignalLoop:
         give_up: Callable[[], bool],
         on_step: StepHook | None = None,
         pipeline_depth: int = PIPELINE_DEPTH,
+        side_producer: Callable[[], OutputProducer | None] = lambda: None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
         self._backoff = backoff
         self._give_up = give_up
-        self._sink = KafkaSink(settings, OutputTopics.of(settings), metrics,
-                               quiesce=self._quiesce)
+        self._side_producer = side_producer
         self.input_topics = [settings.topic(SIGNALS), settings.topic(RETRY)]
         self._retry_topic = self.input_topics[1]
         self.consumer: SignalConsumer | None = None
@@ -128,10 +143,21 @@ class SignalLoop:
         # monotonic time of the first retry since the last commit: a batch that cannot be made
         # durable (broker down, a topic refusing everything) shows as a stall
         self.stalled_since: float | None = None
+        topics = OutputTopics.of(settings)
+        committer: Committer
+        self._sink: KafkaSink | TransactionalOutputs
+        if exactly_once(settings):  # one transaction per batch, one batch at a time
+            self._sink = committer = TransactionalOutputs(
+                settings, topics, metrics, consumer=lambda: self.consumer,
+                guard=self.crash_guard, side_producer=side_producer)
+            batches = pipeline_depth = 1
+        else:
+            self._sink = KafkaSink(settings, topics, metrics, quiesce=self._quiesce)
+            committer = KafkaCommitter(lambda: self.consumer, self.crash_guard, metrics)
+            batches = MAX_BATCHES_IN_FLIGHT
         self._pipeline = CommitPipeline(
-            engine, self._sink, KafkaCommitter(lambda: self.consumer, self.crash_guard, metrics),
-            depth=MAX_BATCHES_IN_FLIGHT, max_records=pipeline_depth * settings.batch_max,
-            retry=self._retry, on_step=on_step,
+            engine, self._sink, committer, depth=batches,
+            max_records=pipeline_depth * settings.batch_max, retry=self._retry, on_step=on_step,
             on_committed=self._committed, on_drained=self._resume_after_retry,
             on_undecided=self._dead_letter_poison)
 
@@ -275,16 +301,18 @@ class SignalLoop:
     async def _announce_rollbacks(self, result: BatchResult) -> None:
         """Tell every worker (through router.control) that a candidate was rolled back (the
         policy_versions row follows from the batch's router.events record). Best effort after
-        the commit: a worker that misses the command rolls the candidate back on its own when
-        its monitor sees the same rates."""
+        the commit, through the worker's side producer (outside any transaction): a worker
+        that misses the command rolls the candidate back on its own when its monitor sees the
+        same rates."""
         from router_stream.config import CONTROL
         from router_stream.core.models import RolloutRollback
 
+        producer = self._side_producer() or self._sink.producer
         for event in result.rollout_events:
             cmd = RolloutRollback(candidate_version=event.candidate_version, reason=event.reason,
                                   issued_at=event.at, issued_by="router-stream worker")
             try:
-                await self._sink.producer.send(self._settings.topic(CONTROL),
+                await producer.send(self._settings.topic(CONTROL),
                                                cmd.model_dump_json().encode())
             except Exception as exc:  # noqa: BLE001 - the rollback itself already happened
                 log.error("could not announce the rollback", extra={
@@ -421,8 +449,17 @@ class SignalLoop:
             committed = await consumer.group_offsets(tps)
         except BrokerUnavailable:
             return False
-        return all(high <= low or (committed.get(tp) or 0) >= high
-                   for tp, (low, high) in marks.items())
+        behind = {(tp.topic, tp.partition): (max(low, committed.get(tp) or 0), high)
+                  for tp, (low, high) in marks.items()
+                  if high > low and (committed.get(tp) or 0) < high}
+        if not behind:
+            return True
+        if not exactly_once(self._settings):
+            return False
+        try:  # router.retry, written in transactions, ends with markers no commit passes
+            return await asyncio.to_thread(only_markers_between, self._settings, behind)
+        except KafkaException:
+            return False
 
 
 def _names(tps: set[Partition]) -> list[str]:

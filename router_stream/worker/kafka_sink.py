@@ -9,10 +9,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-import orjson
 from confluent_kafka import KafkaException
 
-from router_stream.config import OUTCOMES, Settings
+from router_stream.config import Settings
 from router_stream.core.models import InboundRecord
 from router_stream.core.outputs import BatchResult, DlqRecord
 from router_stream.core.refusals import (
@@ -20,7 +19,6 @@ from router_stream.core.refusals import (
     Refused,
     as_reference,
     output_at,
-    settle_refusals,
 )
 from router_stream.errors import BrokerUnavailable
 from router_stream.worker.crashguard import CrashGuard
@@ -32,6 +30,8 @@ from router_stream.worker.sink import (
     Deliveries,
     OutputTopics,
     Refusal,
+    dead_letter_refused,
+    report_failed_routes,
     send_alone,
     send_outputs,
     settle_deliveries,
@@ -134,16 +134,11 @@ class KafkaSink:
             refused.append(Refused(kind, index, r.topic, repr(error)))
         if not refused:
             return
-        log.error("the broker refused records for good; their signals go to the DLQ",
-                  extra={"refused": {r.topic: r.error for r in refused}})
-        repair = settle_refusals(result, batch.records, refused, batch.now,
-                                 self._settings.group_id)
-        for dest, _ in repair.failed_routes:
-            self._metrics.routing_errors.labels(dest).inc()
+        repair = dead_letter_refused(batch, refused, self._settings, self._metrics)
         await self._send_repair(repair.dlq)
         if repair.dlq:  # some may have become references on the way
             result.dlq[-len(repair.dlq):] = repair.dlq
-        await self._report_failed_routes(repair.failed_routes, batch.now)
+        report_failed_routes(self.producer, self._settings, repair.failed_routes, batch.now)
 
     async def _alone(self, result: BatchResult, kind: OutputKind, index: int
                      ) -> BaseException | tuple[str, int, int]:
@@ -181,20 +176,6 @@ class KafkaSink:
                 dlq[r.position] = as_reference(dlq[r.position], f"{r.topic}: {r.error!r}")
             self._needs_new_producer = True
         raise BrokerUnavailable("router.dlq refuses even a reference record")
-
-    async def _report_failed_routes(self, routes: list[tuple[str, str]], now: float) -> None:
-        """A refused route is a failed delivery to that destination: reported on ``outcomes``
-        like any other, so every worker's breaker for it sees the failure (the state stays a
-        fold of the state topics). Best effort: the DLQ entry is what must not be lost."""
-        topic = self._settings.topic(OUTCOMES)
-        for dest, signal_id in routes:
-            value = orjson.dumps({"signal_id": signal_id, "destination": dest, "ok": False,
-                                  "ts": int(now * 1000)})
-            try:
-                self.producer.send(topic, value, dest.encode())
-            except KafkaException as exc:
-                log.warning("could not report a refused route", extra={"error": repr(exc)})
-
 
 class KafkaCommitter:
     """Step 2: the consumer commits the batch's offsets with the crash-loop guard's metadata (the

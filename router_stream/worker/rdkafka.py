@@ -73,6 +73,10 @@ MAX_RECORD_BYTES = 64 * 1024 * 1024
 the topic accepted must still be routable or dead-lettered byte-exact."""
 DELIVERY_TIMEOUT_MS = 30_000
 CALL_TIMEOUT_S = 10.0
+TRANSACTION_TIMEOUT_MS = 10_000
+"""exactly_once: how long the broker keeps a transaction open before aborting it itself — what
+a worker that stopped mid-batch (SIGSTOP, a lost node) holds read_committed consumers of its
+output partitions back, at most (a restart under the same transactional.id aborts it at once)."""
 REVOKE_DRAIN_S = 120.0
 """At most this long ``on_revoke`` waits for the batches in flight; past it the partitions go
 without our last commit (the next owner re-processes: at-least-once)."""
@@ -229,6 +233,12 @@ class SignalConsumer:
         others."""
         if not self._closed:
             self._jobs.put((fn, concurrent.futures.Future()))
+
+    async def group_metadata(self) -> object:
+        """The member's group metadata (generation included), for
+        :meth:`OutputProducer.send_offsets`: the broker refuses the offsets of a member the
+        group moved on from (KIP-447)."""
+        return await self._call(self._consumer.consumer_group_metadata)
 
     async def take(self, max_records: int, timeout_s: float) -> list[ConsumedRecord]:
         consumer, wait = self._consumer, max(timeout_s, 0.001)
@@ -479,10 +489,20 @@ def _finish(done: asyncio.Future[None]) -> None:
 
 class OutputProducer:
     """The idempotent (acks=all) producer of a batch's outputs; :meth:`send` returns a future
-    resolved with :class:`Delivered` or the delivery's :class:`KafkaException`."""
+    resolved with :class:`Delivered` or the delivery's :class:`KafkaException`.
 
-    def __init__(self, settings: Settings, client_id: str) -> None:
+    With a ``transactional_id`` it is the exactly-once mode's transactional producer: every
+    send happens inside :meth:`begin_transaction` … :meth:`commit_transaction` (or
+    :meth:`abort_transaction`); those calls block, so they run in the default executor and
+    raise the client's :class:`KafkaException` for :mod:`.transactional` to judge."""
+
+    def __init__(self, settings: Settings, client_id: str,
+                 transactional_id: str | None = None) -> None:
         self._errors = ConnectErrors(settings)
+        transactions: dict[str, str | int] = {} if transactional_id is None else {
+            "transactional.id": transactional_id,  # a delivery may not outlive its transaction
+            "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+            "delivery.timeout.ms": TRANSACTION_TIMEOUT_MS}
         self._producer = Producer({
             **settings.librdkafka_config, **self._errors.config(), "client.id": client_id,
             "enable.idempotence": True, "acks": "all", "linger.ms": LINGER_MS,
@@ -490,17 +510,27 @@ class OutputProducer:
             "compression.type": settings.compression_type,
             "partitioner": "murmur2_random",  # the Java client's partitions for a key
             "allow.auto.create.topics": False, "delivery.timeout.ms": DELIVERY_TIMEOUT_MS,
-            "queue.buffering.max.messages": 1_000_000})
+            "queue.buffering.max.messages": 1_000_000, **transactions})
         self._loop = asyncio.get_running_loop()
         self._known: set[str] = set()  # topics seen in broker metadata
         self._serving = True
+        self._fatal_logged = False
         self._server = threading.Thread(target=self._serve, name="router-deliveries",
                                         daemon=True)
         self._server.start()
 
     def _serve(self) -> None:
         while self._serving:
-            self._producer.poll(IDLE_WAIT_S)
+            try:
+                self._producer.poll(IDLE_WAIT_S)
+            except KafkaException as exc:  # fatal (a fenced transactional producer): the
+                self._fatal(exc)  # sender learns it from its own calls; keep serving reports
+                time.sleep(IDLE_WAIT_S)
+
+    def _fatal(self, exc: KafkaException) -> None:
+        if not self._fatal_logged:
+            self._fatal_logged = True
+            log.error("the producer failed for good", extra={"error": str(exc)})
 
     async def check_connection(self) -> None:
         try:
@@ -543,6 +573,33 @@ class OutputProducer:
                                    on_delivery=partial(reports.report, i))
         except BufferError as exc:
             raise KafkaException(KafkaError(KafkaError._QUEUE_FULL, str(exc))) from exc
+
+    async def init_transactions(self) -> None:
+        """Register the transactional.id: aborts a transaction a previous holder left open and
+        fences that holder (its next transactional call fails fatally)."""
+        await self._blocking(self._producer.init_transactions, CALL_TIMEOUT_S)
+
+    def begin_transaction(self) -> None:
+        self._producer.begin_transaction()  # local: no request
+
+    async def send_offsets(self, offsets: dict[Partition, tuple[int, str]],
+                           group_metadata: object) -> None:
+        """Add the consumed offsets (with their metadata) to the open transaction."""
+        tps = [TopicPartition(tp.topic, tp.partition, off, metadata=meta)
+               for tp, (off, meta) in offsets.items()]
+        await self._blocking(self._producer.send_offsets_to_transaction, tps, group_metadata,
+                             CALL_TIMEOUT_S)
+
+    async def commit_transaction(self) -> None:
+        """Flush what the transaction holds and commit it (outputs and offsets at once)."""
+        await self._blocking(self._producer.commit_transaction, CALL_TIMEOUT_S)
+
+    async def abort_transaction(self) -> None:
+        """Abort the open transaction: read_committed consumers never see its records."""
+        await self._blocking(self._producer.abort_transaction, CALL_TIMEOUT_S)
+
+    async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self._loop.run_in_executor(None, fn, *args)
 
     async def topic_missing(self, topic: str, *, fresh: bool = False,
                             bound_s: float = 2.0) -> bool:

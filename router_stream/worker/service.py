@@ -130,11 +130,6 @@ class RouterWorker:
 
     async def start(self) -> None:
         s = self.settings
-        if s.processing_guarantee != "at_least_once":
-            # Offered only once a test on the real broker proves no duplicate after a crash.
-            raise StartupRefused("refusing to start: ROUTER_PROCESSING_GUARANTEE=exactly_once is "
-                                 "not supported yet; the worker is at-least-once with idempotent "
-                                 "Postgres writes (docs/worker.md)")
         if self.engine is None:
             text, compiled = read_policy_file(s)
             self.engine = build_engine(s, compiled)
@@ -163,7 +158,8 @@ class RouterWorker:
         await self._until_caught_up()  # decide only with the replayed state
         self.signals = SignalLoop(
             s, self.engine, self.metrics, backoff=self._backoff,
-            give_up=self._past_drain_deadline, on_step=self._on_step)
+            give_up=self._past_drain_deadline, on_step=self._on_step,
+            side_producer=lambda: self.producer)
         await self.signals.start()
         self.heartbeat = Heartbeat(self, self._heartbeat_store())
         self._spawn(self.heartbeat.run(), "heartbeat")

@@ -13,14 +13,16 @@ are translated here into the project's tree (``raise ... from exc``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from confluent_kafka import KafkaException
 
-from router_stream.config import DECISIONS, DLQ, EVENTS, Settings
+from router_stream.config import DECISIONS, DLQ, EVENTS, OUTCOMES, Settings
 from router_stream.core.events import (
     BreakerTransitionEvent,
     PolicyStatusEvent,
@@ -29,10 +31,14 @@ from router_stream.core.events import (
     encode_event,
 )
 from router_stream.core.outputs import BatchResult
-from router_stream.core.refusals import OutputKind
+from router_stream.core.refusals import OutputKind, Refused, Repair, settle_refusals
 from router_stream.errors import BrokerUnavailable, RouterError
+from router_stream.worker.metrics import WorkerMetrics
+from router_stream.worker.pipeline import Batch
 from router_stream.worker.produce_errors import TopicMissing, is_refusal
 from router_stream.worker.rdkafka import Delivered, DeliveryReports, OutputProducer
+
+log = logging.getLogger("router_stream.worker")
 
 RETRY = "router.retry"
 
@@ -192,7 +198,7 @@ async def settle_deliveries(deliveries: Deliveries) -> list[Refusal]:
     if deliveries.error is not None:
         raise deliveries.error
     sends = deliveries.sends
-    outcomes = await _outcomes(deliveries)
+    outcomes = await delivery_outcomes(deliveries)
     refusals: list[Refusal] = []
     failed: dict[str, int] = {}
     first: BaseException | None = None
@@ -218,7 +224,7 @@ producer retries a topic deleted under it until its request timeout (30 s), and 
 back every partition that long."""
 
 
-async def _outcomes(deliveries: Deliveries) -> list[Any]:
+async def delivery_outcomes(deliveries: Deliveries) -> list[Any]:
     """Each send's delivered message or exception. A routed record still unanswered after
     :data:`STUCK_CHECK_S` whose topic is gone from fresh metadata fails with
     :class:`TopicMissing` at once (the producer may still deliver it if the topic comes back:
@@ -244,6 +250,34 @@ async def _outcomes(deliveries: Deliveries) -> list[Any]:
         if all(i in gone for i in pending):
             break
     return [gone.get(i) or r for i, r in enumerate(reports.results)]
+
+
+def dead_letter_refused(batch: Batch, refused: list[Refused], settings: Settings,
+                        metrics: WorkerMetrics) -> Repair:
+    """Rewrite the batch so the outputs the broker refused for good are out of it and their
+    inputs dead-lettered (:func:`~router_stream.core.refusals.settle_refusals`); a refused
+    route counts as a routing error of its destination."""
+    log.error("the broker refused records for good; their signals go to the DLQ",
+              extra={"refused": {r.topic: r.error for r in refused}})
+    repair = settle_refusals(batch.result, batch.records, refused, batch.now, settings.group_id)
+    for dest, _ in repair.failed_routes:
+        metrics.routing_errors.labels(dest).inc()
+    return repair
+
+
+def report_failed_routes(producer: OutputProducer, settings: Settings,
+                         routes: list[tuple[str, str]], now: float) -> None:
+    """A refused route is a failed delivery to that destination: reported on ``outcomes``
+    like any other, so every worker's breaker for it sees the failure (the state stays a
+    fold of the state topics). Best effort: the DLQ entry is what must not be lost."""
+    topic = settings.topic(OUTCOMES)
+    for dest, signal_id in routes:
+        value = orjson.dumps({"signal_id": signal_id, "destination": dest, "ok": False,
+                              "ts": int(now * 1000)})
+        try:
+            producer.send(topic, value, dest.encode())
+        except KafkaException as exc:
+            log.warning("could not report a refused route", extra={"error": repr(exc)})
 
 
 def batch_events(result: BatchResult) -> list[tuple[bytes, bytes]]:

@@ -346,6 +346,8 @@ class WorkerProc:
             "ROUTER_STATE_DIR": s.state_dir,
             "ROUTER_WORKER_PERSIST": "true",
             "ROUTER_PROJECTION_HTTP_PORT": "0",
+            # stable across restarts, unique in the run: exactly_once's transactional.id
+            "ROUTER_WORKER_ID": f"chaos-{self.name}",
         } | self.env
         args = [self.command]
         if self.idle_s is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -21,6 +22,7 @@ from tests.chaos import scenarios as sc
 from tests.chaos.harness import OwnStack, shared_servers
 
 ALL = "1,2,3,4,5,6,7,8"
+EOS_SCENARIOS = "1,3"  # SIGKILL and the SIGSTOP zombie, in exactly_once mode
 
 
 def table(rows: list[sc.Row]) -> str:
@@ -104,9 +106,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="where scenarios 1, 3, 5-8 run: the shared servers (ROUTER_KAFKA_"
                          "BOOTSTRAP / ROUTER_DATABASE_URL) or the suite's own stack (isolated "
                          "from other test sessions' load on the shared broker)")
+    ap.add_argument("--guarantee", choices=("at_least_once", "exactly_once"),
+                    default="at_least_once",
+                    help="the workers' ROUTER_PROCESSING_GUARANTEE; exactly_once runs scenarios "
+                         f"{EOS_SCENARIOS} and also fails a row on any copy beyond the first on "
+                         "the output topics for a read_committed consumer")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="where worker logs go (default: a new temporary directory)")
     args = ap.parse_args(argv)
+    if args.guarantee == "exactly_once":
+        if args.only == ALL:
+            args.only = EOS_SCENARIOS
+        if set(args.only.split(",")) - set(EOS_SCENARIOS.split(",")):
+            ap.error(f"--guarantee exactly_once runs scenarios {EOS_SCENARIOS} only")
+        os.environ["ROUTER_PROCESSING_GUARANTEE"] = "exactly_once"  # the workers inherit it
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="router-chaos-"))
     started = time.monotonic()
     rows = asyncio.run(run([k.strip() for k in args.only.split(",") if k.strip()], args.quick,

@@ -18,6 +18,7 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.bench]
 
 CONTENDERS = {"core", "floor", "raw", "raw_ck", "faust", "router_pg", "router_nopg"}
+# router_eos runs in the full bench, or in a quick one named with --only (bench.harness.FULL_ONLY)
 
 
 def test_bench_quick_runs_every_contender_and_prints_its_figures(servers, tmp_path, capsys):

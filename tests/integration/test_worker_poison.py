@@ -152,9 +152,12 @@ class Fatal(BaseException):
     """Stands for a fault no ``except Exception`` catches: the process dies on it."""
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 async def test_a_record_that_kills_the_worker_is_dead_lettered_after_n_restarts(
-        settings, tmp_path):
-    s = (await prepare(settings, tmp_path)).model_copy(update={"poison_restarts": 3})
+        settings, tmp_path, guarantee):
+    # exactly_once: the guard's marks ride on the transactions' offsets
+    s = (await prepare(settings, tmp_path)).model_copy(update={
+        "poison_restarts": 3, "processing_guarantee": guarantee})
     values = [alert(i) for i in range(30)]
     values[10] = signal(10, payload={"severity": "critical", "kill": True})
     coords = await produce(s, SIGNALS, [(b"same-key", v) for v in values])

@@ -104,14 +104,16 @@ def _produce(bootstrap: str, topic: str, values: list[tuple[bytes | None, bytes]
     return [a for a in acked if isinstance(a, tuple)]
 
 
-async def read_all(settings: Settings, topic: str) -> list[ConsumedRecord]:
-    """Every record currently in a topic (all partitions, up to the end offsets)."""
-    return await asyncio.to_thread(_read_all, settings.kafka_bootstrap, topic)
+async def read_all(settings: Settings, topic: str, isolation: str = "read_committed"
+                   ) -> list[ConsumedRecord]:
+    """Every record currently in a topic (all partitions, up to the end offsets): those of
+    committed transactions only, or with ``isolation="read_uncommitted"`` aborted ones too."""
+    return await asyncio.to_thread(_read_all, settings.kafka_bootstrap, topic, isolation)
 
 
-def _read_all(bootstrap: str, topic: str) -> list[ConsumedRecord]:
+def _read_all(bootstrap: str, topic: str, isolation: str) -> list[ConsumedRecord]:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "read-all",
-                         "enable.auto.commit": False})
+                         "enable.auto.commit": False, "isolation.level": isolation})
     try:
         listed = consumer.list_topics(topic, 10.0).topics[topic]
         marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), 10.0)
@@ -243,3 +245,34 @@ async def wait_exit(
             raise AssertionError(f"worker {proc.pid} did not exit within {timeout}s\n{tail}")
         await asyncio.sleep(0.05)
     return proc.returncode
+
+
+_KILLED_AT = """
+import asyncio, os, signal, sys
+from router_stream.config import Settings
+from router_stream.worker import RouterWorker
+step, nth = sys.argv[1], int(sys.argv[2])
+seen = 0
+async def hook(current, result):
+    global seen
+    if current == step:
+        seen += 1
+        if seen == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+asyncio.run(RouterWorker(Settings(), on_step=hook, http=False).run_until_idle(30))
+"""
+
+
+def start_worker_killed_at(s: Settings, log: Path, step: str, nth: int) -> subprocess.Popen[bytes]:
+    """A worker process with ``s`` (from the environment) that SIGKILLs itself right after
+    commit step ``step`` ("decided", "produced", "committed") of its ``nth`` batch."""
+    env = os.environ | {f"ROUTER_{name.upper()}": str(value) for name, value in {
+        "kafka_bootstrap": s.kafka_bootstrap, "topic_prefix": s.topic_prefix,
+        "group_id": s.group_id, "policy_file": s.policy_file,
+        "processing_guarantee": s.processing_guarantee, "batch_max": s.batch_max,
+        "persist": str(s.persist).lower(), "worker_persist": str(s.worker_persist).lower(),
+        "worker_id": s.worker_id or "", "checkpoint_interval_s": s.checkpoint_interval_s,
+    }.items()} | {"ROUTER_DATABASE_URL": s.database_url.get_secret_value()}
+    return subprocess.Popen([sys.executable, "-c", _KILLED_AT, step, str(nth)], env=env,
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
