@@ -29,7 +29,9 @@ def _drain(consumer: Consumer, want: int, timeout: float = WAIT_S) -> list[Messa
     out: list[Message] = []
     deadline = time.monotonic() + timeout
     while len(out) < want and time.monotonic() < deadline:
-        for m in consumer.consume(want - len(out), min(1.0, deadline - time.monotonic())):
+        # never a negative timeout: librdkafka waits forever on one
+        wait = min(1.0, max(0.0, deadline - time.monotonic()))
+        for m in consumer.consume(want - len(out), wait):
             assert m.error() is None, m.error()
             out.append(m)
     return out
