@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from router_stream.adapters import postgres as pg
 from router_stream.adapters.postgres.rows import (
+    DecisionRecord,
+    decision_extra,
     decision_row,
     escape_nul,
     input_key,
@@ -56,9 +59,9 @@ class Skipped:
     error: str
 
 
-@dataclass(frozen=True, slots=True)
-class DecisionRow:
-    """A decision's row (``DECISION_COLUMNS``, masked) and what "first outcome wins" needs."""
+class DecisionRow(msgspec.Struct, gc=False):
+    """A decision's row (``DECISION_COLUMNS``, masked) and what "first outcome wins" needs.
+    ``gc=False``: a batch holds thousands, none part of a cycle."""
 
     row: tuple[Any, ...]
     input_key: str  # the decided record's position, as a DLQ entry's dlq_key
@@ -80,17 +83,16 @@ class ProjectionBatch:
     def __len__(self) -> int:
         return len(self.decisions) + len(self.dlq) + len(self.events)
 
-    def add_decision(self, d: dict[str, Any], at: str, ts: int, redactor: Redactor) -> None:
-        """Add the row of ``d`` (a decision record's :func:`~.rows.decision_fields`) masked by
-        ``redactor``; ``ValueError`` when it is not a decision row (a field missing, a
-        timestamp out of range)."""
+    def add_decision(self, d: DecisionRecord, at: str, ts: int, redactor: Redactor) -> None:
+        """Add the row of ``d`` masked by ``redactor``; ``ValueError`` when it is not a
+        decision row (a timestamp out of range)."""
         try:
             row = decision_row(d, redactor, self._tenants)
-            extra = d.get("extra")
-            replay = isinstance(extra, dict) and bool(extra.get("replay_of"))
-            self.decisions.append(DecisionRow(row, input_key(d), replay, at, ts))
-        except (KeyError, OverflowError, OSError, TypeError) as exc:
+            extra = decision_extra(d)
+        except (OverflowError, OSError) as exc:
             raise ValueError(f"not a decision row: {exc!r}") from exc
+        replay = isinstance(extra, dict) and bool(extra.get("replay_of"))
+        self.decisions.append(DecisionRow(row, input_key(d), replay, at, ts))
 
 
 @dataclass

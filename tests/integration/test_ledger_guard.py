@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from router_stream.adapters import postgres as pg
-from router_stream.adapters.postgres.rows import decision_fields, dlq_row_from_record
+from router_stream.adapters.postgres.rows import decode_decision, dlq_row_from_record
 from router_stream.core.compiled import load_compiled
 from router_stream.core.engine import RouterEngine
 from router_stream.core.outputs import BatchResult
@@ -66,7 +66,7 @@ def _batch(records) -> ProjectionBatch:
     for r in records:
         at = f"{r.topic}/{r.partition}/{r.offset}"
         if r.topic.endswith("router.decisions"):
-            batch.add_decision(decision_fields(r.value), at, r.timestamp, DEFAULT_REDACTOR)
+            batch.add_decision(decode_decision(r.value), at, r.timestamp, DEFAULT_REDACTOR)
         elif r.topic.endswith("router.dlq"):
             batch.dlq.append((dlq_row_from_record(r), at, r.timestamp))
     return batch

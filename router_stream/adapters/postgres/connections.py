@@ -64,12 +64,20 @@ def _describe_target(settings: Settings) -> str:
     return f"{hosts or 'localhost'}{parts.path or ''}"
 
 
+def _jsonb(value: Any) -> bytes:
+    """A jsonb parameter in binary format (version byte 1 + JSON text): ``bytes`` and ``str``
+    are JSON text already, anything else is serialised."""
+    if isinstance(value, bytes):
+        return b"\x01" + value
+    return b"\x01" + (value.encode() if isinstance(value, str) else orjson.dumps(value))
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    # jsonb in and out as Python values (binary format: version byte 1 + JSON text).
+    # jsonb in and out as Python values
     await conn.set_type_codec(
         "jsonb",
         schema="pg_catalog",
-        encoder=lambda v: b"\x01" + (v.encode() if isinstance(v, str) else orjson.dumps(v)),
+        encoder=_jsonb,
         decoder=lambda b: orjson.loads(b[1:]),
         format="binary",
     )
