@@ -53,7 +53,9 @@ log = logging.getLogger("router_stream.projection")
 
 FETCH_TIMEOUT_MS = 200
 DLQ_BACKLOG_EVERY_S = 10.0
-BUILD_CHUNK = 500  # records built between two turns of the event loop
+# Records built between two turns of the event loop: each of the write's ~10 round trips to
+# Postgres may wait for one chunk (~2 ms).
+BUILD_CHUNK = 100
 
 
 @dataclass
@@ -113,7 +115,8 @@ class Projection:
             port = await self.http.start(s.http_host, s.projection_http_port)
             log.info("projection http listening", extra={"host": s.http_host, "port": port})
         self.pool = await retry_transient(
-            "connecting to Postgres", lambda: pg.create_pool(s, min_size=1, max_size=2),
+            "connecting to Postgres",
+            lambda: pg.create_pool(s, min_size=1, max_size=2, reset_sessions=False),
             backoff=self._backoff, give_up=self._stopping.is_set)
         self._pg_ok = True
         self.redactor = await self._initial_redactor()

@@ -150,3 +150,18 @@ async def test_first_outcome_wins_when_both_reach_the_projection_in_one_batch(
         decisions, dlq = await _ledger(conn)
     assert decisions == {"s1": "1"}
     assert dlq == {"t.signals/0/2": ("rate_limited", 1, "pending")}
+
+
+async def test_a_batch_written_again_after_a_crash_adds_no_row_and_skips_none(pool, kafka_log):
+    """The second write meets rows already there: its transaction without savepoints is
+    refused and rolled back, and the batch is written again through ON CONFLICT."""
+    result = _engine().decide_batch([Rec(_alert(1), 1), Rec(_alert(2), 2)], NOW)
+    batch = _batch(kafka_log().of(result, int(NOW * 1000)))
+    async with pool.acquire() as conn:
+        first = await write_batch(conn, batch, DEFAULT_REDACTOR)
+        again = await write_batch(conn, batch, DEFAULT_REDACTOR)
+        decisions, dlq = await _ledger(conn)
+    assert first.written == {"routing_decisions": 1, "dlq_entries": 1}
+    assert again.written == {"routing_decisions": 0, "dlq_entries": 0} and not again.skipped
+    assert decisions == {"s1": "1"}
+    assert dlq == {"t.signals/0/2": ("rate_limited", 1, "pending")}
