@@ -174,9 +174,10 @@ async def first_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
         if prev is None or row["attempts"] >= prev[0]["attempts"]:
             latest[key] = (row, at)
     superseding = {key for key, (row, _) in latest.items() if row.get("supersedes_decision")}
-    pending = await pg.pending_dlq_keys(conn, list(fresh))
+    # (an input's decision that a superseding entry deletes is "decided" here: no matter, a
+    # superseding entry is written either way)
+    pending, decided = await pg.known_outcomes(conn, list(fresh), list(latest))
     await pg.delete_decisions_of_inputs(conn, list(superseding))
-    decided = await pg.decided_inputs(conn, list(latest))
     decisions = [(d.row, d.at) for d in batch.decisions
                  if (k := d.input_key) in replays
                  or (k not in pending and k not in superseding and dlq_first.get(k, d.ts) >= d.ts)]
