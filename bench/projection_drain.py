@@ -4,17 +4,21 @@ A backlog of decision records (the bench policy's shape: first_healthy over thre
 and breaker state of three destinations) plus one DLQ record in 20 is produced to fresh topics,
 then one projection (in this process, as ``router-stream persist`` runs it) drains it into a
 fresh database. Reported: rows/s from the fetch of the first batch until every row is committed
-(start-up excluded), the same including start-up, and the CPU seconds of the projection and of
-its Postgres backends.
+(start-up excluded), the same including start-up, the CPU seconds of the projection and of its
+Postgres backends, and where the wall time of the projection's event-loop thread and of the
+backends went: on a CPU, waiting for one (the machine's other load: Linux schedstat), or
+neither (waiting on each other, the broker or the disk).
 
-    python -m bench.projection_drain [--records 100000]   (ROUTER_KAFKA_BOOTSTRAP/DATABASE_URL)
+    python -m bench.projection_drain [--records 200000]   (ROUTER_KAFKA_BOOTSTRAP/DATABASE_URL)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -79,7 +83,9 @@ async def run(records: int, bootstrap: str, admin_url: str) -> dict[str, float]:
         started = time.monotonic()
         first: float | None = None
         await projection.start()
+        gc.freeze()  # as run_projection does after start-up
         backends = await _backend_pids(admin_url, database)
+        loop_thread = f"/proc/self/task/{threading.get_native_id()}/schedstat"
         cpu_before, pg_before = time.process_time(), _cpu_seconds(backends)
         # The group join happens inside the first fetches, so the clock starts once the first
         # batch is written, and only the rows after it count.
@@ -90,20 +96,26 @@ async def run(records: int, bootstrap: str, admin_url: str) -> dict[str, float]:
                     first = time.monotonic()
                     rows_before = sum(_rows(projection).values())
                     cpu_before, pg_before = time.process_time(), _cpu_seconds(backends)
+                    sched_before = _schedstat([loop_thread]), _schedstat(_tasks(backends))
         while True:
             n = await projection.step()
             if not n and projection.projected >= records and await projection.caught_up():
                 break
         done = time.monotonic()
         cpu, pg_cpu = time.process_time() - cpu_before, _cpu_seconds(backends) - pg_before
+        loop_run, loop_wait = _since(sched_before[0], _schedstat([loop_thread]))
+        pg_run, pg_wait = _since(sched_before[1], _schedstat(_tasks(backends)))
         await projection.stop()
+        gc.unfreeze()
         rows = sum(_rows(projection).values()) - rows_before
         return {"records": records, "rows": rows, "drain_s": done - first,
                 "rows_per_s": rows / (done - first), "with_startup_s": done - started,
                 "projection_cpu_s": cpu, "postgres_cpu_s": pg_cpu,
                 # each side has a core of its own on an idle 2-core machine: the busier one
                 # bounds the drain (NaN when the server's processes cannot be read here)
-                "rows_per_cpu_bound_s": rows / max(cpu, pg_cpu)}
+                "rows_per_cpu_bound_s": rows / max(cpu, pg_cpu),
+                "loop_on_cpu_s": loop_run, "loop_runqueue_s": loop_wait,
+                "postgres_on_cpu_s": pg_run, "postgres_runqueue_s": pg_wait}
     finally:
         await delete_topics_with_prefix(bootstrap, s.topic_prefix)
         await _admin_sql(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
@@ -133,6 +145,28 @@ def _cpu_seconds(pids: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _tasks(pids: list[int]) -> list[str]:
+    return [f"/proc/{pid}/schedstat" for pid in pids]
+
+
+def _schedstat(paths: list[str]) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one) summed over ``paths``
+    (``/proc/.../schedstat``); NaN if unreadable."""
+    run = wait = 0
+    try:
+        for path in paths:
+            with open(path) as f:
+                on_cpu, queued, _ = f.read().split()
+            run, wait = run + int(on_cpu), wait + int(queued)
+    except (OSError, ValueError):
+        return float("nan"), float("nan")
+    return run / 1e9, wait / 1e9
+
+
+def _since(before: tuple[float, float], after: tuple[float, float]) -> tuple[float, float]:
+    return after[0] - before[0], after[1] - before[1]
+
+
 def _rows(projection: Projection) -> dict[str, float]:
     out: dict[str, float] = {}
     for metric in projection.metrics.rows.collect():
@@ -144,7 +178,7 @@ def _rows(projection: Projection) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--records", type=int, default=100_000)
+    ap.add_argument("--records", type=int, default=200_000)
     bootstrap = os.environ.get("ROUTER_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
     admin_url = os.environ.get("ROUTER_DATABASE_URL", "postgresql://router@127.0.0.1:15432/router")
     result = asyncio.run(asyncio.wait_for(run(ap.parse_args().records, bootstrap, admin_url), 110))
@@ -153,6 +187,13 @@ def main() -> None:
     print(f"CPU: projection {result['projection_cpu_s']:.2f}s, Postgres backends "
           f"{result['postgres_cpu_s']:.2f}s -> {result['rows_per_cpu_bound_s']:,.0f} rows/s "
           f"when each has a core; load average {os.getloadavg()[0]:.1f}")
+    drain = result["drain_s"]
+    for who, on_cpu, queued in (("projection's event loop", result["loop_on_cpu_s"],
+                                 result["loop_runqueue_s"]),
+                                ("Postgres backends", result["postgres_on_cpu_s"],
+                                 result["postgres_runqueue_s"])):
+        print(f"{who}: on a CPU {on_cpu:.2f}s, waiting for one {queued:.2f}s, neither "
+              f"{drain - on_cpu - queued:.2f}s of the {drain:.2f}s drain")
 
 
 if __name__ == "__main__":

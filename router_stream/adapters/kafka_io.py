@@ -50,7 +50,7 @@ from router_stream.config import Settings
 from router_stream.errors import OperationTimeout, RouterError, UserError
 
 __all__ = ["MAX_MESSAGE_BYTES", "ConsumedRecord", "OutRecord", "RateLimiter", "RecordWriter",
-           "consumed_record", "fetch", "read_at", "read_records"]
+           "consumed_record", "fetch", "fetch_messages", "read_at", "read_records"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,14 +211,22 @@ async def fetch(thread: ClientThread, consumer: Consumer, max_records: int, time
                 log: logging.Logger) -> list[ConsumedRecord]:
     """One fetch of a long-running consumer. A partition's error is logged on ``log``, not
     raised: librdkafka retries on its own, and the other partitions go on."""
-    records = []
+    return [consumed_record(m) for m in
+            await fetch_messages(thread, consumer, max_records, timeout_s, log)]
+
+
+async def fetch_messages(thread: ClientThread, consumer: Consumer, max_records: int,
+                         timeout_s: float, log: logging.Logger) -> list[Message]:
+    """:func:`fetch`, the records as librdkafka's messages (what a reader that needs a few
+    fields of each of many records reads, without building a :class:`ConsumedRecord`)."""
+    messages = []
     for msg in await thread.run(_first_then_ready, consumer, max_records, timeout_s):
         err = msg.error()
         if err is None:
-            records.append(consumed_record(msg))
+            messages.append(msg)
         elif err.code() != KafkaError._PARTITION_EOF:
             log.warning("reading %s[%s] failed: %s", msg.topic(), msg.partition(), err.str())
-    return records
+    return messages
 
 
 async def _messages(thread: ClientThread, consumer: Consumer, settings: Settings, topic: str,

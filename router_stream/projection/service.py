@@ -19,20 +19,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import asyncpg
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from router_stream import tracing
 from router_stream.adapters import postgres as pg
 from router_stream.adapters.kafka_failures import RdkafkaLog, commit_rebalanced, rdkafka_error
-from router_stream.adapters.kafka_io import fetch
-from router_stream.adapters.postgres.rows import decision_fields, dlq_row_from_record
+from router_stream.adapters.kafka_io import consumed_record, fetch_messages
+from router_stream.adapters.postgres.rows import decode_decision, dlq_row_from_record
 from router_stream.adapters.rdkafka import (
     ClientThread,
     Offsets,
@@ -54,10 +56,29 @@ log = logging.getLogger("router_stream.projection")
 
 FETCH_TIMEOUT_MS = 200
 DLQ_BACKLOG_EVERY_S = 10.0
+# Records built between two turns of the event loop: each of the write's ~10 round trips to
+# Postgres may wait for one chunk (~2 ms).
+BUILD_CHUNK = 100
 
 
-def position(record: Any) -> str:
-    return f"{record.topic}/{record.partition}/{record.offset}"
+@dataclass
+class Fetched:
+    """One fetch with its rows built: what is written in one transaction, then committed. The
+    records themselves are not kept (only what committing and accounting need)."""
+
+    batch: ProjectionBatch = field(default_factory=ProjectionBatch)
+    records: int = 0
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    oldest_ms: int | None = None  # the oldest record's timestamp
+    per_topic: Counter[str] = field(default_factory=Counter)
+    traced: list[tuple[Any, dict[str, str]]] = field(default_factory=list)  # tracing on
+
+    def count(self, topic: str, partition: int, offset: int, ts: int) -> None:
+        self.records += 1
+        self.per_topic[topic] += 1
+        self.next_offsets[(topic, partition)] = offset + 1
+        if self.oldest_ms is None or ts < self.oldest_ms:
+            self.oldest_ms = ts
 
 
 class Projection:
@@ -81,7 +102,7 @@ class Projection:
         self.http: Any = None
         self.projected = 0
         self._in_hand = False  # a fetched batch not yet written and committed
-        self._ahead: asyncio.Future[tuple[list[Any], ProjectionBatch]] | None = None
+        self._ahead: asyncio.Future[Fetched] | None = None
         self.skipped: list[str] = []  # positions of rows and records skipped, newest last
         self._last_backlog = 0.0
 
@@ -97,7 +118,8 @@ class Projection:
             port = await self.http.start(s.http_host, s.projection_http_port)
             log.info("projection http listening", extra={"host": s.http_host, "port": port})
         self.pool = await retry_transient(
-            "connecting to Postgres", lambda: pg.create_pool(s, min_size=1, max_size=2),
+            "connecting to Postgres",
+            lambda: pg.create_pool(s, min_size=1, max_size=2, reset_sessions=False),
             backoff=self._backoff, give_up=self._stopping.is_set)
         self._pg_ok = True
         self.redactor = await self._initial_redactor()
@@ -192,17 +214,18 @@ class Projection:
         consumer = self.consumer
         assert consumer is not None, "start() first"
         ahead, self._ahead = self._ahead, None
-        records, batch = await (ahead or self._read(consumer))
-        if not records:
+        fetched = await (ahead or self._read(consumer))
+        if not fetched.records:
             self.metrics.oldest_pending_ts = None
             await self._refresh_backlog()
             return 0
         self._in_hand = True
         started = time.time()
         try:
-            self.metrics.oldest_pending_ts = min(r.timestamp for r in records) / 1000.0
+            assert fetched.oldest_ms is not None
+            self.metrics.oldest_pending_ts = fetched.oldest_ms / 1000.0
             write = asyncio.ensure_future(retry_transient(
-                "persist", lambda: self._write(batch), backoff=self._backoff,
+                "persist", lambda: self._write(fetched.batch), backoff=self._backoff,
                 give_up=self._past_deadline, on_retry=self._on_retry))
             # The next batch is read (Kafka fetch, rows built and masked) while Postgres
             # writes this one; it is written only after this one is committed.
@@ -213,16 +236,15 @@ class Projection:
                 await self._drop_read_ahead()  # this batch is not written: none after it is
                 raise
             self._pg_ok = True
-            await self._commit(consumer, records)
+            await self._commit(consumer, fetched.next_offsets)
         finally:
             self._in_hand = False
         self.metrics.oldest_pending_ts = None
-        self._account(records, report)
-        if tracing.tracer() is not None:
-            tracing.record_spans("router.persist", (
-                (r.headers, {"messaging.source.name": r.topic}) for r in records), started)
+        self._account(fetched, report)
+        if fetched.traced:
+            tracing.record_spans("router.persist", fetched.traced, started)
         await self._refresh_backlog()
-        return len(records)
+        return fetched.records
 
     async def caught_up(self) -> bool:
         """True when the GROUP's committed offsets reach the end of every partition of our
@@ -233,7 +255,7 @@ class Projection:
             return False
         ahead = self._ahead
         if ahead is not None and (not ahead.done() or ahead.cancelled()
-                                  or ahead.exception() is not None or ahead.result()[0]):
+                                  or ahead.exception() is not None or ahead.result().records):
             return False  # records read ahead, not written yet
         return await group_committed_to_end(self._thread, consumer, list(self._topics),
                                             settings=self.settings)
@@ -262,44 +284,54 @@ class Projection:
             with contextlib.suppress(BaseException):
                 await ahead
 
-    async def _read(self, consumer: Consumer) -> tuple[list[Any], ProjectionBatch]:
-        records = await fetch(self._thread, consumer, self.settings.projection_batch_max,
-                              FETCH_TIMEOUT_MS / 1000, log)
-        return records, self._batch(records)
+    async def _read(self, consumer: Consumer) -> Fetched:
+        messages = await fetch_messages(self._thread, consumer, self.settings.projection_batch_max,
+                                        FETCH_TIMEOUT_MS / 1000, log)
+        fetched = Fetched()
+        traced = tracing.tracer() is not None
+        for start in range(0, len(messages), BUILD_CHUNK):
+            if start:
+                await asyncio.sleep(0)  # the batch being written gets its replies meanwhile
+            self._build(fetched, messages[start:start + BUILD_CHUNK], traced)
+        return fetched
 
-    def _batch(self, records: Sequence[Any]) -> ProjectionBatch:
-        batch = ProjectionBatch()
-        for record in records:
-            kind = self._topics.get(record.topic)
+    def _build(self, fetched: Fetched, messages: Sequence[Message], traced: bool) -> None:
+        batch = fetched.batch
+        for msg in messages:
+            topic, partition, offset = str(msg.topic()), msg.partition() or 0, msg.offset() or 0
+            ts = msg.timestamp()[1]
+            fetched.count(topic, partition, offset, ts)
+            if traced:
+                fetched.traced.append((msg.headers(), {"messaging.source.name": topic}))
+            kind = self._topics.get(topic)
+            at = f"{topic}/{partition}/{offset}"
             try:
                 if kind == "decisions":
-                    batch.add_decision(decision_fields(record.value), position(record),
-                                       record.timestamp, self.redactor)
+                    batch.add_decision(decode_decision(msg.value()), at, ts, self.redactor)
                 elif kind == "dlq":
-                    row = dlq_row_from_record(record, self.redactor)
+                    row = dlq_row_from_record(consumed_record(msg), self.redactor)
                     if row is None:
                         raise ValueError("no x-dlq-* headers this router writes")
-                    batch.dlq.append((row, position(record), record.timestamp))
+                    batch.dlq.append((row, at, ts))
                 else:
-                    event = decode_event(record.value)
-                    batch.events.append((event, position(record)))
+                    event = decode_event(msg.value())
+                    batch.events.append((event, at))
                     if isinstance(event, PolicyVersionEvent) and event.status == "active":
                         # rows after this one in the batch are masked by the new policy
                         self._switch_policy(event)
             except ValueError as exc:
-                self._bad_record(record, exc)
-        return batch
+                self._bad_record(topic, at, exc)
 
     def _switch_policy(self, event: PolicyVersionEvent) -> None:
         redactor = _redactor_of(event.policy_yaml, f"policy {event.version}")
         if redactor is not None:
             self.redactor = redactor
 
-    def _bad_record(self, record: Any, exc: Exception) -> None:
-        self.metrics.bad_records.labels(record.topic).inc()
-        self.skipped.append(position(record))
+    def _bad_record(self, topic: str, at: str, exc: Exception) -> None:
+        self.metrics.bad_records.labels(topic).inc()
+        self.skipped.append(at)
         log.error("not a record the projection knows, skipped", extra={
-            "position": position(record), "error": f"{type(exc).__name__}: {exc}"[:300]})
+            "position": at, "error": f"{type(exc).__name__}: {exc}"[:300]})
 
     async def _write(self, batch: ProjectionBatch) -> WriteReport:
         assert self.pool is not None
@@ -308,10 +340,7 @@ class Projection:
                 conn = cast(asyncpg.Connection, proxy)  # the pool's proxy forwards every call
                 return await write_batch(conn, batch, self.redactor)
 
-    async def _commit(self, consumer: Consumer, records: Sequence[Any]) -> None:
-        last: dict[tuple[str, int], int] = {}
-        for r in records:
-            last[(r.topic, r.partition)] = r.offset + 1
+    async def _commit(self, consumer: Consumer, last: dict[tuple[str, int], int]) -> None:
         owned = {(tp.topic, tp.partition) for tp in await self._thread.run(consumer.assignment)}
         offsets = [TopicPartition(t, p, off) for (t, p), off in last.items() if (t, p) in owned]
 
@@ -333,9 +362,9 @@ class Projection:
             await retry_transient("commit", commit, backoff=self._backoff,
                                   give_up=self._past_deadline, on_retry=self._on_retry)
 
-    def _account(self, records: Sequence[Any], report: WriteReport) -> None:
-        self.projected += len(records)
-        for topic, n in Counter(r.topic for r in records).items():
+    def _account(self, fetched: Fetched, report: WriteReport) -> None:
+        self.projected += fetched.records
+        for topic, n in fetched.per_topic.items():
             self.metrics.records.labels(topic).inc(n)
         for table, n in report.written.items():
             self.metrics.rows.labels(table).inc(n)
@@ -398,4 +427,7 @@ async def run_projection(settings: Settings, *, exit_when_idle: float | None = N
     except BaseException:
         await projection.stop()
         raise
+    # What start-up built lives as long as the process: kept out of the collector's full
+    # passes, which the batches' garbage otherwise triggers every batch or two.
+    gc.freeze()
     await projection.run(exit_when_idle=exit_when_idle)

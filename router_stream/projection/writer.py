@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from router_stream.adapters import postgres as pg
 from router_stream.adapters.postgres.rows import (
+    DecisionRecord,
+    decision_extra,
     decision_row,
     escape_nul,
     input_key,
@@ -56,9 +59,9 @@ class Skipped:
     error: str
 
 
-@dataclass(frozen=True, slots=True)
-class DecisionRow:
-    """A decision's row (``DECISION_COLUMNS``, masked) and what "first outcome wins" needs."""
+class DecisionRow(msgspec.Struct, gc=False):
+    """A decision's row (``DECISION_COLUMNS``, masked) and what "first outcome wins" needs.
+    ``gc=False``: a batch holds thousands, none part of a cycle."""
 
     row: tuple[Any, ...]
     input_key: str  # the decided record's position, as a DLQ entry's dlq_key
@@ -80,17 +83,12 @@ class ProjectionBatch:
     def __len__(self) -> int:
         return len(self.decisions) + len(self.dlq) + len(self.events)
 
-    def add_decision(self, d: dict[str, Any], at: str, ts: int, redactor: Redactor) -> None:
-        """Add the row of ``d`` (a decision record's :func:`~.rows.decision_fields`) masked by
-        ``redactor``; ``ValueError`` when it is not a decision row (a field missing, a
-        timestamp out of range)."""
-        try:
-            row = decision_row(d, redactor, self._tenants)
-            extra = d.get("extra")
-            replay = isinstance(extra, dict) and bool(extra.get("replay_of"))
-            self.decisions.append(DecisionRow(row, input_key(d), replay, at, ts))
-        except (KeyError, OverflowError, OSError, TypeError) as exc:
-            raise ValueError(f"not a decision row: {exc!r}") from exc
+    def add_decision(self, d: DecisionRecord, at: str, ts: int, redactor: Redactor) -> None:
+        """Add the row of ``d`` masked by ``redactor``."""
+        extra = decision_extra(d)
+        replay = isinstance(extra, dict) and bool(extra.get("replay_of"))
+        self.decisions.append(DecisionRow(decision_row(d, redactor, self._tenants),
+                                          input_key(d), replay, at, ts))
 
 
 @dataclass
@@ -114,14 +112,38 @@ def is_row_content_error(exc: BaseException) -> bool:
 async def write_batch(conn: asyncpg.Connection, batch: ProjectionBatch,
                       redactor: Redactor) -> WriteReport:
     """Write ``batch`` in one transaction; rows refused for their content are isolated
-    (module docstring) and listed in the report."""
-    report = WriteReport()
+    (module docstring) and listed in the report.
+
+    First without a savepoint per table (two round trips each, and the batch's whole write is
+    on the projection's critical path); when Postgres refuses a row, that transaction is rolled
+    back and the batch written again with the savepoints that isolate the row."""
     with pg.unavailable_as_router_error("writing a projection batch to Postgres"):
+        try:
+            return await _write_at_once(conn, batch, redactor)
+        except Exception as exc:  # noqa: BLE001 - classified here; anything else is re-raised
+            if not is_row_content_error(exc):
+                raise
+        report = WriteReport()
         async with conn.transaction():
             decisions, dlq = await first_outcomes(conn, batch)
             await _rows(conn, "routing_decisions", pg.copy_decisions, decisions, report)
             await _rows(conn, "dlq_entries", pg.insert_dlq_entries, dlq, report)
             await _events(conn, batch.events, redactor, report)
+    return report
+
+
+async def _write_at_once(conn: asyncpg.Connection, batch: ProjectionBatch,
+                         redactor: Redactor) -> WriteReport:
+    report = WriteReport()
+    async with conn.transaction():
+        decisions, dlq = await first_outcomes(conn, batch)
+        if decisions:
+            report.add("routing_decisions", await pg.copy_decisions(
+                conn, [row for row, _ in decisions], savepoint=False))
+        if dlq:
+            report.add("dlq_entries", await pg.insert_dlq_entries(
+                conn, [row for row, _ in dlq], savepoint=False))
+        await _events(conn, batch.events, redactor, report)
     return report
 
 
@@ -152,9 +174,10 @@ async def first_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
         if prev is None or row["attempts"] >= prev[0]["attempts"]:
             latest[key] = (row, at)
     superseding = {key for key, (row, _) in latest.items() if row.get("supersedes_decision")}
-    pending = await pg.pending_dlq_keys(conn, list(fresh))
+    # (an input's decision that a superseding entry deletes is "decided" here: no matter, a
+    # superseding entry is written either way)
+    pending, decided = await pg.known_outcomes(conn, list(fresh), list(latest))
     await pg.delete_decisions_of_inputs(conn, list(superseding))
-    decided = await pg.decided_inputs(conn, list(latest))
     decisions = [(d.row, d.at) for d in batch.decisions
                  if (k := d.input_key) in replays
                  or (k not in pending and k not in superseding and dlq_first.get(k, d.ts) >= d.ts)]

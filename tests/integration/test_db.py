@@ -366,7 +366,11 @@ def test_cli_db_migrate_edited_file_exits_1(settings: Settings, migrations_copy:
 
 
 async def test_core_decision_and_dlq_entry_round_trip(migrated, kafka_log):
-    from router_stream.adapters.postgres.rows import decision_row, dlq_row_from_record
+    from router_stream.adapters.postgres.rows import (
+        decision_row,
+        decode_decision,
+        dlq_row_from_record,
+    )
     from router_stream.core.models import Decision, DlqEntry, DlqReason
     from router_stream.core.outputs import BatchResult, DlqRecord
 
@@ -387,7 +391,7 @@ async def test_core_decision_and_dlq_entry_round_trip(migrated, kafka_log):
     (record,) = kafka_log().of(BatchResult(dlq=[DlqRecord(entry, entry.kafka_headers())]),
                                int(epoch * 1000))
 
-    assert await pg.insert_decisions(migrated, [decision_row(json.loads(core_decision.to_json()))]) == 1
+    assert await pg.insert_decisions(migrated, [decision_row(decode_decision(core_decision.to_json()))]) == 1
     assert await pg.insert_dlq_entries(migrated, [dlq_row_from_record(record)]) == 1
     assert await pg.insert_dlq_entries(migrated, [dlq_row_from_record(record)]) == 0
 

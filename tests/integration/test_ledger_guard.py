@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from router_stream.adapters import postgres as pg
-from router_stream.adapters.postgres.rows import decision_fields, dlq_row_from_record
+from router_stream.adapters.postgres.rows import decode_decision, dlq_row_from_record
 from router_stream.core.compiled import load_compiled
 from router_stream.core.engine import RouterEngine
 from router_stream.core.outputs import BatchResult
@@ -66,7 +66,7 @@ def _batch(records) -> ProjectionBatch:
     for r in records:
         at = f"{r.topic}/{r.partition}/{r.offset}"
         if r.topic.endswith("router.decisions"):
-            batch.add_decision(decision_fields(r.value), at, r.timestamp, DEFAULT_REDACTOR)
+            batch.add_decision(decode_decision(r.value), at, r.timestamp, DEFAULT_REDACTOR)
         elif r.topic.endswith("router.dlq"):
             batch.dlq.append((dlq_row_from_record(r), at, r.timestamp))
     return batch
@@ -148,5 +148,20 @@ async def test_first_outcome_wins_when_both_reach_the_projection_in_one_batch(
 
     async with pool.acquire() as conn:
         decisions, dlq = await _ledger(conn)
+    assert decisions == {"s1": "1"}
+    assert dlq == {"t.signals/0/2": ("rate_limited", 1, "pending")}
+
+
+async def test_a_batch_written_again_after_a_crash_adds_no_row_and_skips_none(pool, kafka_log):
+    """The second write meets rows already there: its transaction without savepoints is
+    refused and rolled back, and the batch is written again through ON CONFLICT."""
+    result = _engine().decide_batch([Rec(_alert(1), 1), Rec(_alert(2), 2)], NOW)
+    batch = _batch(kafka_log().of(result, int(NOW * 1000)))
+    async with pool.acquire() as conn:
+        first = await write_batch(conn, batch, DEFAULT_REDACTOR)
+        again = await write_batch(conn, batch, DEFAULT_REDACTOR)
+        decisions, dlq = await _ledger(conn)
+    assert first.written == {"routing_decisions": 1, "dlq_entries": 1}
+    assert again.written == {"routing_decisions": 0, "dlq_entries": 0} and not again.skipped
     assert decisions == {"s1": "1"}
     assert dlq == {"t.signals/0/2": ("rate_limited", 1, "pending")}

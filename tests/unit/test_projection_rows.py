@@ -14,8 +14,8 @@ from router_stream.adapters.postgres import (
     TRUST_SNAPSHOT_COLUMNS,
 )
 from router_stream.adapters.postgres.rows import (
-    decision_fields,
     decision_row,
+    decode_decision,
     dlq_row_from_record,
     escape_nul,
     shadow_row,
@@ -41,8 +41,8 @@ def _decision(**kw: Any) -> Decision:
     return Decision(**(base | kw))
 
 
-def _fields(d: Decision) -> dict[str, Any]:
-    return orjson.loads(d.to_json())
+def _fields(d: Decision) -> Any:
+    return decode_decision(d.to_json())
 
 
 def _entry(**kw: Any) -> DlqEntry:
@@ -57,20 +57,50 @@ def test_a_decision_record_holds_every_column(kafka_log) -> None:
     d = _decision(method="blend", value=1.5, sources_used=["a", "b"], outliers=["c"],
                   extra={"replay_of": "x"}, rule="r1")
     (rec,) = kafka_log().of(BatchResult(decisions=[d]), 1000)
-    back = decision_fields(rec.value)
-    assert Decision(**back) == d
-    row = dict(zip(DECISION_COLUMNS, decision_row(back), strict=True))
-    assert row["signal_id"] == "s-1" and row["tier"] == 0
-    assert row["state"] == {"trust": {"pager": 0.8}, "breakers": {"pager": "closed"},
-                            "rule": "r1", "extra": {"replay_of": "x"}}
-    assert row["consensus"]["method"] == "blend"
+    row = dict(zip(DECISION_COLUMNS, decision_row(decode_decision(rec.value)), strict=True))
+    assert (row["decision_id"], row["signal_id"], row["tenant"], row["kind"]) == (
+        "dec-1", "s-1", "t", "alert")
+    assert (row["destinations"], row["strategy"], row["tier"]) == (("pager",), "first_healthy", 0)
+    assert (row["policy_version"], row["confidence"]) == ("v", 0.9)
+    assert orjson.loads(row["state"]) == {"trust": {"pager": 0.8}, "breakers": {"pager": "closed"},
+                                          "rule": "r1", "extra": {"replay_of": "x"}}
+    assert row["consensus"] == {"value": 1.5, "method": "blend", "sources_used": ("a", "b"),
+                                "outliers": ("c",)}
     assert (row["input_topic"], row["input_partition"], row["input_offset"]) == ("signals", 1, 7)
+    assert (row["signal_ts"].timestamp(), row["decided_at"].timestamp()) == (2e9 - 1, 2e9)
+
+
+def test_a_decision_row_holds_no_container_the_collector_keeps_tracking() -> None:
+    """Rows of a batch in flight are not rescanned by every collection (docs/performance.md)."""
+    import gc
+
+    row = decision_row(_fields(_decision(priority=3, override_id="o-1")))
+    gc.collect()  # untracks the destinations tuple (and the row, if it saw that one first)
+    gc.collect()
+    assert not gc.is_tracked(row)
+    assert orjson.loads(row[9]) == {"trust": {"pager": 0.8}, "breakers": {"pager": "closed"},
+                                    "priority": 3, "override_id": "o-1"}
+
+
+def test_a_state_that_escapes_nul_is_a_dict_that_escape_nul_reaches() -> None:
+    row = decision_row(_fields(_decision(trust={"pa\x00ger": 0.8}, rule="r\x00")))
+    assert row[9] == {"trust": {"pa\x00ger": 0.8}, "breakers": {"pager": "closed"}, "rule": "r\x00"}
+    assert escape_nul(row)[9]["rule"] == "r\\u0000"
 
 
 @pytest.mark.parametrize("value", [b"[]", b"{}", b'{"signal_id": "s"}', b"nope", None])
 def test_what_is_not_a_decision_is_a_value_error(value) -> None:
     with pytest.raises(ValueError):
-        ProjectionBatch().add_decision(decision_fields(value), "t/0/0", 0, DEFAULT_REDACTOR)
+        ProjectionBatch().add_decision(decode_decision(value), "t/0/0", 0, DEFAULT_REDACTOR)
+
+
+def test_a_decision_with_a_field_of_the_wrong_type_or_out_of_range_is_a_value_error() -> None:
+    wrong_type = _decision().to_json().replace(b'"tier":0', b'"tier":"zero"')
+    with pytest.raises(ValueError):
+        decode_decision(wrong_type)
+    with pytest.raises(ValueError):
+        ProjectionBatch().add_decision(_fields(_decision(decided_at=1e20)), "t/0/0", 0,
+                                       DEFAULT_REDACTOR)
 
 
 def test_a_dlq_record_holds_every_column_and_where_it_is(kafka_log) -> None:

@@ -44,14 +44,13 @@ from router_stream.adapters.postgres.tables import (
 )
 from router_stream.adapters.postgres.writes import (
     copy_decisions,
-    decided_inputs,
     delete_decisions_of_inputs,
     insert_breaker_transitions,
     insert_decisions,
     insert_dlq_entries,
     insert_shadow_decisions,
     insert_trust_snapshots,
-    pending_dlq_keys,
+    known_outcomes,
 )
 
 __all__ = [
@@ -70,7 +69,6 @@ __all__ = [
     "copy_decisions",
     "create_pool",
     "database_status",
-    "decided_inputs",
     "decode_headers",
     "default_migrations_dir",
     "delete_decisions_of_inputs",
@@ -81,11 +79,11 @@ __all__ = [
     "insert_dlq_entries",
     "insert_shadow_decisions",
     "insert_trust_snapshots",
+    "known_outcomes",
     "load_migrations",
     "mark_policy_status",
     "migrate",
     "migrate_database",
     "migration_status",
-    "pending_dlq_keys",
     "record_policy_version",
 ]

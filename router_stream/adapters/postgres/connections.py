@@ -64,12 +64,20 @@ def _describe_target(settings: Settings) -> str:
     return f"{hosts or 'localhost'}{parts.path or ''}"
 
 
+def _jsonb(value: Any) -> bytes:
+    """A jsonb parameter in binary format (version byte 1 + JSON text): ``bytes`` and ``str``
+    are JSON text already, anything else is serialised."""
+    if isinstance(value, bytes):
+        return b"\x01" + value
+    return b"\x01" + (value.encode() if isinstance(value, str) else orjson.dumps(value))
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    # jsonb in and out as Python values (binary format: version byte 1 + JSON text).
+    # jsonb in and out as Python values
     await conn.set_type_codec(
         "jsonb",
         schema="pg_catalog",
-        encoder=lambda v: b"\x01" + (v.encode() if isinstance(v, str) else orjson.dumps(v)),
+        encoder=_jsonb,
         decoder=lambda b: orjson.loads(b[1:]),
         format="binary",
     )
@@ -105,16 +113,27 @@ async def connect(settings: Settings, *, timeout: float = 10.0) -> asyncpg.Conne
     return conn
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A pool's reset that leaves the session as it is (an open transaction is still rolled
+    back by the pool itself)."""
+
+
 async def create_pool(
-    settings: Settings, *, min_size: int = 1, max_size: int = 4, timeout: float = 10.0
+    settings: Settings, *, min_size: int = 1, max_size: int = 4, timeout: float = 10.0,
+    reset_sessions: bool = True,
 ) -> asyncpg.Pool:
-    """A connection pool for the worker, same TLS and codecs as :func:`connect`."""
+    """A connection pool for the worker, same TLS and codecs as :func:`connect`.
+
+    ``reset_sessions=False`` skips the reset query a connection gets when it is released (a
+    round trip each time): for a user that never LISTENs, takes advisory locks or changes
+    session settings."""
     dsn = settings.database_url.get_secret_value()
+    options = _connect_options(settings, timeout)
+    if not reset_sessions:
+        options["reset"] = _keep_session
     try:
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=_init_connection,
-            **_connect_options(settings, timeout),
-        )
+            dsn, min_size=min_size, max_size=max_size, init=_init_connection, **options)
     except (*_UNAVAILABLE, asyncpg.exceptions.PostgresError) as exc:
         raise _unreachable(settings, exc) from exc
     if pool is None:  # only when create_pool is not awaited; keeps the type checker honest

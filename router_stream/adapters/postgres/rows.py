@@ -1,10 +1,11 @@
 """Kafka records -> Postgres rows: the one definition of every row the projection writes.
 
 Everything a row needs is in its record: a decision row in the ``router.decisions`` value
-(:meth:`Decision.to_json`), a DLQ row in the ``router.dlq`` record's ``x-dlq-*`` headers, its
-original bytes and its own position, an event row in the ``router.events`` value
-(:mod:`router_stream.core.events`). Rows are masked by the active policy's ``redact`` section
-(:class:`~router_stream.core.redaction.Redactor`) as the worker masked them before.
+(:meth:`Decision.to_json`, decoded into a :class:`DecisionRecord`), a DLQ row in the
+``router.dlq`` record's ``x-dlq-*`` headers, its original bytes and its own position, an event
+row in the ``router.events`` value (:mod:`router_stream.core.events`). Rows are masked by the
+active policy's ``redact`` section (:class:`~router_stream.core.redaction.Redactor`) as the
+worker masked them before.
 
 Postgres cannot store U+0000 in ``text`` or ``jsonb``. A row it refuses for that is stored with
 every U+0000 in its strings replaced by the six characters ``\\u0000`` (:func:`escape_nul`);
@@ -14,10 +15,10 @@ the Kafka record keeps the original. Tuples follow the column order of
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import orjson
 
 from router_stream.adapters.postgres.tables import dlq_key
@@ -45,58 +46,108 @@ from router_stream.core.wire import (
     H_TOPIC,
 )
 
-__all__ = ["decision_fields", "decision_row", "dlq_row_from_record",
-           "escape_nul", "input_key", "shadow_row", "transition_row", "trust_rows"]
+__all__ = ["DecisionRecord", "decision_extra", "decision_row", "decode_decision",
+           "dlq_row_from_record", "escape_nul", "input_key", "shadow_row", "transition_row",
+           "trust_rows"]
 
 NUL_ESCAPE = "\\u0000"
 _REASONS = frozenset(r.value for r in DlqReason)
+_NO_EXTRA = msgspec.Raw(b"{}")
 
 
-def decision_fields(value: bytes | None) -> dict[str, Any]:
-    """The fields of a ``router.decisions`` value (``Decision.to_json``: an object keyed by
-    ``Decision``'s field names); ``ValueError`` when it is not a JSON object."""
-    data = orjson.loads(value or b"null")
-    if not isinstance(data, dict):
-        raise ValueError("a decision record's value is not a JSON object")
-    return data
+class DecisionRecord(msgspec.Struct, gc=False):
+    """What a decision's row needs of a ``router.decisions`` value (``Decision.to_json``: an
+    object keyed by ``Decision``'s field names; other keys are ignored). ``trust``,
+    ``breakers`` and ``extra`` stay JSON text: the row stores them as they came.
+    ``gc=False``: decoded JSON only, which cannot form a cycle, so a batch of them adds nothing
+    to the garbage collector's passes."""
+
+    decision_id: str
+    signal_id: str
+    tenant: str
+    kind: str
+    destinations: tuple[str, ...]
+    strategy: str
+    tier: int | None
+    policy_version: str
+    confidence: float
+    trust: msgspec.Raw
+    breakers: msgspec.Raw
+    input_topic: str
+    input_partition: int
+    input_offset: int
+    decided_at: datetime
+    signal_ts: datetime | None
+    priority: int | None = None
+    rule: str | None = None
+    override_id: str | None = None
+    value: float | None = None
+    method: str | None = None
+    sources_used: tuple[str, ...] | None = None
+    outliers: tuple[str, ...] | None = None
+    extra: msgspec.Raw = _NO_EXTRA
 
 
-def input_key(d: Mapping[str, Any]) -> str:
+# strict=False: what turns the epoch seconds of decided_at and signal_ts into datetimes (in C,
+# a tenth of datetime.fromtimestamp's cost); it also takes numbers written as strings.
+_DECISION = msgspec.json.Decoder(DecisionRecord, strict=False)
+
+
+def decode_decision(value: bytes | None) -> DecisionRecord:
+    """A ``router.decisions`` value; ``ValueError`` (``msgspec.ValidationError``) when it is not
+    a JSON object with the fields and types of a decision."""
+    return _DECISION.decode(value or b"null")
+
+
+def input_key(d: DecisionRecord) -> str:
     """The decided record's position, as ``dlq_key`` writes a DLQ entry's original position."""
-    return dlq_key(d["input_topic"], d["input_partition"], d["input_offset"])
+    return dlq_key(d.input_topic, d.input_partition, d.input_offset)
 
 
-def decision_row(d: Mapping[str, Any], redactor: Redactor = DEFAULT_REDACTOR,
+def decision_extra(d: DecisionRecord) -> Any:
+    """The decision's ``extra`` (an operator's replay says ``replay_of`` there), decoded."""
+    return None if d.extra == _NO_EXTRA else orjson.loads(bytes(d.extra))
+
+
+def decision_row(d: DecisionRecord, redactor: Redactor = DEFAULT_REDACTOR,
                  tenants: dict[str, str] | None = None) -> tuple[Any, ...]:
-    """A decision (its :func:`decision_fields`) in ``DECISION_COLUMNS`` order and the columns'
-    own types (what :func:`~router_stream.adapters.postgres.copy_decisions` copies as is), its
+    """A decision in ``DECISION_COLUMNS`` order and the columns' own types (what
+    :func:`~router_stream.adapters.postgres.copy_decisions` copies as is), its
     signal-supplied ids (``signal_id``, ``tenant``) masked; ``tenants`` caches tenant masks.
-    Everything else in a decision comes from the policy or the router's state. ``KeyError``
-    when a field is missing; read from the JSON object, not through ``Decision``, which
-    would cost as much as the rest of the row."""
-    state: dict[str, Any] = {"trust": d["trust"], "breakers": d["breakers"]}
-    for name in ("priority", "rule", "override_id"):
-        value = d.get(name)
-        if value is not None:
-            state[name] = value
-    if d.get("extra"):
-        state["extra"] = d["extra"]
-    method = d.get("method")
-    consensus = None if method is None else {
-        "value": d.get("value"), "method": method, "sources_used": d.get("sources_used"),
-        "outliers": d.get("outliers")}
-    tenant_id = d["tenant"]
+    Everything else in a decision comes from the policy or the router's state.
+
+    Made of strings, numbers, datetimes, tuples and JSON text only (no dict or list unless
+    the decision is a consensus one or holds U+0000), so the collector untracks a row after
+    one look at it."""
+    tenant_id = d.tenant
     tenant = None if tenants is None else tenants.get(tenant_id)
     if tenant is None:
         tenant = redactor.identifier(tenant_id, "tenant")
         if tenants is not None:
             tenants[tenant_id] = tenant
-    signal_ts = d["signal_ts"]
-    return (d["decision_id"], redactor.identifier(d["signal_id"], "signal_id"), tenant,
-            d["kind"], d["destinations"], d["strategy"], d["tier"], d["policy_version"],
-            float(d["confidence"]), state, consensus, d["input_topic"], d["input_partition"],
-            d["input_offset"], None if signal_ts is None else _epoch(signal_ts),
-            _epoch(d["decided_at"]))
+    consensus = None if d.method is None else {
+        "value": d.value, "method": d.method, "sources_used": d.sources_used,
+        "outliers": d.outliers}
+    return (d.decision_id, redactor.identifier(d.signal_id, "signal_id"), tenant, d.kind,
+            d.destinations, d.strategy, d.tier, d.policy_version, d.confidence, _state(d),
+            consensus, d.input_topic, d.input_partition, d.input_offset, d.signal_ts,
+            d.decided_at)
+
+
+def _state(d: DecisionRecord) -> bytes | dict[str, Any]:
+    """The ``state`` column: trust and breaker state, and the decision's ``priority``,
+    ``rule``, ``override_id`` and ``extra`` where set, as JSON text; as a dict when the text
+    escapes U+0000 (which jsonb refuses), so that :func:`escape_nul` can reach its strings."""
+    parts = [b'{"trust":', d.trust, b',"breakers":', d.breakers]
+    for name, value in ((b"priority", d.priority), (b"rule", d.rule),
+                        (b"override_id", d.override_id)):
+        if value is not None:
+            parts += (b',"', name, b'":', orjson.dumps(value))
+    if d.extra != _NO_EXTRA and orjson.loads(bytes(d.extra)):
+        parts += (b',"extra":', d.extra)
+    parts.append(b"}")
+    text = b"".join(parts)
+    return orjson.loads(text) if b"\\u0000" in text else text
 
 
 def _epoch(value: float) -> datetime:

@@ -3,7 +3,7 @@ a column value.
 
 Values: timestamps are ``datetime`` (naive ones are taken as UTC), ISO-8601 strings, or epoch
 numbers (> 1e11 is read as milliseconds, otherwise seconds); JSON columns take any
-JSON-serialisable value or an already-serialised ``str``.
+JSON-serialisable value or already-serialised JSON text (``str``, or UTF-8 ``bytes``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ def _ts(value: Any) -> datetime | None:
 def json_text(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
+    if isinstance(value, bytes):
+        return value.decode()
     return orjson.dumps(value).decode()
 
 

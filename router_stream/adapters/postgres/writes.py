@@ -31,21 +31,28 @@ from router_stream.adapters.postgres.tables import (
 )
 
 
-async def _write(conn: asyncpg.Connection, table: _Table, rows: Sequence[Any]) -> int:
-    """COPY the batch into the session's staging table, then INSERT ... SELECT ... ON CONFLICT."""
+async def _write(conn: asyncpg.Connection, table: _Table, rows: Sequence[Any], *,
+                 savepoint: bool = True) -> int:
+    """COPY the batch into the session's staging table, then INSERT ... SELECT ... ON CONFLICT.
+    ``savepoint=False`` (see :func:`copy_decisions`): in the caller's transaction as it is."""
     if not rows:
         return 0
     records = _records(table, rows)
     with unavailable_as_router_error(f"writing {table.name}"):
+        if not savepoint:
+            return await _staged(conn, table, records)
         outer = conn.is_in_transaction()
         async with conn.transaction():
-            await conn.execute(table.staging_ddl())
-            await conn.copy_records_to_table(
-                table.staging, records=records, columns=table.column_names
-            )
-            status = await conn.execute(table.insert_sql())
+            inserted = await _staged(conn, table, records)
             if outer:  # ON COMMIT DELETE ROWS only empties it when the outer transaction ends
                 await conn.execute(f"TRUNCATE {table.staging}")
+        return inserted
+
+
+async def _staged(conn: asyncpg.Connection, table: _Table, records: list[list[Any]]) -> int:
+    await conn.execute(table.staging_ddl())
+    await conn.copy_records_to_table(table.staging, records=records, columns=table.column_names)
+    status = await conn.execute(table.insert_sql())
     return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 <n>"
 
 
@@ -54,17 +61,26 @@ async def insert_decisions(conn: asyncpg.Connection, rows: Sequence[Any]) -> int
     return await _write(conn, _DECISIONS, rows)
 
 
-async def copy_decisions(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+async def copy_decisions(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]], *,
+                         savepoint: bool = True) -> int:
     """Write decision rows given as tuples of the columns' own types (``DECISION_COLUMNS``
     order, timestamps as ``datetime``): COPY straight into ``routing_decisions``, and only when
     a row is already there (a re-processed batch) through :func:`insert_decisions`. Same result,
-    without the staging table on the common path. Returns rows inserted."""
+    without the staging table on the common path. Returns rows inserted.
+
+    ``savepoint=False`` saves the savepoint's two round trips when the caller is ready to roll
+    its whole transaction back on any error, a row already there included (raised as
+    ``UniqueViolationError``)."""
     if not rows:
         return 0
     # In signal_id order, as insert_decisions: concurrent writers take the keys' locks in the
     # same order, so one waits for the other instead of deadlocking.
     ordered = sorted(rows, key=itemgetter(1))
     with unavailable_as_router_error("writing routing_decisions"):
+        if not savepoint:
+            await conn.copy_records_to_table(
+                _DECISIONS.name, records=ordered, columns=_DECISIONS.column_names)
+            return len(ordered)
         try:
             async with conn.transaction():
                 await conn.copy_records_to_table(
@@ -74,30 +90,24 @@ async def copy_decisions(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...
             return await insert_decisions(conn, ordered)
 
 
-async def pending_dlq_keys(conn: asyncpg.Connection, keys: Sequence[str]) -> set[str]:
-    """Which of ``keys`` (original topic/partition/offset) have a pending DLQ entry."""
-    if not keys:
-        return set()
-    # A join with the unnested keys, not `dlq_key = ANY($1)`: a sequential scan filtered by
-    # ANY compares every row with every key (5,000 keys x 3,000 rows: 0.28 s a batch).
+async def known_outcomes(conn: asyncpg.Connection, decided: Sequence[str],
+                         dead_lettered: Sequence[str]) -> tuple[set[str], set[str]]:
+    """In one round trip: which of the inputs ``decided`` (original topic/partition/offset)
+    have a *pending* DLQ entry, and which of the inputs ``dead_lettered`` have a decision row."""
+    if not decided and not dead_lettered:
+        return set(), set()
+    # Joins with the unnested keys, not `dlq_key = ANY($1)`: a sequential scan filtered by ANY
+    # compares every row with every key (5,000 keys x 3,000 rows: 0.28 s a batch).
     rows = await conn.fetch(
-        "SELECT d.dlq_key FROM unnest($1::text[]) AS k(key)"
-        " JOIN dlq_entries d ON d.dlq_key = k.key WHERE d.status = 'pending'",
-        list(keys),
-    )
-    return {r["dlq_key"] for r in rows}
-
-
-async def decided_inputs(conn: asyncpg.Connection, keys: Sequence[str]) -> set[str]:
-    """Which of ``keys`` (input topic/partition/offset) already have a decision row."""
-    if not keys:
-        return set()
-    rows = await conn.fetch(
-        f"SELECT k.key AS k FROM unnest($1::text[]) AS k(key)"
+        "SELECT true AS pending, d.dlq_key AS key FROM unnest($1::text[]) AS k(key)"
+        " JOIN dlq_entries d ON d.dlq_key = k.key WHERE d.status = 'pending'"
+        " UNION ALL"
+        f" SELECT false, k.key FROM unnest($2::text[]) AS k(key)"
         f" JOIN routing_decisions ON {_INPUT_KEY} = k.key",
-        list(keys),
+        list(decided), list(dead_lettered),
     )
-    return {r["k"] for r in rows}
+    pending = {r["key"] for r in rows if r["pending"]}
+    return pending, {r["key"] for r in rows if not r["pending"]}
 
 
 async def delete_decisions_of_inputs(conn: asyncpg.Connection, keys: Sequence[str]) -> int:
@@ -113,10 +123,14 @@ async def delete_decisions_of_inputs(conn: asyncpg.Connection, keys: Sequence[st
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def insert_dlq_entries(conn: asyncpg.Connection, rows: Sequence[Any]) -> int:
+async def insert_dlq_entries(conn: asyncpg.Connection, rows: Sequence[Any], *,
+                             savepoint: bool = True) -> int:
     """Write DLQ entries; a dlq_key already present is skipped unless the new entry has more
-    attempts (a replay that failed again). Returns rows inserted or updated."""
-    return await _write(conn, _DLQ, [_with_dlq_key(r) for r in rows])
+    attempts (a replay that failed again). Returns rows inserted or updated.
+
+    ``savepoint=False``: no savepoint of its own and the staging table left filled, for a
+    caller that writes DLQ entries once in its transaction and rolls it all back on an error."""
+    return await _write(conn, _DLQ, [_with_dlq_key(r) for r in rows], savepoint=savepoint)
 
 
 async def insert_breaker_transitions(conn: asyncpg.Connection, rows: Sequence[Any]) -> int:
