@@ -52,6 +52,8 @@ class BatchView:
         self.unavailable = unavailable
         self.unavailable_sources = unavailable | set(self.overrides.excluded)
         self._scores: Scores | None = None
+        # Every source's deviation component, for consensus (a live view: see its class).
+        self.track_record = tr.DeviationRecord(state.trust)
         # Keyed by route identity: a rollout candidate may route the same kind differently.
         self._contexts: dict[int, SelectionContext] = {}
         self._route_state: dict[int, RouteState] = {}

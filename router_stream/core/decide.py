@@ -11,7 +11,7 @@ the engine's :class:`~router_stream.core.state.RouterState`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from router_stream.core import trust as tr
 from router_stream.core.batchview import BatchView
@@ -34,9 +34,9 @@ from router_stream.core.wire import (
 )
 
 
-@dataclass(slots=True)
-class Deciding:
-    """One signal being decided, and everything its steps read."""
+class Deciding(msgspec.Struct):
+    """One signal being decided, and everything its steps read (a ``msgspec.Struct``: one is
+    built per signal, and that is cheaper than a dataclass)."""
 
     record: InboundRecord
     origin: Origin
@@ -107,7 +107,9 @@ class Decider:
 
     def _select(self, d: Deciding, route: RouteSpec, priority: int | None) -> None:
         batch = d.batch
-        forced = batch.overrides.forced_destination(route.kind, d.signal.tenant)
+        overrides = batch.overrides
+        forced = (overrides.forced_destination(route.kind, d.signal.tenant) if overrides.forced
+                  else None)
         if forced is not None:
             self._emit(d, route, priority, ((forced,), None, 1.0), "override")
             return
@@ -131,13 +133,13 @@ class Decider:
         signal, state, batch, now = d.signal, self._state, d.batch, d.now
         metric = signal.metric or route.kind
         if signal.source_id is not None and signal.value is not None:
-            state.observations.setdefault(metric, {})[signal.source_id] = Observation(
-                signal.source_id, signal.value, signal.ts
-            )
+            # Observation(...) without the NamedTuple __new__ (once per observation)
+            state.observations.setdefault(metric, {})[signal.source_id] = tuple.__new__(
+                Observation, (signal.source_id, signal.value, signal.ts))
         observations = state.observations.get(metric, {})
         outcome = consensus(observations.values(), now, cfg, batch.trust_scores(d.policy),
                             batch.unavailable_sources, state.last_good.get(metric),
-                            tr.DeviationRecord(state.trust))
+                            batch.track_record)
         if outcome is None:
             self.dead_letter(d, DlqReason.NO_HEALTHY_DESTINATION,
                              f"metric {metric!r}: no usable source and no recent consensus",
@@ -160,7 +162,7 @@ class Decider:
             return
         tier, dests = usable
         consensus_json = consensus_members(outcome.value, outcome.method,
-                                           list(outcome.sources_used), list(outcome.outliers))
+                                           outcome.sources_used, outcome.outliers)
         self._emit(d, route, priority, ((dests[0],), tier, outcome.confidence), "consensus",
                    consensus_json)
 

@@ -92,6 +92,10 @@ class RetryRecord:
     signal_id: str | None
 
 
+Mark = tuple[int, int, int, int, int, int]
+"""How much of a :class:`BatchResult` existed at one moment (:meth:`BatchResult.mark`)."""
+
+
 @dataclass(slots=True)
 class BatchResult:
     """Everything one batch produced. Every input record is accounted for exactly once in
@@ -107,13 +111,13 @@ class BatchResult:
     shadow: list[ShadowOutcome] = field(default_factory=list)
     rollout_events: list[RolloutEvent] = field(default_factory=list)
 
-    def mark(self) -> tuple[int, int, int, int, int, int]:
+    def mark(self) -> Mark:
         """How much of the result exists now (a plain tuple: taken once per signal), so a
         record that fails half-way can leave nothing of itself behind (:meth:`take_back`)."""
         return (len(self.routed), len(self.decisions), len(self.dlq), len(self.retries),
                 self.dropped_duplicates, len(self.shadow))
 
-    def take_back(self, mark: tuple[int, int, int, int, int, int]) -> list[RoutedRecord]:
+    def take_back(self, mark: Mark) -> list[RoutedRecord]:
         """Remove everything added since ``mark``; returns the routed records removed."""
         routed, decisions, dlq, retries, duplicates, shadow = mark
         taken = self.routed[routed:]

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import msgspec
 import orjson
 
 if TYPE_CHECKING:
@@ -92,9 +93,10 @@ def position_key(topic: str, partition: int, offset: int) -> str:
     return f"{topic}/{partition}/{offset}"
 
 
-@dataclass(slots=True)
-class Origin:
-    """Where a record was first read: itself, or (for a retried/replayed record) its headers."""
+class Origin(msgspec.Struct, gc=False):
+    """Where a record was first read: itself, or (for a retried/replayed record) its headers.
+
+    A ``msgspec.Struct``: one is built per record, and that is cheaper than a dataclass."""
 
     topic: str
     partition: int
@@ -150,7 +152,7 @@ def origin_of(record: InboundRecord) -> Origin:
                     return origin
             except ValueError:  # UnicodeDecodeError included
                 pass  # bad headers: treat the record as fresh rather than fail it
-    return Origin.own(record)
+    return Origin(record.topic, record.partition, record.offset, 0, None)  # Origin.own
 
 
 def origin_key(record: InboundRecord) -> str:
@@ -392,8 +394,8 @@ def route_state(trust: dict[str, float], breakers: dict[str, str]) -> bytes:
     return b',"trust":' + orjson.dumps(trust) + b',"breakers":' + orjson.dumps(breakers)
 
 
-def consensus_members(value: float, method: str, sources_used: list[str],
-                      outliers: list[str]) -> bytes:
+def consensus_members(value: float, method: str, sources_used: Sequence[str],
+                      outliers: Sequence[str]) -> bytes:
     """A consensus decision's members, as its route and its decision carry them."""
     return orjson.dumps({"value": value, "method": method, "sources_used": sources_used,
                          "outliers": outliers})[1:-1]
