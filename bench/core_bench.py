@@ -138,8 +138,11 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-gc-freeze", action="store_true",
                     help="leave the pre-built records in the cyclic GC's view (see above)")
+    ap.add_argument("--decide-only", action="store_true",
+                    help="time decide_batch without the decisions' to_json() (see above)")
     args = ap.parse_args()
-    results = [run(k, args.signals, gc_freeze=not args.no_gc_freeze)
+    results = [run(k, args.signals, gc_freeze=not args.no_gc_freeze,
+                   with_bytes=not args.decide_only)
                for k in ("alert", "notification", "observation")]
     names = {"alert": "first_healthy", "notification": "thompson", "observation": "consensus(5)"}
     if args.json:

@@ -26,7 +26,6 @@ from router_stream.core.strategies.consensus import deviation_z, remember
 from router_stream.core.wire import (
     Origin,
     consensus_members,
-    decision_id_for,
     dlq_context,
     retry_headers,
     routed_body,
@@ -187,11 +186,10 @@ class Decider:
         signal, origin, batch = d.signal, d.origin, d.batch
         destinations, tier, confidence = picked
         signal_id = signal.signal_id
-        decision_id = decision_id_for(signal_id)
         version = d.policy.version
         enc = batch.encoder
         parts = enc.route(route.kind, destinations, strategy, tier, version)
-        ids = enc.ids(decision_id, signal_id)
+        ids = enc.ids(signal_id)
         conf = enc.number(confidence)
         replay: dict[str, object] | None = (
             {"replay_of": origin.dlq_id} if origin.dlq_id is not None else None)
@@ -199,16 +197,16 @@ class Decider:
         value = enc.decision(ids, signal.tenant, parts, conf, state, origin, signal.ts, priority,
                              consensus, replay)
         # Positional, in field order (docs/performance.md).
-        d.result.decisions.append(DecisionRecord(value, signal_id, decision_id, route.kind,
+        d.result.decisions.append(DecisionRecord(value, signal_id, route.kind,
                                                  list(destinations), strategy, version,
                                                  confidence))
         record = d.record
         body = routed_body(record.value)
         trace = trace_headers(record.headers)
         routed, counts = d.result.routed, batch.routed
-        for dest, fields in zip(destinations, parts.routed, strict=True):
+        for i, dest in enumerate(destinations):
             routed.append(RoutedRecord(dest, record.key,
-                                       enc.routed(body, ids, fields, conf, consensus),
+                                       enc.routed(body, ids, parts.routed[i], conf, consensus),
                                        signal_id, trace))
             counts[dest] = counts.get(dest, 0) + 1
 

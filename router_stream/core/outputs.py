@@ -16,7 +16,7 @@ import orjson
 from router_stream.core.breaker import BreakerTransition
 from router_stream.core.models import Decision, DlqEntry
 from router_stream.core.rollout import RolloutEvent, ShadowOutcome
-from router_stream.core.wire import position_key
+from router_stream.core.wire import DECISION_ID_SPAN, position_key
 
 
 class RoutedRecord(msgspec.Struct, frozen=True, gc=False):
@@ -44,7 +44,6 @@ class DecisionRecord(msgspec.Struct, frozen=True, gc=False):
 
     json: bytes
     signal_id: str
-    decision_id: str
     kind: str
     destinations: list[str]
     strategy: str
@@ -54,6 +53,10 @@ class DecisionRecord(msgspec.Struct, frozen=True, gc=False):
     def to_json(self) -> bytes:
         """The value, as ``Decision.to_json`` writes it."""
         return self.json
+
+    @property
+    def decision_id(self) -> str:
+        return self.json[DECISION_ID_SPAN].decode()
 
     def decision(self) -> Decision:
         return Decision(**orjson.loads(self.json))

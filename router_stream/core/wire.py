@@ -265,9 +265,14 @@ def decision_id_for(signal_id: str) -> str:
     """Deterministic: re-processing a signal after a crash yields the same decision id, so the
     Kafka copy and the Postgres row of a decision agree however often it is written
     (``"dec-"`` + the 12-byte BLAKE2b digest of the id, in hex)."""
+    return decision_id_bytes(signal_id).decode()
+
+
+def decision_id_bytes(signal_id: str) -> bytes:
+    """:func:`decision_id_for` as ASCII bytes, as the encoder writes it."""
     h = _DECISION_HASH.copy()
     h.update(signal_id.encode())
-    return "dec-" + h.hexdigest()
+    return b"dec-" + h.hexdigest().encode()
 
 
 # The bytes of a routed record (the producer's value with a ``route`` member spliced in before its
@@ -295,6 +300,11 @@ def routed_body(value: bytes | None) -> bytes:
         body = body.rstrip()
         last = body[-1:]
     return body if last == b"{" else body + b","
+
+
+DECISION_ID_SPAN = slice(16, 44)
+"""Where a decision's value (:meth:`OutputEncoder.decision`) holds its decision id:
+``{"decision_id":"`` is 16 bytes, ``dec-`` and 24 hex digits 28 more."""
 
 
 class RouteParts:
@@ -348,10 +358,11 @@ class OutputEncoder:
             out = self._floats[value] = orjson.dumps(value)
         return out
 
-    def ids(self, decision_id: str, signal_id: str) -> bytes:
-        """``"decision_id":…,"signal_id":…``: how both a decision and a route begin
-        (``decision_id`` is :func:`decision_id_for`'s: nothing in it to escape)."""
-        return b"".join((b'"decision_id":"', decision_id.encode(), b'","signal_id":',
+    def ids(self, signal_id: str) -> bytes:
+        """``"decision_id":…,"signal_id":…``: how both a decision and a route begin (the
+        decision id is hex: nothing in it to escape). A decision's value therefore holds its
+        id at ``DECISION_ID_SPAN``."""
+        return b"".join((b'"decision_id":"', decision_id_bytes(signal_id), b'","signal_id":',
                          orjson.dumps(signal_id)))
 
     def routed(self, body: bytes, ids: bytes, fields: bytes, confidence: bytes,

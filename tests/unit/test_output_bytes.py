@@ -42,7 +42,7 @@ def _encode(enc: OutputEncoder, f: dict[str, Any]) -> bytes:
     parts = enc.route(f["kind"], f["destinations"], f["strategy"], f["tier"], f["version"])
     c = f["consensus"]
     return enc.decision(
-        enc.ids(decision_id_for(f["signal_id"]), f["signal_id"]), f["tenant"], parts,
+        enc.ids(f["signal_id"]), f["tenant"], parts,
         enc.number(f["confidence"]), route_state(f["trust"], f["breakers"]),
         Origin(f["topic"], f["partition"], f["offset"], 0, None), f["ts"], f["priority"],
         consensus_members(*c) if c is not None else None,
@@ -52,7 +52,8 @@ def _encode(enc: OutputEncoder, f: dict[str, Any]) -> bytes:
 def _decision(f: dict[str, Any]) -> Decision:
     c = f["consensus"] or (None, None, None, None)
     return Decision(
-        decision_id_for(f["signal_id"]), f["signal_id"], f["tenant"], f["kind"], list(f["destinations"]),
+        decision_id_for(f["signal_id"]), f["signal_id"], f["tenant"], f["kind"],
+        list(f["destinations"]),
         f["strategy"], f["tier"], f["version"], f["confidence"], f["trust"], f["breakers"],
         f["topic"], f["partition"], f["offset"], f["now"], f["ts"], f["priority"], None, None,
         *c, {"replay_of": f["replay_of"]} if f["replay_of"] is not None else {})
@@ -71,12 +72,12 @@ def test_a_decision_is_written_as_orjson_writes_the_dataclass(batch):
 @given(fields)
 def test_a_decision_record_reads_back_as_its_decision(f):
     value = _encode(OutputEncoder(f["now"]), f)
-    record = DecisionRecord(value, f["signal_id"], decision_id_for(f["signal_id"]), f["kind"],
-                            list(f["destinations"]), f["strategy"], f["version"],
-                            f["confidence"])
+    record = DecisionRecord(value, f["signal_id"], f["kind"], list(f["destinations"]),
+                            f["strategy"], f["version"], f["confidence"])
     decision = _decision(f)
     assert record.decision() == decision
     assert record.decision().to_json() == record.to_json() == decision.to_json()
+    assert record.decision_id == decision.decision_id
     assert record.tier == decision.tier and record.input_offset == decision.input_offset
     assert record.trust == decision.trust and record.extra == decision.extra
 
@@ -93,7 +94,7 @@ def test_a_routed_value_is_the_signal_with_its_route_member(signal, f, space):
     enc = OutputEncoder(f["now"])
     parts = enc.route(f["kind"], f["destinations"], f["strategy"], f["tier"], f["version"])
     c = f["consensus"]
-    ids_json = enc.ids(decision_id_for(f["signal_id"]), f["signal_id"])
+    ids_json = enc.ids(f["signal_id"])
     for dest, dest_fields in zip(f["destinations"], parts.routed, strict=True):
         route: dict[str, Any] = {
             "decision_id": decision_id_for(f["signal_id"]), "signal_id": f["signal_id"],
