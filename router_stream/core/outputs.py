@@ -58,6 +58,12 @@ class DecisionRecord(msgspec.Struct, frozen=True, gc=False):
     def decision_id(self) -> str:
         return self.json[DECISION_ID_SPAN].decode()
 
+    @property
+    def input_key(self) -> str:
+        """``topic/partition/offset`` of the input decided (:func:`position_key`)."""
+        d = self.decision()
+        return position_key(d.input_topic, d.input_partition, d.input_offset)
+
     def decision(self) -> Decision:
         return Decision(**orjson.loads(self.json))
 
