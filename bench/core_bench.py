@@ -7,10 +7,9 @@ limiting, selection, decision building and routed-record splicing are all includ
     python bench/core_bench.py [--signals 100000] [--json] [--no-gc-freeze] [--decide-only]
 
 Each decision's ``router.decisions`` value is taken (``to_json()``, as the worker does before
-producing it) inside the timed loop: the routed values are bytes when ``decide_batch`` returns,
-and so are the decisions' since the engine serialises them itself, but before that
-``to_json()`` did the serialising after the clock had stopped. ``--decide-only`` times
-``decide_batch`` alone, as the figures in docs/performance.md before 2026-12-06 did.
+producing it) inside the timed loop, so the figure covers every output byte; ``--decide-only``
+times ``decide_batch`` alone, as the figures in docs/performance.md dated before 2026-12-06 do
+(the engine serialised decisions only when ``to_json()`` was called, then).
 
 Prints decisions per wall-clock second (the goal's figure) and per CPU-second of this process:
 on a shared machine the second mostly leaves out the neighbours, so compare with it there.
