@@ -20,9 +20,10 @@ from router_stream.core.compiled import CompiledPolicy, RouteSpec
 from router_stream.core.overrides import ActiveOverrides, active
 from router_stream.core.state import RouterState
 from router_stream.core.strategies import LoadCounter, SelectionContext
-from router_stream.core.wire import route_fields, routed_at_field
+from router_stream.core.wire import OutputEncoder, route_state
 
-RouteState = tuple[dict[str, float], dict[str, str]]
+# A route's recorded trust and breaker states, and the two as a decision's members
+RouteState = tuple[dict[str, float], dict[str, str], bytes]
 
 
 class BatchView:
@@ -51,14 +52,15 @@ class BatchView:
         self.unavailable = unavailable
         self.unavailable_sources = unavailable | set(self.overrides.excluded)
         self._scores: Scores | None = None
+        # Every source's deviation component, for consensus (a live view: see its class).
+        self.track_record = tr.DeviationRecord(state.trust)
         # Keyed by route identity: a rollout candidate may route the same kind differently.
         self._contexts: dict[int, SelectionContext] = {}
         self._route_state: dict[int, RouteState] = {}
         self.probing = bool(self._half_open)
         # Signals routed per destination this batch, folded into the load counters at its end.
         self.routed: dict[str, int] = {}
-        self.routed_at = routed_at_field(now)
-        self._route_fields: dict[tuple[str, str, str, int | None, str], bytes] = {}
+        self.encoder = OutputEncoder(now)
 
     def trust_scores(self, policy: CompiledPolicy) -> Scores:
         """The batch's trust scores, weighted by the policy that first asks for them."""
@@ -68,23 +70,16 @@ class BatchView:
 
     def route_state(self, route: RouteSpec, policy: CompiledPolicy) -> RouteState:
         """Trust and breaker state of a route's destinations, as recorded in its decisions:
-        computed once per route and batch and shared by the batch's decisions (read-only)."""
+        computed and serialised once per route and batch and shared by the batch's decisions
+        (read-only)."""
         cached = self._route_state.get(id(route))
         if cached is None:
             dests = route.destinations
-            cached = ({d: self.trust_of(d, policy) for d in dests},
-                      {d: self.breaker_state(d) for d in dests})
+            trust = {d: self.trust_of(d, policy) for d in dests}
+            breakers = {d: self.breaker_state(d) for d in dests}
+            cached = (trust, breakers, route_state(trust, breakers))
             self._route_state[id(route)] = cached
         return cached
-
-    def route_fields(self, destination: str, kind: str, strategy: str, tier: int | None,
-                     version: str) -> bytes:
-        """:func:`~router_stream.core.wire.route_fields`, once per combination and batch."""
-        key = (destination, kind, strategy, tier, version)
-        fields = self._route_fields.get(key)
-        if fields is None:
-            fields = self._route_fields[key] = route_fields(*key)
-        return fields
 
     def count_routed(self, destination: str, n: int = 1) -> None:
         """``n`` more signals routed to ``destination`` in this batch (negative: taken back)."""
@@ -105,7 +100,7 @@ class BatchView:
     def trust_changed(self, target: str, state: tr.TrustState) -> None:
         """Keep the batch's scores equal to what a fresh batch would compute. Only the recorded
         state of routes that name ``target`` is dropped (docs/performance.md)."""
-        for key, (trust, _breakers) in list(self._route_state.items()):
+        for key, (trust, _breakers, _json) in list(self._route_state.items()):
             if target in trust:
                 del self._route_state[key]
         if self._scores is not None:

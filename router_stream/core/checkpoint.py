@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 FORMAT = 1
 
-_TRUST = tuple(f.name for f in fields(TrustState))
+_TRUST = TrustState.__struct_fields__
 _BREAKER = tuple(f.name for f in fields(Breaker) if f.name != "target_id")
 _ARM = tuple(f.name for f in fields(BanditArm))
 FIELDS: dict[str, list[str]] = {"trust": list(_TRUST), "breakers": list(_BREAKER),

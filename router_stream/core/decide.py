@@ -11,32 +11,31 @@ the engine's :class:`~router_stream.core.state.RouterState`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from router_stream.core import trust as tr
 from router_stream.core.batchview import BatchView
 from router_stream.core.compiled import CompiledPolicy, RouteSpec
 from router_stream.core.deadletter import dlq_record
-from router_stream.core.models import Decision, DlqReason, InboundRecord, Signal
-from router_stream.core.outputs import BatchResult, RetryRecord, RoutedRecord
+from router_stream.core.models import DlqReason, InboundRecord, Signal
+from router_stream.core.outputs import BatchResult, DecisionRecord, RetryRecord, RoutedRecord
 from router_stream.core.state import RouterState
 from router_stream.core.strategies import SELECTION_STRATEGIES, Observation, consensus
 from router_stream.core.strategies.base import first_usable_tier
 from router_stream.core.strategies.consensus import deviation_z, remember
 from router_stream.core.wire import (
     Origin,
-    decision_id_for,
+    consensus_members,
     dlq_context,
     retry_headers,
-    routed_head,
-    routed_tail,
+    routed_body,
     trace_headers,
 )
 
 
-@dataclass(slots=True)
-class Deciding:
-    """One signal being decided, and everything its steps read."""
+class Deciding(msgspec.Struct):
+    """One signal being decided, and everything its steps read (a ``msgspec.Struct``: one is
+    built per signal, and that is cheaper than a dataclass)."""
 
     record: InboundRecord
     origin: Origin
@@ -107,7 +106,9 @@ class Decider:
 
     def _select(self, d: Deciding, route: RouteSpec, priority: int | None) -> None:
         batch = d.batch
-        forced = batch.overrides.forced_destination(route.kind, d.signal.tenant)
+        overrides = batch.overrides
+        forced = (overrides.forced_destination(route.kind, d.signal.tenant) if overrides.forced
+                  else None)
         if forced is not None:
             self._emit(d, route, priority, ((forced,), None, 1.0), "override")
             return
@@ -131,13 +132,13 @@ class Decider:
         signal, state, batch, now = d.signal, self._state, d.batch, d.now
         metric = signal.metric or route.kind
         if signal.source_id is not None and signal.value is not None:
-            state.observations.setdefault(metric, {})[signal.source_id] = Observation(
-                signal.source_id, signal.value, signal.ts
-            )
+            # Observation(...) without the NamedTuple __new__ (once per observation)
+            state.observations.setdefault(metric, {})[signal.source_id] = tuple.__new__(
+                Observation, (signal.source_id, signal.value, signal.ts))
         observations = state.observations.get(metric, {})
         outcome = consensus(observations.values(), now, cfg, batch.trust_scores(d.policy),
                             batch.unavailable_sources, state.last_good.get(metric),
-                            tr.DeviationRecord(state.trust))
+                            batch.track_record)
         if outcome is None:
             self.dead_letter(d, DlqReason.NO_HEALTHY_DESTINATION,
                              f"metric {metric!r}: no usable source and no recent consensus",
@@ -159,10 +160,10 @@ class Decider:
             self._no_healthy(d, route)
             return
         tier, dests = usable
-        extra = {"value": outcome.value, "method": outcome.method,
-                 "sources_used": list(outcome.sources_used), "outliers": list(outcome.outliers)}
+        consensus_json = consensus_members(outcome.value, outcome.method,
+                                           outcome.sources_used, outcome.outliers)
         self._emit(d, route, priority, ((dests[0],), tier, outcome.confidence), "consensus",
-                   extra)
+                   consensus_json)
 
     def _no_healthy(self, d: Deciding, route: RouteSpec) -> None:
         """Every destination unavailable: retry later while the route allows, else the DLQ."""
@@ -178,38 +179,35 @@ class Decider:
                          route.kind)
 
     def _emit(self, d: Deciding, route: RouteSpec, priority: int | None, picked: Picked,
-              strategy: str, extra: dict[str, object] | None = None) -> None:
-        """The decision (SPEC §3) and one routed record per destination (SPEC §2); ``extra``:
-        a consensus decision's value, method, sources_used and outliers."""
+              strategy: str, consensus: bytes | None = None) -> None:
+        """The decision (SPEC §3) and one routed record per destination (SPEC §2), their bytes
+        built by the batch's :class:`~router_stream.core.wire.OutputEncoder`; ``consensus``: a
+        consensus decision's value, method, sources_used and outliers, serialised."""
         signal, origin, batch = d.signal, d.origin, d.batch
         destinations, tier, confidence = picked
-        decision_id = decision_id_for(signal.signal_id)
+        signal_id = signal.signal_id
         version = d.policy.version
-        trust, breakers = batch.route_state(route, d.policy)
+        enc = batch.encoder
+        parts = enc.route(route.kind, destinations, strategy, tier, version)
+        ids = enc.ids(signal_id)
+        conf = enc.number(confidence)
+        replay: dict[str, object] | None = (
+            {"replay_of": origin.dlq_id} if origin.dlq_id is not None else None)
+        state = batch.route_state(route, d.policy)[2]
+        value = enc.decision(ids, signal.tenant, parts, conf, state, origin, signal.ts, priority,
+                             consensus, replay)
         # Positional, in field order (docs/performance.md).
-        decision = Decision(
-            decision_id, signal.signal_id, signal.tenant, route.kind, list(destinations),
-            strategy, tier, version, confidence, trust, breakers,
-            origin.topic, origin.partition, origin.offset,  # input_topic/_partition/_offset
-            d.now, signal.ts, priority,  # decided_at, signal_ts, priority
-            None, None,  # rule, override_id
-            _float(extra, "value"),
-            extra["method"] if extra else None,  # type: ignore[arg-type]
-            extra["sources_used"] if extra else None,  # type: ignore[arg-type]
-            extra["outliers"] if extra else None,  # type: ignore[arg-type]
-            {"replay_of": origin.dlq_id} if origin.dlq_id is not None else {},
-        )
-        d.result.decisions.append(decision)
+        d.result.decisions.append(DecisionRecord(value, signal_id, route.kind,
+                                                 list(destinations), strategy, version,
+                                                 confidence))
         record = d.record
-        head = routed_head(record.value, decision_id, signal.signal_id)
-        tail = routed_tail(confidence, batch.routed_at, extra)
+        body = routed_body(record.value)
         trace = trace_headers(record.headers)
         routed, counts = d.result.routed, batch.routed
-        for dest in destinations:
-            fields = batch.route_fields(dest, route.kind, strategy, tier, version)
-            # Positional (destination, key, value, signal_id, headers), as in Decision.
-            routed.append(RoutedRecord(dest, record.key, head + fields + tail, signal.signal_id,
-                                       trace))
+        for i, dest in enumerate(destinations):
+            routed.append(RoutedRecord(dest, record.key,
+                                       enc.routed(body, ids, parts.routed[i], conf, consensus),
+                                       signal_id, trace))
             counts[dest] = counts.get(dest, 0) + 1
 
     def _retry(self, d: Deciding, route: RouteSpec) -> None:
@@ -230,9 +228,3 @@ class Decider:
             record, d.origin, reason, error, d.now, signal_id=d.signal.signal_id,
             signal=d.signal, kind=kind, context=dlq_context(record, self._group)))
 
-
-def _float(extra: dict[str, object] | None, key: str) -> float | None:
-    if not extra:
-        return None
-    v = extra.get(key)
-    return float(v) if isinstance(v, int | float) else None

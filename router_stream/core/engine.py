@@ -38,7 +38,7 @@ from router_stream.core.models import (
     PolicyPublish,
     RolloutRollback,
 )
-from router_stream.core.outputs import BatchResult
+from router_stream.core.outputs import BatchResult, Mark
 from router_stream.core.overrides import Override, set_override
 from router_stream.core.parsing import Rejection, parse_signal
 from router_stream.core.rollout import RolloutSpec
@@ -157,25 +157,25 @@ class RouterEngine:
         batch = BatchView(self.state, self._policy, now)
         try:
             for record in records:
-                self._decide_isolated(record, now, batch, result)
+                mark = result.mark()
+                try:
+                    self._decide_one(record, now, batch, result)
+                except Exception as exc:  # noqa: BLE001 - isolation is the point: any fault
+                    self._isolate(record, exc, mark, now, batch, result)
         finally:
             batch.fold_routed()
         result.breaker_transitions.extend(batch.transitions)
         self._check_rollout(now, result)
         return result
 
-    def _decide_isolated(self, record: InboundRecord, now: float, batch: BatchView,
-                         result: BatchResult) -> None:
-        """Decide one record; if anything raises while decoding, deciding or encoding it, what
-        it had added to the batch is taken back and it goes to the DLQ as ``processing_error``
+    def _isolate(self, record: InboundRecord, exc: Exception, mark: Mark, now: float,
+                 batch: BatchView, result: BatchResult) -> None:
+        """A record raised while being decoded, decided or encoded: what it had added to the
+        batch since ``mark`` is taken back and it goes to the DLQ as ``processing_error``
         (exception class and message in the error), so one record can never stop a batch."""
-        mark = result.mark()
-        try:
-            self._decide_one(record, now, batch, result)
-        except Exception as exc:  # noqa: BLE001 - isolation is the point: any fault, one record
-            for taken in result.take_back(mark):
-                batch.count_routed(taken.destination, -1)
-            result.dlq.append(processing_error(record, exc, now, self._group))
+        for taken in result.take_back(mark):
+            batch.count_routed(taken.destination, -1)
+        result.dlq.append(processing_error(record, exc, now, self._group))
 
     def _decide_one(self, record: InboundRecord, now: float, batch: BatchView,
                     result: BatchResult) -> None:

@@ -4,10 +4,11 @@ Inbound messages other than signals (:class:`HealthEvent`, :class:`Outcome`,
 :class:`ControlCommand`) and the DLQ record (:class:`DlqEntry`) are frozen pydantic models: they
 are validated at the edge, and a validated value is never changed afterwards.
 
-The two types built once per signal are plain, unvalidated structures (their costs:
-docs/performance.md): :class:`Signal` is a frozen ``msgspec.Struct`` that only the parser
-(:mod:`router_stream.core.parsing`) builds, after validating; :class:`Decision` is a slotted
-dataclass built from validated values and serialised by one ``orjson.dumps``.
+:class:`Signal`, built once per signal, is a frozen ``msgspec.Struct`` that only the parser
+(:mod:`router_stream.core.parsing`) builds, after validating (its cost: docs/performance.md).
+:class:`Decision` is a slotted dataclass: the shape of a ``router.decisions`` value (its fields,
+in order, are the value's members) and what readers decode it into; the engine writes the value
+itself, from parts (:class:`~router_stream.core.wire.OutputEncoder`), without building one.
 
 Timestamps are epoch seconds (``float``) everywhere inside the core; :func:`to_epoch_seconds`
 normalises the two wire forms (RFC 3339 text, epoch milliseconds).
@@ -326,13 +327,11 @@ CONTROL_ADAPTER: TypeAdapter[ControlCommand] = TypeAdapter(ControlCommand)
 class Decision:
     """One routing decision (SPEC §3), published to ``router.decisions`` and Postgres.
 
-    Not ``frozen`` (a frozen ``__init__`` costs per field on the hot path), but nothing mutates
-    a decision after the engine built it.
-
-    A slotted dataclass rather than a pydantic model: built once per signal on the hot path
-    from already-validated values (see the module docstring for the measurements), serialised
-    with ``orjson.dumps(decision)``. ``trust``/``breakers`` hold only the state that mattered
-    for this decision (the candidates' scores / breaker states), not whole tables.
+    A slotted dataclass rather than a pydantic model, serialised with ``orjson.dumps``
+    (:meth:`to_json`); the engine writes the same bytes without building one (see the module
+    docstring) and hands out :class:`~router_stream.core.outputs.DecisionRecord` views of them.
+    ``trust``/``breakers`` hold only the state that mattered for this decision (the candidates'
+    scores / breaker states), not whole tables.
     """
 
     decision_id: str

@@ -123,6 +123,8 @@ class TenantBuckets:
         """Take ``cost`` tokens for ``tenant`` at ``now``: from its own bucket when ``named``
         lists it, else per ``default`` (each unknown tenant's limit; None: none) and
         ``options``. A refused signal takes no token from any bucket."""
+        if not named and default is None and options.total is None:
+            return True  # no limit applies to anyone
         limit = named.get(tenant)
         if limit is not None:
             ok, self._named[tenant] = admit_limit(

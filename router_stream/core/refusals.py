@@ -139,12 +139,12 @@ def settle_refusals(result: BatchResult, records: Sequence[InboundRecord],
 def _origin_of(result: BatchResult, r: Refused) -> str | None:
     if r.kind == "decision":
         d = result.decisions[r.index]
-        return f"{d.input_topic}/{d.input_partition}/{d.input_offset}"
+        return d.input_key
     signal_id = (result.routed[r.index].signal_id if r.kind == "routed"
                  else result.retries[r.index].signal_id)
     for d in result.decisions:
         if d.signal_id == signal_id:
-            return f"{d.input_topic}/{d.input_partition}/{d.input_offset}"
+            return d.input_key
     if r.kind == "retry":
         return _retry_origin(result.retries[r.index].headers)
     return None
@@ -164,7 +164,7 @@ def _retry_origin(headers: Sequence[tuple[str, bytes | None]]) -> str | None:
 
 def _signal_id_of(result: BatchResult, key: str) -> str | None:
     for d in result.decisions:
-        if f"{d.input_topic}/{d.input_partition}/{d.input_offset}" == key:
+        if d.input_key == key:
             return d.signal_id
     return None
 
@@ -172,7 +172,7 @@ def _signal_id_of(result: BatchResult, key: str) -> str | None:
 def _drop_outputs_of(result: BatchResult, keys: set[str]) -> None:
     """Remove the decisions, routed records and retries of the inputs at ``keys``."""
     gone = {d.signal_id for d in result.decisions
-            if f"{d.input_topic}/{d.input_partition}/{d.input_offset}" in keys}
+            if d.input_key in keys}
     result.decisions = [d for d in result.decisions if d.signal_id not in gone]
     result.routed = [r for r in result.routed if r.signal_id not in gone]
     result.retries = [t for t in result.retries

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import msgspec
 import orjson
 
 if TYPE_CHECKING:
@@ -92,9 +93,10 @@ def position_key(topic: str, partition: int, offset: int) -> str:
     return f"{topic}/{partition}/{offset}"
 
 
-@dataclass(slots=True)
-class Origin:
-    """Where a record was first read: itself, or (for a retried/replayed record) its headers."""
+class Origin(msgspec.Struct, gc=False):
+    """Where a record was first read: itself, or (for a retried/replayed record) its headers.
+
+    A ``msgspec.Struct``: one is built per record, and that is cheaper than a dataclass."""
 
     topic: str
     partition: int
@@ -150,7 +152,7 @@ def origin_of(record: InboundRecord) -> Origin:
                     return origin
             except ValueError:  # UnicodeDecodeError included
                 pass  # bad headers: treat the record as fresh rather than fail it
-    return Origin.own(record)
+    return Origin(record.topic, record.partition, record.offset, 0, None)  # Origin.own
 
 
 def origin_key(record: InboundRecord) -> str:
@@ -263,41 +265,148 @@ def decision_id_for(signal_id: str) -> str:
     """Deterministic: re-processing a signal after a crash yields the same decision id, so the
     Kafka copy and the Postgres row of a decision agree however often it is written
     (``"dec-"`` + the 12-byte BLAKE2b digest of the id, in hex)."""
+    return decision_id_bytes(signal_id).decode()
+
+
+def decision_id_bytes(signal_id: str) -> bytes:
+    """:func:`decision_id_for` as ASCII bytes, as the encoder writes it."""
     h = _DECISION_HASH.copy()
     h.update(signal_id.encode())
-    return "dec-" + h.hexdigest()
+    return b"dec-" + h.hexdigest().encode()
 
 
-# A routed value is the producer's bytes with a ``route`` member spliced in before the closing
-# brace (SPEC §2), serialised as ``orjson.dumps`` of {decision_id, signal_id, destination, kind,
-# strategy, tier, policy_version, confidence, routed_at, *consensus extra} would be. It is built
-# from three parts: a head per signal, the route's constant fields (the same few combinations
-# recur all batch, so the batch caches them) and a tail per signal.
+# The bytes of a routed record (the producer's value with a ``route`` member spliced in before its
+# closing brace, SPEC §2) and of a decision (SPEC §3) are built from parts, without a ``Decision``
+# or a dict per signal: serialised exactly as ``orjson.dumps`` of the route dict and of the
+# ``Decision`` dataclass would be (tests/unit/test_output_bytes.py holds them to it). Parts that
+# recur all batch (the batch's time, a route's constant fields, a tenant, an input partition) are
+# serialised once per batch by :class:`OutputEncoder`.
+
+_NULL_CONSENSUS = b'"value":null,"method":null,"sources_used":null,"outliers":null'
+_NO_EXTRA = b',"extra":{}}'
+_PRIORITY: dict[int | None, bytes] = {
+    p: b',"priority":' + orjson.dumps(p) + b',"rule":null,"override_id":null,'
+    for p in (None, *range(10))}
 
 
-def routed_head(value: bytes | None, decision_id: str, signal_id: str) -> bytes:
-    """The signal's JSON without its closing brace, up to the route's ``signal_id``."""
-    raw = (value or b"{}").rstrip()
-    body = raw[:-1].rstrip()
-    sep = b"" if body.endswith(b"{") else b","
-    return b"".join((body, sep, b'"route":{"decision_id":"', decision_id.encode(),
-                     b'","signal_id":', orjson.dumps(signal_id)))
+def routed_body(value: bytes | None) -> bytes:
+    """The signal's JSON without its closing brace, and the separator before ``"route"``."""
+    raw = value or b"{}"
+    if raw[-1:] != b"}":
+        raw = raw.rstrip()
+    body = raw[:-1]
+    last = body[-1:]
+    if last.isspace():
+        body = body.rstrip()
+        last = body[-1:]
+    return body if last == b"{" else body + b","
 
 
-def route_fields(destination: str, kind: str, strategy: str, tier: int | None,
-                 version: str) -> bytes:
-    """The route's fields from ``destination`` to ``policy_version``, with the commas around."""
-    body = orjson.dumps({"destination": destination, "kind": kind, "strategy": strategy,
-                         "tier": tier, "policy_version": version})
-    return b"," + body[1:-1] + b","
+DECISION_ID_SPAN = slice(16, 44)
+"""Where a decision's value (:meth:`OutputEncoder.decision`) holds its decision id:
+``{"decision_id":"`` is 16 bytes, ``dec-`` and 24 hex digits 28 more."""
 
 
-def routed_at_field(now: float) -> bytes:
-    """The ``routed_at`` member, the same for every record of a batch."""
-    return b',"routed_at":' + orjson.dumps(now)
+class RouteParts:
+    """The constant fields of one route combination, serialised: the decision's from ``kind`` to
+    the ``confidence`` key, and each destination's routed ``route`` fields likewise."""
+
+    __slots__ = ("decision", "routed")
+
+    def __init__(self, kind: str, destinations: tuple[str, ...], strategy: str,
+                 tier: int | None, version: str) -> None:
+        self.decision = (b"," + orjson.dumps({
+            "kind": kind, "destinations": destinations, "strategy": strategy, "tier": tier,
+            "policy_version": version})[1:-1] + b',"confidence":')
+        self.routed = tuple(b"," + orjson.dumps({
+            "destination": d, "kind": kind, "strategy": strategy, "tier": tier,
+            "policy_version": version})[1:-1] + b',"confidence":' for d in destinations)
 
 
-def routed_tail(confidence: float, routed_at: bytes, extra: dict[str, object] | None) -> bytes:
-    """``confidence``, ``routed_at`` and a consensus decision's members, closing both objects."""
-    more = b"," + orjson.dumps(extra)[1:-1] if extra else b""
-    return b"".join((b'"confidence":', orjson.dumps(confidence), routed_at, more, b"}}"))
+RouteKey = tuple[str, tuple[str, ...], str, int | None, str]
+
+
+class OutputEncoder:
+    """Decision and routed bytes for the records of one batch decided at ``now``."""
+
+    __slots__ = ("_routed_at", "_decided_at", "_routes", "_tenants", "_inputs", "_floats")
+
+    def __init__(self, now: float) -> None:
+        at = orjson.dumps(now)
+        self._routed_at = b',"routed_at":' + at
+        self._decided_at = b',"decided_at":' + at + b',"signal_ts":'
+        self._routes: dict[RouteKey, RouteParts] = {}
+        self._tenants: dict[str, bytes] = {}
+        self._inputs: dict[tuple[str, int], bytes] = {}
+        self._floats: dict[float, bytes] = {}  # confidences and signal times recur too
+
+    def route(self, kind: str, destinations: tuple[str, ...], strategy: str, tier: int | None,
+              version: str) -> RouteParts:
+        key = (kind, destinations, strategy, tier, version)
+        parts = self._routes.get(key)
+        if parts is None:
+            parts = self._routes[key] = RouteParts(*key)
+        return parts
+
+    def number(self, value: float) -> bytes:
+        """``orjson.dumps(value)``, kept per batch for floats (ints and zeros, which compare
+        equal to floats of another spelling, are not kept)."""
+        if type(value) is not float or value == 0.0:
+            return orjson.dumps(value)
+        out = self._floats.get(value)
+        if out is None:
+            out = self._floats[value] = orjson.dumps(value)
+        return out
+
+    def ids(self, signal_id: str) -> bytes:
+        """``"decision_id":…,"signal_id":…``: how both a decision and a route begin (the
+        decision id is hex: nothing in it to escape). A decision's value therefore holds its
+        id at ``DECISION_ID_SPAN``."""
+        return b"".join((b'"decision_id":"', decision_id_bytes(signal_id), b'","signal_id":',
+                         orjson.dumps(signal_id)))
+
+    def routed(self, body: bytes, ids: bytes, fields: bytes, confidence: bytes,
+               consensus: bytes | None) -> bytes:
+        """A routed value: ``body`` (:func:`routed_body`), then the route: ``ids``, one
+        destination's ``fields`` (:class:`RouteParts`), the confidence, ``routed_at`` and a
+        consensus decision's members (``"value":…,"outliers":[…]``)."""
+        if consensus is None:
+            return b"".join((body, b'"route":{', ids, fields, confidence, self._routed_at,
+                             b"}}"))
+        return b"".join((body, b'"route":{', ids, fields, confidence, self._routed_at, b",",
+                         consensus, b"}}"))
+
+    def decision(self, ids: bytes, tenant: str, route: RouteParts, confidence: bytes,
+                 state: bytes, origin: Origin, signal_ts: float, priority: int | None,
+                 consensus: bytes | None, extra: dict[str, object] | None) -> bytes:
+        """A decision's value, field by field in ``Decision``'s order: ``state`` is its
+        ``"trust"`` and ``"breakers"`` members (:func:`route_state`), ``consensus`` as in
+        :meth:`routed` but with ``value`` a float, ``extra`` the ``extra`` field."""
+        tenant_json = self._tenants.get(tenant)
+        if tenant_json is None:
+            tenant_json = self._tenants[tenant] = b',"tenant":' + orjson.dumps(tenant)
+        where = self._inputs.get((origin.topic, origin.partition))
+        if where is None:
+            where = self._inputs[(origin.topic, origin.partition)] = (
+                b',"input_topic":' + orjson.dumps(origin.topic) + b',"input_partition":'
+                + str(origin.partition).encode() + b',"input_offset":')
+        prio = _PRIORITY.get(priority)
+        if prio is None:
+            prio = b',"priority":' + orjson.dumps(priority) + b',"rule":null,"override_id":null,'
+        return b"".join((
+            b"{", ids, tenant_json, route.decision, confidence, state, where,
+            b"%d" % origin.offset, self._decided_at, self.number(signal_ts), prio,
+            _NULL_CONSENSUS if consensus is None else consensus,
+            _NO_EXTRA if not extra else b',"extra":' + orjson.dumps(extra) + b"}"))
+
+
+def route_state(trust: dict[str, float], breakers: dict[str, str]) -> bytes:
+    """A decision's ``"trust"`` and ``"breakers"`` members, with the commas around."""
+    return b',"trust":' + orjson.dumps(trust) + b',"breakers":' + orjson.dumps(breakers)
+
+
+def consensus_members(value: float, method: str, sources_used: Sequence[str],
+                      outliers: Sequence[str]) -> bytes:
+    """A consensus decision's members, as its route and its decision carry them."""
+    return orjson.dumps({"value": value, "method": method, "sources_used": sources_used,
+                         "outliers": outliers})[1:-1]

@@ -87,7 +87,7 @@ def test_a_restored_engine_decides_like_the_original():
     a = writer.decide_batch(records, NOW + 5)
     b = restored.decide_batch(records, NOW + 5)
     assert [d.destinations for d in a.decisions][:5] == [["slack"]] * 5
-    assert [orjson.dumps(d) for d in a.decisions] == [orjson.dumps(d) for d in b.decisions]
+    assert [d.to_json() for d in a.decisions] == [d.to_json() for d in b.decisions]
     assert restored.state.arms == writer.state.arms
 
 

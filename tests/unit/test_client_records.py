@@ -107,7 +107,7 @@ def test_parses_the_decision_the_engine_writes_and_keeps_unknown_fields():
     raw = orjson.dumps({"signal_id": "s1", "sender_id": "svc", "kind": "note",
                         "ts": int(NOW * 1000)})
     decision = engine().decide_batch([Rec(raw)], NOW).decisions[0]
-    assert parse_decision(decision.to_json()) == decision
+    assert parse_decision(decision.to_json()) == decision.decision()
     newer = orjson.loads(decision.to_json()) | {"added_in_1_1": 7}
     parsed = parse_decision(orjson.dumps(newer))
     assert isinstance(parsed, Decision) and parsed.extra == {"added_in_1_1": 7}

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from router_stream.core.compiled import RouteSpec
 from router_stream.core.engine import RouterEngine
 from router_stream.core.models import HealthEvent, Outcome
-from router_stream.core.wire import decision_id_for, routed_head
+from router_stream.core.wire import decision_id_for, routed_body
 from tests.support.engine import NOW, Rec, ms, policy, sig
 
 
@@ -195,8 +195,8 @@ def test_a_batch_decides_like_records_one_by_one(kinds, chunk):
     whole = RouterEngine(policy(), seed=7).decide_batch(records, NOW)
     pieces = RouterEngine(policy(), seed=7)
     parts = [pieces.decide_batch(records[i:i + chunk], NOW) for i in range(0, len(records), chunk)]
-    assert [orjson.dumps(d) for d in whole.decisions] == [
-        orjson.dumps(d) for p in parts for d in p.decisions]
+    assert [d.to_json() for d in whole.decisions] == [
+        d.to_json() for p in parts for d in p.decisions]
     assert [d.entry for d in whole.dlq] == [d.entry for p in parts for d in p.dlq]
     assert accounted(whole) == len(records)
 
@@ -214,9 +214,8 @@ def test_trust_and_breaker_state_is_a_deterministic_fold():
 
 @pytest.mark.parametrize("raw", [b'{"a":1}', b' {"a":1} \n', b"{}"])
 def test_route_splice_handles_whitespace_and_empty_objects(raw):
-    head = routed_head(raw, "dec-1", "s1")
-    out = orjson.loads(head + b',"x":1}}')
-    assert out["route"] == {"decision_id": "dec-1", "signal_id": "s1", "x": 1}
+    out = orjson.loads(routed_body(raw) + b'"route":{"x":1}}')
+    assert out == {**orjson.loads(raw), "route": {"x": 1}}
 
 
 def test_workers_polling_at_different_moments_record_the_same_transition():

@@ -129,14 +129,14 @@ def test_a_strategy_that_raises_dead_letters_and_the_batch_goes_on(monkeypatch):
 
 
 def test_a_fault_while_encoding_takes_back_the_half_built_decision(monkeypatch):
-    real = decide_mod.routed_head
+    real = decide_mod.routed_body
 
-    def broken(value, decision_id, signal_id):
-        if signal_id == "s2":
+    def broken(value):
+        if b'"s2"' in value:
             raise MemoryError("no room to splice")
-        return real(value, decision_id, signal_id)
+        return real(value)
 
-    monkeypatch.setattr(decide_mod, "routed_head", broken)
+    monkeypatch.setattr(decide_mod, "routed_body", broken)
     engine = RouterEngine(policy())
     result = engine.decide_batch([Rec(sig(i), offset=i) for i in range(4)], NOW)
     assert outcomes(result) == {0: "decision", 1: "decision", 2: "processing_error",

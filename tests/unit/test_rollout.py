@@ -70,7 +70,7 @@ def test_shadow_records_the_candidate_choice_and_changes_nothing_else():
     alone = RouterEngine(load_compiled(yaml.safe_dump(plain)), seed=3).decide_batch(
         _alerts(100), NOW)
     def same(d):  # the two policies differ by their rollout section, so by version only
-        return orjson.dumps(replace(d, policy_version="-"))
+        return orjson.dumps(replace(d.decision(), policy_version="-"))
 
     assert [same(d) for d in shadowed.decisions] == [same(d) for d in alone.decisions]
     assert len(shadowed.routed) == len(alone.routed) == 100
