@@ -153,7 +153,7 @@ class SignalLoop:
             batches = pipeline_depth = 1
         else:
             self._sink = KafkaSink(settings, topics, metrics, quiesce=self._quiesce)
-            committer = KafkaCommitter(lambda: self.consumer, self.crash_guard, metrics)
+            committer = KafkaCommitter(lambda: self.consumer, self.crash_guard)
             batches = MAX_BATCHES_IN_FLIGHT
         self._pipeline = CommitPipeline(
             engine, self._sink, committer, depth=batches,
@@ -165,6 +165,7 @@ class SignalLoop:
         """Start the producer, then join the group (BrokerUnavailable: why, in one line)."""
         await self._sink.start()
         consumer = SignalConsumer(self._settings, consumer_config(self._settings))
+        consumer.on_commit_answered = self._metrics.commit_seconds.observe
         await consumer.check_connection()
         consumer.subscribe(self.input_topics, on_assigned=self._on_assigned,
                            on_revoked=self._on_revoked)

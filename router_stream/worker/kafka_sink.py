@@ -177,17 +177,16 @@ class KafkaSink:
             self._needs_new_producer = True
         raise BrokerUnavailable("router.dlq refuses even a reference record")
 
+
 class KafkaCommitter:
     """Step 2: the consumer commits the batch's offsets with the crash-loop guard's metadata (the
     lag gauge follows from :meth:`~.hotpath.SignalLoop.refresh_lag`). The commit is sent, not
     waited for: a lost one is covered by the next, and a revoke waits for the last
     (:meth:`~.rdkafka.SignalConsumer.settle_commits`)."""
 
-    def __init__(self, consumer: Callable[[], SignalConsumer | None], guard: CrashGuard,
-                 metrics: WorkerMetrics) -> None:
+    def __init__(self, consumer: Callable[[], SignalConsumer | None], guard: CrashGuard) -> None:
         self._consumer = consumer
         self._guard = guard
-        self._metrics = metrics
 
     async def commit(self, records: Sequence[InboundRecord]) -> None:
         """Commit last offset + 1 of every partition in the batch we still own. Refused after
@@ -203,5 +202,4 @@ class KafkaCommitter:
         if not offsets:
             return
         marked = {tp: (off, self._guard.metadata(tp, off)) for tp, off in offsets.items()}
-        consumer.on_commit_answered = self._metrics.commit_seconds.observe
         await consumer.commit(marked, wait=False)
