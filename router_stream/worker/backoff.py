@@ -45,7 +45,6 @@ async def retry_transient(
     ``give_up()`` is asked before every new attempt (a draining worker past its deadline);
     when it says yes the last error is raised and nothing after this step happens.
     """
-    rng = rng or random.Random()
     attempt = 0
     while True:
         try:
@@ -61,6 +60,9 @@ async def retry_transient(
             error = exc
         if give_up():
             raise error
+        # Made on the first retry only: seeding a Random reads the OS's entropy, a cost every
+        # batch's commit steps would pay otherwise.
+        rng = rng or random.Random()
         delay = backoff.delay(attempt, rng)
         on_retry(step)
         log.warning("transient failure, retrying", extra={
