@@ -77,6 +77,11 @@ TRANSACTION_TIMEOUT_MS = 10_000
 """exactly_once: how long the broker keeps a transaction open before aborting it itself — what
 a worker that stopped mid-batch (SIGSTOP, a lost node) holds read_committed consumers of its
 output partitions back, at most (a restart under the same transactional.id aborts it at once)."""
+COMMIT_INTERVAL_S = 0.1
+"""Offsets committed without waiting go out at most this often (what came meanwhile is merged
+into the next commit): every commit is a write to ``__consumer_offsets``, and a worker fetching
+a few records at a time would otherwise send one per batch. A crash re-processes at most this
+much more (at-least-once); a revoke or a stop commits the newest offsets at once."""
 REVOKE_DRAIN_S = 120.0
 """At most this long ``on_revoke`` waits for the batches in flight; past it the partitions go
 without our last commit (the next owner re-processes: at-least-once)."""
@@ -158,6 +163,7 @@ class SignalConsumer:
         self._last: dict[Partition, TopicPartition] = {}  # the newest offset, per partition
         self._unsent: dict[Partition, TopicPartition] = {}  # newer than the commit that is out
         self._out: tuple[tuple[tuple[str, int, int], ...], float] | None = None  # (key, sent at)
+        self._sent_at = 0.0  # monotonic time the last commit without waiting went out
         self.on_commit_answered: Callable[[float], None] | None = None
         """Called (on the consumer thread) with the seconds a sent commit took to be answered."""
         self._loop = asyncio.get_running_loop()
@@ -242,7 +248,13 @@ class SignalConsumer:
 
     async def take(self, max_records: int, timeout_s: float) -> list[ConsumedRecord]:
         consumer, wait = self._consumer, max(timeout_s, 0.001)
-        taken: list[ConsumedRecord] = await self._call(lambda: _take(consumer, max_records, wait))
+
+        def take_then_commit() -> list[ConsumedRecord]:
+            taken = _take(consumer, max_records, wait)
+            if self._unsent and self._out is None:
+                self._send_unsent()  # the interval may have passed since a commit was held
+            return taken
+        taken: list[ConsumedRecord] = await self._call(take_then_commit)
         return taken
 
     def assignment(self) -> set[Partition]:
@@ -286,7 +298,8 @@ class SignalConsumer:
         return True
 
     def _commit_later(self, tps: list[TopicPartition]) -> None:
-        """On the consumer thread: send now, or with the next commit if one is out."""
+        """On the consumer thread: send now, or with the next commit if one is out or the last
+        went out less than :data:`COMMIT_INTERVAL_S` ago (then a later ``take`` sends it)."""
         for tp in tps:
             part = Partition(tp.topic, tp.partition)
             self._last[part] = self._unsent[part] = tp
@@ -294,10 +307,12 @@ class SignalConsumer:
             self._send_unsent()
 
     def _send_unsent(self) -> None:
+        now = time.monotonic()
+        if not self._unsent or now - self._sent_at < COMMIT_INTERVAL_S:
+            return
         tps, self._unsent = list(self._unsent.values()), {}
-        if tps:
-            self._out = (_commit_key(tps), time.monotonic())
-            self._consumer.commit(offsets=tps, asynchronous=True)
+        self._out, self._sent_at = (_commit_key(tps), now), now
+        self._consumer.commit(offsets=tps, asynchronous=True)
 
     def _on_commit(self, error: KafkaError | None, tps: list[TopicPartition]) -> None:
         """librdkafka's answer to a commit, inside ``poll`` on the consumer thread."""
