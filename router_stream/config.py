@@ -102,6 +102,11 @@ class Settings(BaseSettings):
         None, min_length=1,
         description="consumer group of `router-stream persist`; default <group_id>.projection")
     projection_batch_max: int = Field(10_000, ge=1, le=100_000)
+    projection_linger_ms: int = Field(
+        100, ge=0, le=5_000,
+        description="`router-stream persist` fetches (and writes one transaction) at most once "
+        "per linger: a trickle is written in fewer, larger transactions; a backlog's batches "
+        "take longer to write than this, so it does not slow a drain")
     projection_http_port: int = Field(
         6067, ge=0, le=65535, description="/metrics /livez /readyz of `router-stream persist`")
     http_host: str = "127.0.0.1"

@@ -103,6 +103,7 @@ class Projection:
         self.projected = 0
         self._in_hand = False  # a fetched batch not yet written and committed
         self._ahead: asyncio.Future[Fetched] | None = None
+        self._read_at = 0.0  # monotonic time the last fetch with records returned
         self.skipped: list[str] = []  # positions of rows and records skipped, newest last
         self._last_backlog = 0.0
 
@@ -285,8 +286,17 @@ class Projection:
                 await ahead
 
     async def _read(self, consumer: Consumer) -> Fetched:
+        # At most one fetch (so one transaction) per linger: a trickle is gathered, not written
+        # a few rows per transaction (each costs ~10 round trips and a WAL flush, whatever its
+        # size). A backlog's batches take longer than that to write, and the next one is read
+        # meanwhile: nothing waits.
+        wait = self._read_at + self.settings.projection_linger_ms / 1000 - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
         messages = await fetch_messages(self._thread, consumer, self.settings.projection_batch_max,
                                         FETCH_TIMEOUT_MS / 1000, log)
+        if messages:
+            self._read_at = time.monotonic()
         fetched = Fetched()
         traced = tracing.tracer() is not None
         for start in range(0, len(messages), BUILD_CHUNK):
