@@ -475,18 +475,29 @@ async def run_core(profile: Profile, status: Any) -> dict[str, Any]:
 
 async def run_projection_drain(profile: Profile, bootstrap: str, database_url: str,
                                deadline: float, status: Any) -> dict[str, Any]:
-    """bench/projection_drain.py in this process: a backlog of decision and DLQ records written
-    by one ``router-stream persist``, with its CPU and the Postgres backends'."""
-    from bench import projection_drain
-
+    """bench/projection_drain.py in a subprocess, as ``router-stream persist`` runs (a process
+    of its own, not the harness's heap and threads): a backlog of decision and DLQ records
+    written by one projection, with its CPU and the Postgres backends'."""
     records = profile.projection_records
     status.update(f"[bold]projection[/]: draining {records:,} records into Postgres")
+    cmd = [sys.executable, "-m", "bench.projection_drain", "--json", "--records", str(records)]
+    env = {**os.environ, "ROUTER_KAFKA_BOOTSTRAP": bootstrap, "ROUTER_DATABASE_URL": database_url}
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE, env=env,
+                                                cwd=str(BENCH_DIR.parent), start_new_session=True)
+    CHILDREN.append(proc)
     try:
-        return {"status": "ok", **await asyncio.wait_for(
-            projection_drain.run(records, bootstrap, database_url),
-            max(1.0, deadline - time.monotonic()))}
-    except Exception as exc:  # noqa: BLE001 - reported, the run goes on
-        return {"status": "failed", "records": records, "reason": f"{type(exc).__name__}: {exc}"}
+        out, err = await asyncio.wait_for(proc.communicate(),
+                                          max(1.0, deadline - time.monotonic()))
+    except TimeoutError:
+        return {"status": "failed", "records": records, "reason": "time budget used up"}
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    if proc.returncode != 0:
+        return {"status": "failed", "records": records,
+                "reason": err.decode(errors="replace").strip()[-500:]}
+    return {"status": "ok", **json.loads(out.decode().strip().splitlines()[-1])}
 
 
 def _drain_line(x: dict[str, Any]) -> str:

@@ -9,7 +9,8 @@ Postgres backends, and where the wall time of the projection's event-loop thread
 backends went: on a CPU, waiting for one (the machine's other load: Linux schedstat), or
 neither (waiting on each other, the broker or the disk).
 
-    python -m bench.projection_drain [--records 200000]   (ROUTER_KAFKA_BOOTSTRAP/DATABASE_URL)
+    python -m bench.projection_drain [--records 200000] [--json]
+                                     (ROUTER_KAFKA_BOOTSTRAP/DATABASE_URL)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import os
 import threading
 import time
@@ -179,9 +181,14 @@ def _rows(projection: Projection) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--records", type=int, default=200_000)
+    ap.add_argument("--json", action="store_true", help="print the result as one JSON object")
     bootstrap = os.environ.get("ROUTER_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
     admin_url = os.environ.get("ROUTER_DATABASE_URL", "postgresql://router@127.0.0.1:15432/router")
-    result = asyncio.run(asyncio.wait_for(run(ap.parse_args().records, bootstrap, admin_url), 110))
+    args = ap.parse_args()
+    result = asyncio.run(asyncio.wait_for(run(args.records, bootstrap, admin_url), 110))
+    if args.json:
+        print(json.dumps(result))
+        return
     print(f"projection drain: {result['rows']:,.0f} rows in {result['drain_s']:.2f}s = "
           f"{result['rows_per_s']:,.0f} rows/s ({result['with_startup_s']:.2f}s with start-up)")
     print(f"CPU: projection {result['projection_cpu_s']:.2f}s, Postgres backends "
