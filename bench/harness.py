@@ -77,7 +77,7 @@ QUICK = Profile("quick", budget_s=110, warmup_timeout_s=25, latency_window_s=1.5
                 step_window_s=2.0, confirm_window_s=0, search_steps=2, burst=6_000,
                 core_signals=20_000, drain_timeout_s=3, stop_timeout_s=8,
                 projection_records=20_000, projection_budget_s=25)
-FULL = Profile("full", budget_s=570, warmup_timeout_s=60, latency_window_s=8.0,
+FULL = Profile("full", budget_s=1020, warmup_timeout_s=60, latency_window_s=8.0,
                step_window_s=6.0, confirm_window_s=30.0, search_steps=5, burst=60_000,
                core_signals=100_000, drain_timeout_s=12, stop_timeout_s=25,
                projection_records=100_000, projection_budget_s=60)

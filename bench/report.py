@@ -315,7 +315,7 @@ def _banner(result: dict[str, Any]) -> str:
         return ("> **These are `--quick` figures** (2 s search steps, 1.5 s latency windows, "
                 "no 30 s confirmation), taken on a 2-core machine shared with other builds and "
                 "test runs. They show that the harness works and the order of magnitude, not "
-                "the product's performance. The full run (`router-stream bench`, < 10 min, 30 s "
+                "the product's performance. The full run (`router-stream bench`, < 18 min, 30 s "
                 "confirmation window) is still to be done on a quiet machine; this page is "
                 "regenerated from its JSON.")
     held = [c["label"] for c in result["contenders"] if confirmation(c) == "held"]
@@ -408,7 +408,7 @@ partition count, the same generator and the same measuring consumer:
   (nearest rank) over one window, after a short settle.
 - **CPU seconds per 10k signals**: user+system CPU of the contender's process (psutil) over the
   highest passing step, per output record. **Peak RSS**: the kernel's high-water mark (VmHWM).
-- **Bounded**: `--quick` < 2 min, full < 10 min; every wait has a deadline, a watchdog kills the
+- **Bounded**: `--quick` < 2 min, full < 18 min; every wait has a deadline, a watchdog kills the
   children of a run that overstays, and every topic (`bench-<run>.*`) and database is deleted.
 - On a 2-core machine the broker, the contender, the generator and the measuring consumer share
   the cores: raw passthrough in particular may be limited by the generator (marked "gen").
