@@ -276,10 +276,11 @@ class RouterWorker:
         """A producer that failed for good fails every later send: stop with one line (exit 2),
         as a fatal error of the batch's producer does, and let the restart make a new one."""
         reason = await producer.failed()
-        self._crashed = self._crashed or ProducerFailed(
+        failure = ProducerFailed(
             f"the side producer (heartbeats, checkpoints, state events) failed for good: "
             f"{reason}; stopping, a restart makes a new one")
-        log.error(str(self._crashed))
+        log.error(str(failure))
+        self._crashed = self._crashed or failure
         self.request_stop()
 
     async def _wait_for_topics(self) -> None:
