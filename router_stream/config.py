@@ -122,7 +122,8 @@ class Settings(BaseSettings):
     worker_id: str | None = Field(
         None, min_length=1, max_length=200,
         description="how this worker names itself in heartbeats (`policy show`); default "
-        "host:pid. Set it to the pod name in Kubernetes.")
+        "host:pid (child i of `worker --processes N`: <ROUTER_WORKER_ID or host>-<i>). Set it "
+        "to the pod name in Kubernetes.")
     checkpoint_interval_s: float = Field(
         60.0, ge=0, le=86_400,
         description="how often the worker that owns partition 0 of `signals` writes a checkpoint "

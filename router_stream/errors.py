@@ -16,7 +16,8 @@ Hierarchy::
     │   ├── ConfigError              bad settings / environment
     │   └── PolicyError              bad policy file; carries [(path, reason), ...]
     ├── CannotListen                 the worker's HTTP port cannot be bound: exit code 2
-    ├── ProducerFenced               exactly_once: another worker holds the transactional.id
+    ├── ProducerFailed               a producer failed for good (KafkaError.fatal()): exit code 2
+    │   └── ProducerFenced           exactly_once: another worker holds the transactional.id
     ├── TransientError               retriable=True: CLI exit code 2, worker retries
     │   ├── BrokerUnavailable
     │   ├── DatabaseUnavailable
@@ -56,6 +57,7 @@ __all__ = [
     "PolicyError",
     "PolicyIssue",
     "ProcessingError",
+    "ProducerFailed",
     "RateLimited",
     "RetriesExhausted",
     "RouterError",
@@ -129,7 +131,12 @@ class CannotListen(RouterError):
     """The worker's HTTP endpoint cannot bind its port (in use, not permitted): exit code 2."""
 
 
-class ProducerFenced(RouterError):
+class ProducerFailed(RouterError):
+    """A Kafka producer failed for good (``KafkaError.fatal()``): every later send fails, so the
+    worker stops (exit code 2) and its restart makes a new one."""
+
+
+class ProducerFenced(ProducerFailed):
     """exactly_once: the worker's transactional producer was fenced (a newer instance took its
     transactional.id) or failed fatally; the worker stops without committing (exit code 2)."""
 

@@ -23,8 +23,9 @@ from router_stream.cli import cli
 @click.option("--processes", type=click.IntRange(1, 64), default=None, metavar="N",
               help="Run N workers (group members) under one supervisor process (default "
                    "ROUTER_WORKER_PROCESSES, 1: no supervisor). Child i (1..N) is worker "
-                   "<worker_id>-<i> with its own /metrics on port+i; the supervisor answers "
-                   "/livez /readyz for all of them on the port (docs/worker.md).")
+                   "<ROUTER_WORKER_ID or host name>-<i> with its own /metrics on port+i; the "
+                   "supervisor answers /livez /readyz for all of them on the port "
+                   "(docs/worker.md).")
 def worker_command(exit_when_idle: float | None, http_port: int | None,
                    policy_file: str | None, persist: bool | None, processes: int | None) -> None:
     """Route signals: consume `signals`, decide, produce, commit (SIGTERM drains).

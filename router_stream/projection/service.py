@@ -106,6 +106,7 @@ class Projection:
         self._read_at = 0.0  # monotonic time the last fetch with records returned
         self.skipped: list[str] = []  # positions of rows and records skipped, newest last
         self._last_backlog = 0.0
+        self._stopped = False
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -161,6 +162,11 @@ class Projection:
         return DEFAULT_REDACTOR
 
     async def stop(self) -> None:
+        """Leave the group and close. Once it got to the end, stopping again does nothing:
+        ``run()`` stops the projection when it ends, and its owner may too (``worker --persist``);
+        a stop interrupted half-way (cancelled) is finished by the next one."""
+        if self._stopped:
+            return
         self.request_stop()
         await self._drop_read_ahead()
         if self.consumer is not None:
@@ -174,6 +180,7 @@ class Projection:
                     await self.pool.close()
         if self.http is not None:
             await self.http.stop()
+        self._stopped = True
         log.info("projection stopped", extra={"projected": self.projected})
 
     def request_stop(self) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import logging
 import queue
@@ -530,6 +531,7 @@ class OutputProducer:
         self._known: set[str] = set()  # topics seen in broker metadata
         self._serving = True
         self._fatal_logged = False
+        self._failure: asyncio.Future[str] = self._loop.create_future()  # see failed()
         self._server = threading.Thread(target=self._serve, name="router-deliveries",
                                         daemon=True)
         self._server.start()
@@ -543,9 +545,21 @@ class OutputProducer:
                 time.sleep(IDLE_WAIT_S)
 
     def _fatal(self, exc: KafkaException) -> None:
+        """On the delivery thread: log once, and settle :meth:`failed` on the loop (which may be
+        gone when stopping)."""
         if not self._fatal_logged:
             self._fatal_logged = True
             log.error("the producer failed for good", extra={"error": str(exc)})
+        error = exc.args[0] if exc.args else None
+        reason = f"{error.name()}: {error.str()}" if isinstance(error, KafkaError) else str(exc)
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(_settle_failure, self._failure, reason)
+
+    async def failed(self) -> str:
+        """Returns the reason once this producer failed for good (``KafkaError.fatal()``: a
+        fenced transactional.id, an idempotent producer that lost its sequence); every send
+        fails from then on, so its owner must stop or replace it."""
+        return await asyncio.shield(self._failure)
 
     async def check_connection(self) -> None:
         try:
@@ -642,6 +656,11 @@ class OutputProducer:
         self._serving = False
         await self._loop.run_in_executor(None, self._server.join, IDLE_WAIT_S * 4)
         await self._loop.run_in_executor(None, self._producer.flush, timeout_s)
+
+
+def _settle_failure(failure: asyncio.Future[str], reason: str) -> None:
+    if not failure.done():
+        failure.set_result(reason)
 
 
 def _resolve(fut: asyncio.Future[Delivered], value: Delivered | None,

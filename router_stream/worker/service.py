@@ -56,7 +56,13 @@ from router_stream.core.events import (
     TrustSnapshotEvent,
     encode_event,
 )
-from router_stream.errors import BrokerUnavailable, RouterError, TransientError, UserError
+from router_stream.errors import (
+    BrokerUnavailable,
+    ProducerFailed,
+    RouterError,
+    TransientError,
+    UserError,
+)
 from router_stream.worker.backoff import Backoff
 from router_stream.worker.heartbeat import Heartbeat, default_worker_id
 from router_stream.worker.hotpath import SignalLoop
@@ -264,6 +270,18 @@ class RouterWorker:
             await producer.close(0)
             raise
         self.producer = producer
+        self._spawn(self._stop_when_failed(producer), "side-producer")
+
+    async def _stop_when_failed(self, producer: OutputProducer) -> None:
+        """A producer that failed for good fails every later send: stop with one line (exit 2),
+        as a fatal error of the batch's producer does, and let the restart make a new one."""
+        reason = await producer.failed()
+        failure = ProducerFailed(
+            f"the side producer (heartbeats, checkpoints, state events) failed for good: "
+            f"{reason}; stopping, a restart makes a new one")
+        log.error(str(failure))
+        self._crashed = self._crashed or failure
+        self.request_stop()
 
     async def _wait_for_topics(self) -> None:
         """Verify the declared topics; while some are missing or wrong, wait up to

@@ -5,8 +5,9 @@ The supervisor routes nothing and holds no Kafka client: it starts each child as
 ``router-stream worker`` with its own settings (:func:`child_environment`), restarts a crashed
 one with backoff (:class:`RestartPolicy`), forwards SIGTERM/SIGINT so that every child drains,
 and answers ``/livez`` ``/readyz`` for the whole (:func:`whole_readiness`, :func:`whole_liveness`)
-on the worker's port. Child ``i`` (1..N) is worker ``<worker_id>-<i>`` with its own ``/metrics``
-on port + i; with ``--persist`` only child 1 runs the Postgres projection.
+on the worker's port. Child ``i`` (1..N) is worker ``<ROUTER_WORKER_ID or host name>-<i>``
+(:func:`child_worker_id`) with its own ``/metrics`` on port + i; with ``--persist`` only child 1
+runs the Postgres projection.
 
 Exit codes: 0 when every child ended with 0 (drained, or burst mode done); 1 when a child
 refused its settings (exit 1: restarting it cannot help); 2 when a child crashed more than
@@ -144,8 +145,11 @@ def whole_liveness(children: Sequence[ChildHealth], *, gave_up: bool) -> bool:
     return not gave_up and not any(c.alive is False for c in children)
 
 
-def child_worker_id(base: str, child: int) -> str:
-    return f"{base}-{child}"
+def child_worker_id(worker_id: str | None, child: int) -> str:
+    """``<ROUTER_WORKER_ID>-<child>``, else ``<host name>-<child>``: never the supervisor's pid,
+    so a restarted supervisor's child ``child`` has its predecessor's id — and, in exactly_once
+    mode, its transactional.id, which aborts what the predecessor left open at once."""
+    return f"{worker_id or socket.gethostname()}-{child}"
 
 
 def child_ports(http_port: int, processes: int) -> list[int]:
@@ -227,15 +231,12 @@ class Supervisor:
                  environ: Mapping[str, str] | None = None,
                  command: Sequence[str] | None = None) -> None:
         """``command`` replaces ``router-stream worker`` as the child (tests)."""
-        from router_stream.worker.heartbeat import default_worker_id
-
         self.settings = settings
         self.metrics = SupervisorMetrics(processes)
         self._policy = policy or RestartPolicy()
         self._environ = dict(os.environ if environ is None else environ)
         self._command = list(command or child_command(exit_when_idle))
-        base = settings.worker_id or default_worker_id()
-        self._children = [_Child(i, child_worker_id(base, i), port)
+        self._children = [_Child(i, child_worker_id(settings.worker_id, i), port)
                           for i, port in enumerate(child_ports(settings.http_port, processes), 1)]
         self._stopping = asyncio.Event()
         self._exit_code = EXIT_OK

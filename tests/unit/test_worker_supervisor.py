@@ -4,6 +4,7 @@ liveness of the whole, what each child is told."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import sys
@@ -24,10 +25,12 @@ from router_stream.worker.supervisor import (
     child_command,
     child_environment,
     child_ports,
+    child_worker_id,
     describe_exit,
     whole_liveness,
     whole_readiness,
 )
+from router_stream.worker.transactional import transactional_id
 
 
 def test_restart_delay_doubles_with_each_crash_up_to_the_cap():
@@ -120,6 +123,11 @@ def test_each_child_is_one_member_with_its_own_id_and_port_and_only_the_first_pe
         assert child.worker_processes == 1
 
 
+def test_child_ids_are_the_worker_id_or_the_host_name_and_the_child_number():
+    assert [child_worker_id("pod", i) for i in (1, 2)] == ["pod-1", "pod-2"]
+    assert child_worker_id(None, 3) == f"{socket.gethostname()}-3"
+
+
 def test_without_persist_no_child_runs_the_projection():
     s = Settings(worker_persist=False)
     env = child_environment(s, {}, child=1, worker_id="w-1", port=1)
@@ -170,6 +178,23 @@ async def test_sigterm_drains_every_child_and_the_supervisor_exits_0(tmp_path):
     assert await stopped_once_started(supervisor, tmp_path, 2) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pod-1", "pod-2"]
     assert supervisor.metrics.registry.get_sample_value("router_worker_children_running") == 0
+
+
+async def test_a_restarted_supervisor_gives_its_children_their_predecessors_ids(tmp_path,
+                                                                                monkeypatch):
+    """Not the supervisor's pid: in exactly_once mode the new child k's transactional.id is the
+    old child k's, so its init_transactions aborts what the old one left open."""
+    for run, supervisor_pid in enumerate((1001, 2002), 1):
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "getpid", lambda pid=supervisor_pid: pid)
+            supervisor = Supervisor(Settings(http_port=0), 2, environ={"MARKS": str(tmp_path)},
+                                    command=sleeper(0))
+        assert await stopped_once_started(supervisor, tmp_path, 2 * run) == 0
+    host = socket.gethostname()
+    marks = {p.name: p.read_text().count("started") for p in tmp_path.iterdir()}
+    assert marks == {f"{host}-1": 2, f"{host}-2": 2}
+    assert [transactional_id(Settings(group_id="g", worker_id=w)) for w in sorted(marks)] == [
+        f"g.{host}-1", f"g.{host}-2"]
 
 
 async def test_a_child_crashing_in_a_loop_is_given_up_and_the_supervisor_exits_2(caplog):
