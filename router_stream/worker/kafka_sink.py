@@ -89,6 +89,7 @@ class KafkaSink:
         await self.start()  # BrokerUnavailable: retried
 
     async def send(self, result: BatchResult) -> Deliveries:
+        self._replace_if_failed()
         if self._needs_new_producer:
             await self._quiesce()
             await self._renew()
@@ -100,6 +101,7 @@ class KafkaSink:
         a retry sends the whole batch again (at-least-once on Kafka). Records the broker
         refuses for good go to the DLQ and the batch goes on."""
         result = batch.result
+        self._replace_if_failed()
         try:
             if not isinstance(handover, Deliveries):
                 await self._renew_after_refusal()  # BrokerUnavailable: retried
@@ -155,6 +157,15 @@ class KafkaSink:
                 raise BrokerUnavailable(f"sending a refused record again: {exc!r}") from exc
             self._needs_new_producer = True
             return exc
+
+    def _replace_if_failed(self) -> None:
+        """A producer that failed for good (``KafkaError.fatal()``, e.g. an idempotent producer
+        that lost its sequence) fails every later send: the batch's retry gets a new one instead
+        of retrying on it forever."""
+        if self._producer is not None and self._producer.has_failed():
+            if not self._needs_new_producer:
+                log.error("the output producer failed for good; a new one replaces it")
+            self._needs_new_producer = True
 
     async def _renew_after_refusal(self) -> None:
         """An idempotent producer whose batch was refused fails every later send to that

@@ -555,6 +555,10 @@ class OutputProducer:
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(_settle_failure, self._failure, reason)
 
+    def has_failed(self) -> bool:
+        """True once this producer failed for good (see :meth:`failed`)."""
+        return self._failure.done()
+
     async def failed(self) -> str:
         """Returns the reason once this producer failed for good (``KafkaError.fatal()``: a
         fenced transactional.id, an idempotent producer that lost its sequence); every send

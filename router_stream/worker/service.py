@@ -274,7 +274,8 @@ class RouterWorker:
 
     async def _stop_when_failed(self, producer: OutputProducer) -> None:
         """A producer that failed for good fails every later send: stop with one line (exit 2),
-        as a fatal error of the batch's producer does, and let the restart make a new one."""
+        as exactly-once mode's transactional producer does, and let the restart make a new one.
+        (The signal loop's own producer is replaced in place instead: ``KafkaSink``.)"""
         reason = await producer.failed()
         failure = ProducerFailed(
             f"the side producer (heartbeats, checkpoints, state events) failed for good: "

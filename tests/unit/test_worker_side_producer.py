@@ -1,5 +1,6 @@
 """The worker's side producer (heartbeats, checkpoints, state events) failing for good: the
-worker stops with one line, as it does when the batch's producer fails for good."""
+worker stops with one line (the signal loop's own producer is replaced instead:
+tests/unit/test_kafka_sink_failed_producer.py)."""
 
 from __future__ import annotations
 
