@@ -58,6 +58,7 @@ __all__ = [
     "PolicyIssue",
     "ProcessingError",
     "ProducerFailed",
+    "ProducerFenced",
     "RateLimited",
     "RetriesExhausted",
     "RouterError",
