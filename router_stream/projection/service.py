@@ -122,7 +122,7 @@ class Projection:
         self.pool = await retry_transient(
             "connecting to Postgres",
             lambda: pg.create_pool(s, min_size=1, max_size=2, reset_sessions=False),
-            backoff=self._backoff, give_up=self._stopping.is_set)
+            backoff=self._backoff, logger=log, give_up=self._stopping.is_set)
         self._pg_ok = True
         self.redactor = await self._initial_redactor()
         kafka_log = RdkafkaLog()
@@ -233,7 +233,7 @@ class Projection:
             assert fetched.oldest_ms is not None
             self.metrics.oldest_pending_ts = fetched.oldest_ms / 1000.0
             write = asyncio.ensure_future(retry_transient(
-                "persist", lambda: self._write(fetched.batch), backoff=self._backoff,
+                "persist", lambda: self._write(fetched.batch), backoff=self._backoff, logger=log,
                 give_up=self._past_deadline, on_retry=self._on_retry))
             # The next batch is read (Kafka fetch, rows built and masked) while Postgres
             # writes this one; it is written only after this one is committed.
@@ -376,7 +376,7 @@ class Projection:
                                     exc) from exc
 
         if offsets:
-            await retry_transient("commit", commit, backoff=self._backoff,
+            await retry_transient("commit", commit, backoff=self._backoff, logger=log,
                                   give_up=self._past_deadline, on_retry=self._on_retry)
 
     def _account(self, fetched: Fetched, report: WriteReport) -> None:

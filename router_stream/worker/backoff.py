@@ -39,11 +39,13 @@ async def retry_transient(
     give_up: Callable[[], bool],
     on_retry: Callable[[str], None] = lambda step: None,
     rng: random.Random | None = None,
+    logger: logging.Logger = log,
 ) -> T:
     """Run ``op`` until it succeeds; on a TransientError wait and try again.
 
     ``give_up()`` is asked before every new attempt (a draining worker past its deadline);
-    when it says yes the last error is raised and nothing after this step happens.
+    when it says yes the last error is raised and nothing after this step happens. Retries
+    are logged on ``logger`` (the worker's unless the caller is another service).
     """
     attempt = 0
     while True:
@@ -65,7 +67,7 @@ async def retry_transient(
         rng = rng or random.Random()
         delay = backoff.delay(attempt, rng)
         on_retry(step)
-        log.warning("transient failure, retrying", extra={
+        logger.warning("transient failure, retrying", extra={
             "step": step, "attempt": attempt + 1, "retry_in_s": round(delay, 3),
             "error": str(error)})
         attempt += 1

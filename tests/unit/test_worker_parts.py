@@ -41,6 +41,22 @@ async def test_transient_errors_are_retried_until_success() -> None:
     assert retried == ["persist", "persist"]
 
 
+async def test_retries_are_logged_on_the_callers_logger(caplog: pytest.LogCaptureFixture
+                                                        ) -> None:
+    calls: list[int] = []
+
+    async def op() -> None:
+        calls.append(1)
+        if len(calls) < 2:
+            raise DatabaseUnavailable("down")
+
+    with caplog.at_level(logging.WARNING):
+        await retry_transient("persist", op, backoff=NO_WAIT, give_up=lambda: False,
+                              logger=logging.getLogger("router_stream.projection"))
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [
+        ("router_stream.projection", "transient failure, retrying")]
+
+
 async def test_non_transient_errors_propagate_at_once() -> None:
     async def op() -> None:
         raise RouterError("bug")
