@@ -4,6 +4,7 @@ and ``settle_commits`` committing the newest offsets at once."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -57,56 +58,59 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
     return clock
 
 
+@pytest.fixture
+async def consumer(clock: _Clock) -> AsyncIterator[SignalConsumer]:
+    consumer = SignalConsumer(Settings(kafka_bootstrap="127.0.0.1:9"), {"group.id": "g"})
+    try:
+        yield consumer
+    finally:
+        await consumer.close()
+
+
+def _fake(consumer: SignalConsumer) -> _Consumer:
+    return consumer._consumer  # type: ignore[return-value]
+
+
 async def _on_thread(consumer: SignalConsumer, fn: Any) -> Any:
     return await consumer._call(fn)  # what poll does: on the consumer thread
 
 
-async def test_commits_within_the_interval_are_merged_into_the_next(clock: _Clock):
-    consumer = SignalConsumer(Settings(kafka_bootstrap="127.0.0.1:9"), {"group.id": "g"})
-    fake: _Consumer = consumer._consumer  # type: ignore[assignment]
-    try:
-        assert await consumer.commit({TP0: (10, "")}, wait=False)
-        assert fake.sent == [([("t.signals", 0, 10)], True)]
-        await _on_thread(consumer, fake.answer)
-        clock.now += rdkafka.COMMIT_INTERVAL_S / 4
-        assert await consumer.commit({TP0: (20, ""), TP1: (5, "")}, wait=False)
-        assert await consumer.commit({TP0: (30, "")}, wait=False)
-        assert len(fake.sent) == 1  # held: the last commit went out too recently
-        await consumer.take(10, 0)
-        assert len(fake.sent) == 1
-        clock.now += rdkafka.COMMIT_INTERVAL_S
-        await consumer.take(10, 0)  # the next fetch sends what was held, merged
-        assert fake.sent[1] == (sorted([("t.signals", 0, 30), ("t.signals", 1, 5)]), True)
-    finally:
-        await consumer.close()
+async def test_commits_within_the_interval_are_merged_into_the_next(
+        clock: _Clock, consumer: SignalConsumer):
+    fake = _fake(consumer)
+    assert await consumer.commit({TP0: (10, "")}, wait=False)
+    assert fake.sent == [([("t.signals", 0, 10)], True)]
+    await _on_thread(consumer, fake.answer)
+    clock.now += rdkafka.COMMIT_INTERVAL_S / 4
+    assert await consumer.commit({TP0: (20, ""), TP1: (5, "")}, wait=False)
+    assert await consumer.commit({TP0: (30, "")}, wait=False)
+    assert len(fake.sent) == 1  # held: the last commit went out too recently
+    await consumer.take(10, 0)
+    assert len(fake.sent) == 1
+    clock.now += rdkafka.COMMIT_INTERVAL_S
+    await consumer.take(10, 0)  # the next fetch sends what was held, merged
+    assert fake.sent[1] == (sorted([("t.signals", 0, 30), ("t.signals", 1, 5)]), True)
 
 
-async def test_one_commit_is_out_at_a_time(clock: _Clock):
-    consumer = SignalConsumer(Settings(kafka_bootstrap="127.0.0.1:9"), {"group.id": "g"})
-    fake: _Consumer = consumer._consumer  # type: ignore[assignment]
-    try:
-        await consumer.commit({TP0: (10, "")}, wait=False)
-        clock.now += 10 * rdkafka.COMMIT_INTERVAL_S
-        await consumer.commit({TP0: (11, "")}, wait=False)
-        await consumer.take(10, 0)
-        assert len(fake.sent) == 1  # the first is not answered yet
-        await _on_thread(consumer, fake.answer)  # its answer sends the next
-        assert fake.sent[1] == ([("t.signals", 0, 11)], True)
-    finally:
-        await consumer.close()
+async def test_one_commit_is_out_at_a_time(clock: _Clock, consumer: SignalConsumer):
+    fake = _fake(consumer)
+    await consumer.commit({TP0: (10, "")}, wait=False)
+    clock.now += 10 * rdkafka.COMMIT_INTERVAL_S
+    await consumer.commit({TP0: (11, "")}, wait=False)
+    await consumer.take(10, 0)
+    assert len(fake.sent) == 1  # the first is not answered yet
+    await _on_thread(consumer, fake.answer)  # its answer sends the next
+    assert fake.sent[1] == ([("t.signals", 0, 11)], True)
 
 
-async def test_settling_commits_the_newest_offsets_at_once_and_waits(clock: _Clock):
-    consumer = SignalConsumer(Settings(kafka_bootstrap="127.0.0.1:9"), {"group.id": "g"})
-    fake: _Consumer = consumer._consumer  # type: ignore[assignment]
-    try:
-        await consumer.commit({TP0: (10, "")}, wait=False)
-        await _on_thread(consumer, fake.answer)
-        await consumer.commit({TP0: (20, ""), TP1: (7, "")}, wait=False)  # held
-        assert await consumer.settle_commits({TP0})
-        assert fake.sent[-1] == ([("t.signals", 0, 20)], False)  # synchronous, not held
-        clock.now += rdkafka.COMMIT_INTERVAL_S
-        await consumer.take(10, 0)
-        assert fake.sent[-1] == ([("t.signals", 1, 7)], True)  # TP0's went out with the settle
-    finally:
-        await consumer.close()
+async def test_settling_commits_the_newest_offsets_at_once_and_waits(
+        clock: _Clock, consumer: SignalConsumer):
+    fake = _fake(consumer)
+    await consumer.commit({TP0: (10, "")}, wait=False)
+    await _on_thread(consumer, fake.answer)
+    await consumer.commit({TP0: (20, ""), TP1: (7, "")}, wait=False)  # held
+    assert await consumer.settle_commits({TP0})
+    assert fake.sent[-1] == ([("t.signals", 0, 20)], False)  # synchronous, not held
+    clock.now += rdkafka.COMMIT_INTERVAL_S
+    await consumer.take(10, 0)
+    assert fake.sent[-1] == ([("t.signals", 1, 7)], True)  # TP0's went out with the settle
