@@ -370,20 +370,34 @@ class RouterWorker:
             return False
         return self.projection is None or await self.projection.caught_up()
 
-    async def _drain_projection(self) -> None:
+    async def _drain_projection(self, task: asyncio.Task[Any]) -> None:
         """``worker --persist``: let the projection write what this worker produced, within
         the drain deadline; what is left is written by the next projection run (nothing is
         lost either way: it is on Kafka, and offsets were committed only for what was written).
         The target is where the topics end now, after our last output: under load the other
         workers keep producing, and a moving end would hold the drain to its deadline."""
-        assert self._projection_task is not None and self.projection is not None
+        assert self.projection is not None
         deadline = (self._drain_deadline or time.monotonic()) - 3.0  # room for the rest of stop()
         ends = None
-        while not self._projection_task.done() and time.monotonic() < deadline:
+        while not task.done() and time.monotonic() < deadline:
             ends = ends or await self.projection.end_offsets()
             if ends is not None and await self.projection.written_through(ends):
                 return
             await asyncio.sleep(0.05)
+
+    async def _stop_projection(self, task: asyncio.Task[Any]) -> None:
+        """``worker --persist``: drain the projection, then let it stop itself (leave the group,
+        close its pool). Cancelling it would interrupt that stop part-way at each of its awaits,
+        so it is cancelled only if it has not ended within ``CANCEL_TIMEOUT_S``, and then its
+        ``stop()`` is called once more (bounded): it finishes a stop that was interrupted."""
+        assert self.projection is not None
+        await self._drain_projection(task)
+        self.projection.request_stop()
+        await asyncio.wait({task}, timeout=CANCEL_TIMEOUT_S)
+        await _cancel_all([task])
+        with contextlib.suppress(Exception, TimeoutError):
+            async with asyncio.timeout(CANCEL_TIMEOUT_S):
+                await self.projection.stop()
 
     async def _run_projection(self, projection: Projection) -> None:
         """``worker --persist``: the projection as a task of its own; routing never waits for
@@ -422,8 +436,7 @@ class RouterWorker:
             async with asyncio.timeout(5):
                 await self._publish_pending()
         if self._projection_task is not None:
-            await self._drain_projection()
-            await _cancel_all([self._projection_task])
+            await self._stop_projection(self._projection_task)
             self._projection_task = None
         if self.heartbeat is not None:
             failed = self._crashed is not None or (
