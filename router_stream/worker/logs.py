@@ -37,6 +37,22 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+class WarningWithoutTraceback(logging.Filter):
+    """A library's warning about a failure it retries, as one line: the exception's text in
+    ``error``, no traceback. asyncpg's pool logs "Failed to restore the pool connection floor;
+    retrying" with a full traceback every few seconds while Postgres is down; the projection's
+    own retry lines already say what failed. Errors keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.levelno < logging.ERROR:
+            exc = record.exc_info[1]
+            if exc is not None:
+                record.error = str(exc) or type(exc).__name__
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def configure_json_logging(level: str = "INFO") -> None:
     """Route the root logger to stderr as JSON lines; quiet the chattiest libraries."""
     handler = logging.StreamHandler(sys.stderr)
@@ -48,6 +64,9 @@ def configure_json_logging(level: str = "INFO") -> None:
     # (adapters/kafka_failures.py); its warnings and errors stay, its chatter goes.
     for noisy in ("router_stream.librdkafka", "faust", "mode", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    pool = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, WarningWithoutTraceback) for f in pool.filters):
+        pool.addFilter(WarningWithoutTraceback())
 
 
 def trace_id_of(headers: Iterable[tuple[str, bytes | None]] | None) -> str | None:

@@ -6,20 +6,23 @@ import asyncio
 import contextlib
 import logging
 import random
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import asyncpg
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from router_stream.adapters.postgres.connections import unavailable_as_router_error
 from router_stream.config import Settings
 from router_stream.core.wire import H_RETRY_NOT_BEFORE
 from router_stream.errors import DatabaseUnavailable, RouterError
 from router_stream.worker.backoff import Backoff, retry_transient
 from router_stream.worker.hotpath import SignalLoop
-from router_stream.worker.logs import JsonFormatter, trace_id_of
+from router_stream.worker.logs import JsonFormatter, WarningWithoutTraceback, trace_id_of
 from router_stream.worker.metrics import WorkerMetrics
 from router_stream.worker.rdkafka import IDLE_WAIT_S, Partition
 
@@ -143,6 +146,26 @@ def test_json_log_lines_carry_context() -> None:
     line = orjson.loads(JsonFormatter().format(record))
     assert line["msg"] == "signal to DLQ" and line["signal_id"] == "s-1"
     assert line["trace_id"] == "abc" and line["level"] == "info"
+
+
+def _logged(level: int) -> logging.LogRecord:
+    try:
+        raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
+    except OSError:
+        return logging.LogRecord("asyncpg.pool", level, __file__, 1,
+                                 "Failed to restore the pool connection floor; retrying", (),
+                                 sys.exc_info())
+
+
+def test_a_library_s_retried_failure_is_one_line_without_traceback() -> None:
+    record = _logged(logging.WARNING)
+    assert WarningWithoutTraceback().filter(record)
+    line = orjson.loads(JsonFormatter().format(record))
+    assert "exc" not in line
+    assert line["error"] == "[Errno 111] Connect call failed ('127.0.0.1', 5432)"
+    error = _logged(logging.ERROR)
+    assert WarningWithoutTraceback().filter(error)
+    assert "Traceback" in orjson.loads(JsonFormatter().format(error))["exc"]
 
 
 def test_trace_id_from_traceparent_or_x_trace_id() -> None:
@@ -282,3 +305,13 @@ def test_state_gauges_render_exactly_as_prometheus_client_would(trust, breakers)
     assert parsed.get("trust_score", {}) == trust
     assert parsed.get("breaker_state", {}) == {k: BREAKER_STATE_VALUE[v]
                                                for k, v in breakers.items()}
+
+
+def test_a_connection_broken_mid_write_says_so() -> None:
+    with (pytest.raises(DatabaseUnavailable) as raised,
+          unavailable_as_router_error("writing a projection batch to Postgres")):
+        raise asyncpg.exceptions.InternalClientError(
+            "cannot switch to state 15; another operation (2) is in progress")
+    assert str(raised.value) == (
+        "writing a projection batch to Postgres: the connection broke mid-operation (cannot"
+        " switch to state 15; another operation (2) is in progress)")

@@ -40,7 +40,10 @@ def unavailable_as_router_error(what: str) -> Iterator[None]:
     try:
         yield
     except _UNAVAILABLE as exc:
-        raise DatabaseUnavailable(f"{what}: {exc or type(exc).__name__}") from exc
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, asyncpg.exceptions.InternalClientError):
+            reason = f"the connection broke mid-operation ({reason})"
+        raise DatabaseUnavailable(f"{what}: {reason}") from exc
 
 
 def _ssl_argument(settings: Settings) -> str | ssl.SSLContext | None:
