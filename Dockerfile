@@ -69,18 +69,13 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 # ROUTER_HTTP_HOST: the settings default (127.0.0.1) is right on a laptop but unreachable for
 # probes and Prometheus in a container, so the image listens on every interface.
-# ROUTER_STATE_DIR: faust table stores / local state; the only path the worker writes to, so the
-# root filesystem can be mounted read-only (Kubernetes mounts an emptyDir here).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     ROUTER_HTTP_HOST=0.0.0.0 \
-    ROUTER_HTTP_PORT=6066 \
-    ROUTER_STATE_DIR=/var/lib/router-stream
+    ROUTER_HTTP_PORT=6066
 
-RUN mkdir -p /var/lib/router-stream /etc/router-stream \
-    && chown router:router /var/lib/router-stream \
-    && router-stream --version
+RUN mkdir -p /etc/router-stream && router-stream --version
 
 USER 10001:10001
 

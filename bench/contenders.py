@@ -246,7 +246,7 @@ class RouterStream(Contender):
     def env(self) -> dict[str, str]:
         env = {**super().env(), "ROUTER_KAFKA_BOOTSTRAP": self.bootstrap,
                "ROUTER_TOPIC_PREFIX": self.prefix, "ROUTER_GROUP_ID": f"bench-{self.run_id}-"
-               f"{self.key}", "ROUTER_STATE_DIR": self.workdir, "ROUTER_LOG_LEVEL": "INFO"}
+               f"{self.key}", "ROUTER_LOG_LEVEL": "INFO"}
         if self.database_url:
             env["ROUTER_DATABASE_URL"] = self.database_url
         if not self.persist:

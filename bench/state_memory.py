@@ -495,7 +495,6 @@ class Run:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "ROUTER_KAFKA_BOOTSTRAP": self.bootstrap,
                "ROUTER_TOPIC_PREFIX": self.prefix, "ROUTER_GROUP_ID": group,
                "ROUTER_DATABASE_URL": self.database_url, "ROUTER_LOG_LEVEL": "INFO",
-               "ROUTER_STATE_DIR": str(self.workdir / phase),
                "ROUTER_WORKER_ID": f"bench-{self.run_id}-state-{phase}"}
         for name in ("ROUTER_POLICY_FILE", "ROUTER_PERSIST", "ROUTER_HTTP_PORT"):
             env.pop(name, None)

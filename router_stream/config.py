@@ -61,7 +61,6 @@ class Settings(BaseSettings):
     # --- worker ------------------------------------------------------------------------------
     policy_file: str | None = None
     batch_max: int = Field(500, ge=1, le=100_000)
-    batch_timeout_ms: int = Field(20, ge=0, le=10_000)
     persist: bool = Field(
         True,
         description="the deployment keeps its ledger in Postgres (written by `router-stream "
@@ -118,7 +117,6 @@ class Settings(BaseSettings):
         "\"Exactly-once mode\"); needs a worker_id (or host name) stable across restarts and "
         "unique among live workers")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    state_dir: str = ".router-stream"
     worker_id: str | None = Field(
         None, min_length=1, max_length=200,
         description="how this worker names itself in heartbeats (`policy show`); default "

@@ -191,7 +191,6 @@ def settings(servers: Servers, database_url: str, test_id: str) -> Iterator[Sett
         group_id=f"g-{test_id}",
         http_port=0,
         projection_http_port=0,
-        state_dir=f"/tmp/router-stream-tests/{test_id}",
         # Every worker a test runs also runs the Postgres projection (`worker --persist`), and
         # its burst mode exits only once the projection caught up: rows are there to check.
         worker_persist=True,

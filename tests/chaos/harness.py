@@ -254,7 +254,6 @@ class Run:
             group_id=f"chaos-{self.name}-{self.run_id}",
             policy_file=str(self.workdir / "policy.yaml"),
             http_port=0,
-            state_dir=str(self.workdir / "state"),
         )
         self._database = db
 
@@ -343,7 +342,6 @@ class WorkerProc:
             "ROUTER_POLICY_FILE": str(s.policy_file),
             "ROUTER_HTTP_PORT": "0",
             "ROUTER_BATCH_MAX": "200",
-            "ROUTER_STATE_DIR": s.state_dir,
             "ROUTER_WORKER_PERSIST": "true",
             "ROUTER_PROJECTION_HTTP_PORT": "0",
             # stable across restarts, unique in the run: exactly_once's transactional.id

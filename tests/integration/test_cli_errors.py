@@ -29,7 +29,7 @@ def _env(settings, **extra: str) -> dict[str, str]:
     return {**os.environ, "ROUTER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
             "ROUTER_DATABASE_URL": settings.database_url.get_secret_value(),
             "ROUTER_TOPIC_PREFIX": settings.topic_prefix, "ROUTER_GROUP_ID": settings.group_id,
-            "ROUTER_STATE_DIR": str(settings.state_dir), **extra}
+            **extra}
 
 
 def _run(settings, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:

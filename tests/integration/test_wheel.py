@@ -44,8 +44,7 @@ def _run(bin_dir: Path, cwd: Path, settings: Settings, *args: str, timeout: floa
     env = _outside_env()
     env.update(ROUTER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
                ROUTER_DATABASE_URL=settings.database_url.get_secret_value(),
-               ROUTER_TOPIC_PREFIX=settings.topic_prefix, ROUTER_GROUP_ID=settings.group_id,
-               ROUTER_STATE_DIR=str(cwd / "state"))
+               ROUTER_TOPIC_PREFIX=settings.topic_prefix, ROUTER_GROUP_ID=settings.group_id)
     return subprocess.run([str(bin_dir / "router-stream"), *args], cwd=cwd, env=env, input=stdin,
                           capture_output=True, text=True, timeout=timeout)
 

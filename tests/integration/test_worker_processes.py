@@ -57,7 +57,6 @@ def environment(s: Settings, policy: Path) -> dict[str, str]:
         "ROUTER_POLICY_FILE": str(policy),
         "ROUTER_HTTP_PORT": "0",
         "ROUTER_BATCH_MAX": "100",  # many small batches: the SIGKILL lands mid-stream
-        "ROUTER_STATE_DIR": s.state_dir,
     }
 
 

@@ -526,8 +526,9 @@ def test_k8s_worker_deployment() -> None:
     ann = deploy["spec"]["template"]["metadata"]["annotations"]
     assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/port"] == "6066"
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    writable = {m["mountPath"] for m in c["volumeMounts"] if not m.get("readOnly")}
+    assert writable == {"/tmp"}  # the worker keeps nothing on disk
     config = objs[("ConfigMap", "router-stream-config")]["data"]
-    assert config["ROUTER_STATE_DIR"] in mounts  # the only writable path besides /tmp
     assert Path(config["ROUTER_POLICY_FILE"]).parent.as_posix() in mounts
     assert objs[("PodDisruptionBudget", "router-stream-worker")]["spec"]["maxUnavailable"] == 1
 
