@@ -2,7 +2,9 @@
 
 1. start (or reuse) the local Kafka + PostgreSQL stack;
 2. apply the database migrations and the topic declarations (with the demo policy's
-   ``routed.<destination>`` topics) under a fresh topic prefix, so every run starts clean;
+   ``routed.<destination>`` topics) under a fresh topic prefix, so every run starts clean; the
+   topics of earlier runs are deleted, except the last run's (kept for inspection until the
+   next run), so repeated demos do not fill the broker;
 3. start one worker and, once the traffic is out, the Postgres projection (`router-stream
    persist`), both in burst mode (each exits once its input has been idle for a few seconds);
 4. produce sample traffic in three phases — healthy, pagerduty failing, pagerduty recovered — plus
@@ -23,13 +25,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import orjson
@@ -43,6 +46,24 @@ Say = Callable[[str], None]
 
 EXAMPLE_POLICY = data_path("examples") / "policy.yaml"
 COOLDOWN_S = 3
+# in the stack's state directory: the topic prefix of the last demo run, whose topics are kept
+LAST_RUN_FILE = "last-demo-prefix"
+_RUN_PREFIX = re.compile(r"demo-\d{6}-[0-9a-f]{4}\.")
+
+
+def earlier_run_topics(topics: Iterable[str], keep: str | None) -> list[str]:
+    """The topics of demo runs (prefix ``demo-HHMMSS-xxxx.``) other than the run ``keep``."""
+    return sorted(t for t in topics if (m := _RUN_PREFIX.match(t)) and m.group(0) != keep)
+
+
+async def _delete_earlier_runs(settings: Settings, keep: str | None) -> int:
+    """Delete the topics of demo runs other than ``keep``; returns how many runs they were."""
+    from router_stream.adapters.topic_admin import connected_admin, delete_topics
+
+    async with connected_admin(settings, timeout=30.0) as admin:
+        doomed = earlier_run_topics((await admin.metadata()).topics, keep)
+        deleted = await delete_topics(admin, doomed)
+    return len({_RUN_PREFIX.match(t).group(0) for t in deleted})  # type: ignore[union-attr]
 
 
 def demo_policy_text(source: Path = EXAMPLE_POLICY) -> str:
@@ -199,10 +220,15 @@ def run_demo(say: Say = print, policy_file: Path = EXAMPLE_POLICY) -> int:
     settings = Settings(kafka_bootstrap=cfg.kafka.bootstrap,
                         database_url=cfg.postgres.url,  # type: ignore[arg-type]
                         topic_prefix=f"demo-{run_id}.", group_id=f"demo-{run_id}",
-                        policy_file=str(policy_path), http_port=0,
-                        state_dir=str(workdir / "state"))
+                        policy_file=str(policy_path), http_port=0)
     say(f"policy {compiled.version}: {policy_file} with breaker cooldown {COOLDOWN_S}s, "
         "failure_threshold 3")
+    last_run = cfg.kafka.state_dir / LAST_RUN_FILE
+    previous = last_run.read_text().strip() if last_run.exists() else None
+    if runs := asyncio.run(_delete_earlier_runs(settings, keep=previous)):
+        kept = f"; the last run's ({previous}*) stay until the next run" if previous else ""
+        say(f"deleted the topics of {runs} earlier demo run(s){kept}")
+    last_run.write_text(settings.topic_prefix)
     applied = asyncio.run(migrate_database(settings))
     say(f"database migrated ({len(applied)} new migration(s))")
     asyncio.run(apply_topics(settings, compiled.destinations))
@@ -216,7 +242,6 @@ def run_demo(say: Say = print, policy_file: Path = EXAMPLE_POLICY) -> int:
         "ROUTER_POLICY_FILE": str(policy_path),
         "ROUTER_HTTP_PORT": "0",
         "ROUTER_PROJECTION_HTTP_PORT": "0",
-        "ROUTER_STATE_DIR": settings.state_dir,
     }
     log = open(workdir / "worker.log", "wb")  # noqa: SIM115 - closed after the worker exits
     worker = subprocess.Popen(

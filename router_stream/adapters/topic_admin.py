@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from router_stream.adapters.topics import TopicSpec
 
 __all__ = ["ObservedTopic", "TopicAdmin", "TopicCreationFailed", "connected_admin", "create_topics",
-           "describe", "wait_until_ready", "wait_until_serving"]
+           "delete_topics", "describe", "wait_until_ready", "wait_until_serving"]
 
 _END: OffsetSpec = OffsetSpec.latest()  # type: ignore[no-untyped-call]
 # the broker's answers that mean "not this topic" (a TopicCreationFailed), not "not now"
@@ -198,3 +198,23 @@ async def create_topics(admin: TopicAdmin, specs: Mapping[str, TopicSpec]
     if failed:
         raise TopicCreationFailed("the broker refused to create topics:\n  " + "\n  ".join(failed))
     return sorted(created), sorted(raced)
+
+
+async def delete_topics(admin: TopicAdmin, names: Sequence[str]) -> list[str]:
+    """Delete ``names``; returns those deleted here (a topic already gone is not an error)."""
+    if not names:
+        return []
+    futures = admin.client.delete_topics(list(names), operation_timeout=admin.timeout,
+                                         request_timeout=admin.timeout)
+    deleted = []
+    for name, future in futures.items():
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(future), admin.timeout)
+            deleted.append(name)
+        except TimeoutError as exc:
+            raise OperationTimeout(f"deleting {name}: Kafka at {admin.settings.kafka_bootstrap}"
+                                   f" did not answer within {admin.timeout:.0f}s") from exc
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise rdkafka_error(admin.settings, f"cannot delete {name}", exc) from exc
+    return sorted(deleted)

@@ -139,17 +139,11 @@ async def _drive(scenario: RoutingScenario, strategy: str, seed: int, s: Setting
 
 
 async def _delete_topics(s: Settings) -> None:
-    from confluent_kafka.admin import AdminClient
+    from router_stream.adapters.topic_admin import connected_admin, delete_topics
 
-    from router_stream.adapters.kafka_failures import RdkafkaLog
-
-    conf: dict[str, Any] = {**s.librdkafka_config, **RdkafkaLog().config()}
-    admin = AdminClient(conf)
-    listed = await asyncio.to_thread(admin.list_topics, None, 30.0)
-    doomed = [t for t in listed.topics if t.startswith(s.topic_prefix)]
-    if doomed:
-        futures = admin.delete_topics(doomed, operation_timeout=30.0)
-        await asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values()))
+    async with connected_admin(s, timeout=30.0) as admin:
+        await delete_topics(admin, [t for t in (await admin.metadata()).topics
+                                    if t.startswith(s.topic_prefix)])
 
 
 E2E_FIGURES = ("delivery", "best_share_second_half", "dlq_share", "dead_share", "regret")

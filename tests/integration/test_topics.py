@@ -205,3 +205,21 @@ async def test_cli_topics_apply_mismatch_exits_2(settings: Settings, admin):
     result = await asyncio.to_thread(_invoke, settings, "topics", "apply")
     assert result.exit_code == 2
     assert f"{settings.topic('outcomes')}: partitions is 1, declared 12" in result.output
+
+
+async def test_delete_topics_deletes_named_topics_and_skips_gone_ones(settings: Settings, admin):
+    from router_stream.adapters.topic_admin import connected_admin, delete_topics
+
+    names = [settings.topic("old.a"), settings.topic("old.b")]
+    await admin.create_topics([NewTopic(n, num_partitions=1, replication_factor=1)
+                               for n in names])
+    gone = settings.topic("never.created")
+    async with connected_admin(settings, timeout=30.0) as client:
+        deleted = await delete_topics(client, [*names, gone])
+        assert deleted == sorted(names)
+        assert await delete_topics(client, []) == []
+    for _ in range(100):  # deletion is acknowledged before every metadata cache forgets it
+        if not await prefixed_topics(admin, settings) & set(names):
+            break
+        await asyncio.sleep(0.1)
+    assert not await prefixed_topics(admin, settings) & set(names)
