@@ -64,6 +64,7 @@ class Profile:
     search_steps: int
     burst: int                 # signals in the drain probe
     core_signals: int
+    core_repeat: int           # core_bench runs per strategy (the best counts)
     drain_timeout_s: float
     stop_timeout_s: float
     projection_records: int    # backlog of the projection drain (bench/projection_drain.py)
@@ -75,11 +76,11 @@ FULL_ONLY = frozenset({"router_eos"})
 contenders, and another worker's share is taken from the rows the ratios need."""
 QUICK = Profile("quick", budget_s=110, warmup_timeout_s=25, latency_window_s=1.5,
                 step_window_s=2.0, confirm_window_s=0, search_steps=2, burst=6_000,
-                core_signals=20_000, drain_timeout_s=3, stop_timeout_s=8,
+                core_signals=20_000, core_repeat=1, drain_timeout_s=3, stop_timeout_s=8,
                 projection_records=20_000, projection_budget_s=25)
 FULL = Profile("full", budget_s=1020, warmup_timeout_s=60, latency_window_s=8.0,
                step_window_s=6.0, confirm_window_s=30.0, search_steps=5, burst=60_000,
-               core_signals=100_000, drain_timeout_s=12, stop_timeout_s=25,
+               core_signals=100_000, core_repeat=3, drain_timeout_s=12, stop_timeout_s=25,
                projection_records=100_000, projection_budget_s=60)
 
 CONFIRM_SHARES = (1.0, 0.9, 0.8, 0.7)
@@ -459,7 +460,7 @@ async def run_core(profile: Profile, status: Any) -> dict[str, Any]:
     shares; CPU seconds per 10k = 10k / mixed rate (one busy thread); peak RSS sampled."""
     status.update("[bold]core[/]: bench/core_bench.py")
     cmd = [sys.executable, str(BENCH_DIR / "core_bench.py"), "--json",
-           "--signals", str(profile.core_signals)]
+           "--signals", str(profile.core_signals), "--repeat", str(profile.core_repeat)]
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE,
                                                 start_new_session=True)

@@ -383,8 +383,9 @@ partition count, the same generator and the same measuring consumer:
 - **router-stream, Postgres on / off** (`router-stream worker --policy bench/bench_policy.yaml`):
   worker defaults, INFO logs, a Postgres database of its own (migrated, dropped afterwards);
   "off" needs `ROUTER_PERSIST=false`.
-- **core alone** (`bench/core_bench.py`, no I/O): decisions/s per strategy, mixed by the
-  workload's shares.
+- **core alone** (`bench/core_bench.py`, no I/O): decisions/s per strategy (a full run takes the
+  best of three runs: this VM's speed varies by up to ~1.6x from one run to the next), mixed by
+  the workload's shares.
 - **projection** (`bench/projection_drain.py`, after the contenders): a backlog of decision
   records (one DLQ record in 20) written to a fresh database by one `router-stream persist`;
   rows/s from its first fetch to the last commit, and the CPU of the projection and of its
