@@ -629,8 +629,8 @@ async def run_worker(settings: Settings, *, exit_when_idle: float | None = None,
 def freeze_what_start_built() -> None:
     """Move what start-up built (modules, the policy, the restored state) out of the cyclic
     collector's view: it lives as long as the process, and each full collection would traverse
-    it with the event loop stopped (28-66 ms every ~10 s at 1k signals/s, against 0.7 ms
-    frozen; docs/performance.md). Collected first, so no garbage cycle is frozen for good; objects
-    frozen are still freed when their last reference goes."""
+    it with the event loop stopped (25-66 ms every ~20 s at 1k signals/s, 2-6 ms frozen;
+    docs/performance.md). Collected first, so no garbage cycle is frozen for good; objects frozen
+    are still freed when their last reference goes."""
     gc.collect()
     gc.freeze()
