@@ -323,10 +323,10 @@ def _banner(result: dict[str, Any]) -> str:
              if c.get("steps") and confirmation(c) != "held"]
     text = "> Full run. "
     if held:
-        text += f"Held for the 30 s confirmation window: {', '.join(held)}. "
+        text += f"Held for the 30 s confirmation window: {'; '.join(held)}. "
     if other:
         text += ("Not confirmed for 30 s (the figure is the last short search step that held, "
-                 f"so an upper bound): {', '.join(other)}. ")
+                 f"so an upper bound): {'; '.join(other)}. ")
     return text + ("Figures from one machine; compare ratios, not absolute numbers, across "
                    "machines.")
 

@@ -22,7 +22,7 @@ def test_a_rate_whose_confirmations_all_grew_a_backlog_is_marked_unconfirmed() -
     assert rates == {"raw": "1,000", "router_pg": "1,000 (unconfirmed)", "faust": "1,000"}
     banner = report._banner(result)
     assert "Held for the 30 s confirmation window: raw." in banner
-    assert "upper bound): router_pg, faust." in banner
+    assert "upper bound): router_pg; faust." in banner  # labels may hold commas
     notes = "\n".join(report._status_lines(result))
     assert "router_pg**: the 30 s confirmation grew a backlog at 1,000/s, 900/s" in notes
 
