@@ -67,12 +67,26 @@ class TopicAdmin:
     async def result(self, what: str, future: concurrent.futures.Future[Any]) -> Any:
         """The result of an admin request's future, its error translated."""
         try:
+            return await self._answer(what, future)
+        except KafkaException as exc:
+            raise rdkafka_error(self.settings, what, exc) from exc
+
+    async def refusal(self, what: str, future: concurrent.futures.Future[Any]
+                      ) -> KafkaException | None:
+        """None once an admin request's future succeeded, else the broker's answer for the
+        caller to judge (per topic: some refusals are not errors)."""
+        try:
+            await self._answer(what, future)
+        except KafkaException as exc:
+            return exc
+        return None
+
+    async def _answer(self, what: str, future: concurrent.futures.Future[Any]) -> Any:
+        try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
         except TimeoutError as exc:
             raise OperationTimeout(f"{what}: Kafka at {self.settings.kafka_bootstrap} did not"
                                    f" answer within {self.timeout:.0f}s") from exc
-        except KafkaException as exc:
-            raise rdkafka_error(self.settings, what, exc) from exc
 
 
 @contextlib.asynccontextmanager
@@ -181,20 +195,17 @@ async def create_topics(admin: TopicAdmin, specs: Mapping[str, TopicSpec]
                                          request_timeout=admin.timeout)
     created, raced, failed = [], [], []
     for name, future in futures.items():
-        try:
-            await asyncio.wait_for(asyncio.wrap_future(future), admin.timeout)
+        exc = await admin.refusal(f"creating {name}", future)
+        if exc is None:
             created.append(name)
-        except TimeoutError as exc:
-            raise OperationTimeout(f"creating {name}: Kafka at {admin.settings.kafka_bootstrap}"
-                                   f" did not answer within {admin.timeout:.0f}s") from exc
-        except KafkaException as exc:
-            err = exc.args[0]
-            if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:  # another `apply` created it
-                raced.append(name)
-            elif err.name() in _REFUSALS:
-                failed.append(f"{name}: {err.str()}")
-            else:
-                raise rdkafka_error(admin.settings, f"cannot create {name}", exc) from exc
+            continue
+        err = exc.args[0]
+        if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:  # another `apply` created it
+            raced.append(name)
+        elif err.name() in _REFUSALS:
+            failed.append(f"{name}: {err.str()}")
+        else:
+            raise rdkafka_error(admin.settings, f"cannot create {name}", exc) from exc
     if failed:
         raise TopicCreationFailed("the broker refused to create topics:\n  " + "\n  ".join(failed))
     return sorted(created), sorted(raced)
@@ -208,13 +219,9 @@ async def delete_topics(admin: TopicAdmin, names: Sequence[str]) -> list[str]:
                                          request_timeout=admin.timeout)
     deleted = []
     for name, future in futures.items():
-        try:
-            await asyncio.wait_for(asyncio.wrap_future(future), admin.timeout)
+        exc = await admin.refusal(f"deleting {name}", future)
+        if exc is None:
             deleted.append(name)
-        except TimeoutError as exc:
-            raise OperationTimeout(f"deleting {name}: Kafka at {admin.settings.kafka_bootstrap}"
-                                   f" did not answer within {admin.timeout:.0f}s") from exc
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                raise rdkafka_error(admin.settings, f"cannot delete {name}", exc) from exc
+        elif exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise rdkafka_error(admin.settings, f"cannot delete {name}", exc) from exc
     return sorted(deleted)
