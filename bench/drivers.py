@@ -10,10 +10,10 @@ latency instead of silently lowering the offered load (no coordinated omission).
 says how late the last send was; ``rate = inf`` sends ``burst`` signals as fast as possible.
 Health events go to ``source-health`` after every 100th signal (1 % of the signal rate).
 
-Measurer (``run_measurer``): reads every output topic of the contender from the beginning
-(topics are fresh per contender), counts records (``received``; each signal yields exactly one
-output record for every contender, so ``sent - received`` is the lag) and, for records whose
-scheduled time falls inside the latency window, keeps ``receipt - scheduled`` in ms.
+Measurer (``run_measurer``): reads every output topic of the contender from the beginning, one
+consumer per topic (topics are fresh per contender), counts records (``received``; each signal
+yields exactly one output record for every contender, so ``sent - received`` is the lag) and, for
+records whose scheduled time falls inside the latency window, keeps ``receipt - scheduled`` in ms.
 """
 
 from __future__ import annotations
@@ -174,7 +174,71 @@ def run_generator(shared: Shared, bootstrap: str, signals_topic: str, health_top
 # --- measurer ---------------------------------------------------------------------------------
 
 
+MEASURER_FETCH_WAIT_MS = 500
+"""How long the broker holds a measuring consumer's fetch when nothing arrives. Not a latency
+floor (a fetch is answered as soon as a record is in: ``fetch.min.bytes`` 1); it bounds what an
+idle reader costs the broker (every fetch request is CPU it does not give the contender)."""
+
+
 def run_measurer(shared: Shared, conn: Connection, bootstrap: str, topics: list[str]) -> None:
+    """One consumer per output topic, each on a thread of its own, as the downstream services
+    of a routed topic each read their own: one consumer over every output partition made the
+    broker re-read all of them for each record that arrived on any (measured: 0.13-0.15 of a core
+    at 1k signals/s, and twice the worker's p50; docs/performance.md)."""
+    import threading
+
+    tally = _Tally(shared)
+    readers = [threading.Thread(target=_read_topic, args=(tally, bootstrap, topic, len(topics)),
+                                name=f"measure-{topic}", daemon=True) for topic in topics]
+    for reader in readers:
+        reader.start()
+    if not tally.ready.wait(60) or tally.failed:
+        raise RuntimeError(f"measuring consumer: {tally.failed or 'no assignment in 60 s'}")
+    shared.meas_ready.set()
+    try:
+        while not shared.stop.value:
+            time.sleep(0.02)
+            shared.received.value = tally.received
+            while conn.poll():
+                if conn.recv() == "take":
+                    conn.send(tally.take())
+    finally:
+        for reader in readers:
+            reader.join(5)
+
+
+class _Tally:
+    """What the per-topic readers saw, merged: records received, latencies in the window."""
+
+    def __init__(self, shared: Shared) -> None:
+        import threading
+
+        self.shared = shared
+        self.received = 0
+        self.failed: str | None = None
+        self.ready = threading.Event()
+        self._lock = threading.Lock()
+        self._latencies: list[float] = []
+        self._assigned = 0
+
+    def assigned(self, topics: int) -> None:
+        with self._lock:
+            self._assigned += 1
+            if self._assigned == topics:
+                self.ready.set()
+
+    def add(self, received: int, latencies: list[float]) -> None:
+        with self._lock:
+            self.received += received
+            self._latencies.extend(latencies)
+
+    def take(self) -> list[float]:
+        with self._lock:
+            taken, self._latencies = self._latencies, []
+        return taken
+
+
+def _read_topic(tally: _Tally, bootstrap: str, topic: str, topics: int) -> None:
     import uuid
 
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -184,22 +248,28 @@ def run_measurer(shared: Shared, conn: Connection, bootstrap: str, topics: list[
     # Assigned every partition from the beginning, never joining its (unique) group: the
     # contender created the topics before the measurer starts.
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "fetch.wait.max.ms": 20,
+                         "enable.auto.commit": False,
+                         "fetch.wait.max.ms": MEASURER_FETCH_WAIT_MS,
                          "isolation.level": "read_committed",  # router_eos: committed batches
                          "client.id": "bench-measurer", **_quiet()})
-    listed = consumer.list_topics(None, 30.0).topics
-    consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in topics if t in listed
-                     for p in sorted(listed[t].partitions)])
-    shared.meas_ready.set()
-    latencies: list[float] = []
-    received = 0
-    win = shared.window
+    shared = tally.shared
     try:
+        listed = consumer.list_topics(topic, 30.0).topics
+        if topic in listed and listed[topic].error is None:
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)
+                             for p in sorted(listed[topic].partitions)])
+        tally.assigned(topics)
+        win = shared.window
         while not shared.stop.value:
-            first = consumer.poll(0.02)  # consume(n, t) would wait all of t unless n arrive
-            messages = [] if first is None else [first, *consumer.consume(19_999, 0)]
+            # returns at the first record; consume(n, t) would wait all of t unless n arrive
+            first = consumer.poll(0.2)
+            if first is None:
+                continue
+            messages = [first, *consumer.consume(19_999, 0)]
             now_us = time.time() * 1e6
             w0, w1 = win[0], win[1]
+            received = 0
+            latencies = []
             for msg in messages:
                 if msg.error() is not None:
                     continue
@@ -209,11 +279,10 @@ def run_measurer(shared: Shared, conn: Connection, bootstrap: str, topics: list[
                 s = sched_us_of(msg.value())
                 if s is not None and w0 <= s < w1:
                     latencies.append((now_us - s) / 1000.0)
-            shared.received.value = received
-            while conn.poll():
-                if conn.recv() == "take":
-                    conn.send(latencies)
-                    latencies = []
+            tally.add(received, latencies)
+    except Exception as exc:  # noqa: BLE001 - reported by run_measurer
+        tally.failed = f"{topic}: {exc!r}"
+        tally.ready.set()
     finally:
         consumer.close()
 
