@@ -66,9 +66,11 @@ IDLE_WAIT_S = 0.1
 """How long one ``poll`` blocks for a first record. Not a latency floor (a record arriving wakes
 it at once); it bounds how long a commit or an offset read waits behind an idle poll (ten
 wake-ups a second of an idle worker cost next to no CPU)."""
-LINGER_MS = 2
-"""The producer's wait for more records before a request: a batch's records are handed over in
-one go, so a long linger only delays every batch; a short one still merges concurrent batches."""
+LINGER_MS = 0
+"""The producer's wait for more records before a request: none. A batch's records are handed over
+in one go, and a partition's records wait while its requests are in flight anyway (the largest
+batches form under load without a linger); any linger is added to every routed record's latency
+(2 ms measured: p50 4.9-5.5 against 2.8-3.8 ms at 1k/s, drain unchanged)."""
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 """The producer's own cap on one record; above it the brokers' per-topic limits decide. A signal
 the topic accepted must still be routable or dead-lettered byte-exact."""
