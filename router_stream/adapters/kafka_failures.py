@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import deque
 
 from confluent_kafka import KafkaError, KafkaException
 
@@ -52,6 +53,7 @@ RDKAFKA_LOGGER = "router_stream.librdkafka"
 _THREAD_PREFIX = re.compile(r"^(?:\[thrd:[^\]]*\]: )?(?:\S+/(?:bootstrap|\d+): )?")
 _ATTEMPT_SUFFIX = re.compile(r"\s*\(after \d+ms in state [A-Z_]+(?:, .*)?\)$")
 _FAILURE_FACILITIES = ("FAIL", "ERROR")
+_KEPT_REASONS = 64  # the newest; describe_rdkafka explains the last one it can
 _GAVE_UP = {"_ALL_BROKERS_DOWN", "_AUTHENTICATION", "_SSL", "_RESOLVE"}
 _TIMEOUTS = {"_TIMED_OUT", "_MSG_TIMED_OUT", "REQUEST_TIMED_OUT", "_TIMED_OUT_QUEUE"}
 _UNREACHABLE = {"_TRANSPORT", "_ALL_BROKERS_DOWN", "_RESOLVE", "_AUTHENTICATION", "_SSL",
@@ -73,7 +75,7 @@ class RdkafkaLog:
     """
 
     def __init__(self) -> None:
-        self.reasons: list[str] = []
+        self.reasons: deque[str] = deque(maxlen=_KEPT_REASONS)  # a client may fail for hours
         self.gave_up = False
         self._seen: set[str] = set()
         self._logger = logging.getLogger(RDKAFKA_LOGGER)

@@ -695,7 +695,8 @@ class GroupOffsets:
         self._topics = [run.topic(SIGNALS), run.topic("router.retry")]
         self._consumer = Consumer({"bootstrap.servers": run.settings.kafka_bootstrap,
                                    "group.id": run.settings.group_id,
-                                   "enable.auto.commit": False})
+                                   "enable.auto.commit": False,
+                                   "log_level": 0})  # never polled: no reconnect chatter
         self._tps: list[TopicPartition] | None = None
         self._thread = ClientThread("chaos-offsets")
 
@@ -728,7 +729,8 @@ async def group_lag(run: Run) -> int:
     """Records of the signals and router.retry topics past the group's committed offsets."""
     committed = await committed_offsets(run)
     consumer = Consumer({"bootstrap.servers": run.settings.kafka_bootstrap,
-                         "group.id": f"chaos-lag-{uuid.uuid4().hex}"})  # never joined
+                         "group.id": f"chaos-lag-{uuid.uuid4().hex}",  # never joined
+                         "log_level": 0})
 
     def lag() -> int:
         listed = consumer.list_topics(None, 30.0).topics

@@ -63,6 +63,14 @@ def test_errors_keep_their_reason_and_all_brokers_down_means_gave_up():
         "Connect to ipv4#127.0.0.1:9 failed: Connection refused"]
 
 
+def test_a_client_failing_for_hours_keeps_only_its_newest_reasons():
+    log = RdkafkaLog()
+    for attempt in range(10_000):
+        log.error(KafkaError(KafkaError._TRANSPORT, f"{REFUSED} #{attempt}"))
+    assert len(log.reasons) == 64
+    assert log.reasons[-1].endswith("#9999")
+
+
 def test_a_failure_logged_only_as_a_line_is_a_reason_too(monkeypatch: pytest.MonkeyPatch):
     # a plaintext client at a TLS listener: librdkafka says so only in a FAIL log line
     monkeypatch.setenv("ROUTER_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
