@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -185,10 +186,8 @@ def run_measurer(shared: Shared, conn: Connection, bootstrap: str, topics: list[
     of a routed topic each read their own: one consumer over every output partition made the
     broker re-read all of them for each record that arrived on any (measured: 0.13-0.15 of a core
     at 1k signals/s, and twice the worker's p50; docs/performance.md)."""
-    import threading
-
-    tally = _Tally(shared)
-    readers = [threading.Thread(target=_read_topic, args=(tally, bootstrap, topic, len(topics)),
+    tally = _Tally(shared, len(topics))
+    readers = [threading.Thread(target=_read_topic, args=(tally, bootstrap, topic),
                                 name=f"measure-{topic}", daemon=True) for topic in topics]
     for reader in readers:
         reader.start()
@@ -210,21 +209,20 @@ def run_measurer(shared: Shared, conn: Connection, bootstrap: str, topics: list[
 class _Tally:
     """What the per-topic readers saw, merged: records received, latencies in the window."""
 
-    def __init__(self, shared: Shared) -> None:
-        import threading
-
+    def __init__(self, shared: Shared, readers: int) -> None:
         self.shared = shared
         self.received = 0
         self.failed: str | None = None
         self.ready = threading.Event()
         self._lock = threading.Lock()
         self._latencies: list[float] = []
-        self._assigned = 0
+        self._unassigned = readers
 
-    def assigned(self, topics: int) -> None:
+    def assigned(self) -> None:
+        """One more reader has its partitions; ``ready`` once every reader has."""
         with self._lock:
-            self._assigned += 1
-            if self._assigned == topics:
+            self._unassigned -= 1
+            if self._unassigned == 0:
                 self.ready.set()
 
     def add(self, received: int, latencies: list[float]) -> None:
@@ -238,7 +236,7 @@ class _Tally:
         return taken
 
 
-def _read_topic(tally: _Tally, bootstrap: str, topic: str, topics: int) -> None:
+def _read_topic(tally: _Tally, bootstrap: str, topic: str) -> None:
     import uuid
 
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -258,7 +256,7 @@ def _read_topic(tally: _Tally, bootstrap: str, topic: str, topics: int) -> None:
         if topic in listed and listed[topic].error is None:
             consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)
                              for p in sorted(listed[topic].partitions)])
-        tally.assigned(topics)
+        tally.assigned()
         win = shared.window
         while not shared.stop.value:
             # returns at the first record; consume(n, t) would wait all of t unless n arrive
