@@ -23,7 +23,7 @@ import time
 import uuid
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from bench.contenders import (
@@ -45,10 +45,17 @@ async def _produce_backlog(bootstrap: str, topic: str, n: int) -> None:
 
 
 async def _committed(bootstrap: str, group: str, topic: str) -> int:
+    """Offsets the group has committed on ``topic``; 0 while the broker answers with a retriable
+    error (a coordinator still loading its offsets after the broker started)."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     [future] = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(
         group, [TopicPartition(topic, p) for p in range(PARTITIONS)])]).values()
-    answer = await asyncio.wrap_future(future)
+    try:
+        answer = await asyncio.wrap_future(future)
+    except KafkaException as e:
+        if e.args and e.args[0].retriable():
+            return 0
+        raise
     return sum(max(tp.offset, 0) for tp in answer.topic_partitions)
 
 
