@@ -63,20 +63,38 @@ def admit(
 ) -> tuple[bool, TokenBucket]:
     """Try to take ``cost`` tokens at ``now``. Returns whether admitted and the new bucket (the
     refill is kept even when the signal is refused)."""
-    if not (cost >= 0.0):  # also rejects NaN
-        raise ValueError(f"cost must be >= 0, got {cost}")
-    if bucket.last_ts is None:
+    _check_cost(cost)
+    ok, (tokens, last_ts) = _take(
+        None if bucket.last_ts is None else (bucket.tokens, bucket.last_ts), now, rate, burst,
+        cost)
+    return ok, TokenBucket(tokens, last_ts)
+
+
+Held = tuple[float, float]
+"""A bucket as :class:`TenantBuckets` holds it: (tokens, last_ts); one is built per signal, and
+a tuple is cheaper to build than a :class:`TokenBucket`."""
+
+
+def _take(held: Held | None, now: float, rate: float, burst: float, cost: float
+          ) -> tuple[bool, Held]:
+    """:func:`admit` on a held bucket (None: never used, so full)."""
+    if held is None:
         tokens, last_ts = burst, now
     else:
-        tokens, last_ts = bucket.tokens, bucket.last_ts
+        tokens, last_ts = held
         if now > last_ts:  # a backwards or NaN clock refills nothing
             tokens = min(burst, tokens + (now - last_ts) * rate)
             last_ts = now
     if not math.isfinite(last_ts):
         raise ValueError(f"now must be finite, got {now}")
     if tokens >= cost:
-        return True, TokenBucket(tokens - cost, last_ts)
-    return False, TokenBucket(tokens, last_ts)
+        return True, (tokens - cost, last_ts)
+    return False, (tokens, last_ts)
+
+
+def _check_cost(cost: float) -> None:
+    if not (cost >= 0.0):  # also rejects NaN
+        raise ValueError(f"cost must be >= 0, got {cost}")
 
 
 def admit_limit(
@@ -108,10 +126,10 @@ class TenantBuckets:
     __slots__ = ("_named", "_unknown", "_shared", "_total")
 
     def __init__(self) -> None:
-        self._named: dict[str, TokenBucket] = {}
-        self._unknown: OrderedDict[str, TokenBucket] = OrderedDict()
-        self._shared = TokenBucket()
-        self._total = TokenBucket()
+        self._named: dict[str, Held] = {}
+        self._unknown: OrderedDict[str, Held] = OrderedDict()
+        self._shared: Held | None = None
+        self._total: Held | None = None
 
     def __len__(self) -> int:
         """Buckets held for single tenants (named and unknown; not the shared and total ones)."""
@@ -125,34 +143,32 @@ class TenantBuckets:
         ``options``. A refused signal takes no token from any bucket."""
         if not named and default is None and options.total is None:
             return True  # no limit applies to anyone
+        _check_cost(cost)
         limit = named.get(tenant)
         if limit is not None:
-            ok, self._named[tenant] = admit_limit(
-                self._named.get(tenant, TokenBucket()), now, limit, cost)
+            ok, self._named[tenant] = _take(self._named.get(tenant), now, limit.rate,
+                                            limit.burst, cost)
             return ok
-        return self._admit_unknown(tenant, now, default, options, cost)
-
-    def _admit_unknown(self, tenant: str, now: float, limit: RateLimit | None,
-                       options: UnknownTenants, cost: float) -> bool:
         total = options.total
-        if total is not None:
-            ok, after = admit_limit(self._total, now, total, cost)
-            if not ok:
-                return False  # not stored: a later refill from the old state is the same
-        if limit is not None and not self._take_own(tenant, now, limit, options, cost):
+        if total is None:  # the common case: each unknown tenant's own limit, or none
+            return default is None or self._take_own(tenant, now, default, options, cost)
+        ok, after = _take(self._total, now, total.rate, total.burst, cost)
+        if not ok:
+            return False  # not stored: a later refill from the old state is the same
+        if default is not None and not self._take_own(tenant, now, default, options, cost):
             return False
-        if total is not None:
-            self._total = after
+        self._total = after
         return True
 
     def _take_own(self, tenant: str, now: float, limit: RateLimit, options: UnknownTenants,
                   cost: float) -> bool:
         if options.shared:
-            ok, self._shared = admit_limit(self._shared, now, limit, cost)
+            ok, self._shared = _take(self._shared, now, limit.rate, limit.burst, cost)
             return ok
         buckets = self._unknown
-        bucket = buckets.pop(tenant, None)  # re-inserted last: the most recently used
-        ok, buckets[tenant] = admit_limit(bucket or TokenBucket(), now, limit, cost)
+        # re-inserted last: the most recently used
+        ok, buckets[tenant] = _take(buckets.pop(tenant, None), now, limit.rate, limit.burst,
+                                    cost)
         self._forget(now, limit, options.max_buckets)
         return ok
 
@@ -160,16 +176,11 @@ class TenantBuckets:
         """Drop least recently used buckets over the cap and those refilled to full: each is
         looked at once, so this costs O(1) per admit on average."""
         buckets = self._unknown
+        rate, burst = limit.rate, limit.burst
         while buckets:
-            oldest = next(iter(buckets.values()))
-            if len(buckets) <= max_buckets and not _is_full(oldest, now, limit):
+            tokens, last_ts = next(iter(buckets.values()))
+            idle = now - last_ts
+            refilled = tokens + idle * rate if idle > 0 else tokens
+            if len(buckets) <= max_buckets and refilled < burst:
                 return
             buckets.popitem(last=False)
-
-
-def _is_full(bucket: TokenBucket, now: float, limit: RateLimit) -> bool:
-    if bucket.last_ts is None:
-        return True
-    idle = now - bucket.last_ts
-    refilled = bucket.tokens + idle * limit.rate if idle > 0 else bucket.tokens
-    return refilled >= limit.burst
