@@ -113,17 +113,14 @@ def beta_sample(rng: random.Random, a0: float, b0: float) -> float:
         if not 0.0 < u1 < 1.0:  # log(u1 / (1 - u1)) needs 0 < u1 < 1
             continue
         u2 = random_()
+        # |log(u1 / (1 - u1))| < 37 for doubles and scale < 1 (a, b > 1): exp cannot overflow
         v = scale * math.log(u1 / (1.0 - u1))
-        w = a * math.exp(v) if v < 709.0 else math.inf  # exp overflows past ~709.78
-        if math.isinf(w):
-            return 1.0 if a == a0 else 0.0  # w / (b + w) and b / (b + w) at their limits
+        w = a * math.exp(v)
         z = u1 * u1 * u2
         r = shift * v - _LOG4
         s = a + r - w
-        if s + _BB_EARLY >= 5.0 * z:
+        if s + _BB_EARLY >= 5.0 * z or z <= 0.0:  # z = 0: log(z) = -inf < s, accepted
             break
-        if z <= 0.0:
-            continue
         t = math.log(z)
         if s > t or r + total * math.log(total / (b + w)) >= t:
             break
