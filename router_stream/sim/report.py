@@ -230,8 +230,9 @@ What the example policy takes from it:
   at 20 signals/s), and the time back after a recovery depends mostly on where the recovery falls
   in the cooldown's doubling after failed probes, up to the cooldown then in effect.
 * `bandit.discount: 0.99`, prior Beta(1, 1) — the stationary best-arm share stays ≥ 95 % down to
-  0.99 and falls below it at 0.98, while the flip is followed in ~150 decisions instead of
-  ~2,000; a Beta(5, 5) prior helps only the stationary model.
+  0.99 and falls below it at 0.98, while the flip is followed in ~170 decisions instead of
+  ~2,900 (seeds 0–12: 130–200 against 900–3,400); a Beta(5, 5) prior helps only the
+  stationary model.
 """
 
 _OUTRO = """\
@@ -247,11 +248,11 @@ _OUTRO = """\
   mean suffers, i.e. on the world as much as on the router: on some seeds even the fault-aware
   floor is above 0.3 × the naive mean (seeds 2 and 3: 0.31 and 0.34), so no estimator can meet
   it there. On seed 0 the consensus is at 0.29.
-* **Non-stationary bandits.** Without discounting, Thompson needs 1,500–2,200 decisions after
+* **Non-stationary bandits.** Without discounting, Thompson needs 900–3,400 decisions after
   the better of a 0.9 / 0.5 pair flips before the new best gets half the traffic (`thompson@1` in
-  the `bandit-flip` table, discount 1 in the sweep; on the real stack 2,400–2,800 were
-  measured). `bandit.discount: 0.99` keeps an arm's last ~100 outcomes' worth of evidence
-  (docs/policy.md).
+  the `bandit-flip` table on seeds 0–12, discount 1 in the sweep; on the real stack
+  2,400–2,800 were measured). `bandit.discount: 0.99` keeps an arm's last ~100 outcomes'
+  worth of evidence (docs/policy.md).
 * **Breakers on bandit routes.** With the breaker opening after 3 consecutive failures, a
   0.9 / 0.5 Thompson route dead-lettered 45 % of its signals and a 0.6 / 0.5 one 96 %. A
   destination named only by bandit routes now opens at a ≥ 0.9 error rate (or `min_volume`
