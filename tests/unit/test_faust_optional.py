@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -26,3 +27,18 @@ def test_faust_is_an_extra_and_a_dev_dependency_not_a_runtime_one():
     assert "faust-streaming" in named(project["optional-dependencies"]["faust"])
     assert "faust-streaming" in named(project["optional-dependencies"]["dev"])
     assert "aiohttp" in named(project["dependencies"])  # worker/http.py, once faust's
+
+
+def test_the_faust_extra_brings_the_codec_of_the_workers_default_compression():
+    """aiokafka (under faust) decodes lz4, zstd and snappy batches only with cramjam, which its
+    extras of those names install; without it a faust consumer of routed.<d> fails on the first
+    batch the worker wrote with its default compression."""
+    from router_stream.config import Settings
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    codec = Settings.model_fields["compression_type"].default
+    for extra in ("faust", "dev", "bench"):
+        [aiokafka] = [r for r in project["optional-dependencies"][extra]
+                      if r.startswith("aiokafka")]
+        codecs = re.match(r"aiokafka(?:\[([a-z0-9,]*)\])?", aiokafka).group(1) or ""
+        assert codec in ("none", "gzip") or codec in codecs.split(","), (extra, aiokafka)
