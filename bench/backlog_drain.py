@@ -23,7 +23,12 @@ import time
 import uuid
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import (
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 from bench.contenders import (
@@ -44,16 +49,21 @@ async def _produce_backlog(bootstrap: str, topic: str, n: int) -> None:
     await asyncio.to_thread(produce_all, bootstrap, records)
 
 
+_COORDINATOR_NOT_READY = frozenset({
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.NOT_COORDINATOR})
+
+
 async def _committed(bootstrap: str, group: str, topic: str) -> int:
-    """Offsets the group has committed on ``topic``; 0 while the broker answers with a retriable
-    error (a coordinator still loading its offsets after the broker started)."""
+    """Offsets the group has committed on ``topic``; 0 while the group's coordinator is not
+    ready (still loading its offsets after the broker started, or moving)."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     [future] = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(
         group, [TopicPartition(topic, p) for p in range(PARTITIONS)])]).values()
     try:
         answer = await asyncio.wrap_future(future)
     except KafkaException as e:
-        if e.args and e.args[0].retriable():
+        if e.args and e.args[0].code() in _COORDINATOR_NOT_READY:
             return 0
         raise
     return sum(max(tp.offset, 0) for tp in answer.topic_partitions)

@@ -33,7 +33,7 @@ from router_stream.errors import BrokerUnavailable, UserError
 
 __all__ = ["AckingProducer", "ClientThread", "Offsets", "RecordSender", "client_config",
            "cluster_with", "connect", "end_offsets", "group_committed_to_end",
-           "only_markers_between", "reader"]
+           "only_markers_between", "reader", "watermarks"]
 
 T = TypeVar("T")
 
@@ -192,6 +192,32 @@ async def cluster_with(thread: ClientThread, client: Any, settings: Settings,
         f"topic {', '.join(missing)} does not exist on {settings.kafka_bootstrap}"
         " (run `router-stream topics apply`, or check ROUTER_TOPIC_PREFIX)"
     )
+
+
+_NOT_READY_YET = frozenset({
+    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC})
+"""What a broker answers about a partition created a moment ago, until its leader is known
+(seconds on a loaded machine). The errors of synchronous calls carry no ``retriable()`` flag,
+so the codes are named."""
+
+
+async def watermarks(thread: ClientThread, consumer: Consumer, tp: TopicPartition,
+                     timeout_s: float = METADATA_WAIT_S) -> tuple[int, int]:
+    """A partition's (low, high) watermarks, asked again for ``timeout_s`` while the partition
+    is not ready yet (:data:`_NOT_READY_YET`); that error is raised after ``timeout_s``, any
+    other at once."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = await thread.run(consumer.get_watermark_offsets, tp, 10.0)
+            return low, high
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if not isinstance(err, KafkaError) or err.code() not in _NOT_READY_YET or (
+                    time.monotonic() >= deadline):
+                raise
+        await asyncio.sleep(0.25)
 
 
 Offsets = dict[tuple[str, int], int]

@@ -38,7 +38,7 @@ from router_stream.adapters.checkpoint_store import (
 )
 from router_stream.adapters.kafka_failures import RdkafkaLog, rdkafka_error
 from router_stream.adapters.kafka_io import fetch
-from router_stream.adapters.rdkafka import ClientThread, connect, reader
+from router_stream.adapters.rdkafka import ClientThread, connect, reader, watermarks
 from router_stream.config import CONTROL, OUTCOMES, SOURCE_HEALTH, Settings
 from router_stream.core.breaker import BreakerTransition
 from router_stream.core.checkpoint import CheckpointRefused, capture, restore_state
@@ -119,8 +119,8 @@ class StateFollower:
                 raise BrokerUnavailable(f"no partitions found for {', '.join(self._topics)}")
             begin: dict[StatePartition, int] = {}
             for tp in tps:
-                begin[tp], self._end_at_start[tp] = await self._thread.run(
-                    consumer.get_watermark_offsets, TopicPartition(*tp), 10.0)
+                begin[tp], self._end_at_start[tp] = await watermarks(
+                    self._thread, consumer, TopicPartition(*tp))
             self.positions = self._start_positions(begin)
             await self._thread.run(consumer.assign, [
                 TopicPartition(tp.topic, tp.partition, offset)

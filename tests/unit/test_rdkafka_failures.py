@@ -148,3 +148,44 @@ def test_a_refused_connection_is_one_line_soon_and_logged_once(
                                f" ipv4#{settings.kafka_bootstrap} failed: Connection refused")
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == len(set(lines))
+
+
+class _Leaderless:
+    """A consumer whose partition has no leader for its first ``misses`` watermark reads (a
+    topic created a moment ago), then answers; or that fails with ``error`` every time."""
+
+    def __init__(self, misses: int = 0, error: int = KafkaError.NOT_LEADER_FOR_PARTITION
+                 ) -> None:
+        self.misses = misses
+        self.error = error
+        self.calls = 0
+
+    def get_watermark_offsets(self, tp: object, timeout: float) -> tuple[int, int]:
+        self.calls += 1
+        if self.calls <= self.misses:
+            raise KafkaException(KafkaError(self.error, "Broker: Not leader for partition"))
+        return 0, 42
+
+
+async def test_watermarks_wait_for_a_new_partitions_leader():
+    from confluent_kafka import TopicPartition
+
+    from router_stream.adapters.rdkafka import watermarks
+
+    thread = ClientThread("test-watermarks")
+    try:
+        consumer = _Leaderless(misses=3)
+        assert await watermarks(thread, consumer, TopicPartition("t", 0)) == (0, 42)  # type: ignore[arg-type]
+        assert consumer.calls == 4
+
+        forever = _Leaderless(misses=10**9)
+        with pytest.raises(KafkaException):  # retriable, but only for timeout_s
+            await watermarks(thread, forever, TopicPartition("t", 0), timeout_s=0.5)  # type: ignore[arg-type]
+        assert 2 <= forever.calls <= 5
+
+        refused = _Leaderless(misses=10**9, error=KafkaError.TOPIC_AUTHORIZATION_FAILED)
+        with pytest.raises(KafkaException):  # not retriable: raised at once
+            await watermarks(thread, refused, TopicPartition("t", 0))  # type: ignore[arg-type]
+        assert refused.calls == 1
+    finally:
+        thread.close()
