@@ -478,11 +478,15 @@ async def poison(servers: Servers, workdir: Path, quick: bool = False) -> Row:
         row.check(len(kinds) >= 25, f"only {len(kinds)} poison kinds")
         row.notes.append("RSS " + ", ".join(f"{k} {b / MiB:.0f} MiB" for k, b in rss))
         # Round 1 grows the buffers (fetch, producer, asyncpg) to the largest record; bounded
-        # memory means later rounds of the same corpus do not keep growing it.
+        # memory means later rounds of the same corpus do not keep growing it. One sample
+        # moves up and down by the allocator's steps (82, 90, 95, 90, 100 MiB in one run), so
+        # growth is the last two rounds' lowest above the first two rounds' highest.
         if rounds > 2:
-            base, last = rss[2][1], rss[-1][1]
-            row.check(last <= base * 1.10, f"RSS grew from round 2 ({base / MiB:.0f} MiB) to "
-                                           f"round {rounds} ({last / MiB:.0f} MiB)")
+            early = max(b for _, b in rss[1:3])
+            late = min(b for _, b in rss[-2:])
+            row.check(late <= early * 1.10, f"RSS grew from rounds 1-2 (at most "
+                                            f"{early / MiB:.0f} MiB) to rounds {rounds - 1}-"
+                                            f"{rounds} (at least {late / MiB:.0f} MiB)")
         row.check(rss[-1][1] <= rss[0][1] + 160 * MiB, "RSS grew by more than 160 MiB over the "
                                                        "warm-up level")
 
