@@ -45,6 +45,7 @@ from router_stream.adapters.rdkafka import (
     cluster_with,
     connect,
     reader,
+    watermarks,
 )
 from router_stream.config import Settings
 from router_stream.errors import OperationTimeout, RouterError, UserError
@@ -267,8 +268,7 @@ async def read_records(
         ends: dict[int, int] = {}
         if until_end:
             for tp in partitions:
-                _, ends[tp.partition] = await thread.run(
-                    consumer.get_watermark_offsets, tp, 10.0)
+                _, ends[tp.partition] = await watermarks(thread, consumer, tp)
         await thread.run(consumer.assign, partitions)
         async for record in _fetch(thread, consumer, settings, topic, ends, until_end,
                                    max_records, idle_timeout_s):
@@ -346,8 +346,7 @@ async def read_at(
         existing = metadata.topics[topic].partitions
         deadline = time.monotonic() + timeout_s
         for partition in sorted(p for p in wanted if p in existing):
-            first, end = await thread.run(consumer.get_watermark_offsets,
-                                          TopicPartition(topic, partition), 10.0)
+            first, end = await watermarks(thread, consumer, TopicPartition(topic, partition))
             offsets = sorted(o for o in wanted[partition] if first <= o < end)
             await _read_offsets(thread, consumer, TopicPartition(topic, partition), offsets,
                                 end, found, deadline, settings)
