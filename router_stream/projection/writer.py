@@ -1,7 +1,8 @@
 """One projection batch -> one Postgres transaction, with every row's failure isolated to it.
 
 A batch is written in one transaction, idempotently (``ON CONFLICT`` on signal_id, dlq_key and
-the events' natural keys), and "first outcome wins" per input record (:func:`first_outcomes`).
+the events' natural keys), and "first outcome wins" per input record (:func:`first_outcomes`),
+except between two decisions of one input, where the later wins (``tables._DECISIONS``).
 
 Row isolation: when Postgres refuses a table's rows for their *content* (SQLSTATE class 22 data
 exception — e.g. U+0000 in text —, 23 integrity constraint, 54 program limit) or a value cannot
@@ -162,7 +163,11 @@ async def first_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
 
     The exception: a DLQ entry marked ``x-dlq-supersedes-decision`` (the broker refused an
     output of the input after its decision record was written, and the worker dead-lettered
-    the input instead) wins over a decision, earlier or not: the decision row is deleted."""
+    the input instead) wins over a decision, earlier or not: the decision row is deleted.
+
+    Two decisions of one input are not decided here: the later replaces the earlier in
+    ``routing_decisions`` itself (its ``ON CONFLICT`` rule), since a crash can come after an
+    attempt's decision record was written and before its routed records were."""
     replays = {d.input_key for d in batch.decisions if d.replay}
     fresh = {d.input_key: d.ts for d in batch.decisions if d.input_key not in replays}
     dlq_first: dict[str, int] = {}

@@ -22,8 +22,9 @@ Step 1 is retried through transient failures (broker down, timeouts) with capped
 backoff and jitter while the consumer's partitions are paused: backpressure, never a drop, and
 never a commit past what is durable. A crash between 1 and 2 leaves extra copies on the output
 topics (at-least-once; decision records are keyed by signal_id and carry a deterministic
-decision_id, so consumers can dedupe, and the projection's ``ON CONFLICT DO NOTHING`` keeps one
-row per signal).
+decision_id, so consumers can dedupe, and the projection keeps one row per signal: the later
+decision when the same input was decided twice, since only the attempt that committed is sure to
+have all its outputs on Kafka).
 
 Pipelining: the order above holds per batch and across batches, but batches overlap — batch N+1
 is fetched, decided and handed to the producer while batch N waits for its acknowledgements and

@@ -196,7 +196,7 @@ async def test_unreachable_database_is_database_unavailable():
 
 async def test_insert_decisions_twice_with_the_same_signal_id_leaves_one_row(migrated):
     first = await pg.insert_decisions(migrated, [decision("s1"), decision("s2")])
-    # re-processing after a crash: same signals, new decision ids, new offsets
+    # the same signal_ids from other inputs (a producer's duplicates): the first row stays
     second = await pg.insert_decisions(migrated, [decision("s1", offset=7), decision("s3")])
 
     assert (first, second) == (2, 1)
@@ -208,6 +208,40 @@ async def test_insert_decisions_twice_with_the_same_signal_id_leaves_one_row(mig
     assert s1["state"] == {"trust": {"pager": 0.9}, "breaker": {"pager": "closed"}}
     assert s1["consensus"] is None
     assert s1["signal_ts"] == T0
+
+
+async def test_a_later_decision_of_the_same_input_replaces_its_row(migrated):
+    later = T0 + timedelta(seconds=30)
+    assert await pg.insert_decisions(migrated, [decision("s1", destinations=["desk-b"])]) == 1
+    # a worker re-processed the input after a crash and drew another destination
+    assert await pg.insert_decisions(
+        migrated, [decision("s1", destinations=["desk-a"], decided_at=later)]) == 1
+    # the first attempt's record projected late changes nothing
+    assert await pg.copy_decisions(
+        migrated, [_as_tuple(decision("s1", destinations=["desk-b"]))]) == 0
+
+    row = await migrated.fetchrow("SELECT * FROM routing_decisions WHERE signal_id = 's1'")
+    assert (row["destinations"], row["decided_at"]) == (["desk-a"], later)
+
+
+@pytest.mark.parametrize("write", ["insert_decisions", "copy_decisions"])
+async def test_a_batch_holding_two_attempts_of_one_input_writes_the_later(migrated, write):
+    first = decision("s1", destinations=["desk-b"])
+    again = decision("s1", destinations=["desk-a"], decided_at=T0 + timedelta(seconds=9))
+    other_input = decision("s1", offset=3, destinations=["pager"],
+                           decided_at=T0 + timedelta(seconds=20))
+    rows = [_as_tuple(r) for r in (first, other_input, again)]
+
+    assert await getattr(pg, write)(migrated, rows) == 1
+    assert await migrated.fetchval(
+        "SELECT destinations FROM routing_decisions WHERE signal_id = 's1'") == ["desk-a"]
+
+
+def _as_tuple(row: dict[str, object]) -> tuple[object, ...]:
+    """A row as copy_decisions takes it: the columns' own types, JSON as text."""
+    json_text = {"state", "consensus"}
+    return tuple(json.dumps(row[c]) if c in json_text and row[c] is not None else row[c]
+                 for c in pg.DECISION_COLUMNS)
 
 
 async def test_insert_decisions_accepts_tuples_in_documented_order(migrated):

@@ -2,7 +2,8 @@
 
 Rate-limit buckets and the dedupe window start empty in a restarted worker, so a record DLQ'd as
 ``rate_limited`` before a crash can be routed when it is processed again (and the reverse). The
-worker's persist step keeps the first outcome (worker/sink.py ``first_outcomes``).
+projection keeps the first outcome (projection/writer.py ``first_outcomes``), except between two
+decisions of one input: the later one is kept (a bandit may draw another destination).
 """
 
 from __future__ import annotations
@@ -165,3 +166,39 @@ async def test_a_batch_written_again_after_a_crash_adds_no_row_and_skips_none(po
     assert again.written == {"routing_decisions": 0, "dlq_entries": 0} and not again.skipped
     assert decisions == {"s1": "1"}
     assert dlq == {"t.signals/0/2": ("rate_limited", 1, "pending")}
+
+
+def _notification(i: int) -> bytes:
+    return orjson.dumps({"signal_id": f"n{i}", "sender_id": "app-x", "payload": {}})
+
+
+def _redrawn(first: BatchResult) -> BatchResult:
+    """The same input decided again later by a restarted engine whose bandit drew another
+    destination (its draws were spent on other signals first)."""
+    for warm_up in range(1, 50):
+        engine = _engine()
+        engine.decide_batch([Rec(_notification(100 + i), 100 + i) for i in range(warm_up)], NOW)
+        again = engine.decide_batch([Rec(_notification(1), 1)], NOW + 5)
+        if again.decisions[0].destinations != first.decisions[0].destinations:
+            return again
+    raise AssertionError("no warm-up made the bandit draw another destination")
+
+
+@pytest.mark.parametrize("order", ["in two batches", "in one batch", "the first one late"])
+async def test_a_later_decision_of_the_same_input_replaces_the_first(pool, persist_outputs,
+                                                                      order):
+    first = _engine().decide_batch([Rec(_notification(1), 1)], NOW)
+    again = _redrawn(first)
+    if order == "in two batches":
+        await persist_outputs(pool, first)
+        await persist_outputs(pool, again)
+    elif order == "in one batch":
+        await persist_outputs(pool, first, again)
+    else:
+        await persist_outputs(pool, again)
+        await persist_outputs(pool, first)
+
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT destinations, input_offset FROM routing_decisions")
+    assert [(r["destinations"], r["input_offset"]) for r in rows] == [
+        (again.decisions[0].destinations, 1)]

@@ -154,7 +154,22 @@ _DECISIONS = _Table("routing_decisions", (
     _Column("input_offset", "int8"),
     _Column("signal_ts", "timestamptz", _ts, required=False),
     _Column("decided_at", "timestamptz", _ts),
-), conflict="signal_id")
+), conflict="signal_id",
+   # The same input decided again (a worker re-processed it after a crash) replaces its row
+   # with the later decision: that attempt's outputs were all acknowledged before its offset
+   # was committed, while an earlier attempt may have died before its routed records were
+   # written, and a weighted or bandit draw may have chosen another destination. A signal_id
+   # from another input (a producer's duplicate) keeps the first row.
+   on_conflict="DO UPDATE SET tenant = EXCLUDED.tenant, kind = EXCLUDED.kind,"
+               " destinations = EXCLUDED.destinations, strategy = EXCLUDED.strategy,"
+               " tier = EXCLUDED.tier, policy_version = EXCLUDED.policy_version,"
+               " confidence = EXCLUDED.confidence, state = EXCLUDED.state,"
+               " consensus = EXCLUDED.consensus, signal_ts = EXCLUDED.signal_ts,"
+               " decided_at = EXCLUDED.decided_at"
+               " WHERE routing_decisions.decided_at < EXCLUDED.decided_at"
+               " AND routing_decisions.input_topic = EXCLUDED.input_topic"
+               " AND routing_decisions.input_partition = EXCLUDED.input_partition"
+               " AND routing_decisions.input_offset = EXCLUDED.input_offset")
 DECISION_COLUMNS: tuple[str, ...] = _DECISIONS.column_names
 """Column order for tuple rows of :func:`insert_decisions`.
 

@@ -38,6 +38,8 @@ async def _write(conn: asyncpg.Connection, table: _Table, rows: Sequence[Any], *
     if not rows:
         return 0
     records = _records(table, rows)
+    if table is _DECISIONS:
+        records = one_decision_per_signal(records)
     with unavailable_as_router_error(f"writing {table.name}"):
         if not savepoint:
             return await _staged(conn, table, records)
@@ -56,8 +58,29 @@ async def _staged(conn: asyncpg.Connection, table: _Table, records: list[list[An
     return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 <n>"
 
 
+_SIGNAL = _DECISIONS.column_names.index("signal_id")
+_INPUT = slice(_DECISIONS.column_names.index("input_topic"),
+               _DECISIONS.column_names.index("input_offset") + 1)
+_DECIDED_AT = _DECISIONS.column_names.index("decided_at")
+
+
+def one_decision_per_signal(rows: list[Any]) -> list[Any]:
+    """The rows of a batch that the decisions table's ``ON CONFLICT`` rule keeps, one per
+    signal_id (rows in ``DECISION_COLUMNS`` order, timestamps converted): the first, replaced by
+    a later decision of the same input. One INSERT cannot update a row twice, and a COPY
+    refuses a key twice, so a batch holding two attempts of one input is reduced first."""
+    kept: dict[Any, Any] = {}
+    for row in rows:
+        prev = kept.get(row[_SIGNAL])
+        if prev is None or (prev[_INPUT] == row[_INPUT] and prev[_DECIDED_AT] < row[_DECIDED_AT]):
+            kept[row[_SIGNAL]] = row
+    return rows if len(kept) == len(rows) else list(kept.values())
+
+
 async def insert_decisions(conn: asyncpg.Connection, rows: Sequence[Any]) -> int:
-    """Write decision rows; a signal_id already present is skipped. Returns rows inserted."""
+    """Write decision rows; a signal_id already present is skipped, unless the row is a later
+    decision of the same input (a re-processed record), which replaces it. Returns rows
+    inserted or replaced."""
     return await _write(conn, _DECISIONS, rows)
 
 
@@ -75,7 +98,7 @@ async def copy_decisions(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...
         return 0
     # In signal_id order, as insert_decisions: concurrent writers take the keys' locks in the
     # same order, so one waits for the other instead of deadlocking.
-    ordered = sorted(rows, key=itemgetter(1))
+    ordered = sorted(one_decision_per_signal(list(rows)), key=itemgetter(_SIGNAL))
     with unavailable_as_router_error("writing routing_decisions"):
         if not savepoint:
             await conn.copy_records_to_table(
