@@ -222,8 +222,10 @@ class SignalLoop:
         self.raise_failure()
         await self._pipeline.wait_for_room(self._settings.batch_max)
         self._resume_due_retries()
-        fetched = await consumer.take(self._settings.batch_max, self._wait_s())
-        if not fetched:
+        guard = self.crash_guard
+        fetched = await consumer.take(self._settings.batch_max,
+                                      0.0 if guard.holding else self._wait_s())
+        if not fetched and not guard.holding:
             return 0
         fetch_time = time.monotonic()
         async with self.batch_lock:
@@ -231,9 +233,11 @@ class SignalLoop:
             assignment = consumer.assignment()
             records = self._due_records(
                 [r for r in fetched if (r.topic, r.partition) in assignment], time.time())
-            if not records:
+            if not records and not guard.holding:
                 return 0
-            decide, poison = await self.crash_guard.screen(consumer, records)
+            decide, poison = await guard.screen(consumer, records)
+            if guard.careful:
+                await self._pipeline.wait_in_flight()
             self.raise_failure()  # a batch may have failed meanwhile: nothing launches after it
             await self._pipeline.launch(decide, fetch_time, undecided=poison)
         return len(decide) + len(poison)
