@@ -11,7 +11,9 @@ A careful partition's other fetched records are held here and handed out one per
 offset order ahead of what is fetched later. Seeking back to them instead costs a fetch each:
 librdkafka fetches a seeked partition only after the fetch in flight returns, which waits up to
 ``fetch.wait.max.ms`` (500 ms) when the other partitions are idle — measured 0.5 s a record,
-106 s for 200 records after a crash.
+106 s for 200 records after a crash. At most :data:`HELD_MAX` are held per partition (the
+consumer keeps fetching it meanwhile); past that the partition is fetched again from the first
+record not held.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from router_stream.worker.rdkafka import Partition, SignalConsumer
 log = logging.getLogger("router_stream.worker")
 
 Retry = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+HELD_MAX = 1000
 
 
 class CrashGuard:
@@ -87,7 +91,7 @@ class CrashGuard:
                 self._unchecked.discard(tp)
                 committed, mark = marks[tp]
                 rs = await self._first_batch(consumer, tp, rs, committed, mark, poison)
-            keep[tp] = self._careful_slice(tp, rs)
+            keep[tp] = self._careful_slice(consumer, tp, rs)
         kept = {id(r) for rs in keep.values() for r in rs}
         return [r for r in records if id(r) in kept], poison
 
@@ -118,7 +122,8 @@ class CrashGuard:
         await self._retry("guard", lambda: _commit(consumer, tp, first.offset, attempt))
         return rs
 
-    def _careful_slice(self, tp: Partition, rs: list[Any]) -> list[Any]:
+    def _careful_slice(self, consumer: SignalConsumer, tp: Partition, rs: list[Any]
+                       ) -> list[Any]:
         until = self._careful.get(tp)
         if until is None or not rs:
             return rs
@@ -126,7 +131,9 @@ class CrashGuard:
             del self._careful[tp]
             return rs
         if len(rs) > 1:
-            self._held[tp] = rs[1:]
+            self._held[tp] = rs[1:HELD_MAX + 1]
+        if len(rs) > HELD_MAX + 1:
+            _rewind(consumer, tp, rs[HELD_MAX + 1].offset)
         return rs[:1]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from router_stream.core.crashloop import GuardMark
+from router_stream.worker import crashguard
 from router_stream.worker.crashguard import CrashGuard
 from router_stream.worker.rdkafka import Partition
 
@@ -96,3 +97,24 @@ async def test_the_commit_inside_a_careful_span_names_the_next_record_as_attempt
 
     assert guard.metadata(TP, 6) == GuardMark(1, 9).to_metadata()
     assert guard.metadata(TP, 10) == ""
+
+
+async def test_past_the_hold_limit_the_partition_is_fetched_again_from_the_first_record_dropped(
+        monkeypatch):
+    monkeypatch.setattr(crashguard, "HELD_MAX", 2)
+    consumer = FakeConsumer({TP: (0, GuardMark(1, 3).to_metadata())})
+    guard = CrashGuard(3, no_retry)
+    guard.assigned({TP})
+
+    decide, _ = await guard.screen(consumer, recs(TP, 0, 1, 2, 3, 4))
+    assert offsets(decide) == [(0, 0)]
+    assert consumer.seeks == [(TP, 3)]  # 1 and 2 held
+    decide, _ = await guard.screen(consumer, [])
+    assert offsets(decide) == [(0, 1)]
+    decide, _ = await guard.screen(consumer, recs(TP, 3, 4))  # fetched again from 3
+    assert offsets(decide) == [(0, 2)]
+    assert consumer.seeks == [(TP, 3)]
+    decide, _ = await guard.screen(consumer, [])
+    assert offsets(decide) == [(0, 3)]
+    decide, _ = await guard.screen(consumer, [])
+    assert offsets(decide) == [(0, 4)] and not guard.careful
