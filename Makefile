@@ -10,7 +10,7 @@ demo: install
 	router-stream demo
 
 test: install lint typecheck
-	$(PYTHON) -m pytest -q -p no:cacheprovider
+	$(PYTHON) -m pytest -q -p no:cacheprovider --durations=15
 
 lint:
 	$(PYTHON) -m ruff check router_stream tests bench
