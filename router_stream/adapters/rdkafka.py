@@ -134,16 +134,22 @@ def client_config(settings: Settings, log: RdkafkaLog, **role: object) -> dict[s
 
 
 def reader(settings: Settings, log: RdkafkaLog, *, from_beginning: bool = True,
-           client_id: str = "router-stream-reader") -> Consumer:
+           client_id: str = "router-stream-reader", fetch_wait_ms: int | None = None
+           ) -> Consumer:
     """A consumer that is only ever assigned partitions: librdkafka requires a group id, but
-    this one is never joined and nothing is committed."""
-    return Consumer(client_config(
-        settings, log, **{
-            "group.id": f"router-stream-reader-{uuid.uuid4().hex}",
-            "enable.auto.commit": False, "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest" if from_beginning else "latest",
-            "client.id": client_id,
-        }))
+    this one is never joined and nothing is committed. ``fetch_wait_ms``: how long a fetch
+    waits at the broker for records (``fetch.wait.max.ms``, default 500) — a reader that
+    re-assigns partitions waits that long for each, since a newly assigned partition is
+    fetched only after the fetch in flight returns."""
+    role: dict[str, object] = {
+        "group.id": f"router-stream-reader-{uuid.uuid4().hex}",
+        "enable.auto.commit": False, "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest" if from_beginning else "latest",
+        "client.id": client_id,
+    }
+    if fetch_wait_ms is not None:
+        role["fetch.wait.max.ms"] = fetch_wait_ms
+    return Consumer(client_config(settings, log, **role))
 
 
 async def connect(thread: ClientThread, client: Any, log: RdkafkaLog, settings: Settings,

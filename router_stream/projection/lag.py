@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from router_stream.adapters.kafka_failures import RdkafkaLog
 from router_stream.adapters.kafka_io import read_at
-from router_stream.adapters.rdkafka import ClientThread, client_config, cluster_with, connect
+from router_stream.adapters.rdkafka import ClientThread, client_config, connect
 from router_stream.config import Settings
 from router_stream.errors import RouterError
 
@@ -55,8 +55,9 @@ async def _behind(settings: Settings, topic: str) -> dict[int, tuple[int, int]]:
         "group.id": settings.projection_group_id, "enable.auto.commit": False}))
     thread = ClientThread("projection-lag")
     try:
-        await connect(thread, consumer, log, settings)
-        metadata = await cluster_with(thread, consumer, settings, [topic])
+        metadata = await connect(thread, consumer, log, settings)
+        if topic not in metadata.topics or metadata.topics[topic].error is not None:
+            return {}  # a hint: not worth waiting for a topic to appear (cluster_with waits 5 s)
         tps = [TopicPartition(topic, p) for p in sorted(metadata.topics[topic].partitions)]
         committed = {tp.partition: tp.offset
                      for tp in await thread.run(consumer.committed, tps, 10.0)}
