@@ -98,7 +98,9 @@ class RateLimiter:
 
 _RECORD_OVERHEAD = 128  # a record's framing and its batch's header, generously
 MAX_MESSAGE_BYTES = 1_048_576  # the producer's limit on one record (librdkafka message.max.bytes)
-READ_AT_FETCH_WAIT_MS = 10  # read_at's fetch wait at the broker: one short-lived point read
+# read_at assigns one position after another, and each waits for the fetch in flight: up to
+# fetch.wait.max.ms (librdkafka's default 500 ms) when the other partitions are at their end
+READ_AT_FETCH_WAIT_MS = 10
 
 
 class RecordWriter:
@@ -339,8 +341,6 @@ async def read_at(
     if not wanted:
         return found
     log = RdkafkaLog()
-    # a point read assigns one position after another: 500 ms of fetch wait each by default
-    # (measured: 0.5 s a partition, 3.2 s for a DLQ lag hint over six partitions)
     consumer = reader(settings, log, from_beginning=True, fetch_wait_ms=READ_AT_FETCH_WAIT_MS)
     thread = ClientThread("record-reader")
     try:

@@ -8,10 +8,10 @@ a careful partition to one record per batch, and hands back the record to dead-l
 count reached ``max_restarts``.
 
 A careful partition's other fetched records are held here and handed out one per batch, in
-offset order ahead of what is fetched later. Seeking back to them instead costs a fetch each:
-librdkafka fetches a seeked partition only after the fetch in flight returns, which waits up to
-``fetch.wait.max.ms`` (500 ms) when the other partitions are idle — measured 0.5 s a record,
-106 s for 200 records after a crash. At most :data:`HELD_MAX` are held per partition (the
+offset order ahead of what is fetched later. Seeking back to them instead would cost a fetch
+each: librdkafka fetches a seeked partition only after the fetch in flight returns, which waits
+up to ``fetch.wait.max.ms`` (500 ms) when the other partitions are idle (docs/performance.md,
+2026-12-07). At most :data:`HELD_MAX` are held per partition (the
 consumer keeps fetching it meanwhile); past that the partition is fetched again from the first
 record not held.
 """

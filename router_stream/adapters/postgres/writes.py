@@ -11,7 +11,7 @@ temp tables). Measurements: docs/performance.md, "Postgres writes".
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -32,14 +32,16 @@ from router_stream.adapters.postgres.tables import (
 
 
 async def _write(conn: asyncpg.Connection, table: _Table, rows: Sequence[Any], *,
-                 savepoint: bool = True) -> int:
+                 savepoint: bool = True,
+                 reduce: Callable[[list[list[Any]]], list[list[Any]]] | None = None) -> int:
     """COPY the batch into the session's staging table, then INSERT ... SELECT ... ON CONFLICT.
-    ``savepoint=False`` (see :func:`copy_decisions`): in the caller's transaction as it is."""
+    ``savepoint=False`` (see :func:`copy_decisions`): in the caller's transaction as it is.
+    ``reduce``: applied to the converted rows first (one row per key, for a DO UPDATE)."""
     if not rows:
         return 0
     records = _records(table, rows)
-    if table is _DECISIONS:
-        records = one_decision_per_signal(records)
+    if reduce is not None:
+        records = reduce(records)
     with unavailable_as_router_error(f"writing {table.name}"):
         if not savepoint:
             return await _staged(conn, table, records)
@@ -81,7 +83,7 @@ async def insert_decisions(conn: asyncpg.Connection, rows: Sequence[Any]) -> int
     """Write decision rows; a signal_id already present is skipped, unless the row is a later
     decision of the same input (a re-processed record), which replaces it. Returns rows
     inserted or replaced."""
-    return await _write(conn, _DECISIONS, rows)
+    return await _write(conn, _DECISIONS, rows, reduce=one_decision_per_signal)
 
 
 async def copy_decisions(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]], *,
