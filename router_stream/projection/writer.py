@@ -1,8 +1,8 @@
 """One projection batch -> one Postgres transaction, with every row's failure isolated to it.
 
 A batch is written in one transaction, idempotently (``ON CONFLICT`` on signal_id, dlq_key and
-the events' natural keys), and "first outcome wins" per input record (:func:`first_outcomes`),
-except between two decisions of one input, where the later wins (``tables._DECISIONS``).
+the events' natural keys), and the later outcome of an input record wins (:func:`latest_outcomes`;
+between two decisions of one input, ``tables._DECISIONS``'s own rule).
 
 Row isolation: when Postgres refuses a table's rows for their *content* (SQLSTATE class 22 data
 exception — e.g. U+0000 in text —, 23 integrity constraint, 54 program limit) or a value cannot
@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -61,7 +62,7 @@ class Skipped:
 
 
 class DecisionRow(msgspec.Struct, gc=False):
-    """A decision's row (``DECISION_COLUMNS``, masked) and what "first outcome wins" needs.
+    """A decision's row (``DECISION_COLUMNS``, masked) and what "latest outcome wins" needs.
     ``gc=False``: a batch holds thousands, none part of a cycle."""
 
     row: tuple[Any, ...]
@@ -74,7 +75,7 @@ class DecisionRow(msgspec.Struct, gc=False):
 @dataclass
 class ProjectionBatch:
     """The rows of one fetch, each with the position of its record (``topic/partition/offset``)
-    and, for decisions and DLQ rows, the record's timestamp (ms) for "first outcome wins"."""
+    and, for decisions and DLQ rows, the record's timestamp (ms) for "latest outcome wins"."""
 
     decisions: list[DecisionRow] = field(default_factory=list)
     dlq: list[tuple[dict[str, Any], str, int]] = field(default_factory=list)
@@ -126,7 +127,7 @@ async def write_batch(conn: asyncpg.Connection, batch: ProjectionBatch,
                 raise
         report = WriteReport()
         async with conn.transaction():
-            decisions, dlq = await first_outcomes(conn, batch)
+            decisions, dlq = await latest_outcomes(conn, batch)
             await _rows(conn, "routing_decisions", pg.copy_decisions, decisions, report)
             await _rows(conn, "dlq_entries", pg.insert_dlq_entries, dlq, report)
             await _events(conn, batch.events, redactor, report)
@@ -137,7 +138,7 @@ async def _write_at_once(conn: asyncpg.Connection, batch: ProjectionBatch,
                          redactor: Redactor) -> WriteReport:
     report = WriteReport()
     async with conn.transaction():
-        decisions, dlq = await first_outcomes(conn, batch)
+        decisions, dlq = await latest_outcomes(conn, batch)
         if decisions:
             report.add("routing_decisions", await pg.copy_decisions(
                 conn, [row for row, _ in decisions], savepoint=False))
@@ -148,48 +149,76 @@ async def _write_at_once(conn: asyncpg.Connection, batch: ProjectionBatch,
     return report
 
 
-async def first_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
-                         ) -> tuple[list[tuple[tuple[Any, ...], str]],
-                                    list[tuple[dict[str, Any], str]]]:
-    """Keep the ledger at exactly one outcome per input record across re-processing.
+async def latest_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
+                          ) -> tuple[list[tuple[tuple[Any, ...], str]],
+                                     list[tuple[dict[str, Any], str]]]:
+    """Keep the ledger at exactly one outcome per input record across re-processing: the
+    rows of ``batch`` to write, after deleting the stored rows they replace.
 
     Re-deciding a record after a worker crash is not always deterministic (rate-limit buckets
-    and the dedupe window start empty in a new process, breaker cooldowns depend on the clock),
-    so one input may have a decision record *and* a DLQ record on Kafka. The first written
-    wins: a decision is dropped when its input already has a *pending* DLQ entry (unless it is
-    an operator's replay of that entry), a DLQ entry when its input already has a decision; in
-    the same batch the earlier record (Kafka timestamp) wins, a decision on a tie. A DLQ key
-    written twice keeps its failure with the most attempts.
+    and the dedupe window start empty in a new process, a TTL may run out during the recovery,
+    breaker cooldowns depend on the clock), so one input may have a decision record *and* a DLQ
+    record on Kafka. The later attempt wins: it is the one whose outputs were all acknowledged
+    before the input's offset was committed, while an earlier attempt may have died after its
+    decision record and before its routed records. "Later" compares a decision record's Kafka
+    timestamp, or a stored decision's ``decided_at``, with a DLQ entry's ``last_failed_at`` (its
+    record's timestamp); a decision wins a tie. The loser's stored row is deleted: a *pending*
+    DLQ entry (one an operator replayed or discarded stays, and the decision is not written), or
+    a decision that is not an operator's replay. A decision of an operator's replay of the
+    entry (marked by ``x-dlq-id``) is always written, and a DLQ entry of an input that has one
+    is not (a replay that failed again re-opens its entry through the DLQ table's own rule).
+    A DLQ key written twice keeps its failure with the most attempts.
 
-    The exception: a DLQ entry marked ``x-dlq-supersedes-decision`` (the broker refused an
-    output of the input after its decision record was written, and the worker dead-lettered
-    the input instead) wins over a decision, earlier or not: the decision row is deleted.
+    A DLQ entry marked ``x-dlq-supersedes-decision`` (the broker refused an output of the input
+    after its decision record was written, and the worker dead-lettered the input instead) wins
+    over a decision of the same attempt, earlier or not.
 
     Two decisions of one input are not decided here: the later replaces the earlier in
-    ``routing_decisions`` itself (its ``ON CONFLICT`` rule), since a crash can come after an
-    attempt's decision record was written and before its routed records were."""
+    ``routing_decisions`` itself (its ``ON CONFLICT`` rule)."""
     replays = {d.input_key for d in batch.decisions if d.replay}
-    fresh = {d.input_key: d.ts for d in batch.decisions if d.input_key not in replays}
-    dlq_first: dict[str, int] = {}
+    decided: dict[str, int] = {}  # input -> its latest fresh decision in the batch (ms)
+    for d in batch.decisions:
+        if d.input_key not in replays:
+            decided[d.input_key] = max(d.ts, decided.get(d.input_key, d.ts))
+    failed: dict[str, int] = {}  # input -> its latest DLQ record in the batch (ms)
     latest: dict[str, tuple[dict[str, Any], str]] = {}
     for row, at, ts in batch.dlq:
         key = row["dlq_key"]
-        dlq_first[key] = min(ts, dlq_first.get(key, ts))
+        failed[key] = max(ts, failed.get(key, ts))
         prev = latest.get(key)
         if prev is None or row["attempts"] >= prev[0]["attempts"]:
             latest[key] = (row, at)
     superseding = {key for key, (row, _) in latest.items() if row.get("supersedes_decision")}
-    # (an input's decision that a superseding entry deletes is "decided" here: no matter, a
-    # superseding entry is written either way)
-    pending, decided = await pg.known_outcomes(conn, list(fresh), list(latest))
-    await pg.delete_decisions_of_inputs(conn, list(superseding))
+    known = await pg.known_outcomes(conn, list(decided), list(latest))
+    # The latest of each outcome per input, the batch's and the stored one's.
+    decided_ms = dict(decided)
+    for key, when in known.decided.items():
+        decided_ms[key] = max(_ms(when), decided_ms.get(key, 0))
+    failed_ms = dict(failed)
+    for key, when in known.pending.items():
+        failed_ms[key] = max(_ms(when), failed_ms.get(key, 0))
+
+    def dead_lettered(key: str) -> bool:
+        """The input's outcome is its DLQ entry."""
+        if key in superseding:
+            return True
+        if key in replays or key in known.replayed or key not in failed_ms:
+            return False
+        return key not in decided_ms or failed_ms[key] > decided_ms[key]
+
+    await pg.delete_decisions_of_inputs(
+        conn, [k for k in known.decided if dead_lettered(k)] + sorted(superseding))
+    await pg.delete_pending_dlq_entries(
+        conn, [k for k in known.pending if not dead_lettered(k)])
     decisions = [(d.row, d.at) for d in batch.decisions
-                 if (k := d.input_key) in replays
-                 or (k not in pending and k not in superseding and dlq_first.get(k, d.ts) >= d.ts)]
+                 if d.input_key in replays or not dead_lettered(d.input_key)]
     dlq = [(row, at) for key, (row, at) in latest.items()
-           if key in superseding
-           or (key not in decided and not (key in fresh and fresh[key] <= dlq_first[key]))]
+           if dead_lettered(key) or (key not in decided_ms and key not in known.replayed)]
     return decisions, dlq
+
+
+def _ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
 
 
 Insert = Callable[[asyncpg.Connection, Sequence[Any]], Awaitable[int]]

@@ -2,8 +2,9 @@
 
 Rate-limit buckets and the dedupe window start empty in a restarted worker, so a record DLQ'd as
 ``rate_limited`` before a crash can be routed when it is processed again (and the reverse). The
-projection keeps the first outcome (projection/writer.py ``first_outcomes``), except between two
-decisions of one input: the later one is kept (a bandit may draw another destination).
+projection keeps the later attempt's outcome (projection/writer.py ``latest_outcomes``): that
+attempt had all its outputs acknowledged before its offset was committed; an earlier one may
+have died after its decision record and before its routed records.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ pytestmark = pytest.mark.integration
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "policy.yaml"
 NOW = 1_800_000_000.0
+LATER = NOW + 5  # a restarted worker decides the same inputs again
 
 
 class Rec:
@@ -75,12 +77,12 @@ def _batch(records) -> ProjectionBatch:
 
 @pytest.fixture
 def persist_outputs(kafka_log):
-    """Write a batch's records as the projection does (each call: one projection batch)."""
+    """Write the records of batches decided at the given times as the projection does (each
+    call: one projection batch). A record's timestamp is its batch's decision time."""
     log = kafka_log("t.")
-    clock = iter(range(1, 1000))
 
-    async def persist(pool, *results: BatchResult) -> None:
-        records = [r for result in results for r in log.of(result, next(clock) * 1000)]
+    async def persist(pool, *results: tuple[BatchResult, float]) -> None:
+        records = [r for result, at in results for r in log.of(result, int(at * 1000))]
         async with pool.acquire() as conn:
             await write_batch(conn, _batch(records), DEFAULT_REDACTOR)
 
@@ -95,62 +97,72 @@ async def pool(settings):
     await p.close()
 
 
-async def test_first_outcome_wins_in_both_directions(pool, persist_outputs):
+@pytest.mark.parametrize("order", ["in two batches", "in one batch", "the first one late"])
+async def test_the_later_outcome_wins_in_both_directions(pool, persist_outputs, order):
     first = _engine().decide_batch([Rec(_alert(1), 1), Rec(_alert(2), 2)], NOW)
     assert [q.entry.reason.value for q in first.dlq] == ["rate_limited"]  # s2 over the limit
-    await persist_outputs(pool, first)
-
     # After a "crash", a fresh engine decides s2 (fresh bucket) and rate-limits s1 instead.
-    again = _engine().decide_batch([Rec(_alert(2), 2), Rec(_alert(1), 1)], NOW)
+    again = _engine().decide_batch([Rec(_alert(2), 2), Rec(_alert(1), 1)], LATER)
     assert {d.signal_id for d in again.decisions} == {"s2"}
     assert [q.entry.signal_id for q in again.dlq] == ["s1"]
-    await persist_outputs(pool, again)
+    if order == "in two batches":
+        await persist_outputs(pool, (first, NOW))
+        await persist_outputs(pool, (again, LATER))
+    elif order == "in one batch":  # the projection lagged behind the crash
+        await persist_outputs(pool, (first, NOW), (again, LATER))
+    else:  # the decisions' and the DLQ's partitions are read at different paces
+        await persist_outputs(pool, (again, LATER))
+        await persist_outputs(pool, (first, NOW))
 
     async with pool.acquire() as conn:
         decisions, dlq = await _ledger(conn)
-    assert decisions == {"s1": "1"}
-    assert dlq == {"t.signals/0/2": ("rate_limited", 1, "pending")}
+    assert decisions == {"s2": "2"}
+    assert dlq == {"t.signals/0/1": ("rate_limited", 1, "pending")}
+
+
+async def test_an_entry_an_operator_replayed_is_kept_beside_a_later_decision(
+        pool, persist_outputs):
+    first = _engine().decide_batch([Rec(_alert(1), 1), Rec(_alert(2), 2)], NOW)
+    await persist_outputs(pool, (first, NOW))
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE dlq_entries SET status = 'replayed', replayed_at = now()")
+    again = _engine().decide_batch([Rec(_alert(2), 2)], LATER)
+    await persist_outputs(pool, (again, LATER))
+
+    async with pool.acquire() as conn:
+        decisions, dlq = await _ledger(conn)
+    assert decisions == {"s1": "1", "s2": "2"}
+    assert dlq == {"t.signals/0/2": ("rate_limited", 1, "replayed")}
 
 
 async def test_replay_of_a_pending_entry_is_decided_and_a_failing_replay_counts_attempts(
         pool, persist_outputs):
     first = _engine().decide_batch([Rec(_alert(1), 1), Rec(_alert(2), 2)], NOW)
-    await persist_outputs(pool, first)
+    await persist_outputs(pool, (first, NOW))
     replay_headers = [(H_TOPIC, b"t.signals"), (H_PARTITION, b"0"), (H_OFFSET, b"2"),
                       (H_ATTEMPTS, b"1"), (H_DLQ_ID, b"42")]
 
     # Replayed while its tenant is still over the limit: back in the DLQ with attempts 2.
     engine = _engine()
     engine.decide_batch([Rec(_alert(9), 9)], NOW)  # use up tiny-co's single token
-    failed = engine.decide_batch([Rec(_alert(2), 0, replay_headers)], NOW)
+    failed = engine.decide_batch([Rec(_alert(2), 0, replay_headers)], NOW + 1)
     assert [(q.entry.reason.value, q.entry.attempts) for q in failed.dlq] == [("rate_limited", 2)]
     async with pool.acquire() as conn:
         await conn.execute("UPDATE dlq_entries SET status = 'replayed', replayed_at = now()")
-    await persist_outputs(pool, failed)
+    await persist_outputs(pool, (failed, NOW + 1))
     async with pool.acquire() as conn:
         _, dlq = await _ledger(conn)
     assert dlq == {"t.signals/0/2": ("rate_limited", 2, "pending")}
 
     # Replayed again with room in the bucket: decided, although the entry is still pending.
     ok = _engine().decide_batch(
-        [Rec(_alert(2), 0, replay_headers[:-2] + [(H_ATTEMPTS, b"2"), (H_DLQ_ID, b"42")])], NOW)
+        [Rec(_alert(2), 0, replay_headers[:-2] + [(H_ATTEMPTS, b"2"), (H_DLQ_ID, b"42")])],
+        NOW + 2)
     assert [d.signal_id for d in ok.decisions] == ["s2"]
-    await persist_outputs(pool, ok)
+    await persist_outputs(pool, (ok, NOW + 2))
     async with pool.acquire() as conn:
         decisions, _ = await _ledger(conn)
     assert decisions == {"s1": "1", "s2": "2"}
-
-
-async def test_first_outcome_wins_when_both_reach_the_projection_in_one_batch(
-        pool, persist_outputs):
-    first = _engine().decide_batch([Rec(_alert(1), 1), Rec(_alert(2), 2)], NOW)
-    again = _engine().decide_batch([Rec(_alert(2), 2), Rec(_alert(1), 1)], NOW)
-    await persist_outputs(pool, first, again)  # a worker crashed; the projection lagged behind
-
-    async with pool.acquire() as conn:
-        decisions, dlq = await _ledger(conn)
-    assert decisions == {"s1": "1"}
-    assert dlq == {"t.signals/0/2": ("rate_limited", 1, "pending")}
 
 
 async def test_a_batch_written_again_after_a_crash_adds_no_row_and_skips_none(pool, kafka_log):
@@ -178,7 +190,7 @@ def _redrawn(first: BatchResult) -> BatchResult:
     for warm_up in range(1, 50):
         engine = _engine()
         engine.decide_batch([Rec(_notification(100 + i), 100 + i) for i in range(warm_up)], NOW)
-        again = engine.decide_batch([Rec(_notification(1), 1)], NOW + 5)
+        again = engine.decide_batch([Rec(_notification(1), 1)], LATER)
         if again.decisions[0].destinations != first.decisions[0].destinations:
             return again
     raise AssertionError("no warm-up made the bandit draw another destination")
@@ -190,13 +202,13 @@ async def test_a_later_decision_of_the_same_input_replaces_the_first(pool, persi
     first = _engine().decide_batch([Rec(_notification(1), 1)], NOW)
     again = _redrawn(first)
     if order == "in two batches":
-        await persist_outputs(pool, first)
-        await persist_outputs(pool, again)
+        await persist_outputs(pool, (first, NOW))
+        await persist_outputs(pool, (again, LATER))
     elif order == "in one batch":
-        await persist_outputs(pool, first, again)
+        await persist_outputs(pool, (first, NOW), (again, LATER))
     else:
-        await persist_outputs(pool, again)
-        await persist_outputs(pool, first)
+        await persist_outputs(pool, (again, LATER))
+        await persist_outputs(pool, (first, NOW))
 
     async with pool.acquire() as conn:
         rows = await conn.fetch("SELECT destinations, input_offset FROM routing_decisions")

@@ -43,8 +43,10 @@ from router_stream.adapters.postgres.tables import (
     json_text,
 )
 from router_stream.adapters.postgres.writes import (
+    KnownOutcomes,
     copy_decisions,
     delete_decisions_of_inputs,
+    delete_pending_dlq_entries,
     insert_breaker_transitions,
     insert_decisions,
     insert_dlq_entries,
@@ -71,7 +73,9 @@ __all__ = [
     "database_status",
     "decode_headers",
     "default_migrations_dir",
+    "KnownOutcomes",
     "delete_decisions_of_inputs",
+    "delete_pending_dlq_entries",
     "dlq_key",
     "encode_headers",
     "insert_breaker_transitions",

@@ -12,6 +12,8 @@ temp tables). Measurements: docs/performance.md, "Postgres writes".
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
@@ -115,27 +117,46 @@ async def copy_decisions(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...
             return await insert_decisions(conn, ordered)
 
 
+@dataclass(frozen=True, slots=True)
+class KnownOutcomes:
+    """What Postgres already holds for some inputs (original topic/partition/offset keys)."""
+
+    pending: dict[str, datetime]  # input -> its pending DLQ entry's last_failed_at
+    decided: dict[str, datetime]  # input -> its latest decision's decided_at (not a replay's)
+    replayed: set[str]  # inputs with a decision of an operator's replay
+
+
 async def known_outcomes(conn: asyncpg.Connection, decided: Sequence[str],
-                         dead_lettered: Sequence[str]) -> tuple[set[str], set[str]]:
-    """In one round trip: which of the inputs ``decided`` (original topic/partition/offset)
-    have a *pending* DLQ entry, and which of the inputs ``dead_lettered`` have a decision row."""
+                         dead_lettered: Sequence[str]) -> KnownOutcomes:
+    """In one round trip: which of the inputs ``decided`` have a *pending* DLQ entry, and
+    which of the inputs ``dead_lettered`` have a decision row, with their times."""
     if not decided and not dead_lettered:
-        return set(), set()
+        return KnownOutcomes({}, {}, set())
     # Joins with the unnested keys, not `dlq_key = ANY($1)`: a sequential scan filtered by ANY
     # compares every row with every key (5,000 keys x 3,000 rows: 0.28 s a batch). Decisions
-    # are probed one key at a time (LATERAL ... LIMIT 1): until routing_decisions is first
-    # ANALYZEd, the planner has no statistics on the input-key expression and chose a hash
-    # join over a sequential scan that builds every row's key, for every batch.
+    # are probed one key at a time (LATERAL): until routing_decisions is first ANALYZEd, the
+    # planner has no statistics on the input-key expression and chose a hash join over a
+    # sequential scan that builds every row's key, for every batch.
     rows = await conn.fetch(
-        "SELECT true AS pending, d.dlq_key AS key FROM unnest($1::text[]) AS k(key)"
+        "SELECT 'pending' AS what, d.dlq_key AS key, d.last_failed_at AS at"
+        " FROM unnest($1::text[]) AS k(key)"
         " JOIN dlq_entries d ON d.dlq_key = k.key WHERE d.status = 'pending'"
         " UNION ALL"
-        f" SELECT false, k.key FROM unnest($2::text[]) AS k(key) CROSS JOIN LATERAL"
-        f" (SELECT FROM routing_decisions WHERE {_INPUT_KEY} = k.key LIMIT 1) AS decided",
+        " SELECT CASE WHEN r.replay THEN 'replayed' ELSE 'decided' END, k.key, r.at"
+        " FROM unnest($2::text[]) AS k(key) CROSS JOIN LATERAL"
+        " (SELECT state->'extra'->>'replay_of' IS NOT NULL AS replay, max(decided_at) AS at"
+        f"  FROM routing_decisions WHERE {_INPUT_KEY} = k.key GROUP BY 1) AS r",
         list(decided), list(dead_lettered),
     )
-    pending = {r["key"] for r in rows if r["pending"]}
-    return pending, {r["key"] for r in rows if not r["pending"]}
+    found = KnownOutcomes({}, {}, set())
+    for r in rows:
+        if r["what"] == "pending":
+            found.pending[r["key"]] = r["at"]
+        elif r["what"] == "decided":
+            found.decided[r["key"]] = r["at"]
+        else:
+            found.replayed.add(r["key"])
+    return found
 
 
 async def delete_decisions_of_inputs(conn: asyncpg.Connection, keys: Sequence[str]) -> int:
@@ -147,6 +168,18 @@ async def delete_decisions_of_inputs(conn: asyncpg.Connection, keys: Sequence[st
     status = await conn.execute(
         f"DELETE FROM routing_decisions WHERE {_INPUT_KEY} = ANY($1::text[])"
         " AND state->'extra'->>'replay_of' IS NULL",  # an operator's replay decides anew
+        list(keys))
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def delete_pending_dlq_entries(conn: asyncpg.Connection, keys: Sequence[str]) -> int:
+    """Delete the DLQ entries of ``keys`` that are still pending (an entry an operator replayed
+    or discarded stays): a later decision of the same input is its outcome. Returns how many
+    were deleted."""
+    if not keys:
+        return 0
+    status = await conn.execute(
+        "DELETE FROM dlq_entries WHERE dlq_key = ANY($1::text[]) AND status = 'pending'",
         list(keys))
     return int(status.rsplit(" ", 1)[-1])
 
