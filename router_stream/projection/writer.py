@@ -169,6 +169,13 @@ async def latest_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
     is not (a replay that failed again re-opens its entry through the DLQ table's own rule).
     A DLQ key written twice keeps its failure with the most attempts.
 
+    Between a decision and a ``duplicate`` entry of one input the *first* wins. A worker that
+    decides an input again after its batch failed (a rebalance during a broker outage) finds
+    the signal in its dedupe window: that ``duplicate`` is the input's own earlier decision. And
+    an input dead-lettered as a duplicate of *another* input's signal keeps that entry when a
+    restarted worker, its dedupe window empty, decides it: the signal's decision row is the
+    other input's.
+
     A DLQ entry marked ``x-dlq-supersedes-decision`` (the broker refused an output of the input
     after its decision record was written, and the worker dead-lettered the input instead) wins
     over a decision of the same attempt, earlier or not.
@@ -176,35 +183,38 @@ async def latest_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
     Two decisions of one input are not decided here: the later replaces the earlier in
     ``routing_decisions`` itself (its ``ON CONFLICT`` rule)."""
     replays = {d.input_key for d in batch.decisions if d.replay}
-    decided: dict[str, int] = {}  # input -> its latest fresh decision in the batch (ms)
+    decided = _Times()  # fresh decisions of each input
     for d in batch.decisions:
         if d.input_key not in replays:
-            decided[d.input_key] = max(d.ts, decided.get(d.input_key, d.ts))
-    failed: dict[str, int] = {}  # input -> its latest DLQ record in the batch (ms)
+            decided.add(d.input_key, d.ts)
+    failed = _Times()  # DLQ records of each input
     latest: dict[str, tuple[dict[str, Any], str]] = {}
     for row, at, ts in batch.dlq:
         key = row["dlq_key"]
-        failed[key] = max(ts, failed.get(key, ts))
+        failed.add(key, ts)
         prev = latest.get(key)
         if prev is None or row["attempts"] >= prev[0]["attempts"]:
             latest[key] = (row, at)
     superseding = {key for key, (row, _) in latest.items() if row.get("supersedes_decision")}
-    known = await pg.known_outcomes(conn, list(decided), list(latest))
-    # The latest of each outcome per input, the batch's and the stored one's.
-    decided_ms = dict(decided)
+    known = await pg.known_outcomes(conn, list(decided.last), list(latest))
+    duplicates = known.duplicates | {
+        key for key, (row, _) in latest.items() if row["reason"] == "duplicate"}
     for key, when in known.decided.items():
-        decided_ms[key] = max(_ms(when), decided_ms.get(key, 0))
-    failed_ms = dict(failed)
+        decided.add(key, _ms(when))
     for key, when in known.pending.items():
-        failed_ms[key] = max(_ms(when), failed_ms.get(key, 0))
+        failed.add(key, _ms(when))
 
     def dead_lettered(key: str) -> bool:
         """The input's outcome is its DLQ entry."""
         if key in superseding:
             return True
-        if key in replays or key in known.replayed or key not in failed_ms:
+        if key in replays or key in known.replayed or key not in failed.last:
             return False
-        return key not in decided_ms or failed_ms[key] > decided_ms[key]
+        if key not in decided.last:
+            return True
+        if key in duplicates:  # the first wins
+            return failed.first[key] < decided.first[key]
+        return failed.last[key] > decided.last[key]
 
     await pg.delete_decisions_of_inputs(
         conn, [k for k in known.decided if dead_lettered(k)] + sorted(superseding))
@@ -213,8 +223,20 @@ async def latest_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
     decisions = [(d.row, d.at) for d in batch.decisions
                  if d.input_key in replays or not dead_lettered(d.input_key)]
     dlq = [(row, at) for key, (row, at) in latest.items()
-           if dead_lettered(key) or (key not in decided_ms and key not in known.replayed)]
+           if dead_lettered(key) or (key not in decided.last and key not in known.replayed)]
     return decisions, dlq
+
+
+class _Times:
+    """The first and the last time (ms) of each input's records of one kind."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, int] = {}
+        self.last: dict[str, int] = {}
+
+    def add(self, key: str, ms: int) -> None:
+        self.first[key] = min(ms, self.first.get(key, ms))
+        self.last[key] = max(ms, self.last.get(key, ms))
 
 
 def _ms(when: datetime) -> int:

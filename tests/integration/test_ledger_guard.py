@@ -47,6 +47,7 @@ class Rec:
 def _engine() -> RouterEngine:
     data = yaml.safe_load(EXAMPLE.read_text())
     data["tenants"]["tiny-co"] = {"rate": 0}  # burst 1: the first signal passes, then none
+    data["routes"]["alert"]["on_duplicate"] = "dlq"
     return RouterEngine(load_compiled(yaml.safe_dump(data)))
 
 
@@ -97,7 +98,21 @@ async def pool(settings):
     await p.close()
 
 
-@pytest.mark.parametrize("order", ["in two batches", "in one batch", "the first one late"])
+ORDERS = ["in two batches", "in one batch", "the first one late"]  # the last: read out of order
+
+
+async def _persist_in(order: str, persist_outputs, pool, first, again) -> None:
+    if order == "in two batches":
+        await persist_outputs(pool, (first, NOW))
+        await persist_outputs(pool, (again, LATER))
+    elif order == "in one batch":
+        await persist_outputs(pool, (first, NOW), (again, LATER))
+    else:
+        await persist_outputs(pool, (again, LATER))
+        await persist_outputs(pool, (first, NOW))
+
+
+@pytest.mark.parametrize("order", ORDERS)
 async def test_the_later_outcome_wins_in_both_directions(pool, persist_outputs, order):
     first = _engine().decide_batch([Rec(_alert(1), 1), Rec(_alert(2), 2)], NOW)
     assert [q.entry.reason.value for q in first.dlq] == ["rate_limited"]  # s2 over the limit
@@ -105,14 +120,7 @@ async def test_the_later_outcome_wins_in_both_directions(pool, persist_outputs, 
     again = _engine().decide_batch([Rec(_alert(2), 2), Rec(_alert(1), 1)], LATER)
     assert {d.signal_id for d in again.decisions} == {"s2"}
     assert [q.entry.signal_id for q in again.dlq] == ["s1"]
-    if order == "in two batches":
-        await persist_outputs(pool, (first, NOW))
-        await persist_outputs(pool, (again, LATER))
-    elif order == "in one batch":  # the projection lagged behind the crash
-        await persist_outputs(pool, (first, NOW), (again, LATER))
-    else:  # the decisions' and the DLQ's partitions are read at different paces
-        await persist_outputs(pool, (again, LATER))
-        await persist_outputs(pool, (first, NOW))
+    await _persist_in(order, persist_outputs, pool, first, again)
 
     async with pool.acquire() as conn:
         decisions, dlq = await _ledger(conn)
@@ -133,6 +141,40 @@ async def test_an_entry_an_operator_replayed_is_kept_beside_a_later_decision(
         decisions, dlq = await _ledger(conn)
     assert decisions == {"s1": "1", "s2": "2"}
     assert dlq == {"t.signals/0/2": ("rate_limited", 1, "replayed")}
+
+
+@pytest.mark.parametrize("order", ORDERS)
+async def test_a_record_decided_again_in_the_same_worker_keeps_its_decision(
+        pool, persist_outputs, order):
+    """A worker that decides a record again (its batch failed: a rebalance during a broker
+    outage) finds the signal in its own dedupe window: that is no new outcome."""
+    engine = _engine()
+    first = engine.decide_batch([Rec(_alert(1), 1)], NOW)
+    again = engine.decide_batch([Rec(_alert(1), 1)], LATER)
+    assert [q.entry.reason.value for q in again.dlq] == ["duplicate"]
+    await _persist_in(order, persist_outputs, pool, first, again)
+
+    async with pool.acquire() as conn:
+        decisions, dlq = await _ledger(conn)
+    assert decisions == {"s1": "1"}
+    assert dlq == {}
+
+
+@pytest.mark.parametrize("order", ORDERS)
+async def test_a_duplicate_of_another_record_stays_one_after_a_restart(
+        pool, persist_outputs, order):
+    """Record 2 repeats record 1's signal_id. A restarted worker (empty dedupe window) decides
+    record 2 again: the signal's row stays record 1's, and record 2's outcome its DLQ entry."""
+    first = _engine().decide_batch([Rec(_alert(1), 1), Rec(_alert(1), 2)], NOW)
+    assert [q.entry.reason.value for q in first.dlq] == ["duplicate"]
+    again = _engine().decide_batch([Rec(_alert(1), 2)], LATER)
+    assert [d.signal_id for d in again.decisions] == ["s1"]
+    await _persist_in(order, persist_outputs, pool, first, again)
+
+    async with pool.acquire() as conn:
+        decisions, dlq = await _ledger(conn)
+    assert decisions == {"s1": "1"}
+    assert dlq == {"t.signals/0/2": ("duplicate", 1, "pending")}
 
 
 async def test_replay_of_a_pending_entry_is_decided_and_a_failing_replay_counts_attempts(
@@ -196,19 +238,12 @@ def _redrawn(first: BatchResult) -> BatchResult:
     raise AssertionError("no warm-up made the bandit draw another destination")
 
 
-@pytest.mark.parametrize("order", ["in two batches", "in one batch", "the first one late"])
+@pytest.mark.parametrize("order", ORDERS)
 async def test_a_later_decision_of_the_same_input_replaces_the_first(pool, persist_outputs,
                                                                       order):
     first = _engine().decide_batch([Rec(_notification(1), 1)], NOW)
     again = _redrawn(first)
-    if order == "in two batches":
-        await persist_outputs(pool, (first, NOW))
-        await persist_outputs(pool, (again, LATER))
-    elif order == "in one batch":
-        await persist_outputs(pool, (first, NOW), (again, LATER))
-    else:
-        await persist_outputs(pool, (again, LATER))
-        await persist_outputs(pool, (first, NOW))
+    await _persist_in(order, persist_outputs, pool, first, again)
 
     async with pool.acquire() as conn:
         rows = await conn.fetch("SELECT destinations, input_offset FROM routing_decisions")
