@@ -163,8 +163,8 @@ async def latest_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
     decision record and before its routed records. "Later" compares a decision record's Kafka
     timestamp, or a stored decision's ``decided_at``, with a DLQ entry's ``last_failed_at`` (its
     record's timestamp); a decision wins a tie. The loser's stored row is deleted: a *pending*
-    DLQ entry (one an operator replayed or discarded stays, and the decision is not written), or
-    a decision that is not an operator's replay. A decision of an operator's replay of the
+    DLQ entry (one an operator already replayed or discarded stays, beside the decision), or a
+    decision that is not an operator's replay. A decision of an operator's replay of the
     entry (marked by ``x-dlq-id``) is always written, and a DLQ entry of an input that has one
     is not (a replay that failed again re-opens its entry through the DLQ table's own rule).
     A DLQ key written twice keeps its failure with the most attempts.
