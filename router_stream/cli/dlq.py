@@ -425,9 +425,11 @@ def reindex(topic: str | None, policy_file: Path | None, as_json: bool) -> None:
     """Rebuild dlq_entries from the router.dlq topic (read from the beginning).
 
     Existing entries keep their status and history; missing ones are added as pending; an
-    entry whose record failed again after a replay (more attempts) becomes pending again.
-    What is stored is masked per the policy's redact section, as the worker does; rows
-    written before masking existed (migration 004) are masked in place.
+    entry whose record failed again after a replay (more attempts) becomes pending again. An
+    entry whose input was decided again after it (a worker re-processed the record) is left
+    out, as the projection leaves it out. What is stored is masked per the policy's redact
+    section, as the worker does; rows written before masking existed (migration 004) are
+    masked in place.
 
     \b
     Example:
@@ -447,6 +449,8 @@ def reindex(topic: str | None, policy_file: Path | None, as_json: bool) -> None:
     if as_json:
         json_out(vars(report))
     else:
+        decided = (f", {report.decided} left out (their inputs' outcome is a decision)"
+                   if report.decided else "")
         click.echo(f"read {report.read} records: {report.inserted} entries added, "
-                   f"{report.updated} updated, {report.skipped} skipped (not DLQ records); "
-                   f"PII masked in {report.masked} of them")
+                   f"{report.updated} updated, {report.skipped} skipped (not DLQ records)"
+                   f"{decided}; PII masked in {report.masked} of them")

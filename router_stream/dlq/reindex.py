@@ -7,6 +7,11 @@ rows are upserted on ``dlq_key`` by :func:`store.upsert_failures`, so entries th
 are still in the table — and their status, discard reason, replay count — are kept, and a record
 that failed again after a replay (more attempts) makes its entry ``pending`` again.
 
+An entry whose input has a decision row that is its outcome (a later decision, or the earlier
+one beside a ``duplicate`` entry: the projection's rule, :func:`~router_stream.projection.writer.
+dead_letter_wins`) is not written, and counted as ``decided``: the projection replaced it. The
+rebuild never changes ``routing_decisions``.
+
 A record without the headers that identify it (reason, original topic/partition/offset) or with
 a reason outside the closed set is not a DLQ record this router wrote: it is counted as skipped.
 
@@ -31,6 +36,7 @@ from router_stream.adapters.postgres.rows import dlq_row_from_record
 from router_stream.config import DLQ, Settings
 from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
 from router_stream.dlq import store
+from router_stream.projection.writer import dead_letter_wins, ms
 
 __all__ = ["ReindexReport", "reindex_dlq", "row_from_record"]
 
@@ -44,6 +50,7 @@ class ReindexReport:
     updated: int = 0
     skipped: int = 0
     masked: int = 0  # records read whose key, value or headers are stored masked
+    decided: int = 0  # entries not written: their input's outcome is its decision row
 
 
 row_from_record = dlq_row_from_record
@@ -76,7 +83,20 @@ async def reindex_dlq(settings: Settings, *, topic: str | None = None,
 
 
 async def _flush(conn: Any, batch: list[dict[str, Any]], report: ReindexReport) -> None:
+    known = await pg.known_outcomes(conn, (), [row["dlq_key"] for row in batch])
+    if known.decided:
+        rows = [row for row in batch if not _decided(row, known.decided)]
+        report.decided += len(batch) - len(rows)
+        batch[:] = rows
     inserted, updated = await store.upsert_failures(conn, batch)
     report.inserted += inserted
     report.updated += updated
     batch.clear()
+
+
+def _decided(row: dict[str, Any], decided: dict[str, Any]) -> bool:
+    when = decided.get(row["dlq_key"])
+    if when is None or row["supersedes_decision"]:
+        return False
+    failed, at = ms(row["last_failed_at"]), ms(when)
+    return not dead_letter_wins((failed, failed), (at, at), row["reason"] == "duplicate")

@@ -200,9 +200,9 @@ async def latest_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
     duplicates = known.duplicates | {
         key for key, (row, _) in latest.items() if row["reason"] == "duplicate"}
     for key, when in known.decided.items():
-        decided.add(key, _ms(when))
+        decided.add(key, ms(when))
     for key, when in known.pending.items():
-        failed.add(key, _ms(when))
+        failed.add(key, ms(when))
 
     def dead_lettered(key: str) -> bool:
         """The input's outcome is its DLQ entry."""
@@ -212,9 +212,8 @@ async def latest_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
             return False
         if key not in decided.last:
             return True
-        if key in duplicates:  # the first wins
-            return failed.first[key] < decided.first[key]
-        return failed.last[key] > decided.last[key]
+        return dead_letter_wins((failed.first[key], failed.last[key]),
+                                (decided.first[key], decided.last[key]), key in duplicates)
 
     await pg.delete_decisions_of_inputs(
         conn, [k for k in known.decided if dead_lettered(k)] + sorted(superseding))
@@ -225,6 +224,16 @@ async def latest_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
     dlq = [(row, at) for key, (row, at) in latest.items()
            if dead_lettered(key) or (key not in decided.last and key not in known.replayed)]
     return decisions, dlq
+
+
+def dead_letter_wins(failed: tuple[int, int], decided: tuple[int, int], duplicate: bool
+                     ) -> bool:
+    """Whether an input's DLQ entry, not its decision, is its outcome (:func:`latest_outcomes`):
+    each side's records as (first, last) time in ms; a ``duplicate`` entry is judged by the
+    first records, anything else by the last; a decision wins a tie."""
+    if duplicate:
+        return failed[0] < decided[0]
+    return failed[1] > decided[1]
 
 
 class _Times:
@@ -239,7 +248,8 @@ class _Times:
         self.last[key] = max(ms, self.last.get(key, ms))
 
 
-def _ms(when: datetime) -> int:
+def ms(when: datetime) -> int:
+    """A stored time as a record timestamp (ms)."""
     return int(when.timestamp() * 1000)
 
 

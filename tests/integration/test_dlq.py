@@ -484,7 +484,7 @@ async def test_reindex_rebuilds_rows_and_keeps_what_operators_did(
     # updated: 1 failed again; 2 (discarded) was written without its router.dlq coordinates
     # (as before migration 004) and gets them, keeping its status
     assert json.loads(result.stdout) == {"read": 7, "inserted": 2, "updated": 2, "skipped": 1,
-                                         "masked": 0}
+                                         "masked": 0, "decided": 0}
 
     rows = {r["original_offset"]: r for r in await db.fetch("SELECT * FROM dlq_entries")}
     assert sorted(rows) == [0, 1, 2, 3]
@@ -505,7 +505,41 @@ async def test_reindex_rebuilds_rows_and_keeps_what_operators_did(
 
     again = await run_cli(settings, "dlq", "reindex", "--json")
     assert json.loads(again.stdout) == {"read": 7, "inserted": 0, "updated": 0, "skipped": 1,
-                                        "masked": 0}
+                                        "masked": 0, "decided": 0}
+
+
+async def test_reindex_leaves_out_entries_whose_input_has_a_decision_as_its_outcome(
+    settings: Settings, db, topic_factory
+):
+    """As the projection: an input decided again after its DLQ record (a re-processed record)
+    keeps its decision, and a ``duplicate`` entry loses to its input's earlier decision."""
+    dlq_topic = await topic_factory(DLQ)
+    async with RecordWriter(settings) as writer:
+        for offset, reason in ((10, DlqReason.NO_HEALTHY_DESTINATION),
+                               (11, DlqReason.NO_HEALTHY_DESTINATION),
+                               (12, DlqReason.DUPLICATE), (13, DlqReason.NO_HEALTHY_DESTINATION)):
+            await writer.send_and_wait(dlq_record(dlq_topic, offset, reason=reason))
+    now = datetime.now(UTC)
+    decided = {10: now + timedelta(hours=1), 11: now - timedelta(hours=1),
+               12: now - timedelta(hours=1)}
+    await pg.insert_decisions(db, [
+        {"decision_id": f"d-{offset}", "signal_id": f"sig-{offset}", "tenant": "acme",
+         "kind": "alert", "destinations": ["pager"], "strategy": "first_healthy",
+         "policy_version": "v1", "confidence": 1.0, "input_topic": "prod.signals",
+         "input_partition": 2, "input_offset": offset, "decided_at": at}
+        for offset, at in decided.items()])
+
+    result = await run_cli(settings, "dlq", "reindex", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"read": 4, "inserted": 2, "updated": 0, "skipped": 0,
+                                         "masked": 0, "decided": 2}
+    assert sorted(r["original_offset"] for r in await db.fetch(
+        "SELECT original_offset FROM dlq_entries")) == [11, 13]
+    assert sorted(r["input_offset"] for r in await db.fetch(
+        "SELECT input_offset FROM routing_decisions")) == [10, 11, 12]  # not the rebuild's
+
+    text = await run_cli(settings, "dlq", "reindex")
+    assert "2 left out (their inputs' outcome is a decision)" in text.output
 
 
 async def test_reindex_masks_per_the_policy_and_masks_rows_stored_before_masking(
@@ -536,7 +570,7 @@ async def test_reindex_masks_per_the_policy_and_masks_rows_stored_before_masking
     result = await run_cli(settings, "dlq", "reindex", "--policy", str(policy), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"read": 2, "inserted": 1, "updated": 1, "skipped": 0,
-                                         "masked": 2}
+                                         "masked": 2, "decided": 0}
     rows = {r["original_offset"]: r for r in await db.fetch("SELECT * FROM dlq_entries")}
     for offset, (partition, dlq_offset) in zip((7, 8), positions, strict=True):
         row = rows[offset]
