@@ -132,8 +132,8 @@ async def test_crash_mid_pipeline_reprocesses_without_loss_or_duplicate_rows(
         if step == "produced":
             seen["produced"] += 1
             seen["rows"] += len(result.decisions) + len(result.dlq)
-            if seen["produced"] == 3:
-                await asyncio.sleep(0.2)  # let the front run ahead into the pipeline
+            if seen["produced"] == 3:  # the front runs ahead into the pipeline meanwhile
+                await wait_for(lambda: w.signals.in_flight >= 2, 10, "a batch behind this one")
                 in_flight_at_crash.append(w.signals.in_flight)
                 raise SimulatedCrash("crash mid-pipeline")
 
