@@ -29,6 +29,8 @@ from router_stream.errors import ConfigError, UserError
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
+ENTRY_ID = click.IntRange(1, 2**63 - 1)  # dlq_entries.id is a bigserial
+
 
 def _settings() -> Settings:
     try:
@@ -59,7 +61,8 @@ def _filter_options(reason_alias: bool = True) -> Callable[[F], F]:
 
     def decorate(fn: F) -> F:
         options = [
-            click.option("--id", "ids", type=int, multiple=True, help="Entry id (repeatable)."),
+            click.option("--id", "ids", type=ENTRY_ID, multiple=True,
+                         help="Entry id (repeatable)."),
             # Not click.Choice: a bad value is a user error (exit 1), not a usage error (2).
             click.option("--dlq-reason", "reasons", metavar="REASON", multiple=True,
                          help=f"Why it was DLQ'd (repeatable): {', '.join(REASONS)}."),
@@ -160,7 +163,7 @@ def list_(limit: int, summary: bool, as_json: bool, **filters: Any) -> None:
 
 
 @dlq.command()
-@click.argument("entry_id", metavar="ID", type=int)
+@click.argument("entry_id", metavar="ID", type=ENTRY_ID)
 @click.option("--policy", "policy_file", type=click.Path(path_type=Path, dir_okay=False),
               help="Mask PII per this policy's redact section [ROUTER_POLICY_FILE].")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -214,7 +217,7 @@ def _redactor(path: Path | None) -> Any:
 
 
 @dlq.command()
-@click.argument("id_args", metavar="[ID]...", type=int, nargs=-1)
+@click.argument("id_args", metavar="[ID]...", type=ENTRY_ID, nargs=-1)
 @_filter_options(reason_alias=False)
 @click.option("--reason", "discard_reason", required=True,
               help="Why they are discarded (recorded with each entry).")
@@ -255,7 +258,7 @@ def discard(id_args: tuple[int, ...], discard_reason: str, limit: int | None, al
 
 
 @dlq.command()
-@click.argument("id_args", metavar="[ID]...", type=int, nargs=-1)
+@click.argument("id_args", metavar="[ID]...", type=ENTRY_ID, nargs=-1)
 @_filter_options()
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="At most the first N matching entries, in original order.")

@@ -54,9 +54,14 @@ from typing import Any
 
 from router_stream.core.policy import DETECTORS, Detector, RedactPolicy
 
-__all__ = ["REDACTED", "card_issuer_ok", "luhn_valid", "mask_text", "mask_value", "text_masker"]
+__all__ = ["MAX_DEPTH", "REDACTED", "TOO_DEEP", "card_issuer_ok", "deeper_than", "luhn_valid",
+           "mask_text", "mask_value", "text_masker"]
 
 REDACTED = "[REDACTED]"
+MAX_DEPTH = 200
+"""The deepest JSON value :func:`mask_value` masks member by member (it recurses, and orjson
+serialises at most 255 levels); a deeper one is masked whole, as :data:`TOO_DEEP`."""
+TOO_DEEP = f"[REDACTED: nested deeper than {MAX_DEPTH} levels]"
 _MAX_PASSES = 8  # each changing pass replaces at least one match by a token; 8 is never reached
 
 # The lookbehind makes a match start only where a local part can start: without it, every
@@ -194,10 +199,27 @@ def mask_value(value: Any, redact: RedactPolicy) -> Any:
     ``redact.fields`` paths start at the signal object (``payload.user.email``, ``sender_id``).
     Named paths are redacted first, so a key the detectors would change is still found by name.
     """
+    if deeper_than(value, MAX_DEPTH):
+        return TOO_DEEP
     masked = value
     for path in redact.fields:
         masked = _redact_path(masked, tuple(path.split(".")))
     return _mask_strings(masked, _passes_for(redact.detectors))
+
+
+def deeper_than(value: Any, limit: int) -> bool:
+    """True when ``value`` nests lists and objects more than ``limit`` levels deep (a scalar
+    is level 0), found without recursion."""
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth >= limit:
+                return True
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children
+                         if isinstance(child, dict | list))
+    return False
 
 
 def _mask_strings(value: Any, passes: tuple[tuple[re.Pattern[str], _Replacer | str], ...]) -> Any:

@@ -7,6 +7,8 @@ Every module that writes or reads a router header goes through this one; nothing
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -133,6 +135,17 @@ def origin_headers(topic: str, partition: int, offset: int, attempts: int,
 _ORIGIN_HEADERS = frozenset({H_TOPIC, H_PARTITION, H_OFFSET, H_ATTEMPTS, H_FIRST_FAILED,
                              H_DLQ_ID})
 
+TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}\Z")
+"""What Kafka accepts as a topic name."""
+INT32_MAX = 2**31 - 1  # a Kafka partition; a DLQ entry's attempts (Postgres int4)
+INT64_MAX = 2**63 - 1  # a Kafka offset or timestamp (Postgres int8)
+
+
+def valid_position(topic: str, partition: int, offset: int) -> bool:
+    """True when ``topic/partition/offset`` can be a Kafka record's position."""
+    return (TOPIC_NAME.match(topic) is not None and 0 <= partition <= INT32_MAX
+            and 0 <= offset <= INT64_MAX)
+
 
 def origin_of(record: InboundRecord) -> Origin:
     """Where the record was first read. A record re-fed from ``router.retry`` or replayed from the
@@ -148,7 +161,10 @@ def origin_of(record: InboundRecord) -> Origin:
                     float(found[H_FIRST_FAILED]) if H_FIRST_FAILED in found else None,
                     found[H_DLQ_ID].decode() if H_DLQ_ID in found else None,
                 )
-                if min(origin.partition, origin.offset, origin.attempts) >= 0:
+                if (valid_position(origin.topic, origin.partition, origin.offset)
+                        and 0 <= origin.attempts <= INT32_MAX
+                        and (origin.first_failed_at is None
+                             or math.isfinite(origin.first_failed_at))):
                     return origin
             except ValueError:  # UnicodeDecodeError included
                 pass  # bad headers: treat the record as fresh rather than fail it
@@ -199,7 +215,7 @@ def dlq_context(record: InboundRecord, consumer_group: str | None,
         if name in (H_ORIGINAL_TS, H_ORIGINAL_TS_TYPE) and value is not None:
             earlier[name] = value.decode("ascii", "replace")
     first = earlier.get(H_ORIGINAL_TS, "")
-    if first.isdigit():
+    if first.isascii() and first.isdigit() and len(first) <= 19 and int(first) <= INT64_MAX:
         timestamp: int | None = int(first)
         kind = earlier.get(H_ORIGINAL_TS_TYPE)
     else:

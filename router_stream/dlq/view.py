@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from router_stream.core.masking import mask_text, mask_value
+from router_stream.core.masking import MAX_DEPTH, deeper_than, mask_text, mask_value
 from router_stream.core.policy import RedactPolicy
 from router_stream.dlq.store import DlqRow
 
@@ -43,7 +43,9 @@ def describe_bytes(data: bytes | None, redact: RedactPolicy | None = None) -> di
         parsed = orjson.loads(data)
     except orjson.JSONDecodeError:
         return {"encoding": "text", "size": len(data), "text": _mask(text, redact)}
-    shown = mask_value(parsed, redact) if redact is not None else parsed
+    if redact is None and deeper_than(parsed, MAX_DEPTH):  # too deep to print as JSON
+        return {"encoding": "text", "size": len(data), "text": text}
+    shown = mask_value(parsed, redact) if redact is not None else parsed  # too deep: TOO_DEEP
     return {"encoding": "json", "size": len(data), "json": shown}
 
 

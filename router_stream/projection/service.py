@@ -336,8 +336,8 @@ class Projection:
                     if isinstance(event, PolicyVersionEvent) and event.status == "active":
                         # rows after this one in the batch are masked by the new policy
                         self._switch_policy(event)
-            except ValueError as exc:
-                self._bad_record(topic, at, exc)
+            except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+                self._bad_record(topic, at, exc)  # the record stays on its topic
 
     def _switch_policy(self, event: PolicyVersionEvent) -> None:
         redactor = _redactor_of(event.policy_yaml, f"policy {event.version}")

@@ -34,7 +34,11 @@ class JsonFormatter(logging.Formatter):
                 line[key] = value
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(line, default=str).decode()
+        try:
+            return orjson.dumps(line, default=str).decode()
+        except TypeError:  # an int beyond 64 bits, a dict key that is no string, deep nesting
+            return orjson.dumps({k: v if isinstance(v, str) else repr(v)[:1000]
+                                 for k, v in line.items()}).decode()
 
 
 class WarningWithoutTraceback(logging.Filter):

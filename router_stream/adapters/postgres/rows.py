@@ -16,7 +16,7 @@ the Kafka record keeps the original. Tuples follow the column order of
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import orjson
@@ -44,6 +44,10 @@ from router_stream.core.wire import (
     H_SUPERSEDES,
     H_TENANT,
     H_TOPIC,
+    INT32_MAX,
+    INT64_MAX,
+    TOPIC_NAME,
+    valid_position,
 )
 
 __all__ = ["DecisionRecord", "decision_extra", "decision_row", "decode_decision",
@@ -73,9 +77,9 @@ class DecisionRecord(msgspec.Struct, gc=False):
     confidence: float
     trust: msgspec.Raw
     breakers: msgspec.Raw
-    input_topic: str
-    input_partition: int
-    input_offset: int
+    input_topic: Annotated[str, msgspec.Meta(pattern=TOPIC_NAME.pattern)]
+    input_partition: Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)]
+    input_offset: Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
     decided_at: datetime
     signal_ts: datetime | None
     priority: int | None = None
@@ -189,7 +193,8 @@ def dlq_row_from_record(record: InboundRecord, redactor: Redactor = DEFAULT_REDA
         first = _epoch(float(found[H_FIRST_FAILED])) if H_FIRST_FAILED in found else failed_at
     except (KeyError, ValueError, UnicodeDecodeError, OverflowError, OSError):
         return None
-    if reason not in _REASONS or partition < 0 or offset < 0:
+    if (reason not in _REASONS or not valid_position(topic, partition, offset)
+            or attempts > INT32_MAX):
         return None
     tenant, kind = _signal_fields(record.value)
     if H_TENANT in found or H_KIND in found:

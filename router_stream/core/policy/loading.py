@@ -14,13 +14,25 @@ from router_stream.core.policy.checks import Loc, cross_check, format_loc
 from router_stream.core.policy.model import DEFER_CROSS_CHECKS, Policy
 from router_stream.errors import PolicyError, PolicyIssue
 
+MAX_NODES = 200_000
+"""The most YAML nodes a policy may expand to through its aliases: a few hundred bytes of
+aliases of aliases (an "alias bomb") expand to billions, which every walk over the document
+would then visit."""
+
 
 def load_policy(text: str, source: str = "<string>") -> Policy:
     """Parse and validate policy YAML; raise :class:`PolicyError` listing every issue."""
+    try:
+        return _load(text, source)
+    except RecursionError:  # PyYAML, pydantic and the checks recurse into nested blocks
+        raise PolicyError([("", "the document is nested too deep")], source) from None
+
+
+def _load(text: str, source: str) -> Policy:
     root, data = _parse_yaml(text, source)
     if root is None or data is None:
         raise PolicyError([("", "policy is empty")], source)
-    issues = _duplicate_keys(root, ())
+    issues = _duplicate_keys(root)
     if not isinstance(data, dict):
         issues.append(("", f"a policy is a mapping of sections (line {root.start_mark.line + 1})"))
     if issues:
@@ -67,21 +79,37 @@ def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
     return f"invalid YAML: {what}" + (f" (line {mark.line + 1})" if mark is not None else "")
 
 
-def _duplicate_keys(node: Node, loc: Loc) -> list[PolicyIssue]:
-    """PyYAML silently keeps the last of two equal keys; in a policy that hides a mistake."""
+def _duplicate_keys(root: Node) -> list[PolicyIssue]:
+    """PyYAML silently keeps the last of two equal keys; in a policy that hides a mistake.
+    Also refuses a document that expands past :data:`MAX_NODES`. Walked without recursion, in
+    document order: a step is a node to visit, or an issue found in its place among them."""
     issues: list[PolicyIssue] = []
-    if isinstance(node, MappingNode):
-        seen: set[str] = set()
-        for key, value in node.value:
-            name = key.value if isinstance(key, ScalarNode) else "?"
-            if name in seen and name != "<<":
-                where = format_loc((*loc, name))
-                issues.append((where, f"duplicate key (line {key.start_mark.line + 1})"))
-            seen.add(name)
-            issues += _duplicate_keys(value, (*loc, name))
-    elif isinstance(node, SequenceNode):
-        for i, item in enumerate(node.value):
-            issues += _duplicate_keys(item, (*loc, i))
+    stack: list[tuple[Node, Loc] | PolicyIssue] = [(root, ())]
+    visited = 0
+    while stack:
+        step = stack.pop()
+        if isinstance(step[0], str):
+            issues.append(step)
+            continue
+        node, loc = step
+        visited += 1
+        if visited > MAX_NODES:
+            issues.append(("", f"the document expands to more than {MAX_NODES:,} YAML nodes"
+                               " through its aliases"))
+            return issues
+        steps: list[tuple[Node, Loc] | PolicyIssue] = []
+        if isinstance(node, MappingNode):
+            seen: set[str] = set()
+            for key, value in node.value:
+                name = key.value if isinstance(key, ScalarNode) else "?"
+                if name in seen and name != "<<":
+                    steps.append((format_loc((*loc, name)),
+                                  f"duplicate key (line {key.start_mark.line + 1})"))
+                seen.add(name)
+                steps.append((value, (*loc, name)))
+        elif isinstance(node, SequenceNode):
+            steps = [(child, (*loc, i)) for i, child in enumerate(node.value)]
+        stack.extend(reversed(steps))
     return issues
 
 
