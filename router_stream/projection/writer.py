@@ -50,6 +50,7 @@ from router_stream.core.redaction import Redactor
 log = logging.getLogger("router_stream.projection")
 
 ROW_CONTENT_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
+_SIGNAL = pg.DECISION_COLUMNS.index("signal_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +170,10 @@ async def latest_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
     is not (a replay that failed again re-opens its entry through the DLQ table's own rule).
     A DLQ key written twice keeps its failure with the most attempts.
 
-    Between a decision and a ``duplicate`` entry of one input the *first* wins. A worker that
+    Records of one input with different signal_ids are not attempts of one record: a producer
+    copied another record's origin headers (``x-dlq-original-*``, meant for retries and
+    replays). Between those the *first* wins, so a forged record cannot delete another input's
+    row. The same holds between a decision and a ``duplicate`` entry of one input. A worker that
     decides an input again after its batch failed (a rebalance during a broker outage) finds
     the signal in its dedupe window: that ``duplicate`` is the input's own earlier decision. And
     an input dead-lettered as a duplicate of *another* input's signal keeps that entry when a
@@ -186,12 +190,12 @@ async def latest_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
     decided = _Times()  # fresh decisions of each input
     for d in batch.decisions:
         if d.input_key not in replays:
-            decided.add(d.input_key, d.ts)
+            decided.add(d.input_key, d.ts, d.row[_SIGNAL])
     failed = _Times()  # DLQ records of each input
     latest: dict[str, tuple[dict[str, Any], str]] = {}
     for row, at, ts in batch.dlq:
         key = row["dlq_key"]
-        failed.add(key, ts)
+        failed.add(key, ts, row["signal_id"])
         prev = latest.get(key)
         if prev is None or row["attempts"] >= prev[0]["attempts"]:
             latest[key] = (row, at)
@@ -200,9 +204,9 @@ async def latest_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
     duplicates = known.duplicates | {
         key for key, (row, _) in latest.items() if row["reason"] == "duplicate"}
     for key, when in known.decided.items():
-        decided.add(key, ms(when))
+        decided.add(key, ms(when), *known.signals[key])
     for key, when in known.pending.items():
-        failed.add(key, ms(when))
+        failed.add(key, ms(when), *known.signals[key])
 
     def dead_lettered(key: str) -> bool:
         """The input's outcome is its DLQ entry."""
@@ -212,8 +216,9 @@ async def latest_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
             return False
         if key not in decided.last:
             return True
-        return dead_letter_wins((failed.first[key], failed.last[key]),
-                                (decided.first[key], decided.last[key]), key in duplicates)
+        return dead_letter_wins(
+            (failed.first[key], failed.last[key]), (decided.first[key], decided.last[key]),
+            key in duplicates or failed.signals[key] != decided.signals[key])
 
     await pg.delete_decisions_of_inputs(
         conn, [k for k in known.decided if dead_lettered(k)] + sorted(superseding))
@@ -226,26 +231,29 @@ async def latest_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
     return decisions, dlq
 
 
-def dead_letter_wins(failed: tuple[int, int], decided: tuple[int, int], duplicate: bool
+def dead_letter_wins(failed: tuple[int, int], decided: tuple[int, int], first_wins: bool
                      ) -> bool:
     """Whether an input's DLQ entry, not its decision, is its outcome (:func:`latest_outcomes`):
-    each side's records as (first, last) time in ms; a ``duplicate`` entry is judged by the
-    first records, anything else by the last; a decision wins a tie."""
-    if duplicate:
+    each side's records as (first, last) time in ms, judged by the last unless ``first_wins``
+    (a ``duplicate`` entry, or two signal_ids); a decision wins a tie."""
+    if first_wins:
         return failed[0] < decided[0]
     return failed[1] > decided[1]
 
 
 class _Times:
-    """The first and the last time (ms) of each input's records of one kind."""
+    """The first and the last time (ms) of each input's records of one kind, and their
+    signal_ids."""
 
     def __init__(self) -> None:
         self.first: dict[str, int] = {}
         self.last: dict[str, int] = {}
+        self.signals: dict[str, set[str | None]] = {}
 
-    def add(self, key: str, ms: int) -> None:
+    def add(self, key: str, ms: int, *signal_ids: str | None) -> None:
         self.first[key] = min(ms, self.first.get(key, ms))
         self.last[key] = max(ms, self.last.get(key, ms))
+        self.signals.setdefault(key, set()).update(signal_ids)
 
 
 def ms(when: datetime) -> int:

@@ -177,6 +177,28 @@ async def test_a_duplicate_of_another_record_stays_one_after_a_restart(
     assert dlq == {"t.signals/0/2": ("duplicate", 1, "pending")}
 
 
+def _posing_as(offset: int) -> list[tuple[str, bytes]]:
+    """Origin headers a producer copied from another record (as retries and replays carry)."""
+    return [(H_TOPIC, b"t.signals"), (H_PARTITION, b"0"), (H_OFFSET, str(offset).encode())]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+async def test_a_record_posing_as_another_input_cannot_replace_its_outcome(
+        pool, persist_outputs, order):
+    first = _engine().decide_batch([Rec(_alert(1), 1), Rec(_alert(2), 2)], NOW)  # s2 limited
+    # Later, s9 poses as record 2 and is decided; s7 poses as record 1 and is rate-limited.
+    again = _engine().decide_batch(
+        [Rec(_alert(9), 9, _posing_as(2)), Rec(_alert(7), 7, _posing_as(1))], LATER)
+    assert [d.signal_id for d in again.decisions] == ["s9"]
+    assert [q.entry.signal_id for q in again.dlq] == ["s7"]
+    await _persist_in(order, persist_outputs, pool, first, again)
+
+    async with pool.acquire() as conn:
+        decisions, dlq = await _ledger(conn)
+    assert decisions == {"s1": "1"}
+    assert dlq == {"t.signals/0/2": ("rate_limited", 1, "pending")}
+
+
 async def test_replay_of_a_pending_entry_is_decided_and_a_failing_replay_counts_attempts(
         pool, persist_outputs):
     first = _engine().decide_batch([Rec(_alert(1), 1), Rec(_alert(2), 2)], NOW)

@@ -125,6 +125,7 @@ class KnownOutcomes:
     duplicates: set[str]  # inputs whose pending DLQ entry says ``duplicate``
     decided: dict[str, datetime]  # input -> its latest decision's decided_at (not a replay's)
     replayed: set[str]  # inputs with a decision of an operator's replay
+    signals: dict[str, set[str | None]]  # input -> the signal_ids of those rows
 
 
 async def known_outcomes(conn: asyncpg.Connection, decided: Sequence[str],
@@ -132,25 +133,28 @@ async def known_outcomes(conn: asyncpg.Connection, decided: Sequence[str],
     """In one round trip: which of the inputs ``decided`` have a *pending* DLQ entry, and
     which of the inputs ``dead_lettered`` have a decision row, with their times."""
     if not decided and not dead_lettered:
-        return KnownOutcomes({}, set(), {}, set())
+        return KnownOutcomes({}, set(), {}, set(), {})
     # Joins with the unnested keys, not `dlq_key = ANY($1)`: a sequential scan filtered by ANY
     # compares every row with every key (5,000 keys x 3,000 rows: 0.28 s a batch). Decisions
     # are probed one key at a time (LATERAL): until routing_decisions is first ANALYZEd, the
     # planner has no statistics on the input-key expression and chose a hash join over a
     # sequential scan that builds every row's key, for every batch.
     rows = await conn.fetch(
-        "SELECT d.reason AS what, d.dlq_key AS key, d.last_failed_at AS at"
-        " FROM unnest($1::text[]) AS k(key)"
+        "SELECT d.reason AS what, d.dlq_key AS key, d.last_failed_at AS at,"
+        " d.signal_id AS signal FROM unnest($1::text[]) AS k(key)"
         " JOIN dlq_entries d ON d.dlq_key = k.key WHERE d.status = 'pending'"
         " UNION ALL"
-        " SELECT CASE WHEN r.replay THEN 'replayed' ELSE 'decided' END, k.key, r.at"
+        " SELECT CASE WHEN r.replay THEN 'replayed' ELSE 'decided' END, k.key, r.at, r.signal"
         " FROM unnest($2::text[]) AS k(key) CROSS JOIN LATERAL"
-        " (SELECT state->'extra'->>'replay_of' IS NOT NULL AS replay, max(decided_at) AS at"
+        " (SELECT state->'extra'->>'replay_of' IS NOT NULL AS replay, max(decided_at) AS at,"
+        "  min(signal_id) AS signal"
         f"  FROM routing_decisions WHERE {_INPUT_KEY} = k.key GROUP BY 1) AS r",
         list(decided), list(dead_lettered),
     )
-    found = KnownOutcomes({}, set(), {}, set())
+    found = KnownOutcomes({}, set(), {}, set(), {})
     for r in rows:
+        if r["what"] != "replayed":
+            found.signals.setdefault(r["key"], set()).add(r["signal"])
         if r["what"] == "decided":
             found.decided[r["key"]] = r["at"]
         elif r["what"] == "replayed":
