@@ -8,9 +8,9 @@ are still in the table — and their status, discard reason, replay count — ar
 that failed again after a replay (more attempts) makes its entry ``pending`` again.
 
 An entry whose input has a decision row that is its outcome (a later decision, or the earlier
-one beside a ``duplicate`` entry: the projection's rule, :func:`~router_stream.projection.writer.
-dead_letter_wins`) is not written, and counted as ``decided``: the projection replaced it. The
-rebuild never changes ``routing_decisions``.
+one beside a ``duplicate`` entry or another signal_id: the projection's rule,
+:func:`~router_stream.projection.writer.dead_letter_wins`) is not written, and counted as
+``decided``: the projection replaced it. The rebuild never changes ``routing_decisions``.
 
 A record without the headers that identify it (reason, original topic/partition/offset) or with
 a reason outside the closed set is not a DLQ record this router wrote: it is counted as skipped.
@@ -85,7 +85,7 @@ async def reindex_dlq(settings: Settings, *, topic: str | None = None,
 async def _flush(conn: Any, batch: list[dict[str, Any]], report: ReindexReport) -> None:
     known = await pg.known_outcomes(conn, (), [row["dlq_key"] for row in batch])
     if known.decided:
-        rows = [row for row in batch if not _decided(row, known.decided)]
+        rows = [row for row in batch if not _decided(row, known)]
         report.decided += len(batch) - len(rows)
         batch[:] = rows
     inserted, updated = await store.upsert_failures(conn, batch)
@@ -94,9 +94,11 @@ async def _flush(conn: Any, batch: list[dict[str, Any]], report: ReindexReport) 
     batch.clear()
 
 
-def _decided(row: dict[str, Any], decided: dict[str, Any]) -> bool:
-    when = decided.get(row["dlq_key"])
+def _decided(row: dict[str, Any], known: pg.KnownOutcomes) -> bool:
+    key = row["dlq_key"]
+    when = known.decided.get(key)
     if when is None or row["supersedes_decision"]:
         return False
     failed, at = ms(row["last_failed_at"]), ms(when)
-    return not dead_letter_wins((failed, failed), (at, at), row["reason"] == "duplicate")
+    first_wins = row["reason"] == "duplicate" or known.signals[key] != {row["signal_id"]}
+    return not dead_letter_wins((failed, failed), (at, at), first_wins)
