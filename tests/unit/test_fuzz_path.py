@@ -127,8 +127,14 @@ VALUES = (st.none() | st.binary(max_size=200) | signal_like() | escaped_surrogat
           | st.builds(lambda b: b[: len(b) // 2], signal_like()))
 HEADER_NAME = st.sampled_from(["x-trace", "traceparent", "x-trace-id", "", "x-dup", "x-dlq-reason",
                                "x-dlq-original-offset", "x-dlq-original-topic", "x-signal-id",
-                               "x-retry-not-before"]) | TEXT
-HEADERS = st.lists(st.tuples(HEADER_NAME, st.none() | st.binary(max_size=40)), max_size=6)
+                               "x-retry-not-before", "x-dlq-original-partition", "x-dlq-attempts",
+                               "x-dlq-first-failed-at", "x-dlq-original-timestamp"]) | TEXT
+# numbers past int64 and past the 4,300 digits int() converts, and the like with a NUL or a sign
+DIGITS = st.builds(lambda n, c: c * n, st.sampled_from([1, 10, 19, 20, 31, 4301, 6000]),
+                   st.sampled_from([b"9", b"0", b"1"]))
+HEADER_VALUE = (st.none() | st.binary(max_size=40) | DIGITS
+                | st.builds(lambda d, x: x + d, DIGITS, st.sampled_from([b"-", b"\x00", b"+"])))
+HEADERS = st.lists(st.tuples(HEADER_NAME, HEADER_VALUE), max_size=6)
 KEYS = st.none() | st.binary(max_size=20)
 
 
