@@ -171,7 +171,10 @@ async def load_checkpoints(settings: Settings) -> LoadedCheckpoints:
         return out
     try:
         ckpt_id = str(manifest["checkpoint_id"])
-        keys = [_chunk_key(ckpt_id, i) for i in range(int(manifest["chunks"]))]
+        count = int(manifest["chunks"])
+        if not 0 < count <= len(chunks):  # a manifest names only chunks written before it
+            raise ValueError(f"{count} chunks named, {len(chunks)} on the topic")
+        keys = [_chunk_key(ckpt_id, i) for i in range(count)]
         missing = [k for k in keys if k not in chunks]
         if missing:
             raise ValueError(f"{len(missing)} of {len(keys)} chunks missing")

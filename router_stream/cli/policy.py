@@ -412,6 +412,7 @@ def _print_fleet(view: FleetView, settings: Settings, as_json: bool) -> None:
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table("worker", "group", "partitions", "policy", "rollout", "last seen", "status",
                   "signals")
@@ -419,10 +420,11 @@ def _print_fleet(view: FleetView, settings: Settings, as_json: bool) -> None:
         hb = row.heartbeat
         style = None if row.state in ("running", "draining") and row.on_active is not False \
             else "yellow"
-        table.add_row(hb.worker_id, hb.group_id,
-                      format_partitions(hb.partitions, settings.topic_prefix),
-                      format_version(row), format_rollout(hb), format_ago(row.age_s), row.state,
-                      str(hb.signals_processed), style=style)
+        cells = (hb.worker_id, hb.group_id, format_partitions(hb.partitions, settings.topic_prefix),
+                 format_version(row), format_rollout(hb), format_ago(row.age_s), row.state,
+                 str(hb.signals_processed))
+        # Text, not markup: a heartbeat's ids are whatever its writer put there
+        table.add_row(*(Text(cell) for cell in cells), style=style)
     console = Console()
     if not console.is_terminal:  # piped or captured: whole rows, no wrapping at 80 columns
         console = Console(width=400)

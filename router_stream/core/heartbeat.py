@@ -89,8 +89,10 @@ class WorkerHeartbeat:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> WorkerHeartbeat:
+    def from_json(cls, data: Any) -> WorkerHeartbeat:
         """The inverse of :meth:`as_json`; a record that is not a heartbeat raises ValueError."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a heartbeat is a JSON object, not {type(data).__name__}")
         try:
             mode = data.get("rollout_mode")
             if mode not in (None, "shadow", "canary"):

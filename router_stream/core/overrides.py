@@ -76,10 +76,16 @@ class Override:
             target=str(data["target"]),
             expires_at=float(data["expires_at"]),
             created_at=float(data.get("created_at", 0.0)),
-            kind_selector=data.get("kind_selector"),
-            tenant_selector=data.get("tenant_selector"),
+            kind_selector=_text_or_none(data.get("kind_selector"), "kind_selector"),
+            tenant_selector=_text_or_none(data.get("tenant_selector"), "tenant_selector"),
             reason=str(data.get("reason", "")),
         )
+
+
+def _text_or_none(value: Any, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"override {name}: expected a string or null, got {type(value).__name__}")
 
 
 def unknown_target(action: str, target: str, destinations: Collection[str]) -> str | None:

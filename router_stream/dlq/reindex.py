@@ -32,7 +32,7 @@ from typing import Any
 
 from router_stream.adapters import postgres as pg
 from router_stream.adapters.kafka_io import read_records
-from router_stream.adapters.postgres.rows import dlq_row_from_record
+from router_stream.adapters.postgres.rows import dlq_row_from_record, escape_nul
 from router_stream.config import DLQ, Settings
 from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
 from router_stream.dlq import store
@@ -73,7 +73,7 @@ async def reindex_dlq(settings: Settings, *, topic: str | None = None,
                 report.skipped += 1
                 continue
             report.masked += row["masked"]
-            batch.append(row)
+            batch.append(escape_nul(row))  # as the projection stores a row Postgres refused
             if len(batch) >= BATCH:
                 await _flush(conn, batch, report)
         await _flush(conn, batch, report)

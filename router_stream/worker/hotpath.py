@@ -472,11 +472,17 @@ def _names(tps: set[Partition]) -> list[str]:
     return sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)
 
 
+LATEST_NOT_BEFORE = 253_402_300_799.0
+"""9999-12-31T23:59:59Z: an ``x-retry-not-before`` past it (``inf``, ``1e300``, 400 digits) is
+no time a clock reaches, and would park its partition for good; the record is due at once."""
+
+
 def _not_before(headers: Sequence[tuple[str, bytes | None]] | None) -> float | None:
     for name, value in headers or ():
         if name == H_RETRY_NOT_BEFORE:
             try:
-                return float(value)  # type: ignore[arg-type]
+                at = float(value)  # type: ignore[arg-type]
             except (TypeError, ValueError):
                 return None
+            return at if at <= LATEST_NOT_BEFORE else None  # NaN compares False: None
     return None

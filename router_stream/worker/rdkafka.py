@@ -375,6 +375,8 @@ class SignalConsumer:
                 self._reader_thread, lambda: reader.committed(_tps(tps), timeout=CALL_TIMEOUT_S))
         except KafkaException as exc:
             raise BrokerUnavailable(f"reading committed offsets: {exc!r}") from exc
+        except RuntimeError as exc:  # the consumer closed meanwhile (its thread is shut down)
+            raise BrokerUnavailable(f"reading committed offsets: {exc}") from exc
         return {Partition(t.topic, t.partition): None if t.offset < 0 else t.offset
                 for t in found}
 

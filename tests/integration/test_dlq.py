@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import os
 import random
@@ -540,6 +541,23 @@ async def test_reindex_leaves_out_entries_whose_input_has_a_decision_as_its_outc
 
     text = await run_cli(settings, "dlq", "reindex")
     assert "2 left out (their inputs' outcome is a decision)" in text.output
+
+
+async def test_reindex_stores_a_nul_in_a_dlq_header_escaped_as_the_projection_does(
+    settings: Settings, db, topic_factory
+):
+    dlq_topic = await topic_factory(DLQ)
+    record = dlq_record(dlq_topic, 21)
+    record = dataclasses.replace(record, headers=[
+        (k, v.replace(b"failure", b"fail\x00ure") if k == "x-dlq-error" and v else v)
+        for k, v in record.headers])
+    async with RecordWriter(settings) as writer:
+        await writer.send_and_wait(record)
+
+    result = await run_cli(settings, "dlq", "reindex", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["inserted"] == 1
+    assert await db.fetchval("SELECT error FROM dlq_entries") == "fail\\u0000ure of 21"
 
 
 async def test_reindex_masks_per_the_policy_and_masks_rows_stored_before_masking(

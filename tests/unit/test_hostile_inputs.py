@@ -17,10 +17,14 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from router_stream.adapters import checkpoint_store
+from router_stream.adapters.checkpoint_store import MANIFEST_KEY
 from router_stream.adapters.postgres.rows import decode_decision, dlq_row_from_record
 from router_stream.cli import _register, cli
+from router_stream.core.checkpoint import CheckpointRefused, export_state, restore_state
 from router_stream.core.compiled import load_compiled
 from router_stream.core.engine import RouterEngine
+from router_stream.core.heartbeat import WorkerHeartbeat
 from router_stream.core.masking import MAX_DEPTH, TOO_DEEP, deeper_than, mask_value
 from router_stream.core.models import Decision
 from router_stream.core.policy import RedactPolicy
@@ -33,6 +37,7 @@ from router_stream.core.wire import (
     H_ORIGINAL_TS,
     H_PARTITION,
     H_REASON,
+    H_RETRY_NOT_BEFORE,
     H_TOPIC,
     Origin,
     dlq_context,
@@ -40,6 +45,7 @@ from router_stream.core.wire import (
 )
 from router_stream.dlq.view import describe_bytes
 from router_stream.errors import PolicyError
+from router_stream.worker.hotpath import _not_before
 from router_stream.worker.logs import JsonFormatter
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "policy.yaml"
@@ -272,3 +278,49 @@ def test_a_log_extra_int_beyond_64_bits_is_one_json_line() -> None:
     assert "\n" not in text
     line = orjson.loads(text)
     assert line["offset"] == str(10**30) and line["msg"] == "big"
+
+
+# --- records on the router's own topics ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [[], None, "x", 5])
+def test_a_heartbeat_that_is_no_json_object_is_a_value_error(value: Any) -> None:
+    with pytest.raises(ValueError):
+        WorkerHeartbeat.from_json(value)
+
+
+@pytest.mark.parametrize("header", [b"inf", b"1e300", b"9" * 400, b"nan", b"253402300800"])
+def test_a_retry_not_before_no_clock_reaches_is_due_at_once(header: bytes) -> None:
+    assert _not_before([(H_RETRY_NOT_BEFORE, header)]) is None
+
+
+def test_a_retry_not_before_in_the_future_is_kept() -> None:
+    assert _not_before([(H_RETRY_NOT_BEFORE, repr(NOW + 60).encode())]) == NOW + 60
+
+
+def test_a_checkpoint_override_with_a_list_for_a_selector_is_refused() -> None:
+    engine = RouterEngine(load_compiled(EXAMPLE.read_text()))
+    doc = export_state(engine)
+    doc["overrides"] = [{"override_id": "o1", "kind": "force_destination", "target": "slack",
+                         "expires_at": NOW + 600, "kind_selector": ["notification"]}]
+    with pytest.raises(CheckpointRefused):
+        restore_state(engine, doc)
+    assert engine.state.overrides == {}
+
+
+async def test_a_manifest_naming_more_chunks_than_the_topic_holds_is_unusable(monkeypatch) -> None:
+    records = [Rec(b"x", topic="state", offset=0, key=b"chunk/c1/0"),
+               Rec(orjson.dumps({"checkpoint_id": "c1", "chunks": 10**12}), topic="state",
+                   offset=1, key=MANIFEST_KEY)]
+
+    async def read(settings: Any, topic: str, **_: Any) -> Any:
+        for record in records:
+            yield record
+
+    class Where:
+        def topic(self, name: str) -> str:
+            return name
+
+    monkeypatch.setattr(checkpoint_store, "read_records", read)
+    loaded = await checkpoint_store.load_checkpoints(Where())  # type: ignore[arg-type]
+    assert loaded.latest is None and "chunks named" in (loaded.problem or "")
