@@ -324,3 +324,10 @@ async def test_a_manifest_naming_more_chunks_than_the_topic_holds_is_unusable(mo
     monkeypatch.setattr(checkpoint_store, "read_records", read)
     loaded = await checkpoint_store.load_checkpoints(Where())  # type: ignore[arg-type]
     assert loaded.latest is None and "chunks named" in (loaded.problem or "")
+
+
+@pytest.mark.parametrize("value", ["!!timestamp 99999-99-99", "!!timestamp 2020-13-45"])
+def test_a_tagged_value_yaml_cannot_build_is_a_policy_error(value: str) -> None:
+    with pytest.raises(PolicyError) as refused:
+        load_policy(f"name: t\ndescription: {value}\n" + ROUTES)
+    assert "a value its tag cannot hold" in str(refused.value)

@@ -59,6 +59,12 @@ def _parse_yaml(text: str, source: str) -> tuple[Node | None, Any]:
         raise PolicyError([("", _yaml_problem(exc))], source) from None
     except yaml.YAMLError as exc:
         raise PolicyError([("", f"invalid YAML: {exc}")], source) from None
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+        # PyYAML's constructors fail so on a tagged value they cannot build (a !!timestamp of
+        # 99999-99-99, a !!binary that is no base64)
+        detail = f" ({exc})" if isinstance(exc, ValueError | OverflowError) else ""
+        raise PolicyError([("", f"invalid YAML: a value its tag cannot hold{detail}")],
+                          source) from None
     finally:
         loader.dispose()
     return root, data
