@@ -100,5 +100,5 @@ def _decided(row: dict[str, Any], known: pg.KnownOutcomes) -> bool:
     if when is None or row["supersedes_decision"]:
         return False
     failed, at = ms(row["last_failed_at"]), ms(when)
-    first_wins = row["reason"] == "duplicate" or known.signals[key] != {row["signal_id"]}
-    return not dead_letter_wins((failed, failed), (at, at), first_wins)
+    return not dead_letter_wins((failed, failed), (at, at), duplicate=row["reason"] == "duplicate",
+                                same_signal=known.signals[key] == {row["signal_id"]})

@@ -218,7 +218,7 @@ async def latest_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
             return True
         return dead_letter_wins(
             (failed.first[key], failed.last[key]), (decided.first[key], decided.last[key]),
-            key in duplicates or failed.signals[key] != decided.signals[key])
+            duplicate=key in duplicates, same_signal=failed.signals[key] == decided.signals[key])
 
     await pg.delete_decisions_of_inputs(
         conn, [k for k in known.decided if dead_lettered(k)] + sorted(superseding))
@@ -231,12 +231,13 @@ async def latest_outcomes(conn: asyncpg.Connection, batch: ProjectionBatch
     return decisions, dlq
 
 
-def dead_letter_wins(failed: tuple[int, int], decided: tuple[int, int], first_wins: bool
-                     ) -> bool:
+def dead_letter_wins(failed: tuple[int, int], decided: tuple[int, int], *, duplicate: bool,
+                     same_signal: bool) -> bool:
     """Whether an input's DLQ entry, not its decision, is its outcome (:func:`latest_outcomes`):
-    each side's records as (first, last) time in ms, judged by the last unless ``first_wins``
-    (a ``duplicate`` entry, or two signal_ids); a decision wins a tie."""
-    if first_wins:
+    each side's records as (first, last) time in ms. Judged by the last records, or by the
+    first for a ``duplicate`` entry or when the two sides carry different signal_ids (not
+    attempts of one record); a decision wins a tie."""
+    if duplicate or not same_signal:
         return failed[0] < decided[0]
     return failed[1] > decided[1]
 

@@ -102,6 +102,7 @@ ORDERS = ["in two batches", "in one batch", "the first one late"]  # the last: r
 
 
 async def _persist_in(order: str, persist_outputs, pool, first, again) -> None:
+    """Project ``first`` (decided at NOW) and ``again`` (LATER) in ``order``."""
     if order == "in two batches":
         await persist_outputs(pool, (first, NOW))
         await persist_outputs(pool, (again, LATER))
@@ -112,6 +113,13 @@ async def _persist_in(order: str, persist_outputs, pool, first, again) -> None:
         await persist_outputs(pool, (first, NOW))
 
 
+async def _ledger_after(order: str, persist_outputs, pool, first, again):
+    """The ledger (:func:`_ledger`) once ``first`` and ``again`` are projected in ``order``."""
+    await _persist_in(order, persist_outputs, pool, first, again)
+    async with pool.acquire() as conn:
+        return await _ledger(conn)
+
+
 @pytest.mark.parametrize("order", ORDERS)
 async def test_the_later_outcome_wins_in_both_directions(pool, persist_outputs, order):
     first = _engine().decide_batch([Rec(_alert(1), 1), Rec(_alert(2), 2)], NOW)
@@ -120,10 +128,7 @@ async def test_the_later_outcome_wins_in_both_directions(pool, persist_outputs, 
     again = _engine().decide_batch([Rec(_alert(2), 2), Rec(_alert(1), 1)], LATER)
     assert {d.signal_id for d in again.decisions} == {"s2"}
     assert [q.entry.signal_id for q in again.dlq] == ["s1"]
-    await _persist_in(order, persist_outputs, pool, first, again)
-
-    async with pool.acquire() as conn:
-        decisions, dlq = await _ledger(conn)
+    decisions, dlq = await _ledger_after(order, persist_outputs, pool, first, again)
     assert decisions == {"s2": "2"}
     assert dlq == {"t.signals/0/1": ("rate_limited", 1, "pending")}
 
@@ -152,10 +157,7 @@ async def test_a_record_decided_again_in_the_same_worker_keeps_its_decision(
     first = engine.decide_batch([Rec(_alert(1), 1)], NOW)
     again = engine.decide_batch([Rec(_alert(1), 1)], LATER)
     assert [q.entry.reason.value for q in again.dlq] == ["duplicate"]
-    await _persist_in(order, persist_outputs, pool, first, again)
-
-    async with pool.acquire() as conn:
-        decisions, dlq = await _ledger(conn)
+    decisions, dlq = await _ledger_after(order, persist_outputs, pool, first, again)
     assert decisions == {"s1": "1"}
     assert dlq == {}
 
@@ -169,10 +171,7 @@ async def test_a_duplicate_of_another_record_stays_one_after_a_restart(
     assert [q.entry.reason.value for q in first.dlq] == ["duplicate"]
     again = _engine().decide_batch([Rec(_alert(1), 2)], LATER)
     assert [d.signal_id for d in again.decisions] == ["s1"]
-    await _persist_in(order, persist_outputs, pool, first, again)
-
-    async with pool.acquire() as conn:
-        decisions, dlq = await _ledger(conn)
+    decisions, dlq = await _ledger_after(order, persist_outputs, pool, first, again)
     assert decisions == {"s1": "1"}
     assert dlq == {"t.signals/0/2": ("duplicate", 1, "pending")}
 
@@ -191,10 +190,7 @@ async def test_a_record_posing_as_another_input_cannot_replace_its_outcome(
         [Rec(_alert(9), 9, _posing_as(2)), Rec(_alert(7), 7, _posing_as(1))], LATER)
     assert [d.signal_id for d in again.decisions] == ["s9"]
     assert [q.entry.signal_id for q in again.dlq] == ["s7"]
-    await _persist_in(order, persist_outputs, pool, first, again)
-
-    async with pool.acquire() as conn:
-        decisions, dlq = await _ledger(conn)
+    decisions, dlq = await _ledger_after(order, persist_outputs, pool, first, again)
     assert decisions == {"s1": "1"}
     assert dlq == {"t.signals/0/2": ("rate_limited", 1, "pending")}
 
