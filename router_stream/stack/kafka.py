@@ -38,6 +38,8 @@ KAFKA_VERSION = "4.1.1"
 # Kafka's server logs through slf4j 1.7; without a binding it logs nothing at all. The log4j2
 # binding that matches the log4j-core Kafka 4.1 ships makes broker.log useful when a start fails.
 _LOG4J_VERSION = "2.24.3"
+INDEX_BYTES = 1024 * 1024
+"""``log.index.size.max.bytes`` of the stack's broker (Kafka's default: 10 MiB)."""
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -165,6 +167,12 @@ def _server_properties(
         # missing declaration. Tests and faust create their topics explicitly too.
         "auto.create.topics.enable=false",
         "delete.topic.enable=true",
+        # Each partition's offset and time indexes are sparse files mapped into memory at this
+        # size. The first access to one reads it around the fault, as far as the disk's
+        # read-ahead reaches (8 MiB on some VMs), and the kernel zero-fills every page read from
+        # a hole: at the default 10 MiB that was ~8 MiB zeroed per new partition written
+        # (docs/performance.md). 1 MiB still indexes ~350 MiB of log per segment.
+        f"log.index.size.max.bytes={INDEX_BYTES}",
         "",
     ])
 

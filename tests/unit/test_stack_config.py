@@ -34,6 +34,8 @@ def test_broker_properties_are_single_node_kraft_on_loopback(tmp_path: Path):
     assert props["listeners"] == "PLAINTEXT://127.0.0.1:29092,CONTROLLER://127.0.0.1:29093"
     assert props["transaction.state.log.replication.factor"] == "1"
     assert props["auto.create.topics.enable"] == "false"
+    # small sparse index files: a new partition's first index access zero-fills at most this
+    assert props["log.index.size.max.bytes"] == str(1024 * 1024)
 
 
 def test_stale_pid_file_is_not_a_running_process(tmp_path: Path):
