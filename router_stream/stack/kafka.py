@@ -170,7 +170,7 @@ def _server_properties(
         # Each partition's offset and time indexes are sparse files mapped into memory at this
         # size. The first access to one reads it around the fault, as far as the disk's
         # read-ahead reaches (8 MiB on some VMs), and the kernel zero-fills every page read from
-        # a hole: at the default 10 MiB that was ~8 MiB zeroed per new partition written
+        # a hole: at Kafka's default of 10 MiB that is up to 8 MiB zeroed per new partition written
         # (docs/performance.md). 1 MiB still indexes ~350 MiB of log per segment.
         f"log.index.size.max.bytes={INDEX_BYTES}",
         "",
