@@ -40,6 +40,36 @@ def kafka_version(bootstrap: str) -> str:
     return "unknown"
 
 
+BROKER_SETTINGS = ("log.index.size.max.bytes",)
+"""Broker settings that change the figures on this kind of machine (docs/performance.md)."""
+
+
+def broker_settings(bootstrap: str) -> dict[str, str]:
+    """:data:`BROKER_SETTINGS` as the broker reports them (empty when it cannot be asked)."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    with contextlib.suppress(Exception):
+        admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+        broker_id = next(iter(admin.list_topics(timeout=10).brokers))
+        resource = ConfigResource(ConfigResource.Type.BROKER, str(broker_id))
+        entries = admin.describe_configs([resource])[resource].result(timeout=10)
+        return {k: entries[k].value for k in BROKER_SETTINGS if k in entries}
+    return {}
+
+
+def read_ahead_kb() -> dict[str, int]:
+    """Each disk's read-ahead: on a first access, the kernel reads a memory-mapped file (Kafka's
+    indexes) this far around the fault."""
+    out = {}
+    for path in sorted(glob.glob("/sys/block/*/queue/read_ahead_kb")):
+        device = path.split("/")[3]
+        if device.startswith(("loop", "ram", "zram")):
+            continue
+        with contextlib.suppress(OSError, ValueError), open(path, encoding="ascii") as f:
+            out[device] = int(f.read())
+    return out
+
+
 def _version(dist: str) -> str:
     try:
         return metadata.version(dist)
@@ -58,6 +88,8 @@ def describe(bootstrap: str) -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "kafka": kafka_version(bootstrap),
+        "broker_settings": broker_settings(bootstrap),
+        "read_ahead_kb": read_ahead_kb(),
         "aiokafka": _version("aiokafka"),
         "confluent_kafka": _version("confluent-kafka"),
         "faust_streaming": _version("faust-streaming"),

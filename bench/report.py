@@ -242,6 +242,7 @@ def render_markdown(result: dict[str, Any], json_path: str, plots: list[str]) ->
         f"{m.get('confluent_kafka', '?')} (router-stream's client), aiokafka {m['aiokafka']} "
         f"(the raw aiokafka contender), faust-streaming {m['faust_streaming']}, router-stream "
         f"{m['router_stream']}",
+        *_storage_lines(m),
         "",
         "## Workload",
         "",
@@ -352,6 +353,15 @@ def _goal_lines(c: dict[str, dict[str, Any]]) -> list[str]:
             f"{check(half.get('p99_ms'), GOALS['p99_50_ms'])}).")
         lines.append("")  # one paragraph each
     return lines[:-1]
+
+
+def _storage_lines(m: dict[str, Any]) -> list[str]:
+    """The broker's index size and the disks' read-ahead, when the run recorded them (runs
+    before 2026-12-07 did not): together they set what a new partition costs the broker."""
+    settings, read_ahead = m.get("broker_settings") or {}, m.get("read_ahead_kb") or {}
+    parts = [f"broker `{k}` {v}" for k, v in settings.items()]
+    parts += [f"read-ahead of {dev} {kb} KiB" for dev, kb in read_ahead.items()]
+    return [f"- Storage: {'; '.join(parts)} (docs/performance.md)"] if parts else []
 
 
 def _status_lines(result: dict[str, Any]) -> list[str]:

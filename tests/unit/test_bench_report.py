@@ -49,3 +49,12 @@ def test_the_projection_goals_are_reported_with_their_figures() -> None:
     failed = {"status": "failed", "records": 20_000, "reason": "TimeoutError: "}
     assert report.projection_lines({"contenders": [], "projection": failed}) == [
         "Projection drain: failed — TimeoutError: "]
+
+
+def test_the_storage_line_names_the_broker_index_size_and_read_ahead_when_recorded() -> None:
+    machine = {"broker_settings": {"log.index.size.max.bytes": "1048576"},
+               "read_ahead_kb": {"vda": 8192}}
+    assert report._storage_lines(machine) == [
+        "- Storage: broker `log.index.size.max.bytes` 1048576; read-ahead of vda 8192 KiB "
+        "(docs/performance.md)"]
+    assert report._storage_lines({"kafka": "4.1.1"}) == []  # a run from before they were kept
