@@ -318,10 +318,9 @@ async def test_a_replay_interrupted_with_sigint_and_run_again_sends_each_entry_o
     env = {**os.environ, "ROUTER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
            "ROUTER_DATABASE_URL": settings.database_url.get_secret_value(),
            "ROUTER_TOPIC_PREFIX": settings.topic_prefix, "PYTHONPATH": os.getcwd()}
-    # --rate 500: three windows of 500 entries a second. The first marks become visible after
-    # the first window; the SIGINT then has two windows (~2 s) to land in, not the last one.
+    # --rate 1000: windows of 1000 entries a second, so SIGINT lands with entries in flight
     argv = [sys.executable, "-m", "router_stream.cli", "dlq", "replay", "--topic", topic,
-            "--rate", "500"]
+            "--rate", "1000"]
     proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)
     async with asyncio.timeout(60):
