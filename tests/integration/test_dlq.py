@@ -321,8 +321,11 @@ async def test_a_replay_interrupted_with_sigint_and_run_again_sends_each_entry_o
     # --rate 1000: windows of 1000 entries a second, so SIGINT lands with entries in flight
     argv = [sys.executable, "-m", "router_stream.cli", "dlq", "replay", "--topic", topic,
             "--rate", "1000"]
-    proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    # As from a terminal: a suite run as a background job of a non-interactive shell (nohup,
+    # `cmd &`) passes SIGINT on ignored, and Python then installs no handler for it.
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     async with asyncio.timeout(60):
         while await db.fetchval("SELECT count(*) FROM dlq_entries WHERE status = 'replayed'"
                                 ) == 0 and proc.returncode is None:
