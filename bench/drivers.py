@@ -70,7 +70,7 @@ class Shared:
 # to share the process with, and a per-record cost well below the contenders'.
 
 
-def _quiet() -> dict[str, object]:
+def quiet() -> dict[str, object]:
     """librdkafka settings that keep its connection chatter out of the run's output (the
     harness reports what matters)."""
     return {"log_level": 2}
@@ -86,7 +86,7 @@ def produce_all(bootstrap: str,
 
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 20,
                          "batch.size": 1024 * 1024, "partitioner": "murmur2_random",
-                         "client.id": "bench-feed", **_quiet()})
+                         "client.id": "bench-feed", **quiet()})
     failed: list[Any] = []
 
     def delivered(err: Any, _msg: Any) -> None:
@@ -118,7 +118,7 @@ def run_generator(shared: Shared, bootstrap: str, signals_topic: str, health_top
     wl = Workload(WorkloadSpec(seed=seed))
     prefix = id_prefix.encode()
     producer = Producer({"bootstrap.servers": bootstrap, "acks": 1, "linger.ms": 1,
-                         "batch.size": 256 * 1024, "client.id": "bench-loadgen", **_quiet()})
+                         "batch.size": 256 * 1024, "client.id": "bench-loadgen", **quiet()})
 
     def send(topic: str, value: bytes, key: bytes) -> None:
         while True:
@@ -249,7 +249,7 @@ def _read_topic(tally: _Tally, bootstrap: str, topic: str) -> None:
                          "enable.auto.commit": False,
                          "fetch.wait.max.ms": MEASURER_FETCH_WAIT_MS,
                          "isolation.level": "read_committed",  # router_eos: committed batches
-                         "client.id": "bench-measurer", **_quiet()})
+                         "client.id": "bench-measurer", **quiet()})
     shared = tally.shared
     try:
         listed = consumer.list_topics(topic, 30.0).topics

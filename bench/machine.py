@@ -48,8 +48,10 @@ def broker_settings(bootstrap: str) -> dict[str, str]:
     """:data:`BROKER_SETTINGS` as the broker reports them (empty when it cannot be asked)."""
     from confluent_kafka.admin import AdminClient, ConfigResource
 
+    from bench.drivers import quiet
+
     with contextlib.suppress(Exception):
-        admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+        admin = AdminClient({"bootstrap.servers": bootstrap, **quiet()})
         broker_id = next(iter(admin.list_topics(timeout=10).brokers))
         resource = ConfigResource(ConfigResource.Type.BROKER, str(broker_id))
         entries = admin.describe_configs([resource])[resource].result(timeout=10)
