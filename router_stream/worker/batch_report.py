@@ -26,14 +26,11 @@ def observe(metrics: WorkerMetrics, batch: Batch, elapsed: float) -> None:
     kinds = Counter(d.kind for d in result.decisions)
     for kind, n in kinds.items():
         m.signals_received.labels(kind).inc(n)
-        hist = m.latency.labels(kind)
-        for _ in range(n):
-            hist.observe(elapsed)
+        m.latency.labels(kind).observe(elapsed, n)
     undecided = len(records) - len(result.decisions)
     if undecided:
         m.signals_received.labels("unknown").inc(undecided)
-    for d in result.decisions:
-        m.confidence.observe(d.confidence)
+    m.confidence.observe_each([d.confidence for d in result.decisions])
     for q in result.dlq:
         m.dlq.labels(q.entry.reason.value).inc()
     if result.retries:

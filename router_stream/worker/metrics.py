@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Callable, Iterable, Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import cast
 
 from prometheus_client import (
@@ -39,6 +40,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString as _untyped_go_float
 
 LATENCY_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0)
@@ -103,6 +105,78 @@ class _StateCollector:
                                key=lambda kv: -BREAKER_STATE_VALUE.get(kv[1], 0))
 
 
+class _Buckets:
+    """One label set's counts: per bucket (not cumulative; the last is +Inf) and the sum."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float, count: int = 1) -> None:
+        """``count`` observations of ``value`` (``le`` buckets: a value equal to a bound
+        counts in that bound's bucket; NaN in +Inf's, as no bound is ≥ it)."""
+        self.counts[bisect_left(self.bounds, value) if value == value else -1] += count
+        self.total += value * count
+
+    def observe_each(self, values: Iterable[float]) -> None:
+        bounds, counts = self.bounds, self.counts
+        total = 0.0
+        for value in values:
+            counts[bisect_left(bounds, value) if value == value else -1] += 1
+            total += value
+        self.total += total
+
+
+class BatchHistogram:
+    """A Prometheus histogram fed a batch at a time, on the event loop only.
+
+    prometheus_client's ``Histogram.observe`` takes one observation per call behind a lock
+    (~1.4 µs here); the worker observes two per signal (its latency and its decision's
+    confidence), 4 % of its CPU while draining a backlog. Here one call adds a batch's
+    observations of a kind, and the counts are plain integers read by :meth:`collect` at a
+    scrape (under the GIL: each list read is whole, as prometheus_client's per-bucket values
+    are)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...] = (),
+                 *, buckets: tuple[float, ...], registry: CollectorRegistry) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = labelnames
+        self._bounds = tuple(sorted(buckets))
+        self._children: dict[tuple[str, ...], _Buckets] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> _Buckets:
+        if len(values) != len(self._labelnames):
+            raise ValueError(f"{self._name} takes labels {self._labelnames}, got {values}")
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = _Buckets(self._bounds)
+        return child
+
+    def observe(self, value: float, count: int = 1) -> None:
+        self.labels().observe(value, count)
+
+    def observe_each(self, values: Iterable[float]) -> None:
+        self.labels().observe_each(values)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._documentation,
+                                       labels=list(self._labelnames))
+        bounds = [*(_go_float(b) for b in self._bounds), "+Inf"]
+        for values, child in list(self._children.items()):
+            counts, running = list(child.counts), 0
+            cumulative = []
+            for bound, n in zip(bounds, counts, strict=True):
+                running += n
+                cumulative.append((bound, float(running)))
+            family.add_metric(list(values), cumulative, child.total)
+        yield family
+
+
 def _label(value: str) -> str:
     """A label value escaped as the exposition format wants (backslash, quote, newline)."""
     if "\\" in value or '"' in value or "\n" in value:
@@ -120,8 +194,8 @@ class WorkerMetrics:
         self.signals_received = Counter(
             "signals_received", "Signals consumed, by kind ('unknown' when not decided)",
             ["kind"], registry=r)
-        self.latency = Histogram(
-            "router_latency_seconds", "Fetch to offset commit, per signal", ["kind"],
+        self.latency = BatchHistogram(
+            "router_latency_seconds", "Fetch to offset commit, per signal", ("kind",),
             buckets=LATENCY_BUCKETS, registry=r)
         self.routing_errors = Counter(
             "routing_errors", "Failed produce attempts to routed.<destination>",
@@ -130,7 +204,7 @@ class WorkerMetrics:
         self.retry_attempts = Counter(
             "retry_attempts", "Signals parked on router.retry for another attempt", registry=r)
         self._state = _StateCollector(per_id_limit)  # trust_score, breaker_state
-        self.confidence = Histogram(
+        self.confidence = BatchHistogram(
             "decision_confidence", "Confidence of routing decisions",
             buckets=CONFIDENCE_BUCKETS, registry=r)
         self.consumer_lag = Gauge(

@@ -218,6 +218,39 @@ def test_metrics_use_the_spec_names() -> None:
         assert name in body, name
 
 
+def test_batch_histograms_count_like_one_observation_at_a_time() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from router_stream.worker.metrics import BatchHistogram
+
+    bounds = (0.001, 0.01, 0.1)
+    values = [0.0005, 0.001, 0.001, 0.002, 0.01, 0.05, 0.1, 0.2, 3.0]
+    theirs_registry, ours_registry = CollectorRegistry(), CollectorRegistry()
+    theirs = Histogram("h", "h", ["kind"], buckets=bounds, registry=theirs_registry)
+    ours = BatchHistogram("h", "h", ("kind",), buckets=bounds, registry=ours_registry)
+    for v in values:
+        theirs.labels("a").observe(v)
+    ours.labels("a").observe_each(values[:4])
+    ours.labels("a").observe(values[4])
+    for v in values[5:]:
+        ours.labels("a").observe(v, 1)
+    theirs.labels("b").observe(0.05)
+    theirs.labels("b").observe(0.05)
+    ours.labels("b").observe(0.05, 2)
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, str, str], float]:
+        return {(s.name, s.labels.get("kind", ""), s.labels.get("le", "")): s.value
+                for family in registry.collect() for s in family.samples
+                if not s.name.endswith("_created")}
+
+    assert samples(ours_registry) == pytest.approx(samples(theirs_registry))
+    nan = BatchHistogram("n", "n", buckets=bounds, registry=CollectorRegistry())
+    nan.observe_each([float("nan")])
+    assert nan.labels().counts == [0, 0, 0, 1]  # no bound is >= NaN: only +Inf counts it
+    with pytest.raises(ValueError, match="takes labels"):
+        ours.labels()
+
+
 # --- stop(): background tasks end even when a cancellation is lost -------------------------------
 
 
