@@ -8,6 +8,7 @@ end up in logs, reprs or ``--help`` output by accident.
 from __future__ import annotations
 
 import os
+import socket
 from functools import cached_property
 from typing import Any, Literal
 
@@ -116,6 +117,14 @@ class Settings(BaseSettings):
         "transaction, no duplicates for read_committed consumers (docs/worker.md, "
         "\"Exactly-once mode\"); needs a worker_id (or host name) stable across restarts and "
         "unique among live workers")
+    static_membership: bool = Field(
+        False,
+        description="the signal consumer joins as a static member (group.instance.id "
+        "<group_id>.<worker_id or host name>): a worker restarted under the same worker_id "
+        "within the session timeout (6 s) gets its partitions back without a rebalance, but a "
+        "stopped one holds them until that timeout. For StatefulSets, whose pod names survive "
+        "restarts; worker_id must be unique among live workers (docs/worker.md, \"Static "
+        "membership\")")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     worker_id: str | None = Field(
         None, min_length=1, max_length=200,
@@ -209,6 +218,13 @@ class Settings(BaseSettings):
 
     def routed_topic(self, destination: str) -> str:
         return self.topic(f"{ROUTED_PREFIX}{destination}")
+
+    @property
+    def member_name(self) -> str:
+        """``<group_id>.<worker_id or host name>``: this worker's identity across restarts, as
+        Kafka knows it (exactly_once's transactional.id, static membership's
+        group.instance.id), so it must be unique among live workers."""
+        return f"{self.group_id}.{self.worker_id or socket.gethostname()}"
 
     @cached_property
     def librdkafka_config(self) -> dict[str, str]:

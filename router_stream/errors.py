@@ -18,6 +18,7 @@ Hierarchy::
     ├── CannotListen                 the worker's HTTP port cannot be bound: exit code 2
     ├── ProducerFailed               a producer failed for good (KafkaError.fatal()): exit code 2
     │   └── ProducerFenced           exactly_once: another worker holds the transactional.id
+    ├── ConsumerFailed               the signal consumer failed for good (fenced): exit code 2
     ├── TransientError               retriable=True: CLI exit code 2, worker retries
     │   ├── BrokerUnavailable
     │   ├── DatabaseUnavailable
@@ -46,6 +47,7 @@ __all__ = [
     "BrokerUnavailable",
     "CannotListen",
     "ConfigError",
+    "ConsumerFailed",
     "DatabaseUnavailable",
     "Duplicate",
     "Expired",
@@ -140,6 +142,12 @@ class ProducerFailed(RouterError):
 class ProducerFenced(ProducerFailed):
     """exactly_once: the worker's transactional producer was fenced (a newer instance took its
     transactional.id) or failed fatally; the worker stops without committing (exit code 2)."""
+
+
+class ConsumerFailed(RouterError):
+    """The signal consumer failed for good (librdkafka's ``_FATAL``: with static membership,
+    another live worker joined under the same ``group.instance.id`` and fenced this one): it
+    can consume nothing more, so the worker stops (exit code 2) rather than idle in the group."""
 
 
 # --- the world's fault, expected to pass -----------------------------------------------------

@@ -97,12 +97,17 @@ choice against static membership alone and KIP-848: docs/architecture.md, "Kafka
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
     """The signal consumer's own librdkafka settings (the connection's come from
-    ``Settings.librdkafka_config``). A dynamic member of the classic group protocol: it leaves
-    the group when it stops, so a drained worker's partitions move at once."""
+    ``Settings.librdkafka_config``). A member of the classic group protocol; by default a
+    dynamic one, which leaves the group when it stops, so a drained worker's partitions move
+    at once. With ``static_membership`` it is a static member (``group.instance.id``): it does
+    not leave when it stops, and rejoining under the same id within the session timeout gets
+    its partitions back without a rebalance."""
     conf: dict[str, Any] = {
         "group.id": settings.group_id, "auto.offset.reset": "earliest",
         "client.id": "router-stream-worker", "max.poll.interval.ms": 300_000,
         "session.timeout.ms": SESSION_TIMEOUT_MS, "heartbeat.interval.ms": 2_000}
+    if settings.static_membership:
+        conf["group.instance.id"] = settings.member_name
     if exactly_once(settings):  # router.retry is written in transactions: only committed ones
         conf["isolation.level"] = "read_committed"
     return conf

@@ -58,7 +58,7 @@ from router_stream.adapters.kafka_failures import (
 )
 from router_stream.adapters.kafka_io import ConsumedRecord
 from router_stream.config import Settings
-from router_stream.errors import BrokerUnavailable
+from router_stream.errors import BrokerUnavailable, ConsumerFailed
 
 log = logging.getLogger("router_stream.worker")
 
@@ -137,6 +137,10 @@ def _take(consumer: Consumer, max_records: int, timeout_s: float) -> list[Consum
         error = m.error()
         if error is None:
             out.append(_record(m))
+        elif error.code() == KafkaError._FATAL:
+            # "Fatal error: <why>: Fatal consumer error: <why>": <why> once
+            reason = error.str().split(": Fatal consumer error: ")[0]
+            raise ConsumerFailed(reason.removeprefix("Fatal error: "))  # nothing more to poll
         elif error.code() != KafkaError._PARTITION_EOF:
             log.warning("consumer error", extra={"error": str(error)})
     return out
@@ -163,6 +167,7 @@ class SignalConsumer:
         self._reader_thread = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="router-offsets")
         self._group = str(conf["group.id"])
+        self._instance = str(conf.get("group.instance.id", ""))  # static membership
         self._consumer = Consumer({**settings.librdkafka_config, **conf,
                                    **self._errors.config(), "enable.auto.commit": False,
                                    "enable.auto.offset.store": False,
@@ -262,7 +267,12 @@ class SignalConsumer:
             if self._unsent and self._out is None:
                 self._send_unsent()  # the interval may have passed since a commit was held
             return taken
-        taken: list[ConsumedRecord] = await self._call(take_then_commit)
+        try:
+            taken: list[ConsumedRecord] = await self._call(take_then_commit)
+        except ConsumerFailed as exc:
+            instance = self._instance and f" (group.instance.id {self._instance!r})"
+            raise ConsumerFailed(f"the signals consumer failed for good{instance}: {exc}; "
+                                 "stopping") from None
         return taken
 
     def assignment(self) -> set[Partition]:

@@ -36,7 +36,6 @@ not by the id.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -74,7 +73,7 @@ REFUSAL_ROUNDS = 3
 
 def transactional_id(settings: Settings) -> str:
     """``<group_id>.<worker_id or hostname>``: see the module docstring."""
-    return f"{settings.group_id}.{settings.worker_id or socket.gethostname()}"
+    return settings.member_name
 
 
 class TransactionalOutputs:

@@ -197,6 +197,17 @@ async def test_a_restarted_supervisor_gives_its_children_their_predecessors_ids(
         f"g.{host}-1", f"g.{host}-2"]
 
 
+def test_static_membership_names_the_member_as_the_transactional_id_does():
+    from router_stream.worker.hotpath import consumer_config
+
+    dynamic = Settings(group_id="g", worker_id="pod-1")
+    static = Settings(group_id="g", worker_id="pod-1", static_membership=True)
+    assert "group.instance.id" not in consumer_config(dynamic)
+    assert consumer_config(static)["group.instance.id"] == transactional_id(static) == "g.pod-1"
+    unnamed = Settings(group_id="g", static_membership=True)
+    assert consumer_config(unnamed)["group.instance.id"] == f"g.{socket.gethostname()}"
+
+
 async def test_a_child_crashing_in_a_loop_is_given_up_and_the_supervisor_exits_2(caplog):
     policy = RestartPolicy(max_restarts=2, window_s=60, first_delay_s=0.01)
     supervisor = Supervisor(Settings(http_port=0), 1, policy=policy,
