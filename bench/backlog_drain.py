@@ -39,7 +39,7 @@ from bench.contenders import (
     RouterStream,
     _router_stream_exe,
 )
-from bench.drivers import produce_all
+from bench.drivers import produce_all, quiet
 from bench.workload import Workload
 
 
@@ -54,10 +54,9 @@ _COORDINATOR_NOT_READY = frozenset({
     KafkaError.NOT_COORDINATOR})
 
 
-async def _committed(bootstrap: str, group: str, topic: str) -> int:
+async def _committed(admin: AdminClient, group: str, topic: str) -> int:
     """Offsets the group has committed on ``topic``; 0 while the group's coordinator is not
     ready (still loading its offsets after the broker started, or moving)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
     [future] = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(
         group, [TopicPartition(topic, p) for p in range(PARTITIONS)])]).values()
     try:
@@ -85,6 +84,9 @@ async def drain(c: Contender, n: int, database_url: str, env: dict[str, str],
     await c.prepare(database_url)
     try:
         await _produce_backlog(c.bootstrap, c.signals_topic, n)
+        # one client for the whole drain: a new one per poll connected and fetched metadata
+        # five times a second on the machine being measured
+        admin = AdminClient({"bootstrap.servers": c.bootstrap, **quiet()})
         proc = subprocess.Popen(c.command(), env={**c.env(), **env}, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         try:
@@ -92,7 +94,7 @@ async def drain(c: Contender, n: int, database_url: str, env: dict[str, str],
             first: tuple[float, int] | None = None
             done = 0
             while time.monotonic() - started < timeout_s:
-                done = await _committed(c.bootstrap, _group(c), c.signals_topic)
+                done = await _committed(admin, _group(c), c.signals_topic)
                 if done and first is None:
                     first = (time.monotonic(), done)
                 if done >= n:

@@ -59,6 +59,23 @@ def broker_settings(bootstrap: str) -> dict[str, str]:
     return {}
 
 
+def broker_load(bootstrap: str) -> dict[str, int]:
+    """How many topics and partitions the broker holds before the run creates its own (empty
+    when it cannot be asked): idle partitions left by other runs cost the broker CPU under load
+    (docs/performance.md, 2026-12-07 10:10)."""
+    from confluent_kafka.admin import AdminClient
+
+    from bench.drivers import quiet
+
+    with contextlib.suppress(Exception):
+        topics = AdminClient({"bootstrap.servers": bootstrap, **quiet()}).list_topics(
+            timeout=10).topics
+        return {"topics": len(topics),
+                "partitions": sum(len(t.partitions) for t in topics.values()),
+                "bench_topics": sum(name.startswith("bench-") for name in topics)}
+    return {}
+
+
 def read_ahead_kb() -> dict[str, int]:
     """Each disk's read-ahead: on a first access, the kernel reads a memory-mapped file (Kafka's
     indexes) this far around the fault."""
@@ -91,6 +108,7 @@ def describe(bootstrap: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "kafka": kafka_version(bootstrap),
         "broker_settings": broker_settings(bootstrap),
+        "broker_at_start": broker_load(bootstrap),
         "read_ahead_kb": read_ahead_kb(),
         "aiokafka": _version("aiokafka"),
         "confluent_kafka": _version("confluent-kafka"),

@@ -357,11 +357,19 @@ def _goal_lines(c: dict[str, dict[str, Any]]) -> list[str]:
 
 def _storage_lines(m: dict[str, Any]) -> list[str]:
     """The broker's index size and the disks' read-ahead, when the run recorded them (runs
-    before 2026-12-07 did not): together they set what a new partition costs the broker."""
+    before 2026-12-07 did not): together they set what a new partition costs the broker; and
+    the topics and partitions it already held."""
     settings, read_ahead = m.get("broker_settings") or {}, m.get("read_ahead_kb") or {}
     parts = [f"broker `{k}` {v}" for k, v in settings.items()]
     parts += [f"read-ahead of {dev} {kb} KiB" for dev, kb in read_ahead.items()]
-    return [f"- Storage: {'; '.join(parts)} (docs/performance.md)"] if parts else []
+    lines = [f"- Storage: {'; '.join(parts)} (docs/performance.md)"] if parts else []
+    load = m.get("broker_at_start")
+    if load:  # runs before 2026-12-07 10:10 did not record it
+        leftover = (f", {load['bench_topics']} of them left by other bench runs"
+                    if load["bench_topics"] else "")
+        lines.append(f"- Broker at start: {load['topics']:,} topics{leftover}, "
+                     f"{load['partitions']:,} partitions (idle partitions cost it CPU under load)")
+    return lines
 
 
 def _status_lines(result: dict[str, Any]) -> list[str]:

@@ -58,3 +58,10 @@ def test_the_storage_line_names_the_broker_index_size_and_read_ahead_when_record
         "- Storage: broker `log.index.size.max.bytes` 1048576; read-ahead of vda 8192 KiB "
         "(docs/performance.md)"]
     assert report._storage_lines({"kafka": "4.1.1"}) == []  # a run from before they were kept
+    held = {"broker_at_start": {"topics": 514, "partitions": 5724, "bench_topics": 440}}
+    assert report._storage_lines(held) == [
+        "- Broker at start: 514 topics, 440 of them left by other bench runs, 5,724 partitions "
+        "(idle partitions cost it CPU under load)"]
+    clean = {"broker_at_start": {"topics": 3, "partitions": 52, "bench_topics": 0}}
+    assert report._storage_lines(clean) == [
+        "- Broker at start: 3 topics, 52 partitions (idle partitions cost it CPU under load)"]
