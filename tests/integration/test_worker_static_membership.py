@@ -63,6 +63,15 @@ def cli(env: dict[str, str], *args: str) -> None:
     assert done.returncode == 0, (args, done.stderr.decode()[-2000:])
 
 
+def prepared(s: Settings, tmp_path: Path) -> dict[str, str]:
+    """The workers' environment, with the policy written and the topics created."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    env = environment(s, policy)
+    cli(env, "topics", "apply", "--policy", str(policy))
+    return env
+
+
 class Worker:
     """One ``router-stream worker`` process and its JSON log."""
 
@@ -150,10 +159,7 @@ def produce(env: dict[str, str], path: Path, ids: range) -> None:
 
 async def test_a_static_member_restarted_gets_its_partitions_back_without_a_rebalance(
         settings, tmp_path):
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    env = environment(settings, policy)
-    cli(env, "topics", "apply", "--policy", str(policy))
+    env = prepared(settings, tmp_path)
     a = Worker(env, "sts-0", tmp_path / "a.log")
     b = Worker(env, "sts-1", tmp_path / "b.log")
     with running([a, b]):
@@ -180,10 +186,7 @@ async def test_a_static_member_restarted_gets_its_partitions_back_without_a_reba
 
 async def test_a_second_live_worker_under_the_same_id_fences_the_first_which_stops_with_one_line(
         settings, tmp_path):
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    env = environment(settings, policy)
-    cli(env, "topics", "apply", "--policy", str(policy))
+    env = prepared(settings, tmp_path)
     first = Worker(env, "twin", tmp_path / "first.log")
     with running([first]):
         await until("the first member assigned", 90, lambda: signals_partitions(first, settings))
