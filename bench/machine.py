@@ -44,36 +44,28 @@ BROKER_SETTINGS = ("log.index.size.max.bytes",)
 """Broker settings that change the figures on this kind of machine (docs/performance.md)."""
 
 
-def broker_settings(bootstrap: str) -> dict[str, str]:
-    """:data:`BROKER_SETTINGS` as the broker reports them (empty when it cannot be asked)."""
+def broker_facts(bootstrap: str) -> dict[str, Any]:
+    """What the broker says about itself, asked once with one client (each part empty when it
+    cannot be asked): ``broker_settings``, :data:`BROKER_SETTINGS` as it reports them; and
+    ``broker_at_start``, how many topics and partitions it holds before the run creates its
+    own — idle partitions left by other runs cost the broker CPU under load
+    (docs/performance.md, 2026-12-07 10:10)."""
     from confluent_kafka.admin import AdminClient, ConfigResource
 
     from bench.drivers import quiet
 
+    facts: dict[str, Any] = {"broker_settings": {}, "broker_at_start": {}}
     with contextlib.suppress(Exception):
         admin = AdminClient({"bootstrap.servers": bootstrap, **quiet()})
-        broker_id = next(iter(admin.list_topics(timeout=10).brokers))
-        resource = ConfigResource(ConfigResource.Type.BROKER, str(broker_id))
+        metadata = admin.list_topics(timeout=10)
+        topics = metadata.topics
+        facts["broker_at_start"] = {
+            "topics": len(topics), "partitions": sum(len(t.partitions) for t in topics.values()),
+            "bench_topics": sum(name.startswith("bench-") for name in topics)}
+        resource = ConfigResource(ConfigResource.Type.BROKER, str(next(iter(metadata.brokers))))
         entries = admin.describe_configs([resource])[resource].result(timeout=10)
-        return {k: entries[k].value for k in BROKER_SETTINGS if k in entries}
-    return {}
-
-
-def broker_load(bootstrap: str) -> dict[str, int]:
-    """How many topics and partitions the broker holds before the run creates its own (empty
-    when it cannot be asked): idle partitions left by other runs cost the broker CPU under load
-    (docs/performance.md, 2026-12-07 10:10)."""
-    from confluent_kafka.admin import AdminClient
-
-    from bench.drivers import quiet
-
-    with contextlib.suppress(Exception):
-        topics = AdminClient({"bootstrap.servers": bootstrap, **quiet()}).list_topics(
-            timeout=10).topics
-        return {"topics": len(topics),
-                "partitions": sum(len(t.partitions) for t in topics.values()),
-                "bench_topics": sum(name.startswith("bench-") for name in topics)}
-    return {}
+        facts["broker_settings"] = {k: entries[k].value for k in BROKER_SETTINGS if k in entries}
+    return facts
 
 
 def read_ahead_kb() -> dict[str, int]:
@@ -107,8 +99,7 @@ def describe(bootstrap: str) -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "kafka": kafka_version(bootstrap),
-        "broker_settings": broker_settings(bootstrap),
-        "broker_at_start": broker_load(bootstrap),
+        **broker_facts(bootstrap),
         "read_ahead_kb": read_ahead_kb(),
         "aiokafka": _version("aiokafka"),
         "confluent_kafka": _version("confluent-kafka"),
