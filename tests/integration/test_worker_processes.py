@@ -13,8 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import orjson
 import pytest
 
 from router_stream.config import Settings
+from tests.support.processes import until
 
 pytestmark = pytest.mark.integration
 
@@ -74,16 +73,6 @@ def signal_lines(n: int, first: int = 0) -> bytes:
         lines.append(orjson.dumps({"signal_id": f"s-{i}", "sender_id": f"svc-{i % 11}",
                                    "payload": payload}))
     return b"\n".join(lines) + b"\n"
-
-
-async def until(what: str, timeout: float, probe: Callable[[], Awaitable[Any]]) -> Any:
-    """The first truthy result of ``probe``, polled every 100 ms for at most ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := await probe():
-            return result
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def log_lines(log: Path) -> list[dict[str, Any]]:

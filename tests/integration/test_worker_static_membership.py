@@ -9,14 +9,13 @@ that every signal produced after the restart is decided.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import pytest
 from confluent_kafka import Consumer
 
 from router_stream.config import DECISIONS, Settings
+from tests.support.processes import until
 
 pytestmark = pytest.mark.integration
 
@@ -115,18 +115,6 @@ def running(workers: list[Worker]) -> Iterator[list[Worker]]:
     finally:
         for w in workers:
             w.kill()
-
-
-async def until(what: str, timeout: float, probe: Callable[[], Any | Awaitable[Any]]) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = probe()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def signals_partitions(w: Worker, s: Settings) -> set[str]:

@@ -1,11 +1,31 @@
-"""Child processes a test starts in their own session (``start_new_session=True``)."""
+"""Child processes a test starts in their own session (``start_new_session=True``), and
+waiting for what they do."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import os
 import signal
 import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+
+async def until(what: str, timeout: float, probe: Callable[[], Any | Awaitable[Any]]) -> Any:
+    """The first truthy result of ``probe`` (a plain or an async function), polled every
+    100 ms for at most ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = probe()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> str:
