@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -41,6 +42,12 @@ class Settings(BaseSettings):
     # --- Kafka -------------------------------------------------------------------------------
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="host:port[,host:port]")
     topic_prefix: str = Field("", description="prepended to every topic name, e.g. 'prod.'")
+    topics_file: Path | None = Field(
+        None,
+        description="this deployment's topic declarations (a copy of topics/topics.yaml, e.g. "
+        "with other partition counts or retention, per destination too): what `topics apply` "
+        "creates and what the worker verifies at start; unset: the file shipped with "
+        "router-stream")
     group_id: str = "router-stream"
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
         "PLAINTEXT"

@@ -1,4 +1,5 @@
-"""Kafka topics as declared in ``topics/topics.yaml``: load, create, verify, list.
+"""Kafka topics as declared in ``topics/topics.yaml`` (or the deployment's own copy,
+``ROUTER_TOPICS_FILE``): load, create, verify, list.
 
 ``apply_topics`` creates what is missing and verifies what exists; ``verify_topics`` only
 verifies (the worker calls it at start and refuses to run on a problem); ``list_topics`` shows
@@ -50,6 +51,7 @@ __all__ = [
     "TopicSpec",
     "TopicsReport",
     "apply_topics",
+    "configured_declarations",
     "default_topics_file",
     "list_topics",
     "load_declarations",
@@ -86,18 +88,20 @@ class TopicSpec:
 
 @dataclass(frozen=True)
 class TopicDeclarations:
-    """topics.yaml: the fixed topics plus the template for ``routed.<destination>``."""
+    """topics.yaml: the fixed topics, the template for ``routed.<destination>``, and what
+    differs from the template for particular destinations (``routed.destinations``)."""
 
     topics: tuple[TopicSpec, ...]
     routed: TopicSpec
     source: Path
+    destinations: Mapping[str, TopicSpec] = field(default_factory=dict)
 
     def routed_spec(self, destination: str) -> TopicSpec:
         if not _TOPIC_SAFE.match(destination):
             raise UserError(
                 f"destination {destination!r} cannot be a topic name: use [A-Za-z0-9._-]"
             )
-        r = self.routed
+        r = self.destinations.get(destination, self.routed)
         return TopicSpec(f"{ROUTED_PREFIX}{destination}", r.partitions, r.replication_factor,
                          r.configs, r.schema, r.key, r.description)
 
@@ -147,8 +151,45 @@ def load_declarations(path: Path | None = None) -> TopicDeclarations:
     topics = tuple(_spec(name, raw, defaults, source) for name, raw in doc["topics"].items())
     if "routed" not in doc:
         raise UserError(f"{source}: missing the `routed` template")
-    routed = _spec(f"{ROUTED_PREFIX}<destination>", doc["routed"], defaults, source)
-    return TopicDeclarations(topics, routed, source)
+    template = doc["routed"]
+    routed = _spec(f"{ROUTED_PREFIX}<destination>", template, defaults, source)
+    return TopicDeclarations(topics, routed, source,
+                             _per_destination(template, routed, defaults, source))
+
+
+def _per_destination(template: Mapping[str, Any], routed: TopicSpec,
+                     defaults: Mapping[str, Any], source: Path) -> dict[str, TopicSpec]:
+    """``routed.destinations``: per destination, the fields that differ from the template
+    (partitions, replication_factor, configs merged over the template's)."""
+    raw = template.get("destinations") or {}
+    if not isinstance(raw, Mapping):
+        raise UserError(f"{source}: routed.destinations: must be a mapping of destination names")
+    found: dict[str, TopicSpec] = {}
+    for name, differs in raw.items():
+        where = f"{ROUTED_PREFIX}{name}"
+        if not isinstance(name, str) or not _TOPIC_SAFE.match(name):
+            raise UserError(f"{source}: routed.destinations: {name!r} cannot be a topic name: "
+                            "use [A-Za-z0-9._-]")
+        if not isinstance(differs, Mapping):
+            raise UserError(f"{source}: topics.{where}: must be a mapping")
+        unknown = sorted(set(differs) - {"partitions", "replication_factor", "configs"})
+        if unknown:
+            raise UserError(f"{source}: topics.{where}: unknown field(s) {', '.join(unknown)} "
+                            "(partitions, replication_factor, configs)")
+        merged = {"partitions": differs.get("partitions", routed.partitions),
+                  "replication_factor": differs.get("replication_factor",
+                                                    routed.replication_factor),
+                  "configs": {**routed.configs, **(differs.get("configs") or {})},
+                  "schema": routed.schema, "key": routed.key,
+                  "description": routed.description}
+        found[name] = _spec(where, merged, defaults, source)
+    return found
+
+
+def configured_declarations(settings: Settings, path: Path | None = None) -> TopicDeclarations:
+    """The declarations every command and the worker use: ``path`` (``topics --file``), else
+    ``ROUTER_TOPICS_FILE``, else the file shipped with router-stream."""
+    return load_declarations(path or settings.topics_file)
 
 
 def policy_destinations(policy_file: Path) -> list[str]:
@@ -204,6 +245,7 @@ class TopicProblem:
 
 @dataclass
 class TopicsReport:
+    source: Path  # the declarations compared with
     created: list[str] = field(default_factory=list)
     verified: list[str] = field(default_factory=list)
     problems: list[TopicProblem] = field(default_factory=list)
@@ -223,15 +265,22 @@ class TopicsReport:
 
 
 class TopicMismatch(RouterError):
-    """Topics are missing or differ from topics.yaml; ``problems`` lists every one."""
+    """Topics are missing or differ from their declarations; ``problems`` lists every one."""
 
     def __init__(self, report: TopicsReport) -> None:
         self.report = report
         self.problems = report.problems
+        fixes = []
+        if any(p.what == "missing" for p in report.problems):
+            fixes.append("create the missing ones with `router-stream topics apply --policy FILE`")
+        if any(p.what != "missing" for p in report.problems):
+            fixes.append(f"make the others match {report.source}, or declare them as they are in a "
+                         "topics file of your own (ROUTER_TOPICS_FILE)")
+        self.fix = "; ".join(fixes)
+        """What to do about the problems, in one line."""
         lines = [f"{len(report.problems)} topic problem(s):"]
         lines += [f"  {p}" for p in report.problems]
-        if any(p.what == "missing" for p in report.problems):
-            lines.append("  (create missing topics with `router-stream topics apply`)")
+        lines.append(f"  ({self.fix})")
         super().__init__("\n".join(lines))
 
 
@@ -289,9 +338,9 @@ async def _reconcile(
     create: bool,
     timeout: float,
 ) -> TopicsReport:
-    decl = declarations or load_declarations()
+    decl = declarations or configured_declarations(settings)
     expected = {settings.topic(s.logical): s for s in decl.expected(destinations)}
-    report = TopicsReport()
+    report = TopicsReport(decl.source)
     async with connected_admin(settings, timeout) as admin:
         brokers = len((await admin.metadata()).brokers)
         effective = {name: s.for_cluster(brokers) for name, s in expected.items()}
@@ -358,7 +407,7 @@ async def list_topics(
     A topic is router-stream's when its name without the prefix is declared in topics.yaml or
     is ``routed.<something>``.
     """
-    decl = declarations or load_declarations()
+    decl = declarations or configured_declarations(settings)
     prefix = settings.topic_prefix
     wanted = {settings.topic(s.logical): s.logical for s in decl.expected(destinations)}
     async with connected_admin(settings, timeout) as admin:

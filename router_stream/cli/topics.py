@@ -31,7 +31,8 @@ def _dest_opt(what: str) -> Any:
     )
 _file_opt = click.option(
     "--file", "topics_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None, help="Topic declarations [the topics/topics.yaml shipped with router-stream].",
+    default=None, help="Topic declarations [ROUTER_TOPICS_FILE, else the topics/topics.yaml "
+    "shipped with router-stream].",
 )
 _json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
@@ -85,10 +86,10 @@ def apply(
       router-stream topics apply --policy policy.yaml
       router-stream topics apply -d pagerduty -d slack --json
     """
-    from router_stream.adapters.topics import apply_topics, load_declarations
+    from router_stream.adapters.topics import apply_topics, configured_declarations
 
     settings = _settings()
-    declarations = load_declarations(topics_file)
+    declarations = configured_declarations(settings, topics_file)
     wanted = _destinations(settings, policy_file, destinations)
     report = asyncio.run(apply_topics(settings, wanted, declarations))
     if as_json:
@@ -119,10 +120,10 @@ def list_(
       router-stream topics list
       ROUTER_TOPIC_PREFIX=prod. router-stream topics list --json
     """
-    from router_stream.adapters.topics import list_topics, load_declarations
+    from router_stream.adapters.topics import configured_declarations, list_topics
 
     settings = _settings()
-    declarations = load_declarations(topics_file)
+    declarations = configured_declarations(settings, topics_file)
     wanted = _destinations(settings, policy_file, destinations)
     infos = asyncio.run(list_topics(settings, wanted, declarations))
     if as_json:

@@ -300,18 +300,17 @@ class RouterWorker:
                 return
             except TopicMismatch as exc:
                 problems = "; ".join(str(p) for p in exc.problems)
+                fix = exc.fix
             remaining = deadline - time.monotonic()
             if self._stopping.is_set():
                 raise StartupRefused(f"stopped while waiting for topics: {problems}")
             if remaining <= 0:
-                raise StartupRefused(f"refusing to start: {problems} (create them with "
-                                     "`router-stream topics apply --policy FILE`)")
+                raise StartupRefused(f"refusing to start: {problems} ({fix})")
             delay = min(remaining, 10.0, 0.5 * 2 ** attempt)
             attempt += 1
             log.warning("waiting for topics", extra={
                 "problems": problems, "retry_in_s": round(delay, 1),
-                "gives_up_in_s": round(remaining, 1),
-                "fix": "router-stream topics apply --policy FILE"})
+                "gives_up_in_s": round(remaining, 1), "fix": fix})
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._stopping.wait()

@@ -166,9 +166,10 @@ async def test_unreachable_broker_is_broker_unavailable():
 # --- the CLI ----------------------------------------------------------------------------------
 
 
-def _invoke(settings: Settings, *args: str):
+def _invoke(settings: Settings, *args: str, topics_file: Path | None = None):
     env = {"ROUTER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-           "ROUTER_TOPIC_PREFIX": settings.topic_prefix, "ROUTER_POLICY_FILE": ""}
+           "ROUTER_TOPIC_PREFIX": settings.topic_prefix, "ROUTER_POLICY_FILE": "",
+           "ROUTER_TOPICS_FILE": str(topics_file) if topics_file else None}
     return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
 
 
@@ -205,6 +206,25 @@ async def test_cli_topics_apply_mismatch_exits_2(settings: Settings, admin):
     result = await asyncio.to_thread(_invoke, settings, "topics", "apply")
     assert result.exit_code == 2
     assert f"{settings.topic('outcomes')}: partitions is 1, declared 12" in result.output
+
+
+async def test_cli_topics_follow_router_topics_file(settings: Settings, admin, tmp_path: Path):
+    doc = declared()
+    doc["routed"]["destinations"] = {"sms": {"partitions": 2}}
+    mine = tmp_path / "topics.yaml"
+    mine.write_text(yaml.safe_dump(doc))
+
+    result = await asyncio.to_thread(_invoke, settings, "topics", "apply", "-d", "sms", "-d",
+                                     "email", topics_file=mine)
+    assert result.exit_code == 0, result.output
+    assert (await admin.describe(settings.routed_topic("sms")))["partitions"] == 2
+    assert (await admin.describe(settings.routed_topic("email")))["partitions"] == 12
+
+    # --file names other declarations than the configured ones: the shipped file's 12
+    shipped = await asyncio.to_thread(_invoke, settings, "topics", "apply", "-d", "sms",
+                                      "--file", str(tp.default_topics_file()), topics_file=mine)
+    assert shipped.exit_code == 2
+    assert f"{settings.routed_topic('sms')}: partitions is 2, declared 12" in shipped.output
 
 
 async def test_delete_topics_deletes_named_topics_and_skips_gone_ones(settings: Settings, admin):

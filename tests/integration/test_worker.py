@@ -293,6 +293,39 @@ async def test_refuses_to_start_with_one_clear_line_when_topics_are_missing(sett
     assert len(errors) == 1 and "refusing to start" in errors[0]
 
 
+async def test_a_topics_file_of_its_own_sizes_a_destination_and_the_worker_verifies_it(
+        settings, tmp_path):
+    """ROUTER_TOPICS_FILE: `routed.pager` declared with 1 partition and a shorter retention is
+    created so, and the worker starts against it and routes there; a worker reading the shipped
+    declarations instead refuses, naming the differences and the file they come from."""
+    import yaml
+
+    from router_stream.adapters.topics import default_topics_file
+    from router_stream.worker import StartupRefused
+
+    doc = yaml.safe_load(default_topics_file().read_text())
+    doc["routed"]["destinations"] = {
+        "pager": {"partitions": 1, "configs": {"retention.ms": "3600000"}}}
+    mine = tmp_path / "topics.yaml"
+    mine.write_text(yaml.safe_dump(doc))
+    s = await prepare(settings.model_copy(update={"topics_file": mine}), tmp_path)
+
+    alerts = [(f"k{i}".encode(), signal(i, payload={"severity": "critical"})) for i in range(50)]
+    await produce(s, SIGNALS, alerts)
+    await worker(s).run_until_idle(1.0)
+    routed = await read_all(s, s.routed_topic("pager"))
+    assert len(routed) == 50 and {r.partition for r in routed} == {0}
+
+    shipped = s.model_copy(update={"topics_file": None})
+    with pytest.raises(StartupRefused) as refused:
+        await RouterWorker(shipped).start()
+    pager = s.routed_topic("pager")
+    assert f"{pager}: partitions is 1, declared 12" in str(refused.value)
+    assert f"{pager}: retention.ms is 3600000, declared 604800000" in str(refused.value)
+    assert f"make the others match {default_topics_file()}" in str(refused.value)
+    assert "ROUTER_TOPICS_FILE" in str(refused.value)
+
+
 async def test_waits_not_ready_for_missing_topics_then_starts(settings, tmp_path):
     """With ROUTER_STARTUP_WAIT_S a worker started before the topics exist answers /livez, is
     not ready (``topics`` false) and starts once they are created, instead of exiting."""

@@ -133,15 +133,89 @@ def test_an_invalid_policy_is_a_user_error_with_the_line(tmp_path: Path):
         tp.policy_destinations(policy)
 
 
-def test_mismatch_message_lists_every_problem():
-    report = tp.TopicsReport(problems=[
+def test_mismatch_message_lists_every_problem_and_what_to_do():
+    report = tp.TopicsReport(Path("/etc/router/topics.yaml"), problems=[
         tp.TopicProblem("p.signals", "partitions", "12", "2"),
         tp.TopicProblem("p.outcomes", "missing", "exists", "missing"),
     ])
-    text = str(tp.TopicMismatch(report))
+    mismatch = tp.TopicMismatch(report)
+    text = str(mismatch)
     assert "p.signals: partitions is 2, declared 12" in text
     assert "p.outcomes: missing" in text
-    assert "topics apply" in text
+    assert mismatch.fix == (
+        "create the missing ones with `router-stream topics apply --policy FILE`; make the "
+        "others match /etc/router/topics.yaml, or declare them as they are in a topics file of "
+        "your own (ROUTER_TOPICS_FILE)")
+    assert text.endswith(f"({mismatch.fix})")
+
+
+def test_only_missing_topics_are_only_told_to_be_created():
+    report = tp.TopicsReport(Path("t.yaml"), problems=[
+        tp.TopicProblem("p.outcomes", "missing", "exists", "missing")])
+    assert tp.TopicMismatch(report).fix == (
+        "create the missing ones with `router-stream topics apply --policy FILE`")
+
+
+ROUTED_WITH_DESTINATIONS = """\
+defaults: {replication_factor: 3, configs: {min.insync.replicas: "2"}}
+topics:
+  signals: {partitions: 12, configs: {retention.ms: "1000"}}
+routed:
+  partitions: 12
+  key: same key as the input record
+  configs: {cleanup.policy: delete, retention.ms: "604800000"}
+  destinations:
+    sms: {partitions: 1}
+    metrics-store: {partitions: 24, configs: {retention.ms: "86400000"}}
+"""
+
+
+def test_a_destination_may_differ_from_the_routed_template(tmp_path: Path):
+    path = tmp_path / "topics.yaml"
+    path.write_text(ROUTED_WITH_DESTINATIONS)
+    decl = tp.load_declarations(path)
+
+    sms, metrics, other = (decl.routed_spec(d) for d in ("sms", "metrics-store", "pagerduty"))
+    assert (sms.logical, sms.partitions, sms.replication_factor) == ("routed.sms", 1, 3)
+    assert sms.configs == other.configs == {
+        "min.insync.replicas": "2", "cleanup.policy": "delete", "retention.ms": "604800000"}
+    assert (metrics.partitions, metrics.configs["retention.ms"]) == (24, "86400000")
+    assert metrics.configs["cleanup.policy"] == "delete"  # the template's, where not overridden
+    assert (other.partitions, other.key) == (12, sms.key)
+    assert [t.partitions for t in decl.expected(["sms", "pagerduty"])][-2:] == [12, 1]
+
+
+@pytest.mark.parametrize(
+    ("destinations", "message"),
+    [
+        ("[sms]", "routed.destinations: must be a mapping"),
+        ("{sms: 1}", "topics.routed.sms: must be a mapping"),
+        ("{sms: {partitions: 0}}", "topics.routed.sms.partitions"),
+        ("{sms: {partitons: 1}}", r"topics.routed.sms: unknown field\(s\) partitons"),
+        ("{sms: {configs: {retention.ms: 1}}}", "quote them"),
+        ("{'a/b': {partitions: 1}}", "'a/b' cannot be a topic name"),
+    ],
+)
+def test_a_bad_destination_declaration_names_the_file_and_the_problem(
+        tmp_path: Path, destinations: str, message: str):
+    path = tmp_path / "topics.yaml"
+    path.write_text(f"topics: {{}}\nrouted: {{partitions: 3, destinations: {destinations}}}\n")
+    with pytest.raises(UserError, match=message) as info:
+        tp.load_declarations(path)
+    assert str(path) in str(info.value)
+
+
+def test_the_configured_topics_file_is_used_unless_one_is_named(tmp_path: Path):
+    from router_stream.config import Settings
+
+    mine, named = tmp_path / "mine.yaml", tmp_path / "named.yaml"
+    mine.write_text(ROUTED_WITH_DESTINATIONS)
+    named.write_text("topics: {}\nrouted: {partitions: 2}\n")
+
+    assert tp.configured_declarations(Settings()).source == tp.default_topics_file()
+    configured = Settings(topics_file=mine)  # ROUTER_TOPICS_FILE
+    assert tp.configured_declarations(configured).routed_spec("sms").partitions == 1
+    assert tp.configured_declarations(configured, named).routed_spec("sms").partitions == 2
 
 
 # --- schemas agree with what producers send and the router writes -------------------------------
