@@ -49,6 +49,7 @@ from rich.console import Console
 from bench import stats
 from bench.contenders import BENCH_DIR, PARTITIONS, Contender, RouterStream, io_contenders
 from bench.drivers import Shared, run_generator, run_measurer, spawn_context
+from bench.report import cores_text
 from bench.row_visibility import RowVisibility
 from bench.workload import WorkloadSpec
 
@@ -142,6 +143,29 @@ class ProcessMonitor:
         return max(hwm, self.max_rss)
 
 
+class MachineMonitor:
+    """The whole machine's busy CPU and a local broker's (``machine.local_broker_pid``; None
+    for a remote one), to read a latency window against: on a machine whose cores are busy,
+    waiting for a core is latency."""
+
+    def __init__(self, bootstrap: str) -> None:
+        from bench import machine
+
+        pid = machine.local_broker_pid(bootstrap)
+        self.broker = ProcessMonitor(pid) if pid else None
+        self.cores = psutil.cpu_count() or 1
+
+    def cpu_seconds(self) -> tuple[float, float | None]:
+        """(machine busy, broker) CPU seconds so far."""
+        from bench import machine
+
+        broker = None
+        if self.broker is not None:
+            with contextlib.suppress(psutil.Error):
+                broker = self.broker.cpu_seconds()
+        return machine.busy_cpu_seconds(), broker
+
+
 # --- one contender's session --------------------------------------------------------------------
 
 
@@ -151,10 +175,11 @@ class Session:
     def __init__(self, name: str, shared: Shared, conn: Any,
                  proc: subprocess.Popen[bytes] | None, monitor: ProcessMonitor | None,
                  profile: Profile, deadline: float,
-                 console: Console, status: Any) -> None:
+                 console: Console, status: Any, machine: MachineMonitor | None = None) -> None:
         self.name, self.shared, self.conn, self.proc = name, shared, conn, proc
         self.monitor, self.profile, self.deadline = monitor, profile, deadline
         self.console, self.status = console, status
+        self.machine = machine
         self.rows: RowVisibility | None = None  # decision rows' visibility in Postgres
 
     def lag(self) -> int:
@@ -209,9 +234,14 @@ class Session:
         start = time.time() + settle
         self.shared.set_window(start * 1e6, (start + window) * 1e6)
         self.shared.set_rate(rate)
-        until = time.monotonic() + settle + window
+        settled = time.monotonic() + settle
+        until = settled + window
+        while time.monotonic() < settled:
+            await self.tick(f"latency at {label} ({rate:,.0f}/s)")
+        before = self._cores_sample()
         while time.monotonic() < until:
             await self.tick(f"latency at {label} ({rate:,.0f}/s)")
+        cores = self._cores(before, self._cores_sample())
         drained = await self.drain()
         latencies = await self.take()
         self.shared.set_window(0.0, 0.0)
@@ -226,7 +256,26 @@ class Session:
             visible = await self.rows.latencies(start * 1e6, (start + window) * 1e6)
         return {"label": label, "rate": rate, **summary, "missing": missing, "drained": drained,
                 "cpu_s_per_10k": cpu / out * 1e4 if out and self.monitor else None,
-                "cdf": stats.cdf_points(latencies), "row_visible": visible}
+                "cores": cores, "cdf": stats.cdf_points(latencies), "row_visible": visible}
+
+    def _cores_sample(self) -> tuple[float, float, float | None, float | None]:
+        """(monotonic time, contender CPU-s, machine busy CPU-s, broker CPU-s)."""
+        machine, broker = self.machine.cpu_seconds() if self.machine else (None, None)
+        return time.monotonic(), self.cpu_seconds(), machine, broker
+
+    def _cores(self, a: tuple[float, float, float | None, float | None],
+               b: tuple[float, float, float | None, float | None]) -> dict[str, Any] | None:
+        """Cores in use during a latency window: the whole machine, the broker, the
+        contender (its process tree)."""
+        elapsed = b[0] - a[0]
+        if self.machine is None or elapsed <= 0:
+            return None
+
+        def rate(i: int) -> float | None:
+            x, y = a[i], b[i]
+            return None if x is None or y is None else round((y - x) / elapsed, 3)
+        return {"of": self.machine.cores, "machine": rate(2), "broker": rate(3),
+                "contender": rate(1) if self.monitor else None}
 
     async def take(self) -> list[float]:
         self.conn.send("take")
@@ -310,7 +359,7 @@ async def run_io_contender(c: Contender, profile: Profile, database_url: str, de
                                         start_new_session=True)
             CHILDREN.append(proc)
         session = Session(c.key, shared, parent, proc, ProcessMonitor(proc.pid) if proc else None,
-                          profile, deadline, console, status)
+                          profile, deadline, console, status, MachineMonitor(c.bootstrap))
         if isinstance(c, RouterStream) and c.database_url:
             session.rows = rows = RowVisibility(c.database_url)
             await rows.start()
@@ -406,8 +455,9 @@ def _settle_rate(result: dict[str, Any], rate: float | None, by_generator: bool)
 
 def _lat_line(x: dict[str, Any]) -> str:
     missing = f", {x['missing']} missing" if x["missing"] else ""
+    cores = cores_text(x.get("cores"))
     return (f"p50 {_ms(x['p50_ms'])}, p99 {_ms(x['p99_ms'])}, p99.9 {_ms(x['p999_ms'])} "
-            f"({x['count']:,} samples{missing})")
+            f"({x['count']:,} samples{missing}){f'; {cores}' if cores else ''}")
 
 
 def _row_line(x: dict[str, Any]) -> str:

@@ -68,6 +68,30 @@ def broker_facts(bootstrap: str) -> dict[str, Any]:
     return facts
 
 
+def local_broker_pid(bootstrap: str) -> int | None:
+    """The process listening on the bootstrap's first address when that is this machine's
+    loopback (the local stack's broker), else None: a remote broker's CPU is not ours to read."""
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    if host.strip("[]") not in ("127.0.0.1", "localhost", "::1") or not port.isdigit():
+        return None
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except psutil.Error:
+        return None
+    for c in connections:
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == int(port) and c.pid:
+            return int(c.pid)
+    return None
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine spent busy since boot, every core summed: user, nice,
+    system, irq and softirq (not idle, iowait or the time the hypervisor stole)."""
+    t = psutil.cpu_times()
+    return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0)
+                 + getattr(t, "softirq", 0.0))
+
+
 def read_ahead_kb() -> dict[str, int]:
     """Each disk's read-ahead: on a first access, the kernel reads a memory-mapped file (Kafka's
     indexes) this far around the fault."""

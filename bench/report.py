@@ -42,6 +42,28 @@ def fmt_ms(v: Any) -> str:
     return f"{v:.1f}" if v < 100 else f"{v:,.0f}"
 
 
+def cores_text(cores: dict[str, Any] | None) -> str:
+    """"1.97 of 2 cores busy (broker 1.05, contender 0.60)" for a latency window; "" when the
+    run did not measure it."""
+    if not cores or cores.get("machine") is None:
+        return ""
+    parts = [f"{name} {cores[name]:.2f}" for name in ("broker", "contender")
+             if cores.get(name) is not None]
+    inside = f" ({', '.join(parts)})" if parts else ""
+    return f"{cores['machine']:.2f} of {cores['of']} cores busy{inside}"
+
+
+def cores_lines(result: dict[str, Any]) -> list[str]:
+    """Per contender, the cores in use during its 1k/s latency window."""
+    out = []
+    for c in sorted(result["contenders"], key=lambda c: ORDER.index(c["key"])
+                    if c["key"] in ORDER else 99):
+        text = cores_text(c.get("latency", {}).get("1k", {}).get("cores"))
+        if text:
+            out.append(f"{c['label']}: {text}")
+    return out
+
+
 def by_key(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["key"]: c for c in result["contenders"]}
 
@@ -226,6 +248,7 @@ def render_markdown(result: dict[str, Any], json_path: str, plots: list[str]) ->
         "",
         *[f"- {line}" for line in projection_lines(result)],
         "",
+        *_cores_section(result),
         "Where the time goes and what limits these figures (profiles and a latency breakdown, "
         "measured separately): [performance.md](performance.md).",
         "",
@@ -259,6 +282,17 @@ def render_markdown(result: dict[str, Any], json_path: str, plots: list[str]) ->
         METHOD,
     ]
     return "\n".join(lines) + "\n"
+
+
+def _cores_section(result: dict[str, Any]) -> list[str]:
+    lines = cores_lines(result)
+    if not lines:
+        return []
+    return ["CPU in use during each 1k/s latency window (the whole machine's busy time; the "
+            "broker's when it runs on this machine; the contender's process tree). The rest is "
+            "the generator, the measurer, Postgres and anything else running: on a machine "
+            "whose cores are busy, waiting for one shows as latency.", "",
+            *[f"- {line}" for line in lines], ""]
 
 
 def projection_lines(result: dict[str, Any]) -> list[str]:
@@ -431,6 +465,9 @@ each downstream service reads its own; a 500 ms fetch wait when idle):
   (nearest rank) over one window, after a short settle.
 - **CPU seconds per 10k signals**: user+system CPU of the contender's process (psutil) over the
   highest passing step, per output record. **Peak RSS**: the kernel's high-water mark (VmHWM).
+- **Cores busy** in each latency window: the machine's busy CPU time (user, nice, system, irq,
+  softirq; `psutil.cpu_times`) per second of the window, the broker's (the process listening on
+  the bootstrap port, when it is on this machine) and the contender's process tree.
 - **Bounded**: `--quick` < 2 min, full < 18 min; every wait has a deadline, a watchdog kills the
   children of a run that overstays, and every topic (`bench-<run>.*`) and database is deleted.
 - On a 2-core machine the broker, the contender, the generator and the measuring consumer share

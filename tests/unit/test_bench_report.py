@@ -65,3 +65,20 @@ def test_the_storage_line_names_the_broker_index_size_and_read_ahead_when_record
     clean = {"broker_at_start": {"topics": 3, "partitions": 52, "bench_topics": 0}}
     assert report._storage_lines(clean) == [
         "- Broker at start: 3 topics, 52 partitions (idle partitions cost it CPU under load)"]
+
+
+def test_the_cores_busy_in_a_latency_window_are_reported_per_contender() -> None:
+    busy = {"of": 2, "machine": 1.97, "broker": 1.046, "contender": 0.6}
+    floor = {"key": "floor", "label": "harness floor", "status": "ok",
+             "latency": {"1k": {"cores": {"of": 2, "machine": 0.61, "broker": 0.37, "contender": None}}}}
+    remote = {"key": "raw", "label": "raw", "status": "ok",
+              "latency": {"1k": {"cores": {**busy, "broker": None}}}}
+    old_run = {"key": "faust", "label": "faust", "status": "ok", "latency": {"1k": {}}}
+    router = {"key": "router_nopg", "label": "router", "status": "ok", "latency": {"1k": {
+        "cores": busy}}}
+    result = {"contenders": [router, old_run, remote, floor]}
+    assert report.cores_lines(result) == [
+        "harness floor: 0.61 of 2 cores busy (broker 0.37)",
+        "raw: 1.97 of 2 cores busy (contender 0.60)",
+        "router: 1.97 of 2 cores busy (broker 1.05, contender 0.60)"]
+    assert report.cores_text(None) == "" and report.cores_text({"machine": None}) == ""
