@@ -96,7 +96,9 @@ def rows(result: dict[str, Any]) -> list[list[str]]:
         lat = c.get("latency", {})
         one, half, most = lat.get("1k", {}), lat.get("50%", {}), lat.get("90%", {})
         rate = fmt_rate(c.get("sustainable_rate"))
-        if c.get("limited_by_generator"):
+        if none_held(c):
+            rate = f"< {fmt_rate(min(st['rate'] for st in c['steps']))}"
+        elif c.get("limited_by_generator"):
             rate = f">= {rate} (gen)"
         elif confirmation(c) == "failed":
             rate = f"{rate} (unconfirmed)"
@@ -345,6 +347,12 @@ def confirmation(c: dict[str, Any]) -> str | None:
     return "held" if any(st.get("bounded") for st in tried) else "failed"
 
 
+def none_held(c: dict[str, Any]) -> bool:
+    """Every search step grew a backlog: the sustainable rate lies below the lowest one tried."""
+    return bool(c.get("steps")) and not c.get("sustainable_rate") and not any(
+        st.get("bounded") for st in c["steps"])
+
+
 def _banner(result: dict[str, Any]) -> str:
     if result["mode"] == "quick":
         return ("> **These are `--quick` figures** (2 s search steps, 1.5 s latency windows, "
@@ -354,14 +362,18 @@ def _banner(result: dict[str, Any]) -> str:
                 "confirmation window) is still to be done on a quiet machine; this page is "
                 "regenerated from its JSON.")
     held = [c["label"] for c in result["contenders"] if confirmation(c) == "held"]
+    below = [c["label"] for c in result["contenders"] if none_held(c)]
     other = [c["label"] for c in result["contenders"]
-             if c.get("steps") and confirmation(c) != "held"]
+             if c.get("steps") and confirmation(c) != "held" and not none_held(c)]
     text = "> Full run. "
     if held:
         text += f"Held for the 30 s confirmation window: {'; '.join(held)}. "
     if other:
         text += ("Not confirmed for 30 s (the figure is the last short search step that held, "
                  f"so an upper bound): {'; '.join(other)}. ")
+    if below:
+        text += ("No search step held (the sustainable rate is below the lowest rate tried, "
+                 f"shown as \"< rate\"): {'; '.join(below)}. ")
     return text + ("Figures from one machine; compare ratios, not absolute numbers, across "
                    "machines.")
 

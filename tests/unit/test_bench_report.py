@@ -82,3 +82,15 @@ def test_the_cores_busy_in_a_latency_window_are_reported_per_contender() -> None
         "raw: 1.97 of 2 cores busy (contender 0.60)",
         "router: 1.97 of 2 cores busy (broker 1.05, contender 0.60)"]
     assert report.cores_text(None) == "" and report.cores_text({"machine": None}) == ""
+
+
+def test_a_contender_no_search_step_held_for_shows_the_lowest_rate_tried_as_a_bound() -> None:
+    failing = {"key": "raw_ck", "label": "raw_ck", "status": "ok", "sustainable_rate": None,
+               "latency": {}, "steps": [{"rate": r, "bounded": False} for r in (9000.0, 5271.6)]}
+    result = {"mode": "full", "contenders": [failing, _contender("raw", [True])]}
+    rates = {row[0]: row[1] for row in report.rows(result)}
+    assert rates == {"raw_ck": "< 5,272", "raw": "1,000"}
+    banner = report._banner(result)
+    assert "Not confirmed" not in banner
+    assert 'No search step held (the sustainable rate is below the lowest rate tried, shown as ' \
+           '"< rate"): raw_ck.' in banner
