@@ -46,7 +46,7 @@ from typing import Any
 import psutil
 from rich.console import Console
 
-from bench import stats
+from bench import machine, stats
 from bench.contenders import BENCH_DIR, PARTITIONS, Contender, RouterStream, io_contenders
 from bench.drivers import Shared, run_generator, run_measurer, spawn_context
 from bench.report import cores_text
@@ -149,16 +149,12 @@ class MachineMonitor:
     waiting for a core is latency."""
 
     def __init__(self, bootstrap: str) -> None:
-        from bench import machine
-
         pid = machine.local_broker_pid(bootstrap)
         self.broker = ProcessMonitor(pid) if pid else None
         self.cores = psutil.cpu_count() or 1
 
     def cpu_seconds(self) -> tuple[float, float | None]:
         """(machine busy, broker) CPU seconds so far."""
-        from bench import machine
-
         broker = None
         if self.broker is not None:
             with contextlib.suppress(psutil.Error):
@@ -260,8 +256,8 @@ class Session:
 
     def _cores_sample(self) -> tuple[float, float, float | None, float | None]:
         """(monotonic time, contender CPU-s, machine busy CPU-s, broker CPU-s)."""
-        machine, broker = self.machine.cpu_seconds() if self.machine else (None, None)
-        return time.monotonic(), self.cpu_seconds(), machine, broker
+        busy, broker = self.machine.cpu_seconds() if self.machine else (None, None)
+        return time.monotonic(), self.cpu_seconds(), busy, broker
 
     def _cores(self, a: tuple[float, float, float | None, float | None],
                b: tuple[float, float, float | None, float | None]) -> dict[str, Any] | None:
@@ -586,8 +582,6 @@ def mixed_rate(per_kind: dict[str, float], spec: WorkloadSpec) -> float:
 
 async def run_bench(profile: Profile, bootstrap: str, database_url: str, out_dir: Path,
                     console: Console, only: tuple[str, ...] = ()) -> dict[str, Any]:
-    from bench import machine
-
     run_id = secrets.token_hex(3)
     started = time.monotonic()
     deadline = started + profile.budget_s - 10  # leave time to clean up and write the report
