@@ -41,6 +41,8 @@ def test_bench_quick_runs_every_contender_and_prints_its_figures(servers, tmp_pa
     for key, contender in by_key.items():
         assert contender["status"] in ("ok", "partial"), (key, contender.get("reason"))
     assert by_key["floor"]["latency"]["1k"]["count"] > 0, by_key["floor"]
+    cores = by_key["floor"]["latency"]["1k"]["cores"]  # the machine's busy CPU in the window
+    assert 0 < cores["machine"] <= cores["of"] + 0.5, cores
     # Every I/O contender got the workload through: its output flowed (records of the generator
     # arrived on its output topics). How far each got within the quick budget depends on the
     # machine's load, so later phases (latency windows, the rate search) are printed, not required.
