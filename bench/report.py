@@ -42,6 +42,12 @@ def fmt_ms(v: Any) -> str:
     return f"{v:.1f}" if v < 100 else f"{v:,.0f}"
 
 
+def ordered(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's contenders in the table's order (:data:`ORDER`; unknown keys last)."""
+    return sorted(result["contenders"], key=lambda c: ORDER.index(c["key"])
+                  if c["key"] in ORDER else len(ORDER))
+
+
 def cores_text(cores: dict[str, Any] | None) -> str:
     """"1.97 of 2 cores busy (broker 1.05, contender 0.60)" for a latency window; "" when the
     run did not measure it."""
@@ -56,8 +62,7 @@ def cores_text(cores: dict[str, Any] | None) -> str:
 def cores_lines(result: dict[str, Any]) -> list[str]:
     """Per contender, the cores in use during its 1k/s latency window."""
     out = []
-    for c in sorted(result["contenders"], key=lambda c: ORDER.index(c["key"])
-                    if c["key"] in ORDER else 99):
+    for c in ordered(result):
         text = cores_text(c.get("latency", {}).get("1k", {}).get("cores"))
         if text:
             out.append(f"{c['label']}: {text}")
@@ -87,8 +92,7 @@ def ratios(result: dict[str, Any]) -> dict[str, float | None]:
 def rows(result: dict[str, Any]) -> list[list[str]]:
     """One row per contender: the figures the issue asks for."""
     out = []
-    contenders = sorted(result["contenders"], key=lambda c: ORDER.index(c["key"])
-                        if c["key"] in ORDER else 99)
+    contenders = ordered(result)
     for c in contenders:
         if c["status"] == "blocked" or (c["status"] == "failed" and "steps" not in c):
             out.append([c["label"], c["status"].upper(), *["-"] * 8])
