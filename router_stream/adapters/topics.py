@@ -153,12 +153,11 @@ def load_declarations(path: Path | None = None) -> TopicDeclarations:
         raise UserError(f"{source}: missing the `routed` template")
     template = doc["routed"]
     routed = _spec(f"{ROUTED_PREFIX}<destination>", template, defaults, source)
-    return TopicDeclarations(topics, routed, source,
-                             _per_destination(template, routed, defaults, source))
+    return TopicDeclarations(topics, routed, source, _per_destination(template, defaults, source))
 
 
-def _per_destination(template: Mapping[str, Any], routed: TopicSpec,
-                     defaults: Mapping[str, Any], source: Path) -> dict[str, TopicSpec]:
+def _per_destination(template: Mapping[str, Any], defaults: Mapping[str, Any],
+                     source: Path) -> dict[str, TopicSpec]:
     """``routed.destinations``: per destination, the fields that differ from the template
     (partitions, replication_factor, configs merged over the template's)."""
     raw = template.get("destinations") or {}
@@ -176,13 +175,8 @@ def _per_destination(template: Mapping[str, Any], routed: TopicSpec,
         if unknown:
             raise UserError(f"{source}: topics.{where}: unknown field(s) {', '.join(unknown)} "
                             "(partitions, replication_factor, configs)")
-        merged = {"partitions": differs.get("partitions", routed.partitions),
-                  "replication_factor": differs.get("replication_factor",
-                                                    routed.replication_factor),
-                  "configs": {**routed.configs, **(differs.get("configs") or {})},
-                  "schema": routed.schema, "key": routed.key,
-                  "description": routed.description}
-        found[name] = _spec(where, merged, defaults, source)
+        configs = {**(template.get("configs") or {}), **(differs.get("configs") or {})}
+        found[name] = _spec(where, {**template, **differs, "configs": configs}, defaults, source)
     return found
 
 
