@@ -208,6 +208,16 @@ def test_compose_shape() -> None:
     assert "router-stream topics apply --policy /etc/router-stream/policy.yaml" in init_cmd
 
 
+def test_compose_persist_health_probes_the_projection_port() -> None:
+    """The image's HEALTHCHECK asks ROUTER_HTTP_PORT (the worker's); `persist` listens on
+    ROUTER_PROJECTION_HTTP_PORT, so its own healthcheck must ask that one, or Docker marks a
+    running projection unhealthy."""
+    persist = compose_doc()["services"]["persist"]
+    probe = " ".join(persist["healthcheck"]["test"])
+    assert "ROUTER_PROJECTION_HTTP_PORT" in probe and "/livez" in probe
+    assert "6067" in [str(p) for p in persist["expose"]]
+
+
 def _compose_schema() -> Path:
     """The Compose specification's JSON Schema: COMPOSE_SPEC_SCHEMA, else the copy that
     check-jsonschema (a dev dependency) vendors."""
