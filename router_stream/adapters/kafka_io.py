@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from typing import Any
 from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
+    TIMESTAMP_CREATE_TIME,
+    TIMESTAMP_LOG_APPEND_TIME,
     Consumer,
     KafkaError,
     KafkaException,
@@ -76,6 +79,9 @@ class ConsumedRecord:
     value: bytes | None
     timestamp: int
     headers: list[tuple[str, bytes]]  # a null header value arrives as None despite the hint
+    timestamp_type: int = -1  # as the Kafka protocol numbers it: 0 CreateTime, 1 LogAppendTime
+    unreadable_headers: str | None = None
+    """Why the record's headers could not be read (then ``headers`` is empty), or None."""
 
 
 class RateLimiter:
@@ -195,11 +201,40 @@ async def _acked_only(acked: asyncio.Future[tuple[int, int]]) -> None:
     await acked
 
 
+_TIMESTAMP_TYPES = {TIMESTAMP_CREATE_TIME: 0, TIMESTAMP_LOG_APPEND_TIME: 1}
+"""confluent-kafka's timestamp types as the Kafka protocol (and ``ConsumedRecord``) number them."""
+
+
 def consumed_record(msg: Message) -> ConsumedRecord:
     """A librdkafka message (one without an error) as a :class:`ConsumedRecord`."""
-    headers: Any = msg.headers() or []  # a list of (str, bytes | None) pairs as read
+    headers, unreadable = message_headers(msg)
+    kind, ts = msg.timestamp()
     return ConsumedRecord(str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0),
-                          msg.key(), msg.value(), msg.timestamp()[1], list(headers))
+                          msg.key(), msg.value(), ts, headers, _TIMESTAMP_TYPES.get(kind, -1),
+                          unreadable)
+
+
+_read_headers = operator.methodcaller("headers")
+"""``msg.headers()`` through the generic call protocol, which checks the result: confluent-kafka
+returns a header list with the decode error of a name after the first still set, and Python
+3.11's specialised method call does not check for that, so the error would surface at some
+later call."""
+
+
+def message_headers(msg: Message) -> tuple[Any, str | None]:
+    """A message's headers as a list of (str, bytes | None) pairs, or none and why they cannot
+    be read. confluent-kafka decodes every header name as UTF-8 and fails on one that is not,
+    which any producer but a Python one can write; the record's key and value stay readable.
+    A name after the first fails as a ``SystemError`` caused by the decode error. Asked once
+    per message: after the error the message holds no headers or a part-built list."""
+    try:
+        return list(_read_headers(msg) or ()), None
+    except (UnicodeDecodeError, SystemError) as exc:
+        cause = exc if isinstance(exc, UnicodeDecodeError) else exc.__cause__
+        if not isinstance(cause, UnicodeDecodeError):
+            raise
+        return [], (f"a header name is not UTF-8 ({cause.reason} at byte {cause.start}): the "
+                    "record's headers cannot be read")
 
 
 def _first_then_ready(consumer: Consumer, max_records: int, timeout_s: float) -> list[Message]:

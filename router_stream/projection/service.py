@@ -33,7 +33,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from router_stream import tracing
 from router_stream.adapters import postgres as pg
 from router_stream.adapters.kafka_failures import RdkafkaLog, commit_rebalanced, rdkafka_error
-from router_stream.adapters.kafka_io import consumed_record, fetch_messages
+from router_stream.adapters.kafka_io import consumed_record, fetch_messages, message_headers
 from router_stream.adapters.postgres.rows import decode_decision, dlq_row_from_record
 from router_stream.adapters.rdkafka import (
     ClientThread,
@@ -319,7 +319,7 @@ class Projection:
             ts = msg.timestamp()[1]
             fetched.count(topic, partition, offset, ts)
             if traced:
-                fetched.traced.append((msg.headers(), {"messaging.source.name": topic}))
+                fetched.traced.append((message_headers(msg)[0], {"messaging.source.name": topic}))
             kind = self._topics.get(topic)
             at = f"{topic}/{partition}/{offset}"
             try:

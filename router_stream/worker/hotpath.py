@@ -165,7 +165,7 @@ class SignalLoop:
             engine, self._sink, committer, depth=batches,
             max_records=pipeline_depth * settings.batch_max, retry=self._retry, on_step=on_step,
             on_committed=self._committed, on_drained=self._resume_after_retry,
-            on_undecided=self._dead_letter_poison)
+            on_undecided=self._dead_letter_undecided)
 
     async def start(self) -> None:
         """Start the producer, then join the group (BrokerUnavailable: why, in one line)."""
@@ -243,9 +243,12 @@ class SignalLoop:
             decide, poison = await guard.screen(consumer, records)
             if guard.careful:
                 await self._pipeline.wait_in_flight()
+            unreadable = [r for r in decide if r.unreadable_headers is not None]
+            if unreadable:
+                decide = [r for r in decide if r.unreadable_headers is None]
             self.raise_failure()  # a batch may have failed meanwhile: nothing launches after it
-            await self._pipeline.launch(decide, fetch_time, undecided=poison)
-        return len(decide) + len(poison)
+            await self._pipeline.launch(decide, fetch_time, undecided=[*poison, *unreadable])
+        return len(decide) + len(poison) + len(unreadable)
 
     def _wait_s(self) -> float:
         """How long a fetch may wait for a first record: until a parked retry is due, at most
@@ -283,11 +286,18 @@ class SignalLoop:
         return await retry_transient(step, op, backoff=self._backoff, give_up=self._give_up,
                                      on_retry=self._count_retry)
 
-    def _dead_letter_poison(self, result: BatchResult, poison: Sequence[InboundRecord],
-                            now: float) -> None:
-        """Records the crash-loop guard gave up on: to the DLQ without being decided."""
+    def _dead_letter_undecided(self, result: BatchResult, records: Sequence[InboundRecord],
+                               now: float) -> None:
+        """Records not to be decided, to the DLQ: those whose headers cannot be read
+        (``invalid_signal``, key and value byte-exact, without their headers) and those the
+        crash-loop guard gave up on (``processing_error``)."""
         guard = self._settings.poison_restarts
-        for r in poison:
+        for r in records:
+            unreadable = getattr(r, "unreadable_headers", None)  # a ConsumedRecord's
+            if unreadable is not None:
+                result.dlq.append(dead_letter(r, DlqReason.INVALID_SIGNAL, unreadable, now,
+                                              consumer_group=self._settings.group_id))
+                continue
             result.dlq.append(dead_letter(
                 r, DlqReason.PROCESSING_ERROR,
                 f"the worker stopped {guard} times on this record without getting past it",

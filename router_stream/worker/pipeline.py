@@ -106,6 +106,10 @@ async def _after_commit_of(prev: Batch | None) -> None:
         raise _PreviousBatchFailed("the previous batch failed")
 
 
+def _offset(record: InboundRecord) -> int:
+    return record.offset
+
+
 async def _no_retry(step: str, op: Callable[[], Awaitable[None]]) -> None:
     await op()
 
@@ -190,7 +194,8 @@ class CommitPipeline:
             if self._on_undecided is None:
                 raise ValueError("undecided records need on_undecided")
             self._on_undecided(result, undecided, now)
-            records = [*records, *undecided]
+            # in offset order within each partition: the commit takes each partition's last
+            records = sorted([*records, *undecided], key=_offset)
         await self._hook("decided", result)
         handover = await self._sink.send(result)
         self.raise_failure()  # the batch before failed during the hand-over: this one must not

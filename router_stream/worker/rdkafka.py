@@ -56,7 +56,7 @@ from router_stream.adapters.kafka_failures import (
     describe_rdkafka,
     is_rd_rebalanced_away,
 )
-from router_stream.adapters.kafka_io import ConsumedRecord
+from router_stream.adapters.kafka_io import ConsumedRecord, consumed_record
 from router_stream.config import Settings
 from router_stream.errors import BrokerUnavailable, ConsumerFailed
 
@@ -118,13 +118,6 @@ class ConnectErrors:
         return BrokerUnavailable(f"{what}: {describe_rdkafka(self._settings, self.log, repr(exc))}")
 
 
-def _record(m: Message) -> ConsumedRecord:
-    # a consumed message always has its position; headers come as a list of pairs
-    return ConsumedRecord(m.topic(), m.partition(), m.offset(),  # type: ignore[arg-type]
-                          m.key(), m.value(), m.timestamp()[1],
-                          m.headers() or [])  # type: ignore[arg-type]
-
-
 def _take(consumer: Consumer, max_records: int, timeout_s: float) -> list[ConsumedRecord]:
     """Up to ``max_records``, waiting for the first one only: librdkafka's ``consume(n, t)``
     waits all of ``t`` unless ``n`` arrive."""
@@ -136,7 +129,7 @@ def _take(consumer: Consumer, max_records: int, timeout_s: float) -> list[Consum
     for m in msgs:
         error = m.error()
         if error is None:
-            out.append(_record(m))
+            out.append(consumed_record(m))
         elif error.code() == KafkaError._FATAL:
             # "Fatal error: <why>: Fatal consumer error: <why>": <why> once
             reason = error.str().split(": Fatal consumer error: ")[0]

@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import sys
 
 import orjson
 import pytest
 from confluent_kafka import Producer
 
 from router_stream.adapters.topics import load_declarations
-from router_stream.config import DECISIONS, DLQ, SIGNALS, Settings
+from router_stream.config import DECISIONS, DLQ, SIGNALS, SOURCE_HEALTH, Settings
 from tests.support.kafka_admin import Admin
 from tests.support.worker import fetch, prepare, produce, read_all, signal, wait_for, worker
 
@@ -250,4 +251,65 @@ async def test_a_signal_accepted_compressed_is_routed_compressed(settings, tmp_p
     routed = await read_all(s, s.routed_topic("pager"))
     assert len(routed) == 6 and any(r.value.startswith(big[:-1]) for r in routed)
     assert await read_all(s, s.topic(DLQ)) == []
+    assert await committed_everywhere(s)
+
+
+_RAW_HEADER_NAME_PRODUCER = """
+import asyncio, os, sys
+from aiokafka import AIOKafkaProducer
+
+class RawName(str):  # the pure-Python record builder writes a header name as name.encode()
+    def encode(self, *args, **kwargs):
+        return bytes.fromhex(sys.argv[3])
+
+async def main():
+    producer = AIOKafkaProducer(bootstrap_servers=sys.argv[1], acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(sys.argv[2], sys.stdin.buffer.read(), key=b"k",
+                                     headers=[("x-ok", b"1"), (RawName("x"), b"v")])
+    finally:
+        await producer.stop()
+
+asyncio.run(main())
+"""
+
+
+async def produce_with_raw_header_name(s: Settings, logical: str, value: bytes,
+                                       name: bytes) -> None:
+    """One record whose second header's name is ``name`` as raw bytes: Java, Go and kcat
+    producers can write a name that is not UTF-8, the Python clients cannot (aiokafka's
+    pure-Python record builder, in a process of its own, is made to)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _RAW_HEADER_NAME_PRODUCER, s.kafka_bootstrap, s.topic(logical),
+        name.hex(), stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"})
+    _, err = await proc.communicate(value)
+    assert proc.returncode == 0, err.decode()
+
+
+async def test_a_header_name_that_is_not_utf8_is_dead_lettered_and_nothing_stops(
+        settings, tmp_path):
+    """confluent-kafka cannot read such a record's headers at all: the signal goes to the DLQ
+    as invalid_signal (key and value byte-exact, without its headers), the records around it
+    are routed, and the same on a state topic does not stop the worker."""
+    s = (await prepare(settings, tmp_path)).model_copy(update={"persist": False})
+    # dozens of records first: Python specialises the call that reads headers once it has run
+    # a few times, and the specialised call lets the decode error through unseen
+    await produce(s, SIGNALS, [(b"k", alert(i)) for i in range(50)])
+    await produce_with_raw_header_name(s, SIGNALS, alert(99), b"\xff\xfe-name")
+    await produce(s, SIGNALS, [(b"k", alert(i)) for i in range(50, 55)])
+    health = b'{"source_id": "pagerduty", "ts": 1800000000000, "ok": true}'
+    await produce(s, SOURCE_HEALTH, [(b"pagerduty", health)] * 50)
+    await produce_with_raw_header_name(s, SOURCE_HEALTH, health, b"\xc3\x28")
+    await worker(s, http=False).run_until_idle(1.0)
+
+    dlq = await read_all(s, s.topic(DLQ))
+    assert len(dlq) == 1
+    headers = dict(dlq[0].headers)
+    assert (dlq[0].key, dlq[0].value) == (b"k", alert(99))
+    assert headers["x-dlq-reason"] == b"invalid_signal"
+    assert b"header name is not UTF-8" in headers["x-dlq-error"]
+    assert "x-ok" not in headers  # unreadable: none of the record's own headers travel
+    assert len(await read_all(s, s.routed_topic("pager"))) == 55
     assert await committed_everywhere(s)
