@@ -1,7 +1,7 @@
 # The two commands that matter: `make demo` (the main job end to end) and `make test`.
 PYTHON ?= python3
 
-.PHONY: install demo test lint typecheck unit integration chaos stack-up stack-down bench clean
+.PHONY: install demo test lint typecheck unit integration chaos stack-up stack-down clean
 
 install:
 	$(PYTHON) -m pip install -q -e '.[dev]'

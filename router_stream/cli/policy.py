@@ -219,7 +219,7 @@ async def publish_policy(settings: Settings, command: PolicyPublish, file: Path,
 def active(as_json: bool) -> None:
     """The active policy version and the recent history, from policy_versions.
 
-    Status is one of active, superseded, rolled_back, rejected (a worker refused it).
+    Status is one of active, candidate, superseded, rolled_back, rejected (a worker refused it).
 
     \b
     Example:
