@@ -54,10 +54,12 @@ async def active_policy(settings: Settings) -> CompiledPolicy | None:
 
     text: str | None = None
     source = "policy_versions"
+    directory: Path | None = None
     if settings.persist:
         text = await _active_policy_text(settings)
     if text is None and settings.policy_file:
         source = settings.policy_file
+        directory = Path(source).parent
         try:
             text = Path(settings.policy_file).read_text(encoding="utf-8")
         except OSError as exc:
@@ -65,7 +67,7 @@ async def active_policy(settings: Settings) -> CompiledPolicy | None:
                             f"{exc.strerror}") from exc
     if text is None:
         return None
-    compiled: CompiledPolicy = compile_policy_text(text, source)
+    compiled: CompiledPolicy = compile_policy_text(text, source, directory=directory)
     return compiled
 
 

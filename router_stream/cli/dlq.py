@@ -210,7 +210,7 @@ def _redactor(path: Path | None) -> Any:
     from router_stream.worker.policy_source import compile_policy_text
 
     text, _ = read_policy(path)  # a bad file: the same lines as `policy validate`
-    return compile_policy_text(text, str(path)).redactor
+    return compile_policy_text(text, str(path), directory=path.parent).redactor
 
 
 # --- discard -------------------------------------------------------------------------------

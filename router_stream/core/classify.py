@@ -35,6 +35,7 @@ from router_stream.core.policy import (
     Policy,
     split_path,
 )
+from router_stream.core.policy.fields import is_list_index
 from router_stream.core.rulere import compile_rule_regex
 
 __all__ = ["Classifier", "CompiledRule", "compile_condition", "compile_rules"]
@@ -181,7 +182,7 @@ def _resolve(value: Any, keys: Iterable[str]) -> Any:
     for key in keys:
         if type(value) is dict:
             value = value.get(key, MISSING)
-        elif type(value) is list and key.isdigit() and int(key) < len(value):
+        elif type(value) is list and is_list_index(key) and int(key) < len(value):
             value = value[int(key)]
         else:
             return MISSING

@@ -226,6 +226,10 @@ class Outcome(BaseModel):
 
 # --- control commands (topic router.control) --------------------------------------------------
 
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+"""A command's number is finite: pydantic reads the text ``"inf"`` or ``"nan"`` as a float, and an
+override until infinity never expires, nor can a checkpoint (JSON) hold it."""
+
 
 class _Command(BaseModel):
     """Fields every control command carries: who, when, and an id to apply it once."""
@@ -233,7 +237,7 @@ class _Command(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     command_id: str | None = None
-    issued_at: float | None = None
+    issued_at: FiniteFloat | None = None
     issued_by: str | None = None
 
 
@@ -268,7 +272,7 @@ class OverrideSet(_Command):
     kind: str | None = None
     destinations: list[NonEmptyId] = Field(default_factory=list)
     target: NonEmptyId | None = None
-    expires_at: float
+    expires_at: FiniteFloat
     reason: str = ""
 
     @model_validator(mode="after")
@@ -292,7 +296,7 @@ class BreakerForce(_Command):
     type: Literal["breaker_force"] = "breaker_force"
     target: NonEmptyId
     state: Literal["open", "closed"]
-    expires_at: float | None = None
+    expires_at: FiniteFloat | None = None
     reason: str = ""
 
 

@@ -50,8 +50,8 @@ class Override:
     def __post_init__(self) -> None:
         if not self.target:
             raise ValueError("override target must not be empty")
-        if math.isnan(self.expires_at):
-            raise ValueError("override expires_at must be a number")
+        if not (math.isfinite(self.expires_at) and math.isfinite(self.created_at)):
+            raise ValueError("override expires_at and created_at must be finite numbers")
 
     def is_active(self, now: float) -> bool:
         return now < self.expires_at

@@ -14,18 +14,28 @@ from router_stream.config import Settings
 from router_stream.errors import ConfigError, PolicyError
 
 
-def compile_policy_text(text: str, source: str = "<policy>") -> Any:
+def compile_policy_text(text: str, source: str = "<policy>", *,
+                        directory: Path | None = None) -> Any:
     """Validate and compile a policy; raises PolicyError when it is not a valid policy.
 
-    A rollout ``candidate_file`` is read relative to the policy file's directory (``source``).
+    A rollout ``candidate_file`` is read relative to ``directory``, the policy file's. A text
+    from anywhere else (``router.control``, a checkpoint, Postgres) has no directory: it must
+    carry its candidate inline, as ``policy publish`` sends it, and a ``candidate_file`` in it
+    is refused. Otherwise whoever can write ``router.control`` could have every worker read
+    a file of its host (a FIFO blocks the worker; ``/dev/zero`` fills its memory).
     """
     from router_stream.core.compiled import load_compiled
 
-    base = Path(source).parent if not source.startswith("<") else Path.cwd()
-
     def read_candidate(name: str) -> str:
+        if directory is None:
+            raise PolicyError([("rollout.candidate_file", "a published policy carries its "
+                                "candidate inline (`policy publish` inlines candidate_file)")],
+                              source)
+        path = directory / name
+        if not path.is_file():
+            raise PolicyError([("rollout.candidate_file", f"{name} is not a file")], source)
         try:
-            return (base / name).read_text(encoding="utf-8")
+            return path.read_text(encoding="utf-8")
         except OSError as exc:
             raise PolicyError([("rollout.candidate_file", f"cannot read {name}: {exc.strerror}")],
                               source) from exc
@@ -48,7 +58,7 @@ def read_policy_file(settings: Settings) -> tuple[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read policy file {path}: {exc.strerror or exc}") from exc
-    return text, compile_policy_text(text, str(path))
+    return text, compile_policy_text(text, str(path), directory=path.parent)
 
 
 def build_engine(settings: Settings, compiled: Any, *, seed: int = 0) -> Any:

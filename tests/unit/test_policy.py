@@ -165,6 +165,10 @@ def test_policy_error_is_a_user_error() -> None:
         ("classify:\n  - name: r\n    when: {field: payload.x, regex: '(?<!a)b'}\n    kind: a\n",
          "classify[0].when.regex: regex '(?<!a)b' is not RE2 syntax: invalid perl operator: (?<!"
          " (lookaround is not supported in RE2) (line 3)"),
+        ("classify:\n  - name: r\n    when: {field: payload.x, regex: '(a|b){1,1000}c'}\n"
+         "    kind: a\n",
+         "classify[0].when.regex: regex '(a|b){1,1000}c' is too large: 4004 RE2 instructions,"
+         " at most 2000 (a large counted repetition such as {1,1000}?) (line 3)"),
         ("classify:\n  - name: r\n    when: {field: payload.x, regex: 'a++'}\n    kind: a\n",
          "classify[0].when.regex: regex 'a++' is not RE2 syntax: bad repetition operator: ++"
          " (atomic groups and possessive quantifiers are not supported in RE2) (line 3)"),

@@ -44,7 +44,7 @@ class FieldMatch(Section):
             try:
                 compile_rule_regex(value)
             except RuleRegexError as exc:
-                raise ValueError(f"regex {value!r} is not RE2 syntax: {exc}") from None
+                raise ValueError(f"regex {value!r} {exc}") from None
         return value
 
     @model_validator(mode="after")

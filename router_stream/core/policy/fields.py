@@ -26,11 +26,21 @@ _NAME = r"^[A-Za-z0-9._-]{1,200}$"
 """Destinations become topic names (``routed.<destination>``) and kinds become metric labels."""
 
 
+MAX_INDEX_DIGITS = 18
+"""The longest list index a path may hold (an int64, far past any list a signal carries)."""
+
+
+def is_list_index(segment: str) -> bool:
+    """Whether a path segment indexes a list: 1 to :data:`MAX_INDEX_DIGITS` ASCII digits."""
+    return segment.isascii() and segment.isdigit() and len(segment) <= MAX_INDEX_DIGITS
+
+
 def split_path(path: str) -> tuple[str, ...]:
     """``payload.user.email`` -> ``("payload", "user", "email")``; validates the shape.
 
     The first segment must be a Signal field; only ``payload`` may have more segments
-    (``*`` matches any key, a number indexes a list).
+    (``*`` matches any key, a number indexes a list: :func:`is_list_index`; other digits,
+    such as ``²`` or a longer number, are refused).
     """
     parts = tuple(path.split("."))
     if not path or any(not part for part in parts):
@@ -41,6 +51,11 @@ def split_path(path: str) -> tuple[str, ...]:
         raise ValueError(f"bad field path {path!r}: {head!r} is not a signal field ({fields})")
     if head != "payload" and len(parts) > 1:
         raise ValueError(f"bad field path {path!r}: only payload has nested fields")
+    for part in parts[1:]:
+        if part.isdigit() and not is_list_index(part):
+            shown = part if len(part) <= 24 else part[:20] + "..."
+            raise ValueError(f"bad field path: segment {shown!r} is not a list index"
+                             f" (1-{MAX_INDEX_DIGITS} ASCII digits)")
     return parts
 
 
@@ -54,7 +69,6 @@ Name = Annotated[str, Field(pattern=_NAME)]
 Fraction = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
 Count = Annotated[int, Strict(), Field(ge=1)]
 Share = Annotated[float, Strict(), Field(gt=0.0, le=1.0)]
-Positive = Annotated[float, Strict(), Field(gt=0.0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Strict(), Field(ge=0.0, allow_inf_nan=False)]
 # Durations are bounded so a typo (an extra few zeros) is refused at validate time rather than
 # pinning a breaker open or a parked signal for centuries.
@@ -62,6 +76,9 @@ MAX_DURATION_S = 30 * 86_400.0
 PositiveSeconds = Annotated[
     float, Strict(), Field(gt=0.0, le=MAX_DURATION_S, allow_inf_nan=False)
 ]
+MAX_RETRY_DELAY_S = 86_400.0
+"""The longest one retry waits, however often its delay doubled: the worker holds back the whole
+``router.retry`` partition behind a parked signal until it is due."""
 
 
 class Section(BaseModel):

@@ -3,6 +3,7 @@ from the YAML node marks, so ``router-stream policy validate`` can point at it."
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -17,7 +18,13 @@ from router_stream.errors import PolicyError, PolicyIssue
 MAX_NODES = 200_000
 """The most YAML nodes a policy may expand to through its aliases: a few hundred bytes of
 aliases of aliases (an "alias bomb") expand to billions, which every walk over the document
-would then visit."""
+would then visit. Also the most mapping entries its merge keys (``<<``) may make."""
+
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+INTEGERS = range(-(2**63), 2**64)
+"""The integers a policy may hold: its canonical JSON (and so its version) holds no others, and a
+signal carries a larger one as a float, which no integer in a rule would equal."""
 
 
 def load_policy(text: str, source: str = "<string>") -> Policy:
@@ -32,7 +39,7 @@ def _load(text: str, source: str) -> Policy:
     root, data = _parse_yaml(text, source)
     if root is None or data is None:
         raise PolicyError([("", "policy is empty")], source)
-    issues = _duplicate_keys(root)
+    issues = _duplicate_keys(root) or _wide_integers(data, root)
     if not isinstance(data, dict):
         issues.append(("", f"a policy is a mapping of sections (line {root.start_mark.line + 1})"))
     if issues:
@@ -54,6 +61,8 @@ def _parse_yaml(text: str, source: str) -> tuple[Node | None, Any]:
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
+        if root is not None:
+            _check_merges(root, source)
         data = loader.construct_document(root) if root is not None else None
     except yaml.MarkedYAMLError as exc:
         raise PolicyError([("", _yaml_problem(exc))], source) from None
@@ -68,6 +77,60 @@ def _parse_yaml(text: str, source: str) -> tuple[Node | None, Any]:
     finally:
         loader.dispose()
     return root, data
+
+
+def _check_merges(root: Node, source: str) -> None:
+    """Refuse merge keys (``<<``) that would make more than :data:`MAX_NODES` mapping entries,
+    or that merge a mapping enclosing them. PyYAML copies a merged mapping's entries into every
+    mapping that merges it, so a few hundred bytes of merges of merges take exponential time and
+    memory to construct; they are counted here on the node graph, each node once."""
+    entries: dict[int, int] = {}  # id(mapping) -> its entries once merged
+    total = 0
+    for node in _mappings_inside_out(root):
+        size = _merged_entries(node, entries)
+        if size is None:
+            raise PolicyError([("", "a merge key (<<) merges a mapping that encloses it"
+                                    f" (line {node.start_mark.line + 1})")], source)
+        entries[id(node)] = size
+        total += size
+        if total > MAX_NODES:
+            raise PolicyError([("", "merge keys (<<) expand the document to more than"
+                                    f" {MAX_NODES:,} mapping entries")], source)
+
+
+def _mappings_inside_out(root: Node) -> Iterator[MappingNode]:
+    """Every mapping of the node graph once, each after the nodes inside it (an alias of an
+    enclosing node, which only a cycle makes, is not waited for)."""
+    entered: set[int] = set()
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        node, inside_done = stack.pop()
+        if inside_done:
+            if isinstance(node, MappingNode):
+                yield node
+        elif id(node) not in entered:
+            entered.add(id(node))
+            stack.append((node, True))
+            if isinstance(node, SequenceNode):
+                stack.extend((child, False) for child in node.value)
+            elif isinstance(node, MappingNode):
+                stack.extend((child, False) for pair in node.value for child in pair)
+
+
+def _merged_entries(node: MappingNode, entries: dict[int, int]) -> int | None:
+    """``node``'s entries once its merge keys are applied, from those of the mappings it merges
+    (in ``entries``); None when one of them is not counted yet: it encloses ``node``."""
+    size = 0
+    for key, value in node.value:
+        if key.tag != MERGE_TAG:
+            size += 1
+            continue
+        for merged in value.value if isinstance(value, SequenceNode) else [value]:
+            if isinstance(merged, MappingNode):  # anything else: PyYAML refuses it
+                if id(merged) not in entries:
+                    return None
+                size += entries[id(merged)]
+    return size
 
 
 def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
@@ -116,6 +179,25 @@ def _duplicate_keys(root: Node) -> list[PolicyIssue]:
         elif isinstance(node, SequenceNode):
             steps = [(child, (*loc, i)) for i, child in enumerate(node.value)]
         stack.extend(reversed(steps))
+    return issues
+
+
+def _wide_integers(data: Any, root: Node) -> list[PolicyIssue]:
+    """Integers outside :data:`INTEGERS`, each with its path and line. Walked once the
+    document is known to be within :data:`MAX_NODES`, in document order."""
+    issues: list[PolicyIssue] = []
+    stack: list[tuple[Any, Loc]] = [(data, ())]
+    while stack:
+        value, loc = stack.pop()
+        if isinstance(value, dict):
+            items = [(item, (*loc, key if isinstance(key, str | int) else str(key)))
+                     for key, item in value.items()]
+            stack.extend(reversed(items))
+        elif isinstance(value, list):
+            stack.extend(reversed([(item, (*loc, i)) for i, item in enumerate(value)]))
+        elif type(value) is int and value not in INTEGERS:
+            issues.append((format_loc(loc),
+                           f"integer beyond 64 bits (line {_line_of(root, loc)})"))
     return issues
 
 

@@ -14,13 +14,13 @@ from router_stream.core.policy.fields import (
     CONFIG_SECTION,
     DETECTORS,
     MAX_DURATION_S,
+    MAX_RETRY_DELAY_S,
     Count,
     Detector,
     FieldPath,
     Fraction,
     Name,
     NonNegative,
-    Positive,
     PositiveSeconds,
     Section,
     Share,
@@ -130,6 +130,11 @@ class Destination(Section):
 
 # --- routes ----------------------------------------------------------------------------------
 
+MAX_PRIOR = 1e6
+"""The largest ``prior_alpha``/``prior_beta``. A prior counts as that many outcomes; more than a
+million is a typo, and keeps Beta draws far from the float range."""
+Prior = Annotated[float, Strict(), Field(gt=0.0, le=MAX_PRIOR, allow_inf_nan=False)]
+
 
 @dataclass(frozen=True, slots=True, config=CONFIG_SECTION)
 class BanditParams:
@@ -141,8 +146,8 @@ class BanditParams:
     seed: Annotated[int, Strict()] = 0
     epsilon: Fraction = 0.1
     ucb_c: NonNegative = 2.0
-    prior_alpha: Positive = 1.0
-    prior_beta: Positive = 1.0
+    prior_alpha: Prior = 1.0
+    prior_beta: Prior = 1.0
     discount: Annotated[float, Strict(), Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 1.0
 
 
@@ -166,7 +171,8 @@ class RetryParams(Section):
     """When no destination is healthy: park and retry up to ``max_attempts`` times (0: DLQ)."""
 
     max_attempts: int = Field(default=0, ge=0, le=100)
-    delay_ms: int = Field(default=1000, ge=0, le=86_400_000)  # doubles per attempt
+    delay_ms: int = Field(default=1000, ge=0, le=int(MAX_RETRY_DELAY_S * 1000))
+    """The first retry's delay; it doubles per attempt up to ``MAX_RETRY_DELAY_S``."""
 
 
 def _non_empty_tier(tier: list[str]) -> list[str]:

@@ -91,6 +91,11 @@ def _evidence(arm: BanditArm, cfg: BanditConfig) -> tuple[float, float]:
 
 _LOG4 = math.log(4.0)
 _BB_EARLY = 1.0 + math.log(5.0)
+MAX_SAMPLED_EVIDENCE = 1e12
+"""Above this ``a + b`` a Beta draw is its mean: the draw's standard deviation is below 5e-7,
+while the algorithms below lose their precision there and, near the float range, loop forever or
+divide by zero. Each outcome adds 1 to an arm's ``a + b``: 10**12 outcomes, or a restored
+state, get here."""
 
 
 def beta_sample(rng: random.Random, a0: float, b0: float) -> float:
@@ -98,9 +103,12 @@ def beta_sample(rng: random.Random, a0: float, b0: float) -> float:
     parameters above 1 (an arm with evidence on both sides), Cheng's algorithm BB (Cheng 1978,
     "Generating beta variates with nonintegral shape parameters", as R's ``rbeta``): two
     uniforms per try, accepted at the first try most of the time, where ``rng.betavariate``
-    draws two gamma variates. Other parameters: ``rng.betavariate``."""
+    draws two gamma variates. Other parameters: ``rng.betavariate``; past
+    :data:`MAX_SAMPLED_EVIDENCE`, the mean."""
     if a0 == 1.0 and b0 == 1.0:
         return rng.random()
+    if not a0 + b0 <= MAX_SAMPLED_EVIDENCE:  # a NaN too: no draw below would accept it
+        return 1.0 / (1.0 + b0 / a0)  # a0 / (a0 + b0), without a0 + b0 overflowing
     if a0 <= 1.0 or b0 <= 1.0:
         return rng.betavariate(a0, b0)
     a, b = (a0, b0) if a0 <= b0 else (b0, a0)
