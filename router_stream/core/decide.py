@@ -19,7 +19,8 @@ from router_stream.core.compiled import CompiledPolicy, RouteSpec
 from router_stream.core.deadletter import dlq_record
 from router_stream.core.models import DlqReason, InboundRecord, Signal
 from router_stream.core.outputs import BatchResult, DecisionRecord, RetryRecord, RoutedRecord
-from router_stream.core.state import RouterState
+from router_stream.core.policy.fields import MAX_RETRY_DELAY_S
+from router_stream.core.state import RouterState, event_time
 from router_stream.core.strategies import SELECTION_STRATEGIES, Observation, consensus
 from router_stream.core.strategies.base import first_usable_tier
 from router_stream.core.strategies.consensus import deviation_z, remember
@@ -133,8 +134,9 @@ class Decider:
         metric = signal.metric or route.kind
         if signal.source_id is not None and signal.value is not None:
             # Observation(...) without the NamedTuple __new__ (once per observation)
+            # at most MAX_EVENT_LEAD_S ahead: one dated in 9999 would stay fresh for good
             state.observations.setdefault(metric, {})[signal.source_id] = tuple.__new__(
-                Observation, (signal.source_id, signal.value, signal.ts))
+                Observation, (signal.source_id, signal.value, event_time(signal.ts, now)))
         observations = state.observations.get(metric, {})
         outcome = consensus(observations.values(), now, cfg, batch.trust_scores(d.policy),
                             batch.unavailable_sources, state.last_good.get(metric),
@@ -211,10 +213,11 @@ class Decider:
             counts[dest] = counts.get(dest, 0) + 1
 
     def _retry(self, d: Deciding, route: RouteSpec) -> None:
-        """Park the signal on ``router.retry`` with exponential backoff."""
+        """Park the signal on ``router.retry`` with exponential backoff, each wait at most
+        ``MAX_RETRY_DELAY_S``."""
         origin, record, now = d.origin, d.record, d.now
         attempts = origin.attempts + 1
-        not_before = now + route.retry_delay_s * (2 ** (attempts - 1))
+        not_before = now + min(route.retry_delay_s * 2 ** (attempts - 1), MAX_RETRY_DELAY_S)
         first = origin.first_failed_at if origin.first_failed_at is not None else now
         headers = retry_headers(record.headers, origin, attempts, first, not_before,
                                 d.signal.signal_id)

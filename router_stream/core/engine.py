@@ -101,8 +101,10 @@ class RouterEngine:
     # --- state topics ------------------------------------------------------------------------
 
     def apply_health(self, event: HealthEvent, now: float) -> list[BreakerTransition]:
-        """Fold a health event: trust components, and the breaker when it says ok or not."""
-        return self.state.apply_health(event, self._policy)
+        """Fold a health event: trust components, and the breaker when it says ok or not. A
+        ``ts`` more than :data:`~router_stream.core.state.MAX_EVENT_LEAD_S` after ``now`` is
+        taken as ``now``, here and for outcomes."""
+        return self.state.apply_health(event, now, self._policy)
 
     def apply_outcome(self, outcome: Outcome, now: float) -> list[BreakerTransition]:
         """Fold a delivery outcome: trust, breaker, bandit reward, in-flight load."""

@@ -30,6 +30,16 @@ from router_stream.core.strategies import (
 )
 from router_stream.core.strategies import bandits as bandit_mod
 
+MAX_EVENT_LEAD_S = 300.0
+"""How far a health event's or outcome's ``ts`` may be ahead of the ``now`` it is folded at;
+one further ahead is folded at ``now``. Otherwise a time far in the future would hold a breaker
+open, and trust undecayed, until that time."""
+
+
+def event_time(ts: float, now: float) -> float:
+    """When an event with ``ts``, folded at ``now``, happened (see ``MAX_EVENT_LEAD_S``)."""
+    return now if ts > now + MAX_EVENT_LEAD_S else ts
+
 
 @dataclass(frozen=True, slots=True)
 class ControlResult:
@@ -120,11 +130,12 @@ class RouterState:
 
     # --- the state topics --------------------------------------------------------------------
 
-    def apply_health(self, event: HealthEvent, policy: CompiledPolicy
+    def apply_health(self, event: HealthEvent, now: float, policy: CompiledPolicy
                      ) -> list[BreakerTransition]:
         """Fold a health event: trust components, and the breaker when it says ok or not."""
+        at = event_time(event.ts, now)
         self.trust[event.source_id] = tr.observe_health(
-            self.trust_state(event.source_id, policy), now=event.ts,
+            self.trust_state(event.source_id, policy), now=at,
             params=policy.trust_params, ok=event.ok, latency_ms=event.latency_ms,
             error_rate=event.error_rate, last_data_ts=event.last_data_ts,
             completeness=event.completeness,
@@ -134,12 +145,12 @@ class RouterState:
             ok = event.error_rate < policy.breaker_for(event.source_id).error_rate_threshold
         if ok is None:
             return []
-        return self._record(event.source_id, ok, event.ts, policy)
+        return self._record(event.source_id, ok, at, policy)
 
     def apply_outcome(self, outcome: Outcome, now: float, policy: CompiledPolicy
                       ) -> list[BreakerTransition]:
         """Fold a delivery outcome: trust, breaker, bandit reward, in-flight load."""
-        at = outcome.ts if outcome.ts is not None else now
+        at = event_time(outcome.ts, now) if outcome.ts is not None else now
         dest = outcome.destination
         self.trust[dest] = tr.observe_outcome(
             self.trust_state(dest, policy), ok=outcome.ok, now=at, params=policy.trust_params,

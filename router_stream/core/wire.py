@@ -7,7 +7,6 @@ Every module that writes or reads a router header goes through this one; nothing
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,6 +58,7 @@ derived from it carries on: routed, decision, retry and DLQ records."""
 
 STACKTRACE_MAX_BYTES = 4096
 TIMESTAMP_TYPES = {0: "CreateTime", 1: "LogAppendTime"}
+"""Kafka's record timestamp types by number: the values ``x-dlq-original-timestamp-type`` has."""
 MAX_ERROR_LEN = 500
 
 
@@ -139,6 +139,7 @@ TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}\Z")
 """What Kafka accepts as a topic name."""
 INT32_MAX = 2**31 - 1  # a Kafka partition; a DLQ entry's attempts (Postgres int4)
 INT64_MAX = 2**63 - 1  # a Kafka offset or timestamp (Postgres int8)
+LATEST_EPOCH_S = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the latest a datetime (a row) holds
 
 
 def valid_position(topic: str, partition: int, offset: int) -> bool:
@@ -158,17 +159,23 @@ def origin_of(record: InboundRecord) -> Origin:
                 origin = Origin(
                     found[H_TOPIC].decode(), int(found[H_PARTITION]), int(found[H_OFFSET]),
                     int(found.get(H_ATTEMPTS, b"0")),
-                    float(found[H_FIRST_FAILED]) if H_FIRST_FAILED in found else None,
+                    _epoch_seconds(found[H_FIRST_FAILED]) if H_FIRST_FAILED in found else None,
                     found[H_DLQ_ID].decode() if H_DLQ_ID in found else None,
                 )
                 if (valid_position(origin.topic, origin.partition, origin.offset)
-                        and 0 <= origin.attempts <= INT32_MAX
-                        and (origin.first_failed_at is None
-                             or math.isfinite(origin.first_failed_at))):
+                        and 0 <= origin.attempts <= INT32_MAX):
                     return origin
             except ValueError:  # UnicodeDecodeError included
                 pass  # bad headers: treat the record as fresh rather than fail it
     return Origin(record.topic, record.partition, record.offset, 0, None)  # Origin.own
+
+
+def _epoch_seconds(value: bytes) -> float:
+    """A time header's epoch seconds, from 0 to ``LATEST_EPOCH_S``; ``ValueError`` otherwise."""
+    at = float(value) + 0.0  # -0.0 + 0.0 is 0.0: written back, the header has no sign
+    if not 0.0 <= at <= LATEST_EPOCH_S:  # NaN included
+        raise ValueError(f"epoch seconds out of range: {at!r}")
+    return at
 
 
 def origin_key(record: InboundRecord) -> str:
@@ -218,10 +225,14 @@ def dlq_context(record: InboundRecord, consumer_group: str | None,
     if first.isascii() and first.isdigit() and len(first) <= 19 and int(first) <= INT64_MAX:
         timestamp: int | None = int(first)
         kind = earlier.get(H_ORIGINAL_TS_TYPE)
-    else:
-        timestamp = record.timestamp if isinstance(record.timestamp, int) else None
+        if kind not in TIMESTAMP_TYPES.values():
+            kind = None
+    elif isinstance(record.timestamp, int) and record.timestamp >= 0:  # -1: none
+        timestamp = record.timestamp
         # Kafka clients' records have a timestamp_type (0 CreateTime, 1 LogAppendTime)
         kind = TIMESTAMP_TYPES.get(getattr(record, "timestamp_type", -1))
+    else:
+        timestamp = kind = None
     return DlqContext(timestamp, kind, consumer_group, exception, stacktrace)
 
 

@@ -64,7 +64,8 @@ from router_stream.config import SIGNALS, Settings
 from router_stream.core.deadletter import dead_letter
 from router_stream.core.models import DlqReason, InboundRecord
 from router_stream.core.outputs import BatchResult
-from router_stream.core.wire import H_RETRY_NOT_BEFORE
+from router_stream.core.policy.fields import MAX_RETRY_DELAY_S
+from router_stream.core.wire import H_RETRY_NOT_BEFORE, LATEST_EPOCH_S
 from router_stream.errors import BrokerUnavailable
 from router_stream.worker.backoff import Backoff, retry_transient
 from router_stream.worker.batch_report import observe, trace
@@ -361,7 +362,7 @@ class SignalLoop:
             if tp in parked:
                 continue
             if r.topic == self._retry_topic:
-                not_before = _not_before(r.headers)
+                not_before = _not_before(r.headers, r.timestamp)
                 if not_before is not None and not_before > now:
                     self._park(Partition(*tp), r.offset, not_before)
                     parked.add(tp)
@@ -487,17 +488,19 @@ def _names(tps: set[Partition]) -> list[str]:
     return sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)
 
 
-LATEST_NOT_BEFORE = 253_402_300_799.0
-"""9999-12-31T23:59:59Z: an ``x-retry-not-before`` past it (``inf``, ``1e300``, 400 digits) is
-no time a clock reaches, and would park its partition for good; the record is due at once."""
-
-
-def _not_before(headers: Sequence[tuple[str, bytes | None]] | None) -> float | None:
+def _not_before(headers: Sequence[tuple[str, bytes | None]] | None,
+                written_ms: int = -1) -> float | None:
+    """When a ``router.retry`` record is due: its ``x-retry-not-before``, at most
+    ``MAX_RETRY_DELAY_S`` after the record was written (``written_ms``, its timestamp; -1:
+    none), whoever wrote it, since its partition waits behind it. None (due at once) without
+    the header, or when it is no time a clock reaches (past 9999-12-31, ``inf``, NaN)."""
     for name, value in headers or ():
         if name == H_RETRY_NOT_BEFORE:
             try:
                 at = float(value)  # type: ignore[arg-type]
             except (TypeError, ValueError):
                 return None
-            return at if at <= LATEST_NOT_BEFORE else None  # NaN compares False: None
+            if not at <= LATEST_EPOCH_S:  # NaN compares False
+                return None
+            return min(at, written_ms / 1000.0 + MAX_RETRY_DELAY_S) if written_ms >= 0 else at
     return None

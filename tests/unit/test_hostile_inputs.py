@@ -28,6 +28,7 @@ from router_stream.core.heartbeat import WorkerHeartbeat
 from router_stream.core.masking import MAX_DEPTH, TOO_DEEP, deeper_than, mask_value
 from router_stream.core.models import Decision
 from router_stream.core.policy import RedactPolicy
+from router_stream.core.policy.fields import MAX_RETRY_DELAY_S
 from router_stream.core.policy.loading import load_policy
 from router_stream.core.redaction import DEFAULT_REDACTOR
 from router_stream.core.wire import (
@@ -296,6 +297,17 @@ def test_a_retry_not_before_no_clock_reaches_is_due_at_once(header: bytes) -> No
 
 def test_a_retry_not_before_in_the_future_is_kept() -> None:
     assert _not_before([(H_RETRY_NOT_BEFORE, repr(NOW + 60).encode())]) == NOW + 60
+    written = int(NOW * 1000)
+    assert _not_before([(H_RETRY_NOT_BEFORE, repr(NOW + 60).encode())], written) == NOW + 60
+
+
+def test_a_retry_record_waits_at_most_the_longest_retry_delay_after_it_was_written() -> None:
+    """Whoever wrote it: its partition waits behind it (a record of year 9000 parked it for
+    millennia)."""
+    written = int(NOW * 1000)
+    far = [(H_RETRY_NOT_BEFORE, repr(NOW + 10 * MAX_RETRY_DELAY_S).encode())]
+    assert _not_before(far, written) == NOW + MAX_RETRY_DELAY_S
+    assert _not_before(far) == NOW + 10 * MAX_RETRY_DELAY_S  # no timestamp: the header's
 
 
 def test_a_checkpoint_override_with_a_list_for_a_selector_is_refused() -> None:

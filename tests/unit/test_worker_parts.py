@@ -101,6 +101,7 @@ class Rec:
     partition: int
     offset: int
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    timestamp: int = -1
 
 
 class FakeConsumer:
