@@ -291,7 +291,9 @@ class OverrideClear(_Command):
 
 
 class BreakerForce(_Command):
-    """Pin a destination's/source's breaker open or closed (until reset or ``expires_at``)."""
+    """Move a destination's/source's breaker open or closed now. Forced open it recovers by its
+    cooldown (:func:`router_stream.core.breaker.force`); ``expires_at`` is accepted and unused,
+    as docs/contract.md says."""
 
     type: Literal["breaker_force"] = "breaker_force"
     target: NonEmptyId
