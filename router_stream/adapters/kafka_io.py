@@ -205,9 +205,11 @@ _TIMESTAMP_TYPES = {TIMESTAMP_CREATE_TIME: 0, TIMESTAMP_LOG_APPEND_TIME: 1}
 """confluent-kafka's timestamp types as the Kafka protocol (and ``ConsumedRecord``) number them."""
 
 
-def consumed_record(msg: Message) -> ConsumedRecord:
-    """A librdkafka message (one without an error) as a :class:`ConsumedRecord`."""
-    headers, unreadable = message_headers(msg)
+def consumed_record(msg: Message, read: tuple[Any, str | None] | None = None
+                    ) -> ConsumedRecord:
+    """A librdkafka message (one without an error) as a :class:`ConsumedRecord`; ``read``: what
+    :func:`message_headers` returned for it, when the caller read the headers already."""
+    headers, unreadable = message_headers(msg) if read is None else read
     kind, ts = msg.timestamp()
     return ConsumedRecord(str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0),
                           msg.key(), msg.value(), ts, headers, _TIMESTAMP_TYPES.get(kind, -1),
@@ -225,8 +227,9 @@ def message_headers(msg: Message) -> tuple[Any, str | None]:
     """A message's headers as a list of (str, bytes | None) pairs, or none and why they cannot
     be read. confluent-kafka decodes every header name as UTF-8 and fails on one that is not,
     which any producer but a Python one can write; the record's key and value stay readable.
-    A name after the first fails as a ``SystemError`` caused by the decode error. Asked once
-    per message: after the error the message holds no headers or a part-built list."""
+    A name after the first fails as a ``SystemError`` caused by the decode error. Ask once per
+    message: after the error the message holds a part-built list, which a second call returns
+    as if it were whole (and reading its empty slot crashes the process)."""
     try:
         return list(_read_headers(msg) or ()), None
     except (UnicodeDecodeError, SystemError) as exc:

@@ -318,15 +318,16 @@ class Projection:
             topic, partition, offset = str(msg.topic()), msg.partition() or 0, msg.offset() or 0
             ts = msg.timestamp()[1]
             fetched.count(topic, partition, offset, ts)
-            if traced:
-                fetched.traced.append((message_headers(msg)[0], {"messaging.source.name": topic}))
+            read = message_headers(msg) if traced else None  # once: see message_headers
+            if read is not None:
+                fetched.traced.append((read[0], {"messaging.source.name": topic}))
             kind = self._topics.get(topic)
             at = f"{topic}/{partition}/{offset}"
             try:
                 if kind == "decisions":
                     batch.add_decision(decode_decision(msg.value()), at, ts, self.redactor)
                 elif kind == "dlq":
-                    row = dlq_row_from_record(consumed_record(msg), self.redactor)
+                    row = dlq_row_from_record(consumed_record(msg, read), self.redactor)
                     if row is None:
                         raise ValueError("no x-dlq-* headers this router writes")
                     batch.dlq.append((row, at, ts))

@@ -3,6 +3,9 @@ timestamp type in the Kafka protocol's numbering."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -91,3 +94,57 @@ def test_the_timestamp_type_is_numbered_as_kafka_does_and_reaches_dlq_headers(
     rec = consumed_record(FakeMessage([], timestamp=(kind, 1_800_000_000_000)))
     assert rec.timestamp_type == expected
     assert dlq_context(rec, "g").timestamp_type == header
+
+
+_PROJECTION_ON_A_RAW_HEADER_NAME = """
+import asyncio, sys, time
+from aiokafka import AIOKafkaProducer
+from confluent_kafka import Consumer, Producer
+from router_stream.core.redaction import DEFAULT_REDACTOR
+from router_stream.projection.metrics import ProjectionMetrics
+from router_stream.projection.service import Fetched, Projection
+
+class RawName(str):  # the pure-Python record builder writes a header name as name.encode()
+    def encode(self, *args, **kwargs):
+        return b"\\xff\\xfe-name"
+
+mock = Producer({"test.mock.num.brokers": 1, "log_level": 0})  # librdkafka's, in process
+broker = next(iter(mock.list_topics(timeout=10).brokers.values()))
+bootstrap = f"{broker.host}:{broker.port}"
+
+async def produce():
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1)
+    await producer.start()
+    try:
+        await producer.send_and_wait("router.dlq", b"{}", key=b"k", partition=0, headers=[
+            ("x-dlq-reason", b"invalid_json"), ("x-ok", b"1"), (RawName("x"), b"v")])
+    finally:
+        await producer.stop()
+
+asyncio.run(produce())
+consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "g", "log_level": 0,
+                     "auto.offset.reset": "earliest"})
+consumer.subscribe(["router.dlq"])
+msg, deadline = None, time.time() + 30
+while msg is None and time.time() < deadline:
+    m = consumer.poll(0.5)
+    msg = m if m is not None and m.error() is None else None
+projection = Projection.__new__(Projection)  # what _build reads of it
+projection._topics = {"router.dlq": "dlq"}
+projection.redactor, projection.metrics, projection.skipped = (
+    DEFAULT_REDACTOR, ProjectionMetrics(), [])
+projection._build(Fetched(), [msg], traced=True)
+print("skipped", projection.skipped)
+"""
+
+
+def test_the_projection_traced_survives_a_record_whose_headers_cannot_be_read() -> None:
+    """With tracing on, the projection read a router.dlq record's headers twice; the second read
+    returned confluent-kafka's part-built list, and reading its empty slot killed the process
+    (SIGSEGV) at every restart. A process of its own (a crash must not take pytest along), on
+    librdkafka's in-process mock cluster."""
+    done = subprocess.run([sys.executable, "-c", _PROJECTION_ON_A_RAW_HEADER_NAME],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "skipped ['router.dlq/0/0']" in done.stdout

@@ -29,7 +29,7 @@ from router_stream.core.events import (
     ShadowEvent,
     TrustSnapshotEvent,
 )
-from router_stream.core.models import DlqReason, InboundRecord
+from router_stream.core.models import MAX_ID_LEN, DlqReason, InboundRecord
 from router_stream.core.redaction import DEFAULT_REDACTOR, Redactor
 from router_stream.core.wire import (
     DLQ_HEADERS,
@@ -59,6 +59,9 @@ _REASONS = frozenset(r.value for r in DlqReason)
 _NO_EXTRA = msgspec.Raw(b"{}")
 
 
+_Id = Annotated[str, msgspec.Meta(max_length=MAX_ID_LEN)]
+
+
 class DecisionRecord(msgspec.Struct, gc=False):
     """What a decision's row needs of a ``router.decisions`` value (``Decision.to_json``: an
     object keyed by ``Decision``'s field names; other keys are ignored). ``trust``,
@@ -66,15 +69,18 @@ class DecisionRecord(msgspec.Struct, gc=False):
     ``gc=False``: decoded JSON only, which cannot form a cycle, so a batch of them adds nothing
     to the garbage collector's passes."""
 
-    decision_id: str
-    signal_id: str
-    tenant: str
-    kind: str
+    # The ids a signal may carry (their indexes refuse a few KB), and the table's CHECKs:
+    # checked here, where a bad record is skipped at once; a row Postgres refuses costs the
+    # writer a bisection of its batch.
+    decision_id: _Id
+    signal_id: _Id
+    tenant: _Id
+    kind: _Id
     destinations: tuple[str, ...]
     strategy: str
-    tier: int | None
+    tier: Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)] | None
     policy_version: str
-    confidence: float
+    confidence: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
     trust: msgspec.Raw
     breakers: msgspec.Raw
     input_topic: Annotated[str, msgspec.Meta(pattern=TOPIC_NAME.pattern)]

@@ -24,7 +24,11 @@ def _ts(value: Any) -> datetime | None:
         return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = value / 1000.0 if abs(value) > 1e11 else float(value)
-        return datetime.fromtimestamp(seconds, tz=UTC)
+        try:
+            return datetime.fromtimestamp(seconds, tz=UTC)
+        except (OverflowError, OSError) as exc:  # OSError: EOVERFLOW from the C library
+            # a ValueError is a row's content (writer.is_row_content_error), not the database
+            raise ValueError(f"timestamp out of range: {value!r}") from exc
     if isinstance(value, str):
         return _ts(datetime.fromisoformat(value.replace("Z", "+00:00")))
     raise TypeError(f"not a timestamp: {value!r}")
