@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
+from pydantic import ValidationError
 
 from router_stream.adapters.kafka_failures import RdkafkaLog, commit_rebalanced
 from router_stream.adapters.kafka_io import fetch
@@ -36,6 +37,9 @@ from router_stream.core.dedupe import DedupeWindow
 from router_stream.errors import BrokerUnavailable
 
 log = logging.getLogger(__name__)
+
+_HANDLER_FIELDS = frozenset({("reward",), ("cost",)})
+"""The outcome fields a handler's :class:`Delivery` sets: reported without them if invalid."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -164,10 +168,14 @@ class DestinationConsumer:
         try:
             self._reporter.report(routed, ok=delivery.ok, latency_ms=latency_ms,
                                   reward=delivery.reward, cost=delivery.cost)
-        except ValueError as exc:  # a reward or cost out of range: report without them
-            log.warning("handler of %s returned %s; reporting ok=%s only", self.topic, exc,
-                        delivery.ok)
-            self._reporter.report(routed, ok=delivery.ok, latency_ms=latency_ms)
+        except ValidationError as exc:
+            if {e["loc"][:1] for e in exc.errors()} <= _HANDLER_FIELDS:
+                log.warning("handler of %s returned %s; reporting ok=%s only", self.topic,
+                            _one_line(exc), delivery.ok)
+                self._reporter.report(routed, ok=delivery.ok, latency_ms=latency_ms)
+            else:  # parse_routed should have refused the record; never stall the partition
+                log.warning("no outcome reported for %s on %s: %s", routed.signal_id[:64],
+                            self.topic, _one_line(exc))
 
     async def _call(self, handler: Handler, routed: RoutedSignal) -> _Timed:
         started = time.perf_counter()
@@ -202,6 +210,10 @@ class DestinationConsumer:
             # A rebalance took the partitions away; their new owner redelivers (at least once).
             log.warning("commit on %s failed after a rebalance: %s", self.topic,
                         exc.args[0].str())
+
+
+def _one_line(exc: ValidationError) -> str:
+    return " ".join(str(exc).split())[:200]
 
 
 @dataclass(slots=True, frozen=True)

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import orjson
 
-from router_stream.core.models import Decision, DlqEntry, DlqReason
+from router_stream.core.models import MAX_ID_LEN, Decision, DlqEntry, DlqReason
 from router_stream.core.wire import (
     DLQ_HEADERS,
     H_ATTEMPTS,
@@ -109,6 +109,15 @@ def _text(data: Mapping[str, Any], name: str, what: str) -> str:
     return value
 
 
+def _id(data: Mapping[str, Any], name: str, what: str) -> str:
+    # The ids go into the outcome, whose model refuses longer ones: refuse them here instead of
+    # after the handler ran.
+    value = _text(data, name, what)
+    if len(value) > MAX_ID_LEN:
+        raise InvalidRecord(f"{what}: {name} is longer than {MAX_ID_LEN} characters")
+    return value
+
+
 def _number(data: Mapping[str, Any], name: str, what: str) -> float:
     value = data.get(name)
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -127,8 +136,8 @@ def _route(data: Any) -> Route:
     if not isinstance(kind, str) or not isinstance(strategy, str) or not isinstance(version, str):
         raise InvalidRecord("route: kind, strategy and policy_version must be strings")
     return Route(
-        decision_id=_text(data, "decision_id", "route"),
-        destination=_text(data, "destination", "route"),
+        decision_id=_id(data, "decision_id", "route"),
+        destination=_id(data, "destination", "route"),
         kind=kind, strategy=strategy, tier=tier, policy_version=version,
         confidence=_number(data, "confidence", "route"),
         routed_at=_number(data, "routed_at", "route"),
@@ -142,9 +151,10 @@ def parse_routed(value: bytes | None, key: bytes | None = None) -> RoutedSignal:
     raw_route = data.pop("route", None)
     route = _route(raw_route)
     # The route names the signal id even when the producer left it to the router to derive.
-    signal_id = raw_route.get("signal_id") or data.get("signal_id")
-    if not isinstance(signal_id, str) or not signal_id:
+    ids = raw_route if raw_route.get("signal_id") else data
+    if not ids.get("signal_id"):
         raise InvalidRecord("routed record: no signal_id")
+    signal_id = _id(ids, "signal_id", "routed record")
     return RoutedSignal(signal_id=signal_id, route=route, signal=data, key=key)
 
 
@@ -157,8 +167,11 @@ def parse_decision(value: bytes | None) -> Decision:
     data = _object(value, "decision")
     known = {k: v for k, v in data.items() if k in _DECISION_FIELDS}
     unknown = {k: v for k, v in data.items() if k not in _DECISION_FIELDS}
+    extra = known.get("extra", {})
+    if not isinstance(extra, dict):
+        raise InvalidRecord("decision: extra must be a JSON object")
     if unknown:
-        known["extra"] = {**(known.get("extra") or {}), **unknown}
+        known["extra"] = {**extra, **unknown}
     try:
         decision = Decision(**known)
     except TypeError as exc:

@@ -4,7 +4,8 @@
 bounded buffer and returns ``False`` (counting a drop) when the buffer is full. A background task
 sends the buffer in batches through one librdkafka (confluent-kafka) producer (``acks=all``).
 ``flush`` waits until everything reported so far is acknowledged and raises if any of it failed;
-``close`` flushes.
+``close`` flushes. An outcome too large for Kafka (``message.max.bytes``) is logged, counted in
+``stats.too_large`` and dropped instead of failing: no retry could ever write it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 
 from router_stream.adapters.kafka_failures import RdkafkaLog, rdkafka_reason
 from router_stream.adapters.rdkafka import AckingProducer, ClientThread
@@ -32,11 +33,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class ReporterStats:
-    """Outcomes acknowledged by the broker, refused for a full buffer, and failed to send."""
+    """Outcomes acknowledged by the broker, refused for a full buffer, failed to send, and
+    dropped as larger than the producer or the broker accepts (``message.max.bytes``)."""
 
     sent: int = 0
     dropped: int = 0
     failed: int = 0
+    too_large: int = 0
 
 
 class OutcomeReporter:
@@ -142,14 +145,22 @@ class OutcomeReporter:
 
     async def _send(self, batch: list[tuple[bytes, bytes]]) -> None:
         futures = []
-        try:
-            for key, value in batch:
+        too_large: list[BaseException] = []
+        for queued, (key, value) in enumerate(batch):
+            try:
                 futures.append(await self._acking.produce(self.topic, value, key=key))
-        except KafkaException as exc:  # the producer refused the rest of the batch outright
-            self._fail(len(batch) - len(futures), exc)
+            except KafkaException as exc:
+                if not _too_large(exc):  # the producer refuses the rest of the batch outright
+                    self._fail(len(batch) - queued, exc)
+                    break
+                too_large.append(exc)
         results = await asyncio.gather(*futures, return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        self.stats.sent += len(results) - len(errors)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        errors = [r for r in failures if not _too_large(r)]
+        too_large += [r for r in failures if _too_large(r)]
+        self.stats.sent += len(results) - len(failures)
+        if too_large:
+            self._drop(len(too_large), too_large[0])
         if errors:
             self._fail(len(errors), errors[0])
 
@@ -157,6 +168,17 @@ class OutcomeReporter:
         self.stats.failed += count
         self._failed_since_flush += count
         log.warning("%d outcome(s) not written to %s: %s", count, self.topic, exc)
+
+    def _drop(self, count: int, exc: BaseException) -> None:
+        self.stats.too_large += count
+        log.warning("%d outcome(s) too large for %s dropped: %s", count, self.topic, exc)
+
+
+def _too_large(result: object) -> bool:
+    """True for an outcome Kafka refuses however often it is sent (``message.max.bytes``)."""
+    return (isinstance(result, KafkaException) and bool(result.args)
+            and isinstance(result.args[0], KafkaError)
+            and result.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE)
 
 
 async def reach(thread: ClientThread, client: Any, log: RdkafkaLog, who: str,

@@ -213,7 +213,7 @@ class Outcome(BaseModel):
     destination: NonEmptyId
     ok: bool
     ts: float | None = None
-    decision_id: str | None = None
+    decision_id: str | None = Field(default=None, max_length=MAX_ID_LEN)
     latency_ms: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     reward: float | None = Field(default=None, ge=0, le=1)
     cost: float | None = Field(default=None, ge=0, allow_inf_nan=False)
