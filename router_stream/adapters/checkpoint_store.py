@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 import uuid
 import zlib
@@ -41,7 +42,7 @@ from confluent_kafka import KafkaException
 from router_stream.adapters.kafka_io import read_records
 from router_stream.adapters.rdkafka import RecordSender
 from router_stream.config import STATE, Settings
-from router_stream.core.checkpoint import Captured, to_document
+from router_stream.core.checkpoint import Captured, CheckpointRefused, to_document
 from router_stream.errors import BrokerUnavailable
 
 log = logging.getLogger("router_stream.adapters.checkpoint_store")
@@ -49,6 +50,22 @@ log = logging.getLogger("router_stream.adapters.checkpoint_store")
 CHUNK_BYTES = 512 * 1024
 MANIFEST_KEY = b"manifest"
 MANIFEST_FORMAT = 1
+
+MAX_DOCUMENT_BYTES = 256 * 1024 * 1024
+"""The most a checkpoint's document may inflate to; past it the checkpoint is refused unread.
+Chunks bound what is stored, not what zlib makes of it (up to ~1000:1), and the state has no cap
+on sources or destinations, so the bound is what a worker could hold: at ~330 bytes of document
+per id (full breaker windows) it is ~800k ids, where the state-memory bench's worker used
+~0.8 KB of memory per id — more than the deployment's 512 MiB holds."""
+
+_PIECE_BYTES = 1024 * 1024  # what refusing a zlib bomb costs (:func:`_inflated_size`)
+
+MAX_CLOCK_LEAD_S = 2 * 3600.0
+"""How far a checkpoint's replay clock may be after its ``written_at``, and ``written_at`` after
+the reader's clock. The replay clock is the newest record timestamp folded, which a Kafka 4
+broker takes at most ``message.timestamp.after.max.ms`` (1 hour by default) ahead of its own
+clock; twice that leaves room for clock skew. Past it (or ``nan``, ``inf``) the checkpoint is
+refused: restored, every later state record would be folded at that time."""
 
 
 @dataclass(frozen=True)
@@ -120,25 +137,65 @@ def encode(ckpt: Checkpoint) -> tuple[dict[str, Any], list[bytes]]:
     return manifest, chunks
 
 
-def decode(manifest: dict[str, Any], chunks: list[bytes]) -> Checkpoint:
-    """Inverse of :func:`encode`; raises ValueError on anything inconsistent."""
+def decode(manifest: dict[str, Any], chunks: list[bytes], *,
+           now: float | None = None) -> Checkpoint:
+    """Inverse of :func:`encode`; raises ValueError on anything inconsistent
+    (:class:`CheckpointRefused` for what no writer makes: see ``MAX_DOCUMENT_BYTES`` and
+    ``MAX_CLOCK_LEAD_S``). ``now``: the reader's clock (None: ``written_at`` is not checked)."""
     if manifest.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"manifest format {manifest.get('format')!r}")
+    clock, written_at = float(manifest["clock"]), float(manifest["written_at"])
+    _check_times(clock, written_at, now)
     body = b"".join(chunks)
     if hashlib.sha256(body).hexdigest() != manifest["sha256"]:
         raise ValueError("checksum mismatch")
-    state = orjson.loads(zlib.decompress(body))
+    state = orjson.loads(_inflate(body))
     policy = manifest["policy"]
     return Checkpoint(
         checkpoint_id=str(manifest["checkpoint_id"]),
         offsets={StatePartition(str(t), int(p)): int(o) for t, p, o in manifest["offsets"]},
-        clock=float(manifest["clock"]),
+        clock=clock,
         policy=PolicyOrigin(str(policy["origin"]), str(policy["text"]), str(policy["source"])),
         policy_version=str(manifest["policy_version"]),
         state=state,
-        written_at=float(manifest["written_at"]),
+        written_at=written_at,
         writer=str(manifest["writer"]),
     )
+
+
+def _check_times(clock: float, written_at: float, now: float | None) -> None:
+    if not (math.isfinite(clock) and math.isfinite(written_at)):
+        raise CheckpointRefused(f"replay clock {clock!r} or written_at {written_at!r} is not "
+                                "a finite time")
+    if clock > written_at + MAX_CLOCK_LEAD_S:
+        raise CheckpointRefused(f"replay clock {clock!r} is more than {MAX_CLOCK_LEAD_S:.0f} s "
+                                f"after the checkpoint was written ({written_at!r})")
+    if now is not None and written_at > now + MAX_CLOCK_LEAD_S:
+        raise CheckpointRefused(f"written at {written_at!r}, more than {MAX_CLOCK_LEAD_S:.0f} s "
+                                "from now")
+
+
+def _inflate(body: bytes) -> bytes:
+    """``body`` decompressed, once its size is known to be at most ``MAX_DOCUMENT_BYTES``."""
+    return zlib.decompress(body, bufsize=max(_inflated_size(body), 1))  # one buffer, no regrowth
+
+
+def _inflated_size(body: bytes) -> int:
+    """How many bytes ``body`` inflates to, counted a piece at a time and given up past
+    ``MAX_DOCUMENT_BYTES``: refusing a bomb costs one piece of memory, not the bound (twice
+    over, as a growing buffer)."""
+    inflater = zlib.decompressobj()
+    size, rest = 0, body
+    while not inflater.eof:
+        piece = inflater.decompress(rest, _PIECE_BYTES)
+        if not (piece or len(inflater.unconsumed_tail) < len(rest) or inflater.eof):
+            raise CheckpointRefused("checkpoint document is truncated")  # no progress
+        rest = inflater.unconsumed_tail
+        size += len(piece)
+        if size > MAX_DOCUMENT_BYTES:
+            raise CheckpointRefused(
+                f"checkpoint document inflates past {MAX_DOCUMENT_BYTES} bytes")
+    return size
 
 
 def _chunk_key(checkpoint_id: str, i: int) -> bytes:
@@ -178,10 +235,14 @@ async def load_checkpoints(settings: Settings) -> LoadedCheckpoints:
         missing = [k for k in keys if k not in chunks]
         if missing:
             raise ValueError(f"{len(missing)} of {len(keys)} chunks missing")
-        out.latest = decode(manifest, [chunks[k] for k in keys])
+        out.latest = decode(manifest, [chunks[k] for k in keys], now=time.time())
         out.stale_keys = sorted(set(chunks) - set(keys))
     except (KeyError, TypeError, ValueError, zlib.error, orjson.JSONDecodeError) as exc:
         out.problem = f"checkpoint unusable: {exc}"
+        out.stale_keys = sorted(chunks)
+    except Exception as exc:  # noqa: BLE001 - MemoryError, a manifest of another shape: a replay
+        # in full rebuilds the state, whereas a raise here would stop every worker's start-up
+        out.problem = f"checkpoint unusable: {type(exc).__name__}: {exc}".replace("\n", "; ")
         out.stale_keys = sorted(chunks)
     return out
 

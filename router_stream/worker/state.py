@@ -168,13 +168,17 @@ class StateFollower:
             raise CheckpointRefused("checkpoint holds no document")
         engine = self._engine
         baseline = engine.policy
-        if ckpt.policy.origin == "control":  # a replay would end on this published policy
-            engine.replace_policy(compile_policy_text(ckpt.policy.text, ckpt.policy.source))
         try:
+            if ckpt.policy.origin == "control":  # a replay would end on this published policy
+                engine.replace_policy(compile_policy_text(ckpt.policy.text, ckpt.policy.source))
             restore_state(engine, ckpt.state)
-        except CheckpointRefused:
+        except (CheckpointRefused, PolicyError):
             engine.replace_policy(baseline)
             raise
+        except Exception as exc:  # noqa: BLE001 - a MemoryError, say: refused like a bad
+            # document, so the worker replays in full instead of failing to start
+            engine.replace_policy(baseline)
+            raise CheckpointRefused(f"{type(exc).__name__}: {exc}") from exc
         if ckpt.policy.origin == "control":
             self.policy = ckpt.policy
             self._on_policy(PolicyEvent(engine.policy_version, ckpt.policy.text, True,
