@@ -4,6 +4,7 @@ the transaction, and no record or row that can stop it (issue 15's Postgres half
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import orjson
@@ -36,13 +37,17 @@ async def test_rows_from_records_with_bad_content_isolated_and_offsets_committed
     s = await prepare(settings, tmp_path)
     good = [(b"k", _decision(i)) for i in range(10)]
     nul = (b"k", _decision(10, signal_id="a\u0000b", tenant="t\u0000"))
-    too_big_tier = (b"k", _decision(11, tier=2**40))  # int4: refused even escaped
+    too_big_tier = (b"k", _decision(11, tier=2**40))  # past int4: refused when decoded
     not_a_decision = (b"k", b'{"hello": "world"}')
     at = await produce(s, DECISIONS, [*good[:5], nul, too_big_tier, not_a_decision, *good[5:]])
     (partition, _), (_, last) = at[6], at[-1]  # one key: one partition
     await produce(s, DLQ, [(b"k", b"v")])  # no x-dlq-* headers: not ours
     key, value = encode_event(TrustSnapshotEvent(scores={"src\u00001": 0.5}, at=100.0))
-    await produce(s, EVENTS, [(key, value), (b"x", b"not json")])
+    # a source id past what its unique index holds (random: no compression): refused by
+    # Postgres at write time, the row isolated from its batch
+    unindexable = encode_event(TrustSnapshotEvent(scores={os.urandom(10_000).hex(): 0.5},
+                                                  at=100.0))
+    events_at = await produce(s, EVENTS, [(key, value), unindexable, (b"x", b"not json")])
 
     projection = await project_to_idle(s)
 
@@ -51,12 +56,14 @@ async def test_rows_from_records_with_bad_content_isolated_and_offsets_committed
     assert [r["source_id"] for r in await fetch(s, "SELECT source_id FROM trust_snapshots")] == [
         "src\\u00001"]
     m = projection.metrics.registry.get_sample_value
-    assert m("router_projection_rows_skipped_total", {"table": "routing_decisions"}) == 1
-    assert m("router_projection_bad_records_total", {"topic": s.topic(DECISIONS)}) == 1
+    assert m("router_projection_rows_skipped_total", {"table": "trust_snapshots"}) == 1
+    assert m("router_projection_bad_records_total", {"topic": s.topic(DECISIONS)}) == 2
     assert m("router_projection_bad_records_total", {"topic": s.topic(DLQ)}) == 1
     assert m("router_projection_bad_records_total", {"topic": s.topic(EVENTS)}) == 1
-    # the int4 overflow is reported by its position, and the commit went past it
+    # what was skipped is reported by its position, and the commit went past it
     assert f"{s.topic(DECISIONS)}/{partition}/{at[6][1]}" in projection.skipped
+    event_partition, event_offset = events_at[1]
+    assert f"{s.topic(EVENTS)}/{event_partition}/{event_offset}" in projection.skipped
     assert await _committed(s, s.topic(DECISIONS), partition) == last + 1
     assert m("router_projection_lag_seconds") == 0.0
 
