@@ -10,6 +10,7 @@ import click
 from pydantic import ValidationError
 
 from router_stream.cli import cli
+from router_stream.cli.terminal import cell
 from router_stream.config import Settings
 from router_stream.errors import ConfigError
 
@@ -90,6 +91,8 @@ def status(migrations_dir: Path | None, as_json: bool) -> None:
     colours = {"applied": "green", "pending": "yellow", "changed": "red", "missing": "red"}
     for s in states:
         applied_at = s.applied_at.strftime("%Y-%m-%d %H:%M:%S%z") if s.applied_at else "-"
-        table.add_row(s.filename, f"[{colours[s.state]}]{s.state}[/]", applied_at, s.checksum[:12])
+        # cells, not markup: a migration the database lists is named by its row
+        table.add_row(cell(s.filename), cell(s.state, colours[s.state]), cell(applied_at),
+                      cell(s.checksum[:12]))
     console = Console()
     (console if console.is_terminal else Console(width=200)).print(table)

@@ -19,6 +19,7 @@ from router_stream.cli.dlq_output import (
     print_entries,
     print_summary,
 )
+from router_stream.cli.terminal import printable
 from router_stream.config import Settings
 from router_stream.dlq import store
 from router_stream.dlq.filters import REASONS, STATUSES, DlqFilter
@@ -278,6 +279,10 @@ def replay(id_args: tuple[int, ...], limit: int | None, rate: float | None, max_
            as_json: bool, ids: tuple[int, ...], **filters: Any) -> None:
     """Send pending entries back to their original topic, byte-exact, and mark them replayed.
 
+    Replay sends only to the topic the router reads signals from, which every entry the router
+    writes names; an entry naming another topic (or a topic that does not exist) is not sent,
+    stays pending, and one line says so; the others are replayed.
+
     Each record carries its original key, value and headers plus x-dlq-id, x-dlq-attempts and
     x-dlq-original-topic/partition/offset, so the worker keeps the signal's origin and counts
     the attempt. An entry is marked replayed only after the broker acknowledged it; only
@@ -298,10 +303,11 @@ def replay(id_args: tuple[int, ...], limit: int | None, rate: float | None, max_
       router-stream dlq replay --dlq-reason no_healthy_destination --since 2h --rate 500
       router-stream dlq replay 42
 
-    Exit code 1 when entries matched but every one was refused by --max-attempts, when a
-    masked entry could not be replayed because its router.dlq record is gone, or when entries
-    were held back; 2 when the broker refused an entry or the replay stopped or was
-    interrupted (what was acknowledged is marked: run it again).
+    Exit code 1 when entries matched but every one was refused by --max-attempts, when an
+    entry could not be replayed (its router.dlq record is gone, or its topic is not the signals
+    topic or does not exist), or when entries were held back; 2 when the broker refused an
+    entry or the replay stopped or was interrupted (what was acknowledged is marked: run it
+    again).
     """
     where = _build_filter(ids + id_args, **filters)
     _require_selection(where, all_, "replay")
@@ -391,7 +397,7 @@ def _print_replay(report: Any, as_json: bool, preview: _Preview | None) -> None:
         click.echo(f"not pending (already replayed or discarded), skipped: "
                    f"{', '.join(map(str, report.not_pending))}", err=True)
     for _, why in (*report.unavailable, *report.failed):
-        click.echo(f"error: {why}", err=True)
+        click.echo(f"error: {printable(why)}", err=True)
     if report.held_entries:
         why = "; ".join(f"{n} because {reason}" for reason, n in sorted(report.held.items()))
         click.secho(f"held back {report.held_entries} entries of {report.held_keys} keys to keep"

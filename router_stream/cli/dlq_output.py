@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from router_stream.cli.terminal import cell, printable, printable_json
 from router_stream.dlq import store
 
 
@@ -38,7 +39,8 @@ def print_summary(rows: list[store.SummaryRow], as_json: bool) -> None:
 
     table = Table("reason", "status", "count", "oldest failure", "newest failure")
     for r in rows:
-        table.add_row(r.reason, r.status, str(r.count), _short(r.oldest), _short(r.newest))
+        table.add_row(*map(cell, (r.reason, r.status, r.count, _short(r.oldest),
+                                  _short(r.newest))))
     table.caption = f"{sum(r.count for r in rows)} entries"
     console().print(table)
 
@@ -55,29 +57,32 @@ def print_entries(entries: list[store.DlqRow], as_json: bool) -> None:
                   "error")
     for e in entries:
         origin = f"{e.original_topic}/{e.original_partition}/{e.original_offset}"
-        table.add_row(str(e.id), e.reason, e.status, str(e.attempts), origin, e.signal_id or "",
-                      _short(e.last_failed_at), e.error[:60])
+        # cells, not markup: signal ids and errors are what the signal's producer wrote
+        table.add_row(*map(cell, (e.id, e.reason, e.status, e.attempts, origin, e.signal_id or "",
+                                  _short(e.last_failed_at), e.error[:60])))
     table.caption = f"{len(entries)} entries"
     console().print(table)
 
 
 def print_detail(d: dict[str, Any]) -> None:
+    """The entry for a person; what its producer wrote is shown, its control characters
+    escaped (``\\xNN``; inside JSON ``\\u00NN``), never sent to the terminal."""
     for name in ("id", "status", "reason", "attempts", "error", "signal_id", "tenant", "kind",
                  "dlq_key", "first_failed_at", "last_failed_at", "replayed_at", "replay_count",
                  "discarded_at", "discard_reason"):
         if d.get(name) not in (None, ""):
-            click.echo(f"{name:<16}{d[name]}")
+            click.echo(f"{name:<16}{printable(d[name])}")
     click.echo(f"{'key':<16}{_bytes_line(d['key'])}")
     click.echo(f"{'headers':<16}{'' if d['headers'] else '(none)'}")
     for name, value in d["headers"]:
-        click.echo(f"  {name}: {value if value is not None else '(null)'}")
+        click.echo(f"  {printable(name)}: {printable(value) if value is not None else '(null)'}")
     click.echo(f"value ({d['value']['encoding']}, {d['value']['size']} bytes)"
                + _masking_note(d))
     value = d["value"]
     if value["encoding"] == "json":
-        click.echo(json.dumps(value["json"], indent=2, ensure_ascii=False))
+        click.echo(printable_json(json.dumps(value["json"], indent=2, ensure_ascii=False)))
     elif value["encoding"] == "text":
-        click.echo(value["text"])
+        click.echo(printable(value["text"]))
     elif value["encoding"] == "base64":
         click.echo(f"  hex: {value['hex_preview']}{' ...' if value['size'] > 32 else ''}")
         click.echo(f"  base64: {value['base64']}")
@@ -96,5 +101,5 @@ def _bytes_line(described: dict[str, Any]) -> str:
     if enc == "null":
         return "(none)"
     if enc == "json":
-        return json.dumps(described["json"], ensure_ascii=False)
-    return str(described.get("text") or "base64:" + described["base64"])
+        return printable_json(json.dumps(described["json"], ensure_ascii=False))
+    return printable(described.get("text") or "base64:" + described["base64"])

@@ -26,6 +26,7 @@ from router_stream.adapters.kafka_io import (
     read_records,
 )
 from router_stream.cli import cli
+from router_stream.cli.terminal import printable_json_bytes
 from router_stream.config import Settings
 from router_stream.errors import ConfigError, RouterError, UserError
 
@@ -247,7 +248,9 @@ def tail(topic: str, from_beginning: bool, max_records: int | None, timeout: flo
             out.write((record.value or b"") + b"\n")
         else:
             option = orjson.OPT_INDENT_2 if pretty else 0
-            out.write(orjson.dumps(record_json(record), option=option) + b"\n")
+            # orjson escapes C0 only: DEL and C1 as \u00NN too, the same JSON, inert on a tty
+            out.write(printable_json_bytes(orjson.dumps(record_json(record), option=option))
+                      + b"\n")
         out.flush()
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a follow ends

@@ -27,6 +27,7 @@ import click
 from pydantic import ValidationError
 
 from router_stream.cli import cli
+from router_stream.cli.terminal import cell
 from router_stream.config import Settings
 from router_stream.core.models import OverrideClear, OverrideSet
 from router_stream.core.overrides import OverrideKind
@@ -296,8 +297,9 @@ def list_(include_all: bool, as_json: bool) -> None:
         expires = ("" if r.expires_at is None else "after 9999-12-31"
                    if r.expires_at == FAR_FUTURE
                    else r.expires_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"))
-        table.add_row(r.id, r.override_kind, selector, r.target or "", expires, r.state(now),
-                      r.reason)
+        # cells, not markup: ids, targets and reasons come from router.control records
+        table.add_row(*map(cell, (r.id, r.override_kind, selector, r.target or "", expires,
+                                  r.state(now), r.reason)))
     table.caption = f"{len(rows)} overrides"
     console = Console()
     (console if console.is_terminal else Console(width=200)).print(table)

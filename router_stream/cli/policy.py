@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from router_stream.cli import cli
+from router_stream.cli.terminal import cell, printable
 from router_stream.config import Settings
 from router_stream.core.compiled import compile_policy
 from router_stream.core.heartbeat import FleetView, WorkerHeartbeat
@@ -236,8 +237,9 @@ def active(as_json: bool) -> None:
         marker = "*" if r["status"] == "active" else " "
         reason = f"  ({r['status_reason']})" if r["status_reason"] else ""
         when = f"{r['published_at']:%Y-%m-%d %H:%M:%S}"
-        click.echo(f"{marker} {r['version']}  {r['status']:<11} {when}"
-                   f"  {r['published_by'] or '-'}{reason}")
+        # a version's status reason and publisher may be what a router.control record said
+        click.echo(printable(f"{marker} {r['version']}  {r['status']:<11} {when}"
+                             f"  {r['published_by'] or '-'}{reason}"))
 
 
 @policy.command()
@@ -403,16 +405,15 @@ def _print_fleet(view: FleetView, settings: Settings, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(view.as_json(), indent=2))
         return
-    click.echo(f"active policy  {view.active_version or 'unknown'}")
+    click.echo(f"active policy  {printable(view.active_version or 'unknown')}")
     for note in view.notes:
-        click.echo(f"               ({note})")
+        click.echo(f"               ({printable(note)})")
     if not view.rows:
         click.echo("no worker has recorded a heartbeat" + (
             f" ({view.hidden} stopped or stale for over an hour: --all)" if view.hidden else ""))
         return
     from rich.console import Console
     from rich.table import Table
-    from rich.text import Text
 
     table = Table("worker", "group", "partitions", "policy", "rollout", "last seen", "status",
                   "signals")
@@ -423,8 +424,8 @@ def _print_fleet(view: FleetView, settings: Settings, as_json: bool) -> None:
         cells = (hb.worker_id, hb.group_id, format_partitions(hb.partitions, settings.topic_prefix),
                  format_version(row), format_rollout(hb), format_ago(row.age_s), row.state,
                  str(hb.signals_processed))
-        # Text, not markup: a heartbeat's ids are whatever its writer put there
-        table.add_row(*(Text(cell) for cell in cells), style=style)
+        # cells, not markup: a heartbeat's ids are whatever its writer put there
+        table.add_row(*map(cell, cells), style=style)
     console = Console()
     if not console.is_terminal:  # piped or captured: whole rows, no wrapping at 80 columns
         console = Console(width=400)

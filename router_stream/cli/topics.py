@@ -11,6 +11,7 @@ import click
 from pydantic import ValidationError
 
 from router_stream.cli import cli
+from router_stream.cli.terminal import cell
 from router_stream.config import Settings
 from router_stream.errors import ConfigError
 
@@ -143,10 +144,11 @@ def list_(
     table.columns.insert(0, Column("topic", no_wrap=True, min_width=longest))  # names whole
     for i in infos:
         if not i.exists:
-            table.add_row(i.name, "[red]missing[/]", "-", "-", "-")
-        else:
-            table.add_row(i.name, str(i.partitions), str(i.replication_factor),
-                          i.configs.get("cleanup.policy", "?"), i.configs.get("retention.ms", "?"))
+            table.add_row(cell(i.name), cell("missing", "red"), "-", "-", "-")
+        else:  # cells, not markup: the configs are the broker's
+            table.add_row(*map(cell, (i.name, i.partitions, i.replication_factor,
+                                      i.configs.get("cleanup.policy", "?"),
+                                      i.configs.get("retention.ms", "?"))))
     console = Console()
     if not console.is_terminal:  # piped: no terminal width to respect, keep rows whole
         console = Console(width=longest + 70)

@@ -27,6 +27,13 @@ The engine counts the replay: a record carrying ``x-dlq-id`` that fails again is
 ``attempts + 1`` on the same ``dlq_key``, and the DLQ writer turns the entry back to ``pending``
 with that count, so an entry that keeps failing reaches ``--max-attempts`` and stops there.
 
+**Where to.** Replay sends only to the topic the router reads signals from
+(:func:`replay_topics`). Every entry the router writes names it: a record re-fed from
+``router.retry`` keeps its first origin (``core.wire.origin_of``). An entry naming any other topic
+(a ``router.dlq`` record the router did not write) is not sent, stays ``pending``, and is
+reported with one line saying why (``ReplayReport.unavailable``), as is an entry whose topic does
+not exist; the other entries are replayed.
+
 **Order.** Entries are walked in their original order — original topic, partition, offset,
 which for an entry dead-lettered more than once is its first failure (the row keeps those
 coordinates) — whatever order their rows were written in, a page (``WINDOW`` rows) at a time by
@@ -40,7 +47,8 @@ Steps, and what each guarantees:
 
 1. take the replay lock (one replay per database at a time); count the selected entries
    (``pending``, ``attempts < max_attempts``, the first ``limit``) and the refused ones; check
-   every original topic exists;
+   that the topics replay sends to exist (an entry naming another topic, or a missing one, is
+   left out of the walk: unavailable);
 2. per window: take the next page in original order (read ahead on a second connection while
    the previous window was sent), gate it, read back the original records of its masked
    entries from ``router.dlq``, queue it with the idempotent ``acks=all`` producer (batches per
@@ -63,7 +71,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -78,7 +87,7 @@ from router_stream.adapters.kafka_io import (
     RecordWriter,
     read_at,
 )
-from router_stream.config import Settings
+from router_stream.config import SIGNALS, Settings
 from router_stream.core.refusals import is_reference
 from router_stream.core.wire import (
     H_OFFSET,
@@ -95,7 +104,7 @@ from router_stream.dlq.store import DlqRow
 from router_stream.errors import BrokerUnavailable, OperationTimeout, RouterError, UserError
 
 __all__ = ["DEFAULT_MAX_ATTEMPTS", "ReplayReport", "original_problem", "read_originals",
-           "replay_dlq", "replay_record"]
+           "replay_dlq", "replay_record", "replay_topics", "target_problem"]
 
 DEFAULT_MAX_ATTEMPTS = 5
 T = TypeVar("T")
@@ -114,7 +123,8 @@ class ReplayReport:
     would_send: int = 0  # dry run: entries that would be sent
     refused: int = 0  # pending entries at or over max_attempts
     not_pending: list[int] = field(default_factory=list)  # ids asked for that are not pending
-    # masked entries whose original record could not be read back: (id, why), never sent
+    # entries that cannot be replayed (masked with their router.dlq record gone, references,
+    # naming a topic replay does not send to, or one that does not exist): (id, why), never sent
     unavailable: list[tuple[int, str]] = field(default_factory=list)
     failed: list[tuple[int, str]] = field(default_factory=list)  # refused by the broker
     held: dict[str, int] = field(default_factory=dict)  # held back (stay pending), by why
@@ -149,6 +159,40 @@ def replay_record(row: DlqRow, original: ConsumedRecord | None = None, *,
                     else int(row.original_timestamp.timestamp() * 1000))
     return OutRecord(topic=row.original_topic, value=value, key=key, headers=headers,
                      timestamp_ms=timestamp_ms)
+
+
+def replay_topics(settings: Settings) -> frozenset[str]:
+    """The topics replay sends to: the one the router reads signals from. (A record re-fed from
+    ``router.retry`` keeps its first origin, so its entry names this topic too.)"""
+    return frozenset({settings.topic(SIGNALS)})
+
+
+def target_problem(row: DlqRow, topics: AbstractSet[str],
+                   missing: Mapping[str, str] | None = None) -> str | None:
+    """Why ``row`` is not sent to its original topic: it is none of ``topics``, so the router
+    did not write the entry's record (or ROUTER_TOPIC_PREFIX is not the router's), or the topic
+    is in ``missing`` (topic -> why); None when it can go there."""
+    topic = row.original_topic
+    if topic not in topics:
+        return (f"entry {row.id} not replayed: its original topic {topic} is not the topic the"
+                f" router reads signals from ({', '.join(sorted(topics))}; check"
+                f" ROUTER_TOPIC_PREFIX), and replay sends nowhere else; discard it with"
+                f" `dlq discard {row.id} --reason ...`")
+    if missing and topic in missing:
+        return f"entry {row.id} not replayed: {missing[topic]}"
+    return None
+
+
+async def _missing_topics(writer: RecordWriter, topics: Sequence[str]) -> dict[str, str]:
+    """Which of ``topics`` do not exist, with why; each is checked on its own, so a missing
+    one stops only its entries."""
+    missing: dict[str, str] = {}
+    for topic in topics:
+        try:
+            await writer.ensure_topics([topic])
+        except UserError as exc:
+            missing[topic] = str(exc)
+    return missing
 
 
 def reference_problem(row: DlqRow) -> str | None:
@@ -242,13 +286,16 @@ async def replay_dlq(
             await _select(conn, where, pending, report, limit)
             if on_selected is not None:
                 on_selected(report.selected)
-            replay = _Replay(settings, conn, pending, report, KeyGate(allow_reorder), rate)
+            targets = replay_topics(settings)
+            replay = _Replay(settings, conn, pending, report, KeyGate(allow_reorder), rate,
+                             targets)
             if dry_run:
                 await replay.run(None, on_sent, on_preview)
             elif report.selected:
                 async with RecordWriter(settings) as writer:
-                    await writer.ensure_topics(
-                        await store.topics_of(conn, pending, max_attempts=max_attempts))
+                    named = await store.topics_of(conn, pending, max_attempts=max_attempts)
+                    replay.missing = await _missing_topics(
+                        writer, [t for t in named if t in targets])
                     await replay.run(writer, on_sent, on_preview)
     finally:
         await conn.close()
@@ -285,8 +332,11 @@ class _Replay:
     connections: the next page is read, and a window marked, while another is sent."""
 
     def __init__(self, settings: Settings, conn: asyncpg.Connection, pending: DlqFilter,
-                 report: ReplayReport, gate: KeyGate, rate: float | None) -> None:
+                 report: ReplayReport, gate: KeyGate, rate: float | None,
+                 targets: AbstractSet[str]) -> None:
         self._settings = settings
+        self._targets = targets
+        self.missing: dict[str, str] = {}  # topics of ``targets`` that do not exist -> why
         self._conn = conn
         self._pending = pending
         self._report = report
@@ -332,6 +382,8 @@ class _Replay:
                         ) -> tuple[list[DlqRow], dict[int, ConsumedRecord]]:
         """The rows of ``page`` that go now, in order, and the originals of the masked ones."""
         gate = self._gate
+        # left out before the gate: every entry of their key names the same topic
+        page = [row for row in page if not self._skipped(row)]
         keys = sorted({k for k in map(_key_of, page) if k is not None})
         earlier = await store.earliest_pending(self._conn, keys, self._pending,
                                                max_attempts=self._report.max_attempts)
@@ -352,6 +404,13 @@ class _Replay:
             gate.block(_key_of(row), _position(row), Blocked.UNAVAILABLE)
         # an entry admitted before a later-blocked one of its key is still in order
         return [r for r in rows if gate.admit(_key_of(r), _position(r))], originals
+
+    def _skipped(self, row: DlqRow) -> bool:
+        """True (and reported) when ``row`` cannot go to its original topic."""
+        problem = target_problem(row, self._targets, self.missing)
+        if problem is not None:
+            self._report.unavailable.append((row.id, problem))
+        return problem is not None
 
     async def _send_window(self, writer: RecordWriter, rows: list[DlqRow],
                            originals: dict[int, ConsumedRecord], marker: asyncpg.Connection,

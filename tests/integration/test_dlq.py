@@ -26,7 +26,7 @@ from router_stream.config import DLQ, Settings
 from router_stream.core.models import DlqEntry, DlqReason
 from router_stream.dlq.filters import DlqFilter
 from router_stream.dlq.replay import replay_dlq
-from router_stream.errors import BrokerUnavailable, UserError
+from router_stream.errors import BrokerUnavailable
 from tests.support.cli import run_cli
 
 pytestmark = pytest.mark.integration
@@ -356,14 +356,17 @@ async def test_replay_marks_nothing_without_an_ack(settings: Settings, db, topic
         await replay_dlq(unreachable, DlqFilter(topics=(topic,)))
     assert await status_of(db) == {1: "pending", 2: "pending"}
 
-    with pytest.raises(UserError, match="does not exist"):
-        await replay_dlq(settings, DlqFilter(reasons=("no_healthy_destination",)))
-    assert await status_of(db) == {1: "pending", 2: "pending"}
-    assert await read_all(settings, topic) == []
+    # an entry naming a topic the router does not read signals from stays pending, alone
+    report = await replay_dlq(settings, DlqFilter(reasons=("no_healthy_destination",)))
+    ids = await ids_by_offset(db)
+    assert [entry_id for entry_id, _ in report.unavailable] == [ids[2]]
+    assert len(report.sent) == 1
+    assert await status_of(db) == {1: "replayed", 2: "pending"}
+    assert [r.value for r in await read_all(settings, topic)] == [signal_bytes(1)]
 
     cli_result = await run_cli(settings, "dlq", "replay", "--topic", f"{topic}-gone")
     assert cli_result.exit_code == 1
-    assert cli_result.output.count("\n") == 1 and "does not exist" in cli_result.output
+    assert "is not the topic the router reads signals from" in cli_result.output
 
 
 async def test_an_entry_the_broker_refuses_stays_pending_and_holds_back_its_key(
