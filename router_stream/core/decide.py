@@ -220,7 +220,7 @@ class Decider:
         not_before = now + min(route.retry_delay_s * 2 ** (attempts - 1), MAX_RETRY_DELAY_S)
         first = origin.first_failed_at if origin.first_failed_at is not None else now
         headers = retry_headers(record.headers, origin, attempts, first, not_before,
-                                d.signal.signal_id)
+                                d.signal.signal_id, dlq_context(record, self._group))
         d.result.retries.append(RetryRecord(record.key, record.value, headers, not_before,
                                             attempts, d.signal.signal_id))
 

@@ -259,13 +259,20 @@ def dlq_headers(headers: Sequence[tuple[str, bytes | None]] | None, *, reason: D
 
 def retry_headers(headers: Sequence[tuple[str, bytes | None]] | None, origin: Origin,
                   attempts: int, first_failed_at: float, not_before: float,
-                  signal_id: str) -> Headers:
+                  signal_id: str, context: DlqContext | None = None) -> Headers:
     """The headers of a record parked on ``router.retry``: its own, its origin and attempts,
-    when it is due again and its signal id."""
-    return [*without_router_headers(headers),
-            *origin_headers(origin.topic, origin.partition, origin.offset, attempts,
-                            first_failed_at),
-            (H_RETRY_NOT_BEFORE, repr(not_before).encode()), (H_SIGNAL_ID, header_text(signal_id))]
+    when it is due again, its signal id, and the first trip's record timestamp and its type
+    (``context``, :func:`dlq_context`): the retry record has a timestamp of its own, and the
+    DLQ entry of a signal whose retries run out names the first trip's."""
+    out = [*without_router_headers(headers),
+           *origin_headers(origin.topic, origin.partition, origin.offset, attempts,
+                           first_failed_at),
+           (H_RETRY_NOT_BEFORE, repr(not_before).encode()), (H_SIGNAL_ID, header_text(signal_id))]
+    if context is not None and context.original_timestamp is not None:
+        out.append((H_ORIGINAL_TS, str(context.original_timestamp).encode()))
+        if context.timestamp_type is not None:
+            out.append((H_ORIGINAL_TS_TYPE, context.timestamp_type.encode()))
+    return out
 
 
 def replay_headers(headers: Sequence[tuple[str, bytes | None]] | None, dlq_id: int,

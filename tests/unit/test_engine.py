@@ -118,6 +118,24 @@ def test_no_healthy_destination_retries_then_exhausts():
     assert (entry.original_topic, entry.original_offset, entry.attempts) == ("signals", 42, 2)
 
 
+def test_retries_run_out_with_the_first_trip_s_record_timestamp_in_the_dlq_headers():
+    """Each retry record has a timestamp of its own (when it was parked); the dead letter says
+    when the signal was first written, as x-dlq-original-timestamp promises."""
+    routes = dict(policy().routes)
+    routes["alert"] = replace(routes["alert"], max_attempts=1, retry_delay_s=1.0)
+    engine = RouterEngine(policy(routes=routes))
+    for dest in ("pager", "slack", "email"):
+        for _ in range(3):
+            engine.apply_health(HealthEvent(source_id=dest, ts=ms(NOW), ok=False), NOW)
+    first_written = ms(NOW) - 5_000
+    r = engine.decide_batch([Rec(sig(1), offset=42, timestamp=first_written)], NOW)
+    parked = Rec(r.retries[0].value, topic="router.retry", offset=0,
+                 timestamp=ms(NOW + 1), headers=r.retries[0].headers)
+    [dead] = engine.decide_batch([parked], NOW + 2).dlq
+    headers = dict(dead.headers)
+    assert headers["x-dlq-original-timestamp"] == str(first_written).encode()
+
+
 def test_no_healthy_destination_goes_to_dlq_without_retry_budget():
     engine = RouterEngine(policy())
     for dest in ("pager", "slack", "email"):
