@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import msgspec
 import orjson
 
+from router_stream.core.models import MAX_EPOCH_MS
+
 if TYPE_CHECKING:
     from router_stream.core.models import DlqReason, InboundRecord
 
@@ -139,7 +141,7 @@ TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}\Z")
 """What Kafka accepts as a topic name."""
 INT32_MAX = 2**31 - 1  # a Kafka partition; a DLQ entry's attempts (Postgres int4)
 INT64_MAX = 2**63 - 1  # a Kafka offset or timestamp (Postgres int8)
-LATEST_EPOCH_S = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the latest a datetime (a row) holds
+LATEST_EPOCH_S = MAX_EPOCH_MS // 1000 * 1.0  # 9999-12-31T23:59:59Z: the latest a row holds
 
 
 def valid_position(topic: str, partition: int, offset: int) -> bool:

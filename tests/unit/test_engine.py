@@ -99,13 +99,19 @@ def test_route_names_the_signal_id_the_router_derived():
     assert routed["route"]["signal_id"] == r.decisions[0].signal_id != ""
 
 
-def test_no_healthy_destination_retries_then_exhausts():
+def every_alert_destination_down(max_attempts: int) -> RouterEngine:
+    """An engine whose alert route retries ``max_attempts`` times, its destinations all open."""
     routes = dict(policy().routes)
-    routes["alert"] = replace(routes["alert"], max_attempts=2, retry_delay_s=1.0)
+    routes["alert"] = replace(routes["alert"], max_attempts=max_attempts, retry_delay_s=1.0)
     engine = RouterEngine(policy(routes=routes))
     for dest in ("pager", "slack", "email"):
         for _ in range(3):
             engine.apply_health(HealthEvent(source_id=dest, ts=ms(NOW), ok=False), NOW)
+    return engine
+
+
+def test_no_healthy_destination_retries_then_exhausts():
+    engine = every_alert_destination_down(max_attempts=2)
     r = engine.decide_batch([Rec(sig(1), offset=42)], NOW)
     assert len(r.retries) == 1 and r.retries[0].attempts == 1
     again = Rec(r.retries[0].value, topic="router.retry", offset=0, headers=r.retries[0].headers)
@@ -121,12 +127,7 @@ def test_no_healthy_destination_retries_then_exhausts():
 def test_retries_run_out_with_the_first_trip_s_record_timestamp_in_the_dlq_headers():
     """Each retry record has a timestamp of its own (when it was parked); the dead letter says
     when the signal was first written, as x-dlq-original-timestamp promises."""
-    routes = dict(policy().routes)
-    routes["alert"] = replace(routes["alert"], max_attempts=1, retry_delay_s=1.0)
-    engine = RouterEngine(policy(routes=routes))
-    for dest in ("pager", "slack", "email"):
-        for _ in range(3):
-            engine.apply_health(HealthEvent(source_id=dest, ts=ms(NOW), ok=False), NOW)
+    engine = every_alert_destination_down(max_attempts=1)
     first_written = ms(NOW) - 5_000
     r = engine.decide_batch([Rec(sig(1), offset=42, timestamp=first_written)], NOW)
     parked = Rec(r.retries[0].value, topic="router.retry", offset=0,
