@@ -18,16 +18,25 @@ pytestmark = pytest.mark.integration
 APP = Path(__file__).parent / "apps" / "counter_app.py"
 
 
+def _log(workdir: Path, proc_output: str) -> str:
+    """What the worker printed and the tail of its log file, for an assertion message."""
+    log = workdir / "faust.log"
+    tail = log.read_text(errors="replace")[-6000:] if log.exists() else "(no log file)"
+    return f"{proc_output}\n--- faust.log ---\n{tail}"
+
+
 def _start_worker(env: dict[str, str], workdir: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, str(APP), "worker", "--without-web", "-l", "warn"],
+        # info-level log in a file: a failure shows faust's rebalances and commits
+        [sys.executable, str(APP), "worker", "--without-web", "-l", "info",
+         "--logfile", str(workdir / "faust.log")],
         env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,
     )
 
 
 async def _read_counts(
-    bootstrap: str, topic: str, want: int, worker: subprocess.Popen[bytes], timeout: float = 60.0
+    bootstrap: str, topic: str, want: int, worker: subprocess.Popen[bytes], timeout: float = 90.0
 ) -> list[tuple[str, int]]:
     """Read (key, count) records until ``want`` arrived, the worker died, or the time is up."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
@@ -63,7 +72,7 @@ async def _wait_ready(
     deadline = asyncio.get_running_loop().time() + timeout
     while not (workdir / "ready").exists():
         if worker.poll() is not None or asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"faust worker not ready: {stop_process(worker)}")
+            raise AssertionError(f"faust worker not ready: {_log(workdir, stop_process(worker))}")
         await asyncio.sleep(0.1)
 
 
@@ -86,7 +95,7 @@ async def test_table_recovers_from_changelog_after_restart(
         await _produce(servers.kafka_bootstrap, src, keys)
         first = await _read_counts(servers.kafka_bootstrap, out, len(keys), worker)
     finally:
-        log1 = stop_process(worker)
+        log1 = _log(tmp_path / "run1", stop_process(worker))
     assert len(first) == len(keys), log1
     assert {k: max(v for kk, v in first if kk == k) for k in "abc"} == {"a": 10, "b": 7, "c": 3}
 
@@ -98,6 +107,6 @@ async def test_table_recovers_from_changelog_after_restart(
         await _produce(servers.kafka_bootstrap, src, ["a", "b", "c", "d"])
         both = await _read_counts(servers.kafka_bootstrap, out, len(keys) + 4, worker)
     finally:
-        log2 = stop_process(worker)
+        log2 = _log(tmp_path / "run2", stop_process(worker))
     assert len(both) == len(keys) + 4, log2
     assert dict(both[len(keys):]) == {"a": 11, "b": 8, "c": 4, "d": 1}

@@ -18,6 +18,10 @@ app = faust.App(
     web_enabled=False,  # `worker` turns it on again unless run with --without-web
     producer_acks=-1,
     broker_commit_every=1,
+    # faust's default session is 60 s; a member the broker stops hearing from holds a commit
+    # (and with it faust's fetch loop) until the session expires, which the test cannot wait for
+    broker_session_timeout=10.0,
+    broker_heartbeat_interval=1.0,
 )
 source = app.topic(os.environ["COUNTER_IN"], key_type=str, value_type=str)
 sink = app.topic(os.environ["COUNTER_OUT"], key_serializer="raw", value_serializer="raw")
