@@ -30,6 +30,7 @@ from router_stream.core.parsing import (
 )
 from router_stream.core.parsing import _parse_checked as parse_checked
 from router_stream.errors import InvalidSignal
+from tests.support.schemas import schema_errors
 
 NOW = 1704067200.0
 
@@ -91,7 +92,7 @@ def test_not_json_is_invalid_json(raw: bytes) -> None:
         (b'{"sender_id": 5}', "sender_id: must be a string, got number"),
         (b'{"sender_id": ""}', "sender_id: must be 1 to 256 characters"),
         (b'{"sender_id": "s", "ts": true}', "ts: must be an RFC 3339"),
-        (b'{"sender_id": "s", "ts": "2024-01-01"}', "ts: RFC 3339 timestamp needs a UTC offset"),
+        (b'{"sender_id": "s", "ts": "2024-01-01"}', "ts: not an RFC 3339 timestamp"),
         (b'{"sender_id": "s", "ts": "soon"}', "ts: not an RFC 3339 timestamp"),
         (b'{"sender_id": "s", "payload": [1]}', "payload: must be an object, got array"),
         (b'{"sender_id": "s", "priority": 10}', "priority: must be 0 to 9, got 10"),
@@ -140,6 +141,41 @@ def test_deterministic_id_is_stable_across_key_order_and_ts_form() -> None:
     b = parse(b'{"payload": {"b": 2, "a": 1}, "ts": "2024-01-01T00:00:00Z", "sender_id": "s"}')
     assert isinstance(a, Signal) and isinstance(b, Signal)
     assert a.signal_id == b.signal_id
+
+
+# --- ts is RFC 3339's date-time, as the topics' JSON Schemas say ------------------------------
+
+RFC3339_VALID = [
+    "2024-01-01T00:00:00Z", "2024-01-01t00:00:00z", "2024-01-01T00:00:00.5+01:00",
+    "2024-01-01T00:00:00.123456789-08:00",
+]
+RFC3339_REFUSED = [
+    "2024-01-01 00:00:00Z",  # ISO 8601 and RFC 3339's note allow a space; its grammar does not
+    "2024-01-01T00:00Z", "2024-01-01T00Z", "20240101T000000Z", "2024-W01-1T00:00:00Z",
+    "2024-01-01T00:00:00,5Z", "2024-01-01T00:00:00+0100", "2024-01-01T00:00:00+01",
+    "2024-13-01T00:00:00Z", "2024-01-01T00:00:00+24:00", "\uff12024-01-01T00:00:00Z",
+]
+
+
+@pytest.mark.parametrize("ts", RFC3339_VALID)
+def test_rfc3339_timestamps_are_read(ts: str) -> None:
+    signal = parse(orjson.dumps({"sender_id": "s", "ts": ts}))
+    assert isinstance(signal, Signal)
+    assert signal.ts == pytest.approx(to_epoch_seconds(ts.upper()))
+
+
+@pytest.mark.parametrize("ts", RFC3339_REFUSED)
+def test_other_iso8601_forms_are_refused_as_not_rfc3339(ts: str) -> None:
+    result = parse(orjson.dumps({"sender_id": "s", "ts": ts}))
+    assert isinstance(result, Rejection)
+    assert result.reason is DlqReason.INVALID_SIGNAL
+    assert "not an RFC 3339 timestamp" in result.error
+
+
+def test_a_zoneless_timestamp_is_refused_by_name() -> None:
+    result = parse(b'{"sender_id": "s", "ts": "2024-01-01T00:00:00"}')
+    assert isinstance(result, Rejection)
+    assert "needs a UTC offset or 'Z'" in result.error
 
 
 # --- both paths agree with a reference model of the rules ----------------------------------
@@ -203,6 +239,7 @@ field_values = st.one_of(
     st.dictionaries(st.text(max_size=2), st.lists(st.integers(-(2**64), 2**64) | st.floats(
         allow_nan=False, allow_infinity=False), max_size=2), max_size=2),
     st.sampled_from(["2024-01-01T00:00:00Z", "2024-01-01T00:00:00", "s"]),
+    st.sampled_from(RFC3339_VALID + RFC3339_REFUSED),
 )
 signal_dicts = st.fixed_dictionaries(
     {},
@@ -241,6 +278,15 @@ def test_parser_accepts_exactly_what_the_reference_model_accepts(data: dict[str,
     else:
         assert isinstance(result, Signal)
         assert msgspec.structs.asdict(result) == expected.model_dump()
+
+
+@given(signal_dicts)
+def test_what_the_parser_accepts_is_valid_by_the_signal_schema(data: dict[str, Any]) -> None:
+    """A signal the router routes reaches consumers unchanged inside a RoutedSignal, whose schema
+    includes the signal's: so every signal the parser accepts must be valid by that schema."""
+    raw = _json(data)
+    if isinstance(parse_signal(raw, record_ts_ms=0, now=0.0), Signal):
+        assert schema_errors("signal.schema.json", orjson.loads(raw)) == []
 
 
 @given(signal_dicts)
