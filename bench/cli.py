@@ -37,7 +37,7 @@ def main(*, quick: bool, out_dir: Path, docs: Path | None, only: tuple[str, ...]
 
     settings = Settings()
     profile = QUICK if quick else FULL
-    if docs is None and not quick:
+    if docs is None and not quick and not only:  # the page shows every contender of one run
         docs = Path("docs/benchmarks.md")
     console.print(f"router-stream bench ({profile.name}, budget {profile.budget_s:.0f}s) against "
                   f"Kafka {settings.kafka_bootstrap}")

@@ -26,7 +26,7 @@ def _bench_root() -> Path:
               help="Where the JSON, plots and contender logs go.")
 @click.option("--docs", "docs", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Regenerate this page from the run (default: docs/benchmarks.md on a full "
-                   "run, nothing on --quick).")
+                   "run of every contender, nothing on --quick or --only).")
 @click.option("--only", multiple=True,
               type=click.Choice(["core", "floor", "raw", "raw_ck", "faust", "router_pg",
                                  "router_nopg", "router_eos", "projection"]),
