@@ -14,7 +14,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-GOALS = {"vs_raw": 0.5, "vs_faust": 5.0, "p50_1k_ms": 5.0, "p99_1k_ms": 25.0, "p99_50_ms": 100.0,
+# The open issues' goals; p99 at 50 % of the sustainable rate is issue 13's 50 ms (an earlier
+# issue asked for 100).
+GOALS = {"vs_raw": 0.5, "vs_faust": 5.0, "p50_1k_ms": 5.0, "p99_1k_ms": 25.0, "p99_50_ms": 50.0,
          "projection_rows_s": 20_000, "row_visible_p99_ms": 1_000.0}
 LOST = "lost"  # a latency sample that never arrived (inf in memory, "lost" in JSON)
 ORDER = ("floor", "raw", "raw_ck", "faust", "router_pg", "router_nopg", "router_eos", "core")
@@ -165,12 +167,18 @@ def plot(result: dict[str, Any], stem: Path) -> list[Path]:
     curves = [(c, lab) for c in result["contenders"] for lab in ("1k", "50%", "90%")
               if c.get("latency", {}).get(lab, {}).get("cdf")]
     if curves:
+        # One colour per contender in every panel: the legend is drawn once, and the floor has
+        # no curve at 50 % or 90 %, so the default colour cycle would shift between panels.
+        palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        keys = list(dict.fromkeys(c["key"] for c, _ in curves))
+        colour = {k: palette[i % len(palette)] for i, k in enumerate(keys)}
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
         for ax, lab in zip(axes, ("1k", "50%", "90%"), strict=True):
             for c, lab2 in curves:
                 if lab2 == lab:
                     pts = c["latency"][lab]["cdf"]
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], label=c["label"])
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], label=c["label"],
+                            color=colour[c["key"]])
             ax.set_xscale("log")
             ax.set_xlabel("end-to-end latency, ms (log)")
             ax.set_title({"1k": "at 1k signals/s", "50%": "at 50% of sustainable",

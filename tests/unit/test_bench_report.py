@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench import report
 
 
@@ -94,3 +96,19 @@ def test_a_contender_no_search_step_held_for_shows_the_lowest_rate_tried_as_a_bo
     assert "Not confirmed" not in banner
     assert 'No search step held (the sustainable rate is below the lowest rate tried, shown as ' \
            '"< rate"): raw_ck.' in banner
+
+
+def test_a_contender_has_one_colour_in_every_latency_panel(monkeypatch, tmp_path) -> None:
+    pyplot = pytest.importorskip("matplotlib.pyplot")
+    figures = []
+    monkeypatch.setattr(pyplot.Figure, "savefig", lambda fig, *_a, **_k: figures.append(fig))
+    cdf = {"cdf": [[1.0, 0.0], [2.0, 1.0]]}
+    floor = {**_contender("floor", []), "latency": {"1k": cdf}}  # no 50 % / 90 % curves
+    router = {**_contender("router_pg", []), "latency": {"1k": cdf, "50%": cdf, "90%": cdf}}
+    report.plot({"mode": "full", "run_id": "r", "contenders": [floor, router]}, tmp_path / "run")
+    latency = next(f for f in figures if len(f.axes) == 3)
+    colours = {(ax.get_title(), line.get_label()): line.get_color()
+               for ax in latency.axes for line in ax.get_lines()}
+    router_colours = {c for (_, label), c in colours.items() if label == "router_pg"}
+    assert len(router_colours) == 1
+    assert router_colours != {colours[("at 1k signals/s", "floor")]}
