@@ -145,10 +145,13 @@ def test_deterministic_id_is_stable_across_key_order_and_ts_form() -> None:
 
 # --- ts is RFC 3339's date-time, as the topics' JSON Schemas say ------------------------------
 
-RFC3339_VALID = [
-    "2024-01-01T00:00:00Z", "2024-01-01t00:00:00z", "2024-01-01T00:00:00.5+01:00",
-    "2024-01-01T00:00:00.123456789-08:00",
-]
+RFC3339_READS = {  # text -> epoch seconds
+    "2024-01-01T00:00:00Z": 1704067200.0,
+    "2024-01-01t00:00:00z": 1704067200.0,
+    "2024-01-01T00:00:00.5+01:00": 1704067200.0 - 3600 + 0.5,
+    "2024-01-01T00:00:00.123456789-08:00": 1704067200.0 + 8 * 3600 + 0.123456,  # to the µs
+}
+RFC3339_VALID = list(RFC3339_READS)
 RFC3339_REFUSED = [
     "2024-01-01 00:00:00Z",  # ISO 8601 and RFC 3339's note allow a space; its grammar does not
     "2024-01-01T00:00Z", "2024-01-01T00Z", "20240101T000000Z", "2024-W01-1T00:00:00Z",
@@ -157,11 +160,11 @@ RFC3339_REFUSED = [
 ]
 
 
-@pytest.mark.parametrize("ts", RFC3339_VALID)
-def test_rfc3339_timestamps_are_read(ts: str) -> None:
+@pytest.mark.parametrize(("ts", "seconds"), RFC3339_READS.items())
+def test_rfc3339_timestamps_are_read(ts: str, seconds: float) -> None:
     signal = parse(orjson.dumps({"sender_id": "s", "ts": ts}))
     assert isinstance(signal, Signal)
-    assert signal.ts == pytest.approx(to_epoch_seconds(ts.upper()))
+    assert signal.ts == pytest.approx(seconds, abs=1e-6)
 
 
 @pytest.mark.parametrize("ts", RFC3339_REFUSED)
