@@ -151,7 +151,6 @@ RFC3339_READS = {  # text -> epoch seconds
     "2024-01-01T00:00:00.5+01:00": 1704067200.0 - 3600 + 0.5,
     "2024-01-01T00:00:00.123456789-08:00": 1704067200.0 + 8 * 3600 + 0.123456,  # to the µs
 }
-RFC3339_VALID = list(RFC3339_READS)
 RFC3339_REFUSED = [
     "2024-01-01 00:00:00Z",  # ISO 8601 and RFC 3339's note allow a space; its grammar does not
     "2024-01-01T00:00Z", "2024-01-01T00Z", "20240101T000000Z", "2024-W01-1T00:00:00Z",
@@ -241,8 +240,7 @@ field_values = st.one_of(
     st.dictionaries(st.text(max_size=2), st.integers(-(2**53), 2**53), max_size=2),
     st.dictionaries(st.text(max_size=2), st.lists(st.integers(-(2**64), 2**64) | st.floats(
         allow_nan=False, allow_infinity=False), max_size=2), max_size=2),
-    st.sampled_from(["2024-01-01T00:00:00Z", "2024-01-01T00:00:00", "s"]),
-    st.sampled_from(RFC3339_VALID + RFC3339_REFUSED),
+    st.sampled_from(["2024-01-01T00:00:00", "s", *RFC3339_READS, *RFC3339_REFUSED]),
 )
 signal_dicts = st.fixed_dictionaries(
     {},
