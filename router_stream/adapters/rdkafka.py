@@ -134,13 +134,14 @@ def client_config(settings: Settings, log: RdkafkaLog, **role: object) -> dict[s
 
 
 def reader(settings: Settings, log: RdkafkaLog, *, from_beginning: bool = True,
-           client_id: str = "router-stream-reader", fetch_wait_ms: int | None = None
-           ) -> Consumer:
+           client_id: str = "router-stream-reader", fetch_wait_ms: int | None = None,
+           fetch_min_bytes: int | None = None) -> Consumer:
     """A consumer that is only ever assigned partitions: librdkafka requires a group id, but
     this one is never joined and nothing is committed. ``fetch_wait_ms``: how long a fetch
     waits at the broker for records (``fetch.wait.max.ms``, default 500) — a reader that
     re-assigns partitions waits that long for each, since a newly assigned partition is
-    fetched only after the fetch in flight returns."""
+    fetched only after the fetch in flight returns. ``fetch_min_bytes``: how much a fetch
+    waits for (``fetch.min.bytes``, default 1: it is answered at the first record)."""
     role: dict[str, object] = {
         "group.id": f"router-stream-reader-{uuid.uuid4().hex}",
         "enable.auto.commit": False, "enable.auto.offset.store": False,
@@ -149,6 +150,8 @@ def reader(settings: Settings, log: RdkafkaLog, *, from_beginning: bool = True,
     }
     if fetch_wait_ms is not None:
         role["fetch.wait.max.ms"] = fetch_wait_ms
+    if fetch_min_bytes is not None:
+        role["fetch.min.bytes"] = fetch_min_bytes
     return Consumer(client_config(settings, log, **role))
 
 
