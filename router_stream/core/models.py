@@ -105,11 +105,12 @@ class InboundRecord(Protocol):
 
 # RFC 3339 section 5.6's date-time (ASCII digits only; seconds required; '.' before a fraction);
 # group 1 is the offset, which the grammar requires and this reports by name when it is missing.
+# Its hours and minutes are checked here: datetime.fromisoformat reads "+00:99" as +01:39.
 # datetime.fromisoformat alone would also take ISO 8601's other forms (week dates, basic format,
 # a space for 'T', minutes without seconds), which the topics' JSON Schemas refuse.
 _RFC3339 = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
-    r"([Zz]|[+-][0-9]{2}:[0-9]{2})?"
+    r"([Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?"
 )
 
 

@@ -250,9 +250,9 @@ def _signal_from_dict(data: dict[str, Any], default_ts: float) -> Signal:
         _check_id(source_id, "source_id")
     priority, ttl_ms, value = get("priority"), get("ttl_ms"), get("value")
     if priority is not None:
-        _check_int(priority, "priority", 0, 9)
+        priority = _integer(priority, "priority", 0, 9)
     if ttl_ms is not None:
-        _check_int(ttl_ms, "ttl_ms", 1, None)
+        ttl_ms = _integer(ttl_ms, "ttl_ms", 1, None)
     if value is not None:
         value = _number(value, "value")
     return Signal(signal_id, sender_id, ts, tenant, kind, priority, ttl_ms, payload, metric,
@@ -273,12 +273,17 @@ def _ts_field(value: object) -> float:
         raise _Invalid(f"ts: {exc}") from None
 
 
-def _check_int(value: object, name: str, low: int, high: int | None) -> None:
+def _integer(value: object, name: str, low: int, high: int | None) -> int:
+    """An integer field's value. A number without a fraction (``5.0``) is that integer, as JSON
+    Schema's ``integer`` holds: producers whose numbers are floats write ``5.0`` for 5."""
+    if type(value) is float and value.is_integer():
+        value = int(value)
     if type(value) is not int:
         raise _Invalid(f"{name}: must be an integer, got {_json_type(value)}")
     if value < low or (high is not None and value > high):
         bounds = f"{low} to {high}" if high is not None else f">= {low}"
         raise _Invalid(f"{name}: must be {bounds}, got {value}")
+    return value
 
 
 def _number(value: object, name: str) -> float:

@@ -98,6 +98,9 @@ def test_not_json_is_invalid_json(raw: bytes) -> None:
         (b'{"sender_id": "s", "priority": 10}', "priority: must be 0 to 9, got 10"),
         (b'{"sender_id": "s", "priority": "high"}', "priority: must be an integer, got string"),
         (b'{"sender_id": "s", "priority": true}', "priority: must be an integer, got boolean"),
+        (b'{"sender_id": "s", "priority": 5.5}', "priority: must be an integer, got number"),
+        (b'{"sender_id": "s", "priority": 9.0e1}', "priority: must be 0 to 9, got 90"),
+        (b'{"sender_id": "s", "ttl_ms": 0.0}', "ttl_ms: must be >= 1, got 0"),
         (b'{"sender_id": "s", "ttl_ms": 0}', "ttl_ms: must be >= 1, got 0"),
         (b'{"sender_id": "s", "value": "1"}', "value: must be a number, got string"),
         (b'{"sender_id": "s", "tenant": {}}', "tenant: must be a string, got object"),
@@ -111,6 +114,16 @@ def test_wrong_shapes_are_invalid_signal_with_field_path(raw: bytes | None, mess
     rejection = rejected(raw)
     assert rejection.reason is DlqReason.INVALID_SIGNAL
     assert message in rejection.error
+
+
+def test_an_integer_written_with_a_fraction_of_zero_is_that_integer() -> None:
+    """JSON Schema's ``integer`` (signal.schema.json) includes ``5.0``; so does the parser."""
+    signal = parse(b'{"sender_id": "s", "priority": 5.0, "ttl_ms": 6e5}')
+    assert isinstance(signal, Signal)
+    assert (signal.priority, signal.ttl_ms) == (5, 600000)
+    assert type(signal.priority) is int and type(signal.ttl_ms) is int
+    assert schema_errors("signal.schema.json", {"sender_id": "s", "priority": 5.0,
+                                                "ttl_ms": 6e5}) == []
 
 
 def test_rejection_keeps_the_signal_id_when_known() -> None:
@@ -150,12 +163,15 @@ RFC3339_READS = {  # text -> epoch seconds
     "2024-01-01t00:00:00z": 1704067200.0,
     "2024-01-01T00:00:00.5+01:00": 1704067200.0 - 3600 + 0.5,
     "2024-01-01T00:00:00.123456789-08:00": 1704067200.0 + 8 * 3600 + 0.123456,  # to the µs
+    "2024-01-01T00:00:00+23:59": 1704067200.0 - 23 * 3600 - 59 * 60,
 }
 RFC3339_REFUSED = [
     "2024-01-01 00:00:00Z",  # ISO 8601 and RFC 3339's note allow a space; its grammar does not
     "2024-01-01T00:00Z", "2024-01-01T00Z", "20240101T000000Z", "2024-W01-1T00:00:00Z",
     "2024-01-01T00:00:00,5Z", "2024-01-01T00:00:00+0100", "2024-01-01T00:00:00+01",
     "2024-13-01T00:00:00Z", "2024-01-01T00:00:00+24:00", "\uff12024-01-01T00:00:00Z",
+    "2024-01-01T00:00:00+00:60", "2024-01-01T00:00:00-05:99",  # fromisoformat reads +01:39
+    "2024-01-01T00:00:60Z",  # a leap second: RFC 3339 allows it, datetime cannot hold it
 ]
 
 
@@ -221,6 +237,12 @@ class ReferenceSignal(BaseModel):
     @classmethod
     def _normalise_ts(cls, value: object) -> float:
         return to_epoch_seconds(value)
+
+    @field_validator("priority", "ttl_ms", mode="before")
+    @classmethod
+    def _integral_number(cls, value: object) -> object:
+        """JSON Schema's ``integer``: a number without a fraction, ``5.0`` included."""
+        return int(value) if type(value) is float and value.is_integer() else value
 
     @field_validator("value", mode="before")
     @classmethod
