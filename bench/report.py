@@ -149,6 +149,7 @@ def plot(result: dict[str, Any], stem: Path) -> list[Path]:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
     except ImportError:
         return []
     made = []
@@ -185,7 +186,10 @@ def plot(result: dict[str, Any], stem: Path) -> list[Path]:
                           "90%": "at 90% of sustainable"}[lab])
             ax.grid(True, which="both", alpha=0.3)
         axes[0].set_ylabel("fraction of signals")
-        axes[0].legend(fontsize=7, loc="lower right")
+        # Every contender with a curve in any panel, also one whose 1k window has none.
+        labels = {c["key"]: c["label"] for c, _ in curves}
+        axes[0].legend([Line2D([], [], color=colour[k]) for k in keys],
+                       [labels[k] for k in keys], fontsize=7, loc="lower right")
         fig.tight_layout()
         path = stem.with_name(stem.name + "-latency.png")
         fig.savefig(path, dpi=110)

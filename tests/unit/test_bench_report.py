@@ -112,3 +112,18 @@ def test_a_contender_has_one_colour_in_every_latency_panel(monkeypatch, tmp_path
     router_colours = {c for (_, label), c in colours.items() if label == "router_pg"}
     assert len(router_colours) == 1
     assert router_colours != {colours[("at 1k signals/s", "floor")]}
+
+
+def test_the_latency_legend_names_a_contender_without_a_1k_curve(monkeypatch, tmp_path) -> None:
+    pyplot = pytest.importorskip("matplotlib.pyplot")
+    figures = []
+    monkeypatch.setattr(pyplot.Figure, "savefig", lambda fig, *_a, **_k: figures.append(fig))
+    cdf = {"cdf": [[1.0, 0.0], [2.0, 1.0]]}
+    floor = {**_contender("floor", []), "latency": {"1k": cdf}}
+    late = {**_contender("router_pg", []), "latency": {"50%": cdf}}  # its 1k window failed
+    report.plot({"mode": "full", "run_id": "r", "contenders": [floor, late]}, tmp_path / "run")
+    latency = next(f for f in figures if len(f.axes) == 3)
+    legend = latency.axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["floor", "router_pg"]
+    drawn = {line.get_label(): line.get_color() for ax in latency.axes for line in ax.get_lines()}
+    assert [h.get_color() for h in legend.get_lines()] == [drawn["floor"], drawn["router_pg"]]
