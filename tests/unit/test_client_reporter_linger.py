@@ -1,0 +1,42 @@
+"""A DestinationConsumer's own reporter sends without a linger: each batch waits for its
+outcomes before the next fetch, so a linger would be added to every delivery (docs/consumers.md).
+``kafka_options`` may still set one, and a reporter passed in keeps its own settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from router_stream.client import _consumer
+from router_stream.client._consumer import REPORTER_LINGER_MS, DestinationConsumer
+
+
+class _Reporter:
+    def __init__(self, bootstrap: str, **kwargs: Any) -> None:
+        self.kafka_options = kwargs["kafka_options"]
+
+
+@pytest.fixture
+def made(monkeypatch: pytest.MonkeyPatch):
+    def make(**kwargs: Any) -> DestinationConsumer:
+        consumer = DestinationConsumer("slack", bootstrap_servers="127.0.0.1:9", group_id="g",
+                                       **kwargs)
+        built.append(consumer)
+        return consumer
+    built: list[DestinationConsumer] = []
+    monkeypatch.setattr(_consumer, "OutcomeReporter", _Reporter)
+    yield make
+    for consumer in built:
+        consumer._consumer.close()
+        consumer._thread.close()
+
+
+def test_the_consumers_own_reporter_does_not_linger(made) -> None:
+    reporter = made(kafka_options={"client.id": "x"}).reporter
+    assert REPORTER_LINGER_MS == 0
+    assert reporter.kafka_options == {"linger.ms": 0, "client.id": "x"}
+
+
+def test_kafka_options_may_set_a_linger(made) -> None:
+    assert made(kafka_options={"linger.ms": 20}).reporter.kafka_options["linger.ms"] == 20
