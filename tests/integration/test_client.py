@@ -172,3 +172,47 @@ async def test_reporter_buffer_is_bounded_and_flushed_on_close(servers, test_id,
     records = await read_topic(servers.kafka_bootstrap, outcomes, 3)
     got = [parse_outcome(r.value, record_ts_ms=0) for r in records]
     assert [(o.signal_id, o.ok) for o in got] == [("s-0", True), ("s-1", False), ("s-2", True)]
+
+
+async def test_a_rebalance_hands_partitions_over_after_their_pending_commits(servers, test_id,
+                                                                             topic_factory):
+    """Offsets go out at most every 100 ms without waiting; a member that loses partitions to a
+    new one commits what it handled of them first, so the new owner starts after it: every
+    record is handled exactly once across the two, and the group ends committed to the end."""
+    bootstrap = servers.kafka_bootstrap
+    prefix, group = f"t{test_id}.", f"g-{test_id}-slack"
+    topic = await topic_factory("routed.slack", partitions=4)
+    await topic_factory("outcomes", partitions=1)
+    handled: list[str] = []
+    total = 1200
+
+    async def deliver(r: RoutedSignal) -> None:
+        handled.append(r.decision_id)
+
+    def feed() -> None:  # ~200 records/s over 6 s, keyed across the 4 partitions
+        producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+        for i in range(total):
+            producer.produce(topic, routed(i), str(i).encode())
+            producer.poll(0)
+            time.sleep(0.005)
+        assert producer.flush(20.0) == 0
+
+    def member() -> DestinationConsumer:
+        return DestinationConsumer("slack", bootstrap_servers=bootstrap, topic_prefix=prefix,
+                                   group_id=group)
+
+    first, second = member(), member()
+    async with first:
+        running = [asyncio.create_task(first.run(deliver))]
+        feeding = asyncio.create_task(asyncio.to_thread(feed))
+        await wait_until(lambda: len(handled) >= 100, 30, "the first member handling records")
+        async with second:
+            running.append(asyncio.create_task(second.run(deliver)))
+            await feeding
+            await wait_until(lambda: len(set(handled)) == total, 60, f"{total} deliveries")
+            for c in (first, second):
+                c.request_stop()
+            await asyncio.wait_for(asyncio.gather(*running), 30)
+    assert second.stats.handled > 0, "the second member never got a partition"
+    assert sorted(handled) == sorted(f"dec-{i}" for i in range(total))  # none twice
+    assert await Admin(bootstrap).committed_to_end(group, topic)

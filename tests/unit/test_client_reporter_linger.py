@@ -1,5 +1,5 @@
-"""A DestinationConsumer's own reporter sends without a linger: each batch waits for its
-outcomes before the next fetch, so a linger would be added to every delivery (docs/consumers.md).
+"""A DestinationConsumer's own reporter lingers 1 ms, not the reporter's 5: each batch waits for
+its outcomes before the next fetch, so the linger is added to the next batch (docs/consumers.md).
 ``kafka_options`` may still set one, and a reporter passed in keeps its own settings."""
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ def made(monkeypatch: pytest.MonkeyPatch):
         consumer._thread.close()
 
 
-def test_the_consumers_own_reporter_does_not_linger(made) -> None:
+def test_the_consumers_own_reporter_lingers_less_than_a_standalone_one(made) -> None:
     reporter = made(kafka_options={"client.id": "x"}).reporter
-    assert REPORTER_LINGER_MS == 0
-    assert reporter.kafka_options == {"linger.ms": 0, "client.id": "x"}
+    assert REPORTER_LINGER_MS == 1
+    assert reporter.kafka_options == {"linger.ms": 1, "client.id": "x"}
 
 
 def test_kafka_options_may_set_a_linger(made) -> None:
