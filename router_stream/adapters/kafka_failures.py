@@ -16,7 +16,7 @@ import logging
 import re
 from collections import deque
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from router_stream.config import Settings
 from router_stream.errors import BrokerUnavailable, OperationTimeout, RouterError
@@ -179,6 +179,13 @@ def commit_rebalanced(exc: KafkaException) -> bool:
     """Whether a librdkafka commit failed because the consumer lost its partitions."""
     err = exc.args[0] if exc.args else None
     return isinstance(err, KafkaError) and is_rd_rebalanced_away(err)
+
+
+def commit_failures(error: KafkaError | None, tps: list[TopicPartition]) -> list[KafkaError]:
+    """What failed in librdkafka's answer to a commit (its ``on_commit`` arguments): the
+    request's error or each partition's, leaving out "no offset to commit"."""
+    errors = [error] if error is not None else [tp.error for tp in tps if tp.error]
+    return [e for e in errors if e.code() != KafkaError._NO_OFFSET]
 
 
 def rdkafka_error(settings: Settings, what: str, exc: KafkaException | KafkaError

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from pydantic import ValidationError
 
-from router_stream.adapters.kafka_failures import RdkafkaLog, commit_rebalanced
+from router_stream.adapters.kafka_failures import RdkafkaLog, commit_failures, commit_rebalanced
 from router_stream.adapters.kafka_io import fetch
 from router_stream.adapters.rdkafka import ClientThread
 from router_stream.client._records import InvalidRecord, RoutedSignal, parse_routed
@@ -267,11 +267,9 @@ class DestinationConsumer:
 
     def _on_commit(self, error: KafkaError | None, tps: list[TopicPartition]) -> None:
         """librdkafka's answer to a commit, inside a fetch on the consumer's thread."""
-        errors = [error] if error is not None else [tp.error for tp in tps if tp.error]
-        for e in errors:
-            if e.code() != KafkaError._NO_OFFSET:
-                log.warning("an offset commit of %s failed; the next commit covers it: %s",
-                            self.topic, e.str())
+        for e in commit_failures(error, tps):
+            log.warning("an offset commit of %s failed; the next commit covers it: %s",
+                        self.topic, e.str())
 
     def _on_revoke(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
         """Partitions are taken away (inside a fetch, on the consumer's thread): commit their

@@ -53,6 +53,7 @@ from confluent_kafka.admin._listoffsets import OffsetSpec
 
 from router_stream.adapters.kafka_failures import (
     RdkafkaLog,
+    commit_failures,
     describe_rdkafka,
     is_rd_rebalanced_away,
 )
@@ -333,11 +334,9 @@ class SignalConsumer:
             if self.on_commit_answered is not None:
                 self.on_commit_answered(time.monotonic() - out[1])
             self._send_unsent()
-        errors = [error] if error is not None else [tp.error for tp in tps if tp.error]
-        for e in errors:
-            if e.code() != KafkaError._NO_OFFSET:
-                log.warning("an offset commit failed; the next commit covers it",
-                            extra={"error": e.str(), "rebalanced": is_rd_rebalanced_away(e)})
+        for e in commit_failures(error, tps):
+            log.warning("an offset commit failed; the next commit covers it",
+                        extra={"error": e.str(), "rebalanced": is_rd_rebalanced_away(e)})
 
     async def settle_commits(self, parts: Iterable[Partition]) -> bool:
         """Commit the newest offsets of ``parts`` and wait for the answer: once it comes, every

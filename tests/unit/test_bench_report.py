@@ -98,15 +98,22 @@ def test_a_contender_no_search_step_held_for_shows_the_lowest_rate_tried_as_a_bo
            '"< rate"): raw_ck.' in banner
 
 
-def test_a_contender_has_one_colour_in_every_latency_panel(monkeypatch, tmp_path) -> None:
+CDF = {"cdf": [[1.0, 0.0], [2.0, 1.0]]}
+
+
+def _latency_figure(monkeypatch, tmp_path, contenders):
+    """The latency figure ``report.plot`` draws for ``contenders`` (nothing is saved)."""
     pyplot = pytest.importorskip("matplotlib.pyplot")
     figures = []
     monkeypatch.setattr(pyplot.Figure, "savefig", lambda fig, *_a, **_k: figures.append(fig))
-    cdf = {"cdf": [[1.0, 0.0], [2.0, 1.0]]}
-    floor = {**_contender("floor", []), "latency": {"1k": cdf}}  # no 50 % / 90 % curves
-    router = {**_contender("router_pg", []), "latency": {"1k": cdf, "50%": cdf, "90%": cdf}}
-    report.plot({"mode": "full", "run_id": "r", "contenders": [floor, router]}, tmp_path / "run")
-    latency = next(f for f in figures if len(f.axes) == 3)
+    report.plot({"mode": "full", "run_id": "r", "contenders": contenders}, tmp_path / "run")
+    return next(f for f in figures if len(f.axes) == 3)
+
+
+def test_a_contender_has_one_colour_in_every_latency_panel(monkeypatch, tmp_path) -> None:
+    floor = {**_contender("floor", []), "latency": {"1k": CDF}}  # no 50 % / 90 % curves
+    router = {**_contender("router_pg", []), "latency": {"1k": CDF, "50%": CDF, "90%": CDF}}
+    latency = _latency_figure(monkeypatch, tmp_path, [floor, router])
     colours = {(ax.get_title(), line.get_label()): line.get_color()
                for ax in latency.axes for line in ax.get_lines()}
     router_colours = {c for (_, label), c in colours.items() if label == "router_pg"}
@@ -115,14 +122,9 @@ def test_a_contender_has_one_colour_in_every_latency_panel(monkeypatch, tmp_path
 
 
 def test_the_latency_legend_names_a_contender_without_a_1k_curve(monkeypatch, tmp_path) -> None:
-    pyplot = pytest.importorskip("matplotlib.pyplot")
-    figures = []
-    monkeypatch.setattr(pyplot.Figure, "savefig", lambda fig, *_a, **_k: figures.append(fig))
-    cdf = {"cdf": [[1.0, 0.0], [2.0, 1.0]]}
-    floor = {**_contender("floor", []), "latency": {"1k": cdf}}
-    late = {**_contender("router_pg", []), "latency": {"50%": cdf}}  # its 1k window failed
-    report.plot({"mode": "full", "run_id": "r", "contenders": [floor, late]}, tmp_path / "run")
-    latency = next(f for f in figures if len(f.axes) == 3)
+    floor = {**_contender("floor", []), "latency": {"1k": CDF}}
+    late = {**_contender("router_pg", []), "latency": {"50%": CDF}}  # its 1k window failed
+    latency = _latency_figure(monkeypatch, tmp_path, [floor, late])
     legend = latency.axes[0].get_legend()
     assert [t.get_text() for t in legend.get_texts()] == ["floor", "router_pg"]
     drawn = {line.get_label(): line.get_color() for ax in latency.axes for line in ax.get_lines()}

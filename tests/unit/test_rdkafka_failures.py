@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from types import SimpleNamespace
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from router_stream.adapters.kafka_failures import (
     RDKAFKA_LOGGER,
     RdkafkaLog,
+    commit_failures,
     describe_rdkafka,
     rdkafka_error,
     rdkafka_reason,
@@ -189,3 +191,13 @@ async def test_watermarks_wait_for_a_new_partitions_leader():
         assert refused.calls == 1
     finally:
         thread.close()
+
+
+def test_a_commit_answer_fails_by_its_own_error_or_its_partitions_but_not_for_no_offset() -> None:
+    no_offset, refused = KafkaError(KafkaError._NO_OFFSET), KafkaError(KafkaError.REQUEST_TIMED_OUT)
+    ok = TopicPartition("t", 0, 5)
+    bad = SimpleNamespace(error=refused)  # a TopicPartition's error is read-only
+    assert commit_failures(None, [ok]) == []
+    assert commit_failures(no_offset, [ok]) == []
+    assert [e.code() for e in commit_failures(refused, [ok])] == [KafkaError.REQUEST_TIMED_OUT]
+    assert [e.code() for e in commit_failures(None, [ok, bad])] == [KafkaError.REQUEST_TIMED_OUT]
