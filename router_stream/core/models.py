@@ -55,6 +55,8 @@ MAX_EPOCH_MS = 253_402_300_799_999
 """9999-12-31T23:59:59.999Z: larger values are certainly not epoch milliseconds."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EARLIEST_S = (datetime.min.replace(tzinfo=UTC) - _EPOCH).total_seconds()  # 0001-01-01T00:00:00Z
+_LATEST_S = MAX_EPOCH_MS / 1000
 
 MAX_ID_LEN = 256
 """Ids travel as Kafka keys and Postgres keys; bound them so one signal cannot bloat either."""
@@ -120,6 +122,11 @@ def to_epoch_seconds(value: object) -> float:
     Accepts RFC 3339 text (an explicit UTC offset or ``Z`` is required: a zone-less time is
     ambiguous, and guessing would misplace the signal by hours) or epoch **milliseconds** as a
     JSON number. Raises ``ValueError`` with a one-line reason otherwise.
+
+    Text names an instant from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z, as a number
+    ends at the latter: the range of a UTC datetime, so that a decision's ``signal_ts`` is
+    always a time its Postgres row (and any other reader's datetime) holds. Offsets can push
+    text in the years 0001 and 9999 past either end (``9999-12-31T23:59:59-00:01``).
     """
     kind = type(value)
     if kind is int or kind is float:
@@ -138,7 +145,11 @@ def to_epoch_seconds(value: object) -> float:
             parsed = datetime.fromisoformat(value.upper())  # RFC 3339 allows 't' and 'z'
         except ValueError:  # a date or time out of range: month 13, second 60, ...
             raise ValueError(f"not an RFC 3339 timestamp: {value[:64]!r}") from None
-        return (parsed - _EPOCH).total_seconds()  # ~20% faster than .timestamp()
+        seconds = (parsed - _EPOCH).total_seconds()  # ~20% faster than .timestamp()
+        if not _EARLIEST_S <= seconds <= _LATEST_S:
+            raise ValueError("RFC 3339 timestamp out of range (0001-01-01T00:00:00Z to "
+                             f"9999-12-31T23:59:59.999Z in UTC): {value[:64]!r}")
+        return seconds
     if kind is bool:
         raise ValueError("must be an RFC 3339 string or epoch milliseconds, not a boolean")
     raise ValueError(f"must be an RFC 3339 string or epoch milliseconds, got {kind.__name__}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,30 @@ def test_a_decision_whose_input_position_kafka_cannot_have_is_a_value_error(
     decode_decision(decision_json())  # the control: the same decision in range
     with pytest.raises(ValueError):
         decode_decision(decision_json(**bad))
+
+
+@pytest.mark.parametrize("ts", ["0001-01-01T00:00:00Z", "1969-12-31T23:59:59Z",
+                                "9999-12-31T23:59:59.999Z", "9999-12-31T10:00:00-13:59"])
+def test_a_signal_timed_at_either_end_of_the_range_is_a_decision_the_projection_reads(
+    ts: str,
+) -> None:
+    engine = RouterEngine(load_compiled(ROUTES))
+    value = orjson.dumps({"sender_id": "s", "kind": "alert", "ts": ts})
+    [decision] = engine.decide_batch([Rec(value=value)], NOW).decisions
+    row = decode_decision(decision.to_json())
+    expected = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    assert row.signal_ts is not None
+    assert abs((row.signal_ts - expected).total_seconds()) < 0.001  # epoch seconds: a float
+
+
+@pytest.mark.parametrize("ts", ["9999-12-31T23:59:59-00:01", "0001-01-01T00:00:00+00:01"])
+def test_a_signal_timed_past_the_range_is_dead_lettered_not_decided(ts: str) -> None:
+    engine = RouterEngine(load_compiled(ROUTES))
+    value = orjson.dumps({"sender_id": "s", "kind": "alert", "ts": ts})
+    result = engine.decide_batch([Rec(value=value)], NOW)
+    assert not result.decisions
+    [dead] = result.dlq
+    assert dict(dead.headers)[H_REASON] == b"invalid_signal"
 
 
 # --- masking: JSON nested deeper than the masker recurses --------------------------------------

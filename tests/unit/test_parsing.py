@@ -164,6 +164,9 @@ RFC3339_READS = {  # text -> epoch seconds
     "2024-01-01T00:00:00.5+01:00": 1704067200.0 - 3600 + 0.5,
     "2024-01-01T00:00:00.123456789-08:00": 1704067200.0 + 8 * 3600 + 0.123456,  # to the µs
     "2024-01-01T00:00:00+23:59": 1704067200.0 - 23 * 3600 - 59 * 60,
+    "1969-12-31T23:59:59Z": -1.0,
+    "0001-01-01T00:00:00Z": -62135596800.0,  # the first instant a UTC datetime holds
+    "9999-12-31T23:59:59.999Z": 253402300799.999,  # MAX_EPOCH_MS, where numbers end too
 }
 RFC3339_REFUSED = [
     "2024-01-01 00:00:00Z",  # ISO 8601 and RFC 3339's note allow a space; its grammar does not
@@ -172,6 +175,12 @@ RFC3339_REFUSED = [
     "2024-13-01T00:00:00Z", "2024-01-01T00:00:00+24:00", "\uff12024-01-01T00:00:00Z",
     "2024-01-01T00:00:00+00:60", "2024-01-01T00:00:00-05:99",  # fromisoformat reads +01:39
     "2024-01-01T00:00:60Z",  # a leap second: RFC 3339 allows it, datetime cannot hold it
+]
+
+
+RFC3339_OUT_OF_RANGE = [  # valid RFC 3339, but their instant is outside what a UTC datetime holds
+    "9999-12-31T23:59:59-00:01", "9999-12-31T23:59:59-23:59", "9999-12-31T23:59:59.9995Z",
+    "0001-01-01T00:00:00+00:01", "0001-01-01T23:00:00+23:59",
 ]
 
 
@@ -188,6 +197,14 @@ def test_other_iso8601_forms_are_refused_as_not_rfc3339(ts: str) -> None:
     assert isinstance(result, Rejection)
     assert result.reason is DlqReason.INVALID_SIGNAL
     assert "not an RFC 3339 timestamp" in result.error
+
+
+@pytest.mark.parametrize("ts", RFC3339_OUT_OF_RANGE)
+def test_rfc3339_text_past_either_end_of_the_range_is_refused(ts: str) -> None:
+    result = parse(orjson.dumps({"sender_id": "s", "ts": ts}))
+    assert isinstance(result, Rejection)
+    assert result.reason is DlqReason.INVALID_SIGNAL
+    assert "RFC 3339 timestamp out of range" in result.error
 
 
 def test_a_zoneless_timestamp_is_refused_by_name() -> None:
@@ -262,7 +279,8 @@ field_values = st.one_of(
     st.dictionaries(st.text(max_size=2), st.integers(-(2**53), 2**53), max_size=2),
     st.dictionaries(st.text(max_size=2), st.lists(st.integers(-(2**64), 2**64) | st.floats(
         allow_nan=False, allow_infinity=False), max_size=2), max_size=2),
-    st.sampled_from(["2024-01-01T00:00:00", "s", *RFC3339_READS, *RFC3339_REFUSED]),
+    st.sampled_from(["2024-01-01T00:00:00", "s", *RFC3339_READS, *RFC3339_REFUSED,
+                     *RFC3339_OUT_OF_RANGE]),
 )
 signal_dicts = st.fixed_dictionaries(
     {},
