@@ -19,7 +19,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 # confluent_kafka.admin re-exports these without an __all__, which mypy --strict does not follow
-from confluent_kafka.admin._config import ConfigResource
+from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
 from confluent_kafka.admin._listoffsets import OffsetSpec
 from confluent_kafka.admin._metadata import ClusterMetadata
 from confluent_kafka.admin._resource import ResourceType
@@ -33,8 +33,8 @@ from router_stream.errors import OperationTimeout, RouterError
 if TYPE_CHECKING:
     from router_stream.adapters.topics import TopicSpec
 
-__all__ = ["ObservedTopic", "TopicAdmin", "TopicCreationFailed", "connected_admin", "create_topics",
-           "delete_topics", "describe", "wait_until_ready", "wait_until_serving"]
+__all__ = ["ObservedTopic", "TopicAdmin", "TopicCreationFailed", "alter_configs", "connected_admin",
+           "create_topics", "delete_topics", "describe", "wait_until_ready", "wait_until_serving"]
 
 _END: OffsetSpec = OffsetSpec.latest()  # type: ignore[no-untyped-call]
 # the broker's answers that mean "not this topic" (a TopicCreationFailed), not "not now"
@@ -141,6 +141,33 @@ async def describe(admin: TopicAdmin, names: Sequence[str]) -> dict[str, Observe
         )
         for name, parts in shapes.items()
     }
+
+
+async def alter_configs(admin: TopicAdmin, changes: Mapping[str, Mapping[str, str]]
+                        ) -> dict[str, ObservedTopic]:
+    """Set each topic's ``changes`` (config name -> value) and nothing else: an incremental
+    alter, one SET per name, so configs not named keep their values. A refusal (an invalid
+    value, no ALTER_CONFIGS permission) leaves as the project's error, naming the topic.
+
+    The alter is acknowledged before the broker describes the new values (KRaft applies them
+    from its metadata log): returns the topics as described once every change shows."""
+    resources = [ConfigResource(ResourceType.TOPIC, name, incremental_configs=[
+        ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
+        for key, value in configs.items()]) for name, configs in changes.items()]
+    futures = admin.client.incremental_alter_configs(resources, request_timeout=admin.timeout)
+    for resource, future in futures.items():
+        await admin.result(f"cannot change the configs of topic {resource.name}", future)
+    deadline = asyncio.get_running_loop().time() + admin.timeout
+    while True:
+        seen = await describe(admin, list(changes))
+        pending = [n for n, configs in changes.items() if n in seen and any(
+            seen[n].configs.get(k) != v for k, v in configs.items())]
+        if not pending:
+            return seen
+        if asyncio.get_running_loop().time() > deadline:
+            raise OperationTimeout(f"changed configs not in effect after {admin.timeout:.0f}s: "
+                                   + ", ".join(pending))
+        await asyncio.sleep(0.1)
 
 
 async def wait_until_ready(admin: TopicAdmin, names: Sequence[str]) -> None:

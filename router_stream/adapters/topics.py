@@ -1,7 +1,8 @@
 """Kafka topics as declared in ``topics/topics.yaml`` (or the deployment's own copy,
 ``ROUTER_TOPICS_FILE``): load, create, verify, list.
 
-``apply_topics`` creates what is missing and verifies what exists; ``verify_topics`` only
+``apply_topics`` creates what is missing and verifies what exists (and, asked to, sets the
+configs an existing topic has otherwise than declared); ``verify_topics`` only
 verifies (the worker calls it at start and refuses to run on a problem); ``list_topics`` shows
 router-stream's topics as the cluster has them. Problems are collected, not raised one by one,
 so an operator sees everything that is wrong at once (:class:`TopicMismatch`).
@@ -12,7 +13,8 @@ Rules (the header of topics.yaml explains why):
   with it; verification accepts the clamped value only while the cluster is that small;
 * an existing topic's partition count is never changed; fewer partitions than declared is a
   problem, more is a warning;
-* every config a declaration lists must match exactly (string comparison, as Kafka reports it).
+* every config a declaration lists must match exactly (string comparison, as Kafka reports it);
+  ``apply_topics(alter_configs=True)`` sets those that differ, one by one, and nothing else.
 
 The cluster is reached through :mod:`router_stream.adapters.topic_admin` (confluent-kafka's
 AdminClient), which translates its errors into :class:`~router_stream.errors.BrokerUnavailable` /
@@ -32,7 +34,9 @@ import yaml
 from router_stream.adapters import data_path
 from router_stream.adapters.topic_admin import (
     ObservedTopic,
+    TopicAdmin,
     TopicCreationFailed,
+    alter_configs,
     connected_admin,
     create_topics,
     describe,
@@ -222,6 +226,10 @@ def policy_destinations(policy_file: Path) -> list[str]:
 # --- reports --------------------------------------------------------------------------------
 
 
+_SHAPE = frozenset({"partitions", "replication_factor"})
+"""What ``apply`` never changes on an existing topic."""
+
+
 @dataclass(frozen=True)
 class TopicProblem:
     """One way a topic differs from its declaration (``what`` is "missing" or the field)."""
@@ -230,6 +238,11 @@ class TopicProblem:
     what: str
     declared: str
     actual: str
+
+    @property
+    def is_config(self) -> bool:
+        """A topic config that differs (what ``--alter-configs`` sets), not its shape."""
+        return self.what not in _SHAPE and self.what != "missing"
 
     def __str__(self) -> str:
         if self.what == "missing":
@@ -241,6 +254,7 @@ class TopicProblem:
 class TopicsReport:
     source: Path  # the declarations compared with
     created: list[str] = field(default_factory=list)
+    altered: list[str] = field(default_factory=list)  # "<topic>: <config> <was> -> <now>"
     verified: list[str] = field(default_factory=list)
     problems: list[TopicProblem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -252,6 +266,7 @@ class TopicsReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "created": self.created,
+            "altered": self.altered,
             "verified": self.verified,
             "problems": [asdict(p) | {"message": str(p)} for p in self.problems],
             "warnings": self.warnings,
@@ -267,7 +282,10 @@ class TopicMismatch(RouterError):
         fixes = []
         if any(p.what == "missing" for p in report.problems):
             fixes.append("create the missing ones with `router-stream topics apply --policy FILE`")
-        if any(p.what != "missing" for p in report.problems):
+        if any(p.is_config for p in report.problems):
+            fixes.append("set the configs as declared with `router-stream topics apply "
+                         "--alter-configs`")
+        if any(p.what in _SHAPE for p in report.problems):
             fixes.append(f"make the others match {report.source}, or declare them as they are in a "
                          "topics file of your own (ROUTER_TOPICS_FILE)")
         self.fix = "; ".join(fixes)
@@ -331,6 +349,7 @@ async def _reconcile(
     *,
     create: bool,
     timeout: float,
+    alter: bool = False,
 ) -> TopicsReport:
     decl = declarations or configured_declarations(settings)
     expected = {settings.topic(s.logical): s for s in decl.expected(destinations)}
@@ -352,10 +371,33 @@ async def _reconcile(
                 report.problems.append(TopicProblem(name, "missing", "exists", "missing"))
             else:
                 _compare(name, spec, effective[name], seen[name], report)
+        if alter:
+            await _alter(admin, report, expected, effective)
         if report.created:
             await wait_until_serving(admin, {n: effective[n].partitions
                                               for n in report.created})
     return report
+
+
+async def _alter(admin: TopicAdmin, report: TopicsReport, declared: Mapping[str, TopicSpec],
+                 effective: Mapping[str, TopicSpec]) -> None:
+    """Set the configs ``report`` found differing, then compare those topics again: what the
+    cluster now has is what the report says."""
+    changes: dict[str, dict[str, str]] = {}
+    for p in report.problems:
+        if p.is_config:
+            changes.setdefault(p.topic, {})[p.what] = p.declared
+    if not changes:
+        return
+    seen = await alter_configs(admin, changes)
+    report.altered.extend(f"{p.topic}: {p.what} {p.actual} -> {p.declared}"
+                          for p in report.problems if p.is_config)
+    report.problems = [p for p in report.problems if p.topic not in changes]
+    for name in changes:
+        if name not in seen:  # deleted meanwhile
+            report.problems.append(TopicProblem(name, "missing", "exists", "missing"))
+        else:
+            _compare(name, declared[name], effective[name], seen[name], report)
 
 
 # --- entry points ---------------------------------------------------------------------------
@@ -367,9 +409,13 @@ async def apply_topics(
     declarations: TopicDeclarations | None = None,
     *,
     timeout: float = 30.0,
+    alter_configs: bool = False,
 ) -> TopicsReport:
-    """Create missing topics, verify existing ones; raise TopicMismatch listing every problem."""
-    report = await _reconcile(settings, destinations, declarations, create=True, timeout=timeout)
+    """Create missing topics, verify existing ones; raise TopicMismatch listing every problem.
+    ``alter_configs``: set an existing topic's configs that differ from its declaration (its
+    partitions and replication are never changed)."""
+    report = await _reconcile(settings, destinations, declarations, create=True, timeout=timeout,
+                              alter=alter_configs)
     if report.problems:
         raise TopicMismatch(report)
     return report

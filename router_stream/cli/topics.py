@@ -71,28 +71,34 @@ def topics() -> None:
 @_policy_opt("create/verify")
 @_dest_opt("create/verify")
 @_file_opt
+@click.option("--alter-configs", is_flag=True,
+              help="Set the configs of existing topics that differ from their declaration.")
 @_json_opt
 def apply(
     policy_file: Path | None, destinations: tuple[str, ...], topics_file: Path | None,
-    as_json: bool,
+    alter_configs: bool, as_json: bool,
 ) -> None:
     """Create missing topics and verify existing ones (partitions, replication, configs).
 
-    Never changes an existing topic: a difference is reported (exit code 2) for an operator to
-    resolve. On a cluster with fewer brokers than the declared replication factor, the factor
-    is clamped with a warning (development stacks).
+    Without --alter-configs it never changes an existing topic: a difference is reported (exit
+    code 2) for an operator to resolve. With it, the configs that differ are set as declared
+    (one by one; the topic's other configs stay) and each change is printed; partitions and
+    replication are never changed. On a cluster with fewer brokers than the declared
+    replication factor, the factor is clamped with a warning (development stacks).
 
     \b
     Example:
       router-stream topics apply --policy policy.yaml
       router-stream topics apply -d pagerduty -d slack --json
+      router-stream topics apply --policy policy.yaml --alter-configs
     """
     from router_stream.adapters.topics import apply_topics, configured_declarations
 
     settings = _settings()
     declarations = configured_declarations(settings, topics_file)
     wanted = _destinations(settings, policy_file, destinations)
-    report = asyncio.run(apply_topics(settings, wanted, declarations))
+    report = asyncio.run(apply_topics(settings, wanted, declarations,
+                                      alter_configs=alter_configs))
     if as_json:
         click.echo(json.dumps(report.as_dict()))
         return
@@ -100,6 +106,8 @@ def apply(
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     for name in report.created:
         click.echo(f"created  {name}")
+    for change in report.altered:
+        click.echo(f"altered  {change}")
     for name in report.verified:
         click.echo(f"ok       {name}")
 

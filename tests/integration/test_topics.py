@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from confluent_kafka.admin import NewTopic
 
 import router_stream.cli.topics  # noqa: F401  (registers `topics` on the root group)
 from router_stream.adapters import topics as tp
+from router_stream.adapters.kafka_io import OutRecord, RecordWriter, read_records
 from router_stream.cli import cli
 from router_stream.config import Settings
 from router_stream.errors import BrokerUnavailable, OperationTimeout
@@ -72,6 +74,23 @@ async def test_router_control_is_one_partition_kept_forever(settings: Settings, 
     assert (seen["partitions"], seen["cleanup.policy"], seen["retention.ms"]) == (1, "delete", "-1")
 
 
+async def test_state_topics_stamp_records_with_the_broker_s_clock(settings: Settings, admin):
+    """The worker's state clock is the newest record timestamp it folded (docs/worker.md): a
+    producer whose clock runs 50 minutes ahead must not date its records then."""
+    await tp.apply_topics(settings)
+    ahead_ms = int((time.time() + 3000) * 1000)
+    state_topics = [settings.topic(n) for n in ("source-health", "outcomes", "router.control")]
+    before_ms = int(time.time() * 1000)
+    async with RecordWriter(settings) as writer:
+        for topic in state_topics:
+            await writer.send_and_wait(OutRecord(topic, b"{}", key=b"k", timestamp_ms=ahead_ms))
+    after_ms = int(time.time() * 1000)
+    for topic in state_topics:
+        [record] = [r async for r in read_records(settings, topic, until_end=True)]
+        assert record.timestamp_type == 1, topic  # LogAppendTime
+        assert before_ms - 5_000 <= record.timestamp <= after_ms + 5_000, topic
+
+
 async def test_second_apply_is_a_no_op(settings: Settings, admin):
     await tp.apply_topics(settings, ["pagerduty"])
     before = await prefixed_topics(admin, settings)
@@ -108,6 +127,29 @@ async def test_mismatched_topics_are_reported_and_missing_ones_still_created(
         settings.topic(n) for n in FIXED if n not in ("signals", "router.dlq")
     )
     assert (await admin.describe(signals))["partitions"] == 2
+
+
+async def test_alter_configs_sets_only_the_configs_that_differ(settings: Settings, admin):
+    signals, outcomes = settings.topic("signals"), settings.topic("outcomes")
+    await admin.create_topics([
+        NewTopic(signals, 2, 1, config={"cleanup.policy": "compact"}),
+        NewTopic(outcomes, 12, 1, config={"retention.ms": "1000", "max.message.bytes": "2000000"}),
+    ])
+
+    with pytest.raises(tp.TopicMismatch) as info:  # a partition count is never changed
+        await tp.apply_topics(settings, alter_configs=True)
+
+    assert [(p.topic, p.what) for p in info.value.problems] == [(signals, "partitions")]
+    assert sorted(info.value.report.altered) == sorted([
+        f"{outcomes}: message.timestamp.type CreateTime -> LogAppendTime",
+        f"{outcomes}: retention.ms 1000 -> 259200000",
+        f"{signals}: cleanup.policy compact -> delete",
+    ])
+    seen = await admin.describe(outcomes)
+    assert (seen["retention.ms"], seen["message.timestamp.type"]) == ("259200000", "LogAppendTime")
+    assert seen["max.message.bytes"] == "2000000"  # undeclared: left as it was
+    seen = await admin.describe(signals)
+    assert (seen["partitions"], seen["cleanup.policy"]) == (2, "delete")
 
 
 async def test_more_partitions_than_declared_is_only_a_warning(settings: Settings, admin):
@@ -206,6 +248,26 @@ async def test_cli_topics_apply_mismatch_exits_2(settings: Settings, admin):
     result = await asyncio.to_thread(_invoke, settings, "topics", "apply")
     assert result.exit_code == 2
     assert f"{settings.topic('outcomes')}: partitions is 1, declared 12" in result.output
+
+
+async def test_cli_topics_apply_alter_configs_brings_an_older_topic_in_line(
+    settings: Settings, admin
+):
+    outcomes = settings.topic("outcomes")  # as created before it took the broker's clock
+    await admin.create_topics([NewTopic(outcomes, 12, 1, config={
+        "cleanup.policy": "delete", "retention.ms": "259200000"})])
+    refused = await asyncio.to_thread(_invoke, settings, "topics", "apply")
+    assert refused.exit_code == 2
+    assert f"{outcomes}: message.timestamp.type is CreateTime, declared LogAppendTime" in (
+        refused.output)
+    assert "topics apply --alter-configs" in refused.output
+
+    fixed = await asyncio.to_thread(_invoke, settings, "topics", "apply", "--alter-configs")
+    assert fixed.exit_code == 0, fixed.output
+    assert f"altered  {outcomes}: message.timestamp.type CreateTime -> LogAppendTime" in (
+        fixed.output)
+    again = await asyncio.to_thread(_invoke, settings, "topics", "apply")
+    assert again.exit_code == 0 and f"ok       {outcomes}" in again.output
 
 
 async def test_cli_topics_follow_router_topics_file(settings: Settings, admin, tmp_path: Path):
