@@ -115,6 +115,22 @@ def test_a_dlq_record_holds_every_column_and_where_it_is(kafka_log) -> None:
     assert row["first_failed_at"].timestamp() == 5.0  # min(first failure, the record's time)
 
 
+@pytest.mark.parametrize(("first", "stored"), [
+    (5.0004, 5.0004),  # later in the record's (floored) millisecond: this trip's own time
+    (5.0, 5.0),
+    (5.001, 5.0),  # after the record was written: a clock ahead, capped at the record's time
+])
+def test_a_first_failure_within_the_record_s_millisecond_keeps_its_microseconds(
+    kafka_log, first: float, stored: float,
+) -> None:
+    e = _entry(first_failed_at=first)
+    (rec,) = kafka_log("p.").of(BatchResult(dlq=[DlqRecord(e, e.kafka_headers())]), 5_000)
+    row = dlq_row_from_record(rec)
+    assert row is not None
+    assert row["first_failed_at"].timestamp() == pytest.approx(stored, abs=1e-6)
+    assert row["last_failed_at"] >= row["first_failed_at"]  # the table's CHECK
+
+
 def test_a_dlq_row_is_masked_by_the_policy_and_knows_its_record(kafka_log) -> None:
     redactor = Redactor.of(RedactPolicy(fields=["tenant"]))
     e = _entry(original_key=b"555-123-4567", original_value=b'{"ssn": "123-45-6789"}')

@@ -15,7 +15,7 @@ the Kafka record keeps the original. Tuples follow the column order of
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
@@ -160,6 +160,9 @@ def _state(d: DecisionRecord) -> bytes | dict[str, Any]:
     return orjson.loads(text) if b"\\u0000" in text else text
 
 
+_ONE_MS = timedelta(milliseconds=1)
+
+
 def _epoch(value: float) -> datetime:
     return datetime.fromtimestamp(value, tz=UTC)
 
@@ -197,6 +200,10 @@ def dlq_row_from_record(record: InboundRecord, redactor: Redactor = DEFAULT_REDA
         attempts = max(1, int(found.get(H_ATTEMPTS, b"1")))
         failed_at = _epoch(record.timestamp / 1000.0)
         first = _epoch(float(found[H_FIRST_FAILED])) if H_FIRST_FAILED in found else failed_at
+        # The record timestamp is whole milliseconds, floored: a first failure later in that
+        # millisecond (the worker's clock, to the microsecond) is this very trip's, and kept.
+        if failed_at < first < failed_at + _ONE_MS:
+            failed_at = first
     except (KeyError, ValueError, UnicodeDecodeError, OverflowError, OSError):
         return None
     if (reason not in _REASONS or not valid_position(topic, partition, offset)
