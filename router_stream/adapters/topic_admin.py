@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -157,33 +157,40 @@ async def alter_configs(admin: TopicAdmin, changes: Mapping[str, Mapping[str, st
     futures = admin.client.incremental_alter_configs(resources, request_timeout=admin.timeout)
     for resource, future in futures.items():
         await admin.result(f"cannot change the configs of topic {resource.name}", future)
-    deadline = asyncio.get_running_loop().time() + admin.timeout
-    while True:
-        seen = await describe(admin, list(changes))
-        pending = [n for n, configs in changes.items() if n in seen and any(
-            seen[n].configs.get(k) != v for k, v in configs.items())]
-        if not pending:
-            return seen
-        if asyncio.get_running_loop().time() > deadline:
-            raise OperationTimeout(f"changed configs not in effect after {admin.timeout:.0f}s: "
-                                   + ", ".join(pending))
-        await asyncio.sleep(0.1)
+
+    def in_effect(name: str, seen: ObservedTopic | None) -> bool:  # deleted: nothing to wait for
+        return seen is None or all(seen.configs.get(k) == v for k, v in changes[name].items())
+
+    return await _describe_until(admin, list(changes), in_effect, "changed configs not in effect")
 
 
 async def wait_until_ready(admin: TopicAdmin, names: Sequence[str]) -> None:
     """Creation is acknowledged before every broker has the metadata: wait for leaders."""
+    await _describe_until(admin, names, lambda _, seen: seen is not None and seen.leaders_ready,
+                          "created topics have no partition leaders")
+
+
+async def _describe_until(admin: TopicAdmin, names: Sequence[str],
+                          settled: Callable[[str, ObservedTopic | None], bool], what: str
+                          ) -> dict[str, ObservedTopic]:
+    """Describe the topics not ``settled`` yet (None: the topic is missing) every 0.1 s until
+    none is left, for at most the admin's timeout (then :class:`OperationTimeout`, ``what``
+    and the topics left); returns each topic as last described (missing ones left out)."""
     deadline = asyncio.get_running_loop().time() + admin.timeout
+    found: dict[str, ObservedTopic] = {}
     pending = list(names)
-    while pending:
+    while True:
         seen = await describe(admin, pending)
-        pending = [n for n in pending if n not in seen or not seen[n].leaders_ready]
+        for name in pending:
+            if name in seen:
+                found[name] = seen[name]
+            else:
+                found.pop(name, None)
+        pending = [n for n in pending if not settled(n, seen.get(n))]
         if not pending:
-            return
+            return found
         if asyncio.get_running_loop().time() > deadline:
-            raise OperationTimeout(
-                f"created topics have no partition leaders after {admin.timeout:.0f}s: "
-                + ", ".join(pending)
-            )
+            raise OperationTimeout(f"{what} after {admin.timeout:.0f}s: " + ", ".join(pending))
         await asyncio.sleep(0.1)
 
 
